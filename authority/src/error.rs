@@ -1,0 +1,41 @@
+use std::io;
+use std::path::PathBuf;
+
+/// Every way an authority tool can fail.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// Occurs when a list line is not a valid entry; nothing is written.
+    #[error("{}:{line}: {reason}", path.display())]
+    List {
+        /// The list file.
+        path: PathBuf,
+        /// The 1-based line number.
+        line: u64,
+        /// What is wrong with the line.
+        reason: String,
+    },
+    /// Occurs when a file cannot be read or written.
+    #[error("{}: {source}", path.display())]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// What the operating system said.
+        source: io::Error,
+    },
+    /// Occurs when the filter cannot be built or parsed (parameters out of range, a
+    /// malformed snapshot).
+    #[error(transparent)]
+    Filter(#[from] hashgate_guest::Error),
+    /// Occurs when keys or signatures fail.
+    #[error(transparent)]
+    Trust(#[from] hashgate_host::Error),
+}
+
+impl Error {
+    pub(crate) fn io(path: impl Into<PathBuf>, source: io::Error) -> Error {
+        Error::Io {
+            path: path.into(),
+            source,
+        }
+    }
+}

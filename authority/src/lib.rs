@@ -1,0 +1,26 @@
+//! The authority's side of hashgate: digest lists in, signed filter snapshots out.
+//!
+//! * [`list`] reads digest lists (hashgate's own line format and ClamAV `.hdb`/`.hsb`),
+//!   streaming, with errors that name the file and line.
+//! * [`build`] turns lists into a signed snapshot in two streaming passes (count, then
+//!   insert), so memory stays near the filter's own size however long the lists are.
+//! * [`inspect`] reports what a snapshot is, how full it is, and who signed it.
+//!
+//! This crate links the guest's format code natively; gateways never do (they run it as
+//! a component).
+
+#![deny(missing_docs)]
+
+pub mod build;
+mod error;
+pub mod inspect;
+pub mod list;
+
+pub use error::Error;
+
+pub use hashgate_guest::BuildParams;
+
+/// The canary file's bytes (`docs/FORMAT.md`, "The canary").
+pub fn canary_content() -> &'static [u8] {
+    hashgate_guest::canary::CONTENT
+}

@@ -1,0 +1,228 @@
+//! Digest lists.
+//!
+//! **hashgate format** (any file not named `*.hdb` / `*.hsb`): one entry per line,
+//!
+//! ```text
+//! # comment lines and blank lines are ignored
+//! sha256:9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08
+//! d41d8cd98f00b204e9800998ecf8427e,terror
+//! SHA1:DA39A3EE5E6B4B0D3255BFEF95601890AFD80709 , csam
+//! ```
+//!
+//! an optional `algorithm:` prefix (`md5`, `sha1`, `sha256`, any case), the hex digest
+//! (any case; a bare digest's algorithm follows from its length: 32 MD5, 40 SHA-1, 64
+//! SHA-256), and an optional `,category` (1 to 24 of `a-z 0-9 . _ -`).
+//!
+//! **ClamAV** `.hdb` and `.hsb` files: `hash:size:name` per line (size may be `*` in
+//! `.hsb`); the algorithm follows from the hash's length; size and name are checked for
+//! shape and otherwise ignored.
+
+use std::fs::File;
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+
+use hashgate_guest::{format, Algorithm};
+
+use crate::Error;
+
+/// One entry of a list.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Entry<'a> {
+    /// The digest's algorithm.
+    pub algorithm: Algorithm,
+    /// The digest's bytes.
+    pub digest: &'a [u8],
+    /// The entry's category, if the line or the default gives one.
+    pub category: Option<&'a str>,
+}
+
+/// The line formats a list file can be in.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Syntax {
+    /// `[algorithm:]hex[,category]`.
+    Hashgate,
+    /// ClamAV `hash:size:name`.
+    ClamAv,
+}
+
+impl Syntax {
+    /// The syntax of a file, by its extension.
+    pub fn of(path: &Path) -> Syntax {
+        match path.extension().and_then(|e| e.to_str()) {
+            Some(ext) if ext.eq_ignore_ascii_case("hdb") || ext.eq_ignore_ascii_case("hsb") => {
+                Syntax::ClamAv
+            }
+            _ => Syntax::Hashgate,
+        }
+    }
+}
+
+/// Reads every entry of the list at `path`, streaming, calling `each` per entry.
+/// Entries without a category get `default_category`. Stops at the first bad line with
+/// an error naming the file and line.
+pub fn read(
+    path: &Path,
+    default_category: Option<&str>,
+    each: &mut dyn FnMut(Entry<'_>) -> Result<(), Error>,
+) -> Result<u64, Error> {
+    let file = File::open(path).map_err(|e| Error::io(path, e))?;
+    let mut reader = BufReader::with_capacity(1 << 20, file);
+    let syntax = Syntax::of(path);
+    let mut line = Vec::with_capacity(256);
+    let mut number = 0u64;
+    let mut entries = 0u64;
+    let mut digest = [0u8; 32];
+    loop {
+        line.clear();
+        let n = reader
+            .read_until(b'\n', &mut line)
+            .map_err(|e| Error::io(path, e))?;
+        if n == 0 {
+            return Ok(entries);
+        }
+        number += 1;
+        let bad = |reason: String| Error::List {
+            path: path.to_path_buf(),
+            line: number,
+            reason,
+        };
+        let text = std::str::from_utf8(&line).map_err(|_| bad("not UTF-8".into()))?;
+        let text = text.trim();
+        if text.is_empty() || text.starts_with('#') {
+            continue;
+        }
+        let (algorithm, len, category) = match syntax {
+            Syntax::Hashgate => parse_hashgate(text, &mut digest).map_err(bad)?,
+            Syntax::ClamAv => parse_clamav(text, &mut digest).map_err(bad)?,
+        };
+        each(Entry {
+            algorithm,
+            digest: &digest[..len],
+            category: category.or(default_category),
+        })?;
+        entries += 1;
+    }
+}
+
+fn parse_hashgate<'a>(
+    text: &'a str,
+    digest: &mut [u8; 32],
+) -> Result<(Algorithm, usize, Option<&'a str>), String> {
+    let (spec, category) = match text.split_once(',') {
+        Some((spec, category)) => (spec.trim_end(), Some(category.trim())),
+        None => (text, None),
+    };
+    if let Some(category) = category {
+        check_category(category)?;
+    }
+    let (named, hex) = match spec.split_once(':') {
+        Some((name, hex)) => (
+            Some(
+                name.trim()
+                    .parse::<Algorithm>()
+                    .map_err(|e| e.to_string())?,
+            ),
+            hex.trim(),
+        ),
+        None => (None, spec),
+    };
+    let (algorithm, len) = parse_hex(hex, named, digest)?;
+    Ok((algorithm, len, category))
+}
+
+fn parse_clamav<'a>(
+    text: &'a str,
+    digest: &mut [u8; 32],
+) -> Result<(Algorithm, usize, Option<&'a str>), String> {
+    let mut fields = text.splitn(3, ':');
+    let hex = fields.next().unwrap_or("");
+    let size = fields
+        .next()
+        .ok_or("expected hash:size:name (ClamAV hash signature)")?;
+    let name = fields
+        .next()
+        .ok_or("expected hash:size:name (ClamAV hash signature)")?;
+    if size != "*" && size.parse::<u64>().is_err() {
+        return Err(format!("size {size:?} is not a number or *"));
+    }
+    if name.is_empty() {
+        return Err("empty signature name".into());
+    }
+    let (algorithm, len) = parse_hex(hex, None, digest)?;
+    Ok((algorithm, len, None))
+}
+
+fn check_category(category: &str) -> Result<(), String> {
+    if category == hashgate_guest::canary::CATEGORY {
+        return Err(format!("category {category:?} is reserved for the canary"));
+    }
+    if !format::valid_category(category) {
+        return Err(format!(
+            "category {category:?} must be 1 to 24 of a-z 0-9 . _ -"
+        ));
+    }
+    Ok(())
+}
+
+fn parse_hex(
+    hex: &str,
+    named: Option<Algorithm>,
+    out: &mut [u8; 32],
+) -> Result<(Algorithm, usize), String> {
+    let algorithm = match named {
+        Some(a) => a,
+        None => Algorithm::from_digest_len(hex.len() / 2)
+            .filter(|_| hex.len() % 2 == 0)
+            .ok_or_else(|| {
+                format!(
+                    "a digest of {} hex digits is none of MD5 (32), SHA-1 (40), SHA-256 (64)",
+                    hex.len()
+                )
+            })?,
+    };
+    let len = algorithm.digest_len();
+    if hex.len() != len * 2 {
+        return Err(format!(
+            "a {algorithm} digest has {} hex digits, not {}",
+            len * 2,
+            hex.len()
+        ));
+    }
+    hex::decode_to_slice(hex, &mut out[..len]).map_err(|e| format!("bad hex digest: {e}"))?;
+    Ok((algorithm, len))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(line: &str) -> Result<(Algorithm, Vec<u8>, Option<String>), String> {
+        let mut d = [0u8; 32];
+        parse_hashgate(line, &mut d).map(|(a, n, c)| (a, d[..n].to_vec(), c.map(String::from)))
+    }
+
+    #[test]
+    fn hashgate_lines() {
+        let (a, d, c) = parse("d41d8cd98f00b204e9800998ecf8427e").unwrap();
+        assert_eq!((a, d.len(), c), (Algorithm::Md5, 16, None));
+        let (a, _, c) = parse("SHA-1:DA39A3EE5E6B4B0D3255BFEF95601890AFD80709 , csam").unwrap();
+        assert_eq!((a, c.as_deref()), (Algorithm::Sha1, Some("csam")));
+        assert!(parse("sha256:d41d8cd98f00b204e9800998ecf8427e").is_err());
+        assert!(parse("d41d8cd98f00b204e9800998ecf8427").is_err());
+        assert!(parse("zz1d8cd98f00b204e9800998ecf8427e").is_err());
+        assert!(parse("d41d8cd98f00b204e9800998ecf8427e,Bad Label").is_err());
+        assert!(parse("d41d8cd98f00b204e9800998ecf8427e,canary").is_err());
+        assert!(parse("blake3:d41d8cd98f00b204e9800998ecf8427e").is_err());
+    }
+
+    #[test]
+    fn clamav_lines() {
+        let mut d = [0u8; 32];
+        let (a, n, _) =
+            parse_clamav("44d88612fea8a8f36de82e1278abb02f:68:Eicar-Test", &mut d).unwrap();
+        assert_eq!((a, n), (Algorithm::Md5, 16));
+        assert!(parse_clamav("44d88612fea8a8f36de82e1278abb02f:*:X", &mut d).is_ok());
+        assert!(parse_clamav("44d88612fea8a8f36de82e1278abb02f:big:X", &mut d).is_err());
+        assert!(parse_clamav("44d88612fea8a8f36de82e1278abb02f", &mut d).is_err());
+    }
+}

@@ -1,0 +1,253 @@
+use sha2::{Digest, Sha256};
+
+use crate::canary;
+use crate::format::{self, Header, SectionHeader, MAX_HASHES, MAX_PAYLOAD};
+use crate::index::{set_bit, Probe};
+use crate::{Algorithm, Error};
+
+/// What a new snapshot says about itself.
+#[derive(Clone, Debug)]
+pub struct BuildParams {
+    /// The series name (see [`format::valid_series`]).
+    pub series: String,
+    /// The version within the series.
+    pub version: u64,
+    /// Creation time, Unix seconds.
+    pub created: u64,
+    /// Expiry time, Unix seconds.
+    pub expires: u64,
+    /// Target false-positive rate per digest and section, in (0, 0.5].
+    pub fp_rate: f64,
+    /// Key of the bit-index derivation; [`BuildParams::new`] derives it from the series.
+    pub salt: [u8; 16],
+}
+
+impl BuildParams {
+    /// Parameters with the salt derived from the series: the first 16 bytes of
+    /// `SHA-256("hashgate-salt-v1\0" || series)`. A fixed salt per series keeps the bit
+    /// positions of unchanged entries stable between versions, which keeps deltas small.
+    pub fn new(series: &str, version: u64, created: u64, expires: u64, fp_rate: f64) -> Self {
+        let mut sha = Sha256::new();
+        sha.update(b"hashgate-salt-v1\0");
+        sha.update(series.as_bytes());
+        let salt = sha.finalize()[..16].try_into().expect("16 bytes");
+        BuildParams {
+            series: series.to_string(),
+            version,
+            created,
+            expires,
+            fp_rate,
+            salt,
+        }
+    }
+}
+
+/// How many entries of one algorithm and category a section must be sized for.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SectionSpec {
+    /// The algorithm.
+    pub algorithm: Algorithm,
+    /// The category label, if any.
+    pub category: Option<String>,
+    /// Entries that will be inserted (duplicates included).
+    pub entries: u64,
+}
+
+/// The number of hashes (k) that minimises false positives at rate `p`: `round(log2(1/p))`.
+pub fn optimal_hashes(p: f64) -> u32 {
+    ((-p.log2()).round() as u32).clamp(1, MAX_HASHES)
+}
+
+/// The Bloom optimum `m = ceil(-n·ln p / (ln 2)²)`, rounded up to a multiple of 64.
+pub fn optimal_bits(n: u64, p: f64) -> u64 {
+    let ln2 = std::f64::consts::LN_2;
+    let m = (-(n as f64) * p.ln() / (ln2 * ln2)).ceil() as u64;
+    m.max(1).div_ceil(64) * 64
+}
+
+/// Builds a snapshot body in one buffer of its final size: sections are sized up front
+/// from [`SectionSpec`]s, digests are inserted, and [`FilterBuilder::finish`] writes the
+/// header in front of the bitmaps.
+///
+/// Every snapshot also holds the [`canary`] file's digest in a `canary` section for each
+/// algorithm the list holds (SHA-256 if it holds none).
+#[derive(Debug)]
+pub struct FilterBuilder {
+    header: Header,
+    inserted: Vec<u64>,
+    offsets: Vec<usize>,
+    body: Vec<u8>,
+}
+
+impl FilterBuilder {
+    /// Sizes a new filter. Specs for the same algorithm and category are merged.
+    pub fn new(params: &BuildParams, specs: &[SectionSpec]) -> Result<FilterBuilder, Error> {
+        if !format::valid_series(&params.series) {
+            return Err(Error::InvalidParams(format!(
+                "series {:?} must be 1 to 64 of A-Z a-z 0-9 . _ -",
+                params.series
+            )));
+        }
+        if !(params.fp_rate > 0.0 && params.fp_rate <= 0.5) {
+            return Err(Error::InvalidParams(format!(
+                "false-positive rate {} is not in (0, 0.5]",
+                params.fp_rate
+            )));
+        }
+        if params.expires <= params.created {
+            return Err(Error::InvalidParams("expires must be after created".into()));
+        }
+        let mut merged: Vec<SectionSpec> = Vec::new();
+        for spec in specs {
+            if let Some(category) = &spec.category {
+                if !format::valid_category(category) {
+                    return Err(Error::InvalidParams(format!(
+                        "category {category:?} must be 1 to 24 of a-z 0-9 . _ -"
+                    )));
+                }
+                if category == canary::CATEGORY {
+                    return Err(Error::InvalidParams(format!(
+                        "category {:?} is reserved for the canary",
+                        canary::CATEGORY
+                    )));
+                }
+            }
+            if spec.entries == 0 {
+                continue;
+            }
+            match merged
+                .iter_mut()
+                .find(|m| m.algorithm == spec.algorithm && m.category == spec.category)
+            {
+                Some(m) => m.entries += spec.entries,
+                None => merged.push(spec.clone()),
+            }
+        }
+        let mut canary_algorithms: Vec<Algorithm> = merged.iter().map(|s| s.algorithm).collect();
+        canary_algorithms.dedup();
+        if canary_algorithms.is_empty() {
+            canary_algorithms.push(Algorithm::Sha256);
+        }
+        for algorithm in canary_algorithms.iter().copied() {
+            merged.push(SectionSpec {
+                algorithm,
+                category: Some(canary::CATEGORY.to_string()),
+                entries: 1,
+            });
+        }
+        merged.sort_by(|a, b| (a.algorithm, &a.category).cmp(&(b.algorithm, &b.category)));
+        merged.dedup_by(|a, b| a.algorithm == b.algorithm && a.category == b.category);
+        if merged.len() > usize::from(format::MAX_SECTIONS) {
+            return Err(Error::InvalidParams(format!(
+                "{} sections (algorithm × category) exceed the format's {}",
+                merged.len(),
+                format::MAX_SECTIONS
+            )));
+        }
+
+        let hashes = optimal_hashes(params.fp_rate);
+        let sections: Vec<SectionHeader> = merged
+            .iter()
+            .map(|s| SectionHeader {
+                algorithm: s.algorithm,
+                category: s.category.clone(),
+                entries: s.entries,
+                bits: optimal_bits(s.entries, params.fp_rate),
+            })
+            .collect();
+        let payload_len: u64 = sections.iter().map(SectionHeader::bitmap_len).sum();
+        if payload_len > MAX_PAYLOAD {
+            return Err(Error::InvalidParams(format!(
+                "the filter would need {payload_len} bytes, over the format's {MAX_PAYLOAD}; \
+                 shard the list by digest prefix or raise the false-positive rate"
+            )));
+        }
+        let header = Header {
+            series: params.series.clone(),
+            version: params.version,
+            created: params.created,
+            expires: params.expires,
+            entries: sections.iter().map(|s| s.entries).sum(),
+            hashes,
+            salt: params.salt,
+            payload_len,
+            payload_sha256: [0; 32],
+            sections,
+        };
+        let mut offsets = Vec::with_capacity(header.sections.len());
+        let mut offset = header.body_offset();
+        for s in &header.sections {
+            offsets.push(offset);
+            offset += s.bitmap_len() as usize;
+        }
+        let mut builder = FilterBuilder {
+            inserted: vec![0; header.sections.len()],
+            body: vec![0u8; offset],
+            offsets,
+            header,
+        };
+        for algorithm in canary_algorithms {
+            let digest = canary::digest(algorithm);
+            builder.insert(algorithm, Some(canary::CATEGORY), &digest)?;
+        }
+        Ok(builder)
+    }
+
+    /// The header as it stands (payload digest not yet computed).
+    pub fn header(&self) -> &Header {
+        &self.header
+    }
+
+    /// Inserts one digest into the section of its algorithm and category.
+    pub fn insert(
+        &mut self,
+        algorithm: Algorithm,
+        category: Option<&str>,
+        digest: &[u8],
+    ) -> Result<(), Error> {
+        if digest.len() != algorithm.digest_len() {
+            return Err(Error::DigestLength {
+                algorithm: algorithm.name(),
+                len: digest.len(),
+            });
+        }
+        let index = self
+            .header
+            .sections
+            .iter()
+            .position(|s| s.algorithm == algorithm && s.category.as_deref() == category)
+            .ok_or_else(|| Error::NoSuchSection(format!("{algorithm} {category:?}")))?;
+        let section = &self.header.sections[index];
+        if self.inserted[index] == section.entries {
+            return Err(Error::NoSuchSection(format!(
+                "{algorithm} {category:?} was sized for {} entries",
+                section.entries
+            )));
+        }
+        self.inserted[index] += 1;
+        let probe = Probe::new(&self.header.salt, algorithm, digest);
+        let start = self.offsets[index];
+        let bitmap = &mut self.body[start..start + section.bitmap_len() as usize];
+        for i in probe.indices(self.header.hashes, section.bits) {
+            set_bit(bitmap, i);
+        }
+        Ok(())
+    }
+
+    /// Writes the header and returns the finished snapshot body. Fails if a section got
+    /// fewer entries than it was sized for (the two passes over the list disagreed).
+    pub fn finish(mut self) -> Result<Vec<u8>, Error> {
+        for (s, &n) in self.header.sections.iter().zip(&self.inserted) {
+            if n != s.entries {
+                return Err(Error::NoSuchSection(format!(
+                    "{} {:?} was sized for {} entries but got {n}",
+                    s.algorithm, s.category, s.entries
+                )));
+            }
+        }
+        let start = self.header.body_offset();
+        self.header.payload_sha256 = Sha256::digest(&self.body[start..]).into();
+        self.header.write_to(&mut self.body[..start]);
+        Ok(self.body)
+    }
+}

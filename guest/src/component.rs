@@ -1,0 +1,163 @@
+//! The component's exports: `wit/filter.wit` bound to this crate's [`Filter`].
+//!
+//! Compiled only for wasm32. The instance holds one filter in its linear memory; the
+//! host keeps instances long-lived so that a filter is loaded once, not per call.
+
+use std::cell::RefCell;
+
+use crate::{Algorithm, Filter, ObjectDigests};
+
+/// The one guest-side `bindgen`: the world's exports, generated from `wit/`.
+#[allow(missing_docs)]
+mod bindings {
+    wit_bindgen::generate!({
+        path: "../wit",
+        world: "filter-guest",
+    });
+}
+
+use bindings::exports::hashgate::filter::filter as wit;
+
+thread_local! {
+    // wasm32-unknown-unknown is single-threaded: this is the instance's one filter.
+    static FILTER: RefCell<Option<Filter>> = const { RefCell::new(None) };
+}
+
+struct Component;
+
+bindings::export!(Component with_types_in bindings);
+
+fn to_wit_algorithm(a: Algorithm) -> wit::Algorithm {
+    match a {
+        Algorithm::Md5 => wit::Algorithm::Md5,
+        Algorithm::Sha1 => wit::Algorithm::Sha1,
+        Algorithm::Sha256 => wit::Algorithm::Sha256,
+    }
+}
+
+fn from_wit_algorithm(a: wit::Algorithm) -> Algorithm {
+    match a {
+        wit::Algorithm::Md5 => Algorithm::Md5,
+        wit::Algorithm::Sha1 => Algorithm::Sha1,
+        wit::Algorithm::Sha256 => Algorithm::Sha256,
+    }
+}
+
+fn info_of(filter: &Filter) -> wit::FilterInfo {
+    let h = filter.header();
+    wit::FilterInfo {
+        series: h.series.clone(),
+        version: h.version,
+        created: h.created,
+        expires: h.expires,
+        entries: h.entries,
+        bits: filter.sections().iter().map(|s| s.bits).sum(),
+        hashes: h.hashes,
+        algorithms: filter
+            .algorithms()
+            .into_iter()
+            .map(to_wit_algorithm)
+            .collect(),
+        sections: filter
+            .sections()
+            .iter()
+            .map(|s| wit::SectionInfo {
+                algorithm: to_wit_algorithm(s.algorithm),
+                category: s.category.clone(),
+                entries: s.entries,
+                bits: s.bits,
+            })
+            .collect(),
+    }
+}
+
+fn verdict_of(
+    filter: &Filter,
+    digests: &[(Algorithm, &[u8])],
+) -> Result<wit::Verdict, wit::CheckError> {
+    let hits = filter
+        .check(digests)
+        .map_err(|e| wit::CheckError::BadDigest(e.to_string()))?;
+    if hits.is_empty() {
+        return Ok(wit::Verdict::Clean);
+    }
+    Ok(wit::Verdict::Hit(
+        hits.into_iter()
+            .map(|h| wit::Hit {
+                algorithm: to_wit_algorithm(h.algorithm),
+                bytes: h.digest,
+                category: h.category,
+            })
+            .collect(),
+    ))
+}
+
+impl wit::Guest for Component {
+    type Scanner = Scanner;
+
+    fn load(snapshot: Vec<u8>) -> Result<wit::FilterInfo, wit::LoadError> {
+        let filter = Filter::parse(snapshot).map_err(|e| match e {
+            crate::Error::UnsupportedVersion(v) => wit::LoadError::UnsupportedVersion(v),
+            crate::Error::PayloadDigest => wit::LoadError::Integrity(e.to_string()),
+            other => wit::LoadError::Malformed(other.to_string()),
+        })?;
+        let info = info_of(&filter);
+        FILTER.with(|f| *f.borrow_mut() = Some(filter));
+        Ok(info)
+    }
+
+    fn info() -> Option<wit::FilterInfo> {
+        FILTER.with(|f| f.borrow().as_ref().map(info_of))
+    }
+
+    fn check(digests: Vec<wit::Digest>, _size: u64) -> Result<wit::Verdict, wit::CheckError> {
+        FILTER.with(|f| {
+            let guard = f.borrow();
+            let filter = guard.as_ref().ok_or(wit::CheckError::NoFilter)?;
+            let digests: Vec<(Algorithm, &[u8])> = digests
+                .iter()
+                .map(|d| (from_wit_algorithm(d.algorithm), d.bytes.as_slice()))
+                .collect();
+            verdict_of(filter, &digests)
+        })
+    }
+}
+
+/// The `scanner` resource: hashes raw bytes in the guest (the portable path).
+pub struct Scanner {
+    digests: RefCell<Option<ObjectDigests>>,
+}
+
+fn fresh_digests() -> Option<ObjectDigests> {
+    FILTER.with(|f| {
+        f.borrow()
+            .as_ref()
+            .map(|filter| ObjectDigests::new(&filter.algorithms()))
+    })
+}
+
+impl wit::GuestScanner for Scanner {
+    fn new() -> Self {
+        Scanner {
+            digests: RefCell::new(fresh_digests()),
+        }
+    }
+
+    fn write(&self, chunk: Vec<u8>) {
+        if let Some(d) = self.digests.borrow_mut().as_mut() {
+            d.update(&chunk);
+        }
+    }
+
+    fn finish(&self) -> Result<wit::Verdict, wit::CheckError> {
+        let digests = self.digests.replace(fresh_digests());
+        let digests = digests.ok_or(wit::CheckError::NoFilter)?.finish();
+        FILTER.with(|f| {
+            let guard = f.borrow();
+            let filter = guard.as_ref().ok_or(wit::CheckError::NoFilter)?;
+            let digests: Vec<(Algorithm, &[u8])> =
+                digests.iter().map(|(a, d)| (*a, d.as_slice())).collect();
+            verdict_of(filter, &digests)
+        })
+    }
+}

@@ -1,0 +1,173 @@
+use sha2::{Digest, Sha256};
+
+use crate::format::Header;
+use crate::index::{bit_is_set, Probe};
+use crate::{Algorithm, Error};
+
+/// A parsed, validated snapshot, ready to match digests.
+///
+/// Owns the snapshot bytes; sections are views into them, so loading a filter costs no
+/// copy of its bitmaps.
+#[derive(Debug)]
+pub struct Filter {
+    header: Header,
+    bytes: Vec<u8>,
+    sections: Vec<Section>,
+}
+
+/// Where one section's bitmap lives in the snapshot.
+#[derive(Clone, Debug)]
+pub struct Section {
+    /// The section's algorithm.
+    pub algorithm: Algorithm,
+    /// The section's category label.
+    pub category: Option<String>,
+    /// Entries the section holds.
+    pub entries: u64,
+    /// Bits in the bitmap (m).
+    pub bits: u64,
+    offset: usize,
+    len: usize,
+}
+
+/// A digest the filter (probably) holds.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Hit {
+    /// The digest's algorithm.
+    pub algorithm: Algorithm,
+    /// The digest's bytes.
+    pub digest: Vec<u8>,
+    /// The category of the section that matched.
+    pub category: Option<String>,
+}
+
+impl Filter {
+    /// Parses a snapshot body (without the signature trailer), checks every header field,
+    /// the exact length, the payload's SHA-256, and that the unused bits at the end of
+    /// each bitmap are zero.
+    pub fn parse(bytes: Vec<u8>) -> Result<Filter, Error> {
+        let header = Header::parse(&bytes)?;
+        let start = header.body_offset();
+        let expected = start as u64 + header.payload_len;
+        if (bytes.len() as u64) < expected {
+            return Err(Error::Truncated {
+                field: "payload",
+                needed: expected,
+                available: bytes.len() as u64,
+            });
+        }
+        if bytes.len() as u64 > expected {
+            return Err(Error::InvalidField {
+                field: "payload_len",
+                reason: format!(
+                    "{} bytes follow the payload's {} bytes",
+                    bytes.len() as u64 - expected,
+                    header.payload_len
+                ),
+            });
+        }
+        let payload = &bytes[start..];
+        if Sha256::digest(payload).as_slice() != header.payload_sha256 {
+            return Err(Error::PayloadDigest);
+        }
+        let mut offset = start;
+        let mut sections = Vec::with_capacity(header.sections.len());
+        for s in &header.sections {
+            let len = s.bitmap_len() as usize;
+            let last = bytes[offset + len - 1];
+            let used = s.bits % 8;
+            if used != 0 && last >> used != 0 {
+                return Err(Error::InvalidField {
+                    field: "payload",
+                    reason: "bits set beyond the end of a section".into(),
+                });
+            }
+            sections.push(Section {
+                algorithm: s.algorithm,
+                category: s.category.clone(),
+                entries: s.entries,
+                bits: s.bits,
+                offset,
+                len,
+            });
+            offset += len;
+        }
+        Ok(Filter {
+            header,
+            bytes,
+            sections,
+        })
+    }
+
+    /// The snapshot's header.
+    pub fn header(&self) -> &Header {
+        &self.header
+    }
+
+    /// The sections, in payload order.
+    pub fn sections(&self) -> &[Section] {
+        &self.sections
+    }
+
+    /// The snapshot bytes this filter was parsed from.
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.bytes
+    }
+
+    /// The algorithms the filter holds, without repeats, in code order.
+    pub fn algorithms(&self) -> Vec<Algorithm> {
+        Algorithm::ALL
+            .into_iter()
+            .filter(|a| self.sections.iter().any(|s| s.algorithm == *a))
+            .collect()
+    }
+
+    /// The bitmap of `section`.
+    pub fn bitmap(&self, section: &Section) -> &[u8] {
+        &self.bytes[section.offset..section.offset + section.len]
+    }
+
+    /// The fraction of `section`'s bits that are set.
+    pub fn fill(&self, section: &Section) -> f64 {
+        let ones: u64 = self
+            .bitmap(section)
+            .iter()
+            .map(|b| u64::from(b.count_ones()))
+            .sum();
+        ones as f64 / section.bits as f64
+    }
+
+    /// Which of one object's digests the filter holds. Digests of algorithms the filter
+    /// does not hold are ignored; an empty result means clean.
+    pub fn check(&self, digests: &[(Algorithm, &[u8])]) -> Result<Vec<Hit>, Error> {
+        let mut hits = Vec::new();
+        for &(algorithm, digest) in digests {
+            if digest.len() != algorithm.digest_len() {
+                return Err(Error::DigestLength {
+                    algorithm: algorithm.name(),
+                    len: digest.len(),
+                });
+            }
+            let mut probe = None;
+            for section in self.sections.iter().filter(|s| s.algorithm == algorithm) {
+                let probe =
+                    *probe.get_or_insert_with(|| Probe::new(&self.header.salt, algorithm, digest));
+                if self.section_contains(section, &probe) {
+                    hits.push(Hit {
+                        algorithm,
+                        digest: digest.to_vec(),
+                        category: section.category.clone(),
+                    });
+                }
+            }
+        }
+        Ok(hits)
+    }
+
+    fn section_contains(&self, section: &Section, probe: &Probe) -> bool {
+        let bitmap = self.bitmap(section);
+        probe
+            .indices(self.header.hashes, section.bits)
+            .all(|i| bit_is_set(bitmap, i))
+    }
+}

@@ -1,0 +1,54 @@
+use std::io;
+use std::path::PathBuf;
+
+/// Every way the host can fail.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// Occurs when a file cannot be read or written.
+    #[error("{}: {source}", path.display())]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// What the operating system said.
+        source: io::Error,
+    },
+    /// Occurs when a key file is not an Ed25519 key in the expected PEM form.
+    #[error("{}: not a valid Ed25519 {kind} key: {reason}", path.display())]
+    Key {
+        /// The key file.
+        path: PathBuf,
+        /// `public` or `secret`.
+        kind: &'static str,
+        /// What is wrong.
+        reason: String,
+    },
+    /// Occurs when a signed file has no valid signature by a trusted key: the trailer is
+    /// missing or mangled, names another key, or the signature does not verify.
+    #[error("signature check failed: {0}")]
+    Signature(String),
+    /// Occurs when the guest refuses a snapshot (malformed, unsupported, corrupt).
+    #[error("the filter guest refused the snapshot: {0}")]
+    Load(String),
+    /// Occurs when a check is asked of an engine whose guest holds no filter.
+    #[error("no filter is loaded")]
+    NoFilter,
+    /// Occurs when the guest rejects a check's input (a digest of the wrong length).
+    #[error("the filter guest rejected the check: {0}")]
+    Check(String),
+    /// Occurs when the guest traps or overruns its deadline or memory cap. The instance
+    /// is discarded; the next call gets a fresh one.
+    #[error("the filter guest trapped: {0}")]
+    GuestTrap(String),
+    /// Occurs when the component cannot be compiled or instantiated, or imports anything.
+    #[error("unusable guest component: {0}")]
+    Component(String),
+}
+
+impl Error {
+    pub(crate) fn io(path: impl Into<PathBuf>, source: io::Error) -> Error {
+        Error::Io {
+            path: path.into(),
+            source,
+        }
+    }
+}

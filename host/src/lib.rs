@@ -1,0 +1,32 @@
+//! The hashgate host: runs the authority's filter guest next to customer data.
+//!
+//! * [`runtime`] loads the guest component with wasmtime (Cranelift, pooling allocator,
+//!   one `InstancePre`, a memory cap and an epoch deadline on every call) and keeps a
+//!   long-lived instance that holds the filter, replacing it if it traps.
+//! * [`trust`] reads Ed25519 keys and verifies the signature trailer of every file the
+//!   authority publishes before the guest sees a byte of it.
+//! * [`hashing`] computes, natively, only the digests the loaded filter holds.
+//! * [`scan`] walks data at rest on all cores and reports what the guest matched.
+//!
+//! The host never links the guest crate: it reaches the filter only through the
+//! component, so what runs in production is what the tests exercise.
+
+#![deny(missing_docs)]
+
+mod error;
+pub mod hashing;
+pub mod runtime;
+pub mod scan;
+pub mod trust;
+
+pub use error::Error;
+pub use runtime::types::{Algorithm, Digest, FilterInfo, Hit, SectionInfo, Verdict};
+pub use runtime::{FilterEngine, Limits, Runtime};
+
+/// The category label of the canary sections every filter holds (`docs/FORMAT.md`).
+pub const CANARY_CATEGORY: &str = "canary";
+
+/// The guest component built from `guest/` by the build script: the authority's reference
+/// filter implementation, with no imports.
+pub const GUEST_COMPONENT: &[u8] =
+    include_bytes!(concat!(env!("OUT_DIR"), "/hashgate_guest.component.wasm"));

@@ -1,0 +1,367 @@
+//! Runs the filter guest with wasmtime.
+//!
+//! [`Runtime`] compiles the component once and pre-instantiates it ([`InstancePre`]);
+//! each [`FilterEngine`] owns one long-lived instance that holds a filter in its linear
+//! memory, behind a mutex: a verdict costs about a microsecond, far less than the hashing
+//! that precedes it, so one instance serves every worker thread. Every call runs under an
+//! epoch deadline and a memory cap; a guest that traps is discarded and a fresh instance
+//! is loaded from the same verified snapshot, so one bad call never takes the process down.
+
+mod bindings;
+pub mod types;
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread;
+use std::time::Duration;
+
+use wasmtime::component::{Component, InstancePre, Linker};
+use wasmtime::{
+    Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Store, StoreLimits,
+    StoreLimitsBuilder,
+};
+
+use self::bindings::exports::hashgate::filter::filter::{CheckError, LoadError};
+use self::bindings::{FilterGuest, FilterGuestPre};
+use crate::trust::PublicKey;
+use crate::{Digest, Error, FilterInfo, Verdict};
+
+/// How often the epoch ticks; deadlines are counted in ticks.
+const EPOCH_TICK: Duration = Duration::from_millis(5);
+
+/// Resource limits for guest instances.
+#[derive(Clone, Debug)]
+pub struct Limits {
+    /// Largest linear memory an instance may grow to. Must exceed the largest filter.
+    pub max_memory: usize,
+    /// Deadline of a `check` or scanner call.
+    pub call_deadline: Duration,
+    /// Deadline of a `load` (parses and hashes the whole snapshot).
+    pub load_deadline: Duration,
+    /// Instances that may exist at once (pooling allocator slots).
+    pub max_instances: u32,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_memory: 4 << 30,
+            call_deadline: Duration::from_secs(1),
+            load_deadline: Duration::from_secs(120),
+            max_instances: 16,
+        }
+    }
+}
+
+/// The compiled guest: an engine, the component, and its pre-instantiation.
+pub struct Runtime {
+    engine: Engine,
+    pre: FilterGuestPre<GuestState>,
+    limits: Limits,
+    ticker: Arc<AtomicBool>,
+}
+
+struct GuestState {
+    limits: StoreLimits,
+}
+
+impl Runtime {
+    /// Compiles the embedded reference guest ([`crate::GUEST_COMPONENT`]).
+    pub fn new(limits: Limits) -> Result<Runtime, Error> {
+        Runtime::with_component(crate::GUEST_COMPONENT, limits)
+    }
+
+    /// Compiles a guest component given as bytes. Refuses components that import
+    /// anything: a filter guest must have no capabilities at all.
+    pub fn with_component(component: &[u8], limits: Limits) -> Result<Runtime, Error> {
+        let imports = component_imports(component)?;
+        if !imports.is_empty() {
+            return Err(Error::Component(format!(
+                "the component imports {}; a filter guest must import nothing",
+                imports.join(", ")
+            )));
+        }
+        let mut pool = PoolingAllocationConfig::default();
+        pool.total_component_instances(limits.max_instances)
+            .total_core_instances(limits.max_instances)
+            .total_memories(limits.max_instances)
+            .total_tables(limits.max_instances)
+            .max_memory_size(limits.max_memory);
+        let mut config = Config::new();
+        config
+            .wasm_component_model(true)
+            .epoch_interruption(true)
+            .allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
+        let engine = Engine::new(&config).map_err(|e| Error::Component(e.to_string()))?;
+        let component = Component::new(&engine, component)
+            .map_err(|e| Error::Component(format!("compiling: {e:#}")))?;
+        let linker = Linker::<GuestState>::new(&engine);
+        let pre: InstancePre<GuestState> = linker
+            .instantiate_pre(&component)
+            .map_err(|e| Error::Component(format!("pre-instantiating: {e:#}")))?;
+        let pre = FilterGuestPre::new(pre)
+            .map_err(|e| Error::Component(format!("exports do not match wit/: {e:#}")))?;
+
+        let ticker = Arc::new(AtomicBool::new(true));
+        let (running, weak) = (ticker.clone(), engine.weak());
+        thread::Builder::new()
+            .name("hashgate-epoch".into())
+            .spawn(move || {
+                while running.load(Ordering::Relaxed) {
+                    thread::sleep(EPOCH_TICK);
+                    match weak.upgrade() {
+                        Some(engine) => engine.increment_epoch(),
+                        None => break,
+                    }
+                }
+            })
+            .map_err(|e| Error::Component(format!("starting the epoch thread: {e}")))?;
+        Ok(Runtime {
+            engine,
+            pre,
+            limits,
+            ticker,
+        })
+    }
+
+    /// A fresh instance with no filter loaded.
+    fn instantiate(&self) -> Result<Instance, Error> {
+        let limits = StoreLimitsBuilder::new()
+            .memory_size(self.limits.max_memory)
+            .build();
+        let mut store = Store::new(&self.engine, GuestState { limits });
+        store.limiter(|s| &mut s.limits);
+        store.epoch_deadline_trap();
+        store.set_epoch_deadline(ticks(self.limits.load_deadline));
+        let guest = self
+            .pre
+            .instantiate(&mut store)
+            .map_err(|e| Error::GuestTrap(format!("instantiating: {e:#}")))?;
+        Ok(Instance {
+            store,
+            guest,
+            call_deadline: ticks(self.limits.call_deadline),
+            load_deadline: ticks(self.limits.load_deadline),
+        })
+    }
+}
+
+impl Drop for Runtime {
+    fn drop(&mut self) {
+        self.ticker.store(false, Ordering::Relaxed);
+    }
+}
+
+fn ticks(d: Duration) -> u64 {
+    (d.as_nanos() / EPOCH_TICK.as_nanos()).max(1) as u64 + 1
+}
+
+/// The names the component imports at its top level: what a host would have to supply.
+/// Empty for a valid filter guest. (Nested components that wit-component uses to shape
+/// exported types have imports of their own, satisfied inside the component.)
+pub fn component_imports(component: &[u8]) -> Result<Vec<String>, Error> {
+    if !wasmparser::Parser::is_component(component) {
+        return Err(Error::Component("not a WebAssembly component".to_string()));
+    }
+    let mut imports = Vec::new();
+    let mut depth = 0usize;
+    for payload in wasmparser::Parser::new(0).parse_all(component) {
+        let payload = payload.map_err(|e| Error::Component(format!("not a component: {e}")))?;
+        match payload {
+            wasmparser::Payload::Version { .. } => depth += 1,
+            wasmparser::Payload::End(_) => depth = depth.saturating_sub(1),
+            wasmparser::Payload::ComponentImportSection(section) if depth == 1 => {
+                for import in section {
+                    let import =
+                        import.map_err(|e| Error::Component(format!("bad import: {e}")))?;
+                    imports.push(import.name.name.to_string());
+                }
+            }
+            _ => {}
+        }
+    }
+    Ok(imports)
+}
+
+/// One guest instance and its store.
+struct Instance {
+    store: Store<GuestState>,
+    guest: FilterGuest,
+    call_deadline: u64,
+    load_deadline: u64,
+}
+
+/// Maps a wasmtime error (trap, deadline, memory cap) to the host's error.
+fn trapped(e: wasmtime::Error) -> Error {
+    Error::GuestTrap(format!("{e:#}"))
+}
+
+impl Instance {
+    fn load(&mut self, snapshot: &[u8]) -> Result<FilterInfo, Error> {
+        self.store.set_epoch_deadline(self.load_deadline);
+        let result = self
+            .guest
+            .hashgate_filter_filter()
+            .call_load(&mut self.store, snapshot)
+            .map_err(trapped)?;
+        result.map_err(|e| {
+            Error::Load(match e {
+                LoadError::Malformed(m) | LoadError::Integrity(m) => m,
+                LoadError::UnsupportedVersion(v) => format!("unsupported format version {v}"),
+            })
+        })
+    }
+
+    fn check(&mut self, digests: &[Digest], size: u64) -> Result<Verdict, Error> {
+        self.store.set_epoch_deadline(self.call_deadline);
+        let result = self
+            .guest
+            .hashgate_filter_filter()
+            .call_check(&mut self.store, digests, size)
+            .map_err(trapped)?;
+        result.map_err(check_error)
+    }
+
+    fn scan_bytes(&mut self, chunks: &mut dyn Iterator<Item = &[u8]>) -> Result<Verdict, Error> {
+        self.store.set_epoch_deadline(self.load_deadline);
+        let filter = self.guest.hashgate_filter_filter();
+        let scanner = filter
+            .scanner()
+            .call_constructor(&mut self.store)
+            .map_err(trapped)?;
+        let mut result = Ok(());
+        for chunk in chunks {
+            result = filter
+                .scanner()
+                .call_write(&mut self.store, scanner, chunk)
+                .map_err(trapped);
+            if result.is_err() {
+                break;
+            }
+        }
+        let verdict = result.and_then(|()| {
+            filter
+                .scanner()
+                .call_finish(&mut self.store, scanner)
+                .map_err(trapped)
+        });
+        let dropped = scanner.resource_drop(&mut self.store).map_err(trapped);
+        let verdict = verdict?.map_err(check_error)?;
+        dropped?;
+        Ok(verdict)
+    }
+}
+
+fn check_error(e: CheckError) -> Error {
+    match e {
+        CheckError::NoFilter => Error::NoFilter,
+        CheckError::BadDigest(m) => Error::Check(m),
+    }
+}
+
+/// Where an engine's snapshot comes from when its instance must be rebuilt.
+enum Source {
+    /// A signed file, re-read and re-verified on recovery: the host keeps no second copy
+    /// of the filter in memory.
+    File { path: PathBuf, key: PublicKey },
+    /// Bytes already verified, kept in memory (tests, feeds that apply deltas).
+    Bytes(Arc<Vec<u8>>),
+}
+
+/// A loaded filter: one guest instance holding one verified snapshot.
+///
+/// Shared by reference between worker threads. If the guest traps, the failing call
+/// returns [`Error::GuestTrap`] and the next call runs on a fresh instance loaded from
+/// the same snapshot.
+pub struct FilterEngine {
+    runtime: Arc<Runtime>,
+    source: Source,
+    info: FilterInfo,
+    instance: Mutex<Option<Instance>>,
+}
+
+impl FilterEngine {
+    /// Reads a signed snapshot file, verifies its signature with `key`, and loads it.
+    pub fn open(
+        runtime: Arc<Runtime>,
+        path: &Path,
+        key: &PublicKey,
+    ) -> Result<FilterEngine, Error> {
+        let source = Source::File {
+            path: path.to_path_buf(),
+            key: key.clone(),
+        };
+        FilterEngine::start(runtime, source)
+    }
+
+    /// Loads a snapshot body that the caller has already verified.
+    pub fn from_verified(runtime: Arc<Runtime>, body: Vec<u8>) -> Result<FilterEngine, Error> {
+        FilterEngine::start(runtime, Source::Bytes(Arc::new(body)))
+    }
+
+    fn start(runtime: Arc<Runtime>, source: Source) -> Result<FilterEngine, Error> {
+        let (instance, info) = load_instance(&runtime, &source)?;
+        Ok(FilterEngine {
+            runtime,
+            source,
+            info,
+            instance: Mutex::new(Some(instance)),
+        })
+    }
+
+    /// What the loaded filter is.
+    pub fn info(&self) -> &FilterInfo {
+        &self.info
+    }
+
+    /// The verdict for one object's digests.
+    pub fn check(&self, digests: &[Digest], size: u64) -> Result<Verdict, Error> {
+        self.with_instance(|i| i.check(digests, size))
+    }
+
+    /// The verdict for raw bytes, hashed inside the guest (the portable path).
+    pub fn scan_bytes<'a>(
+        &self,
+        chunks: impl IntoIterator<Item = &'a [u8]>,
+    ) -> Result<Verdict, Error> {
+        let mut chunks = chunks.into_iter();
+        self.with_instance(|i| i.scan_bytes(&mut chunks))
+    }
+
+    fn with_instance<T>(
+        &self,
+        call: impl FnOnce(&mut Instance) -> Result<T, Error>,
+    ) -> Result<T, Error> {
+        // A panic while holding the lock cannot leave the instance half-updated in a way
+        // we rely on: a poisoned lock is treated like a trapped instance.
+        let mut slot = self.instance.lock().unwrap_or_else(|p| {
+            let mut guard = p.into_inner();
+            *guard = None;
+            guard
+        });
+        if slot.is_none() {
+            let (instance, _) = load_instance(&self.runtime, &self.source)?;
+            *slot = Some(instance);
+        }
+        let result = call(slot.as_mut().expect("instance present"));
+        if let Err(Error::GuestTrap(reason)) = &result {
+            tracing::warn!(%reason, "filter guest trapped; the instance will be replaced");
+            *slot = None;
+        }
+        result
+    }
+}
+
+fn load_instance(runtime: &Runtime, source: &Source) -> Result<(Instance, FilterInfo), Error> {
+    let mut instance = runtime.instantiate()?;
+    let info = match source {
+        Source::File { path, key } => {
+            let file = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+            let body = crate::trust::verify(&file, std::slice::from_ref(key))?;
+            instance.load(body)?
+        }
+        Source::Bytes(bytes) => instance.load(bytes)?,
+    };
+    Ok((instance, info))
+}

@@ -1,0 +1,435 @@
+//! Argument parsing and the subcommands.
+
+use std::io::{IsTerminal, Write};
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use anyhow::{bail, Context, Result};
+use clap::{Parser, Subcommand};
+use hashgate_authority::{build, inspect};
+use hashgate_host::scan::{self, Event};
+use hashgate_host::trust::{PublicKey, SecretKey};
+use hashgate_host::{FilterEngine, FilterInfo, Limits, Runtime};
+
+/// hashgate: keep known illegal files off your machines, inline and at line rate.
+#[derive(Parser, Debug)]
+#[command(version, about, long_about = None)]
+pub struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Create an authority signing key pair: NAME.key (secret, mode 0600) and NAME.pub.
+    Keygen {
+        /// Path and base name of the key files, e.g. keys/authority.
+        #[arg(long)]
+        out: PathBuf,
+        /// Overwrite existing key files.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Build a signed filter snapshot from digest lists.
+    Build(BuildArgs),
+    /// Show a snapshot's header, measured fill and expected false-positive rate, and
+    /// whether its signature is valid for a key.
+    Inspect {
+        /// Public key to check the signature with.
+        #[arg(long = "pub")]
+        public_key: Option<PathBuf>,
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+        /// The snapshot file.
+        file: PathBuf,
+    },
+    /// Scan files and directories against a filter. Exit 0: no hits; 1: hits; 2: error.
+    Scan(ScanArgs),
+    /// Write the canary file: harmless, listed in every filter, for end-to-end tests.
+    Canary {
+        /// Where to write it.
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Run a self-contained demonstration: a demo authority, sample files, a filter, a scan.
+    Demo {
+        /// Directory to create the demo in (default: a new temporary directory).
+        #[arg(long)]
+        dir: Option<PathBuf>,
+    },
+}
+
+#[derive(clap::Args, Debug)]
+struct BuildArgs {
+    /// The authority's secret key (NAME.key).
+    #[arg(long)]
+    key: PathBuf,
+    /// Series name: 1 to 64 of A-Z a-z 0-9 . _ -
+    #[arg(long)]
+    series: String,
+    /// Version within the series.
+    #[arg(long)]
+    version: u64,
+    /// Validity from creation, e.g. 7d, 12h, 30m.
+    #[arg(long, default_value = "7d", value_parser = humantime::parse_duration)]
+    expires: Duration,
+    /// Target false-positive rate per digest.
+    #[arg(long, default_value_t = 1e-9)]
+    fp_rate: f64,
+    /// Category for entries whose line names none.
+    #[arg(long)]
+    category: Option<String>,
+    /// Bit-index salt, 32 hex digits (default: derived from the series).
+    #[arg(long)]
+    salt: Option<String>,
+    /// Where to write the snapshot.
+    #[arg(long)]
+    out: PathBuf,
+    /// Digest lists: [algorithm:]hex[,category] per line, or ClamAV .hdb/.hsb files.
+    #[arg(required = true)]
+    lists: Vec<PathBuf>,
+}
+
+#[derive(clap::Args, Debug)]
+struct ScanArgs {
+    /// The signed filter snapshot.
+    #[arg(long)]
+    filter: PathBuf,
+    /// The authority's public key.
+    #[arg(long = "pub")]
+    public_key: PathBuf,
+    /// Print JSON lines instead of text.
+    #[arg(long)]
+    json: bool,
+    /// Hashing threads (default: one per core).
+    #[arg(long)]
+    threads: Option<usize>,
+    /// Run this guest component instead of the embedded one.
+    #[arg(long)]
+    component: Option<PathBuf>,
+    /// Files and directories to scan.
+    #[arg(required = true)]
+    paths: Vec<PathBuf>,
+}
+
+/// Runs the parsed command.
+pub fn run(cli: Cli) -> Result<ExitCode> {
+    match cli.command {
+        Command::Keygen { out, force } => keygen(&out, force).map(|_| ExitCode::SUCCESS),
+        Command::Build(args) => build_cmd(args).map(|_| ExitCode::SUCCESS),
+        Command::Inspect {
+            public_key,
+            json,
+            file,
+        } => inspect_cmd(public_key.as_deref(), json, &file),
+        Command::Scan(args) => scan_cmd(args),
+        Command::Canary { out } => {
+            std::fs::write(&out, hashgate_guest_canary())
+                .with_context(|| format!("writing {}", out.display()))?;
+            println!("wrote the canary file to {}", out.display());
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Demo { dir } => crate::demo::run(dir),
+    }
+}
+
+/// The canary file's bytes, as specified in docs/FORMAT.md.
+pub fn hashgate_guest_canary() -> &'static [u8] {
+    hashgate_authority::canary_content()
+}
+
+/// Writes NAME.key (0600) and NAME.pub; returns their paths.
+pub fn keygen(out: &Path, force: bool) -> Result<(PathBuf, PathBuf)> {
+    let secret_path = with_suffix(out, "key");
+    let public_path = with_suffix(out, "pub");
+    if !force {
+        for p in [&secret_path, &public_path] {
+            if p.exists() {
+                bail!("{} exists; pass --force to overwrite", p.display());
+            }
+        }
+    }
+    let key = SecretKey::generate();
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&secret_path)
+        .with_context(|| format!("creating {}", secret_path.display()))?;
+    file.write_all(key.to_pem().as_bytes())?;
+    file.sync_all()?;
+    std::fs::write(&public_path, key.public_key().to_pem())
+        .with_context(|| format!("writing {}", public_path.display()))?;
+    eprintln!(
+        "wrote {} (secret, keep it offline) and {} (key id {})",
+        secret_path.display(),
+        public_path.display(),
+        hex::encode(key.public_key().id())
+    );
+    Ok((secret_path, public_path))
+}
+
+fn with_suffix(base: &Path, suffix: &str) -> PathBuf {
+    let mut name = base.as_os_str().to_owned();
+    name.push(".");
+    name.push(suffix);
+    PathBuf::from(name)
+}
+
+/// Unix seconds now, or `SOURCE_DATE_EPOCH` when set (reproducible builds).
+fn creation_time() -> Result<u64> {
+    match std::env::var("SOURCE_DATE_EPOCH") {
+        Ok(v) => v
+            .trim()
+            .parse()
+            .with_context(|| format!("SOURCE_DATE_EPOCH={v:?} is not a number of seconds")),
+        Err(_) => Ok(now()),
+    }
+}
+
+fn now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+fn build_cmd(args: BuildArgs) -> Result<()> {
+    let key = SecretKey::read(&args.key)?;
+    let created = creation_time()?;
+    let mut params = hashgate_authority::BuildParams::new(
+        &args.series,
+        args.version,
+        created,
+        created + args.expires.as_secs().max(1),
+        args.fp_rate,
+    );
+    if let Some(salt) = &args.salt {
+        let mut bytes = [0u8; 16];
+        hex::decode_to_slice(salt, &mut bytes).context("--salt must be 32 hex digits")?;
+        params.salt = bytes;
+    }
+    let request = build::Request {
+        lists: args.lists,
+        default_category: args.category,
+        params,
+    };
+    let size = build::build_signed(&request, &key, &args.out)?;
+    let report = inspect::inspect(&args.out, Some(&key.public_key()))?;
+    eprintln!(
+        "wrote {} ({} bytes): series {} version {}, {} entries, k={}, expires {}",
+        args.out.display(),
+        size,
+        report.series,
+        report.version,
+        report.entries,
+        report.hashes,
+        humantime::format_rfc3339_seconds(UNIX_EPOCH + Duration::from_secs(report.expires)),
+    );
+    Ok(())
+}
+
+fn inspect_cmd(public_key: Option<&Path>, json: bool, file: &Path) -> Result<ExitCode> {
+    let key = public_key.map(PublicKey::read).transpose()?;
+    let report = inspect::inspect(file, key.as_ref())?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        let time = |t: u64| humantime::format_rfc3339_seconds(UNIX_EPOCH + Duration::from_secs(t));
+        println!(
+            "file:           {} ({} bytes)",
+            file.display(),
+            report.file_len
+        );
+        println!("format:         hashgate filter v{}", report.format_version);
+        println!("series:         {}", report.series);
+        println!("version:        {}", report.version);
+        println!("created:        {}", time(report.created));
+        let state = if now() >= report.expires {
+            "  EXPIRED"
+        } else {
+            ""
+        };
+        println!("expires:        {}{state}", time(report.expires));
+        println!("entries:        {}", report.entries);
+        println!("hashes (k):     {}", report.hashes);
+        println!("salt:           {}", report.salt);
+        println!(
+            "payload:        {} bytes, sha256 {}",
+            report.payload_len, report.payload_sha256
+        );
+        println!("sections:");
+        for s in &report.sections {
+            println!(
+                "  {:<7} {:<24} {:>12} entries {:>14} bits  fill {:.4}  expected FP rate {:.2e}",
+                s.algorithm,
+                s.category.as_deref().unwrap_or("-"),
+                s.entries,
+                s.bits,
+                s.fill,
+                s.expected_fp_rate
+            );
+        }
+        match &report.signature {
+            inspect::SignatureStatus::Valid { key_id } => {
+                println!("signature:      valid, key {key_id}")
+            }
+            inspect::SignatureStatus::Invalid { reason } => {
+                println!("signature:      INVALID: {reason}")
+            }
+            inspect::SignatureStatus::Unchecked { key_id } => println!(
+                "signature:      not checked (no --pub); signer key id {}",
+                key_id.as_deref().unwrap_or("none: unsigned")
+            ),
+        }
+    }
+    Ok(match report.signature {
+        inspect::SignatureStatus::Invalid { .. } => ExitCode::from(1),
+        _ => ExitCode::SUCCESS,
+    })
+}
+
+/// Loads a filter for scanning: verifies its signature and warns loudly if expired.
+pub fn open_filter(filter: &Path, key: &Path, component: Option<&Path>) -> Result<FilterEngine> {
+    let key = PublicKey::read(key)?;
+    let runtime = match component {
+        Some(path) => {
+            let bytes =
+                std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+            Runtime::with_component(&bytes, Limits::default())?
+        }
+        None => Runtime::new(Limits::default())?,
+    };
+    let engine = FilterEngine::open(Arc::new(runtime), filter, &key)
+        .with_context(|| format!("loading {}", filter.display()))?;
+    warn_if_expired(engine.info());
+    Ok(engine)
+}
+
+fn warn_if_expired(info: &FilterInfo) {
+    let now = now();
+    if info.is_expired(now) {
+        let ago = humantime::format_duration(Duration::from_secs(now - info.expires));
+        eprintln!(
+            "WARNING: filter {} version {} EXPIRED {ago} ago. It is still enforced, but it \
+             may miss newly listed files: fetch a current filter from your authority.",
+            info.series, info.version
+        );
+    }
+}
+
+fn scan_cmd(args: ScanArgs) -> Result<ExitCode> {
+    let engine = open_filter(&args.filter, &args.public_key, args.component.as_deref())?;
+    let json = args.json;
+    let out = Mutex::new(std::io::stdout());
+    let emit = |line: String| {
+        let mut out = out.lock().unwrap_or_else(|p| p.into_inner());
+        let _ = writeln!(out, "{line}");
+    };
+    let mut listing_errors = 0u64;
+    let targets = scan::list_files(&args.paths, &mut |path, error| {
+        listing_errors += 1;
+        emit(error_line(json, path, &error.to_string()));
+    });
+    let total: u64 = targets.iter().map(|t| t.size).sum();
+    let progress = (!json && std::io::stderr().is_terminal()).then(|| {
+        let bar = indicatif::ProgressBar::new(total);
+        bar.set_style(
+            indicatif::ProgressStyle::with_template(
+                "{bar:40} {bytes}/{total_bytes} {bytes_per_sec} eta {eta}",
+            )
+            .expect("valid template"),
+        );
+        bar
+    });
+    let threads = args
+        .threads
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+    let started = std::time::Instant::now();
+    let summary = scan::scan(&engine, &targets, threads, &|event| match event {
+        Event::Hit { path, size, hits } => {
+            for hit in hits {
+                let category = hit.category.as_deref().unwrap_or("-");
+                let digest = hex::encode(&hit.bytes);
+                let line = if json {
+                    serde_json::json!({"type": "hit", "path": path, "size": size,
+                        "algorithm": hit.algorithm.name(), "digest": digest,
+                        "category": hit.category})
+                    .to_string()
+                } else {
+                    format!(
+                        "HIT     {}  {}:{digest}  category {category}",
+                        path.display(),
+                        hit.algorithm
+                    )
+                };
+                emit_with(&progress, &emit, line);
+            }
+        }
+        Event::Canary { path } => {
+            let line = if json {
+                serde_json::json!({"type": "canary", "path": path}).to_string()
+            } else {
+                format!(
+                    "CANARY  {}  (the hashgate test file: enforcement works; not listed material)",
+                    path.display()
+                )
+            };
+            emit_with(&progress, &emit, line);
+        }
+        Event::Error { path, error } => {
+            emit_with(&progress, &emit, error_line(json, path, &error.to_string()))
+        }
+        Event::Scanned { bytes } => {
+            if let Some(bar) = &progress {
+                bar.inc(bytes);
+            }
+        }
+    });
+    if let Some(bar) = &progress {
+        bar.finish_and_clear();
+    }
+    let errors = summary.errors + listing_errors;
+    let elapsed = started.elapsed().as_secs_f64();
+    let info = engine.info();
+    if json {
+        emit(
+            serde_json::json!({"type": "summary", "files": summary.files, "bytes": summary.bytes,
+                "hits": summary.hits, "canaries": summary.canaries, "errors": errors,
+                "seconds": elapsed, "filter": {"series": info.series, "version": info.version}})
+            .to_string(),
+        );
+    } else {
+        emit(format!(
+            "scanned {} files, {} bytes in {elapsed:.2}s with filter {} v{}: {} hit, {} canary, {} error",
+            summary.files, summary.bytes, info.series, info.version, summary.hits, summary.canaries, errors
+        ));
+    }
+    Ok(if summary.hits > 0 {
+        ExitCode::from(1)
+    } else if errors > 0 {
+        ExitCode::from(2)
+    } else {
+        ExitCode::SUCCESS
+    })
+}
+
+fn emit_with(progress: &Option<indicatif::ProgressBar>, emit: &dyn Fn(String), line: String) {
+    match progress {
+        Some(bar) => bar.suspend(|| emit(line)),
+        None => emit(line),
+    }
+}
+
+fn error_line(json: bool, path: &Path, error: &str) -> String {
+    if json {
+        serde_json::json!({"type": "error", "path": path, "error": error}).to_string()
+    } else {
+        format!("ERROR   {}: {error}", path.display())
+    }
+}
