@@ -65,6 +65,16 @@ pub fn optimal_bits(n: u64, p: f64) -> u64 {
     m.max(1).div_ceil(64) * 64
 }
 
+/// The smallest section the builder makes: 2^16 bits (8 KiB). Below it, the few probe
+/// sequences a small bitmap allows put a floor under the false-positive rate (about
+/// `1/(k·m)²` with the derivation of [`crate::index`]), far above a 1e-9 target.
+pub const MIN_SECTION_BITS: u64 = 1 << 16;
+
+/// The bits the builder gives a section of `n` entries at rate `p`.
+pub fn section_bits(n: u64, p: f64) -> u64 {
+    optimal_bits(n, p).max(MIN_SECTION_BITS)
+}
+
 /// Builds a snapshot body in one buffer of its final size: sections are sized up front
 /// from [`SectionSpec`]s, digests are inserted, and [`FilterBuilder::finish`] writes the
 /// header in front of the bitmaps.
@@ -124,6 +134,7 @@ impl FilterBuilder {
             }
         }
         let mut canary_algorithms: Vec<Algorithm> = merged.iter().map(|s| s.algorithm).collect();
+        canary_algorithms.sort();
         canary_algorithms.dedup();
         if canary_algorithms.is_empty() {
             canary_algorithms.push(Algorithm::Sha256);
@@ -152,7 +163,7 @@ impl FilterBuilder {
                 algorithm: s.algorithm,
                 category: s.category.clone(),
                 entries: s.entries,
-                bits: optimal_bits(s.entries, params.fp_rate),
+                bits: section_bits(s.entries, params.fp_rate),
             })
             .collect();
         let payload_len: u64 = sections.iter().map(SectionHeader::bitmap_len).sum();

@@ -48,7 +48,10 @@ mod scanner;
 mod component;
 
 pub use algorithm::Algorithm;
-pub use builder::{optimal_bits, optimal_hashes, BuildParams, FilterBuilder, SectionSpec};
+pub use builder::{
+    optimal_bits, optimal_hashes, section_bits, BuildParams, FilterBuilder, SectionSpec,
+    MIN_SECTION_BITS,
+};
 pub use error::Error;
 pub use filter::{Filter, Hit, Section};
 pub use format::{Header, SectionHeader};

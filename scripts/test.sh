@@ -1,0 +1,20 @@
+#!/usr/bin/env bash
+# The project's test command (README.md): installs what the tests need, then runs the
+# format check, clippy with warnings as errors, and every test.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+# The guest is built for wasm32 by host/build.rs; it installs the target itself when
+# rustup is present, but doing it here keeps the first build's output readable.
+if command -v rustup >/dev/null 2>&1; then
+  rustup target list --installed | grep -qx wasm32-unknown-unknown \
+    || rustup target add wasm32-unknown-unknown
+  rustup component list --installed | grep -q '^rustfmt' || rustup component add rustfmt
+  rustup component list --installed | grep -q '^clippy' || rustup component add clippy
+fi
+
+cargo fmt --all -- --check
+cargo clippy --release --all-targets --locked -- -D warnings
+cargo test --release --locked --workspace
+# Benches are built (not run) so they cannot rot; run them with `cargo bench`.
+cargo bench --locked --workspace --no-run

@@ -1,0 +1,78 @@
+//! Helpers shared by the integration tests: generated lists and filters only, never a
+//! real list.
+#![allow(dead_code)]
+
+use std::sync::{Arc, OnceLock};
+
+use hashgate_guest::{Algorithm, BuildParams, FilterBuilder, SectionSpec};
+use hashgate_host::trust::SecretKey;
+use hashgate_host::{Limits, Runtime};
+use rand::{Rng, SeedableRng};
+
+/// A fixed test key (seed 7, 7, ...).
+pub fn test_key() -> SecretKey {
+    SecretKey::from_seed(&[7u8; 32])
+}
+
+/// One runtime per test binary: compiling the component is the slow part.
+pub fn runtime() -> Arc<Runtime> {
+    static RT: OnceLock<Arc<Runtime>> = OnceLock::new();
+    RT.get_or_init(|| Arc::new(Runtime::new(Limits::default()).expect("runtime")))
+        .clone()
+}
+
+/// `n` random digests of `algorithm`, reproducible from `seed`.
+pub fn random_digests(algorithm: Algorithm, n: usize, seed: u64) -> Vec<Vec<u8>> {
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    (0..n)
+        .map(|_| {
+            let mut d = vec![0u8; algorithm.digest_len()];
+            rng.fill(&mut d[..]);
+            d
+        })
+        .collect()
+}
+
+/// A snapshot body holding `entries`, all in one category per algorithm.
+pub fn build_body(entries: &[(Algorithm, Option<&str>, Vec<u8>)], fp_rate: f64) -> Vec<u8> {
+    let params = BuildParams::new("test-series", 3, 1_700_000_000, 4_000_000_000, fp_rate);
+    let mut specs: Vec<SectionSpec> = Vec::new();
+    for (algorithm, category, _) in entries {
+        specs.push(SectionSpec {
+            algorithm: *algorithm,
+            category: category.map(str::to_string),
+            entries: 1,
+        });
+    }
+    let mut builder = FilterBuilder::new(&params, &specs).expect("builder");
+    for (algorithm, category, digest) in entries {
+        builder
+            .insert(*algorithm, *category, digest)
+            .expect("insert");
+    }
+    builder.finish().expect("finish")
+}
+
+/// `body` with a signature trailer by `key`.
+pub fn sign(body: &[u8], key: &SecretKey) -> Vec<u8> {
+    let mut file = body.to_vec();
+    file.extend_from_slice(&key.sign_trailer(body));
+    file
+}
+
+/// Converts a guest algorithm into the host's (generated) one.
+pub fn host_algorithm(a: Algorithm) -> hashgate_host::Algorithm {
+    match a {
+        Algorithm::Md5 => hashgate_host::Algorithm::Md5,
+        Algorithm::Sha1 => hashgate_host::Algorithm::Sha1,
+        Algorithm::Sha256 => hashgate_host::Algorithm::Sha256,
+    }
+}
+
+/// A host digest.
+pub fn host_digest(a: Algorithm, bytes: &[u8]) -> hashgate_host::Digest {
+    hashgate_host::Digest {
+        algorithm: host_algorithm(a),
+        bytes: bytes.to_vec(),
+    }
+}

@@ -1,0 +1,121 @@
+#!/usr/bin/env python3
+"""An independent reference reader of the hashgate filter format v1 (docs/FORMAT.md).
+
+Written from the spec, sharing no code with the Rust implementation, so that the
+known-answer tests check the spec and not one implementation against itself.
+
+    filter_ref.py probe SALT_HEX ALGORITHM DIGEST_HEX BITS K
+    filter_ref.py check SNAPSHOT_FILE ALGORITHM DIGEST_HEX     (exit 0 hit, 1 clean)
+"""
+import hashlib
+import struct
+import sys
+
+MASK = (1 << 64) - 1
+CODES = {"md5": 1, "sha1": 2, "sha256": 3}
+
+
+def rotl(x, b):
+    return ((x << b) | (x >> (64 - b))) & MASK
+
+
+def sipround(v):
+    v0, v1, v2, v3 = v
+    v0 = (v0 + v1) & MASK; v1 = rotl(v1, 13); v1 ^= v0; v0 = rotl(v0, 32)
+    v2 = (v2 + v3) & MASK; v3 = rotl(v3, 16); v3 ^= v2
+    v0 = (v0 + v3) & MASK; v3 = rotl(v3, 21); v3 ^= v0
+    v2 = (v2 + v1) & MASK; v1 = rotl(v1, 17); v1 ^= v2; v2 = rotl(v2, 32)
+    return [v0, v1, v2, v3]
+
+
+def siphash13_128(key, msg):
+    """SipHash-1-3 with 128-bit output; returns the 16 output bytes."""
+    k0, k1 = struct.unpack("<QQ", key)
+    v = [k0 ^ 0x736F6D6570736575, k1 ^ 0x646F72616E646F6D,
+         k0 ^ 0x6C7967656E657261, k1 ^ 0x7465646279746573]
+    v[1] ^= 0xEE
+    tail = len(msg) % 8
+    for i in range(0, len(msg) - tail, 8):
+        m = struct.unpack("<Q", msg[i:i + 8])[0]
+        v[3] ^= m
+        v = sipround(v)
+        v[0] ^= m
+    b = (len(msg) & 0xFF) << 56
+    for i, byte in enumerate(msg[len(msg) - tail:]):
+        b |= byte << (8 * i)
+    v[3] ^= b
+    v = sipround(v)
+    v[0] ^= b
+    v[2] ^= 0xEE
+    for _ in range(3):
+        v = sipround(v)
+    h1 = v[0] ^ v[1] ^ v[2] ^ v[3]
+    v[1] ^= 0xDD
+    for _ in range(3):
+        v = sipround(v)
+    h2 = v[0] ^ v[1] ^ v[2] ^ v[3]
+    return struct.pack("<QQ", h1, h2)
+
+
+def probe(salt, code, digest):
+    h1, h2 = struct.unpack("<QQ", siphash13_128(salt, bytes([code]) + digest))
+    h3, _ = struct.unpack("<QQ", siphash13_128(salt, bytes([code | 0x80]) + digest))
+    return h1, h2, h3
+
+
+def indices(h1, h2, h3, k, bits):
+    return [((((h1 + i * h2 + i * i * h3) & MASK) * bits) >> 64) for i in range(k)]
+
+
+def parse(body):
+    if body[:8] != b"HASHGATE":
+        raise ValueError("bad magic")
+    version, count, flags = struct.unpack_from("<HHI", body, 8)
+    if version != 1 or flags != 0 or not 1 <= count <= 64:
+        raise ValueError("bad version, flags or section count")
+    k = struct.unpack_from("<I", body, 112)[0]
+    salt = body[120:136]
+    payload_len = struct.unpack_from("<Q", body, 136)[0]
+    payload_sha = body[144:176]
+    start = 176 + 48 * count
+    if len(body) != start + payload_len:
+        raise ValueError("length disagrees with payload_len")
+    if hashlib.sha256(body[start:]).digest() != payload_sha:
+        raise ValueError("payload digest mismatch")
+    sections, offset = [], start
+    for i in range(count):
+        rec = body[176 + 48 * i:176 + 48 * (i + 1)]
+        code, label_len = rec[0], rec[1]
+        entries, bits = struct.unpack_from("<QQ", rec, 8)
+        label = rec[24:24 + label_len].decode()
+        nbytes = (bits + 7) // 8
+        sections.append((code, label, bits, body[offset:offset + nbytes]))
+        offset += nbytes
+    return k, salt, sections
+
+
+def main(argv):
+    if argv[1] == "probe":
+        salt, alg, digest = bytes.fromhex(argv[2]), argv[3], bytes.fromhex(argv[4])
+        h1, h2, h3 = probe(salt, CODES[alg], digest)
+        print(f"{h1:016x} {h2:016x} {h3:016x}", *indices(h1, h2, h3, int(argv[6]), int(argv[5])))
+        return 0
+    if argv[1] == "check":
+        data = open(argv[2], "rb").read()
+        if data[-80:-72] == b"HGSIGv1\n":
+            data = data[:-80]
+        k, salt, sections = parse(data)
+        code, digest = CODES[argv[3]], bytes.fromhex(argv[4])
+        h1, h2, h3 = probe(salt, code, digest)
+        hit = False
+        for s_code, label, bits, bitmap in sections:
+            if s_code == code and all(bitmap[i // 8] & (1 << (i % 8)) for i in indices(h1, h2, h3, k, bits)):
+                print(f"hit {label or '-'}")
+                hit = True
+        return 0 if hit else 1
+    print(__doc__)
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv))
