@@ -67,7 +67,7 @@ fn components_with_imports_or_no_component_are_refused() {
     assert!(Runtime::with_component(b"garbage", Limits::default()).is_err());
 }
 
-fn mixed_filter() -> (Vec<u8>, Vec<(Algorithm, Option<&'static str>, Vec<u8>)>) {
+fn mixed_filter() -> (Vec<u8>, Vec<common::Entry>) {
     let mut entries = Vec::new();
     for (i, algorithm) in Algorithm::ALL.into_iter().enumerate() {
         for (j, category) in [None, Some("one"), Some("two")].into_iter().enumerate() {

@@ -172,7 +172,7 @@ fn parse_hex(
     let algorithm = match named {
         Some(a) => a,
         None => Algorithm::from_digest_len(hex.len() / 2)
-            .filter(|_| hex.len() % 2 == 0)
+            .filter(|_| hex.len().is_multiple_of(2))
             .ok_or_else(|| {
                 format!(
                     "a digest of {} hex digits is none of MD5 (32), SHA-1 (40), SHA-256 (64)",

@@ -23,7 +23,7 @@
 //!     &[SectionSpec { algorithm: Algorithm::Sha256, category: Some("test".into()), entries: 1 }],
 //! )?;
 //! builder.insert(Algorithm::Sha256, Some("test"), &listed)?;
-//! let snapshot = builder.finish();
+//! let snapshot = builder.finish()?;
 //!
 //! let filter = Filter::parse(snapshot)?;
 //! let hits = filter.check(&[(Algorithm::Sha256, &listed[..])])?;

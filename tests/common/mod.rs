@@ -33,8 +33,11 @@ pub fn random_digests(algorithm: Algorithm, n: usize, seed: u64) -> Vec<Vec<u8>>
         .collect()
 }
 
-/// A snapshot body holding `entries`, all in one category per algorithm.
-pub fn build_body(entries: &[(Algorithm, Option<&str>, Vec<u8>)], fp_rate: f64) -> Vec<u8> {
+/// One list entry: algorithm, category, digest.
+pub type Entry = (Algorithm, Option<&'static str>, Vec<u8>);
+
+/// A snapshot body holding `entries`.
+pub fn build_body(entries: &[Entry], fp_rate: f64) -> Vec<u8> {
     let params = BuildParams::new("test-series", 3, 1_700_000_000, 4_000_000_000, fp_rate);
     let mut specs: Vec<SectionSpec> = Vec::new();
     for (algorithm, category, _) in entries {

@@ -264,7 +264,7 @@ fn check_error(e: CheckError) -> Error {
 enum Source {
     /// A signed file, re-read and re-verified on recovery: the host keeps no second copy
     /// of the filter in memory.
-    File { path: PathBuf, key: PublicKey },
+    File { path: PathBuf, key: Box<PublicKey> },
     /// Bytes already verified, kept in memory (tests, feeds that apply deltas).
     Bytes(Arc<Vec<u8>>),
 }
@@ -290,7 +290,7 @@ impl FilterEngine {
     ) -> Result<FilterEngine, Error> {
         let source = Source::File {
             path: path.to_path_buf(),
-            key: key.clone(),
+            key: Box::new(key.clone()),
         };
         FilterEngine::start(runtime, source)
     }
@@ -358,7 +358,7 @@ fn load_instance(runtime: &Runtime, source: &Source) -> Result<(Instance, Filter
     let info = match source {
         Source::File { path, key } => {
             let file = std::fs::read(path).map_err(|e| Error::io(path, e))?;
-            let body = crate::trust::verify(&file, std::slice::from_ref(key))?;
+            let body = crate::trust::verify(&file, std::slice::from_ref(key.as_ref()))?;
             instance.load(body)?
         }
         Source::Bytes(bytes) => instance.load(bytes)?,
