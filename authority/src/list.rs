@@ -188,7 +188,8 @@ fn parse_hex(
             hex.len()
         ));
     }
-    hex::decode_to_slice(hex, &mut out[..len]).map_err(|e| format!("bad hex digest: {e}"))?;
+    faster_hex::hex_decode(hex.as_bytes(), &mut out[..len])
+        .map_err(|_| format!("{hex:?} is not a hex digest"))?;
     Ok((algorithm, len))
 }
 

@@ -109,23 +109,17 @@ impl SecretKey {
         PublicKey(self.0.verifying_key())
     }
 
-    /// The trailer that signs `body`; append it to the body to make a signed file.
-    pub fn sign_trailer(&self, body: &[u8]) -> [u8; TRAILER_LEN] {
-        let mut trailer = [0u8; TRAILER_LEN];
-        trailer[..8].copy_from_slice(&TRAILER_MAGIC);
-        trailer[8..16].copy_from_slice(&self.public_key().id());
-        let signature = self.0.sign(&signed_message(body, &trailer[..16]));
-        trailer[16..].copy_from_slice(&signature.to_bytes());
-        trailer
+    /// Appends the signature trailer to `body`, making it a signed file. The signed
+    /// message is the body plus the trailer's first 16 bytes, contiguous in the buffer,
+    /// so nothing is copied (reserve [`TRAILER_LEN`] bytes of capacity to avoid a
+    /// reallocation of a large body).
+    pub fn sign_append(&self, body: &mut Vec<u8>) {
+        body.reserve(TRAILER_LEN);
+        body.extend_from_slice(&TRAILER_MAGIC);
+        body.extend_from_slice(&self.public_key().id());
+        let signature = self.0.sign(body);
+        body.extend_from_slice(&signature.to_bytes());
     }
-}
-
-fn signed_message(body: &[u8], trailer_head: &[u8]) -> Vec<u8> {
-    // Ed25519 hashes its message twice internally, so it needs it in one piece.
-    let mut message = Vec::with_capacity(body.len() + trailer_head.len());
-    message.extend_from_slice(body);
-    message.extend_from_slice(trailer_head);
-    message
 }
 
 /// The id of the key that claims to have signed `file`, if it has a trailer.
@@ -141,6 +135,7 @@ pub fn verify<'a>(file: &'a [u8], keys: &[PublicKey]) -> Result<&'a [u8], Error>
         .checked_sub(TRAILER_LEN)
         .ok_or_else(|| Error::Signature("file too short to hold a signature".into()))?;
     let (body, trailer) = file.split_at(split);
+    let message = &file[..file.len() - 64];
     if trailer[..8] != TRAILER_MAGIC {
         return Err(Error::Signature(
             "no signature trailer (unsigned or truncated file)".into(),
@@ -159,7 +154,7 @@ pub fn verify<'a>(file: &'a [u8], keys: &[PublicKey]) -> Result<&'a [u8], Error>
     })?;
     let signature = Signature::from_bytes(trailer[16..].try_into().expect("64 bytes"));
     key.0
-        .verify_strict(&signed_message(body, &trailer[..16]), &signature)
+        .verify_strict(message, &signature)
         .map_err(|_| Error::Signature(format!("bad signature by key {}", hex::encode(id))))?;
     Ok(body)
 }

@@ -59,7 +59,7 @@ pub fn build_body(entries: &[Entry], fp_rate: f64) -> Vec<u8> {
 /// `body` with a signature trailer by `key`.
 pub fn sign(body: &[u8], key: &SecretKey) -> Vec<u8> {
     let mut file = body.to_vec();
-    file.extend_from_slice(&key.sign_trailer(body));
+    key.sign_append(&mut file);
     file
 }
 
