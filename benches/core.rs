@@ -1,1 +1,113 @@
-fn main() {}
+//! Criterion benches for the core figures (docs/PERFORMANCE.md):
+//!
+//! * `hashing/*`: the host's hashing path for a SHA-256-only filter against raw `sha2`
+//!   on the same 1 MiB buffers, measured in the same run (the ratio is the figure);
+//! * `verdict/*`: one object's digests checked by the wasm guest (excluding hashing),
+//!   for a miss and a hit, against a filter of `HASHGATE_BENCH_ENTRIES` entries
+//!   (default 1,000,000; the docs quote 10,000,000);
+//! * `build/*`: inserting digests natively.
+
+use std::hint::black_box;
+use std::sync::Arc;
+
+use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
+use hashgate_guest::{Algorithm, BuildParams, FilterBuilder, SectionSpec};
+use hashgate_host::hashing::ObjectHasher;
+use hashgate_host::{Digest, FilterEngine, Limits, Runtime};
+use rand::{RngCore, SeedableRng};
+use sha2::Digest as _;
+
+fn random_bytes(n: usize, seed: u64) -> Vec<u8> {
+    let mut v = vec![0u8; n];
+    rand::rngs::StdRng::seed_from_u64(seed).fill_bytes(&mut v);
+    v
+}
+
+fn hashing(c: &mut Criterion) {
+    let buf = random_bytes(1 << 20, 1);
+    let mut group = c.benchmark_group("hashing");
+    group.throughput(Throughput::Bytes(buf.len() as u64));
+    group.bench_function("raw-sha2-sha256", |b| {
+        b.iter(|| black_box(sha2::Sha256::digest(black_box(&buf))))
+    });
+    group.bench_function("host-sha256-only", |b| {
+        b.iter(|| {
+            let mut h = ObjectHasher::new(&[hashgate_host::Algorithm::Sha256]);
+            h.update(black_box(&buf));
+            black_box(h.finish())
+        })
+    });
+    group.bench_function("host-md5-sha1-sha256", |b| {
+        b.iter(|| {
+            let mut h = ObjectHasher::new(&hashgate_host::Algorithm::ALL);
+            h.update(black_box(&buf));
+            black_box(h.finish())
+        })
+    });
+    group.finish();
+}
+
+fn entries() -> usize {
+    std::env::var("HASHGATE_BENCH_ENTRIES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1_000_000)
+}
+
+fn build_filter(n: usize, p: f64) -> (Vec<u8>, Vec<u8>) {
+    let params = BuildParams::new("bench", 1, 1, u64::MAX / 2, p);
+    let spec = SectionSpec {
+        algorithm: Algorithm::Sha256,
+        category: None,
+        entries: n as u64,
+    };
+    let mut builder = FilterBuilder::new(&params, &[spec]).unwrap();
+    let mut rng = rand::rngs::StdRng::seed_from_u64(7);
+    let mut digest = [0u8; 32];
+    let mut member = Vec::new();
+    for i in 0..n {
+        rng.fill_bytes(&mut digest);
+        if i == 0 {
+            member = digest.to_vec();
+        }
+        builder.insert(Algorithm::Sha256, None, &digest).unwrap();
+    }
+    (builder.finish().unwrap(), member)
+}
+
+fn verdict(c: &mut Criterion) {
+    let n = entries();
+    let (body, member) = build_filter(n, 1e-9);
+    let runtime = Arc::new(Runtime::new(Limits::default()).unwrap());
+    let engine = FilterEngine::from_verified(runtime, body).unwrap();
+    let digest = |bytes: Vec<u8>| {
+        vec![Digest {
+            algorithm: hashgate_host::Algorithm::Sha256,
+            bytes,
+        }]
+    };
+    let miss = digest(random_bytes(32, 99));
+    let hit = digest(member);
+    let mut group = c.benchmark_group("verdict");
+    group.bench_with_input(BenchmarkId::new("miss", n), &miss, |b, d| {
+        b.iter(|| black_box(engine.check(black_box(d), 4096).unwrap()))
+    });
+    group.bench_with_input(BenchmarkId::new("hit", n), &hit, |b, d| {
+        b.iter(|| black_box(engine.check(black_box(d), 4096).unwrap()))
+    });
+    group.finish();
+}
+
+fn build(c: &mut Criterion) {
+    let n = 100_000;
+    let mut group = c.benchmark_group("build");
+    group.throughput(Throughput::Elements(n as u64));
+    group.sample_size(10);
+    group.bench_function(BenchmarkId::new("sha256-1e-9", n), |b| {
+        b.iter(|| black_box(build_filter(n, 1e-9)))
+    });
+    group.finish();
+}
+
+criterion_group!(benches, hashing, verdict, build);
+criterion_main!(benches);
