@@ -86,11 +86,26 @@ pub fn read(
             line: number,
             reason,
         };
-        let text = std::str::from_utf8(&line).map_err(|_| bad("not UTF-8".into()))?;
-        let text = text.trim();
-        if text.is_empty() || text.starts_with('#') {
+        let raw = line.trim_ascii();
+        if raw.is_empty() || raw[0] == b'#' {
             continue;
         }
+        // Fast path for the bulk of large lists: a bare hex digest on its own line.
+        if syntax == Syntax::Hashgate && raw.len().is_multiple_of(2) {
+            if let Some(algorithm) = Algorithm::from_digest_len(raw.len() / 2) {
+                let len = algorithm.digest_len();
+                if faster_hex::hex_decode(raw, &mut digest[..len]).is_ok() {
+                    each(Entry {
+                        algorithm,
+                        digest: &digest[..len],
+                        category: default_category,
+                    })?;
+                    entries += 1;
+                    continue;
+                }
+            }
+        }
+        let text = std::str::from_utf8(raw).map_err(|_| bad("not UTF-8".into()))?;
         let (algorithm, len, category) = match syntax {
             Syntax::Hashgate => parse_hashgate(text, &mut digest).map_err(bad)?,
             Syntax::ClamAv => parse_clamav(text, &mut digest).map_err(bad)?,

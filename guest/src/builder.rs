@@ -306,14 +306,24 @@ impl FilterBuilder {
             self.sorted[*slot] = p;
             *slot += 1;
         }
-        // Prefetching a few positions ahead keeps more cache misses in flight than the
-        // out-of-order window alone would: 10.0 s -> 7.5 s for 10M entries at 1e-9.
-        const AHEAD: usize = 32;
-        for n in 0..self.sorted.len() {
-            if let Some(&ahead) = self.sorted.get(n + AHEAD) {
-                prefetch(payload, ahead);
-            }
-            set_bit(payload, self.sorted[n]);
+        // The buckets cover the payload in order, so its two halves can be filled by two
+        // threads without sharing a byte: the work is bound by memory latency, and a
+        // second core brings its own outstanding misses.
+        let half = 1u64 << (BUCKET_BITS - 1) << shift;
+        let threaded = cfg!(not(target_arch = "wasm32"))
+            && shift >= 3
+            && half / 8 < payload.len() as u64
+            && self.sorted.len() >= 1 << 16;
+        if threaded {
+            let split = self.sorted.partition_point(|&p| p < half);
+            let (low_positions, high_positions) = self.sorted.split_at(split);
+            let (low, high) = payload.split_at_mut((half / 8) as usize);
+            std::thread::scope(|scope| {
+                scope.spawn(|| set_bits(low, low_positions, 0));
+                set_bits(high, high_positions, half);
+            });
+        } else {
+            set_bits(payload, &self.sorted, 0);
         }
         self.pending.clear();
     }
@@ -336,6 +346,19 @@ impl FilterBuilder {
         self.header.payload_sha256 = Sha256::digest(&self.body[start..]).into();
         self.header.write_to(&mut self.body[..start]);
         Ok(self.body)
+    }
+}
+
+/// Sets the bits at `positions` (ascending by bucket), each counted from `base`.
+fn set_bits(bitmap: &mut [u8], positions: &[u64], base: u64) {
+    // Prefetching a few positions ahead keeps more cache misses in flight than the
+    // out-of-order window alone would: 10.0 s -> 7.5 s for 10M entries at 1e-9.
+    const AHEAD: usize = 32;
+    for (n, &p) in positions.iter().enumerate() {
+        if let Some(&ahead) = positions.get(n + AHEAD) {
+            prefetch(bitmap, ahead - base);
+        }
+        set_bit(bitmap, p - base);
     }
 }
 
