@@ -120,7 +120,7 @@ fn kat_whole_snapshot() {
 }
 
 const KAT_BODY_SHA256: &str = "2c7f53b5b7ad1d5094af9cab5caac572d6f3de1f81fa802733371cd9521ccc23";
-const KAT_FILE_SHA256: &str = "aaee5e4c2644c78ccc2e41042fa835a60fd88b73db4f5edb459dd83543f8e9cd";
+const KAT_FILE_SHA256: &str = "76b3959c733cda23846986345b59688c24f3354edaa68482c3de7eb1dcbe5a99";
 
 #[test]
 fn sizing_is_the_bloom_optimum() {

@@ -7,7 +7,11 @@
 //! | --- | --- | --- |
 //! | 0 | 8 | magic `HGSIGv1\n` |
 //! | 8 | 8 | key id: the first 8 bytes of SHA-256 of the 32-byte public key |
-//! | 16 | 64 | Ed25519 signature over the body, the magic and the key id |
+//! | 16 | 64 | Ed25519 signature over `magic || key id || SHA-256(body)` (48 bytes) |
+//!
+//! Signing the body's SHA-256 rather than the body lets the host check a 54 MB filter
+//! with one native SHA-256 (SHA-NI, ~2 GB/s) instead of Ed25519's SHA-512 over all of
+//! it (~0.5 GB/s), and lets the signer stream the body.
 //!
 //! Verification uses `verify_strict` (no small-order keys, canonical signatures only).
 //! Keys are stored as PEM: PKCS#8 for secret keys (mode 0600), SPKI for public keys, the
@@ -109,17 +113,29 @@ impl SecretKey {
         PublicKey(self.0.verifying_key())
     }
 
-    /// Appends the signature trailer to `body`, making it a signed file. The signed
-    /// message is the body plus the trailer's first 16 bytes, contiguous in the buffer,
-    /// so nothing is copied (reserve [`TRAILER_LEN`] bytes of capacity to avoid a
-    /// reallocation of a large body).
+    /// Appends the signature trailer to `body`, making it a signed file.
     pub fn sign_append(&self, body: &mut Vec<u8>) {
+        let head = trailer_head(&self.public_key().id());
+        let signature = self.0.sign(&signed_message(&head, body));
         body.reserve(TRAILER_LEN);
-        body.extend_from_slice(&TRAILER_MAGIC);
-        body.extend_from_slice(&self.public_key().id());
-        let signature = self.0.sign(body);
+        body.extend_from_slice(&head);
         body.extend_from_slice(&signature.to_bytes());
     }
+}
+
+fn trailer_head(key_id: &[u8; 8]) -> [u8; 16] {
+    let mut head = [0u8; 16];
+    head[..8].copy_from_slice(&TRAILER_MAGIC);
+    head[8..].copy_from_slice(key_id);
+    head
+}
+
+/// What the signature covers: the trailer's magic and key id, then SHA-256 of the body.
+fn signed_message(head: &[u8], body: &[u8]) -> [u8; 48] {
+    let mut message = [0u8; 48];
+    message[..16].copy_from_slice(head);
+    message[16..].copy_from_slice(&Sha256::digest(body));
+    message
 }
 
 /// The id of the key that claims to have signed `file`, if it has a trailer.
@@ -135,7 +151,6 @@ pub fn verify<'a>(file: &'a [u8], keys: &[PublicKey]) -> Result<&'a [u8], Error>
         .checked_sub(TRAILER_LEN)
         .ok_or_else(|| Error::Signature("file too short to hold a signature".into()))?;
     let (body, trailer) = file.split_at(split);
-    let message = &file[..file.len() - 64];
     if trailer[..8] != TRAILER_MAGIC {
         return Err(Error::Signature(
             "no signature trailer (unsigned or truncated file)".into(),
@@ -154,7 +169,7 @@ pub fn verify<'a>(file: &'a [u8], keys: &[PublicKey]) -> Result<&'a [u8], Error>
     })?;
     let signature = Signature::from_bytes(trailer[16..].try_into().expect("64 bytes"));
     key.0
-        .verify_strict(message, &signature)
+        .verify_strict(&signed_message(&trailer[..16], body), &signature)
         .map_err(|_| Error::Signature(format!("bad signature by key {}", hex::encode(id))))?;
     Ok(body)
 }
