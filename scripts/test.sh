@@ -15,6 +15,12 @@ fi
 
 cargo fmt --all -- --check
 cargo clippy --release --all-targets --locked -- -D warnings
-cargo test --release --locked --workspace
 # Benches are built (not run) so they cannot rot; run them with `cargo bench`.
 cargo bench --locked --workspace --no-run
+
+log=$(mktemp)
+trap 'rm -f "$log"' EXIT
+cargo test --release --locked --workspace 2>&1 | tee "$log"
+# One closing line for the whole run (cargo prints one per test binary).
+awk '/^test result:/ { p += $4; f += $6; i += $8 }
+     END { printf "tests: %d passed, %d failed, %d ignored\n", p, f, i; if (p == 0) exit 1 }' "$log"
