@@ -55,6 +55,15 @@ enum Command {
         #[arg(long)]
         out: PathBuf,
     },
+    /// Run the inline upload gateway: a streaming reverse proxy (or embedded store) that
+    /// refuses listed uploads with 451 before they are stored complete.
+    Gateway(Box<GatewayArgs>),
+    /// Upload the canary file through a running gateway: exit 0 if it was blocked, 1 if
+    /// it was let through, 2 on error.
+    Selftest {
+        /// Where to PUT the canary, e.g. http://127.0.0.1:8080/selftest/canary.txt
+        url: String,
+    },
     /// Run a self-contained demonstration: a demo authority, sample files, a filter, a scan.
     Demo {
         /// Directory to create the demo in (default: a new temporary directory).
@@ -92,6 +101,40 @@ struct BuildArgs {
     /// Digest lists: [algorithm:]hex[,category] per line, or ClamAV .hdb/.hsb files.
     #[arg(required = true)]
     lists: Vec<PathBuf>,
+}
+
+#[derive(clap::Args, Debug)]
+pub struct GatewayArgs {
+    /// TOML configuration file (see README.md); flags override it.
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    /// Client listener address.
+    #[arg(long)]
+    pub listen: Option<String>,
+    /// Origin base URL, e.g. http://127.0.0.1:9000
+    #[arg(long, conflicts_with = "store")]
+    pub origin: Option<String>,
+    /// Embedded store directory (the default backend when no origin is given).
+    #[arg(long)]
+    pub store: Option<PathBuf>,
+    /// The signed filter snapshot.
+    #[arg(long)]
+    pub filter: Option<PathBuf>,
+    /// The authority's public key.
+    #[arg(long = "pub")]
+    pub public_key: Option<PathBuf>,
+    /// Admin listener address (/metrics, /healthz, /readyz).
+    #[arg(long)]
+    pub admin: Option<String>,
+    /// Audit log (JSON lines, fsynced per record).
+    #[arg(long)]
+    pub audit_log: Option<PathBuf>,
+    /// Allow-list of exact digests that override hits.
+    #[arg(long)]
+    pub allow_list: Option<PathBuf>,
+    /// Only audit and count hits, never block (same as `actions.default = "monitor"`).
+    #[arg(long)]
+    pub monitor: bool,
 }
 
 #[derive(clap::Args, Debug)]
@@ -134,6 +177,8 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Demo { dir } => crate::demo::run(dir),
+        Command::Gateway(args) => crate::gateway::run(*args).map(|_| ExitCode::SUCCESS),
+        Command::Selftest { url } => crate::gateway::selftest(&url),
     }
 }
 

@@ -3,6 +3,7 @@
 
 mod cli;
 mod demo;
+mod gateway;
 
 use std::process::ExitCode;
 

@@ -39,6 +39,9 @@ pub enum Error {
     /// is discarded; the next call gets a fresh one.
     #[error("the filter guest trapped: {0}")]
     GuestTrap(String),
+    /// Occurs when a configuration file or value is invalid.
+    #[error("configuration: {0}")]
+    Config(String),
     /// Occurs when the component cannot be compiled or instantiated, or imports anything.
     #[error("unusable guest component: {0}")]
     Component(String),

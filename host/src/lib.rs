@@ -13,7 +13,9 @@
 
 #![deny(missing_docs)]
 
+pub mod enforce;
 mod error;
+pub mod gateway;
 pub mod hashing;
 pub mod runtime;
 pub mod scan;

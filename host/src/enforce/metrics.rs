@@ -1,0 +1,205 @@
+//! Prometheus metrics (text exposition format), shared by every front-end.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use prometheus_client::encoding::text::encode;
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::Registry;
+
+use crate::FilterInfo;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ActionLabel {
+    action: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct OutcomeLabel {
+    outcome: String,
+}
+
+/// The gateway's metrics.
+pub struct Metrics {
+    registry: Registry,
+    requests: Family<OutcomeLabel, Counter>,
+    inspected_bytes: Counter,
+    inspected_objects: Counter,
+    hits: Family<ActionLabel, Counter>,
+    canaries: Counter,
+    failures: Family<ActionLabel, Counter>,
+    guest_traps: Counter,
+    origin_errors: Counter,
+    audit_errors: Counter,
+    verdict_seconds: Histogram,
+    filter_version: Gauge,
+    filter_expires: AtomicU64,
+    filter_created: AtomicU64,
+    filter_age: Gauge,
+    filter_stale: Gauge,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics::new()
+    }
+}
+
+impl Metrics {
+    /// Registers every metric under the `hashgate_` prefix.
+    pub fn new() -> Metrics {
+        let mut registry = Registry::with_prefix("hashgate");
+        let m = Metrics {
+            requests: Family::default(),
+            inspected_bytes: Counter::default(),
+            inspected_objects: Counter::default(),
+            hits: Family::default(),
+            canaries: Counter::default(),
+            failures: Family::default(),
+            guest_traps: Counter::default(),
+            origin_errors: Counter::default(),
+            audit_errors: Counter::default(),
+            verdict_seconds: Histogram::new([1e-6, 2e-6, 5e-6, 1e-5, 5e-5, 1e-4, 1e-3, 1e-2]),
+            filter_version: Gauge::default(),
+            filter_expires: AtomicU64::new(0),
+            filter_created: AtomicU64::new(0),
+            filter_age: Gauge::default(),
+            filter_stale: Gauge::default(),
+            registry: Registry::default(),
+        };
+        registry.register("requests", "Requests by outcome", m.requests.clone());
+        registry.register(
+            "inspected_bytes",
+            "Bytes hashed and checked",
+            m.inspected_bytes.clone(),
+        );
+        registry.register(
+            "inspected_objects",
+            "Objects checked",
+            m.inspected_objects.clone(),
+        );
+        registry.register("hits", "Filter hits by action taken", m.hits.clone());
+        registry.register("canary_hits", "Canary files seen", m.canaries.clone());
+        registry.register(
+            "verdict_failures",
+            "Objects without a verdict, by action",
+            m.failures.clone(),
+        );
+        registry.register(
+            "guest_traps",
+            "Filter guest traps and deadline overruns",
+            m.guest_traps.clone(),
+        );
+        registry.register(
+            "origin_errors",
+            "Origin connection failures and timeouts",
+            m.origin_errors.clone(),
+        );
+        registry.register(
+            "audit_errors",
+            "Audit records that could not be written",
+            m.audit_errors.clone(),
+        );
+        registry.register(
+            "verdict_seconds",
+            "Time to a verdict, excluding hashing",
+            m.verdict_seconds.clone(),
+        );
+        registry.register(
+            "filter_version",
+            "Version of the enforced filter",
+            m.filter_version.clone(),
+        );
+        registry.register(
+            "filter_age_seconds",
+            "Seconds past the filter's creation",
+            m.filter_age.clone(),
+        );
+        registry.register(
+            "filter_stale",
+            "1 if the enforced filter has expired",
+            m.filter_stale.clone(),
+        );
+        Metrics { registry, ..m }
+    }
+
+    /// Records the filter being enforced.
+    pub fn set_filter(&self, info: &FilterInfo) {
+        self.filter_version.set(info.version as i64);
+        self.filter_expires.store(info.expires, Ordering::Relaxed);
+        self.filter_created.store(info.created, Ordering::Relaxed);
+    }
+
+    /// Whether the enforced filter has expired.
+    pub fn filter_is_stale(&self) -> bool {
+        now() >= self.filter_expires.load(Ordering::Relaxed)
+    }
+
+    pub(crate) fn observe_verdict(&self, took: Duration, size: u64) {
+        self.verdict_seconds.observe(took.as_secs_f64());
+        self.inspected_objects.inc();
+        self.inspected_bytes.inc_by(size);
+    }
+
+    pub(crate) fn count_hit(&self, action: &str, canary: bool) {
+        self.hits
+            .get_or_create(&ActionLabel {
+                action: action.into(),
+            })
+            .inc();
+        if canary {
+            self.canaries.inc();
+        }
+    }
+
+    pub(crate) fn count_failure(&self, action: &str) {
+        self.failures
+            .get_or_create(&ActionLabel {
+                action: action.into(),
+            })
+            .inc();
+    }
+
+    pub(crate) fn count_guest_trap(&self) {
+        self.guest_traps.inc();
+    }
+
+    pub(crate) fn count_audit_error(&self) {
+        self.audit_errors.inc();
+    }
+
+    /// Counts an origin failure.
+    pub fn count_origin_error(&self) {
+        self.origin_errors.inc();
+    }
+
+    /// Counts a finished request by its outcome (`pass`, `blocked`, `error`, ...).
+    pub fn count_request(&self, outcome: &str) {
+        self.requests
+            .get_or_create(&OutcomeLabel {
+                outcome: outcome.into(),
+            })
+            .inc();
+    }
+
+    /// The metrics in Prometheus text format.
+    pub fn render(&self) -> String {
+        let created = self.filter_created.load(Ordering::Relaxed);
+        self.filter_age.set(now().saturating_sub(created) as i64);
+        self.filter_stale.set(i64::from(self.filter_is_stale()));
+        let mut out = String::new();
+        encode(&mut out, &self.registry).expect("writing to a String");
+        out
+    }
+}
+
+fn now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}

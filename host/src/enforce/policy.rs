@@ -1,0 +1,122 @@
+//! What the operator wants done with hits.
+
+use std::collections::{HashMap, HashSet};
+use std::path::Path;
+
+use crate::{Algorithm, Error};
+
+/// What a hit in a category leads to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Action {
+    /// Refuse the object (HTTP 451).
+    Block,
+    /// Let it through, but audit and count it.
+    Monitor,
+}
+
+/// What happens when no verdict can be had (guest trap, deadline).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FailureMode {
+    /// Refuse the object (HTTP 503). The default: nothing unchecked gets through.
+    #[default]
+    FailClosed,
+    /// Let it through, audited and counted.
+    FailOpen,
+}
+
+/// The operator's policy.
+#[derive(Clone, Debug)]
+pub struct Policy {
+    /// Action for categories not named in `actions` (and for hits without a category).
+    pub default_action: Action,
+    /// Action per category.
+    pub actions: HashMap<String, Action>,
+    /// Digests never acted on: the operator's own known false positives.
+    pub allow: AllowList,
+    /// What to do without a verdict.
+    pub on_failure: FailureMode,
+}
+
+impl Default for Policy {
+    fn default() -> Self {
+        Policy {
+            default_action: Action::Block,
+            actions: HashMap::new(),
+            allow: AllowList::default(),
+            on_failure: FailureMode::FailClosed,
+        }
+    }
+}
+
+impl Policy {
+    /// The action for a hit in `category`.
+    pub fn action_for(&self, category: Option<&str>) -> Action {
+        category
+            .and_then(|c| self.actions.get(c))
+            .copied()
+            .unwrap_or(self.default_action)
+    }
+}
+
+/// Exact digests that override filter hits.
+#[derive(Clone, Debug, Default)]
+pub struct AllowList {
+    digests: HashSet<(Algorithm, Vec<u8>)>,
+}
+
+impl AllowList {
+    /// Reads an allow-list: one `[algorithm:]hex` per line, `#` comments and blank lines
+    /// ignored (the digest-list syntax without categories).
+    pub fn read(path: &Path) -> Result<AllowList, Error> {
+        let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+        let mut digests = HashSet::new();
+        for (n, line) in text.lines().enumerate() {
+            let line = line.trim();
+            if line.is_empty() || line.starts_with('#') {
+                continue;
+            }
+            let bad =
+                |reason: String| Error::Config(format!("{}:{}: {reason}", path.display(), n + 1));
+            let (named, hex) = match line.split_once(':') {
+                Some((name, hex)) => (
+                    Some(name.trim().parse::<Algorithm>().map_err(bad)?),
+                    hex.trim(),
+                ),
+                None => (None, line),
+            };
+            let bytes = hex::decode(hex).map_err(|e| bad(format!("bad hex digest: {e}")))?;
+            let algorithm = match named {
+                Some(a) => a,
+                None => Algorithm::ALL
+                    .into_iter()
+                    .find(|a| a.digest_len() == bytes.len())
+                    .ok_or_else(|| bad(format!("no algorithm has {}-byte digests", bytes.len())))?,
+            };
+            if bytes.len() != algorithm.digest_len() {
+                return Err(bad(format!(
+                    "a {algorithm} digest is {} bytes",
+                    algorithm.digest_len()
+                )));
+            }
+            digests.insert((algorithm, bytes));
+        }
+        Ok(AllowList { digests })
+    }
+
+    /// Whether the digest is allowed.
+    pub fn contains(&self, algorithm: Algorithm, digest: &[u8]) -> bool {
+        !self.digests.is_empty() && self.digests.contains(&(algorithm, digest.to_vec()))
+    }
+
+    /// Number of digests.
+    pub fn len(&self) -> usize {
+        self.digests.len()
+    }
+
+    /// Whether the list is empty.
+    pub fn is_empty(&self) -> bool {
+        self.digests.is_empty()
+    }
+}

@@ -1,0 +1,182 @@
+//! `hashgate gateway`: a streaming reverse proxy (or a small object store) that hashes
+//! uploads as they pass and decides before the object is stored complete.
+//!
+//! The data path for an inspected upload (PUT, POST, PATCH by default):
+//!
+//! 1. the request headers go to the origin at once, and each body frame is hashed and
+//!    forwarded as it arrives, **except the last one**, which is held back;
+//! 2. at the end of the body, the [`Enforcer`] decides;
+//! 3. pass → the held frame is sent, and the origin's response is relayed;
+//!    block → the upstream body is aborted (the origin sees an incomplete request and
+//!    discards it) and the client gets `451 Unavailable For Legal Reasons`.
+//!
+//! Memory per upload is bounded by a few frames. Everything else is proxied untouched.
+
+mod admin;
+mod body;
+mod config;
+mod store;
+mod upload;
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper::{Request, Response, StatusCode};
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+
+pub use body::GatewayBody;
+pub use config::{Backend, Config, FileConfig};
+
+use crate::enforce::{Context, Enforcer};
+use crate::Error;
+
+/// Everything a request handler needs, shared by all connections.
+pub struct Gateway {
+    config: Config,
+    enforcer: Enforcer,
+    client: Client<HttpConnector, GatewayBody>,
+}
+
+impl Gateway {
+    /// A gateway enforcing with `enforcer` as `config` says.
+    pub fn new(config: Config, enforcer: Enforcer) -> Arc<Gateway> {
+        let mut connector = HttpConnector::new();
+        connector.set_nodelay(true);
+        connector.set_connect_timeout(Some(config.origin_timeout));
+        let client = Client::builder(TokioExecutor::new())
+            .pool_idle_timeout(Duration::from_secs(30))
+            .build(connector);
+        Arc::new(Gateway {
+            config,
+            enforcer,
+            client,
+        })
+    }
+
+    /// The verdict core.
+    pub fn enforcer(&self) -> &Enforcer {
+        &self.enforcer
+    }
+
+    /// Serves clients on `listener` until `shutdown` resolves, then lets in-flight
+    /// requests finish for up to the configured grace period.
+    pub async fn serve(
+        self: Arc<Self>,
+        listener: TcpListener,
+        shutdown: impl std::future::Future<Output = ()>,
+    ) -> Result<(), Error> {
+        let limit = Arc::new(Semaphore::new(self.config.max_connections));
+        let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+        tokio::pin!(shutdown);
+        loop {
+            let permit = tokio::select! {
+                permit = limit.clone().acquire_owned() => permit.expect("never closed"),
+                () = &mut shutdown => break,
+            };
+            let (stream, peer) = tokio::select! {
+                accepted = listener.accept() => match accepted {
+                    Ok(a) => a,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "accept failed");
+                        continue;
+                    }
+                },
+                () = &mut shutdown => break,
+            };
+            let _ = stream.set_nodelay(true);
+            let gateway = self.clone();
+            let service = service_fn(move |req| {
+                let gateway = gateway.clone();
+                async move { Ok::<_, Infallible>(gateway.handle(req, peer).await) }
+            });
+            let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+            builder
+                .http1()
+                .timer(TokioTimer::new())
+                .header_read_timeout(self.config.header_timeout);
+            let connection = builder
+                .serve_connection(TokioIo::new(stream), service)
+                .into_owned();
+            let connection = graceful.watch(connection);
+            tokio::spawn(async move {
+                if let Err(e) = connection.await {
+                    tracing::debug!(error = %e, "connection ended with an error");
+                }
+                drop(permit);
+            });
+        }
+        tracing::info!("shutting down: waiting for in-flight requests");
+        tokio::select! {
+            () = graceful.shutdown() => {}
+            () = tokio::time::sleep(self.config.shutdown_grace) => {
+                tracing::warn!("grace period over; dropping remaining connections");
+            }
+        }
+        Ok(())
+    }
+
+    async fn handle(&self, req: Request<Incoming>, peer: SocketAddr) -> Response<GatewayBody> {
+        let ctx = Context {
+            request_id: uuid::Uuid::new_v4().to_string(),
+            client: peer.ip().to_string(),
+            method: req.method().to_string(),
+            host: req
+                .headers()
+                .get(hyper::header::HOST)
+                .and_then(|h| h.to_str().ok())
+                .or_else(|| req.uri().host())
+                .unwrap_or("")
+                .to_string(),
+            path: req.uri().path().to_string(),
+        };
+        let inspected = self
+            .config
+            .inspect_methods
+            .iter()
+            .any(|m| m.eq_ignore_ascii_case(req.method().as_str()));
+        let response = match &self.config.backend {
+            Backend::Store(dir) => store::handle(self, dir, req, &ctx, inspected).await,
+            Backend::Origin(_) if inspected => upload::inspect(self, req, &ctx).await,
+            Backend::Origin(_) => upload::pass_through(self, req).await,
+        };
+        let outcome = match response.status() {
+            StatusCode::UNAVAILABLE_FOR_LEGAL_REASONS => "blocked",
+            s if s.is_server_error() => "error",
+            s if s.is_client_error() => "refused",
+            _ => "passed",
+        };
+        self.enforcer.metrics().count_request(outcome);
+        let mut response = response;
+        if let Ok(id) = ctx.request_id.parse() {
+            response.headers_mut().insert("x-request-id", id);
+        }
+        response
+    }
+
+    /// The JSON answer to a refused upload.
+    fn refusal(&self, status: StatusCode, ctx: &Context, reason: &str) -> Response<GatewayBody> {
+        let info = self.enforcer.engine().info();
+        let body = serde_json::json!({
+            "status": status.as_u16(),
+            "reason": reason,
+            "request_id": ctx.request_id,
+            "filter": {"series": info.series, "version": info.version},
+        });
+        Response::builder()
+            .status(status)
+            .header(hyper::header::CONTENT_TYPE, "application/json")
+            .header(hyper::header::CONNECTION, "close")
+            .body(body::full(format!("{body}\n")))
+            .expect("valid response")
+    }
+}
+
+pub use admin::serve_admin;

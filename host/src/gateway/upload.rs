@@ -1,0 +1,225 @@
+//! Proxying to an origin: inspected uploads (hash, hold back, decide) and everything
+//! else untouched.
+
+use std::io;
+
+use bytes::Bytes;
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
+use hyper::header::{HeaderMap, HeaderName, HeaderValue};
+use hyper::{Request, Response, StatusCode, Uri};
+use tokio::task::JoinHandle;
+
+use super::body::{BodySender, ChannelBody, GatewayBody};
+use super::{Backend, Gateway};
+use crate::enforce::{Context, Outcome};
+use crate::hashing::ObjectHasher;
+
+type Upstream = JoinHandle<Result<Response<Incoming>, hyper_util::client::legacy::Error>>;
+
+/// Frames in flight towards the origin, besides the one held back.
+const CHANNEL_DEPTH: usize = 2;
+
+/// Hop-by-hop headers a proxy must not forward (RFC 9110 §7.6.1), plus `expect`: the
+/// gateway answers `100 Continue` itself.
+const HOP_BY_HOP: [&str; 9] = [
+    "connection",
+    "keep-alive",
+    "proxy-authenticate",
+    "proxy-authorization",
+    "proxy-connection",
+    "te",
+    "trailer",
+    "upgrade",
+    "expect",
+];
+
+/// An inspected upload: forwarded as it arrives, minus the last frame, until the verdict.
+pub async fn inspect(gw: &Gateway, req: Request<Incoming>, ctx: &Context) -> Response<GatewayBody> {
+    let (parts, mut incoming) = req.into_parts();
+    let declared = content_length(&parts.headers);
+    if declared.is_some_and(|n| n > gw.config.max_body) {
+        return gw.refusal(StatusCode::PAYLOAD_TOO_LARGE, ctx, "body too large");
+    }
+    let (tx, body) = ChannelBody::new(CHANNEL_DEPTH, declared);
+    let upstream_req = match upstream_request(gw, &parts, body.boxed()) {
+        Ok(r) => r,
+        Err(response) => return response,
+    };
+    let upstream: Upstream = tokio::spawn(gw.client.request(upstream_req));
+    let algorithms = gw.enforcer.engine().info().algorithms.clone();
+    let mut hasher = ObjectHasher::new(&algorithms);
+    let mut held: Option<Bytes> = None;
+    let mut origin_open = true;
+    loop {
+        let frame = match tokio::time::timeout(gw.config.body_timeout, incoming.frame()).await {
+            Err(_) => {
+                abort(tx, upstream).await;
+                return gw.refusal(StatusCode::REQUEST_TIMEOUT, ctx, "request body stalled");
+            }
+            Ok(None) => break,
+            Ok(Some(Err(e))) => {
+                // The client went away or sent a broken body: nothing reaches the origin
+                // complete.
+                tracing::info!(request_id = %ctx.request_id, error = %e, "upload aborted by the client");
+                abort(tx, upstream).await;
+                return gw.refusal(StatusCode::BAD_REQUEST, ctx, "request body incomplete");
+            }
+            Ok(Some(Ok(frame))) => frame,
+        };
+        let Ok(data) = frame.into_data() else {
+            continue; // trailers are not forwarded
+        };
+        if hasher.len() + data.len() as u64 > gw.config.max_body {
+            abort(tx, upstream).await;
+            return gw.refusal(StatusCode::PAYLOAD_TOO_LARGE, ctx, "body too large");
+        }
+        hasher.update(&data);
+        if let Some(previous) = held.replace(data) {
+            if origin_open && tx.send(Ok(previous)).await.is_err() {
+                // The origin answered early or went away; keep reading so the verdict is
+                // still audited, then relay whatever it said.
+                origin_open = false;
+            }
+        }
+    }
+    let size = hasher.len();
+    let decision = gw.enforcer.decide(ctx, &hasher.finish(), size);
+    match decision.outcome {
+        Outcome::Block => {
+            abort(tx, upstream).await;
+            gw.refusal(
+                StatusCode::UNAVAILABLE_FOR_LEGAL_REASONS,
+                ctx,
+                "the upload matches a list of known illegal content",
+            )
+        }
+        Outcome::Unavailable => {
+            abort(tx, upstream).await;
+            gw.refusal(
+                StatusCode::SERVICE_UNAVAILABLE,
+                ctx,
+                "no verdict could be reached",
+            )
+        }
+        Outcome::Pass | Outcome::Monitor => {
+            if let Some(last) = held {
+                if origin_open {
+                    let _ = tx.send(Ok(last)).await;
+                }
+            }
+            drop(tx);
+            relay(gw, upstream).await
+        }
+    }
+}
+
+/// A request that is not inspected: headers and body streamed to the origin as they come.
+pub async fn pass_through(gw: &Gateway, req: Request<Incoming>) -> Response<GatewayBody> {
+    let (parts, incoming) = req.into_parts();
+    let body = incoming.map_err(io::Error::other).boxed();
+    let upstream_req = match upstream_request(gw, &parts, body) {
+        Ok(r) => r,
+        Err(response) => return response,
+    };
+    relay(gw, tokio::spawn(gw.client.request(upstream_req))).await
+}
+
+/// Ends the upstream request without completing its body: the origin sees a connection
+/// closed mid-body and discards what it received.
+async fn abort(tx: BodySender, upstream: Upstream) {
+    let _ = tx.try_send(Err(io::Error::other("upload refused by hashgate")));
+    drop(tx);
+    upstream.abort();
+    let _ = upstream.await;
+}
+
+async fn relay(gw: &Gateway, upstream: Upstream) -> Response<GatewayBody> {
+    let result = tokio::time::timeout(gw.config.origin_timeout, upstream).await;
+    let response = match result {
+        Ok(Ok(Ok(response))) => response,
+        Ok(Ok(Err(e))) => {
+            tracing::warn!(error = %e, "origin request failed");
+            gw.enforcer.metrics().count_origin_error();
+            return plain(StatusCode::BAD_GATEWAY, "origin unreachable or failed\n");
+        }
+        Ok(Err(e)) => {
+            tracing::error!(error = %e, "origin task failed");
+            return plain(StatusCode::BAD_GATEWAY, "origin request failed\n");
+        }
+        Err(_) => {
+            gw.enforcer.metrics().count_origin_error();
+            return plain(
+                StatusCode::GATEWAY_TIMEOUT,
+                "origin did not answer in time\n",
+            );
+        }
+    };
+    let (mut parts, body) = response.into_parts();
+    strip_hop_by_hop(&mut parts.headers);
+    Response::from_parts(parts, body.map_err(io::Error::other).boxed())
+}
+
+fn plain(status: StatusCode, text: &'static str) -> Response<GatewayBody> {
+    Response::builder()
+        .status(status)
+        .header(hyper::header::CONTENT_TYPE, "text/plain")
+        .body(super::body::full(text))
+        .expect("valid response")
+}
+
+// The error is the response to send instead: large, but built once per request.
+#[allow(clippy::result_large_err)]
+fn upstream_request(
+    gw: &Gateway,
+    parts: &hyper::http::request::Parts,
+    body: GatewayBody,
+) -> Result<Request<GatewayBody>, Response<GatewayBody>> {
+    let Backend::Origin(origin) = &gw.config.backend else {
+        unreachable!("only called with an origin backend")
+    };
+    let path = parts
+        .uri
+        .path_and_query()
+        .map(|p| p.as_str())
+        .unwrap_or("/");
+    let uri: Uri = format!(
+        "{}://{}{path}",
+        origin.scheme_str().unwrap_or("http"),
+        origin.authority().map(|a| a.as_str()).unwrap_or(""),
+    )
+    .parse()
+    .map_err(|_| plain(StatusCode::BAD_REQUEST, "bad request target\n"))?;
+    let mut request = Request::builder()
+        .method(parts.method.clone())
+        .uri(uri)
+        .body(body)
+        .expect("valid request");
+    let headers = request.headers_mut();
+    headers.extend(parts.headers.clone());
+    strip_hop_by_hop(headers);
+    Ok(request)
+}
+
+fn strip_hop_by_hop(headers: &mut HeaderMap<HeaderValue>) {
+    let named: Vec<HeaderName> = headers
+        .get_all(hyper::header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|name| name.trim().parse().ok())
+        .collect();
+    for name in named {
+        headers.remove(name);
+    }
+    for name in HOP_BY_HOP {
+        headers.remove(name);
+    }
+}
+
+pub(super) fn content_length(headers: &HeaderMap<HeaderValue>) -> Option<u64> {
+    headers
+        .get(hyper::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse().ok())
+}
