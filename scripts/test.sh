@@ -13,6 +13,20 @@ if command -v rustup >/dev/null 2>&1; then
   rustup component list --installed | grep -q '^clippy' || rustup component add clippy
 fi
 
+# The gateway tests drive a real nginx origin with curl.
+need=()
+command -v nginx >/dev/null 2>&1 || need+=(nginx-light)
+command -v curl >/dev/null 2>&1 || need+=(curl)
+if [ ${#need[@]} -gt 0 ]; then
+  if [ "$(id -u)" = 0 ]; then
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${need[@]}"
+  else
+    echo "the tests need: ${need[*]} (apt-get install ${need[*]})" >&2
+    exit 1
+  fi
+fi
+
 cargo fmt --all -- --check
 cargo clippy --release --all-targets --locked -- -D warnings
 # Benches are built (not run) so they cannot rot; run them with `cargo bench`.

@@ -1,0 +1,381 @@
+//! The gateway as a process, in front of a real nginx origin (WebDAV PUT), driven by
+//! curl. Needs `nginx` (Debian's nginx-light) and `curl`; scripts/test.sh installs them.
+
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use rand::RngCore;
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn wait_for(port: u16) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(Instant::now() < deadline, "nothing listens on {port}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+struct Killed(Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// A filter, a key, sample files (one listed by SHA-256), in a temp dir.
+struct Setup {
+    dir: tempfile::TempDir,
+    listed: PathBuf,
+    clean: PathBuf,
+    big_clean: PathBuf,
+}
+
+fn hashgate(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_hashgate"))
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+impl Setup {
+    fn new() -> Setup {
+        let dir = tempfile::tempdir().unwrap();
+        let p = |n: &str| dir.path().join(n);
+        let mut rng = rand::thread_rng();
+        let mut write = |name: &str, size: usize| {
+            let mut bytes = vec![0u8; size];
+            rng.fill_bytes(&mut bytes);
+            std::fs::write(p(name), &bytes).unwrap();
+            (p(name), bytes)
+        };
+        let (listed, listed_bytes) = write("listed.bin", 3 << 20);
+        let (clean, _) = write("clean.bin", 70_000);
+        let (big_clean, _) = write("big-clean.bin", 24 << 20);
+        let mut h = hashgate_host::hashing::ObjectHasher::new(&[hashgate_host::Algorithm::Sha256]);
+        h.update(&listed_bytes);
+        let digest = hex::encode(&h.finish()[0].bytes);
+        std::fs::write(p("list.txt"), format!("{digest},test-cat\n")).unwrap();
+        assert!(hashgate(&["keygen", "--out", p("k").to_str().unwrap()])
+            .status
+            .success());
+        let out = hashgate(&[
+            "build",
+            "--key",
+            p("k.key").to_str().unwrap(),
+            "--series",
+            "gw",
+            "--version",
+            "1",
+            "--out",
+            p("f.hgf").to_str().unwrap(),
+            p("list.txt").to_str().unwrap(),
+        ]);
+        assert!(out.status.success());
+        std::fs::write(p("allow.txt"), format!("sha256:{digest}\n")).unwrap();
+        Setup {
+            dir,
+            listed,
+            clean,
+            big_clean,
+        }
+    }
+
+    fn path(&self, n: &str) -> PathBuf {
+        self.dir.path().join(n)
+    }
+
+    /// nginx with WebDAV PUT on a free port, serving `root`.
+    fn nginx(&self) -> (Killed, u16, PathBuf) {
+        let port = free_port();
+        let root = self.path("origin");
+        let temp = self.path("nginx-temp");
+        std::fs::create_dir_all(&root).unwrap();
+        std::fs::create_dir_all(&temp).unwrap();
+        let conf = format!(
+            "daemon off; master_process off; pid {pid}; error_log {err} info;
+events {{ worker_connections 256; }}
+http {{
+  access_log off;
+  client_body_temp_path {temp};
+  proxy_temp_path {temp}; fastcgi_temp_path {temp}; uwsgi_temp_path {temp}; scgi_temp_path {temp};
+  client_max_body_size 0;
+  server {{
+    listen 127.0.0.1:{port};
+    root {root};
+    location / {{ dav_methods PUT DELETE; create_full_put_path on; }}
+  }}
+}}
+",
+            pid = self.path("nginx.pid").display(),
+            err = self.path("nginx.err").display(),
+            temp = temp.display(),
+            root = root.display(),
+        );
+        std::fs::write(self.path("nginx.conf"), conf).unwrap();
+        let child = Command::new("nginx")
+            .args(["-p", self.dir.path().to_str().unwrap(), "-c"])
+            .arg(self.path("nginx.conf"))
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("nginx must be installed (scripts/test.sh installs nginx-light)");
+        wait_for(port);
+        (Killed(child), port, root)
+    }
+
+    fn gateway(&self, backend: &[&str], extra: &[&str]) -> (Killed, u16, u16) {
+        let (port, admin) = (free_port(), free_port());
+        let listen = format!("127.0.0.1:{port}");
+        let admin_addr = format!("127.0.0.1:{admin}");
+        let mut args = vec![
+            "gateway",
+            "--filter",
+            self.path("f.hgf").to_str().unwrap().to_owned().leak(),
+            "--pub",
+            self.path("k.pub").to_str().unwrap().to_owned().leak(),
+            "--listen",
+            listen.leak(),
+            "--admin",
+            admin_addr.leak(),
+            "--audit-log",
+            self.path("audit.log").to_str().unwrap().to_owned().leak(),
+        ];
+        args.extend_from_slice(backend);
+        args.extend_from_slice(extra);
+        let child = Command::new(env!("CARGO_BIN_EXE_hashgate"))
+            .args(&args)
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        wait_for(port);
+        (Killed(child), port, admin)
+    }
+}
+
+/// `curl -T file url`, returning the status code.
+fn curl_put(file: &Path, url: &str, extra: &[&str]) -> u16 {
+    let out = Command::new("curl")
+        .args(["-s", "-o", "/dev/null", "-w", "%{http_code}", "-T"])
+        .arg(file)
+        .args(extra)
+        .arg(url)
+        .output()
+        .expect("curl");
+    String::from_utf8_lossy(&out.stdout).parse().unwrap_or(0)
+}
+
+fn files_under(dir: &Path) -> Vec<PathBuf> {
+    walk(dir)
+}
+
+fn walk(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    if let Ok(entries) = std::fs::read_dir(dir) {
+        for e in entries.flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                out.extend(walk(&p));
+            } else {
+                out.push(p);
+            }
+        }
+    }
+    out
+}
+
+#[test]
+fn listed_uploads_never_reach_the_origin_and_clean_ones_arrive_intact() {
+    let s = Setup::new();
+    let (_nginx, origin_port, root) = s.nginx();
+    let origin = format!("http://127.0.0.1:{origin_port}");
+    let (_gw, port, admin) = s.gateway(&["--origin", &origin], &[]);
+    let url = |k: &str| format!("http://127.0.0.1:{port}/{k}");
+
+    assert_eq!(curl_put(&s.listed, &url("up/listed.bin"), &[]), 451);
+    assert_eq!(
+        curl_put(
+            &s.listed,
+            &url("up/listed-chunked.bin"),
+            &["-H", "Transfer-Encoding: chunked"]
+        ),
+        451
+    );
+    assert_eq!(curl_put(&s.clean, &url("up/clean.bin"), &[]), 201);
+    assert_eq!(
+        curl_put(
+            &s.big_clean,
+            &url("up/big.bin"),
+            &["-H", "Transfer-Encoding: chunked"]
+        ),
+        201
+    );
+    assert_eq!(
+        curl_put(&s.clean, &url("up/h2.bin"), &["--http2-prior-knowledge"]),
+        201
+    );
+
+    let stored: Vec<String> = files_under(&root)
+        .iter()
+        .map(|p| p.strip_prefix(&root).unwrap().display().to_string())
+        .collect();
+    let mut sorted = stored.clone();
+    sorted.sort();
+    assert_eq!(
+        sorted,
+        ["up/big.bin", "up/clean.bin", "up/h2.bin"],
+        "origin holds {stored:?}"
+    );
+    assert_eq!(
+        std::fs::read(root.join("up/clean.bin")).unwrap(),
+        std::fs::read(&s.clean).unwrap()
+    );
+    assert_eq!(
+        std::fs::read(root.join("up/big.bin")).unwrap(),
+        std::fs::read(&s.big_clean).unwrap()
+    );
+    // nginx's temp files of the aborted uploads are gone too.
+    assert!(files_under(&s.path("nginx-temp")).is_empty());
+
+    // GET is proxied untouched.
+    let out = Command::new("curl")
+        .args(["-s", &url("up/clean.bin")])
+        .output()
+        .unwrap();
+    assert_eq!(out.stdout, std::fs::read(&s.clean).unwrap());
+
+    // Audit and metrics saw both blocks.
+    let audit = std::fs::read_to_string(s.path("audit.log")).unwrap();
+    let records: Vec<serde_json::Value> = audit
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(records.len(), 2, "{audit}");
+    assert!(records
+        .iter()
+        .all(|r| r["action"] == "block" && r["category"] == "test-cat"));
+    assert_eq!(records[0]["path"], "/up/listed.bin");
+    let metrics = Command::new("curl")
+        .args(["-s", &format!("http://127.0.0.1:{admin}/metrics")])
+        .output()
+        .unwrap();
+    let metrics = String::from_utf8_lossy(&metrics.stdout);
+    assert!(
+        metrics.contains("hashgate_hits_total{action=\"block\"} 2"),
+        "{metrics}"
+    );
+    assert!(metrics.contains("hashgate_filter_version 1"), "{metrics}");
+}
+
+#[test]
+fn monitor_mode_and_the_allow_list_let_listed_files_through() {
+    let s = Setup::new();
+    let (_nginx, origin_port, root) = s.nginx();
+    let origin = format!("http://127.0.0.1:{origin_port}");
+    {
+        let (_gw, port, _) = s.gateway(&["--origin", &origin], &["--monitor"]);
+        assert_eq!(
+            curl_put(&s.listed, &format!("http://127.0.0.1:{port}/m.bin"), &[]),
+            201
+        );
+    }
+    let audit = std::fs::read_to_string(s.path("audit.log")).unwrap();
+    assert!(audit.contains("\"action\":\"monitor\""), "{audit}");
+    {
+        let allow = s.path("allow.txt");
+        let (_gw, port, _) = s.gateway(
+            &["--origin", &origin],
+            &["--allow-list", allow.to_str().unwrap()],
+        );
+        assert_eq!(
+            curl_put(&s.listed, &format!("http://127.0.0.1:{port}/a.bin"), &[]),
+            201
+        );
+    }
+    assert!(root.join("m.bin").exists() && root.join("a.bin").exists());
+}
+
+#[test]
+fn origin_down_gives_502_and_a_client_abort_stores_nothing() {
+    let s = Setup::new();
+    let dead = format!("http://127.0.0.1:{}", free_port());
+    let (_gw, port, _) = s.gateway(&["--origin", &dead], &[]);
+    assert_eq!(
+        curl_put(&s.clean, &format!("http://127.0.0.1:{port}/x.bin"), &[]),
+        502
+    );
+
+    let (_nginx, origin_port, root) = s.nginx();
+    let origin = format!("http://127.0.0.1:{origin_port}");
+    let (_gw2, port2, _) = s.gateway(&["--origin", &origin], &[]);
+    // A client that announces 1 MiB, sends 200 KiB and vanishes.
+    {
+        use std::io::Write;
+        let mut stream = TcpStream::connect(("127.0.0.1", port2)).unwrap();
+        write!(
+            stream,
+            "PUT /aborted.bin HTTP/1.1\r\nHost: x\r\nContent-Length: 1048576\r\n\r\n"
+        )
+        .unwrap();
+        stream.write_all(&vec![7u8; 200 * 1024]).unwrap();
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(!root.join("aborted.bin").exists());
+    assert!(files_under(&s.path("nginx-temp")).is_empty());
+}
+
+#[test]
+fn the_embedded_store_keeps_clean_files_and_nothing_else() {
+    let s = Setup::new();
+    let store = s.path("store");
+    let (_gw, port, _) = s.gateway(&["--store", store.to_str().unwrap()], &[]);
+    let url = |k: &str| format!("http://127.0.0.1:{port}/{k}");
+    assert_eq!(curl_put(&s.listed, &url("b/listed.bin"), &[]), 451);
+    assert_eq!(curl_put(&s.clean, &url("b/clean.bin"), &[]), 201);
+    assert_eq!(
+        curl_put(&s.clean, &url("../escape.bin"), &["--path-as-is"]),
+        400
+    );
+    assert_eq!(
+        curl_put(
+            &s.clean,
+            &url("b/%2e%2e/%2e%2e/escape.bin"),
+            &["--path-as-is"]
+        ),
+        400
+    );
+    let files: Vec<PathBuf> = files_under(&store);
+    assert_eq!(files, [store.join("b/clean.bin")]);
+    let out = Command::new("curl")
+        .args(["-s", &url("b/clean.bin")])
+        .output()
+        .unwrap();
+    assert_eq!(out.stdout, std::fs::read(&s.clean).unwrap());
+    let status = |args: &[&str]| {
+        let out = Command::new("curl")
+            .args(["-s", "-o", "/dev/null", "-w", "%{http_code}"])
+            .args(args)
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).to_string()
+    };
+    assert_eq!(status(&["-I", &url("b/clean.bin")]), "200");
+    assert_eq!(status(&["-X", "DELETE", &url("b/clean.bin")]), "204");
+    assert_eq!(status(&[&url("b/clean.bin")]), "404");
+    let selftest = hashgate(&["selftest", &url("selftest/canary.txt")]);
+    assert_eq!(
+        selftest.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&selftest.stdout)
+    );
+}
