@@ -379,3 +379,101 @@ fn the_embedded_store_keeps_clean_files_and_nothing_else() {
         String::from_utf8_lossy(&selftest.stdout)
     );
 }
+
+fn rss_kb(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find(|l| l.starts_with("VmRSS:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
+}
+
+#[test]
+fn memory_stays_bounded_during_a_large_streamed_upload() {
+    let s = Setup::new();
+    let (_nginx, origin_port, root) = s.nginx();
+    let origin = format!("http://127.0.0.1:{origin_port}");
+    let (gw, port, _) = s.gateway(&["--origin", &origin], &[]);
+    let pid = gw.0.id();
+    let big = s.path("256m.bin");
+    {
+        let mut f = std::fs::File::create(&big).unwrap();
+        let mut chunk = vec![0u8; 1 << 20];
+        let mut rng = rand::thread_rng();
+        for _ in 0..256 {
+            rng.fill_bytes(&mut chunk);
+            std::io::Write::write_all(&mut f, &chunk).unwrap();
+        }
+    }
+    let before = rss_kb(pid);
+    let url = format!("http://127.0.0.1:{port}/big.bin");
+    let mut curl = Command::new("curl")
+        .args(["-s", "-o", "/dev/null", "-w", "%{http_code}", "-T"])
+        .arg(&big)
+        .arg(&url)
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut peak = before;
+    while curl.try_wait().unwrap().is_none() {
+        peak = peak.max(rss_kb(pid));
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let out = curl.wait_with_output().unwrap();
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "201");
+    assert_eq!(
+        std::fs::metadata(root.join("big.bin")).unwrap().len(),
+        256 << 20
+    );
+    assert!(
+        peak < before + 32 * 1024,
+        "RSS grew from {before} KiB to {peak} KiB during a 256 MiB upload"
+    );
+}
+
+#[test]
+fn a_stalled_body_gets_408_and_the_config_file_is_read() {
+    use std::io::{Read, Write};
+    let s = Setup::new();
+    let (_nginx, origin_port, root) = s.nginx();
+    let config = s.path("gateway.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "origin = \"http://127.0.0.1:{origin_port}\"\nbody_timeout_secs = 1\n\n[actions]\ndefault = \"block\"\n"
+        ),
+    )
+    .unwrap();
+    let (_gw, port, _) = s.gateway(&["--config", config.to_str().unwrap()], &[]);
+    let mut stream = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    write!(
+        stream,
+        "PUT /slow.bin HTTP/1.1\r\nHost: x\r\nContent-Length: 100000\r\n\r\n"
+    )
+    .unwrap();
+    stream.write_all(&[1u8; 1000]).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let mut answer = Vec::new();
+    let _ = stream.read_to_end(&mut answer);
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    assert!(!root.join("slow.bin").exists());
+
+    // A bad config file is a clear start-up error.
+    std::fs::write(&config, "orgin = \"typo\"\n").unwrap();
+    let out = hashgate(&[
+        "gateway",
+        "--config",
+        config.to_str().unwrap(),
+        "--filter",
+        s.path("f.hgf").to_str().unwrap(),
+        "--pub",
+        s.path("k.pub").to_str().unwrap(),
+    ]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("unknown field"));
+}
