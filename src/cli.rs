@@ -64,11 +64,18 @@ enum Command {
         /// Where to PUT the canary, e.g. http://127.0.0.1:8080/selftest/canary.txt
         url: String,
     },
-    /// Run a self-contained demonstration: a demo authority, sample files, a filter, a scan.
+    /// Run a self-contained demonstration: a demo authority, sample files, a filter, a
+    /// scan, then an upload gateway with the embedded store to try with curl.
     Demo {
         /// Directory to create the demo in (default: a new temporary directory).
         #[arg(long)]
         dir: Option<PathBuf>,
+        /// Where the demo gateway listens (its admin listener takes the next port).
+        #[arg(long, default_value = "127.0.0.1:8080")]
+        listen: String,
+        /// Stop after the scan instead of starting the gateway.
+        #[arg(long)]
+        scan_only: bool,
     },
 }
 
@@ -176,7 +183,11 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
             println!("wrote the canary file to {}", out.display());
             Ok(ExitCode::SUCCESS)
         }
-        Command::Demo { dir } => crate::demo::run(dir),
+        Command::Demo {
+            dir,
+            listen,
+            scan_only,
+        } => crate::demo::run(dir, &listen, scan_only),
         Command::Gateway(args) => crate::gateway::run(*args).map(|_| ExitCode::SUCCESS),
         Command::Selftest { url } => crate::gateway::selftest(&url),
     }

@@ -1,7 +1,8 @@
 //! `hashgate demo`: the whole flow on one machine, with nothing external.
 //!
 //! Plays both parts: a demo authority (key, list, signed filter) and an operator
-//! (scan of sample files), narrating each step. Every listed digest is either random
+//! (scan of sample files, then an upload gateway on 127.0.0.1:8080 with the embedded
+//! store, with curl commands to paste), narrating each step. Every listed digest is either random
 //! or the digest of a sample file made here: no real list, no real material.
 
 use std::path::{Path, PathBuf};
@@ -19,7 +20,9 @@ use rand::RngCore;
 /// Random digests added to the demo list so the filter has some bulk.
 const RANDOM_ENTRIES: usize = 100_000;
 
-pub fn run(dir: Option<PathBuf>) -> Result<ExitCode> {
+/// Runs the demo; unless `scan_only`, ends by serving the gateway on `listen` (with the
+/// admin listener on the next port) until interrupted.
+pub fn run(dir: Option<PathBuf>, listen: &str, scan_only: bool) -> Result<ExitCode> {
     let dir = match dir {
         Some(d) => d,
         None => std::env::temp_dir().join(format!("hashgate-demo-{}", std::process::id())),
@@ -115,14 +118,58 @@ pub fn run(dir: Option<PathBuf>) -> Result<ExitCode> {
         dir = dir.join("samples").display()
     );
     let expected_hits = files.iter().filter(|(_, listed)| *listed).count() as u64;
-    Ok(if summary.hits == expected_hits && summary.canaries == 1 {
-        ExitCode::SUCCESS
-    } else {
+    if summary.hits != expected_hits || summary.canaries != 1 {
         eprintln!(
             "the demo did not find what it planted: expected {expected_hits} hits and 1 canary"
         );
-        ExitCode::from(2)
+        return Ok(ExitCode::from(2));
+    }
+    if scan_only {
+        return Ok(ExitCode::SUCCESS);
+    }
+
+    let addr: std::net::SocketAddr = listen
+        .parse()
+        .with_context(|| format!("--listen {listen:?} is not an address"))?;
+    let admin = std::net::SocketAddr::new(addr.ip(), addr.port().wrapping_add(1));
+    let listed = files
+        .iter()
+        .find(|(_, l)| *l)
+        .map(|(p, _)| p.clone())
+        .unwrap_or_default();
+    let clean = files
+        .iter()
+        .find(|(_, l)| !*l)
+        .map(|(p, _)| p.clone())
+        .unwrap_or_default();
+    println!(
+        "\n6. The operator puts the upload gateway in front of storage: http://{addr}, with the \
+         embedded store in {store}.\n   Paste these in another terminal (Ctrl-C here stops it):\n\n\
+         \x20 curl -i -T {listed} http://{addr}/uploads/listed.bin     # 451: refused, never stored\n\
+         \x20 curl -i -T {clean} http://{addr}/uploads/photo.jpg       # 201: stored\n\
+         \x20 curl -s http://{addr}/uploads/photo.jpg | cmp - {clean} && echo identical\n\
+         \x20 hashgate selftest http://{addr}/selftest/canary.txt       # the canary is refused\n\
+         \x20 curl -s http://{admin}/metrics | grep hashgate_hits\n\
+         \x20 cat {audit}\n",
+        store = dir.join("store").display(),
+        listed = listed.display(),
+        clean = clean.display(),
+        audit = dir.join("audit.jsonl").display(),
+    );
+    crate::gateway::run(crate::cli::GatewayArgs {
+        config: None,
+        listen: Some(addr.to_string()),
+        origin: None,
+        store: Some(dir.join("store")),
+        filter: Some(filter_path),
+        public_key: Some(public_path),
+        admin: Some(admin.to_string()),
+        audit_log: Some(dir.join("audit.jsonl")),
+        allow_list: None,
+        monitor: false,
     })
+    .with_context(|| format!("starting the demo gateway (try --listen with a free port)"))?;
+    Ok(ExitCode::SUCCESS)
 }
 
 fn make_samples(dir: &Path) -> Result<Vec<(PathBuf, bool)>> {

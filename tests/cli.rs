@@ -402,7 +402,7 @@ fn help_exists_for_every_command() {
 #[test]
 fn the_demo_runs_end_to_end() {
     let dir = tempfile::tempdir().unwrap();
-    let out = hashgate(&["demo", "--dir", p(dir.path())]);
+    let out = hashgate(&["demo", "--scan-only", "--dir", p(dir.path())]);
     let t = text(&out);
     assert!(out.status.success(), "{t}");
     assert!(t.contains("2 hits, 1 canary, 0 errors"), "{t}");

@@ -477,3 +477,42 @@ fn a_stalled_body_gets_408_and_the_config_file_is_read() {
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("unknown field"));
 }
+
+#[test]
+fn the_demo_serves_a_gateway_that_refuses_its_listed_samples() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let child = Command::new(env!("CARGO_BIN_EXE_hashgate"))
+        .args(["demo", "--dir", dir.path().to_str().unwrap()])
+        .args(["--listen", &format!("127.0.0.1:{port}")])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let _demo = Killed(child);
+    wait_for(port);
+    let samples = dir.path().join("samples");
+    let url = |k: &str| format!("http://127.0.0.1:{port}/{k}");
+    assert_eq!(
+        curl_put(
+            &samples.join("uploads/2026/listed-sample-a.bin"),
+            &url("u/a"),
+            &[]
+        ),
+        451
+    );
+    assert_eq!(
+        curl_put(
+            &samples.join("uploads/2026/listed-sample-b.bin"),
+            &url("u/b"),
+            &[]
+        ),
+        451
+    );
+    assert_eq!(
+        curl_put(&samples.join("holiday-photo.jpg"), &url("u/photo.jpg"), &[]),
+        201
+    );
+    let stored = files_under(&dir.path().join("store"));
+    assert_eq!(stored, [dir.path().join("store/u/photo.jpg")]);
+}
