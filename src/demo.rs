@@ -168,7 +168,7 @@ pub fn run(dir: Option<PathBuf>, listen: &str, scan_only: bool) -> Result<ExitCo
         allow_list: None,
         monitor: false,
     })
-    .with_context(|| format!("starting the demo gateway (try --listen with a free port)"))?;
+    .context("starting the demo gateway (try --listen with a free port)")?;
     Ok(ExitCode::SUCCESS)
 }
 
