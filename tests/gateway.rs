@@ -516,3 +516,86 @@ fn the_demo_serves_a_gateway_that_refuses_its_listed_samples() {
     let stored = files_under(&dir.path().join("store"));
     assert_eq!(stored, [dir.path().join("store/u/photo.jpg")]);
 }
+
+#[test]
+fn an_expired_filter_is_still_enforced_and_reported_stale() {
+    let s = Setup::new();
+    let out = Command::new(env!("CARGO_BIN_EXE_hashgate"))
+        .args([
+            "build",
+            "--key",
+            s.path("k.key").to_str().unwrap(),
+            "--series",
+            "gw",
+        ])
+        .args([
+            "--version",
+            "1",
+            "--expires",
+            "1h",
+            "--out",
+            s.path("f.hgf").to_str().unwrap(),
+        ])
+        .arg(s.path("list.txt"))
+        .env("SOURCE_DATE_EPOCH", "1000000000")
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let store = s.path("store");
+    let (_gw, port, admin) = s.gateway(&["--store", store.to_str().unwrap()], &[]);
+    assert_eq!(
+        curl_put(&s.listed, &format!("http://127.0.0.1:{port}/x.bin"), &[]),
+        451
+    );
+    let get = |path: &str| {
+        let out = Command::new("curl")
+            .args([
+                "-s",
+                "-w",
+                "\n%{http_code}",
+                &format!("http://127.0.0.1:{admin}{path}"),
+            ])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).to_string()
+    };
+    let ready = get("/readyz");
+    assert!(ready.ends_with("503") && ready.contains("stale"), "{ready}");
+    assert!(get("/healthz").ends_with("200"));
+    assert!(get("/metrics").contains("hashgate_filter_stale 1"));
+}
+
+#[test]
+fn sigterm_lets_an_upload_in_flight_finish() {
+    use std::io::{Read, Write};
+    let s = Setup::new();
+    let store = s.path("store");
+    let (gw, port, _) = s.gateway(&["--store", store.to_str().unwrap()], &[]);
+    let mut stream = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    write!(
+        stream,
+        "PUT /late.bin HTTP/1.1\r\nHost: x\r\nContent-Length: 20000\r\n\r\n"
+    )
+    .unwrap();
+    stream.write_all(&[5u8; 10_000]).unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    let killed = Command::new("kill")
+        .args(["-TERM", &gw.0.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    std::thread::sleep(Duration::from_millis(300));
+    // New connections are refused while the upload in flight goes on.
+    assert!(TcpStream::connect(("127.0.0.1", port)).is_err());
+    stream.write_all(&[5u8; 10_000]).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let mut answer = [0u8; 12];
+    stream.read_exact(&mut answer).unwrap();
+    assert_eq!(&answer, b"HTTP/1.1 201");
+    assert_eq!(
+        std::fs::read(store.join("late.bin")).unwrap(),
+        vec![5u8; 20_000]
+    );
+}

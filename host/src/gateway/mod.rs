@@ -113,6 +113,8 @@ impl Gateway {
                 drop(permit);
             });
         }
+        // Close the listening socket at once: new clients are refused, not queued.
+        drop(listener);
         tracing::info!("shutting down: waiting for in-flight requests");
         tokio::select! {
             () = graceful.shutdown() => {}

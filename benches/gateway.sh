@@ -1,0 +1,116 @@
+#!/usr/bin/env bash
+# End-to-end upload benchmark (docs/PERFORMANCE.md, issue 3). In one run, on loopback:
+#   direct   - wrk PUTs straight to the sink origin (nginx WebDAV into tmpfs: it reads
+#              and stores every body, unlike `return 204`, which answers before reading);
+#   nginx    - through nginx as a plain streaming pass-through (proxy_request_buffering
+#              off, keep-alive upstream), with as many workers as the gateway has threads;
+#   hashgate - through `hashgate gateway` with a SHA-256 filter of ENTRIES entries.
+# For 4 KiB, 64 KiB, 1 MiB and 16 MiB objects at concurrency 1 and 16, it prints
+# requests/s, MiB/s, p50 and p99 latency, and hashgate's ratios against nginx.
+# Usage: benches/gateway.sh   (env: ENTRIES=10000000 DURATION=5 SIZES="4096 65536 ...")
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ENTRIES=${ENTRIES:-10000000}
+DURATION=${DURATION:-5}
+SIZES=${SIZES:-"4096 65536 1048576 16777216"}
+work=${HASHGATE_BENCH_DIR:-$(mktemp -d)}
+mkdir -p "$work"
+shm=$(mktemp -d -p /dev/shm hashgate-bench.XXXXXX)
+pids=()
+cleanup() {
+  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+  rm -rf "$shm"
+  [ -n "${HASHGATE_BENCH_DIR:-}" ] || rm -rf "$work"
+}
+trap cleanup EXIT
+
+need=()
+command -v nginx >/dev/null || need+=(nginx-light)
+command -v wrk >/dev/null || need+=(wrk)
+if [ ${#need[@]} -gt 0 ]; then
+  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}"
+fi
+cargo build --release --locked --quiet
+hg=$PWD/target/release/hashgate
+threads=$(nproc)
+
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+wait_port() { for _ in $(seq 1 200); do (exec 3<>/dev/tcp/127.0.0.1/"$1") 2>/dev/null && return 0; sleep 0.05; done; echo "port $1 never opened" >&2; exit 1; }
+
+echo "machine: $threads cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs); ${DURATION}s per point"
+"$hg" keygen --out "$work/k" --force 2>/dev/null
+if [ ! -s "$work/list-$ENTRIES.txt" ]; then
+  python3 - "$work/list-$ENTRIES.txt" "$ENTRIES" <<'PY'
+import os, sys
+n = int(sys.argv[2])
+with open(sys.argv[1], "wb") as f:
+    for start in range(0, n, 100000):
+        f.write(b"".join(os.urandom(32).hex().encode() + b"\n" for _ in range(min(100000, n - start))))
+PY
+fi
+"$hg" build --key "$work/k.key" --series bench --version 1 --out "$work/f.hgf" "$work/list-$ENTRIES.txt" 2>/dev/null
+
+sink=$(free_port); proxy=$(free_port); gw=$(free_port)
+mkdir -p "$shm/root" "$shm/tmp" "$shm/ptmp"
+cat > "$work/sink.conf" <<CONF
+worker_processes $threads; daemon off; pid $work/sink.pid; error_log $work/sink.err;
+events { worker_connections 1024; }
+http {
+  access_log off; client_max_body_size 0; client_body_temp_path $shm/tmp;
+  server { listen 127.0.0.1:$sink; root $shm/root;
+           location / { dav_methods PUT; create_full_put_path on; } }
+}
+CONF
+cat > "$work/proxy.conf" <<CONF
+worker_processes $threads; daemon off; pid $work/proxy.pid; error_log $work/proxy.err;
+events { worker_connections 1024; }
+http {
+  access_log off; client_max_body_size 0; client_body_temp_path $shm/ptmp;
+  upstream sink { server 127.0.0.1:$sink; keepalive 64; }
+  server { listen 127.0.0.1:$proxy;
+           location / { proxy_pass http://sink; proxy_http_version 1.1;
+                        proxy_set_header Connection ""; proxy_request_buffering off; } }
+}
+CONF
+# Started as root, nginx workers run as nobody: let them write the tmpfs directories.
+chmod -R 777 "$shm"
+nginx -p "$work" -c "$work/sink.conf" & pids+=($!)
+nginx -p "$work" -c "$work/proxy.conf" & pids+=($!)
+"$hg" gateway --filter "$work/f.hgf" --pub "$work/k.pub" --listen "127.0.0.1:$gw" \
+  --origin "http://127.0.0.1:$sink" 2>"$work/gateway.err" & pids+=($!)
+wait_port "$sink"; wait_port "$proxy"; wait_port "$gw"
+
+cat > "$work/put.lua" <<'LUA'
+wrk.method = "PUT"
+local f = assert(io.open(os.getenv("BODY_FILE"), "rb"))
+wrk.body = f:read("*a")
+f:close()
+wrk.headers["Content-Type"] = "application/octet-stream"
+LUA
+
+# wrk's latency units (us, ms, s) to milliseconds.
+ms() { awk -v v="$1" 'BEGIN { n = v + 0; if (v ~ /us$/) n /= 1000; else if (v ~ /ms$/) n = n; else if (v ~ /s$/) n *= 1000; printf "%.3f", n }'; }
+run() { # port size conns -> "rps mibs p50ms p99ms"
+  local out rps p50 p99 t
+  t=$(( $3 < 2 ? 1 : 2 ))
+  out=$(BODY_FILE="$work/body-$2" wrk -t"$t" -c"$3" -d"${DURATION}s" --timeout 60s --latency \
+        -s "$work/put.lua" "http://127.0.0.1:$1/bench/obj-$2-$3")
+  if echo "$out" | grep -q "Non-2xx"; then echo "non-2xx answers from port $1" >&2; echo "$out" >&2; exit 1; fi
+  rps=$(echo "$out" | awk '/Requests\/sec/ {print $2}')
+  p50=$(ms "$(echo "$out" | awk '$1 == "50%" {print $2}')")
+  p99=$(ms "$(echo "$out" | awk '$1 == "99%" {print $2}')")
+  echo "$rps $(echo "$rps * $2 / 1048576" | bc -l | xargs printf '%.1f') $p50 $p99"
+}
+
+printf '\n%-9s %-4s | %-32s | %-32s | %-32s | %s\n' size conc "direct: req/s MiB/s p50 p99 (ms)" "nginx" "hashgate" "hashgate/nginx: thrpt, p99 added"
+for size in $SIZES; do
+  head -c "$size" /dev/urandom > "$work/body-$size"
+  for conns in 1 16; do
+    read -r d_rps d_mib d_p50 d_p99 <<<"$(run "$sink" "$size" "$conns")"
+    read -r n_rps n_mib n_p50 n_p99 <<<"$(run "$proxy" "$size" "$conns")"
+    read -r h_rps h_mib h_p50 h_p99 <<<"$(run "$gw" "$size" "$conns")"
+    printf '%-9s %-4s | %8s %7s %7s %7s | %8s %7s %7s %7s | %8s %7s %7s %7s | %.2fx, %+.3f ms\n' \
+      "$size" "$conns" "$d_rps" "$d_mib" "$d_p50" "$d_p99" "$n_rps" "$n_mib" "$n_p50" "$n_p99" \
+      "$h_rps" "$h_mib" "$h_p50" "$h_p99" "$(echo "$h_rps / $n_rps" | bc -l)" "$(echo "$h_p99 - $n_p99" | bc -l)"
+  done
+done
