@@ -599,3 +599,49 @@ fn sigterm_lets_an_upload_in_flight_finish() {
         vec![5u8; 20_000]
     );
 }
+
+/// A fake origin that only misbehaves (the one mock here: nginx cannot be told to stall
+/// or reset on purpose). `reset`: close at once; otherwise read forever, never answer.
+fn bad_origin(reset: bool) -> u16 {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { continue };
+            if reset {
+                drop(stream);
+                continue;
+            }
+            std::thread::spawn(move || {
+                let mut sink = [0u8; 65536];
+                while std::io::Read::read(&mut stream, &mut sink).is_ok_and(|n| n > 0) {}
+            });
+        }
+    });
+    port
+}
+
+#[test]
+fn an_origin_that_stalls_gives_504_and_one_that_resets_gives_502() {
+    let s = Setup::new();
+    let config = s.path("gw.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "origin = \"http://127.0.0.1:{}\"\norigin_timeout_secs = 1\n",
+            bad_origin(false)
+        ),
+    )
+    .unwrap();
+    let (_gw, port, _) = s.gateway(&["--config", config.to_str().unwrap()], &[]);
+    assert_eq!(
+        curl_put(&s.clean, &format!("http://127.0.0.1:{port}/x"), &[]),
+        504
+    );
+    let reset = format!("http://127.0.0.1:{}", bad_origin(true));
+    let (_gw2, port2, _) = s.gateway(&["--origin", &reset], &[]);
+    assert_eq!(
+        curl_put(&s.clean, &format!("http://127.0.0.1:{port2}/x"), &[]),
+        502
+    );
+}
