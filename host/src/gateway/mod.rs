@@ -15,6 +15,7 @@
 mod admin;
 mod body;
 mod config;
+mod digest;
 mod store;
 mod upload;
 

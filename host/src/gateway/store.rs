@@ -13,9 +13,9 @@ use hyper::{Method, Request, Response, StatusCode};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use super::body::{full, ChannelBody, GatewayBody};
+use super::digest::Digester;
 use super::Gateway;
 use crate::enforce::{Context, Outcome};
-use crate::hashing::ObjectHasher;
 
 /// Where uploads are written until they are decided.
 const TEMP_DIR: &str = ".hashgate-tmp";
@@ -90,16 +90,20 @@ async fn put(
     }
     let temp = temp_dir.join(&ctx.request_id);
     let result = receive(gw, &temp, req.into_body(), ctx).await;
-    let hasher = match result {
-        Ok(hasher) => hasher,
+    let digester = match result {
+        Ok(digester) => digester,
         Err(response) => {
             let _ = tokio::fs::remove_file(&temp).await;
             return response;
         }
     };
     if inspected {
-        let size = hasher.len();
-        let decision = gw.enforcer.decide(ctx, &hasher.finish(), size);
+        let size = digester.len();
+        let Some(digests) = digester.finish().await else {
+            let _ = tokio::fs::remove_file(&temp).await;
+            return gw.refusal(StatusCode::INTERNAL_SERVER_ERROR, ctx, "hashing failed");
+        };
+        let decision = gw.enforcer.decide(ctx, &digests, size);
         let refused = match decision.outcome {
             Outcome::Block => Some((
                 StatusCode::UNAVAILABLE_FOR_LEGAL_REASONS,
@@ -143,12 +147,13 @@ async fn receive(
     temp: &Path,
     mut body: Incoming,
     ctx: &Context,
-) -> Result<ObjectHasher, Response<GatewayBody>> {
+) -> Result<Digester, Response<GatewayBody>> {
     let mut file = tokio::fs::File::create(temp)
         .await
         .map_err(|e| server_error(&e))?;
     let algorithms = gw.enforcer.engine().info().algorithms.clone();
-    let mut hasher = ObjectHasher::new(&algorithms);
+    let expected = hyper::body::Body::size_hint(&body).exact();
+    let mut hasher = Digester::new(&algorithms, expected);
     loop {
         let frame = match tokio::time::timeout(gw.config.body_timeout, body.frame()).await {
             Err(_) => {
@@ -166,7 +171,7 @@ async fn receive(
         if hasher.len() + data.len() as u64 > gw.config.max_body {
             return Err(gw.refusal(StatusCode::PAYLOAD_TOO_LARGE, ctx, "body too large"));
         }
-        hasher.update(&data);
+        hasher.update(&data).await;
         file.write_all(&data).await.map_err(|e| server_error(&e))?;
     }
     file.sync_all().await.map_err(|e| server_error(&e))?;

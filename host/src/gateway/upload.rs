@@ -11,9 +11,9 @@ use hyper::{Request, Response, StatusCode, Uri};
 use tokio::task::JoinHandle;
 
 use super::body::{BodySender, ChannelBody, GatewayBody};
+use super::digest::Digester;
 use super::{Backend, Gateway};
 use crate::enforce::{Context, Outcome};
-use crate::hashing::ObjectHasher;
 
 type Upstream = JoinHandle<Result<Response<Incoming>, hyper_util::client::legacy::Error>>;
 
@@ -48,7 +48,7 @@ pub async fn inspect(gw: &Gateway, req: Request<Incoming>, ctx: &Context) -> Res
     };
     let upstream: Upstream = tokio::spawn(gw.client.request(upstream_req));
     let algorithms = gw.enforcer.engine().info().algorithms.clone();
-    let mut hasher = ObjectHasher::new(&algorithms);
+    let mut hasher = Digester::new(&algorithms, declared);
     let mut held: Option<Bytes> = None;
     let mut origin_open = true;
     loop {
@@ -74,7 +74,7 @@ pub async fn inspect(gw: &Gateway, req: Request<Incoming>, ctx: &Context) -> Res
             abort(tx, upstream).await;
             return gw.refusal(StatusCode::PAYLOAD_TOO_LARGE, ctx, "body too large");
         }
-        hasher.update(&data);
+        hasher.update(&data).await;
         if let Some(previous) = held.replace(data) {
             if origin_open && tx.send(Ok(previous)).await.is_err() {
                 // The origin answered early or went away; keep reading so the verdict is
@@ -84,7 +84,11 @@ pub async fn inspect(gw: &Gateway, req: Request<Incoming>, ctx: &Context) -> Res
         }
     }
     let size = hasher.len();
-    let decision = gw.enforcer.decide(ctx, &hasher.finish(), size);
+    let Some(digests) = hasher.finish().await else {
+        abort(tx, upstream).await;
+        return gw.refusal(StatusCode::INTERNAL_SERVER_ERROR, ctx, "hashing failed");
+    };
+    let decision = gw.enforcer.decide(ctx, &digests, size);
     match decision.outcome {
         Outcome::Block => {
             abort(tx, upstream).await;
