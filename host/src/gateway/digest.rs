@@ -18,7 +18,7 @@ const QUEUE: usize = 16;
 /// An upload's hasher.
 pub enum Digester {
     /// Hashing on the caller's task.
-    Inline(ObjectHasher),
+    Inline(Box<ObjectHasher>),
     /// Hashing on a blocking thread.
     Offloaded {
         /// Frames to hash.
@@ -35,7 +35,7 @@ impl Digester {
     pub fn new(algorithms: &[Algorithm], expected: Option<u64>) -> Digester {
         let hasher = ObjectHasher::new(algorithms);
         if expected.is_some_and(|n| n < OFFLOAD_FROM) {
-            return Digester::Inline(hasher);
+            return Digester::Inline(Box::new(hasher));
         }
         let (tx, mut rx) = mpsc::channel::<Bytes>(QUEUE);
         let task = tokio::task::spawn_blocking(move || {
@@ -72,7 +72,7 @@ impl Digester {
     /// The digests, once every frame is hashed. `None` if the hashing thread failed.
     pub async fn finish(self) -> Option<Vec<Digest>> {
         match self {
-            Digester::Inline(h) => Some(h.finish()),
+            Digester::Inline(h) => Some((*h).finish()),
             Digester::Offloaded { tx, task, .. } => {
                 drop(tx);
                 task.await.ok().map(ObjectHasher::finish)
