@@ -645,3 +645,26 @@ fn an_origin_that_stalls_gives_504_and_one_that_resets_gives_502() {
         502
     );
 }
+
+#[test]
+fn bodies_over_the_limit_get_413_and_leave_nothing() {
+    let s = Setup::new();
+    let store = s.path("store");
+    let config = s.path("gw.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "store = {:?}\nmax_body_bytes = 1000\n",
+            store.to_str().unwrap()
+        ),
+    )
+    .unwrap();
+    let (_gw, port, _) = s.gateway(&["--config", config.to_str().unwrap()], &[]);
+    let url = format!("http://127.0.0.1:{port}/big.bin");
+    assert_eq!(curl_put(&s.clean, &url, &[]), 413);
+    assert_eq!(
+        curl_put(&s.clean, &url, &["-H", "Transfer-Encoding: chunked"]),
+        413
+    );
+    assert!(files_under(&store).is_empty());
+}

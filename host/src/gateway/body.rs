@@ -4,6 +4,7 @@
 use std::io;
 use std::pin::Pin;
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
@@ -70,6 +71,55 @@ impl Body for ChannelBody {
         match self.remaining {
             Some(n) => SizeHint::with_exact(n),
             None => SizeHint::default(),
+        }
+    }
+}
+
+/// Why a client's body ended before its end.
+#[derive(Debug)]
+pub enum BodyCut {
+    /// No frame arrived within the idle timeout (answer 408).
+    Stalled,
+    /// The client aborted or sent a malformed body (answer 400).
+    Broken(hyper::Error),
+    /// More bytes than the configured maximum (answer 413).
+    TooLarge,
+}
+
+/// Reads a client body frame by frame, with an idle timeout per frame and a size cap;
+/// trailers are skipped (not forwarded).
+pub struct Upload {
+    body: hyper::body::Incoming,
+    idle: Duration,
+    remaining: u64,
+}
+
+impl Upload {
+    /// Wraps `body`, allowing `max` bytes and `idle` between frames.
+    pub fn new(body: hyper::body::Incoming, idle: Duration, max: u64) -> Upload {
+        Upload {
+            body,
+            idle,
+            remaining: max,
+        }
+    }
+
+    /// The next data frame, `None` at the end of the body.
+    pub async fn next(&mut self) -> Result<Option<Bytes>, BodyCut> {
+        loop {
+            let frame = match tokio::time::timeout(self.idle, self.body.frame()).await {
+                Err(_) => return Err(BodyCut::Stalled),
+                Ok(None) => return Ok(None),
+                Ok(Some(Err(e))) => return Err(BodyCut::Broken(e)),
+                Ok(Some(Ok(frame))) => frame,
+            };
+            if let Ok(data) = frame.into_data() {
+                self.remaining = self
+                    .remaining
+                    .checked_sub(data.len() as u64)
+                    .ok_or(BodyCut::TooLarge)?;
+                return Ok(Some(data));
+            }
         }
     }
 }

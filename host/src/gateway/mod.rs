@@ -164,6 +164,22 @@ impl Gateway {
         response
     }
 
+    /// The answer to a body that ended early.
+    fn cut(&self, cut: &body::BodyCut, ctx: &Context) -> Response<GatewayBody> {
+        match cut {
+            body::BodyCut::Stalled => {
+                self.refusal(StatusCode::REQUEST_TIMEOUT, ctx, "request body stalled")
+            }
+            body::BodyCut::Broken(e) => {
+                tracing::info!(request_id = %ctx.request_id, error = %e, "upload aborted by the client");
+                self.refusal(StatusCode::BAD_REQUEST, ctx, "request body incomplete")
+            }
+            body::BodyCut::TooLarge => {
+                self.refusal(StatusCode::PAYLOAD_TOO_LARGE, ctx, "body too large")
+            }
+        }
+    }
+
     /// The JSON answer to a refused upload.
     fn refusal(&self, status: StatusCode, ctx: &Context, reason: &str) -> Response<GatewayBody> {
         let info = self.enforcer.engine().info();

@@ -12,7 +12,7 @@ use hyper::body::Incoming;
 use hyper::{Method, Request, Response, StatusCode};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use super::body::{full, ChannelBody, GatewayBody};
+use super::body::{full, ChannelBody, GatewayBody, Upload};
 use super::digest::Digester;
 use super::Gateway;
 use crate::enforce::{Context, Outcome};
@@ -145,7 +145,7 @@ async fn put(
 async fn receive(
     gw: &Gateway,
     temp: &Path,
-    mut body: Incoming,
+    body: Incoming,
     ctx: &Context,
 ) -> Result<Digester, Response<GatewayBody>> {
     let mut file = tokio::fs::File::create(temp)
@@ -154,23 +154,13 @@ async fn receive(
     let algorithms = gw.enforcer.engine().info().algorithms.clone();
     let expected = hyper::body::Body::size_hint(&body).exact();
     let mut hasher = Digester::new(&algorithms, expected);
+    let mut upload = Upload::new(body, gw.config.body_timeout, gw.config.max_body);
     loop {
-        let frame = match tokio::time::timeout(gw.config.body_timeout, body.frame()).await {
-            Err(_) => {
-                return Err(gw.refusal(StatusCode::REQUEST_TIMEOUT, ctx, "request body stalled"))
-            }
+        let data = match upload.next().await {
+            Ok(Some(data)) => data,
             Ok(None) => break,
-            Ok(Some(Err(_))) => {
-                return Err(gw.refusal(StatusCode::BAD_REQUEST, ctx, "request body incomplete"))
-            }
-            Ok(Some(Ok(frame))) => frame,
+            Err(cut) => return Err(gw.cut(&cut, ctx)),
         };
-        let Ok(data) = frame.into_data() else {
-            continue;
-        };
-        if hasher.len() + data.len() as u64 > gw.config.max_body {
-            return Err(gw.refusal(StatusCode::PAYLOAD_TOO_LARGE, ctx, "body too large"));
-        }
         hasher.update(&data).await;
         file.write_all(&data).await.map_err(|e| server_error(&e))?;
     }

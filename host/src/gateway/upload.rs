@@ -10,7 +10,7 @@ use hyper::header::{HeaderMap, HeaderName, HeaderValue};
 use hyper::{Request, Response, StatusCode, Uri};
 use tokio::task::JoinHandle;
 
-use super::body::{BodySender, ChannelBody, GatewayBody};
+use super::body::{BodySender, ChannelBody, GatewayBody, Upload};
 use super::digest::Digester;
 use super::{Backend, Gateway};
 use crate::enforce::{Context, Outcome};
@@ -36,7 +36,7 @@ const HOP_BY_HOP: [&str; 9] = [
 
 /// An inspected upload: forwarded as it arrives, minus the last frame, until the verdict.
 pub async fn inspect(gw: &Gateway, req: Request<Incoming>, ctx: &Context) -> Response<GatewayBody> {
-    let (parts, mut incoming) = req.into_parts();
+    let (parts, incoming) = req.into_parts();
     let declared = content_length(&parts.headers);
     if declared.is_some_and(|n| n > gw.config.max_body) {
         return gw.refusal(StatusCode::PAYLOAD_TOO_LARGE, ctx, "body too large");
@@ -51,29 +51,17 @@ pub async fn inspect(gw: &Gateway, req: Request<Incoming>, ctx: &Context) -> Res
     let mut hasher = Digester::new(&algorithms, declared);
     let mut held: Option<Bytes> = None;
     let mut origin_open = true;
+    let mut upload = Upload::new(incoming, gw.config.body_timeout, gw.config.max_body);
     loop {
-        let frame = match tokio::time::timeout(gw.config.body_timeout, incoming.frame()).await {
-            Err(_) => {
-                abort(tx, upstream).await;
-                return gw.refusal(StatusCode::REQUEST_TIMEOUT, ctx, "request body stalled");
-            }
+        let data = match upload.next().await {
+            Ok(Some(data)) => data,
             Ok(None) => break,
-            Ok(Some(Err(e))) => {
-                // The client went away or sent a broken body: nothing reaches the origin
-                // complete.
-                tracing::info!(request_id = %ctx.request_id, error = %e, "upload aborted by the client");
+            Err(cut) => {
+                // Nothing reaches the origin complete.
                 abort(tx, upstream).await;
-                return gw.refusal(StatusCode::BAD_REQUEST, ctx, "request body incomplete");
+                return gw.cut(&cut, ctx);
             }
-            Ok(Some(Ok(frame))) => frame,
         };
-        let Ok(data) = frame.into_data() else {
-            continue; // trailers are not forwarded
-        };
-        if hasher.len() + data.len() as u64 > gw.config.max_body {
-            abort(tx, upstream).await;
-            return gw.refusal(StatusCode::PAYLOAD_TOO_LARGE, ctx, "body too large");
-        }
         hasher.update(&data).await;
         if let Some(previous) = held.replace(data) {
             if origin_open && tx.send(Ok(previous)).await.is_err() {
