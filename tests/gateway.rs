@@ -668,3 +668,57 @@ fn bodies_over_the_limit_get_413_and_leave_nothing() {
     );
     assert!(files_under(&store).is_empty());
 }
+
+#[test]
+fn slow_headers_are_cut_off_and_connections_are_capped() {
+    use std::io::{Read, Write};
+    let s = Setup::new();
+    let store = s.path("store");
+    let config = s.path("gw.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "store = {:?}\nheader_timeout_secs = 1\nmax_connections = 1\n",
+            store.to_str().unwrap()
+        ),
+    )
+    .unwrap();
+    let (_gw, port, _) = s.gateway(&["--config", config.to_str().unwrap()], &[]);
+
+    // A client that trickles its headers is disconnected after the header timeout.
+    let started = Instant::now();
+    let mut slow = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    slow.write_all(b"PUT /x HTTP/1.1\r\nHost: x\r\n").unwrap();
+    slow.set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let mut rest = Vec::new();
+    let _ = slow.read_to_end(&mut rest);
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "held {:?}",
+        started.elapsed()
+    );
+
+    // With one connection allowed, an idle one keeps a second client waiting...
+    let idle = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    std::thread::sleep(Duration::from_millis(200));
+    let blocked = Command::new("curl")
+        .args([
+            "-s",
+            "-o",
+            "/dev/null",
+            "--max-time",
+            "1",
+            &format!("http://127.0.0.1:{port}/a"),
+        ])
+        .status()
+        .unwrap();
+    assert!(!blocked.success(), "a second connection was served");
+    // ... until it goes away.
+    drop(idle);
+    std::thread::sleep(Duration::from_millis(1500));
+    assert_eq!(
+        curl_put(&s.clean, &format!("http://127.0.0.1:{port}/a"), &[]),
+        201
+    );
+}
