@@ -10,6 +10,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
 use hashgate_authority::{build, inspect};
+use hashgate_host::enforce::{Action, AllowList, AuditLog, Enforcer, Metrics, Policy};
 use hashgate_host::scan::{self, Event};
 use hashgate_host::trust::{PublicKey, SecretKey};
 use hashgate_host::{FilterEngine, FilterInfo, Limits, Runtime};
@@ -161,6 +162,12 @@ struct ScanArgs {
     /// Run this guest component instead of the embedded one.
     #[arg(long)]
     component: Option<PathBuf>,
+    /// Allow-list of exact digests ([algorithm:]hex per line) never reported.
+    #[arg(long)]
+    allow_list: Option<PathBuf>,
+    /// Also append one JSON line per hit to this audit log (fsynced).
+    #[arg(long)]
+    audit_log: Option<PathBuf>,
     /// Files and directories to scan.
     #[arg(required = true)]
     paths: Vec<PathBuf>,
@@ -381,6 +388,11 @@ fn warn_if_expired(info: &FilterInfo) {
 
 fn scan_cmd(args: ScanArgs) -> Result<ExitCode> {
     let engine = open_filter(&args.filter, &args.public_key, args.component.as_deref())?;
+    let enforcer = scan_enforcer(
+        engine,
+        args.allow_list.as_deref(),
+        args.audit_log.as_deref(),
+    )?;
     let json = args.json;
     let out = Mutex::new(std::io::stdout());
     let emit = |line: String| {
@@ -407,7 +419,7 @@ fn scan_cmd(args: ScanArgs) -> Result<ExitCode> {
         .threads
         .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
     let started = std::time::Instant::now();
-    let summary = scan::scan(&engine, &targets, threads, &|event| match event {
+    let summary = scan::scan(&enforcer, &targets, threads, &|event| match event {
         Event::Hit { path, size, hits } => {
             for hit in hits {
                 let category = hit.category.as_deref().unwrap_or("-");
@@ -452,7 +464,7 @@ fn scan_cmd(args: ScanArgs) -> Result<ExitCode> {
     }
     let errors = summary.errors + listing_errors;
     let elapsed = started.elapsed().as_secs_f64();
-    let info = engine.info();
+    let info = enforcer.engine().info();
     if json {
         emit(
             serde_json::json!({"type": "summary", "files": summary.files, "bytes": summary.bytes,
@@ -473,6 +485,25 @@ fn scan_cmd(args: ScanArgs) -> Result<ExitCode> {
     } else {
         ExitCode::SUCCESS
     })
+}
+
+/// The verdict core for a scan: hits are recorded, never blocked (there is nothing to
+/// block), so the default action is `monitor`.
+pub fn scan_enforcer(
+    engine: FilterEngine,
+    allow_list: Option<&Path>,
+    audit_log: Option<&Path>,
+) -> Result<Enforcer> {
+    let policy = Policy {
+        default_action: Action::Monitor,
+        allow: allow_list
+            .map(AllowList::read)
+            .transpose()?
+            .unwrap_or_default(),
+        ..Policy::default()
+    };
+    let audit = audit_log.map(AuditLog::open).transpose()?;
+    Ok(Enforcer::new(engine, policy, audit, Metrics::new()))
 }
 
 fn emit_with(progress: &Option<indicatif::ProgressBar>, emit: &dyn Fn(String), line: String) {

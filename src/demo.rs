@@ -77,11 +77,12 @@ pub fn run(dir: Option<PathBuf>, listen: &str, scan_only: bool) -> Result<ExitCo
          the sandboxed guest (no imports: no network, clock or disk), and scans."
     );
     let engine = crate::cli::open_filter(&filter_path, &public_path, None)?;
+    let enforcer = crate::cli::scan_enforcer(engine, None, None)?;
     let targets = scan::list_files(&[samples], &mut |path, e| {
         println!("   ERROR {}: {e}", path.display())
     });
     let found = Mutex::new(Vec::new());
-    let summary = scan::scan(&engine, &targets, 2, &|event| match event {
+    let summary = scan::scan(&enforcer, &targets, 2, &|event| match event {
         Event::Hit { path, hits, .. } => {
             let hit = &hits[0];
             found.lock().unwrap().push(format!(

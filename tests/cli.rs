@@ -407,3 +407,48 @@ fn the_demo_runs_end_to_end() {
     assert!(out.status.success(), "{t}");
     assert!(t.contains("2 hits, 1 canary, 0 errors"), "{t}");
 }
+
+#[test]
+fn scan_honours_an_allow_list_and_writes_an_audit_log() {
+    let w = World::new();
+    assert!(w.build(&[]).status.success());
+    let listed_a = std::fs::read(&w.listed_a).unwrap();
+    std::fs::write(
+        w.path("allow.txt"),
+        format!(
+            "# our own false positive\nsha256:{}\n",
+            hex::encode(sha2::Sha256::digest(&listed_a))
+        ),
+    )
+    .unwrap();
+    let out = hashgate(&[
+        "scan",
+        "--filter",
+        p(&w.path("f.hgf")),
+        "--pub",
+        p(&w.path("auth.pub")),
+        "--allow-list",
+        p(&w.path("allow.txt")),
+        "--audit-log",
+        p(&w.path("audit.jsonl")),
+        p(&w.path("files")),
+    ]);
+    let t = text(&out);
+    assert_eq!(out.status.code(), Some(1), "{t}");
+    assert!(
+        !t.contains("listed-a.bin") && t.contains("listed-b.bin"),
+        "{t}"
+    );
+    let audit = std::fs::read_to_string(w.path("audit.jsonl")).unwrap();
+    let records: Vec<serde_json::Value> = audit
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(records.len(), 1, "{audit}");
+    assert_eq!(records[0]["method"], "SCAN");
+    assert!(records[0]["path"]
+        .as_str()
+        .unwrap()
+        .ends_with("listed-b.bin"));
+    assert_eq!(records[0]["action"], "monitor");
+}

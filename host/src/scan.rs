@@ -2,16 +2,18 @@
 //!
 //! Files are listed first (so progress can be shown against a total), then hashed on
 //! several threads that pull the next file from a shared cursor; each thread reuses one
-//! read buffer. Verdicts come from the one shared [`FilterEngine`]. A file that cannot
-//! be read is reported and the scan goes on.
+//! read buffer. Decisions come from the shared verdict core ([`Enforcer`]: allow-list,
+//! audit log, metrics), as for the gateway. A file that cannot be read is reported and
+//! the scan goes on.
 
 use std::fs::File;
 use std::io::{self, Read};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
+use crate::enforce::{Context, Enforcer, Outcome};
 use crate::hashing::ObjectHasher;
-use crate::{Error, FilterEngine, Hit};
+use crate::{Error, Hit};
 
 /// Read size per file read: large enough that syscalls cost nothing next to hashing.
 const READ_CHUNK: usize = 256 * 1024;
@@ -100,14 +102,14 @@ pub fn list_files(paths: &[PathBuf], on_error: &mut dyn FnMut(&Path, &Error)) ->
 /// Scans `targets` on `threads` threads and reports each finding to `on_event`, which
 /// is called from the worker threads.
 pub fn scan(
-    engine: &FilterEngine,
+    enforcer: &Enforcer,
     targets: &[Target],
     threads: usize,
     on_event: &(dyn Fn(Event<'_>) + Sync),
 ) -> Summary {
     let next = AtomicUsize::new(0);
     let totals: [AtomicU64; 5] = Default::default();
-    let algorithms = engine.info().algorithms.clone();
+    let algorithms = enforcer.engine().info().algorithms.clone();
     std::thread::scope(|s| {
         for _ in 0..threads.max(1) {
             s.spawn(|| {
@@ -116,13 +118,25 @@ pub fn scan(
                     let i = next.fetch_add(1, Ordering::Relaxed);
                     let Some(target) = targets.get(i) else { break };
                     let path = target.path.as_path();
-                    let outcome = hash_file(path, &algorithms, &mut buf)
-                        .and_then(|(digests, bytes)| Ok((engine.check(&digests, bytes)?, bytes)));
+                    let outcome =
+                        hash_file(path, &algorithms, &mut buf).and_then(|(digests, bytes)| {
+                            let ctx = Context {
+                                method: "SCAN".into(),
+                                path: path.display().to_string(),
+                                ..Context::default()
+                            };
+                            let decision = enforcer.decide(&ctx, &digests, bytes);
+                            match decision.outcome {
+                                Outcome::Unavailable => Err(Error::GuestTrap(
+                                    "no verdict for this file (see the log)".into(),
+                                )),
+                                _ => Ok((decision.hits, bytes)),
+                            }
+                        });
                     match outcome {
-                        Ok((verdict, bytes)) => {
+                        Ok((hits, bytes)) => {
                             totals[0].fetch_add(1, Ordering::Relaxed);
                             totals[1].fetch_add(bytes, Ordering::Relaxed);
-                            let hits = verdict.hits();
                             let (canary, listed): (Vec<&Hit>, Vec<&Hit>) =
                                 hits.iter().partition(|h| h.is_canary());
                             if !listed.is_empty() {
