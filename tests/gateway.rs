@@ -223,6 +223,14 @@ fn listed_uploads_never_reach_the_origin_and_clean_ones_arrive_intact() {
         curl_put(&s.clean, &url("up/h2.bin"), &["--http2-prior-knowledge"]),
         201
     );
+    assert_eq!(
+        curl_put(
+            &s.listed,
+            &url("up/h2-listed.bin"),
+            &["--http2-prior-knowledge"]
+        ),
+        451
+    );
 
     let stored: Vec<String> = files_under(&root)
         .iter()
@@ -259,7 +267,7 @@ fn listed_uploads_never_reach_the_origin_and_clean_ones_arrive_intact() {
         .lines()
         .map(|l| serde_json::from_str(l).unwrap())
         .collect();
-    assert_eq!(records.len(), 2, "{audit}");
+    assert_eq!(records.len(), 3, "{audit}");
     assert!(records
         .iter()
         .all(|r| r["action"] == "block" && r["category"] == "test-cat"));
