@@ -278,7 +278,7 @@ fn listed_uploads_never_reach_the_origin_and_clean_ones_arrive_intact() {
         .unwrap();
     let metrics = String::from_utf8_lossy(&metrics.stdout);
     assert!(
-        metrics.contains("hashgate_hits_total{action=\"block\"} 2"),
+        metrics.contains("hashgate_hits_total{action=\"block\"} 3"),
         "{metrics}"
     );
     assert!(metrics.contains("hashgate_filter_version 1"), "{metrics}");
