@@ -6,7 +6,10 @@
 //! * [`trust`] reads Ed25519 keys and verifies the signature trailer of every file the
 //!   authority publishes before the guest sees a byte of it.
 //! * [`hashing`] computes, natively, only the digests the loaded filter holds.
-//! * [`scan`] walks data at rest on all cores and reports what the guest matched.
+//! * [`enforce`] is the verdict core every front-end shares: policy (actions per
+//!   category, allow-list, fail-closed or fail-open), audit log, metrics.
+//! * [`scan`] walks data at rest on all cores; [`gateway`] is the inline upload gateway
+//!   (streaming reverse proxy or embedded store, HTTP 451 for listed uploads).
 //!
 //! The host never links the guest crate: it reaches the filter only through the
 //! component, so what runs in production is what the tests exercise.
