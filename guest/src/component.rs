@@ -76,17 +76,16 @@ fn verdict_of(
     digests: &[(Algorithm, &[u8])],
 ) -> Result<wit::Verdict, wit::CheckError> {
     let hits = filter
-        .check(digests)
+        .check_indexed(digests)
         .map_err(|e| wit::CheckError::BadDigest(e.to_string()))?;
     if hits.is_empty() {
         return Ok(wit::Verdict::Clean);
     }
     Ok(wit::Verdict::Hit(
         hits.into_iter()
-            .map(|h| wit::Hit {
-                algorithm: to_wit_algorithm(h.algorithm),
-                bytes: h.digest,
-                category: h.category,
+            .map(|(digest, section)| wit::Hit {
+                digest: digest as u32,
+                section: section as u32,
             })
             .collect(),
     ))
@@ -149,15 +148,25 @@ impl wit::GuestScanner for Scanner {
         }
     }
 
-    fn finish(&self) -> Result<wit::Verdict, wit::CheckError> {
+    fn finish(&self) -> Result<wit::ScanResult, wit::CheckError> {
         let digests = self.digests.replace(fresh_digests());
         let digests = digests.ok_or(wit::CheckError::NoFilter)?.finish();
-        FILTER.with(|f| {
+        let verdict = FILTER.with(|f| {
             let guard = f.borrow();
             let filter = guard.as_ref().ok_or(wit::CheckError::NoFilter)?;
-            let digests: Vec<(Algorithm, &[u8])> =
+            let views: Vec<(Algorithm, &[u8])> =
                 digests.iter().map(|(a, d)| (*a, d.as_slice())).collect();
-            verdict_of(filter, &digests)
+            verdict_of(filter, &views)
+        })?;
+        Ok(wit::ScanResult {
+            digests: digests
+                .into_iter()
+                .map(|(a, bytes)| wit::Digest {
+                    algorithm: to_wit_algorithm(a),
+                    bytes,
+                })
+                .collect(),
+            verdict,
         })
     }
 }

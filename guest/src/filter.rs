@@ -140,8 +140,25 @@ impl Filter {
     /// Which of one object's digests the filter holds. Digests of algorithms the filter
     /// does not hold are ignored; an empty result means clean.
     pub fn check(&self, digests: &[(Algorithm, &[u8])]) -> Result<Vec<Hit>, Error> {
+        Ok(self
+            .check_indexed(digests)?
+            .into_iter()
+            .map(|(d, s)| Hit {
+                algorithm: digests[d].0,
+                digest: digests[d].1.to_vec(),
+                category: self.sections[s].category.clone(),
+            })
+            .collect())
+    }
+
+    /// Like [`Filter::check`], naming each hit by the index of the digest in `digests`
+    /// and of the matching section in [`Filter::sections`].
+    pub fn check_indexed(
+        &self,
+        digests: &[(Algorithm, &[u8])],
+    ) -> Result<Vec<(usize, usize)>, Error> {
         let mut hits = Vec::new();
-        for &(algorithm, digest) in digests {
+        for (d, &(algorithm, digest)) in digests.iter().enumerate() {
             if digest.len() != algorithm.digest_len() {
                 return Err(Error::DigestLength {
                     algorithm: algorithm.name(),
@@ -149,15 +166,14 @@ impl Filter {
                 });
             }
             let mut probe = None;
-            for section in self.sections.iter().filter(|s| s.algorithm == algorithm) {
+            for (s, section) in self.sections.iter().enumerate() {
+                if section.algorithm != algorithm {
+                    continue;
+                }
                 let probe =
                     *probe.get_or_insert_with(|| Probe::new(&self.header.salt, algorithm, digest));
                 if self.section_contains(section, &probe) {
-                    hits.push(Hit {
-                        algorithm,
-                        digest: digest.to_vec(),
-                        category: section.category.clone(),
-                    });
+                    hits.push((d, s));
                 }
             }
         }

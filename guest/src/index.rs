@@ -70,13 +70,29 @@ impl Probe {
             .h1
             .wrapping_add(i.wrapping_mul(self.h2))
             .wrapping_add((i * i).wrapping_mul(self.h3));
-        ((u128::from(g) * u128::from(bits)) >> 64) as u64
+        scale(g, bits)
     }
 
     /// All `k` bit indices in a section of `bits` bits.
     pub fn indices(&self, k: u32, bits: u64) -> impl Iterator<Item = u64> + '_ {
         (0..k).map(move |i| self.index(i, bits))
     }
+}
+
+/// `floor(g · m / 2^64)`: maps `g` onto `0..m`.
+#[inline]
+fn scale(g: u64, m: u64) -> u64 {
+    // wasm32 has no 64x64->128 multiply: a u128 product there is a long emulation, paid
+    // k times per lookup. For m < 2^32 the same floor is exact with two 64-bit products:
+    // g·m = (g_hi·m)·2^32 + g_lo·m, and flooring g_lo·m / 2^32 early cannot change the
+    // floor of the whole over 2^64, since g_hi·m is an integer.
+    #[cfg(target_arch = "wasm32")]
+    if m <= u64::from(u32::MAX) {
+        let high = (g >> 32) * m;
+        let low = ((g & 0xffff_ffff) * m) >> 32;
+        return (high + low) >> 32;
+    }
+    ((u128::from(g) * u128::from(m)) >> 64) as u64
 }
 
 /// Whether bit `i` of `bitmap` is set.
@@ -89,4 +105,33 @@ pub fn bit_is_set(bitmap: &[u8], i: u64) -> bool {
 #[inline]
 pub fn set_bit(bitmap: &mut [u8], i: u64) {
     bitmap[(i / 8) as usize] |= 1 << (i % 8);
+}
+
+#[cfg(test)]
+mod tests {
+    /// The 64-bit form used on wasm32 equals the 128-bit product for every m < 2^32.
+    #[test]
+    fn split_multiply_is_exact() {
+        let split = |g: u64, m: u64| ((g >> 32) * m + (((g & 0xffff_ffff) * m) >> 32)) >> 32;
+        let mut g = 0x9e37_79b9_7f4a_7c15u64;
+        for m in [
+            1u64,
+            2,
+            3,
+            64,
+            1000,
+            65_536,
+            431_327_680,
+            u64::from(u32::MAX),
+        ] {
+            for _ in 0..100_000 {
+                g = g
+                    .wrapping_mul(6_364_136_223_846_793_005)
+                    .wrapping_add(1_442_695_040_888_963_407);
+                assert_eq!(split(g, m), super::scale(g, m), "g={g} m={m}");
+            }
+            assert_eq!(split(u64::MAX, m), super::scale(u64::MAX, m));
+            assert_eq!(split(0, m), 0);
+        }
+    }
 }

@@ -22,7 +22,7 @@ use wasmtime::{
     StoreLimitsBuilder,
 };
 
-use self::bindings::exports::hashgate::filter::filter::{CheckError, LoadError};
+use self::bindings::exports::hashgate::filter::filter::{self as wit, CheckError, LoadError};
 use self::bindings::{FilterGuest, FilterGuestPre};
 use crate::trust::PublicKey;
 use crate::{Digest, Error, FilterInfo, Verdict};
@@ -213,7 +213,7 @@ impl Instance {
         })
     }
 
-    fn check(&mut self, digests: &[Digest], size: u64) -> Result<Verdict, Error> {
+    fn check(&mut self, digests: &[Digest], size: u64) -> Result<wit::Verdict, Error> {
         self.store.set_epoch_deadline(self.call_deadline);
         let result = self
             .guest
@@ -223,7 +223,10 @@ impl Instance {
         result.map_err(check_error)
     }
 
-    fn scan_bytes(&mut self, chunks: &mut dyn Iterator<Item = &[u8]>) -> Result<Verdict, Error> {
+    fn scan_bytes(
+        &mut self,
+        chunks: &mut dyn Iterator<Item = &[u8]>,
+    ) -> Result<wit::ScanResult, Error> {
         self.store.set_epoch_deadline(self.load_deadline);
         let filter = self.guest.hashgate_filter_filter();
         let scanner = filter
@@ -247,9 +250,9 @@ impl Instance {
                 .map_err(trapped)
         });
         let dropped = scanner.resource_drop(&mut self.store).map_err(trapped);
-        let verdict = verdict?.map_err(check_error)?;
+        let result = verdict?.map_err(check_error)?;
         dropped?;
-        Ok(verdict)
+        Ok(result)
     }
 }
 
@@ -317,7 +320,8 @@ impl FilterEngine {
 
     /// The verdict for one object's digests.
     pub fn check(&self, digests: &[Digest], size: u64) -> Result<Verdict, Error> {
-        self.with_instance(|i| i.check(digests, size))
+        let verdict = self.with_instance(|i| i.check(digests, size))?;
+        Verdict::resolve(verdict, digests, &self.info)
     }
 
     /// The verdict for raw bytes, hashed inside the guest (the portable path).
@@ -326,7 +330,8 @@ impl FilterEngine {
         chunks: impl IntoIterator<Item = &'a [u8]>,
     ) -> Result<Verdict, Error> {
         let mut chunks = chunks.into_iter();
-        self.with_instance(|i| i.scan_bytes(&mut chunks))
+        let result = self.with_instance(|i| i.scan_bytes(&mut chunks))?;
+        Verdict::resolve(result.verdict, &result.digests, &self.info)
     }
 
     fn with_instance<T>(

@@ -5,8 +5,64 @@ use std::fmt;
 use std::str::FromStr;
 
 pub use super::bindings::exports::hashgate::filter::filter::{
-    Algorithm, Digest, FilterInfo, Hit, SectionInfo, Verdict,
+    Algorithm, Digest, FilterInfo, SectionInfo,
 };
+
+use super::bindings::exports::hashgate::filter::filter as wit;
+
+/// A digest of the object that the filter (probably) holds.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct Hit {
+    /// The digest's algorithm.
+    pub algorithm: Algorithm,
+    /// The digest.
+    pub bytes: Vec<u8>,
+    /// The category of the section that matched.
+    pub category: Option<String>,
+}
+
+/// The verdict on one object.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Verdict {
+    /// No digest of the object is in the filter.
+    Clean,
+    /// These digests (probably) are.
+    Hit(Vec<Hit>),
+}
+
+impl Verdict {
+    /// Resolves the guest's index-based verdict against the digests it was about and the
+    /// filter's sections. An index out of range is the guest breaking the contract.
+    pub(crate) fn resolve(
+        verdict: wit::Verdict,
+        digests: &[Digest],
+        info: &FilterInfo,
+    ) -> Result<Verdict, crate::Error> {
+        let hits = match verdict {
+            wit::Verdict::Clean => return Ok(Verdict::Clean),
+            wit::Verdict::Hit(hits) => hits,
+        };
+        let resolved = hits
+            .into_iter()
+            .map(|h| {
+                let digest = digests.get(h.digest as usize);
+                let section = info.sections.get(h.section as usize);
+                match (digest, section) {
+                    (Some(d), Some(s)) => Ok(Hit {
+                        algorithm: d.algorithm,
+                        bytes: d.bytes.clone(),
+                        category: s.category.clone(),
+                    }),
+                    _ => Err(crate::Error::Check(format!(
+                        "the guest named digest {} / section {} that do not exist",
+                        h.digest, h.section
+                    ))),
+                }
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(Verdict::Hit(resolved))
+    }
+}
 
 impl Algorithm {
     /// Every algorithm, in format code order.
