@@ -132,7 +132,13 @@ pub fn run(dir: Option<PathBuf>, listen: &str, scan_only: bool) -> Result<ExitCo
     let addr: std::net::SocketAddr = listen
         .parse()
         .with_context(|| format!("--listen {listen:?} is not an address"))?;
-    let admin = std::net::SocketAddr::new(addr.ip(), addr.port().wrapping_add(1));
+    // The admin listener takes the next port (or any free one when the gateway's is 0).
+    let admin_port = if addr.port() == 0 {
+        0
+    } else {
+        addr.port().wrapping_add(1)
+    };
+    let admin = std::net::SocketAddr::new(addr.ip(), admin_port);
     let listed = files
         .iter()
         .find(|(_, l)| *l)

@@ -93,11 +93,14 @@ pub fn run(args: GatewayArgs) -> Result<()> {
             let admin_listener = tokio::net::TcpListener::bind(&admin)
                 .await
                 .with_context(|| format!("admin listener on {admin}"))?;
+            eprintln!(
+                "admin on http://{} (/metrics, /healthz, /readyz)",
+                admin_listener.local_addr()?
+            );
             tokio::spawn(hashgate_host::gateway::serve_admin(
                 admin_listener,
                 gateway.clone(),
             ));
-            eprintln!("admin on http://{admin} (/metrics, /healthz, /readyz)");
         }
         let info = gateway.enforcer().engine().info();
         eprintln!(

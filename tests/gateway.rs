@@ -97,7 +97,17 @@ impl Setup {
 
     /// nginx with WebDAV PUT on a free port, serving `root`.
     fn nginx(&self) -> (Killed, u16, PathBuf) {
-        let port = free_port();
+        // nginx needs a port number up front; another test may grab the same free port
+        // first, so try a few.
+        for _ in 0..5 {
+            if let Some(started) = self.try_nginx(free_port()) {
+                return started;
+            }
+        }
+        panic!("nginx did not start (is nginx-light installed?)");
+    }
+
+    fn try_nginx(&self, port: u16) -> Option<(Killed, u16, PathBuf)> {
         let root = self.path("origin");
         let temp = self.path("nginx-temp");
         std::fs::create_dir_all(&root).unwrap();
@@ -129,14 +139,23 @@ http {{
             .stderr(Stdio::null())
             .spawn()
             .expect("nginx must be installed (scripts/test.sh installs nginx-light)");
-        wait_for(port);
-        (Killed(child), port, root)
+        let mut child = Killed(child);
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while TcpStream::connect(("127.0.0.1", port)).is_err() {
+            if Instant::now() > deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        // Something listens there; make sure it is our nginx, not a neighbour.
+        std::thread::sleep(Duration::from_millis(100));
+        if child.0.try_wait().unwrap().is_some() {
+            return None;
+        }
+        Some((child, port, root))
     }
 
     fn gateway(&self, backend: &[&str], extra: &[&str]) -> (Killed, u16, u16) {
-        let (port, admin) = (free_port(), free_port());
-        let listen = format!("127.0.0.1:{port}");
-        let admin_addr = format!("127.0.0.1:{admin}");
         let mut args = vec![
             "gateway",
             "--filter",
@@ -144,22 +163,54 @@ http {{
             "--pub",
             self.path("k.pub").to_str().unwrap().to_owned().leak(),
             "--listen",
-            listen.leak(),
+            "127.0.0.1:0",
             "--admin",
-            admin_addr.leak(),
+            "127.0.0.1:0",
             "--audit-log",
             self.path("audit.log").to_str().unwrap().to_owned().leak(),
         ];
         args.extend_from_slice(backend);
         args.extend_from_slice(extra);
-        let child = Command::new(env!("CARGO_BIN_EXE_hashgate"))
-            .args(&args)
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        wait_for(port);
-        (Killed(child), port, admin)
+        spawn_listening(Command::new(env!("CARGO_BIN_EXE_hashgate")).args(&args))
     }
+}
+
+/// Starts a gateway (or demo) that binds port 0 and reads the ports it announces on
+/// stderr: no port is chosen here, so parallel tests cannot collide.
+fn spawn_listening(command: &mut Command) -> (Killed, u16, u16) {
+    use std::io::BufRead;
+    let mut child = command
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let child = Killed(child);
+    let (mut port, mut admin) = (0u16, 0u16);
+    let port_of = |line: &str| {
+        line.split("http://127.0.0.1:")
+            .nth(1)?
+            .split(|c: char| !c.is_ascii_digit())
+            .next()?
+            .parse()
+            .ok()
+    };
+    let mut lines = std::io::BufReader::new(stderr).lines();
+    while port == 0 {
+        let line = lines
+            .next()
+            .expect("the gateway exited before listening")
+            .unwrap();
+        if line.starts_with("admin on") {
+            admin = port_of(&line).unwrap_or(0);
+        } else if line.starts_with("hashgate gateway on") {
+            port = port_of(&line).unwrap_or(0);
+        }
+    }
+    // Keep draining stderr so the gateway never blocks on a full pipe.
+    std::thread::spawn(move || for _ in lines {});
+    wait_for(port);
+    (child, port, admin)
 }
 
 /// `curl -T file url`, returning the status code.
@@ -489,16 +540,11 @@ fn a_stalled_body_gets_408_and_the_config_file_is_read() {
 #[test]
 fn the_demo_serves_a_gateway_that_refuses_its_listed_samples() {
     let dir = tempfile::tempdir().unwrap();
-    let port = free_port();
-    let child = Command::new(env!("CARGO_BIN_EXE_hashgate"))
-        .args(["demo", "--dir", dir.path().to_str().unwrap()])
-        .args(["--listen", &format!("127.0.0.1:{port}")])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let _demo = Killed(child);
-    wait_for(port);
+    let (_demo, port, _) = spawn_listening(
+        Command::new(env!("CARGO_BIN_EXE_hashgate"))
+            .args(["demo", "--dir", dir.path().to_str().unwrap()])
+            .args(["--listen", "127.0.0.1:0"]),
+    );
     let samples = dir.path().join("samples");
     let url = |k: &str| format!("http://127.0.0.1:{port}/{k}");
     assert_eq!(
