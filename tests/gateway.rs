@@ -175,6 +175,15 @@ http {{
     }
 }
 
+impl Setup {
+    /// A gateway started with `--config` holding `toml`.
+    fn configured_gateway(&self, toml: &str) -> (Killed, u16, u16) {
+        let config = self.path("gw.toml");
+        std::fs::write(&config, toml).unwrap();
+        self.gateway(&["--config", config.to_str().unwrap()], &[])
+    }
+}
+
 /// Starts a gateway (or demo) that binds port 0 and reads the ports it announces on
 /// stderr: no port is chosen here, so parallel tests cannot collide.
 fn spawn_listening(command: &mut Command) -> (Killed, u16, u16) {
@@ -704,16 +713,10 @@ fn an_origin_that_stalls_gives_504_and_one_that_resets_gives_502() {
 fn bodies_over_the_limit_get_413_and_leave_nothing() {
     let s = Setup::new();
     let store = s.path("store");
-    let config = s.path("gw.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "store = {:?}\nmax_body_bytes = 1000\n",
-            store.to_str().unwrap()
-        ),
-    )
-    .unwrap();
-    let (_gw, port, _) = s.gateway(&["--config", config.to_str().unwrap()], &[]);
+    let (_gw, port, _) = s.configured_gateway(&format!(
+        "store = {:?}\nmax_body_bytes = 1000\n",
+        store.to_str().unwrap()
+    ));
     let url = format!("http://127.0.0.1:{port}/big.bin");
     assert_eq!(curl_put(&s.clean, &url, &[]), 413);
     assert_eq!(
@@ -728,16 +731,10 @@ fn slow_headers_are_cut_off_and_connections_are_capped() {
     use std::io::{Read, Write};
     let s = Setup::new();
     let store = s.path("store");
-    let config = s.path("gw.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "store = {:?}\nheader_timeout_secs = 1\nmax_connections = 1\n",
-            store.to_str().unwrap()
-        ),
-    )
-    .unwrap();
-    let (_gw, port, _) = s.gateway(&["--config", config.to_str().unwrap()], &[]);
+    let (_gw, port, _) = s.configured_gateway(&format!(
+        "store = {:?}\nheader_timeout_secs = 1\nmax_connections = 1\n",
+        store.to_str().unwrap()
+    ));
 
     // A client that trickles its headers is disconnected after the header timeout.
     let started = Instant::now();
