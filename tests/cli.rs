@@ -268,18 +268,21 @@ fn clamav_hash_signature_files_are_read() {
         ),
     )
     .unwrap();
-    let out = hashgate(&[
-        "build",
-        "--key",
-        p(&w.path("auth.key")),
-        "--series",
-        "clam",
-        "--version",
-        "1",
-        "--out",
-        p(&w.path("clam.hgf")),
-        p(&hdb),
-    ]);
+    let build_clam = |out: &str| {
+        hashgate(&[
+            "build",
+            "--key",
+            p(&w.path("auth.key")),
+            "--series",
+            "clam",
+            "--version",
+            "1",
+            "--out",
+            p(&w.path(out)),
+            p(&hdb),
+        ])
+    };
+    let out = build_clam("clam.hgf");
     assert!(out.status.success(), "{}", text(&out));
     let out = w.scan(
         &w.path("clam.hgf"),
@@ -295,18 +298,7 @@ fn clamav_hash_signature_files_are_read() {
     );
 
     std::fs::write(&hdb, "0123:12:Too.Short\n").unwrap();
-    let out = hashgate(&[
-        "build",
-        "--key",
-        p(&w.path("auth.key")),
-        "--series",
-        "clam",
-        "--version",
-        "1",
-        "--out",
-        p(&w.path("clam2.hgf")),
-        p(&hdb),
-    ]);
+    let out = build_clam("clam2.hgf");
     assert_eq!(out.status.code(), Some(2));
     assert!(text(&out).contains("sigs.hdb:1:"));
 }

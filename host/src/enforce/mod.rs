@@ -9,7 +9,7 @@ pub mod policy;
 
 use std::time::Instant;
 
-use crate::{Digest, Error, FilterEngine, Hit};
+use crate::{Digest, Error, FilterEngine, Hit, Verdict};
 
 pub use audit::{AuditLog, AuditRecord};
 pub use metrics::Metrics;
@@ -95,7 +95,8 @@ impl Enforcer {
         let verdict = self.engine.check(digests, size);
         self.metrics.observe_verdict(started.elapsed(), size);
         let hits = match verdict {
-            Ok(v) => v.hits().to_vec(),
+            Ok(Verdict::Clean) => Vec::new(),
+            Ok(Verdict::Hit(hits)) => hits,
             Err(e) => return self.unavailable(ctx, size, &e),
         };
         let hits: Vec<Hit> = hits

@@ -6,7 +6,7 @@
 use std::io;
 use std::path::{Component, Path, PathBuf};
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use hyper::{Method, Request, Response, StatusCode};
@@ -51,8 +51,11 @@ fn object_path(root: &Path, uri_path: &str) -> Option<PathBuf> {
     }
     let mut path = root.to_path_buf();
     for segment in key.split('/') {
-        let lowered = percent_decoded_is_dot(segment);
-        if segment.is_empty() || segment == "." || segment == ".." || lowered || segment == TEMP_DIR
+        if segment.is_empty()
+            || segment == "."
+            || segment == ".."
+            || percent_decoded_is_dot(segment)
+            || segment == TEMP_DIR
         {
             return None;
         }
@@ -188,16 +191,15 @@ async fn get(path: &Path, head: bool) -> Response<GatewayBody> {
     }
     let (tx, body) = ChannelBody::new(2, Some(len));
     tokio::spawn(async move {
-        let mut buf = vec![0u8; 256 * 1024];
+        const CHUNK: usize = 256 * 1024;
+        let mut buf = BytesMut::with_capacity(CHUNK);
         loop {
-            match file.read(&mut buf).await {
+            // Each chunk is read into its own buffer and handed over without a copy.
+            buf.reserve(CHUNK);
+            match file.read_buf(&mut buf).await {
                 Ok(0) => break,
-                Ok(n) => {
-                    if tx
-                        .send(Ok(Bytes::copy_from_slice(&buf[..n])))
-                        .await
-                        .is_err()
-                    {
+                Ok(_) => {
+                    if tx.send(Ok(buf.split().freeze())).await.is_err() {
                         break;
                     }
                 }
