@@ -59,6 +59,10 @@ enum Command {
     /// Run the inline upload gateway: a streaming reverse proxy (or embedded store) that
     /// refuses listed uploads with 451 before they are stored complete.
     Gateway(Box<GatewayArgs>),
+    /// Run an ICAP server (RFC 3507) for an existing proxy such as Squid: REQMOD at
+    /// icap://ADDR/reqmod, RESPMOD at icap://ADDR/respmod; listed bodies are refused with
+    /// an encapsulated 451.
+    Icap(Box<IcapArgs>),
     /// Upload the canary file through a running gateway: exit 0 if it was blocked, 1 if
     /// it was let through, 2 on error.
     Selftest {
@@ -111,20 +115,13 @@ struct BuildArgs {
     lists: Vec<PathBuf>,
 }
 
-#[derive(clap::Args, Debug)]
-pub struct GatewayArgs {
+/// What every serving front-end (gateway, ICAP server) needs to enforce: the filter, the
+/// policy, the audit log, the admin listener.
+#[derive(clap::Args, Debug, Default)]
+pub struct EnforceArgs {
     /// TOML configuration file (see README.md); flags override it.
     #[arg(long)]
     pub config: Option<PathBuf>,
-    /// Client listener address.
-    #[arg(long)]
-    pub listen: Option<String>,
-    /// Origin base URL, e.g. http://127.0.0.1:9000
-    #[arg(long, conflicts_with = "store")]
-    pub origin: Option<String>,
-    /// Embedded store directory (the default backend when no origin is given).
-    #[arg(long)]
-    pub store: Option<PathBuf>,
     /// The signed filter snapshot.
     #[arg(long)]
     pub filter: Option<PathBuf>,
@@ -143,6 +140,37 @@ pub struct GatewayArgs {
     /// Only audit and count hits, never block (same as `actions.default = "monitor"`).
     #[arg(long)]
     pub monitor: bool,
+}
+
+#[derive(clap::Args, Debug)]
+pub struct GatewayArgs {
+    /// Client listener address.
+    #[arg(long)]
+    pub listen: Option<String>,
+    /// Origin base URL, e.g. http://127.0.0.1:9000
+    #[arg(long, conflicts_with = "store")]
+    pub origin: Option<String>,
+    /// Embedded store directory (the default backend when no origin is given).
+    #[arg(long)]
+    pub store: Option<PathBuf>,
+    #[command(flatten)]
+    pub enforce: EnforceArgs,
+}
+
+#[derive(clap::Args, Debug)]
+pub struct IcapArgs {
+    /// ICAP listener address (default 127.0.0.1:1344; services /reqmod and /respmod).
+    #[arg(long)]
+    pub listen: Option<String>,
+    /// HTTP status of the refusal sent for a listed body: 451 (default) or 403.
+    #[arg(long)]
+    pub block_status: Option<u16>,
+    /// Preview size advertised to clients, in bytes (default 32768; Squid stalls on a
+    /// preview as large as its 64 KiB body buffer).
+    #[arg(long)]
+    pub preview: Option<usize>,
+    #[command(flatten)]
+    pub enforce: EnforceArgs,
 }
 
 #[derive(clap::Args, Debug)]
@@ -196,6 +224,7 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
             scan_only,
         } => crate::demo::run(dir, &listen, scan_only),
         Command::Gateway(args) => crate::gateway::run(*args).map(|_| ExitCode::SUCCESS),
+        Command::Icap(args) => crate::icap::run(*args).map(|_| ExitCode::SUCCESS),
         Command::Selftest { url } => crate::gateway::selftest(&url),
     }
 }

@@ -164,16 +164,16 @@ pub fn run(dir: Option<PathBuf>, listen: &str, scan_only: bool) -> Result<ExitCo
         audit = dir.join("audit.jsonl").display(),
     );
     crate::gateway::run(crate::cli::GatewayArgs {
-        config: None,
         listen: Some(addr.to_string()),
         origin: None,
         store: Some(dir.join("store")),
-        filter: Some(filter_path),
-        public_key: Some(public_path),
-        admin: Some(admin.to_string()),
-        audit_log: Some(dir.join("audit.jsonl")),
-        allow_list: None,
-        monitor: false,
+        enforce: crate::cli::EnforceArgs {
+            filter: Some(filter_path),
+            public_key: Some(public_path),
+            admin: Some(admin.to_string()),
+            audit_log: Some(dir.join("audit.jsonl")),
+            ..Default::default()
+        },
     })
     .context("starting the demo gateway (try --listen with a free port)")?;
     Ok(ExitCode::SUCCESS)

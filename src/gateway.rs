@@ -6,29 +6,18 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
-use hashgate_host::enforce::{Action, AllowList, AuditLog, Enforcer, Metrics, Policy};
-use hashgate_host::gateway::{Backend, Config, FileConfig, Gateway};
+use hashgate_host::gateway::{Backend, Config, Gateway};
 
 use crate::cli::GatewayArgs;
+use crate::serve;
 
 pub fn run(args: GatewayArgs) -> Result<()> {
-    let file = match &args.config {
-        Some(path) => FileConfig::read(path)?,
-        None => FileConfig::default(),
-    };
-    let filter = args
-        .filter
-        .or(file.filter)
-        .context("--filter (or `filter` in the config file) is required")?;
-    let public_key = args
-        .public_key
-        .or(file.public_key)
-        .context("--pub (or `pub` in the config file) is required")?;
+    let file = serve::file_config(&args.enforce)?;
     let listen = args
         .listen
-        .or(file.listen)
+        .or(file.listen.clone())
         .unwrap_or_else(|| "127.0.0.1:8080".into());
-    let backend = match (args.origin.or(file.origin), args.store.or(file.store)) {
+    let backend = match (args.origin.or(file.origin.clone()), args.store.or(file.store.clone())) {
         (Some(origin), _) => {
             let uri: hyper::Uri = origin
                 .parse()
@@ -45,8 +34,8 @@ pub fn run(args: GatewayArgs) -> Result<()> {
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     }
     let mut config = Config::new(backend);
-    if let Some(m) = file.inspect_methods {
-        config.inspect_methods = m;
+    if let Some(m) = &file.inspect_methods {
+        config.inspect_methods = m.clone();
     }
     let secs = Duration::from_secs;
     config.max_body = file.max_body_bytes.unwrap_or(config.max_body);
@@ -55,53 +44,14 @@ pub fn run(args: GatewayArgs) -> Result<()> {
     config.origin_timeout = file.origin_timeout_secs.map_or(config.origin_timeout, secs);
     config.max_connections = file.max_connections.unwrap_or(config.max_connections);
     config.shutdown_grace = file.shutdown_grace_secs.map_or(config.shutdown_grace, secs);
+    let enforcer = serve::enforcer(&args.enforce, &file)?;
 
-    let mut policy = Policy::default();
-    if let Some(mut actions) = file.actions {
-        if let Some(default) = actions.remove("default") {
-            policy.default_action = default;
-        }
-        policy.actions = actions;
-    }
-    if args.monitor {
-        policy.default_action = Action::Monitor;
-        policy.actions.clear();
-    }
-    policy.on_failure = file.on_guest_failure.unwrap_or_default();
-    if let Some(path) = args.allow_list.or(file.allow_list) {
-        policy.allow = AllowList::read(&path)?;
-    }
-    let audit = args
-        .audit_log
-        .or(file.audit_log)
-        .map(|p| AuditLog::open(&p))
-        .transpose()?;
-    let engine = crate::cli::open_filter(&filter, &public_key, None)?;
-    let enforcer = Enforcer::new(engine, policy, audit, Metrics::new());
-    let admin = args.admin.or(file.admin);
-
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .context("starting the async runtime")?;
-    runtime.block_on(async move {
+    serve::runtime()?.block_on(async move {
         let listener = tokio::net::TcpListener::bind(&listen)
             .await
             .with_context(|| format!("listening on {listen}"))?;
+        serve::start_admin(&args.enforce, &file, &enforcer).await?;
         let gateway = Gateway::new(config, enforcer);
-        if let Some(admin) = admin {
-            let admin_listener = tokio::net::TcpListener::bind(&admin)
-                .await
-                .with_context(|| format!("admin listener on {admin}"))?;
-            eprintln!(
-                "admin on http://{} (/metrics, /healthz, /readyz)",
-                admin_listener.local_addr()?
-            );
-            tokio::spawn(hashgate_host::gateway::serve_admin(
-                admin_listener,
-                gateway.clone(),
-            ));
-        }
         let info = gateway.enforcer().engine().info();
         eprintln!(
             "hashgate gateway on http://{} enforcing {} v{} ({} entries)",
@@ -110,18 +60,9 @@ pub fn run(args: GatewayArgs) -> Result<()> {
             info.version,
             info.entries
         );
-        gateway.serve(listener, shutdown_signal()).await?;
+        gateway.serve(listener, serve::shutdown_signal()).await?;
         Ok(())
     })
-}
-
-async fn shutdown_signal() {
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-        .expect("installing the SIGTERM handler");
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = tokio::signal::ctrl_c() => {}
-    }
 }
 
 /// PUTs the canary to `url` and reports whether the gateway blocked it.

@@ -4,6 +4,8 @@
 mod cli;
 mod demo;
 mod gateway;
+mod icap;
+mod serve;
 
 use std::process::ExitCode;
 

@@ -9,17 +9,24 @@
 //! * [`enforce`] is the verdict core every front-end shares: policy (actions per
 //!   category, allow-list, fail-closed or fail-open), audit log, metrics.
 //! * [`scan`] walks data at rest on all cores; [`gateway`] is the inline upload gateway
-//!   (streaming reverse proxy or embedded store, HTTP 451 for listed uploads).
+//!   (streaming reverse proxy or embedded store, HTTP 451 for listed uploads); [`icap`]
+//!   is an ICAP server for the proxies operators already run. The three are thin
+//!   front-ends over [`enforce`]; they share [`digester`], [`config`] and [`admin`] and
+//!   never reach into each other.
 //!
 //! The host never links the guest crate: it reaches the filter only through the
 //! component, so what runs in production is what the tests exercise.
 
 #![deny(missing_docs)]
 
+pub mod admin;
+pub mod config;
+pub mod digester;
 pub mod enforce;
 mod error;
 pub mod gateway;
 pub mod hashing;
+pub mod icap;
 pub mod runtime;
 pub mod scan;
 pub mod trust;

@@ -19,6 +19,12 @@ struct ActionLabel {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct IcapLabel {
+    method: String,
+    answer: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct OutcomeLabel {
     outcome: String,
 }
@@ -27,6 +33,7 @@ struct OutcomeLabel {
 pub struct Metrics {
     registry: Registry,
     requests: Family<OutcomeLabel, Counter>,
+    icap_transactions: Family<IcapLabel, Counter>,
     inspected_bytes: Counter,
     inspected_objects: Counter,
     hits: Family<ActionLabel, Counter>,
@@ -55,6 +62,7 @@ impl Metrics {
         let mut registry = Registry::with_prefix("hashgate");
         let m = Metrics {
             requests: Family::default(),
+            icap_transactions: Family::default(),
             inspected_bytes: Counter::default(),
             inspected_objects: Counter::default(),
             hits: Family::default(),
@@ -72,6 +80,11 @@ impl Metrics {
             registry: Registry::default(),
         };
         registry.register("requests", "Requests by outcome", m.requests.clone());
+        registry.register(
+            "icap_transactions",
+            "ICAP transactions by method and answer",
+            m.icap_transactions.clone(),
+        );
         registry.register(
             "inspected_bytes",
             "Bytes hashed and checked",
@@ -175,6 +188,16 @@ impl Metrics {
     /// Counts an origin failure.
     pub fn count_origin_error(&self) {
         self.origin_errors.inc();
+    }
+
+    /// Counts one ICAP transaction by method and answer (`204`, `blocked`, `cut`, ...).
+    pub fn count_icap(&self, method: &str, answer: &str) {
+        self.icap_transactions
+            .get_or_create(&IcapLabel {
+                method: method.into(),
+                answer: answer.into(),
+            })
+            .inc();
     }
 
     /// Counts a finished request by its outcome (`pass`, `blocked`, `error`, ...).

@@ -1,4 +1,4 @@
-//! The shared verdict core behind every front-end (gateway, and later ICAP): turns the
+//! The shared verdict core behind every front-end (gateway, ICAP server, scan): turns the
 //! guest's verdict into a decision under the operator's policy, writes the audit record
 //! and counts the metrics. Front-ends hash and call [`Enforcer::decide`]; they never
 //! interpret hits themselves.
@@ -85,6 +85,19 @@ impl Enforcer {
     /// The metrics.
     pub fn metrics(&self) -> &Metrics {
         &self.metrics
+    }
+
+    /// The short JSON body every front-end sends with a refusal (451, 503, 408, ...),
+    /// naming the request and the filter version that decided.
+    pub fn refusal_body(&self, status: u16, reason: &str, request_id: &str) -> String {
+        let info = self.engine.info();
+        let body = serde_json::json!({
+            "status": status,
+            "reason": reason,
+            "request_id": request_id,
+            "filter": {"series": info.series, "version": info.version},
+        });
+        format!("{body}\n")
     }
 
     /// Decides on one object: asks the guest, applies the allow-list and the per-category

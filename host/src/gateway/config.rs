@@ -1,11 +1,8 @@
-//! Gateway settings, and the TOML file they can come from (documented in README.md).
+//! Gateway settings (resolved from flags and the config file by the CLI).
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Duration;
 
-use serde::Deserialize;
-
-use crate::Error;
 
 /// Where clean uploads go.
 #[derive(Clone, Debug)]
@@ -50,54 +47,5 @@ impl Config {
             max_connections: 1024,
             shutdown_grace: Duration::from_secs(30),
         }
-    }
-}
-
-/// The gateway's configuration file. Every field is optional; command-line flags win.
-#[derive(Clone, Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct FileConfig {
-    /// Client listener address.
-    pub listen: Option<String>,
-    /// Origin base URL (`http://host:port`).
-    pub origin: Option<String>,
-    /// Embedded store directory (used when no origin is given).
-    pub store: Option<PathBuf>,
-    /// Signed filter snapshot.
-    pub filter: Option<PathBuf>,
-    /// Authority public key.
-    #[serde(rename = "pub")]
-    pub public_key: Option<PathBuf>,
-    /// Admin listener address.
-    pub admin: Option<String>,
-    /// Audit log file.
-    pub audit_log: Option<PathBuf>,
-    /// Allow-list file of exact digests.
-    pub allow_list: Option<PathBuf>,
-    /// Inspected methods.
-    pub inspect_methods: Option<Vec<String>>,
-    /// Largest body in bytes.
-    pub max_body_bytes: Option<u64>,
-    /// Header timeout in seconds.
-    pub header_timeout_secs: Option<u64>,
-    /// Body idle timeout in seconds.
-    pub body_timeout_secs: Option<u64>,
-    /// Origin timeout in seconds.
-    pub origin_timeout_secs: Option<u64>,
-    /// Concurrent connections.
-    pub max_connections: Option<usize>,
-    /// Shutdown grace in seconds.
-    pub shutdown_grace_secs: Option<u64>,
-    /// `fail_closed` (default) or `fail_open`.
-    pub on_guest_failure: Option<crate::enforce::FailureMode>,
-    /// Actions: `default = "block"` and one entry per category.
-    pub actions: Option<std::collections::HashMap<String, crate::enforce::Action>>,
-}
-
-impl FileConfig {
-    /// Reads a TOML file.
-    pub fn read(path: &Path) -> Result<FileConfig, Error> {
-        let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
-        toml::from_str(&text).map_err(|e| Error::Config(format!("{}: {e}", path.display())))
     }
 }

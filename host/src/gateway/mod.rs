@@ -12,10 +12,8 @@
 //!
 //! Memory per upload is bounded by a few frames. Everything else is proxied untouched.
 
-mod admin;
 mod body;
 mod config;
-mod digest;
 mod store;
 mod upload;
 
@@ -34,7 +32,7 @@ use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 
 pub use body::GatewayBody;
-pub use config::{Backend, Config, FileConfig};
+pub use config::{Backend, Config};
 
 use crate::enforce::{Context, Enforcer};
 use crate::Error;
@@ -42,13 +40,13 @@ use crate::Error;
 /// Everything a request handler needs, shared by all connections.
 pub struct Gateway {
     config: Config,
-    enforcer: Enforcer,
+    enforcer: Arc<Enforcer>,
     client: Client<HttpConnector, GatewayBody>,
 }
 
 impl Gateway {
     /// A gateway enforcing with `enforcer` as `config` says.
-    pub fn new(config: Config, enforcer: Enforcer) -> Arc<Gateway> {
+    pub fn new(config: Config, enforcer: Arc<Enforcer>) -> Arc<Gateway> {
         let mut connector = HttpConnector::new();
         connector.set_nodelay(true);
         connector.set_connect_timeout(Some(config.origin_timeout));
@@ -63,7 +61,7 @@ impl Gateway {
     }
 
     /// The verdict core.
-    pub fn enforcer(&self) -> &Enforcer {
+    pub fn enforcer(&self) -> &Arc<Enforcer> {
         &self.enforcer
     }
 
@@ -182,20 +180,14 @@ impl Gateway {
 
     /// The JSON answer to a refused upload.
     fn refusal(&self, status: StatusCode, ctx: &Context, reason: &str) -> Response<GatewayBody> {
-        let info = self.enforcer.engine().info();
-        let body = serde_json::json!({
-            "status": status.as_u16(),
-            "reason": reason,
-            "request_id": ctx.request_id,
-            "filter": {"series": info.series, "version": info.version},
-        });
+        let body = self
+            .enforcer
+            .refusal_body(status.as_u16(), reason, &ctx.request_id);
         Response::builder()
             .status(status)
             .header(hyper::header::CONTENT_TYPE, "application/json")
             .header(hyper::header::CONNECTION, "close")
-            .body(body::full(format!("{body}\n")))
+            .body(body::full(body))
             .expect("valid response")
     }
 }
-
-pub use admin::serve_admin;

@@ -13,7 +13,7 @@ use hyper::{Method, Request, Response, StatusCode};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use super::body::{full, ChannelBody, GatewayBody, Upload};
-use super::digest::Digester;
+use crate::digester::Digester;
 use super::Gateway;
 use crate::enforce::{Context, Outcome};
 

@@ -11,7 +11,7 @@ use hyper::{Request, Response, StatusCode, Uri};
 use tokio::task::JoinHandle;
 
 use super::body::{BodySender, ChannelBody, GatewayBody, Upload};
-use super::digest::Digester;
+use crate::digester::Digester;
 use super::{Backend, Gateway};
 use crate::enforce::{Context, Outcome};
 

@@ -1,5 +1,5 @@
-//! The admin listener: `/metrics` (Prometheus text), `/healthz`, `/readyz`. Plain HTTP on
-//! its own address, never on the client listener.
+//! The admin listener shared by every front-end: `/metrics` (Prometheus text),
+//! `/healthz`, `/readyz`. Plain HTTP on its own address, never on a client listener.
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -9,20 +9,22 @@ use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpListener;
 
-use super::body::{full, GatewayBody};
-use super::Gateway;
+use bytes::Bytes;
+use http_body_util::Full;
 
-/// Serves the admin endpoints for `gateway` on `listener` until the task is dropped.
-pub async fn serve_admin(listener: TcpListener, gateway: Arc<Gateway>) {
+use crate::enforce::Enforcer;
+
+/// Serves the admin endpoints for `enforcer` on `listener` until the task is dropped.
+pub async fn serve_admin(listener: TcpListener, enforcer: Arc<Enforcer>) {
     loop {
         let Ok((stream, _)) = listener.accept().await else {
             continue;
         };
-        let gateway = gateway.clone();
+        let enforcer = enforcer.clone();
         tokio::spawn(async move {
             let service = service_fn(move |req: Request<hyper::body::Incoming>| {
-                let gateway = gateway.clone();
-                async move { Ok::<_, Infallible>(answer(&gateway, req.uri().path())) }
+                let enforcer = enforcer.clone();
+                async move { Ok::<_, Infallible>(answer(&enforcer, req.uri().path())) }
             });
             let _ = hyper::server::conn::http1::Builder::new()
                 .serve_connection(TokioIo::new(stream), service)
@@ -31,8 +33,8 @@ pub async fn serve_admin(listener: TcpListener, gateway: Arc<Gateway>) {
     }
 }
 
-fn answer(gateway: &Gateway, path: &str) -> Response<GatewayBody> {
-    let metrics = gateway.enforcer().metrics();
+fn answer(enforcer: &Enforcer, path: &str) -> Response<Full<Bytes>> {
+    let metrics = enforcer.metrics();
     let (status, kind, body) = match path {
         "/metrics" => (
             StatusCode::OK,
@@ -55,6 +57,6 @@ fn answer(gateway: &Gateway, path: &str) -> Response<GatewayBody> {
     Response::builder()
         .status(status)
         .header(hyper::header::CONTENT_TYPE, kind)
-        .body(full(body))
+        .body(Full::new(Bytes::from(body)))
         .expect("valid response")
 }

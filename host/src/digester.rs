@@ -1,4 +1,4 @@
-//! Hashing an upload as it passes. Small bodies are hashed inline on the connection's
+//! Hashing a body as it streams past (gateway uploads, ICAP bodies). Small bodies are hashed inline on the connection's
 //! task; large ones (or of unknown length) on a blocking thread fed through a bounded
 //! channel, so that hashing overlaps with forwarding: at low concurrency a second core
 //! does the hashing instead of waiting.
@@ -15,7 +15,7 @@ const OFFLOAD_FROM: u64 = 256 * 1024;
 /// Frames queued for the hashing thread (bounds memory per upload).
 const QUEUE: usize = 16;
 
-/// An upload's hasher.
+/// A streaming body's hasher.
 pub enum Digester {
     /// Hashing on the caller's task.
     Inline(Box<ObjectHasher>),
@@ -31,7 +31,8 @@ pub enum Digester {
 }
 
 impl Digester {
-    /// A digester for a body of `expected` bytes (if known).
+    /// A digester for a body of `expected` bytes (if known). Must be called inside a
+    /// tokio runtime.
     pub fn new(algorithms: &[Algorithm], expected: Option<u64>) -> Digester {
         let hasher = ObjectHasher::new(algorithms);
         if expected.is_some_and(|n| n < OFFLOAD_FROM) {

@@ -1,0 +1,89 @@
+//! The configuration file (TOML) every front-end reads: the filter, the policy and the
+//! audit log at the top level, shared; the gateway's settings beside them; the ICAP
+//! server's in an `[icap]` table. Unknown keys are errors, so a typo never silently
+//! leaves a default in force. Command-line flags win over the file. Documented in
+//! README.md.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+use crate::enforce::{Action, FailureMode};
+use crate::Error;
+
+/// The whole file. Every field is optional.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileConfig {
+    /// Gateway client listener address.
+    pub listen: Option<String>,
+    /// Origin base URL (`http://host:port`).
+    pub origin: Option<String>,
+    /// Embedded store directory (used when no origin is given).
+    pub store: Option<PathBuf>,
+    /// Signed filter snapshot.
+    pub filter: Option<PathBuf>,
+    /// Authority public key.
+    #[serde(rename = "pub")]
+    pub public_key: Option<PathBuf>,
+    /// Admin listener address.
+    pub admin: Option<String>,
+    /// Audit log file.
+    pub audit_log: Option<PathBuf>,
+    /// Allow-list file of exact digests.
+    pub allow_list: Option<PathBuf>,
+    /// Inspected methods.
+    pub inspect_methods: Option<Vec<String>>,
+    /// Largest body in bytes.
+    pub max_body_bytes: Option<u64>,
+    /// Header timeout in seconds.
+    pub header_timeout_secs: Option<u64>,
+    /// Body idle timeout in seconds.
+    pub body_timeout_secs: Option<u64>,
+    /// Origin timeout in seconds.
+    pub origin_timeout_secs: Option<u64>,
+    /// Concurrent connections.
+    pub max_connections: Option<usize>,
+    /// Shutdown grace in seconds.
+    pub shutdown_grace_secs: Option<u64>,
+    /// `fail_closed` (default) or `fail_open`.
+    pub on_guest_failure: Option<FailureMode>,
+    /// Actions: `default = "block"` and one entry per category.
+    pub actions: Option<HashMap<String, Action>>,
+    /// The ICAP server's settings.
+    pub icap: Option<IcapFileConfig>,
+}
+
+/// The `[icap]` table.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IcapFileConfig {
+    /// ICAP listener address.
+    pub listen: Option<String>,
+    /// Preview size advertised in OPTIONS, in bytes.
+    pub preview_bytes: Option<usize>,
+    /// HTTP status of the encapsulated refusal: 451 (default) or 403.
+    pub block_status: Option<u16>,
+    /// `Options-TTL` advertised in OPTIONS, in seconds.
+    pub options_ttl_secs: Option<u64>,
+    /// Connections served at once (also advertised as `Max-Connections`).
+    pub max_connections: Option<usize>,
+    /// Largest ICAP header block (ICAP and encapsulated HTTP headers), in bytes.
+    pub max_header_bytes: Option<usize>,
+    /// Seconds an idle connection may wait for its next request, and a request for the
+    /// rest of its headers.
+    pub header_timeout_secs: Option<u64>,
+    /// Longest pause between body bytes, in seconds.
+    pub body_timeout_secs: Option<u64>,
+    /// Shutdown grace in seconds.
+    pub shutdown_grace_secs: Option<u64>,
+}
+
+impl FileConfig {
+    /// Reads a TOML file.
+    pub fn read(path: &Path) -> Result<FileConfig, Error> {
+        let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+        toml::from_str(&text).map_err(|e| Error::Config(format!("{}: {e}", path.display())))
+    }
+}

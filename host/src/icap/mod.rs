@@ -1,0 +1,198 @@
+//! `hashgate icap`: an ICAP/1.0 server (RFC 3507) that lets an existing proxy (Squid,
+//! e2guardian, a load balancer) hand hashgate the bodies it carries.
+//!
+//! Two services, each announced by `OPTIONS`:
+//!
+//! * `/reqmod`: request bodies (uploads) — a listed one is answered with an encapsulated
+//!   HTTP `451` (or `403`), so the proxy refuses the upload and the origin gets nothing;
+//! * `/respmod`: response bodies (downloads, cache fills) — a listed one is answered the
+//!   same way instead of being delivered.
+//!
+//! Bodies are hashed as their chunks arrive and never held whole. How a transaction is
+//! answered depends on what the client lets the server do:
+//!
+//! 1. the body fits in the **preview** (it ends with `ieof`) or the client offered
+//!    `Allow: 204` → hashgate reads it all, then answers `204 No Content` (clean) or the
+//!    refusal (listed);
+//! 2. otherwise → after the preview (`100 Continue`), hashgate streams the unmodified
+//!    message back as it arrives, **holding back the newest chunk**; at the end it sends
+//!    that chunk (clean) or closes the connection without it (listed). The proxy then
+//!    has an incomplete message: the origin never receives the whole upload and the
+//!    client never the whole download.
+//!
+//! Squid offers `Allow: 204` only for bodies under 64 KiB and answers a `204` it did not
+//! offer with an error, which is why case 2 exists (`docs/ARCHITECTURE.md`). Verdicts,
+//! policy, audit records and metrics are the shared [`Enforcer`]'s.
+
+mod transaction;
+mod wire;
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio::sync::{Notify, Semaphore};
+
+use crate::enforce::Enforcer;
+use crate::Error;
+
+/// The ICAP server's settings.
+#[derive(Clone, Debug)]
+pub struct IcapConfig {
+    /// Preview size advertised in `OPTIONS`: bodies up to this size are decided with a
+    /// `204`/refusal whatever the client offered.
+    pub preview: usize,
+    /// HTTP status of the encapsulated refusal (451 or 403).
+    pub block_status: u16,
+    /// How long clients may cache the `OPTIONS` answer.
+    pub options_ttl: Duration,
+    /// Connections served at once, also advertised as `Max-Connections`.
+    pub max_connections: usize,
+    /// Largest head (ICAP fields plus the encapsulated HTTP heads).
+    pub max_header_bytes: usize,
+    /// How long an idle connection waits for its next request.
+    pub idle_timeout: Duration,
+    /// Time allowed to send a whole head once it has started.
+    pub header_timeout: Duration,
+    /// Longest pause allowed within a body.
+    pub body_timeout: Duration,
+    /// How long transactions in flight may run after a shutdown signal.
+    pub shutdown_grace: Duration,
+}
+
+impl Default for IcapConfig {
+    fn default() -> Self {
+        IcapConfig {
+            preview: 32 * 1024,
+            block_status: 451,
+            options_ttl: Duration::from_secs(300),
+            max_connections: 1024,
+            max_header_bytes: 64 * 1024,
+            idle_timeout: Duration::from_secs(300),
+            header_timeout: Duration::from_secs(10),
+            body_timeout: Duration::from_secs(30),
+            shutdown_grace: Duration::from_secs(30),
+        }
+    }
+}
+
+impl IcapConfig {
+    /// Checks values a client would otherwise trip over.
+    pub fn validate(&self) -> Result<(), Error> {
+        if ![403, 451].contains(&self.block_status) {
+            return Err(Error::Config(format!(
+                "icap block_status must be 451 or 403, not {}",
+                self.block_status
+            )));
+        }
+        if self.max_connections == 0 || self.max_header_bytes < 1024 {
+            return Err(Error::Config(
+                "icap max_connections must be > 0 and max_header_bytes >= 1024".into(),
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// The ICAP server: settings, the verdict core, and the count of transactions in flight.
+pub struct IcapServer {
+    config: IcapConfig,
+    enforcer: Arc<Enforcer>,
+    in_flight: AtomicUsize,
+    idle: Notify,
+}
+
+impl IcapServer {
+    /// A server deciding with `enforcer`.
+    pub fn new(config: IcapConfig, enforcer: Arc<Enforcer>) -> Result<Arc<IcapServer>, Error> {
+        config.validate()?;
+        Ok(Arc::new(IcapServer {
+            config,
+            enforcer,
+            in_flight: AtomicUsize::new(0),
+            idle: Notify::new(),
+        }))
+    }
+
+    /// The verdict core.
+    pub fn enforcer(&self) -> &Arc<Enforcer> {
+        &self.enforcer
+    }
+
+    /// Serves clients on `listener` until `shutdown` resolves, then lets transactions in
+    /// flight finish for up to the grace period. Idle keep-alive connections are dropped.
+    pub async fn serve(
+        self: Arc<Self>,
+        listener: TcpListener,
+        shutdown: impl std::future::Future<Output = ()>,
+    ) -> Result<(), Error> {
+        let limit = Arc::new(Semaphore::new(self.config.max_connections));
+        tokio::pin!(shutdown);
+        loop {
+            let permit = tokio::select! {
+                permit = limit.clone().acquire_owned() => permit.expect("never closed"),
+                () = &mut shutdown => break,
+            };
+            let (stream, peer): (_, SocketAddr) = tokio::select! {
+                accepted = listener.accept() => match accepted {
+                    Ok(a) => a,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "accept failed");
+                        continue;
+                    }
+                },
+                () = &mut shutdown => break,
+            };
+            let _ = stream.set_nodelay(true);
+            let server = self.clone();
+            tokio::spawn(async move {
+                transaction::serve_connection(&server, stream, peer).await;
+                drop(permit);
+            });
+        }
+        drop(listener);
+        tracing::info!("shutting down: waiting for ICAP transactions in flight");
+        let drained = async {
+            loop {
+                let notified = self.idle.notified();
+                if self.in_flight.load(Ordering::SeqCst) == 0 {
+                    break;
+                }
+                notified.await;
+            }
+        };
+        if tokio::time::timeout(self.config.shutdown_grace, drained)
+            .await
+            .is_err()
+        {
+            tracing::warn!("grace period over; dropping remaining ICAP transactions");
+        }
+        Ok(())
+    }
+
+    /// The service tag: changes whenever the enforced filter does, so proxies that cache
+    /// verdicts by `ISTag` re-ask after an update. At most 32 characters, quoted.
+    fn istag(&self) -> String {
+        let info = self.enforcer.engine().info();
+        let series = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(info.series.as_bytes()));
+        format!("\"hg-{}-{}\"", info.version, &series[..12])
+    }
+
+    fn begin(&self) -> InFlight<'_> {
+        self.in_flight.fetch_add(1, Ordering::SeqCst);
+        InFlight(self)
+    }
+}
+
+/// Marks one transaction in flight until dropped (graceful shutdown waits for these).
+struct InFlight<'a>(&'a IcapServer);
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        if self.0.in_flight.fetch_sub(1, Ordering::SeqCst) == 1 {
+            self.0.idle.notify_waiters();
+        }
+    }
+}

@@ -1,0 +1,520 @@
+//! One ICAP connection: a loop of transactions (`OPTIONS`, `REQMOD`, `RESPMOD`), each
+//! body hashed as it arrives and decided by the shared [`Enforcer`](crate::enforce).
+
+use std::net::SocketAddr;
+
+use bytes::Bytes;
+use tokio::net::TcpStream;
+
+use super::wire::{self, BodyKind, ChunkedBody, Encapsulated, Fault, Reader, RequestHead, Writer};
+use super::IcapServer;
+use crate::digester::Digester;
+use crate::enforce::{Context, Decision, Outcome};
+
+/// Body data handed to the hasher at a time.
+const PIECE: usize = 256 * 1024;
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Service {
+    Reqmod,
+    Respmod,
+}
+
+impl Service {
+    fn method(self) -> &'static str {
+        match self {
+            Service::Reqmod => "REQMOD",
+            Service::Respmod => "RESPMOD",
+        }
+    }
+
+    /// The prefix of its `Encapsulated` names (`req-hdr`, `res-body`, ...).
+    fn part(self) -> &'static str {
+        match self {
+            Service::Reqmod => "req",
+            Service::Respmod => "res",
+        }
+    }
+}
+
+/// What a finished transaction leaves the connection fit for.
+enum Next {
+    KeepAlive,
+    Close,
+}
+
+struct Connection<'a> {
+    server: &'a IcapServer,
+    reader: Reader,
+    writer: Option<Writer>,
+    peer: SocketAddr,
+    /// Whether this transaction's response has begun (an error can no longer be sent).
+    answering: bool,
+}
+
+/// Serves transactions on one connection until either side closes it.
+pub(super) async fn serve_connection(server: &IcapServer, stream: TcpStream, peer: SocketAddr) {
+    let (r, w) = stream.into_split();
+    let mut conn = Connection {
+        server,
+        reader: Reader::new(r),
+        writer: Some(Writer::new(w)),
+        peer,
+        answering: false,
+    };
+    loop {
+        // An idle connection that closes or times out is not an error.
+        if conn
+            .reader
+            .await_request(server.config.idle_timeout)
+            .await
+            .is_err()
+        {
+            return;
+        }
+        let _in_flight = server.begin();
+        conn.answering = false;
+        match conn.transaction().await {
+            Ok(Next::KeepAlive) => {}
+            Ok(Next::Close) => return,
+            Err(fault) => return conn.fail(fault).await,
+        }
+    }
+}
+
+impl Connection<'_> {
+    async fn send(&mut self, bytes: &[u8]) -> Result<(), Fault> {
+        match &mut self.writer {
+            Some(w) => w.send(bytes).await,
+            None => Err(Fault::Closed),
+        }
+    }
+
+    async fn send_chunk(&mut self, data: &[u8]) -> Result<(), Fault> {
+        match &mut self.writer {
+            Some(w) => w.send_chunk(data).await,
+            None => Err(Fault::Closed),
+        }
+    }
+
+    fn count(&self, method: &str, answer: &str) {
+        self.server.enforcer.metrics().count_icap(method, answer);
+    }
+
+    /// Ends a transaction that went wrong: an ICAP error status if the response has not
+    /// begun, then the connection is closed (its framing can no longer be trusted).
+    async fn fail(&mut self, fault: Fault) {
+        let (status, reason) = match &fault {
+            Fault::Closed | Fault::Io(_) => {
+                tracing::debug!(peer = %self.peer, %fault, "ICAP client went away");
+                (0, "")
+            }
+            Fault::Timeout => (408, "Request Timeout"),
+            Fault::Malformed(_) | Fault::TooLarge => (400, "Bad Request"),
+        };
+        if status != 0 {
+            tracing::info!(peer = %self.peer, %fault, "refusing an ICAP request");
+            self.count("any", &status.to_string());
+            if !self.answering {
+                let _ = self.refuse(status, reason).await;
+            }
+        }
+        if let Some(w) = self.writer.take() {
+            w.abort().await;
+        }
+    }
+
+    /// An ICAP error status; the connection closes after it.
+    async fn refuse(&mut self, status: u16, reason: &str) -> Result<(), Fault> {
+        let head = wire::response_head(
+            status,
+            reason,
+            &self.server.istag(),
+            &[
+                ("Encapsulated", "null-body=0".into()),
+                ("Connection", "close".into()),
+            ],
+        );
+        self.send(head.as_bytes()).await
+    }
+
+    async fn transaction(&mut self) -> Result<Next, Fault> {
+        let config = &self.server.config;
+        let head = self
+            .reader
+            .read_head(config.max_header_bytes, config.header_timeout)
+            .await?;
+        let head = match wire::parse_head(&head) {
+            Ok(head) => head,
+            Err(None) => {
+                self.count("any", "505");
+                self.refuse(505, "ICAP Version Not Supported").await?;
+                return Ok(Next::Close);
+            }
+            Err(Some(why)) => return Err(Fault::Malformed(why)),
+        };
+        let service = match head.service.as_str() {
+            "/reqmod" => Service::Reqmod,
+            "/respmod" => Service::Respmod,
+            _ => {
+                self.count(&head.method, "404");
+                self.refuse(404, "ICAP Service Not Found").await?;
+                return Ok(Next::Close);
+            }
+        };
+        let next = match head.method.as_str() {
+            "OPTIONS" => self.options(&head, service).await?,
+            m if m == service.method() => self.modify(&head, service).await?,
+            "REQMOD" | "RESPMOD" => {
+                self.count(&head.method, "405");
+                self.refuse(405, "Method Not Allowed For Service").await?;
+                return Ok(Next::Close);
+            }
+            _ => {
+                self.count(&head.method, "501");
+                self.refuse(501, "Method Not Implemented").await?;
+                return Ok(Next::Close);
+            }
+        };
+        let close = head
+            .header("connection")
+            .is_some_and(|v| v.eq_ignore_ascii_case("close"));
+        Ok(if close { Next::Close } else { next })
+    }
+
+    /// `OPTIONS`: what the service does and how the client should talk to it.
+    async fn options(&mut self, head: &RequestHead, service: Service) -> Result<Next, Fault> {
+        // An OPTIONS body (`opt-body`) has no defined meaning; read past it.
+        if let Some(value) = head.header("encapsulated") {
+            let enc = Encapsulated::parse(value).map_err(Fault::Malformed)?;
+            if enc.body != BodyKind::Null || enc.body_offset > 0 {
+                let timeout = self.server.config.body_timeout;
+                let _ = self.reader.read_exact(enc.body_offset, timeout).await?;
+                if enc.body != BodyKind::Null {
+                    let mut body = ChunkedBody::new();
+                    while body.next(&mut self.reader, PIECE, timeout).await?.is_some() {}
+                }
+            }
+        }
+        let config = &self.server.config;
+        let answer = wire::response_head(
+            200,
+            "OK",
+            &self.server.istag(),
+            &[
+                ("Methods", service.method().into()),
+                ("Service", format!("hashgate/{}", env!("CARGO_PKG_VERSION"))),
+                ("Max-Connections", config.max_connections.to_string()),
+                ("Options-TTL", config.options_ttl.as_secs().to_string()),
+                ("Allow", "204".into()),
+                ("Preview", config.preview.to_string()),
+                ("Transfer-Preview", "*".into()),
+                ("Encapsulated", "null-body=0".into()),
+            ],
+        );
+        self.count("OPTIONS", "200");
+        self.send(answer.as_bytes()).await?;
+        Ok(Next::KeepAlive)
+    }
+
+    /// `REQMOD` / `RESPMOD`: hash the body and answer as the module docs describe.
+    async fn modify(&mut self, head: &RequestHead, service: Service) -> Result<Next, Fault> {
+        let config = self.server.config.clone();
+        let enc = head
+            .header("encapsulated")
+            .ok_or_else(|| Fault::Malformed("no Encapsulated header".into()))?;
+        let enc = Encapsulated::parse(enc).map_err(Fault::Malformed)?;
+        let fits = match service {
+            Service::Reqmod => {
+                enc.req_hdr.is_some()
+                    && enc.res_hdr.is_none()
+                    && matches!(enc.body, BodyKind::Request | BodyKind::Null)
+            }
+            Service::Respmod => {
+                enc.res_hdr.is_some() && matches!(enc.body, BodyKind::Response | BodyKind::Null)
+            }
+        };
+        if !fits {
+            return Err(Fault::Malformed(format!(
+                "Encapsulated parts do not fit {}",
+                service.method()
+            )));
+        }
+        if enc.body_offset > config.max_header_bytes {
+            return Err(Fault::TooLarge);
+        }
+        let heads = self
+            .reader
+            .read_exact(enc.body_offset, config.header_timeout)
+            .await?;
+        let req_hdr = enc.req_hdr.clone().map(|r| heads.slice(r));
+        let res_hdr = enc.res_hdr.clone().map(|r| heads.slice(r));
+        let ctx = self.context(head, req_hdr.as_deref());
+        // The head the unmodified answer echoes: the request's in REQMOD, the response's in
+        // RESPMOD (RFC 3507 §4.9: a RESPMOD answer carries no request head).
+        let echo = match service {
+            Service::Reqmod => req_hdr,
+            Service::Respmod => res_hdr,
+        }
+        .expect("checked above");
+        let method = service.method();
+
+        if enc.body == BodyKind::Null {
+            self.count(method, "no-body");
+            if head.allows_204() {
+                self.no_content().await?;
+            } else {
+                self.unmodified_head(service, &echo, true).await?;
+            }
+            return Ok(Next::KeepAlive);
+        }
+
+        let algorithms = self.server.enforcer.engine().info().algorithms.clone();
+        let mut digester = Digester::new(&algorithms, content_length(&echo));
+        let mut held: Vec<Bytes> = Vec::new();
+        if let Some(preview) = head.header("preview") {
+            let announced: usize = preview
+                .parse()
+                .map_err(|_| Fault::Malformed(format!("bad Preview {preview:?}")))?;
+            if announced > config.preview.max(1 << 20) {
+                return Err(Fault::Malformed(format!(
+                    "Preview {announced} is over the {} advertised",
+                    config.preview
+                )));
+            }
+            let mut body = ChunkedBody::new();
+            let mut seen = 0;
+            while let Some(data) = body
+                .next(&mut self.reader, PIECE, config.body_timeout)
+                .await?
+            {
+                seen += data.len();
+                if seen > announced {
+                    return Err(Fault::Malformed("preview longer than announced".into()));
+                }
+                digester.update(&data).await;
+                held.push(data);
+            }
+            if body.ieof {
+                // The preview was the whole body: a 204 is allowed whatever was offered.
+                let decision = self.decide(digester, &ctx).await?;
+                return self.answer_whole(method, decision, &ctx).await;
+            }
+            self.send(b"ICAP/1.0 100 Continue\r\n\r\n").await?;
+        }
+
+        let mut body = ChunkedBody::new();
+        if head.allows_204() {
+            // The client keeps its own copy: hash and forget.
+            drop(held);
+            while let Some(data) = body
+                .next(&mut self.reader, PIECE, config.body_timeout)
+                .await?
+            {
+                digester.update(&data).await;
+            }
+            let decision = self.decide(digester, &ctx).await?;
+            return self.answer_whole(method, decision, &ctx).await;
+        }
+
+        // No 204 allowed: echo the message as it arrives, one chunk behind.
+        self.unmodified_head(service, &echo, false).await?;
+        let mut pending: Option<Bytes> = None;
+        for data in held {
+            if let Some(ready) = pending.replace(data) {
+                self.send_chunk(&ready).await?;
+            }
+        }
+        while let Some(data) = body
+            .next(&mut self.reader, PIECE, config.body_timeout)
+            .await?
+        {
+            digester.update(&data).await;
+            if let Some(ready) = pending.replace(data) {
+                self.send_chunk(&ready).await?;
+            }
+        }
+        let decision = self.decide(digester, &ctx).await?;
+        match decision.outcome {
+            Outcome::Pass | Outcome::Monitor => {
+                if let Some(last) = pending {
+                    self.send_chunk(&last).await?;
+                }
+                self.send(b"0\r\n\r\n").await?;
+                self.count(method, "200-unmodified");
+                Ok(Next::KeepAlive)
+            }
+            Outcome::Block | Outcome::Unavailable => {
+                tracing::warn!(
+                    request_id = %ctx.request_id,
+                    outcome = ?decision.outcome,
+                    "cutting off a streamed {method} body before its last bytes"
+                );
+                self.count(method, "cut");
+                self.server.enforcer.metrics().count_request("blocked");
+                if let Some(w) = self.writer.take() {
+                    w.abort().await;
+                }
+                Ok(Next::Close)
+            }
+        }
+    }
+
+    /// Hashes what is left and asks the enforcer.
+    async fn decide(&self, digester: Digester, ctx: &Context) -> Result<Decision, Fault> {
+        let size = digester.len();
+        let digests = digester.finish().await.ok_or_else(|| {
+            Fault::Io(std::io::Error::other("the hashing thread failed"))
+        })?;
+        Ok(self.server.enforcer.decide(ctx, &digests, size))
+    }
+
+    /// The answer once the whole body has been read: `204`, or a refusal.
+    async fn answer_whole(
+        &mut self,
+        method: &str,
+        decision: Decision,
+        ctx: &Context,
+    ) -> Result<Next, Fault> {
+        let metrics = self.server.enforcer.metrics();
+        match decision.outcome {
+            Outcome::Pass | Outcome::Monitor => {
+                metrics.count_request("passed");
+                self.count(method, "204");
+                self.no_content().await?;
+            }
+            Outcome::Block => {
+                metrics.count_request("blocked");
+                self.count(method, "blocked");
+                let status = self.server.config.block_status;
+                self.http_refusal(status, "listed", ctx).await?;
+            }
+            Outcome::Unavailable => {
+                metrics.count_request("error");
+                self.count(method, "unavailable");
+                self.http_refusal(503, "no verdict could be had", ctx)
+                    .await?;
+            }
+        }
+        Ok(Next::KeepAlive)
+    }
+
+    async fn no_content(&mut self) -> Result<(), Fault> {
+        self.answering = true;
+        let head = wire::response_head(
+            204,
+            "No Content",
+            &self.server.istag(),
+            &[("Encapsulated", "null-body=0".into())],
+        );
+        self.send(head.as_bytes()).await
+    }
+
+    /// `200 OK` carrying the unmodified HTTP head; its body follows unless `null_body`.
+    async fn unmodified_head(
+        &mut self,
+        service: Service,
+        echo: &[u8],
+        null_body: bool,
+    ) -> Result<(), Fault> {
+        self.answering = true;
+        let part = service.part();
+        let body = if null_body { "null" } else { part };
+        let mut out = wire::response_head(
+            200,
+            "OK",
+            &self.server.istag(),
+            &[(
+                "Encapsulated",
+                format!("{part}-hdr=0, {body}-body={}", echo.len()),
+            )],
+        )
+        .into_bytes();
+        out.extend_from_slice(echo);
+        self.send(&out).await
+    }
+
+    /// `200 OK` carrying an HTTP refusal (451, 403 or 503) with the shared JSON body.
+    async fn http_refusal(&mut self, status: u16, reason: &str, ctx: &Context) -> Result<(), Fault> {
+        self.answering = true;
+        let body = self
+            .server
+            .enforcer
+            .refusal_body(status, reason, &ctx.request_id);
+        let phrase = match status {
+            451 => "Unavailable For Legal Reasons",
+            403 => "Forbidden",
+            _ => "Service Unavailable",
+        };
+        let http = format!(
+            "HTTP/1.1 {status} {phrase}\r\nContent-Type: application/json\r\n\
+             Content-Length: {}\r\nCache-Control: no-store\r\nX-Request-Id: {}\r\n\
+             Connection: close\r\n\r\n",
+            body.len(),
+            ctx.request_id
+        );
+        let mut out = wire::response_head(
+            200,
+            "OK",
+            &self.server.istag(),
+            &[(
+                "Encapsulated",
+                format!("res-hdr=0, res-body={}", http.len()),
+            )],
+        )
+        .into_bytes();
+        out.extend_from_slice(http.as_bytes());
+        out.extend_from_slice(format!("{:x}\r\n{body}\r\n0\r\n\r\n", body.len()).as_bytes());
+        self.send(&out).await
+    }
+
+    /// The audit context: the client the proxy names (`X-Client-IP`) or the proxy itself,
+    /// and the encapsulated request's method, host and path.
+    fn context(&self, head: &RequestHead, req_hdr: Option<&[u8]>) -> Context {
+        let mut ctx = Context {
+            request_id: uuid::Uuid::new_v4().to_string(),
+            client: head
+                .header("x-client-ip")
+                .map_or_else(|| self.peer.ip().to_string(), str::to_string),
+            ..Context::default()
+        };
+        let mut slots = [httparse::EMPTY_HEADER; 64];
+        let mut request = httparse::Request::new(&mut slots);
+        if let Some(Ok(httparse::Status::Complete(_))) = req_hdr.map(|h| request.parse(h)) {
+            ctx.method = request.method.unwrap_or("").to_string();
+            let target = request.path.unwrap_or("");
+            // Proxies send absolute URIs: `PUT http://host/path HTTP/1.1`.
+            let (host, path) = match target.split_once("://") {
+                Some((_, rest)) => match rest.find('/') {
+                    Some(i) => (&rest[..i], &rest[i..]),
+                    None => (rest, "/"),
+                },
+                None => ("", target),
+            };
+            ctx.path = path.to_string();
+            ctx.host = request
+                .headers
+                .iter()
+                .find(|h| h.name.eq_ignore_ascii_case("host"))
+                .and_then(|h| std::str::from_utf8(h.value).ok())
+                .unwrap_or(host)
+                .to_string();
+        }
+        ctx
+    }
+}
+
+/// The `Content-Length` of an encapsulated HTTP head, if it has one.
+fn content_length(head: &[u8]) -> Option<u64> {
+    let mut slots = [httparse::EMPTY_HEADER; 64];
+    // Either a request or a response head; only the fields matter here.
+    let line_end = head.windows(2).position(|w| w == b"\r\n")?;
+    let fields = match httparse::parse_headers(&head[line_end + 2..], &mut slots) {
+        Ok(httparse::Status::Complete((_, fields))) => fields,
+        _ => return None,
+    };
+    fields
+        .iter()
+        .find(|f| f.name.eq_ignore_ascii_case("content-length"))
+        .and_then(|f| std::str::from_utf8(f.value).ok()?.trim().parse().ok())
+}

@@ -1,0 +1,51 @@
+//! `hashgate icap`: flags and the config file's `[icap]` table in, a running ICAP server
+//! out.
+
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use hashgate_host::icap::{IcapConfig, IcapServer};
+
+use crate::cli::IcapArgs;
+use crate::serve;
+
+pub fn run(args: IcapArgs) -> Result<()> {
+    let file = serve::file_config(&args.enforce)?;
+    let table = file.icap.clone().unwrap_or_default();
+    let listen = args
+        .listen
+        .or(table.listen)
+        .unwrap_or_else(|| "127.0.0.1:1344".into());
+    let secs = Duration::from_secs;
+    let mut config = IcapConfig::default();
+    config.preview = args.preview.or(table.preview_bytes).unwrap_or(config.preview);
+    config.block_status = args
+        .block_status
+        .or(table.block_status)
+        .unwrap_or(config.block_status);
+    config.options_ttl = table.options_ttl_secs.map_or(config.options_ttl, secs);
+    config.max_connections = table.max_connections.unwrap_or(config.max_connections);
+    config.max_header_bytes = table.max_header_bytes.unwrap_or(config.max_header_bytes);
+    config.header_timeout = table.header_timeout_secs.map_or(config.header_timeout, secs);
+    config.body_timeout = table.body_timeout_secs.map_or(config.body_timeout, secs);
+    config.shutdown_grace = table.shutdown_grace_secs.map_or(config.shutdown_grace, secs);
+    let enforcer = serve::enforcer(&args.enforce, &file)?;
+    let server = IcapServer::new(config, enforcer)?;
+
+    serve::runtime()?.block_on(async move {
+        let listener = tokio::net::TcpListener::bind(&listen)
+            .await
+            .with_context(|| format!("listening on {listen}"))?;
+        serve::start_admin(&args.enforce, &file, server.enforcer()).await?;
+        let info = server.enforcer().engine().info();
+        eprintln!(
+            "hashgate icap on icap://{} (/reqmod, /respmod) enforcing {} v{} ({} entries)",
+            listener.local_addr()?,
+            info.series,
+            info.version,
+            info.entries
+        );
+        server.serve(listener, serve::shutdown_signal()).await?;
+        Ok(())
+    })
+}

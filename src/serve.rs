@@ -1,0 +1,99 @@
+//! What the serving commands (`gateway`, `icap`) share: reading the config file, putting
+//! the verdict core together, the admin listener, the shutdown signal.
+
+use std::sync::Arc;
+
+use anyhow::{Context, Result};
+use hashgate_host::config::FileConfig;
+use hashgate_host::enforce::{Action, AllowList, AuditLog, Enforcer, Metrics, Policy};
+
+use crate::cli::EnforceArgs;
+
+/// The config file named by `--config`, or an empty one.
+pub fn file_config(args: &EnforceArgs) -> Result<FileConfig> {
+    Ok(match &args.config {
+        Some(path) => FileConfig::read(path)?,
+        None => FileConfig::default(),
+    })
+}
+
+/// The verified filter, policy, audit log and metrics, from flags over the file.
+pub fn enforcer(args: &EnforceArgs, file: &FileConfig) -> Result<Arc<Enforcer>> {
+    let filter = args
+        .filter
+        .as_ref()
+        .or(file.filter.as_ref())
+        .context("--filter (or `filter` in the config file) is required")?;
+    let public_key = args
+        .public_key
+        .as_ref()
+        .or(file.public_key.as_ref())
+        .context("--pub (or `pub` in the config file) is required")?;
+    let mut policy = Policy::default();
+    if let Some(actions) = &file.actions {
+        let mut actions = actions.clone();
+        if let Some(default) = actions.remove("default") {
+            policy.default_action = default;
+        }
+        policy.actions = actions;
+    }
+    if args.monitor {
+        policy.default_action = Action::Monitor;
+        policy.actions.clear();
+    }
+    policy.on_failure = file.on_guest_failure.unwrap_or_default();
+    if let Some(path) = args.allow_list.as_ref().or(file.allow_list.as_ref()) {
+        policy.allow = AllowList::read(path)?;
+    }
+    let audit = args
+        .audit_log
+        .as_ref()
+        .or(file.audit_log.as_ref())
+        .map(|p| AuditLog::open(p))
+        .transpose()?;
+    let engine = crate::cli::open_filter(filter, public_key, None)?;
+    Ok(Arc::new(Enforcer::new(
+        engine,
+        policy,
+        audit,
+        Metrics::new(),
+    )))
+}
+
+/// Starts the admin listener if one is configured, announcing its address on stderr.
+pub async fn start_admin(
+    args: &EnforceArgs,
+    file: &FileConfig,
+    enforcer: &Arc<Enforcer>,
+) -> Result<()> {
+    let Some(addr) = args.admin.as_ref().or(file.admin.as_ref()) else {
+        return Ok(());
+    };
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("admin listener on {addr}"))?;
+    eprintln!(
+        "admin on http://{} (/metrics, /healthz, /readyz)",
+        listener.local_addr()?
+    );
+    tokio::spawn(hashgate_host::admin::serve_admin(listener, enforcer.clone()));
+    Ok(())
+}
+
+/// Resolves on SIGTERM or Ctrl-C.
+pub async fn shutdown_signal() {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .expect("installing the SIGTERM handler");
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
+}
+
+/// A multi-threaded async runtime for a serving command.
+pub fn runtime() -> Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")
+}
