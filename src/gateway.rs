@@ -17,7 +17,10 @@ pub fn run(args: GatewayArgs) -> Result<()> {
         .listen
         .or(file.listen.clone())
         .unwrap_or_else(|| "127.0.0.1:8080".into());
-    let backend = match (args.origin.or(file.origin.clone()), args.store.or(file.store.clone())) {
+    let backend = match (
+        args.origin.or(file.origin.clone()),
+        args.store.or(file.store.clone()),
+    ) {
         (Some(origin), _) => {
             let uri: hyper::Uri = origin
                 .parse()

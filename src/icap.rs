@@ -18,7 +18,10 @@ pub fn run(args: IcapArgs) -> Result<()> {
         .unwrap_or_else(|| "127.0.0.1:1344".into());
     let secs = Duration::from_secs;
     let mut config = IcapConfig::default();
-    config.preview = args.preview.or(table.preview_bytes).unwrap_or(config.preview);
+    config.preview = args
+        .preview
+        .or(table.preview_bytes)
+        .unwrap_or(config.preview);
     config.block_status = args
         .block_status
         .or(table.block_status)
@@ -26,9 +29,13 @@ pub fn run(args: IcapArgs) -> Result<()> {
     config.options_ttl = table.options_ttl_secs.map_or(config.options_ttl, secs);
     config.max_connections = table.max_connections.unwrap_or(config.max_connections);
     config.max_header_bytes = table.max_header_bytes.unwrap_or(config.max_header_bytes);
-    config.header_timeout = table.header_timeout_secs.map_or(config.header_timeout, secs);
+    config.header_timeout = table
+        .header_timeout_secs
+        .map_or(config.header_timeout, secs);
     config.body_timeout = table.body_timeout_secs.map_or(config.body_timeout, secs);
-    config.shutdown_grace = table.shutdown_grace_secs.map_or(config.shutdown_grace, secs);
+    config.shutdown_grace = table
+        .shutdown_grace_secs
+        .map_or(config.shutdown_grace, secs);
     let enforcer = serve::enforcer(&args.enforce, &file)?;
     let server = IcapServer::new(config, enforcer)?;
 

@@ -76,7 +76,10 @@ pub async fn start_admin(
         "admin on http://{} (/metrics, /healthz, /readyz)",
         listener.local_addr()?
     );
-    tokio::spawn(hashgate_host::admin::serve_admin(listener, enforcer.clone()));
+    tokio::spawn(hashgate_host::admin::serve_admin(
+        listener,
+        enforcer.clone(),
+    ));
     Ok(())
 }
 

@@ -1,160 +1,17 @@
 //! The gateway as a process, in front of a real nginx origin (WebDAV PUT), driven by
 //! curl. Needs `nginx` (Debian's nginx-light) and `curl`; scripts/test.sh installs them.
 
+mod common;
+
 use std::net::{TcpListener, TcpStream};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use common::procs::*;
 use rand::RngCore;
 
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-fn wait_for(port: u16) {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(Instant::now() < deadline, "nothing listens on {port}");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
-struct Killed(Child);
-
-impl Drop for Killed {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-/// A filter, a key, sample files (one listed by SHA-256), in a temp dir.
-struct Setup {
-    dir: tempfile::TempDir,
-    listed: PathBuf,
-    clean: PathBuf,
-    big_clean: PathBuf,
-}
-
-fn hashgate(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_hashgate"))
-        .args(args)
-        .output()
-        .unwrap()
-}
-
 impl Setup {
-    fn new() -> Setup {
-        let dir = tempfile::tempdir().unwrap();
-        let p = |n: &str| dir.path().join(n);
-        let mut rng = rand::thread_rng();
-        let mut write = |name: &str, size: usize| {
-            let mut bytes = vec![0u8; size];
-            rng.fill_bytes(&mut bytes);
-            std::fs::write(p(name), &bytes).unwrap();
-            (p(name), bytes)
-        };
-        let (listed, listed_bytes) = write("listed.bin", 3 << 20);
-        let (clean, _) = write("clean.bin", 70_000);
-        let (big_clean, _) = write("big-clean.bin", 24 << 20);
-        let mut h = hashgate_host::hashing::ObjectHasher::new(&[hashgate_host::Algorithm::Sha256]);
-        h.update(&listed_bytes);
-        let digest = hex::encode(&h.finish()[0].bytes);
-        std::fs::write(p("list.txt"), format!("{digest},test-cat\n")).unwrap();
-        assert!(hashgate(&["keygen", "--out", p("k").to_str().unwrap()])
-            .status
-            .success());
-        let out = hashgate(&[
-            "build",
-            "--key",
-            p("k.key").to_str().unwrap(),
-            "--series",
-            "gw",
-            "--version",
-            "1",
-            "--out",
-            p("f.hgf").to_str().unwrap(),
-            p("list.txt").to_str().unwrap(),
-        ]);
-        assert!(out.status.success());
-        std::fs::write(p("allow.txt"), format!("sha256:{digest}\n")).unwrap();
-        Setup {
-            dir,
-            listed,
-            clean,
-            big_clean,
-        }
-    }
-
-    fn path(&self, n: &str) -> PathBuf {
-        self.dir.path().join(n)
-    }
-
-    /// nginx with WebDAV PUT on a free port, serving `root`.
-    fn nginx(&self) -> (Killed, u16, PathBuf) {
-        // nginx needs a port number up front; another test may grab the same free port
-        // first, so try a few.
-        for _ in 0..5 {
-            if let Some(started) = self.try_nginx(free_port()) {
-                return started;
-            }
-        }
-        panic!("nginx did not start (is nginx-light installed?)");
-    }
-
-    fn try_nginx(&self, port: u16) -> Option<(Killed, u16, PathBuf)> {
-        let root = self.path("origin");
-        let temp = self.path("nginx-temp");
-        std::fs::create_dir_all(&root).unwrap();
-        std::fs::create_dir_all(&temp).unwrap();
-        let conf = format!(
-            "daemon off; master_process off; pid {pid}; error_log {err} info;
-events {{ worker_connections 256; }}
-http {{
-  access_log off;
-  client_body_temp_path {temp};
-  proxy_temp_path {temp}; fastcgi_temp_path {temp}; uwsgi_temp_path {temp}; scgi_temp_path {temp};
-  client_max_body_size 0;
-  server {{
-    listen 127.0.0.1:{port};
-    root {root};
-    location / {{ dav_methods PUT DELETE; create_full_put_path on; }}
-  }}
-}}
-",
-            pid = self.path("nginx.pid").display(),
-            err = self.path("nginx.err").display(),
-            temp = temp.display(),
-            root = root.display(),
-        );
-        std::fs::write(self.path("nginx.conf"), conf).unwrap();
-        let child = Command::new("nginx")
-            .args(["-p", self.dir.path().to_str().unwrap(), "-c"])
-            .arg(self.path("nginx.conf"))
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("nginx must be installed (scripts/test.sh installs nginx-light)");
-        let mut child = Killed(child);
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while TcpStream::connect(("127.0.0.1", port)).is_err() {
-            if Instant::now() > deadline {
-                return None;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        // Something listens there; make sure it is our nginx, not a neighbour.
-        std::thread::sleep(Duration::from_millis(100));
-        if child.0.try_wait().unwrap().is_some() {
-            return None;
-        }
-        Some((child, port, root))
-    }
-
     fn gateway(&self, backend: &[&str], extra: &[&str]) -> (Killed, u16, u16) {
         let mut args = vec![
             "gateway",
@@ -182,75 +39,6 @@ impl Setup {
         std::fs::write(&config, toml).unwrap();
         self.gateway(&["--config", config.to_str().unwrap()], &[])
     }
-}
-
-/// Starts a gateway (or demo) that binds port 0 and reads the ports it announces on
-/// stderr: no port is chosen here, so parallel tests cannot collide.
-fn spawn_listening(command: &mut Command) -> (Killed, u16, u16) {
-    use std::io::BufRead;
-    let mut child = command
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let stderr = child.stderr.take().unwrap();
-    let child = Killed(child);
-    let (mut port, mut admin) = (0u16, 0u16);
-    let port_of = |line: &str| {
-        line.split("http://127.0.0.1:")
-            .nth(1)?
-            .split(|c: char| !c.is_ascii_digit())
-            .next()?
-            .parse()
-            .ok()
-    };
-    let mut lines = std::io::BufReader::new(stderr).lines();
-    while port == 0 {
-        let line = lines
-            .next()
-            .expect("the gateway exited before listening")
-            .unwrap();
-        if line.starts_with("admin on") {
-            admin = port_of(&line).unwrap_or(0);
-        } else if line.starts_with("hashgate gateway on") {
-            port = port_of(&line).unwrap_or(0);
-        }
-    }
-    // Keep draining stderr so the gateway never blocks on a full pipe.
-    std::thread::spawn(move || for _ in lines {});
-    wait_for(port);
-    (child, port, admin)
-}
-
-/// `curl -T file url`, returning the status code.
-fn curl_put(file: &Path, url: &str, extra: &[&str]) -> u16 {
-    let out = Command::new("curl")
-        .args(["-s", "-o", "/dev/null", "-w", "%{http_code}", "-T"])
-        .arg(file)
-        .args(extra)
-        .arg(url)
-        .output()
-        .expect("curl");
-    String::from_utf8_lossy(&out.stdout).parse().unwrap_or(0)
-}
-
-fn files_under(dir: &Path) -> Vec<PathBuf> {
-    walk(dir)
-}
-
-fn walk(dir: &Path) -> Vec<PathBuf> {
-    let mut out = Vec::new();
-    if let Ok(entries) = std::fs::read_dir(dir) {
-        for e in entries.flatten() {
-            let p = e.path();
-            if p.is_dir() {
-                out.extend(walk(&p));
-            } else {
-                out.push(p);
-            }
-        }
-    }
-    out
 }
 
 #[test]
@@ -446,16 +234,6 @@ fn the_embedded_store_keeps_clean_files_and_nothing_else() {
         "{}",
         String::from_utf8_lossy(&selftest.stdout)
     );
-}
-
-fn rss_kb(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .unwrap_or_default()
-        .lines()
-        .find(|l| l.starts_with("VmRSS:"))
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0)
 }
 
 #[test]

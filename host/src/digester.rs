@@ -50,7 +50,7 @@ impl Digester {
     }
 
     /// Bytes fed so far.
-    pub fn len(&self) -> u64 {
+    pub fn bytes_fed(&self) -> u64 {
         match self {
             Digester::Inline(h) => h.len(),
             Digester::Offloaded { len, .. } => *len,

@@ -79,3 +79,4 @@ pub fn host_digest(a: Algorithm, bytes: &[u8]) -> hashgate_host::Digest {
         bytes: bytes.to_vec(),
     }
 }
+pub mod procs;

@@ -3,7 +3,6 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-
 /// Where clean uploads go.
 #[derive(Clone, Debug)]
 pub enum Backend {

@@ -13,8 +13,8 @@ use hyper::{Method, Request, Response, StatusCode};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use super::body::{full, ChannelBody, GatewayBody, Upload};
-use crate::digester::Digester;
 use super::Gateway;
+use crate::digester::Digester;
 use crate::enforce::{Context, Outcome};
 
 /// Where uploads are written until they are decided.
@@ -101,7 +101,7 @@ async fn put(
         }
     };
     if inspected {
-        let size = digester.len();
+        let size = digester.bytes_fed();
         let Some(digests) = digester.finish().await else {
             let _ = tokio::fs::remove_file(&temp).await;
             return gw.refusal(StatusCode::INTERNAL_SERVER_ERROR, ctx, "hashing failed");

@@ -11,8 +11,8 @@ use hyper::{Request, Response, StatusCode, Uri};
 use tokio::task::JoinHandle;
 
 use super::body::{BodySender, ChannelBody, GatewayBody, Upload};
-use crate::digester::Digester;
 use super::{Backend, Gateway};
+use crate::digester::Digester;
 use crate::enforce::{Context, Outcome};
 
 type Upstream = JoinHandle<Result<Response<Incoming>, hyper_util::client::legacy::Error>>;
@@ -71,7 +71,7 @@ pub async fn inspect(gw: &Gateway, req: Request<Incoming>, ctx: &Context) -> Res
             }
         }
     }
-    let size = hasher.len();
+    let size = hasher.bytes_fed();
     let Some(digests) = hasher.finish().await else {
         abort(tx, upstream).await;
         return gw.refusal(StatusCode::INTERNAL_SERVER_ERROR, ctx, "hashing failed");

@@ -176,7 +176,9 @@ impl IcapServer {
     /// verdicts by `ISTag` re-ask after an update. At most 32 characters, quoted.
     fn istag(&self) -> String {
         let info = self.enforcer.engine().info();
-        let series = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(info.series.as_bytes()));
+        let series = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(
+            info.series.as_bytes(),
+        ));
         format!("\"hg-{}-{}\"", info.version, &series[..12])
     }
 

@@ -362,10 +362,11 @@ impl Connection<'_> {
 
     /// Hashes what is left and asks the enforcer.
     async fn decide(&self, digester: Digester, ctx: &Context) -> Result<Decision, Fault> {
-        let size = digester.len();
-        let digests = digester.finish().await.ok_or_else(|| {
-            Fault::Io(std::io::Error::other("the hashing thread failed"))
-        })?;
+        let size = digester.bytes_fed();
+        let digests = digester
+            .finish()
+            .await
+            .ok_or_else(|| Fault::Io(std::io::Error::other("the hashing thread failed")))?;
         Ok(self.server.enforcer.decide(ctx, &digests, size))
     }
 
@@ -435,7 +436,12 @@ impl Connection<'_> {
     }
 
     /// `200 OK` carrying an HTTP refusal (451, 403 or 503) with the shared JSON body.
-    async fn http_refusal(&mut self, status: u16, reason: &str, ctx: &Context) -> Result<(), Fault> {
+    async fn http_refusal(
+        &mut self,
+        status: u16,
+        reason: &str,
+        ctx: &Context,
+    ) -> Result<(), Fault> {
         self.answering = true;
         let body = self
             .server

@@ -96,7 +96,11 @@ impl Reader {
         let mut searched = 0;
         loop {
             if let Some(at) = find(&self.buf[searched..], b"\r\n\r\n") {
-                return Ok(self.buf.split_to(searched + at + 4).freeze());
+                let end = searched + at + 4;
+                if end > limit {
+                    return Err(Fault::TooLarge);
+                }
+                return Ok(self.buf.split_to(end).freeze());
             }
             searched = self.buf.len().saturating_sub(3);
             if self.buf.len() > limit {
@@ -473,7 +477,10 @@ mod tests {
             b"REQMOD icap://127.0.0.1:1344/reqmod?x=1 ICAP/1.0\r\nHost: a\r\nAllow: 204, 206\r\nPreview: 10\r\n\r\n",
         )
         .unwrap();
-        assert_eq!((h.method.as_str(), h.service.as_str()), ("REQMOD", "/reqmod"));
+        assert_eq!(
+            (h.method.as_str(), h.service.as_str()),
+            ("REQMOD", "/reqmod")
+        );
         assert!(h.allows_204());
         assert_eq!(h.header("preview"), Some("10"));
         assert!(matches!(

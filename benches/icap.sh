@@ -1,0 +1,203 @@
+#!/usr/bin/env bash
+# ICAP benchmark (docs/PERFORMANCE.md, issue 6). In one run, on loopback, wrk PUTs objects
+# through a Squid forward proxy to a sink origin (nginx WebDAV into tmpfs):
+#   squid    - Squid alone (no ICAP): the baseline;
+#   hashgate - Squid with `hashgate icap` as its REQMOD service, SHA-256 filter of ENTRIES;
+#   c-icap   - Squid with c-icap's virus_scan service on libclamav, holding the same
+#              ENTRIES digests as ClamAV hash signatures (.hsb), if Debian's c-icap and
+#              libc-icap-mod-virus-scan install (CICAP=0 skips it). clamav_mod reads its
+#              database from libclamav's fixed directory, so the script puts one file,
+#              hashgate-bench.hsb, into /var/lib/clamav and removes it at the end.
+# Every Squid gets one worker, the same config and `cache deny all`. For 4 KiB, 64 KiB,
+# 1 MiB and 16 MiB objects at concurrency 1 and 16 it prints requests/s, MiB/s and p99, and
+# the ratios hashgate/squid and hashgate/c-icap.
+# Usage: benches/icap.sh   (env: ENTRIES=1000000 DURATION=5 SIZES="4096 65536 ..." CICAP=1)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ENTRIES=${ENTRIES:-1000000}
+DURATION=${DURATION:-5}
+SIZES=${SIZES:-"4096 65536 1048576 16777216"}
+CICAP=${CICAP:-1}
+work=${HASHGATE_BENCH_DIR:-$(mktemp -d)}
+mkdir -p "$work"
+chmod 755 "$work"
+shm=$(mktemp -d -p /dev/shm hashgate-icap-bench.XXXXXX)
+clamdb=/var/lib/clamav
+pids=()
+cleanup() {
+  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+  rm -rf "$shm"
+  rm -f "$clamdb/hashgate-bench.hsb"
+  [ -n "${HASHGATE_BENCH_DIR:-}" ] || rm -rf "$work"
+}
+trap cleanup EXIT
+
+need=()
+command -v nginx >/dev/null || need+=(nginx-light)
+command -v wrk >/dev/null || need+=(wrk)
+[ -x /usr/sbin/squid ] || need+=(squid)
+if [ "$CICAP" = 1 ]; then
+  command -v c-icap >/dev/null || need+=(c-icap)
+  [ -e /usr/lib/x86_64-linux-gnu/c_icap/virus_scan.so ] || need+=(libc-icap-mod-virus-scan)
+fi
+if [ ${#need[@]} -gt 0 ]; then
+  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${need[@]}"
+fi
+cargo build --release --locked --quiet
+hg=$PWD/target/release/hashgate
+
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+wait_port() { for _ in $(seq 1 600); do (exec 3<>/dev/tcp/127.0.0.1/"$1") 2>/dev/null && return 0; sleep 0.05; done; echo "port $1 never opened" >&2; exit 1; }
+
+echo "machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs); ${DURATION}s per point; $ENTRIES digests"
+"$hg" keygen --out "$work/k" --force 2>/dev/null
+python3 - "$work/list.txt" "$work/bench.hsb" "$ENTRIES" <<'PY'
+import os, sys
+n = int(sys.argv[3])
+with open(sys.argv[1], "w") as plain, open(sys.argv[2], "w") as hsb:
+    for i in range(n):
+        d = os.urandom(32).hex()
+        plain.write(d + "\n")
+        # ClamAV hash signature: hash:size:name[:flevel]; `*` (any size) needs flevel 73.
+        hsb.write(f"{d}:*:Hashgate.Bench.{i}:73\n")
+PY
+# One probe object is listed too, to check each scanner really refuses before timing it.
+head -c 30000 /dev/urandom > "$work/probe-listed"
+head -c 30000 /dev/urandom > "$work/probe-clean"
+probe=$(sha256sum "$work/probe-listed" | cut -d' ' -f1)
+echo "$probe" >> "$work/list.txt"
+echo "$probe:*:Hashgate.Bench.Probe:73" >> "$work/bench.hsb"
+"$hg" build --key "$work/k.key" --series bench --version 1 --out "$work/f.hgf" "$work/list.txt" 2>/dev/null
+
+sink=$(free_port); icap=$(free_port); cicap=$(free_port)
+mkdir -p "$shm/root" "$shm/tmp" "$shm/cicap"
+chmod -R 777 "$shm"
+cat > "$work/sink.conf" <<CONF
+worker_processes 1; daemon off; pid $work/sink.pid; error_log $work/sink.err;
+events { worker_connections 1024; }
+http {
+  access_log off; client_max_body_size 0; client_body_temp_path $shm/tmp;
+  server { listen 127.0.0.1:$sink; root $shm/root;
+           location / { dav_methods PUT; create_full_put_path on; } }
+}
+CONF
+nginx -p "$work" -c "$work/sink.conf" & pids+=($!)
+"$hg" icap --filter "$work/f.hgf" --pub "$work/k.pub" --listen "127.0.0.1:$icap" 2>"$work/icap.err" & pids+=($!)
+
+squid_up() { # name port [icap-service-url]
+  local dir="$work/squid-$1"
+  mkdir -p "$dir"; chmod 777 "$dir"
+  {
+    echo "http_port 127.0.0.1:$2"
+    echo "pid_filename $dir/pid"; echo "cache_log $dir/cache.log"; echo "access_log none"
+    echo "coredump_dir $dir"; echo "cache deny all"; echo "cache_mem 8 MB"; echo "pinger_enable off"
+    echo "http_access allow all"; echo "shutdown_lifetime 1 seconds"
+    if [ -n "${3:-}" ]; then
+      echo "icap_enable on"
+      echo "icap_service svc reqmod_precache $3 bypass=0"
+      echo "adaptation_access svc allow all"
+    fi
+  } > "$dir/squid.conf"
+  /usr/sbin/squid -N -f "$dir/squid.conf" & pids+=($!)
+}
+
+systems=(squid hashgate)
+declare -A port
+port[squid]=$(free_port); squid_up squid "${port[squid]}"
+port[hashgate]=$(free_port); squid_up hashgate "${port[hashgate]}" "icap://127.0.0.1:$icap/reqmod"
+if [ "$CICAP" = 1 ]; then
+  mkdir -p "$clamdb"
+  cp "$work/bench.hsb" "$clamdb/hashgate-bench.hsb"
+  cat > "$work/c-icap.conf" <<CONF
+PidFile $work/c-icap.pid
+CommandsSocket $work/c-icap.ctl
+Port 127.0.0.1:$cicap
+User root
+Group root
+StartServers 1
+MaxServers 1
+ThreadsPerChild 32
+MinSpareThreads 4
+MaxSpareThreads 32
+MaxRequestsPerChild 0
+TmpDir $shm/cicap
+MaxMemObject 131072
+ModulesDir /usr/lib/x86_64-linux-gnu/c_icap
+ServicesDir /usr/lib/x86_64-linux-gnu/c_icap
+TemplateDir /usr/share/c_icap/templates/
+LoadMagicFile /etc/c-icap/c-icap.magic
+ServerLog $work/c-icap-server.log
+AccessLog $work/c-icap-access.log
+Module common clamav_mod.so
+clamav_mod.MaxScanSize 100M
+Service antivirus_module virus_scan.so
+ServiceAlias avscan virus_scan?allow204=on&sizelimit=off&mode=simple
+virus_scan.ScanFileTypes TEXT DATA EXECUTABLE ARCHIVE GIF JPEG MSOFFICE
+virus_scan.MaxObjectSize 100M
+virus_scan.DefaultEngine clamav
+CONF
+  c-icap -N -f "$work/c-icap.conf" & pids+=($!)
+  systems+=(c-icap)
+  port[c-icap]=$(free_port); squid_up c-icap "${port[c-icap]}" "icap://127.0.0.1:$cicap/avscan"
+fi
+wait_port "$sink"; wait_port "$icap"
+for s in "${systems[@]}"; do wait_port "${port[$s]}"; done
+[ "$CICAP" = 1 ] && wait_port "$cicap"
+
+# Correctness first: a listed object is refused through each scanner, a clean one passes.
+check() { # system file -> status
+  curl -s -o /dev/null -w '%{http_code}' -H 'Expect:' -x "http://127.0.0.1:${port[$1]}" \
+    -T "$2" "http://127.0.0.1:$sink/probe/$1-$(basename "$2")"
+}
+for s in "${systems[@]}"; do
+  [ "$s" = squid ] && continue
+  c=$(check "$s" "$work/probe-clean")
+  [ "$c" = 201 ] || { echo "$s: a clean upload got $c" >&2; exit 1; }
+  c=$(check "$s" "$work/probe-listed")
+  [ "$c" != 201 ] || { echo "$s: the listed probe got through" >&2; exit 1; }
+  echo "$s: listed probe refused with $c, clean probe stored"
+done
+
+cat > "$work/put.lua" <<'LUA'
+wrk.method = "PUT"
+local f = assert(io.open(os.getenv("BODY_FILE"), "rb"))
+wrk.body = f:read("*a")
+f:close()
+-- Through a forward proxy the request target is the absolute URL.
+wrk.path = os.getenv("TARGET")
+wrk.headers["Content-Type"] = "application/octet-stream"
+LUA
+
+ms() { awk -v v="$1" 'BEGIN { n = v + 0; if (v ~ /us$/) n /= 1000; else if (v ~ /ms$/) n = n; else if (v ~ /s$/) n *= 1000; printf "%.3f", n }'; }
+run() { # system size conns -> "rps mibs p99ms"
+  local out rps p99 t
+  t=$(( $3 < 2 ? 1 : 2 ))
+  out=$(BODY_FILE="$work/body-$2" TARGET="http://127.0.0.1:$sink/bench/$1-$2-$3" \
+        wrk -t"$t" -c"$3" -d"${DURATION}s" --timeout 60s --latency \
+        -s "$work/put.lua" "http://127.0.0.1:${port[$1]}/")
+  if echo "$out" | grep -q "Non-2xx"; then echo "non-2xx answers through $1" >&2; echo "$out" >&2; exit 1; fi
+  rps=$(echo "$out" | awk '/Requests\/sec/ {print $2}')
+  p99=$(ms "$(echo "$out" | awk '$1 == "99%" {print $2}')")
+  echo "$rps $(echo "$rps * $2 / 1048576" | bc -l | xargs printf '%.1f') $p99"
+}
+
+printf '\n%-9s %-4s' size conc
+for s in "${systems[@]}"; do printf ' | %-26s' "$s: req/s MiB/s p99(ms)"; done
+printf ' | hashgate/squid'
+[ "$CICAP" = 1 ] && printf ' | hashgate/c-icap'
+echo
+for size in $SIZES; do
+  head -c "$size" /dev/urandom > "$work/body-$size"
+  for conns in 1 16; do
+    printf '%-9s %-4s' "$size" "$conns"
+    declare -A rps=()
+    for s in "${systems[@]}"; do
+      read -r r m p <<<"$(run "$s" "$size" "$conns")"
+      rps[$s]=$r
+      printf ' | %9s %7s %8s' "$r" "$m" "$p"
+    done
+    printf ' | %13.2fx' "$(echo "${rps[hashgate]} / ${rps[squid]}" | bc -l)"
+    [ "$CICAP" = 1 ] && printf ' | %14.2fx' "$(echo "${rps[hashgate]} / ${rps[c-icap]}" | bc -l)"
+    echo
+  done
+done

@@ -1,0 +1,729 @@
+//! `hashgate icap` as a process: behind a real Squid (Debian's package) in front of a real
+//! nginx origin, driven by curl; and spoken to directly over TCP for the protocol cases a
+//! well-behaved proxy never produces (malformed requests, previews, 204 handling).
+//! scripts/test.sh installs squid, nginx-light and curl.
+
+mod common;
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::procs::*;
+use rand::RngCore;
+
+/// Sizes of the extra listed samples: one decided inside Squid's 32 KiB preview, one
+/// inside its 64 KiB `Allow: 204` window, and the 3 MiB one of `Setup` (streamed, cut).
+const SMALL: usize = 20_000;
+const MID: usize = 50_000;
+
+impl Setup {
+    /// Random files of `size` bytes, listed (with `Setup::listed`) in filter `name`.
+    fn icap_filter(&self, name: &str, version: u32, extra: &[(&str, usize)]) -> Vec<PathBuf> {
+        let mut rng = rand::thread_rng();
+        let mut files = vec![self.listed.clone()];
+        for &(file, size) in extra {
+            let mut bytes = vec![0u8; size];
+            rng.fill_bytes(&mut bytes);
+            std::fs::write(self.path(file), &bytes).unwrap();
+            files.push(self.path(file));
+        }
+        let list: String = files
+            .iter()
+            .map(|f| format!("{},icap-test\n", sha256_hex(&std::fs::read(f).unwrap())))
+            .collect();
+        let list_path = self.path(&format!("{name}.txt"));
+        std::fs::write(&list_path, list).unwrap();
+        let out = hashgate(&[
+            "build",
+            "--key",
+            self.path("k.key").to_str().unwrap(),
+            "--series",
+            "icap",
+            "--version",
+            &version.to_string(),
+            "--out",
+            self.path(name).to_str().unwrap(),
+            list_path.to_str().unwrap(),
+        ]);
+        assert!(out.status.success(), "{out:?}");
+        files
+    }
+
+    /// `hashgate icap` on a free port, with an admin listener and an audit log.
+    fn icap(&self, filter: &str, extra: &[&str]) -> (Killed, u16, u16) {
+        let mut args = vec![
+            "icap".to_string(),
+            "--filter".into(),
+            self.path(filter).display().to_string(),
+            "--pub".into(),
+            self.path("k.pub").display().to_string(),
+            "--listen".into(),
+            "127.0.0.1:0".into(),
+            "--admin".into(),
+            "127.0.0.1:0".into(),
+            "--audit-log".into(),
+            self.path("icap-audit.log").display().to_string(),
+        ];
+        args.extend(extra.iter().map(|s| s.to_string()));
+        spawn_listening(Command::new(env!("CARGO_BIN_EXE_hashgate")).args(&args))
+    }
+
+    /// Squid with hashgate as its REQMOD and RESPMOD service (`bypass=0`: fail closed),
+    /// caching nothing.
+    fn squid(&self, icap_port: u16) -> (Killed, u16) {
+        let dir = self.path("squid");
+        std::fs::create_dir_all(&dir).unwrap();
+        // Started as root, Squid works as `proxy`: it must reach and write its directory.
+        chmod(self.dir.path(), 0o755);
+        chmod(&dir, 0o777);
+        for _ in 0..5 {
+            let port = free_port();
+            let conf = format!(
+                "http_port 127.0.0.1:{port}
+pid_filename {dir}/squid.pid
+cache_log {dir}/cache.log
+access_log stdio:{dir}/access.log
+coredump_dir {dir}
+cache deny all
+cache_mem 8 MB
+pinger_enable off
+http_access allow all
+shutdown_lifetime 1 seconds
+icap_enable on
+icap_send_client_ip on
+icap_service hashgate_req reqmod_precache icap://127.0.0.1:{icap_port}/reqmod bypass=0
+icap_service hashgate_resp respmod_precache icap://127.0.0.1:{icap_port}/respmod bypass=0
+adaptation_access hashgate_req allow all
+adaptation_access hashgate_resp allow all
+",
+                dir = dir.display()
+            );
+            let conf_path = dir.join("squid.conf");
+            std::fs::write(&conf_path, conf).unwrap();
+            let squid = ["/usr/sbin/squid", "squid"]
+                .into_iter()
+                .find(|p| Path::new(p).exists())
+                .unwrap_or("squid");
+            let child = Command::new(squid)
+                .args(["-N", "-f"])
+                .arg(&conf_path)
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("squid must be installed (scripts/test.sh installs it)");
+            let mut child = Killed(child);
+            let deadline = Instant::now() + Duration::from_secs(15);
+            while TcpStream::connect(("127.0.0.1", port)).is_err()
+                && child.0.try_wait().unwrap().is_none()
+                && Instant::now() < deadline
+            {
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            if child.0.try_wait().unwrap().is_none()
+                && TcpStream::connect(("127.0.0.1", port)).is_ok()
+            {
+                return (child, port);
+            }
+        }
+        let log = std::fs::read_to_string(dir.join("cache.log")).unwrap_or_default();
+        panic!("squid did not start:\n{log}");
+    }
+}
+
+fn chmod(path: &Path, mode: u32) {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).unwrap();
+}
+
+fn sha256_hex(bytes: &[u8]) -> String {
+    let mut h = hashgate_host::hashing::ObjectHasher::new(&[hashgate_host::Algorithm::Sha256]);
+    h.update(bytes);
+    hex::encode(&h.finish()[0].bytes)
+}
+
+/// curl through the proxy: (status, body, curl's exit code).
+fn curl_via(proxy: u16, args: &[&str], url: &str) -> (u16, Vec<u8>, i32) {
+    let out = Command::new("curl")
+        .args(["-s", "-x", &format!("http://127.0.0.1:{proxy}")])
+        // No `Expect: 100-continue` pause on every upload.
+        .args(["-H", "Expect:", "-w", "\n%{http_code}"])
+        .args(args)
+        .arg(url)
+        .output()
+        .expect("curl");
+    let mut body = out.stdout;
+    let at = body.iter().rposition(|&b| b == b'\n').unwrap();
+    let status = String::from_utf8_lossy(&body[at + 1..])
+        .parse()
+        .unwrap_or(0);
+    body.truncate(at);
+    (status, body, out.status.code().unwrap_or(-1))
+}
+
+fn audit_records(s: &Setup) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(s.path("icap-audit.log"))
+        .unwrap_or_default()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+fn metrics(admin: u16) -> String {
+    let out = Command::new("curl")
+        .args(["-s", &format!("http://127.0.0.1:{admin}/metrics")])
+        .output()
+        .unwrap();
+    String::from_utf8(out.stdout).unwrap()
+}
+
+#[test]
+fn squid_with_hashgate_refuses_listed_uploads_and_downloads_and_passes_clean_ones() {
+    let s = Setup::new();
+    let listed = s.icap_filter("icap.hgf", 1, &[("small.bin", SMALL), ("mid.bin", MID)]);
+    let (_nginx, origin, root) = s.nginx();
+    let (_icap, icap_port, admin) = s.icap("icap.hgf", &[]);
+    let (_squid, proxy) = s.squid(icap_port);
+    let url = |k: &str| format!("http://127.0.0.1:{origin}/{k}");
+    let put = |file: &Path, key: &str, extra: &[&str]| {
+        let mut args = vec!["-T", file.to_str().unwrap()];
+        args.extend_from_slice(extra);
+        curl_via(proxy, &args, &url(key))
+    };
+
+    // Uploads (REQMOD).
+    let (status, body, _) = put(&listed[1], "up/small.bin", &[]);
+    assert_eq!(status, 451, "{}", String::from_utf8_lossy(&body));
+    let refusal: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(refusal["reason"], "listed");
+    assert_eq!(put(&listed[2], "up/mid.bin", &[]).0, 451);
+    // Above Squid's 204 window the message is streamed back and cut short on a hit:
+    // Squid answers with its own error, and the origin never gets the whole upload.
+    let (status, _, _) = put(&listed[0], "up/listed.bin", &[]);
+    assert!(status >= 500, "a listed 3 MiB upload got {status}");
+    let chunked = ["-H", "Transfer-Encoding: chunked"];
+    assert!(put(&listed[0], "up/listed-chunked.bin", &chunked).0 >= 500);
+
+    let mut tiny = s.path("tiny.bin");
+    std::fs::write(&tiny, b"hello").unwrap();
+    assert_eq!(put(&tiny, "up/tiny.bin", &[]).0, 201);
+    tiny = s.path("empty.bin");
+    std::fs::write(&tiny, b"").unwrap();
+    assert_eq!(put(&tiny, "up/empty.bin", &[]).0, 201);
+    assert_eq!(put(&s.clean, "up/clean.bin", &[]).0, 201);
+    assert_eq!(put(&s.big_clean, "up/big.bin", &chunked).0, 201);
+
+    let mut stored: Vec<String> = files_under(&root)
+        .iter()
+        .map(|p| p.strip_prefix(&root).unwrap().display().to_string())
+        .collect();
+    stored.sort();
+    assert_eq!(
+        stored,
+        ["up/big.bin", "up/clean.bin", "up/empty.bin", "up/tiny.bin"]
+    );
+    for (key, file) in [("up/clean.bin", &s.clean), ("up/big.bin", &s.big_clean)] {
+        assert_eq!(
+            std::fs::read(root.join(key)).unwrap(),
+            std::fs::read(file).unwrap(),
+            "{key} arrived changed"
+        );
+    }
+    assert!(files_under(&s.path("nginx-temp")).is_empty());
+
+    // Downloads (RESPMOD): the origin serves listed and clean files.
+    std::fs::create_dir_all(root.join("dl")).unwrap();
+    for f in listed.iter().chain([&s.clean, &s.big_clean]) {
+        std::fs::copy(f, root.join("dl").join(f.file_name().unwrap())).unwrap();
+    }
+    for f in [&s.clean, &s.big_clean] {
+        let name = f.file_name().unwrap().to_str().unwrap();
+        let (status, body, code) = curl_via(proxy, &[], &url(&format!("dl/{name}")));
+        assert_eq!((status, code), (200, 0), "{name}");
+        assert_eq!(body, std::fs::read(f).unwrap(), "{name} delivered changed");
+    }
+    for name in ["small.bin", "mid.bin"] {
+        let (status, body, _) = curl_via(proxy, &[], &url(&format!("dl/{name}")));
+        assert_eq!(status, 451, "{name}");
+        assert!(String::from_utf8_lossy(&body).contains("\"listed\""));
+    }
+    let (_, body, code) = curl_via(proxy, &[], &url("dl/listed.bin"));
+    let whole = std::fs::read(&s.listed).unwrap();
+    assert_ne!(code, 0, "a cut download must look broken to the client");
+    assert!(
+        body.len() < whole.len(),
+        "the listed download arrived whole"
+    );
+
+    // Every refusal was audited, with the client Squid named and the encapsulated request.
+    let records = audit_records(&s);
+    let blocked: Vec<_> = records.iter().filter(|r| r["action"] == "block").collect();
+    assert_eq!(blocked.len(), 7, "{records:#?}");
+    assert!(blocked.iter().all(|r| r["client"] == "127.0.0.1"));
+    assert!(blocked
+        .iter()
+        .any(|r| r["method"] == "PUT" && r["path"] == "/up/small.bin"));
+    assert!(blocked
+        .iter()
+        .any(|r| r["method"] == "GET" && r["path"] == "/dl/listed.bin"));
+    let m = metrics(admin);
+    for line in [
+        "hashgate_icap_transactions_total{method=\"REQMOD\",answer=\"blocked\"} 2",
+        "hashgate_icap_transactions_total{method=\"REQMOD\",answer=\"cut\"} 2",
+        "hashgate_icap_transactions_total{method=\"RESPMOD\",answer=\"cut\"} 1",
+    ] {
+        assert!(m.contains(line), "no {line} in\n{m}");
+    }
+}
+
+/// A minimal ICAP client: independent of the server's code, reads exactly what RFC 3507
+/// says a response is.
+struct Client {
+    stream: TcpStream,
+    reader: BufReader<TcpStream>,
+}
+
+#[derive(Debug)]
+struct Answer {
+    status: u16,
+    headers: Vec<(String, String)>,
+    http: String,
+    body: Vec<u8>,
+    /// Whether the body ended with its zero-size chunk (false: the connection was cut).
+    complete: bool,
+}
+
+impl Answer {
+    fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+impl Client {
+    fn new(port: u16) -> Client {
+        let stream = TcpStream::connect(("127.0.0.1", port)).unwrap();
+        stream
+            .set_read_timeout(Some(Duration::from_secs(20)))
+            .unwrap();
+        Client {
+            reader: BufReader::new(stream.try_clone().unwrap()),
+            stream,
+        }
+    }
+
+    fn send(&mut self, bytes: &[u8]) {
+        self.stream.write_all(bytes).unwrap();
+    }
+
+    fn line(&mut self) -> Option<String> {
+        let mut line = String::new();
+        match self.reader.read_line(&mut line) {
+            Ok(0) | Err(_) => None,
+            Ok(_) => Some(line.trim_end_matches("\r\n").to_string()),
+        }
+    }
+
+    /// The next response, or `None` if the connection closed first.
+    fn answer(&mut self) -> Option<Answer> {
+        let status_line = self.line()?;
+        let status = status_line.split(' ').nth(1)?.parse().ok()?;
+        let mut headers = Vec::new();
+        loop {
+            let line = self.line()?;
+            if line.is_empty() {
+                break;
+            }
+            let (n, v) = line.split_once(':')?;
+            headers.push((n.trim().to_string(), v.trim().to_string()));
+        }
+        let mut answer = Answer {
+            status,
+            headers,
+            http: String::new(),
+            body: Vec::new(),
+            complete: true,
+        };
+        let Some(enc) = answer.header("Encapsulated").map(str::to_string) else {
+            return Some(answer);
+        };
+        let (last, offset) = enc.rsplit(", ").next()?.split_once('=')?;
+        let mut http = vec![0; offset.parse().ok()?];
+        self.reader.read_exact(&mut http).ok()?;
+        answer.http = String::from_utf8(http).ok()?;
+        if last.ends_with("-body") && last != "null-body" {
+            answer.complete = false;
+            while let Some(size) = self.line() {
+                let size = usize::from_str_radix(size.split(';').next()?.trim(), 16).ok()?;
+                if size == 0 {
+                    self.line()?;
+                    answer.complete = true;
+                    break;
+                }
+                let mut data = vec![0; size + 2];
+                if self.reader.read_exact(&mut data).is_err() {
+                    break;
+                }
+                answer.body.extend_from_slice(&data[..size]);
+            }
+        }
+        Some(answer)
+    }
+}
+
+const HTTP_PUT: &str = "PUT http://origin.test/up/x.bin HTTP/1.1\r\nHost: origin.test\r\n\r\n";
+
+/// A REQMOD request head (with its encapsulated HTTP head) for a body.
+fn reqmod_head(fields: &str) -> Vec<u8> {
+    format!(
+        "REQMOD icap://127.0.0.1/reqmod ICAP/1.0\r\nHost: 127.0.0.1\r\n{fields}\
+         Encapsulated: req-hdr=0, req-body={}\r\n\r\n{HTTP_PUT}",
+        HTTP_PUT.len()
+    )
+    .into_bytes()
+}
+
+/// `data` as chunks of at most 16 KiB, then the last chunk (`ieof` if asked).
+fn chunks(data: &[u8], end: &str) -> Vec<u8> {
+    let mut out = Vec::new();
+    for piece in data.chunks(16 * 1024) {
+        out.extend_from_slice(format!("{:x}\r\n", piece.len()).as_bytes());
+        out.extend_from_slice(piece);
+        out.extend_from_slice(b"\r\n");
+    }
+    out.extend_from_slice(end.as_bytes());
+    out
+}
+
+const END: &str = "0\r\n\r\n";
+const IEOF: &str = "0; ieof\r\n\r\n";
+
+fn random(n: usize) -> Vec<u8> {
+    let mut v = vec![0; n];
+    rand::thread_rng().fill_bytes(&mut v);
+    v
+}
+
+#[test]
+fn options_advertise_the_service_and_an_istag_that_follows_the_filter() {
+    let s = Setup::new();
+    s.icap_filter("v1.hgf", 1, &[]);
+    s.icap_filter("v2.hgf", 2, &[]);
+    let (_a, port1, _) = s.icap("v1.hgf", &[]);
+    let (_b, port2, _) = s.icap("v2.hgf", &["--preview", "4096"]);
+    let options = |port: u16, service: &str| {
+        let mut c = Client::new(port);
+        c.send(
+            format!("OPTIONS icap://127.0.0.1/{service} ICAP/1.0\r\nHost: x\r\n\r\n").as_bytes(),
+        );
+        c.answer().unwrap()
+    };
+    let a = options(port1, "reqmod");
+    assert_eq!(a.status, 200);
+    assert_eq!(a.header("Methods"), Some("REQMOD"));
+    assert_eq!(a.header("Allow"), Some("204"));
+    assert_eq!(a.header("Preview"), Some("32768"));
+    assert_eq!(a.header("Transfer-Preview"), Some("*"));
+    assert_eq!(a.header("Max-Connections"), Some("1024"));
+    assert_eq!(a.header("Options-TTL"), Some("300"));
+    let tag1 = a.header("ISTag").unwrap().to_string();
+    assert!(
+        tag1.starts_with('"') && tag1.ends_with('"') && tag1.len() <= 34,
+        "{tag1}"
+    );
+    assert_eq!(options(port1, "respmod").header("Methods"), Some("RESPMOD"));
+    let b = options(port2, "reqmod");
+    assert_eq!(b.header("Preview"), Some("4096"));
+    assert_ne!(
+        b.header("ISTag").unwrap(),
+        tag1,
+        "a new filter version needs a new ISTag"
+    );
+}
+
+#[test]
+fn previews_and_204_decide_without_echoing_and_keep_the_connection() {
+    let s = Setup::new();
+    let listed = s.icap_filter("icap.hgf", 1, &[("small.bin", SMALL)]);
+    let small_listed = std::fs::read(&listed[1]).unwrap();
+    let (_icap, port, _) = s.icap("icap.hgf", &[]);
+    let mut c = Client::new(port);
+
+    // A clean body that fits the preview: 204, whatever was offered.
+    let clean = random(1000);
+    c.send(&reqmod_head("Preview: 1000\r\n"));
+    c.send(&chunks(&clean, IEOF));
+    assert_eq!(c.answer().unwrap().status, 204);
+
+    // A listed one: an encapsulated 451 with the JSON refusal, on the same connection.
+    c.send(&reqmod_head("Preview: 32768\r\n"));
+    c.send(&chunks(&small_listed, IEOF));
+    let a = c.answer().unwrap();
+    assert_eq!(a.status, 200);
+    assert!(a.http.starts_with("HTTP/1.1 451 "), "{}", a.http);
+    assert!(a.complete);
+    let refusal: serde_json::Value = serde_json::from_slice(&a.body).unwrap();
+    assert_eq!(refusal["status"], 451);
+
+    // Longer than the preview: 100 Continue, then the rest; with Allow: 204 → 204.
+    let body = random(100_000);
+    c.send(&reqmod_head("Allow: 204\r\nPreview: 4096\r\n"));
+    c.send(&chunks(&body[..4096], END));
+    assert_eq!(c.answer().unwrap().status, 100);
+    c.send(&chunks(&body[4096..], END));
+    assert_eq!(c.answer().unwrap().status, 204);
+
+    // The same for a listed file split across preview and rest.
+    let listed3 = std::fs::read(&s.listed).unwrap();
+    c.send(&reqmod_head("Allow: 204\r\nPreview: 4096\r\n"));
+    c.send(&chunks(&listed3[..4096], END));
+    assert_eq!(c.answer().unwrap().status, 100);
+    c.send(&chunks(&listed3[4096..], END));
+    let a = c.answer().unwrap();
+    assert!(a.http.starts_with("HTTP/1.1 451 "), "{}", a.http);
+
+    // No body (a GET): 204 when allowed, else the head back unmodified.
+    let get = "GET http://origin.test/ HTTP/1.1\r\nHost: origin.test\r\n\r\n";
+    let head = |allow: &str| {
+        format!(
+            "REQMOD icap://127.0.0.1/reqmod ICAP/1.0\r\nHost: x\r\n{allow}Encapsulated: req-hdr=0, null-body={}\r\n\r\n{get}",
+            get.len()
+        )
+    };
+    c.send(head("Allow: 204\r\n").as_bytes());
+    assert_eq!(c.answer().unwrap().status, 204);
+    c.send(head("").as_bytes());
+    let a = c.answer().unwrap();
+    assert_eq!((a.status, a.http.as_str()), (200, get));
+}
+
+#[test]
+fn without_204_the_message_is_echoed_and_a_listed_one_is_cut_short() {
+    let s = Setup::new();
+    s.icap_filter("icap.hgf", 1, &[]);
+    let (_icap, port, _) = s.icap("icap.hgf", &[]);
+
+    // RESPMOD, clean, no Allow: 204: the response comes back byte for byte.
+    let body = random(300_000);
+    let res = "HTTP/1.1 200 OK\r\nContent-Length: 300000\r\n\r\n";
+    let req = "GET http://origin.test/dl HTTP/1.1\r\nHost: origin.test\r\n\r\n";
+    let head = format!(
+        "RESPMOD icap://127.0.0.1/respmod ICAP/1.0\r\nHost: x\r\nEncapsulated: req-hdr=0, res-hdr={}, res-body={}\r\n\r\n{req}{res}",
+        req.len(),
+        req.len() + res.len()
+    );
+    let mut c = Client::new(port);
+    c.send(head.as_bytes());
+    c.send(&chunks(&body, END));
+    let a = c.answer().unwrap();
+    assert_eq!(a.status, 200);
+    assert_eq!(
+        a.http, res,
+        "a RESPMOD answer carries the response head only"
+    );
+    assert!(a.complete);
+    assert_eq!(a.body, body);
+
+    // Keep-alive: then a listed upload, echoed but cut before its last bytes.
+    let listed = std::fs::read(&s.listed).unwrap();
+    c.send(&reqmod_head(""));
+    c.send(&chunks(&listed, END));
+    let a = c.answer().unwrap();
+    assert_eq!((a.status, a.http.as_str()), (200, HTTP_PUT));
+    assert!(!a.complete, "a listed body must never be finished");
+    assert!(a.body.len() < listed.len());
+    assert_eq!(a.body[..], listed[..a.body.len()]);
+}
+
+#[test]
+fn malformed_requests_get_icap_errors_and_the_server_carries_on() {
+    let s = Setup::new();
+    s.icap_filter("icap.hgf", 1, &[]);
+    let config = s.path("icap.toml");
+    std::fs::write(
+        &config,
+        "[icap]\nheader_timeout_secs = 1\nbody_timeout_secs = 1\nmax_header_bytes = 4096\n",
+    )
+    .unwrap();
+    let (icap, port, _) = s.icap("icap.hgf", &["--config", config.to_str().unwrap()]);
+    let status_of = |request: &[u8]| {
+        let mut c = Client::new(port);
+        c.send(request);
+        c.answer().map(|a| a.status)
+    };
+    let enc = |e: &str| {
+        format!("REQMOD icap://h/reqmod ICAP/1.0\r\nHost: h\r\nEncapsulated: {e}\r\n\r\n")
+    };
+    let cases: Vec<(&str, Vec<u8>, u16)> = vec![
+        ("garbage", b"hello there\r\n\r\n".to_vec(), 400),
+        (
+            "HTTP instead of ICAP",
+            b"GET / HTTP/1.1\r\nHost: h\r\n\r\n".to_vec(),
+            400,
+        ),
+        (
+            "ICAP/2.0",
+            b"OPTIONS icap://h/reqmod ICAP/2.0\r\n\r\n".to_vec(),
+            505,
+        ),
+        (
+            "unknown service",
+            b"OPTIONS icap://h/nope ICAP/1.0\r\n\r\n".to_vec(),
+            404,
+        ),
+        (
+            "REQMOD on respmod",
+            b"REQMOD icap://h/respmod ICAP/1.0\r\nEncapsulated: null-body=0\r\n\r\n".to_vec(),
+            405,
+        ),
+        (
+            "unknown method",
+            b"BREW icap://h/reqmod ICAP/1.0\r\n\r\n".to_vec(),
+            501,
+        ),
+        (
+            "no Encapsulated",
+            b"REQMOD icap://h/reqmod ICAP/1.0\r\nHost: h\r\n\r\n".to_vec(),
+            400,
+        ),
+        (
+            "bad Encapsulated",
+            enc("req-hdr=5, req-body=1").into_bytes(),
+            400,
+        ),
+        (
+            "RESPMOD parts in REQMOD",
+            enc("res-hdr=0, res-body=10").into_bytes(),
+            400,
+        ),
+        (
+            "oversized head",
+            format!(
+                "OPTIONS icap://h/reqmod ICAP/1.0\r\nX: {}\r\n\r\n",
+                "a".repeat(8000)
+            )
+            .into_bytes(),
+            400,
+        ),
+        (
+            "oversized encapsulated head",
+            enc("req-hdr=0, req-body=100000").into_bytes(),
+            400,
+        ),
+    ];
+    for (name, request, want) in cases {
+        assert_eq!(status_of(&request), Some(want), "{name}");
+    }
+    // A broken chunk size, a preview longer than announced, a bad preview value.
+    let mut bad_chunk = reqmod_head("Allow: 204\r\n");
+    bad_chunk.extend_from_slice(b"zz\r\nhello\r\n0\r\n\r\n");
+    assert_eq!(status_of(&bad_chunk), Some(400));
+    let mut long_preview = reqmod_head("Preview: 10\r\n");
+    long_preview.extend_from_slice(&chunks(&[7; 100], IEOF));
+    assert_eq!(status_of(&long_preview), Some(400));
+    assert_eq!(status_of(&reqmod_head("Preview: lots\r\n")), Some(400));
+
+    // A client that stops halfway through its head, or its body, gets 408.
+    let mut c = Client::new(port);
+    c.send(b"OPTIONS icap://h/reqmod ICAP/1.0\r\nHost:");
+    assert_eq!(c.answer().map(|a| a.status), Some(408));
+    let mut c = Client::new(port);
+    c.send(&reqmod_head("Allow: 204\r\n"));
+    c.send(b"10000\r\npartial");
+    assert_eq!(c.answer().map(|a| a.status), Some(408));
+    // One that vanishes mid-body is simply forgotten.
+    let mut c = Client::new(port);
+    c.send(&reqmod_head(""));
+    c.send(&chunks(&random(50_000), ""));
+    drop(c);
+
+    // Through all of it the server stayed up and still answers correctly.
+    let mut c = Client::new(port);
+    c.send(&reqmod_head("Preview: 100\r\n"));
+    c.send(&chunks(b"fine", IEOF));
+    assert_eq!(c.answer().unwrap().status, 204);
+    let mut icap = icap;
+    assert!(icap.0.try_wait().unwrap().is_none());
+}
+
+#[test]
+fn policy_comes_from_the_shared_config_and_memory_stays_bounded() {
+    let s = Setup::new();
+    s.icap_filter("icap.hgf", 1, &[]);
+    let listed = std::fs::read(&s.listed).unwrap();
+    let send_listed = |port: u16| {
+        let mut c = Client::new(port);
+        c.send(&reqmod_head("Allow: 204\r\n"));
+        c.send(&chunks(&listed, END));
+        c.answer().unwrap()
+    };
+    // 403 instead of 451, from the [icap] table.
+    let config = s.path("icap.toml");
+    std::fs::write(&config, "[icap]\nblock_status = 403\n").unwrap();
+    let (_a, port, _) = s.icap("icap.hgf", &["--config", config.to_str().unwrap()]);
+    assert!(send_listed(port).http.starts_with("HTTP/1.1 403 "));
+    // Monitor mode from the shared `actions` table: let through, audited as monitor.
+    std::fs::write(&config, "[actions]\ndefault = \"monitor\"\n").unwrap();
+    let (_b, port, admin) = s.icap("icap.hgf", &["--config", config.to_str().unwrap()]);
+    assert_eq!(send_listed(port).status, 204);
+    assert!(audit_records(&s).iter().any(|r| r["action"] == "monitor"));
+    assert!(metrics(admin).contains("hashgate_hits_total{action=\"monitor\"} 1"));
+    // The allow-list.
+    let (_c, port, _) = s.icap(
+        "icap.hgf",
+        &["--allow-list", s.path("allow.txt").to_str().unwrap()],
+    );
+    assert_eq!(send_listed(port).status, 204);
+    // A bad block status is a start-up error.
+    std::fs::write(&config, "[icap]\nblock_status = 200\n").unwrap();
+    let out = hashgate(&[
+        "icap",
+        "--filter",
+        s.path("icap.hgf").to_str().unwrap(),
+        "--pub",
+        s.path("k.pub").to_str().unwrap(),
+        "--config",
+        config.to_str().unwrap(),
+    ]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("block_status"));
+
+    // 256 MiB streamed through the echo path: resident memory stays flat.
+    let (icap, port, _) = s.icap("icap.hgf", &[]);
+    let mut c = Client::new(port);
+    let reader_stream = c.stream.try_clone().unwrap();
+    // Drain the echo on another thread, counting bytes, so nothing backs up.
+    let drain = std::thread::spawn(move || {
+        let mut r = BufReader::new(reader_stream);
+        let mut buf = vec![0; 1 << 20];
+        let (mut n, mut tail) = (0u64, Vec::new());
+        while let Ok(k) = r.read(&mut buf) {
+            n += k as u64;
+            tail.extend_from_slice(&buf[..k]);
+            tail.drain(..tail.len().saturating_sub(7));
+            if k == 0 || tail == b"\r\n0\r\n\r\n" {
+                break;
+            }
+        }
+        n
+    });
+    let base = rss_kb(icap.0.id());
+    c.send(&reqmod_head(""));
+    let piece = random(1 << 20);
+    let mut peak = 0;
+    for _ in 0..256 {
+        c.send(&chunks(&piece, ""));
+        peak = peak.max(rss_kb(icap.0.id()));
+    }
+    c.send(END.as_bytes());
+    let echoed = drain.join().unwrap();
+    assert!(echoed > 256 << 20, "echoed {echoed} bytes");
+    assert!(
+        peak < base + 64 * 1024,
+        "RSS grew from {base} KiB to {peak} KiB over a 256 MiB body"
+    );
+}
