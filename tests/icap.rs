@@ -727,3 +727,35 @@ fn policy_comes_from_the_shared_config_and_memory_stays_bounded() {
         "RSS grew from {base} KiB to {peak} KiB over a 256 MiB body"
     );
 }
+
+#[test]
+fn sigterm_lets_a_transaction_in_flight_finish_and_refuses_new_ones() {
+    let s = Setup::new();
+    s.icap_filter("icap.hgf", 1, &[]);
+    let (mut icap, port, _) = s.icap("icap.hgf", &[]);
+    let mut idle = Client::new(port);
+    let mut c = Client::new(port);
+    let body = random(200_000);
+    c.send(&reqmod_head("Allow: 204\r\n"));
+    c.send(&chunks(&body[..100_000], ""));
+    std::thread::sleep(Duration::from_millis(300));
+    let killed = Command::new("kill")
+        .args(["-TERM", &icap.0.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(
+        TcpStream::connect(("127.0.0.1", port)).is_err(),
+        "new connections must be refused during shutdown"
+    );
+    c.send(&chunks(&body[100_000..], END));
+    assert_eq!(c.answer().unwrap().status, 204);
+    // Then the server exits, dropping the idle keep-alive connection.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while icap.0.try_wait().unwrap().is_none() {
+        assert!(Instant::now() < deadline, "the server did not exit");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(idle.answer().is_none());
+}

@@ -11,7 +11,7 @@
 //! * [`scan`] walks data at rest on all cores; [`gateway`] is the inline upload gateway
 //!   (streaming reverse proxy or embedded store, HTTP 451 for listed uploads); [`icap`]
 //!   is an ICAP server for the proxies operators already run. The three are thin
-//!   front-ends over [`enforce`]; they share [`digester`], [`config`] and [`admin`] and
+//!   front-ends over [`enforce`]; they share [`config`] and [`admin`] and
 //!   never reach into each other.
 //!
 //! The host never links the guest crate: it reaches the filter only through the
@@ -21,7 +21,6 @@
 
 pub mod admin;
 pub mod config;
-pub mod digester;
 pub mod enforce;
 mod error;
 pub mod gateway;

@@ -14,6 +14,7 @@
 
 mod body;
 mod config;
+mod digest;
 mod store;
 mod upload;
 

@@ -13,8 +13,8 @@ use hyper::{Method, Request, Response, StatusCode};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use super::body::{full, ChannelBody, GatewayBody, Upload};
+use super::digest::Digester;
 use super::Gateway;
-use crate::digester::Digester;
 use crate::enforce::{Context, Outcome};
 
 /// Where uploads are written until they are decided.

@@ -11,8 +11,8 @@ use hyper::{Request, Response, StatusCode, Uri};
 use tokio::task::JoinHandle;
 
 use super::body::{BodySender, ChannelBody, GatewayBody, Upload};
+use super::digest::Digester;
 use super::{Backend, Gateway};
-use crate::digester::Digester;
 use crate::enforce::{Context, Outcome};
 
 type Upstream = JoinHandle<Result<Response<Incoming>, hyper_util::client::legacy::Error>>;

@@ -8,8 +8,8 @@ use tokio::net::TcpStream;
 
 use super::wire::{self, BodyKind, ChunkedBody, Encapsulated, Fault, Reader, RequestHead, Writer};
 use super::IcapServer;
-use crate::digester::Digester;
 use crate::enforce::{Context, Decision, Outcome};
+use crate::hashing::ObjectHasher;
 
 /// Body data handed to the hasher at a time.
 const PIECE: usize = 256 * 1024;
@@ -90,7 +90,7 @@ impl Connection<'_> {
         }
     }
 
-    async fn send_chunk(&mut self, data: &[u8]) -> Result<(), Fault> {
+    async fn send_chunk(&mut self, data: &Bytes) -> Result<(), Fault> {
         match &mut self.writer {
             Some(w) => w.send_chunk(data).await,
             None => Err(Fault::Closed),
@@ -269,8 +269,11 @@ impl Connection<'_> {
             return Ok(Next::KeepAlive);
         }
 
-        let algorithms = self.server.enforcer.engine().info().algorithms.clone();
-        let mut digester = Digester::new(&algorithms, content_length(&echo));
+        // Hashed inline on the connection's task: the echo path already keeps this task
+        // busy with I/O, and handing chunks to a hashing thread measured slower here
+        // (docs/PERFORMANCE.md). Other connections run on the other workers.
+        let algorithms = &self.server.enforcer.engine().info().algorithms;
+        let mut digester = ObjectHasher::new(algorithms);
         let mut held: Vec<Bytes> = Vec::new();
         if let Some(preview) = head.header("preview") {
             let announced: usize = preview
@@ -292,12 +295,12 @@ impl Connection<'_> {
                 if seen > announced {
                     return Err(Fault::Malformed("preview longer than announced".into()));
                 }
-                digester.update(&data).await;
+                digester.update(&data);
                 held.push(data);
             }
             if body.ieof {
                 // The preview was the whole body: a 204 is allowed whatever was offered.
-                let decision = self.decide(digester, &ctx).await?;
+                let decision = self.decide(digester, &ctx);
                 return self.answer_whole(method, decision, &ctx).await;
             }
             self.send(b"ICAP/1.0 100 Continue\r\n\r\n").await?;
@@ -311,9 +314,9 @@ impl Connection<'_> {
                 .next(&mut self.reader, PIECE, config.body_timeout)
                 .await?
             {
-                digester.update(&data).await;
+                digester.update(&data);
             }
-            let decision = self.decide(digester, &ctx).await?;
+            let decision = self.decide(digester, &ctx);
             return self.answer_whole(method, decision, &ctx).await;
         }
 
@@ -329,12 +332,12 @@ impl Connection<'_> {
             .next(&mut self.reader, PIECE, config.body_timeout)
             .await?
         {
-            digester.update(&data).await;
+            digester.update(&data);
             if let Some(ready) = pending.replace(data) {
                 self.send_chunk(&ready).await?;
             }
         }
-        let decision = self.decide(digester, &ctx).await?;
+        let decision = self.decide(digester, &ctx);
         match decision.outcome {
             Outcome::Pass | Outcome::Monitor => {
                 if let Some(last) = pending {
@@ -360,14 +363,10 @@ impl Connection<'_> {
         }
     }
 
-    /// Hashes what is left and asks the enforcer.
-    async fn decide(&self, digester: Digester, ctx: &Context) -> Result<Decision, Fault> {
-        let size = digester.bytes_fed();
-        let digests = digester
-            .finish()
-            .await
-            .ok_or_else(|| Fault::Io(std::io::Error::other("the hashing thread failed")))?;
-        Ok(self.server.enforcer.decide(ctx, &digests, size))
+    /// Finishes the digests and asks the enforcer.
+    fn decide(&self, digester: ObjectHasher, ctx: &Context) -> Decision {
+        let size = digester.len();
+        self.server.enforcer.decide(ctx, &digester.finish(), size)
     }
 
     /// The answer once the whole body has been read: `204`, or a refusal.
@@ -508,19 +507,4 @@ impl Connection<'_> {
         }
         ctx
     }
-}
-
-/// The `Content-Length` of an encapsulated HTTP head, if it has one.
-fn content_length(head: &[u8]) -> Option<u64> {
-    let mut slots = [httparse::EMPTY_HEADER; 64];
-    // Either a request or a response head; only the fields matter here.
-    let line_end = head.windows(2).position(|w| w == b"\r\n")?;
-    let fields = match httparse::parse_headers(&head[line_end + 2..], &mut slots) {
-        Ok(httparse::Status::Complete((_, fields))) => fields,
-        _ => return None,
-    };
-    fields
-        .iter()
-        .find(|f| f.name.eq_ignore_ascii_case("content-length"))
-        .and_then(|f| std::str::from_utf8(f.value).ok()?.trim().parse().ok())
 }

@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use bytes::{Bytes, BytesMut};
+use bytes::{Buf, Bytes, BytesMut};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 
@@ -403,23 +403,16 @@ impl Writer {
         Ok(())
     }
 
-    /// Writes one body chunk: size line, data, CRLF.
-    pub async fn send_chunk(&mut self, data: &[u8]) -> Result<(), Fault> {
+    /// Writes one body chunk: size line, data, CRLF, in one vectored write.
+    pub async fn send_chunk(&mut self, data: &Bytes) -> Result<(), Fault> {
         if data.is_empty() {
             return Ok(());
         }
-        let size = format!("{:x}\r\n", data.len());
-        // One write for small chunks; large ones skip the copy.
-        if data.len() <= 16 * 1024 {
-            let mut all = Vec::with_capacity(size.len() + data.len() + 2);
-            all.extend_from_slice(size.as_bytes());
-            all.extend_from_slice(data);
-            all.extend_from_slice(b"\r\n");
-            return self.send(&all).await;
-        }
-        self.send(size.as_bytes()).await?;
-        self.send(data).await?;
-        self.send(b"\r\n").await
+        let mut chunk = Bytes::from(format!("{:x}\r\n", data.len()))
+            .chain(data.clone())
+            .chain(&b"\r\n"[..]);
+        self.stream.write_all_buf(&mut chunk).await?;
+        Ok(())
     }
 
     /// Closes the connection without finishing what was being sent: the peer sees an

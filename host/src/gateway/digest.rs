@@ -1,4 +1,4 @@
-//! Hashing a body as it streams past (gateway uploads, ICAP bodies). Small bodies are hashed inline on the connection's
+//! Hashing an upload as it passes. Small bodies are hashed inline on the connection's
 //! task; large ones (or of unknown length) on a blocking thread fed through a bounded
 //! channel, so that hashing overlaps with forwarding: at low concurrency a second core
 //! does the hashing instead of waiting.
@@ -15,7 +15,7 @@ const OFFLOAD_FROM: u64 = 256 * 1024;
 /// Frames queued for the hashing thread (bounds memory per upload).
 const QUEUE: usize = 16;
 
-/// A streaming body's hasher.
+/// An upload's hasher.
 pub enum Digester {
     /// Hashing on the caller's task.
     Inline(Box<ObjectHasher>),
