@@ -29,6 +29,12 @@ pub fn run(args: IcapArgs) -> Result<()> {
     config.options_ttl = table.options_ttl_secs.map_or(config.options_ttl, secs);
     config.max_connections = table.max_connections.unwrap_or(config.max_connections);
     config.max_header_bytes = table.max_header_bytes.unwrap_or(config.max_header_bytes);
+    config.reqmod_hold_back = table
+        .reqmod_hold_back_bytes
+        .unwrap_or(config.reqmod_hold_back);
+    config.respmod_hold_back = table
+        .respmod_hold_back_bytes
+        .unwrap_or(config.respmod_hold_back);
     config.header_timeout = table
         .header_timeout_secs
         .map_or(config.header_timeout, secs);

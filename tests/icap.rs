@@ -182,7 +182,15 @@ fn metrics(admin: u16) -> String {
 #[test]
 fn squid_with_hashgate_refuses_listed_uploads_and_downloads_and_passes_clean_ones() {
     let s = Setup::new();
-    let listed = s.icap_filter("icap.hgf", 1, &[("small.bin", SMALL), ("mid.bin", MID)]);
+    let listed = s.icap_filter(
+        "icap.hgf",
+        1,
+        &[
+            ("small.bin", SMALL),
+            ("mid.bin", MID),
+            ("half.bin", 500_000),
+        ],
+    );
     let (_nginx, origin, root) = s.nginx();
     let (_icap, icap_port, admin) = s.icap("icap.hgf", &[]);
     let (_squid, proxy) = s.squid(icap_port);
@@ -205,6 +213,7 @@ fn squid_with_hashgate_refuses_listed_uploads_and_downloads_and_passes_clean_one
     assert!(status >= 500, "a listed 3 MiB upload got {status}");
     let chunked = ["-H", "Transfer-Encoding: chunked"];
     assert!(put(&listed[0], "up/listed-chunked.bin", &chunked).0 >= 500);
+    assert!(put(&listed[3], "up/half.bin", &[]).0 >= 500);
 
     let mut tiny = s.path("tiny.bin");
     std::fs::write(&tiny, b"hello").unwrap();
@@ -260,7 +269,7 @@ fn squid_with_hashgate_refuses_listed_uploads_and_downloads_and_passes_clean_one
     // Every refusal was audited, with the client Squid named and the encapsulated request.
     let records = audit_records(&s);
     let blocked: Vec<_> = records.iter().filter(|r| r["action"] == "block").collect();
-    assert_eq!(blocked.len(), 7, "{records:#?}");
+    assert_eq!(blocked.len(), 8, "{records:#?}");
     assert!(blocked.iter().all(|r| r["client"] == "127.0.0.1"));
     assert!(blocked
         .iter()
@@ -271,7 +280,7 @@ fn squid_with_hashgate_refuses_listed_uploads_and_downloads_and_passes_clean_one
     let m = metrics(admin);
     for line in [
         "hashgate_icap_transactions_total{method=\"REQMOD\",answer=\"blocked\"} 2",
-        "hashgate_icap_transactions_total{method=\"REQMOD\",answer=\"cut\"} 2",
+        "hashgate_icap_transactions_total{method=\"REQMOD\",answer=\"cut\"} 3",
         "hashgate_icap_transactions_total{method=\"RESPMOD\",answer=\"cut\"} 1",
     ] {
         assert!(m.contains(line), "no {line} in\n{m}");
@@ -504,7 +513,7 @@ fn previews_and_204_decide_without_echoing_and_keep_the_connection() {
 #[test]
 fn without_204_the_message_is_echoed_and_a_listed_one_is_cut_short() {
     let s = Setup::new();
-    s.icap_filter("icap.hgf", 1, &[]);
+    let listed = s.icap_filter("icap.hgf", 1, &[("half.bin", 500_000)]);
     let (_icap, port, _) = s.icap("icap.hgf", &[]);
 
     // RESPMOD, clean, no Allow: 204: the response comes back byte for byte.
@@ -528,15 +537,36 @@ fn without_204_the_message_is_echoed_and_a_listed_one_is_cut_short() {
     assert!(a.complete);
     assert_eq!(a.body, body);
 
-    // Keep-alive: then a listed upload, echoed but cut before its last bytes.
-    let listed = std::fs::read(&s.listed).unwrap();
+    // Keep-alive: then a listed 3 MiB upload, echoed but cut before its last MiB (the
+    // REQMOD hold-back).
+    let big = std::fs::read(&listed[0]).unwrap();
     c.send(&reqmod_head(""));
-    c.send(&chunks(&listed, END));
+    c.send(&chunks(&big, END));
     let a = c.answer().unwrap();
     assert_eq!((a.status, a.http.as_str()), (200, HTTP_PUT));
     assert!(!a.complete, "a listed body must never be finished");
-    assert!(a.body.len() < listed.len());
-    assert_eq!(a.body[..], listed[..a.body.len()]);
+    assert!(
+        a.body.len() <= big.len() - (1 << 20),
+        "{} echoed",
+        a.body.len()
+    );
+    assert_eq!(a.body[..], big[..a.body.len()]);
+
+    // A listed upload smaller than the hold-back: not one byte of it is passed on.
+    let half = std::fs::read(&listed[1]).unwrap();
+    let mut c = Client::new(port);
+    c.send(&reqmod_head(""));
+    c.send(&chunks(&half, END));
+    let a = c.answer().unwrap();
+    assert_eq!((a.status, a.complete, a.body.len()), (200, false, 0));
+
+    // RESPMOD holds back only the newest chunk by default (Squid 5 stalls otherwise).
+    let mut c = Client::new(port);
+    c.send(head.as_bytes());
+    c.send(&chunks(&half, END));
+    let a = c.answer().unwrap();
+    assert!(!a.complete);
+    assert!(a.body.len() >= half.len() - 16 * 1024 && a.body.len() < half.len());
 }
 
 #[test]

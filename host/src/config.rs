@@ -69,6 +69,10 @@ pub struct IcapFileConfig {
     pub options_ttl_secs: Option<u64>,
     /// Connections served at once (also advertised as `Max-Connections`).
     pub max_connections: Option<usize>,
+    /// Bytes of a streamed REQMOD body held back until the verdict.
+    pub reqmod_hold_back_bytes: Option<usize>,
+    /// Bytes of a streamed RESPMOD body held back until the verdict.
+    pub respmod_hold_back_bytes: Option<usize>,
     /// Largest ICAP header block (ICAP and encapsulated HTTP headers), in bytes.
     pub max_header_bytes: Option<usize>,
     /// Seconds an idle connection may wait for its next request, and a request for the

@@ -15,10 +15,11 @@
 //!    `Allow: 204` → hashgate reads it all, then answers `204 No Content` (clean) or the
 //!    refusal (listed);
 //! 2. otherwise → after the preview (`100 Continue`), hashgate streams the unmodified
-//!    message back as it arrives, **holding back the newest chunk**; at the end it sends
-//!    that chunk (clean) or closes the connection without it (listed). The proxy then
-//!    has an incomplete message: the origin never receives the whole upload and the
-//!    client never the whole download.
+//!    message back as it arrives, **holding back its newest bytes** (1 MiB by default,
+//!    and always the newest chunk); at the end it sends them (clean) or closes the
+//!    connection without them (listed). The proxy then has an incomplete message: a
+//!    listed body up to the hold-back size is never passed on at all, a longer one never
+//!    whole.
 //!
 //! Squid offers `Allow: 204` only for bodies under 64 KiB and answers a `204` it did not
 //! offer with an error, which is why case 2 exists (`docs/ARCHITECTURE.md`). Verdicts,
@@ -50,6 +51,14 @@ pub struct IcapConfig {
     pub options_ttl: Duration,
     /// Connections served at once, also advertised as `Max-Connections`.
     pub max_connections: usize,
+    /// Bytes of an echoed request body (REQMOD, case 2) held back until the verdict: a
+    /// listed upload up to this size never reaches the origin at all, a longer one never
+    /// whole. Memory per transaction.
+    pub reqmod_hold_back: usize,
+    /// The same for response bodies (RESPMOD). Squid 5 stops feeding a RESPMOD service
+    /// that holds back more than a little (bug 5352), so the default is 0: only the
+    /// newest chunk is held.
+    pub respmod_hold_back: usize,
     /// Largest head (ICAP fields plus the encapsulated HTTP heads).
     pub max_header_bytes: usize,
     /// How long an idle connection waits for its next request.
@@ -69,6 +78,8 @@ impl Default for IcapConfig {
             block_status: 451,
             options_ttl: Duration::from_secs(300),
             max_connections: 1024,
+            reqmod_hold_back: 1 << 20,
+            respmod_hold_back: 0,
             max_header_bytes: 64 * 1024,
             idle_timeout: Duration::from_secs(300),
             header_timeout: Duration::from_secs(10),

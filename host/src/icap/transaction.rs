@@ -1,6 +1,7 @@
 //! One ICAP connection: a loop of transactions (`OPTIONS`, `REQMOD`, `RESPMOD`), each
 //! body hashed as it arrives and decided by the shared [`Enforcer`](crate::enforce).
 
+use std::collections::VecDeque;
 use std::net::SocketAddr;
 
 use bytes::Bytes;
@@ -320,27 +321,30 @@ impl Connection<'_> {
             return self.answer_whole(method, decision, &ctx).await;
         }
 
-        // No 204 allowed: echo the message as it arrives, one chunk behind.
+        // No 204 allowed: echo the message as it arrives, holding back its newest bytes.
         self.unmodified_head(service, &echo, false).await?;
-        let mut pending: Option<Bytes> = None;
-        for data in held {
-            if let Some(ready) = pending.replace(data) {
-                self.send_chunk(&ready).await?;
-            }
+        let hold = match service {
+            Service::Reqmod => config.reqmod_hold_back,
+            Service::Respmod => config.respmod_hold_back,
+        };
+        let mut held = HoldBack::new(hold, held);
+        while let Some(ready) = held.release() {
+            self.send_chunk(&ready).await?;
         }
         while let Some(data) = body
             .next(&mut self.reader, PIECE, config.body_timeout)
             .await?
         {
             digester.update(&data);
-            if let Some(ready) = pending.replace(data) {
+            held.push(data);
+            while let Some(ready) = held.release() {
                 self.send_chunk(&ready).await?;
             }
         }
         let decision = self.decide(digester, &ctx);
         match decision.outcome {
             Outcome::Pass | Outcome::Monitor => {
-                if let Some(last) = pending {
+                for last in held.into_rest() {
                     self.send_chunk(&last).await?;
                 }
                 self.send(b"0\r\n\r\n").await?;
@@ -351,6 +355,7 @@ impl Connection<'_> {
                 tracing::warn!(
                     request_id = %ctx.request_id,
                     outcome = ?decision.outcome,
+                    held_back = held.len(),
                     "cutting off a streamed {method} body before its last bytes"
                 );
                 self.count(method, "cut");
@@ -506,5 +511,74 @@ impl Connection<'_> {
                 .to_string();
         }
         ctx
+    }
+}
+
+/// The newest bytes of an echoed body, kept until the verdict: at least `hold` bytes (and
+/// always the newest chunk) stay back, so a listed body shorter than `hold` is never sent
+/// at all and a longer one never whole.
+struct HoldBack {
+    chunks: VecDeque<Bytes>,
+    bytes: usize,
+    hold: usize,
+}
+
+impl HoldBack {
+    fn new(hold: usize, first: Vec<Bytes>) -> HoldBack {
+        let mut h = HoldBack {
+            chunks: VecDeque::new(),
+            bytes: 0,
+            hold,
+        };
+        first.into_iter().for_each(|c| h.push(c));
+        h
+    }
+
+    fn push(&mut self, chunk: Bytes) {
+        self.bytes += chunk.len();
+        self.chunks.push_back(chunk);
+    }
+
+    /// The oldest chunk, if sending it still leaves enough held back.
+    fn release(&mut self) -> Option<Bytes> {
+        let front = self.chunks.front()?.len();
+        if self.chunks.len() > 1 && self.bytes - front >= self.hold {
+            self.bytes -= front;
+            return self.chunks.pop_front();
+        }
+        None
+    }
+
+    /// Bytes held back.
+    fn len(&self) -> usize {
+        self.bytes
+    }
+
+    /// Everything held, oldest first (once the verdict lets it go).
+    fn into_rest(self) -> VecDeque<Bytes> {
+        self.chunks
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hold_back_keeps_the_newest_bytes_and_the_newest_chunk() {
+        let chunk = |n: usize| Bytes::from(vec![0u8; n]);
+        let mut h = HoldBack::new(100, vec![chunk(60), chunk(60)]);
+        assert!(
+            h.release().is_none(),
+            "120 held, releasing 60 would leave 60 < 100"
+        );
+        h.push(chunk(50));
+        assert_eq!(h.release().map(|c| c.len()), Some(60));
+        assert!(h.release().is_none());
+        assert_eq!(h.len(), 110);
+        let mut none = HoldBack::new(0, vec![chunk(5), chunk(7)]);
+        assert_eq!(none.release().map(|c| c.len()), Some(5));
+        assert!(none.release().is_none(), "the newest chunk always stays");
+        assert_eq!(none.into_rest().len(), 1);
     }
 }
