@@ -27,6 +27,9 @@ pub struct AuditRecord {
     pub host: String,
     /// Path.
     pub path: String,
+    /// The multipart part (file name) the object was, if not the whole body.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub part: Option<String>,
     /// Object size in bytes.
     pub size: u64,
     /// Algorithm of the digest that hit, if any.
@@ -68,6 +71,7 @@ impl AuditRecord {
             method: ctx.method.clone(),
             host: ctx.host.clone(),
             path: ctx.path.clone(),
+            part: ctx.part.clone(),
             size,
             algorithm: hit.map(|h| h.algorithm.name().to_string()),
             digest: hit.map(|h| hex::encode(&h.bytes)),

@@ -28,6 +28,24 @@ pub enum Outcome {
     Unavailable,
 }
 
+impl Outcome {
+    /// The stricter of two outcomes (for a body holding several objects): block, then
+    /// unavailable, then monitor, then pass.
+    pub fn stricter(self, other: Outcome) -> Outcome {
+        let rank = |o: &Outcome| match o {
+            Outcome::Pass => 0,
+            Outcome::Monitor => 1,
+            Outcome::Unavailable => 2,
+            Outcome::Block => 3,
+        };
+        if rank(&other) > rank(&self) {
+            other
+        } else {
+            self
+        }
+    }
+}
+
 /// A decision and the hits behind it (allow-listed hits removed).
 #[derive(Clone, Debug)]
 pub struct Decision {
@@ -50,6 +68,8 @@ pub struct Context {
     pub host: String,
     /// Request path.
     pub path: String,
+    /// The part of the body the object was (a multipart file name), if not the whole.
+    pub part: Option<String>,
 }
 
 /// The verdict core: one filter, one policy, one audit log, one set of metrics.

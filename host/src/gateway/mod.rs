@@ -15,6 +15,7 @@
 mod body;
 mod config;
 mod digest;
+mod shapes;
 mod store;
 mod upload;
 
@@ -35,7 +36,7 @@ use tokio::sync::Semaphore;
 pub use body::GatewayBody;
 pub use config::{Backend, Config};
 
-use crate::enforce::{Context, Enforcer};
+use crate::enforce::{Context, Enforcer, Outcome};
 use crate::Error;
 
 /// Everything a request handler needs, shared by all connections.
@@ -138,6 +139,7 @@ impl Gateway {
                 .unwrap_or("")
                 .to_string(),
             path: req.uri().path().to_string(),
+            part: None,
         };
         let inspected = self
             .config
@@ -177,6 +179,50 @@ impl Gateway {
                 self.refusal(StatusCode::PAYLOAD_TOO_LARGE, ctx, "body too large")
             }
         }
+    }
+
+    /// Decides on every object of a body (one, or one per multipart part): the strictest
+    /// outcome wins, and every hit is audited with the part it was in.
+    fn decide(&self, ctx: &Context, objects: &[shapes::Object]) -> Outcome {
+        let mut outcome = Outcome::Pass;
+        for object in objects {
+            let part_ctx;
+            let ctx = match &object.part {
+                None => ctx,
+                Some(part) => {
+                    part_ctx = Context {
+                        part: Some(part.clone()),
+                        ..ctx.clone()
+                    };
+                    &part_ctx
+                }
+            };
+            let decision = self.enforcer.decide(ctx, &object.digests, object.size);
+            outcome = outcome.stricter(decision.outcome);
+        }
+        outcome
+    }
+
+    /// The answer to a body the verdict refused (`Block` or `Unavailable`).
+    fn refused(&self, outcome: Outcome, ctx: &Context) -> Response<GatewayBody> {
+        match outcome {
+            Outcome::Block => self.refusal(
+                StatusCode::UNAVAILABLE_FOR_LEGAL_REASONS,
+                ctx,
+                "the upload matches a list of known illegal content",
+            ),
+            _ => self.refusal(
+                StatusCode::SERVICE_UNAVAILABLE,
+                ctx,
+                "no verdict could be reached",
+            ),
+        }
+    }
+
+    /// The answer to a body whose framing is broken (multipart, aws-chunked).
+    fn malformed(&self, ctx: &Context, why: &str) -> Response<GatewayBody> {
+        tracing::info!(request_id = %ctx.request_id, why, "malformed upload body");
+        self.refusal(StatusCode::BAD_REQUEST, ctx, why)
     }
 
     /// The JSON answer to a refused upload.

@@ -13,7 +13,7 @@ use hyper::{Method, Request, Response, StatusCode};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use super::body::{full, ChannelBody, GatewayBody, Upload};
-use super::digest::Digester;
+use super::shapes::{Objects, Shape};
 use super::Gateway;
 use crate::enforce::{Context, Outcome};
 
@@ -92,35 +92,26 @@ async fn put(
         return server_error(&e);
     }
     let temp = temp_dir.join(&ctx.request_id);
-    let result = receive(gw, &temp, req.into_body(), ctx).await;
-    let digester = match result {
-        Ok(digester) => digester,
+    let shape = Shape::of(req.headers());
+    let result = receive(gw, &temp, req.into_body(), shape, ctx).await;
+    let objects = match result {
+        Ok(objects) => objects,
         Err(response) => {
             let _ = tokio::fs::remove_file(&temp).await;
             return response;
         }
     };
+    let objects = match objects.finish().await {
+        Ok(objects) => objects,
+        Err(why) => {
+            let _ = tokio::fs::remove_file(&temp).await;
+            return gw.malformed(ctx, &why);
+        }
+    };
     if inspected {
-        let size = digester.bytes_fed();
-        let Some(digests) = digester.finish().await else {
+        if let outcome @ (Outcome::Block | Outcome::Unavailable) = gw.decide(ctx, &objects) {
             let _ = tokio::fs::remove_file(&temp).await;
-            return gw.refusal(StatusCode::INTERNAL_SERVER_ERROR, ctx, "hashing failed");
-        };
-        let decision = gw.enforcer.decide(ctx, &digests, size);
-        let refused = match decision.outcome {
-            Outcome::Block => Some((
-                StatusCode::UNAVAILABLE_FOR_LEGAL_REASONS,
-                "the upload matches a list of known illegal content",
-            )),
-            Outcome::Unavailable => Some((
-                StatusCode::SERVICE_UNAVAILABLE,
-                "no verdict could be reached",
-            )),
-            Outcome::Pass | Outcome::Monitor => None,
-        };
-        if let Some((code, reason)) = refused {
-            let _ = tokio::fs::remove_file(&temp).await;
-            return gw.refusal(code, ctx, reason);
+            return gw.refused(outcome, ctx);
         }
     }
     let publish = async {
@@ -149,14 +140,15 @@ async fn receive(
     gw: &Gateway,
     temp: &Path,
     body: Incoming,
+    shape: Shape,
     ctx: &Context,
-) -> Result<Digester, Response<GatewayBody>> {
+) -> Result<Objects, Response<GatewayBody>> {
     let mut file = tokio::fs::File::create(temp)
         .await
         .map_err(|e| server_error(&e))?;
-    let algorithms = gw.enforcer.engine().info().algorithms.clone();
+    let algorithms = &gw.enforcer.engine().info().algorithms;
     let expected = hyper::body::Body::size_hint(&body).exact();
-    let mut hasher = Digester::new(&algorithms, expected);
+    let mut objects = Objects::new(shape, algorithms, expected);
     let mut upload = Upload::new(body, gw.config.body_timeout, gw.config.max_body);
     loop {
         let data = match upload.next().await {
@@ -164,11 +156,14 @@ async fn receive(
             Ok(None) => break,
             Err(cut) => return Err(gw.cut(&cut, ctx)),
         };
-        hasher.update(&data).await;
+        objects
+            .update(&data)
+            .await
+            .map_err(|why| gw.malformed(ctx, &why))?;
         file.write_all(&data).await.map_err(|e| server_error(&e))?;
     }
     file.sync_all().await.map_err(|e| server_error(&e))?;
-    Ok(hasher)
+    Ok(objects)
 }
 
 async fn get(path: &Path, head: bool) -> Response<GatewayBody> {

@@ -11,7 +11,7 @@ use hyper::{Request, Response, StatusCode, Uri};
 use tokio::task::JoinHandle;
 
 use super::body::{BodySender, ChannelBody, GatewayBody, Upload};
-use super::digest::Digester;
+use super::shapes::{Objects, Shape};
 use super::{Backend, Gateway};
 use crate::enforce::{Context, Outcome};
 
@@ -47,8 +47,8 @@ pub async fn inspect(gw: &Gateway, req: Request<Incoming>, ctx: &Context) -> Res
         Err(response) => return response,
     };
     let upstream: Upstream = tokio::spawn(gw.client.request(upstream_req));
-    let algorithms = gw.enforcer.engine().info().algorithms.clone();
-    let mut hasher = Digester::new(&algorithms, declared);
+    let algorithms = &gw.enforcer.engine().info().algorithms;
+    let mut objects = Objects::new(Shape::of(&parts.headers), algorithms, declared);
     let mut held: Option<Bytes> = None;
     let mut origin_open = true;
     let mut upload = Upload::new(incoming, gw.config.body_timeout, gw.config.max_body);
@@ -62,7 +62,10 @@ pub async fn inspect(gw: &Gateway, req: Request<Incoming>, ctx: &Context) -> Res
                 return gw.cut(&cut, ctx);
             }
         };
-        hasher.update(&data).await;
+        if let Err(why) = objects.update(&data).await {
+            abort(tx, upstream).await;
+            return gw.malformed(ctx, &why);
+        }
         if let Some(previous) = held.replace(data) {
             if origin_open && tx.send(Ok(previous)).await.is_err() {
                 // The origin answered early or went away; keep reading so the verdict is
@@ -71,28 +74,17 @@ pub async fn inspect(gw: &Gateway, req: Request<Incoming>, ctx: &Context) -> Res
             }
         }
     }
-    let size = hasher.bytes_fed();
-    let Some(digests) = hasher.finish().await else {
-        abort(tx, upstream).await;
-        return gw.refusal(StatusCode::INTERNAL_SERVER_ERROR, ctx, "hashing failed");
-    };
-    let decision = gw.enforcer.decide(ctx, &digests, size);
-    match decision.outcome {
-        Outcome::Block => {
+    let objects = match objects.finish().await {
+        Ok(objects) => objects,
+        Err(why) => {
             abort(tx, upstream).await;
-            gw.refusal(
-                StatusCode::UNAVAILABLE_FOR_LEGAL_REASONS,
-                ctx,
-                "the upload matches a list of known illegal content",
-            )
+            return gw.malformed(ctx, &why);
         }
-        Outcome::Unavailable => {
+    };
+    match gw.decide(ctx, &objects) {
+        outcome @ (Outcome::Block | Outcome::Unavailable) => {
             abort(tx, upstream).await;
-            gw.refusal(
-                StatusCode::SERVICE_UNAVAILABLE,
-                ctx,
-                "no verdict could be reached",
-            )
+            gw.refused(outcome, ctx)
         }
         Outcome::Pass | Outcome::Monitor => {
             if let Some(last) = held {
