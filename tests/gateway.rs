@@ -11,36 +11,6 @@ use std::time::{Duration, Instant};
 use common::procs::*;
 use rand::RngCore;
 
-impl Setup {
-    fn gateway(&self, backend: &[&str], extra: &[&str]) -> (Killed, u16, u16) {
-        let mut args = vec![
-            "gateway",
-            "--filter",
-            self.path("f.hgf").to_str().unwrap().to_owned().leak(),
-            "--pub",
-            self.path("k.pub").to_str().unwrap().to_owned().leak(),
-            "--listen",
-            "127.0.0.1:0",
-            "--admin",
-            "127.0.0.1:0",
-            "--audit-log",
-            self.path("audit.log").to_str().unwrap().to_owned().leak(),
-        ];
-        args.extend_from_slice(backend);
-        args.extend_from_slice(extra);
-        spawn_listening(Command::new(env!("CARGO_BIN_EXE_hashgate")).args(&args))
-    }
-}
-
-impl Setup {
-    /// A gateway started with `--config` holding `toml`.
-    fn configured_gateway(&self, toml: &str) -> (Killed, u16, u16) {
-        let config = self.path("gw.toml");
-        std::fs::write(&config, toml).unwrap();
-        self.gateway(&["--config", config.to_str().unwrap()], &[])
-    }
-}
-
 #[test]
 fn listed_uploads_never_reach_the_origin_and_clean_ones_arrive_intact() {
     let s = Setup::new();

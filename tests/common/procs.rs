@@ -236,3 +236,34 @@ pub fn rss_kb(pid: u32) -> u64 {
         .and_then(|v| v.parse().ok())
         .unwrap_or(0)
 }
+
+impl Setup {
+    /// `hashgate gateway` with an admin listener and an audit log, `backend` and `extra` flags.
+    pub fn gateway(&self, backend: &[&str], extra: &[&str]) -> (Killed, u16, u16) {
+        let mut args = vec![
+            "gateway",
+            "--filter",
+            self.path("f.hgf").to_str().unwrap().to_owned().leak(),
+            "--pub",
+            self.path("k.pub").to_str().unwrap().to_owned().leak(),
+            "--listen",
+            "127.0.0.1:0",
+            "--admin",
+            "127.0.0.1:0",
+            "--audit-log",
+            self.path("audit.log").to_str().unwrap().to_owned().leak(),
+        ];
+        args.extend_from_slice(backend);
+        args.extend_from_slice(extra);
+        spawn_listening(Command::new(env!("CARGO_BIN_EXE_hashgate")).args(&args))
+    }
+}
+
+impl Setup {
+    /// A gateway started with `--config` holding `toml`.
+    pub fn configured_gateway(&self, toml: &str) -> (Killed, u16, u16) {
+        let config = self.path("gw.toml");
+        std::fs::write(&config, toml).unwrap();
+        self.gateway(&["--config", config.to_str().unwrap()], &[])
+    }
+}
