@@ -36,6 +36,7 @@ fn ctx() -> Context {
         method: "PUT".into(),
         host: "h".into(),
         path: "/p".into(),
+        part: None,
     }
 }
 
