@@ -153,6 +153,9 @@ pub struct GatewayArgs {
     /// Embedded store directory (the default backend when no origin is given).
     #[arg(long)]
     pub store: Option<PathBuf>,
+    /// Inspect GET responses from the origin too (CDN cache fill, downloads).
+    #[arg(long)]
+    pub scan_responses: bool,
     #[command(flatten)]
     pub enforce: EnforceArgs,
 }

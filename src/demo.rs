@@ -167,6 +167,7 @@ pub fn run(dir: Option<PathBuf>, listen: &str, scan_only: bool) -> Result<ExitCo
         listen: Some(addr.to_string()),
         origin: None,
         store: Some(dir.join("store")),
+        scan_responses: false,
         enforce: crate::cli::EnforceArgs {
             filter: Some(filter_path),
             public_key: Some(public_path),

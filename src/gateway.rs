@@ -47,6 +47,16 @@ pub fn run(args: GatewayArgs) -> Result<()> {
     config.origin_timeout = file.origin_timeout_secs.map_or(config.origin_timeout, secs);
     config.max_connections = file.max_connections.unwrap_or(config.max_connections);
     config.shutdown_grace = file.shutdown_grace_secs.map_or(config.shutdown_grace, secs);
+    config.scan_responses = args.scan_responses || file.scan_responses.unwrap_or(false);
+    config.response_buffer_bytes = file
+        .response_buffer_bytes
+        .unwrap_or(config.response_buffer_bytes);
+    config.response_cache_entries = file
+        .response_cache_entries
+        .unwrap_or(config.response_cache_entries);
+    config.response_cache_ttl = file
+        .response_cache_secs
+        .map_or(config.response_cache_ttl, secs);
     let enforcer = serve::enforcer(&args.enforce, &file)?;
 
     serve::runtime()?.block_on(async move {

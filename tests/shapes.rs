@@ -240,3 +240,85 @@ fn aws_chunked_uploads_are_decoded_for_hashing_and_forwarded_unchanged() {
     assert_eq!(stored, ["clean-false", "clean-true"]);
     assert!(files_under(&s.path("nginx-temp")).is_empty());
 }
+
+#[test]
+fn responses_are_checked_refused_or_cut_and_their_digests_cached_by_etag() {
+    let s = Setup::new();
+    let (_nginx, origin, root) = s.nginx();
+    let dl = root.join("dl");
+    std::fs::create_dir_all(&dl).unwrap();
+    for (name, from) in [
+        ("listed.bin", &s.listed),
+        ("clean.bin", &s.big_clean),
+        ("small.bin", &s.clean),
+    ] {
+        std::fs::copy(from, dl.join(name)).unwrap();
+    }
+    let get = |port: u16, name: &str, extra: &[&str]| {
+        let out = Command::new("curl")
+            .args(["-s", "-w", "\n%{http_code}"])
+            .args(extra)
+            .arg(format!("http://127.0.0.1:{port}/dl/{name}"))
+            .output()
+            .unwrap();
+        let mut body = out.stdout;
+        let at = body.iter().rposition(|&b| b == b'\n').unwrap();
+        let status: u16 = String::from_utf8_lossy(&body[at + 1..])
+            .parse()
+            .unwrap_or(0);
+        body.truncate(at);
+        (status, body, out.status.code().unwrap_or(-1))
+    };
+    let origin_url = format!("http://127.0.0.1:{origin}");
+
+    // Buffered below 4 MiB: the 3 MiB listed file is answered 451, not one byte sent,
+    // also when asked for a range or a compressed copy.
+    let (_gw, port, admin) = s.configured_gateway(&format!(
+        "origin = \"{origin_url}\"\nscan_responses = true\nresponse_buffer_bytes = 4194304\n"
+    ));
+    let listed = std::fs::read(&s.listed).unwrap();
+    assert_eq!(get(port, "listed.bin", &[]).0, 451);
+    assert_eq!(get(port, "listed.bin", &["-r", "0-99"]).0, 451);
+    assert_eq!(get(port, "listed.bin", &["--compressed"]).0, 451);
+    for (name, file) in [("clean.bin", &s.big_clean), ("small.bin", &s.clean)] {
+        let (status, body, _) = get(port, name, &[]);
+        assert_eq!(status, 200, "{name}");
+        assert_eq!(
+            body,
+            std::fs::read(file).unwrap(),
+            "{name} changed on the way"
+        );
+    }
+    // Asked again: decided from the cached digests, still refused and audited.
+    let (status, _, _) = get(port, "listed.bin", &[]);
+    assert_eq!(status, 451);
+    let metrics = String::from_utf8(
+        Command::new("curl")
+            .args(["-s", &format!("http://127.0.0.1:{admin}/metrics")])
+            .output()
+            .unwrap()
+            .stdout,
+    )
+    .unwrap();
+    assert!(
+        metrics.contains("hashgate_response_cache_hits_total 3"),
+        "{metrics}"
+    );
+    let audit = std::fs::read_to_string(s.path("audit.log")).unwrap();
+    assert_eq!(audit.lines().count(), 4, "{audit}");
+    // A new object under a clean name gets a new ETag and is hashed afresh.
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+    std::fs::copy(&s.listed, dl.join("small.bin")).unwrap();
+    assert_eq!(get(port, "small.bin", &[]).0, 451);
+    std::fs::copy(&s.clean, dl.join("small.bin")).unwrap();
+
+    // Streamed (the default 1 MiB buffer): the listed file is cut before its end.
+    let (_gw2, port2, _) = s.gateway(&["--origin", &origin_url, "--scan-responses"], &[]);
+    let (status, body, code) = get(port2, "listed.bin", &[]);
+    assert_eq!(status, 200, "the headers went out before the verdict");
+    assert_ne!(code, 0, "curl must see a broken transfer");
+    assert!(body.len() < listed.len());
+    let (status, body, code) = get(port2, "clean.bin", &[]);
+    assert_eq!((status, code), (200, 0));
+    assert_eq!(body, std::fs::read(&s.big_clean).unwrap());
+}

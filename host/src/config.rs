@@ -47,6 +47,14 @@ pub struct FileConfig {
     pub max_connections: Option<usize>,
     /// Shutdown grace in seconds.
     pub shutdown_grace_secs: Option<u64>,
+    /// Inspect `GET` responses from the origin too (CDN / download mode).
+    pub scan_responses: Option<bool>,
+    /// Responses up to this many bytes are read whole and refused with 451 when listed.
+    pub response_buffer_bytes: Option<u64>,
+    /// Response digests cached by (URL, ETag, length).
+    pub response_cache_entries: Option<usize>,
+    /// Seconds a cached response digest is trusted.
+    pub response_cache_secs: Option<u64>,
     /// `fail_closed` (default) or `fail_open`.
     pub on_guest_failure: Option<FailureMode>,
     /// Actions: `default = "block"` and one entry per category.

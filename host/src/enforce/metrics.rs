@@ -41,6 +41,7 @@ pub struct Metrics {
     failures: Family<ActionLabel, Counter>,
     guest_traps: Counter,
     origin_errors: Counter,
+    response_cache_hits: Counter,
     audit_errors: Counter,
     verdict_seconds: Histogram,
     filter_version: Gauge,
@@ -70,6 +71,7 @@ impl Metrics {
             failures: Family::default(),
             guest_traps: Counter::default(),
             origin_errors: Counter::default(),
+            response_cache_hits: Counter::default(),
             audit_errors: Counter::default(),
             verdict_seconds: Histogram::new([1e-6, 2e-6, 5e-6, 1e-5, 5e-5, 1e-4, 1e-3, 1e-2]),
             filter_version: Gauge::default(),
@@ -111,6 +113,11 @@ impl Metrics {
             "origin_errors",
             "Origin connection failures and timeouts",
             m.origin_errors.clone(),
+        );
+        registry.register(
+            "response_cache_hits",
+            "Responses decided from cached digests instead of hashing",
+            m.response_cache_hits.clone(),
         );
         registry.register(
             "audit_errors",
@@ -188,6 +195,11 @@ impl Metrics {
     /// Counts an origin failure.
     pub fn count_origin_error(&self) {
         self.origin_errors.inc();
+    }
+
+    /// Counts a response decided from its cached digests.
+    pub fn count_response_cache_hit(&self) {
+        self.response_cache_hits.inc();
     }
 
     /// Counts one ICAP transaction by method and answer (`204`, `blocked`, `cut`, ...).

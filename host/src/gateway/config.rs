@@ -31,6 +31,15 @@ pub struct Config {
     pub max_connections: usize,
     /// How long in-flight requests may run after a shutdown signal.
     pub shutdown_grace: Duration,
+    /// Whether `GET` responses from the origin are inspected too (CDN / download mode).
+    pub scan_responses: bool,
+    /// Responses up to this declared length are read whole and refused with 451 when
+    /// listed; longer ones are cut off before their last frame.
+    pub response_buffer_bytes: u64,
+    /// Response digests cached (by URL, strong ETag, length).
+    pub response_cache_entries: usize,
+    /// How long a cached response digest is trusted.
+    pub response_cache_ttl: Duration,
 }
 
 impl Config {
@@ -45,6 +54,10 @@ impl Config {
             origin_timeout: Duration::from_secs(30),
             max_connections: 1024,
             shutdown_grace: Duration::from_secs(30),
+            scan_responses: false,
+            response_buffer_bytes: 1 << 20,
+            response_cache_entries: 10_000,
+            response_cache_ttl: Duration::from_secs(300),
         }
     }
 }

@@ -15,6 +15,7 @@
 mod body;
 mod config;
 mod digest;
+mod response;
 mod shapes;
 mod store;
 mod upload;
@@ -26,7 +27,7 @@ use std::time::Duration;
 
 use hyper::body::Incoming;
 use hyper::service::service_fn;
-use hyper::{Request, Response, StatusCode};
+use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
@@ -44,6 +45,7 @@ pub struct Gateway {
     config: Config,
     enforcer: Arc<Enforcer>,
     client: Client<HttpConnector, GatewayBody>,
+    responses: Arc<response::DigestCache>,
 }
 
 impl Gateway {
@@ -55,10 +57,15 @@ impl Gateway {
         let client = Client::builder(TokioExecutor::new())
             .pool_idle_timeout(Duration::from_secs(30))
             .build(connector);
+        let responses = Arc::new(response::DigestCache::new(
+            config.response_cache_entries,
+            config.response_cache_ttl,
+        ));
         Arc::new(Gateway {
             config,
             enforcer,
             client,
+            responses,
         })
     }
 
@@ -149,6 +156,9 @@ impl Gateway {
         let response = match &self.config.backend {
             Backend::Store(dir) => store::handle(self, dir, req, &ctx, inspected).await,
             Backend::Origin(_) if inspected => upload::inspect(self, req, &ctx).await,
+            Backend::Origin(_) if self.config.scan_responses && req.method() == Method::GET => {
+                response::scan(self, req, &ctx).await
+            }
             Backend::Origin(_) => upload::pass_through(self, req).await,
         };
         let outcome = match response.status() {

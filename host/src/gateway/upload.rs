@@ -15,7 +15,8 @@ use super::shapes::{Objects, Shape};
 use super::{Backend, Gateway};
 use crate::enforce::{Context, Outcome};
 
-type Upstream = JoinHandle<Result<Response<Incoming>, hyper_util::client::legacy::Error>>;
+pub(super) type Upstream =
+    JoinHandle<Result<Response<Incoming>, hyper_util::client::legacy::Error>>;
 
 /// Frames in flight towards the origin, besides the one held back.
 const CHANNEL_DEPTH: usize = 2;
@@ -119,32 +120,49 @@ async fn abort(tx: BodySender, upstream: Upstream) {
 }
 
 async fn relay(gw: &Gateway, upstream: Upstream) -> Response<GatewayBody> {
+    match fetch(gw, upstream).await {
+        Ok(response) => response.map(|body| body.map_err(io::Error::other).boxed()),
+        Err(answer) => answer,
+    }
+}
+
+/// The origin's response, hop-by-hop headers removed; or the answer to send instead
+/// (502 or 504) if it failed or did not answer in time.
+// The error is the response to send instead: large, but built once per request.
+#[allow(clippy::result_large_err)]
+pub(super) async fn fetch(
+    gw: &Gateway,
+    upstream: Upstream,
+) -> Result<Response<Incoming>, Response<GatewayBody>> {
     let result = tokio::time::timeout(gw.config.origin_timeout, upstream).await;
     let response = match result {
         Ok(Ok(Ok(response))) => response,
         Ok(Ok(Err(e))) => {
             tracing::warn!(error = %e, "origin request failed");
             gw.enforcer.metrics().count_origin_error();
-            return plain(StatusCode::BAD_GATEWAY, "origin unreachable or failed\n");
+            return Err(plain(
+                StatusCode::BAD_GATEWAY,
+                "origin unreachable or failed\n",
+            ));
         }
         Ok(Err(e)) => {
             tracing::error!(error = %e, "origin task failed");
-            return plain(StatusCode::BAD_GATEWAY, "origin request failed\n");
+            return Err(plain(StatusCode::BAD_GATEWAY, "origin request failed\n"));
         }
         Err(_) => {
             gw.enforcer.metrics().count_origin_error();
-            return plain(
+            return Err(plain(
                 StatusCode::GATEWAY_TIMEOUT,
                 "origin did not answer in time\n",
-            );
+            ));
         }
     };
     let (mut parts, body) = response.into_parts();
     strip_hop_by_hop(&mut parts.headers);
-    Response::from_parts(parts, body.map_err(io::Error::other).boxed())
+    Ok(Response::from_parts(parts, body))
 }
 
-fn plain(status: StatusCode, text: &'static str) -> Response<GatewayBody> {
+pub(super) fn plain(status: StatusCode, text: &'static str) -> Response<GatewayBody> {
     Response::builder()
         .status(status)
         .header(hyper::header::CONTENT_TYPE, "text/plain")
@@ -154,7 +172,7 @@ fn plain(status: StatusCode, text: &'static str) -> Response<GatewayBody> {
 
 // The error is the response to send instead: large, but built once per request.
 #[allow(clippy::result_large_err)]
-fn upstream_request(
+pub(super) fn upstream_request(
     gw: &Gateway,
     parts: &hyper::http::request::Parts,
     body: GatewayBody,

@@ -1,0 +1,225 @@
+//! The download path (`scan_responses`, for CDN cache fills and download gateways): a
+//! `200` response to a `GET` is hashed as it streams to the client.
+//!
+//! * Up to `response_buffer_bytes` (declared `Content-Length`), the body is read whole
+//!   first: a listed one is answered `451` and the client receives none of it.
+//! * Larger (or of unknown length), it streams with **its last frame held back**; a
+//!   listed body is cut off before it (the client sees a broken transfer, never the whole
+//!   object).
+//!
+//! To hash the object itself, the gateway asks the origin for all of it, unencoded: it
+//! drops `Range`, `If-Range` and `Accept-Encoding` from the request (the client then gets
+//! a `200` with the whole, identity-encoded object, which HTTP allows). A response the
+//! origin encodes anyway is hashed as it comes.
+//!
+//! Digests (not verdicts) are cached per (URL, strong ETag, length) for a bounded time, so a
+//! hot object is not hashed again on every request while every request is still decided
+//! by the current filter and policy, and audited.
+
+use std::collections::{HashMap, VecDeque};
+use std::io;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http_body_util::BodyExt;
+use hyper::body::{Frame, Incoming};
+use hyper::header::{ACCEPT_ENCODING, CONTENT_LENGTH, ETAG, IF_RANGE, RANGE};
+use hyper::{Request, Response, StatusCode};
+
+use super::body::{ChannelBody, GatewayBody, Upload};
+use super::upload::{fetch, upstream_request};
+use super::Gateway;
+use crate::enforce::{Context, Enforcer, Outcome};
+use crate::hashing::ObjectHasher;
+use crate::Digest;
+
+type Key = (String, String, Option<u64>);
+
+/// Digests of recently seen responses, by (URL, strong ETag, length).
+pub struct DigestCache {
+    inner: Mutex<(HashMap<Key, (Vec<Digest>, Instant)>, VecDeque<Key>)>,
+    capacity: usize,
+    ttl: Duration,
+}
+
+impl DigestCache {
+    /// A cache of at most `capacity` entries, each kept for `ttl`.
+    pub fn new(capacity: usize, ttl: Duration) -> DigestCache {
+        DigestCache {
+            inner: Mutex::new((HashMap::new(), VecDeque::new())),
+            capacity,
+            ttl,
+        }
+    }
+
+    fn get(&self, key: &Key) -> Option<Vec<Digest>> {
+        let inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        inner
+            .0
+            .get(key)
+            .filter(|(_, at)| at.elapsed() < self.ttl)
+            .map(|(digests, _)| digests.clone())
+    }
+
+    fn insert(&self, key: Key, digests: Vec<Digest>) {
+        if self.capacity == 0 {
+            return;
+        }
+        let mut inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        let (map, order) = &mut *inner;
+        // Oldest first out; an entry re-inserted keeps its old place (it ages out sooner).
+        while map.len() >= self.capacity {
+            match order.pop_front() {
+                Some(old) => {
+                    map.remove(&old);
+                }
+                None => break,
+            }
+        }
+        if map.insert(key.clone(), (digests, Instant::now())).is_none() {
+            order.push_back(key);
+        }
+    }
+}
+
+/// A `GET` to the origin whose response is inspected.
+pub async fn scan(gw: &Gateway, req: Request<Incoming>, ctx: &Context) -> Response<GatewayBody> {
+    let (mut parts, incoming) = req.into_parts();
+    for name in [RANGE, IF_RANGE, ACCEPT_ENCODING] {
+        parts.headers.remove(name);
+    }
+    let url = parts
+        .uri
+        .path_and_query()
+        .map_or("/", |p| p.as_str())
+        .to_string();
+    let body = incoming.map_err(io::Error::other).boxed();
+    let upstream_req = match upstream_request(gw, &parts, body) {
+        Ok(r) => r,
+        Err(answer) => return answer,
+    };
+    let response = match fetch(gw, tokio::spawn(gw.client.request(upstream_req))).await {
+        Ok(r) => r,
+        Err(answer) => return answer,
+    };
+    if response.status() != StatusCode::OK {
+        return response.map(|b| b.map_err(io::Error::other).boxed());
+    }
+    let (head, body) = response.into_parts();
+    let length = super::upload::content_length(&head.headers);
+    let key = head
+        .headers
+        .get(ETAG)
+        .and_then(|e| e.to_str().ok())
+        .filter(|e| !e.starts_with("W/"))
+        .map(|etag| (url, etag.to_string(), length));
+
+    if let Some(digests) = key.as_ref().and_then(|k| gw.responses.get(k)) {
+        gw.enforcer.metrics().count_response_cache_hit();
+        let size = length.unwrap_or(0);
+        return match decide(&gw.enforcer, ctx, &digests, size) {
+            Outcome::Pass | Outcome::Monitor => {
+                Response::from_parts(head, body.map_err(io::Error::other).boxed())
+            }
+            outcome => gw.refused(outcome, ctx),
+        };
+    }
+
+    let algorithms = &gw.enforcer.engine().info().algorithms;
+    let mut hasher = ObjectHasher::new(algorithms);
+    let mut source = Upload::new(body, gw.config.body_timeout, u64::MAX);
+    if length.is_some_and(|n| n <= gw.config.response_buffer_bytes) {
+        let mut frames = Vec::new();
+        loop {
+            match source.next().await {
+                Ok(Some(data)) => {
+                    hasher.update(&data);
+                    frames.push(data);
+                }
+                Ok(None) => break,
+                Err(cut) => {
+                    tracing::warn!(request_id = %ctx.request_id, ?cut, "origin response broke off");
+                    gw.enforcer.metrics().count_origin_error();
+                    return super::upload::plain(
+                        StatusCode::BAD_GATEWAY,
+                        "origin response incomplete\n",
+                    );
+                }
+            }
+        }
+        let size = hasher.len();
+        let digests = hasher.finish();
+        let outcome = decide(&gw.enforcer, ctx, &digests, size);
+        if let Some(key) = key {
+            gw.responses.insert(key, digests);
+        }
+        return match outcome {
+            Outcome::Pass | Outcome::Monitor => {
+                let frames = futures_util::stream::iter(
+                    frames
+                        .into_iter()
+                        .map(|b| Ok::<_, io::Error>(Frame::data(b))),
+                );
+                Response::from_parts(head, http_body_util::StreamBody::new(frames).boxed())
+            }
+            outcome => gw.refused(outcome, ctx),
+        };
+    }
+
+    // Stream, one frame behind, and decide at the end.
+    let (tx, client_body) = ChannelBody::new(2, length);
+    let enforcer = gw.enforcer.clone();
+    let cache = gw.responses.clone();
+    let ctx = ctx.clone();
+    tokio::spawn(async move {
+        let mut held: Option<Bytes> = None;
+        let mut client_open = true;
+        loop {
+            match source.next().await {
+                Ok(Some(data)) => {
+                    hasher.update(&data);
+                    if let Some(previous) = held.replace(data) {
+                        client_open = client_open && tx.send(Ok(previous)).await.is_ok();
+                    }
+                }
+                Ok(None) => break,
+                Err(cut) => {
+                    tracing::warn!(request_id = %ctx.request_id, ?cut, "origin response broke off");
+                    let _ = tx
+                        .send(Err(io::Error::other("origin response incomplete")))
+                        .await;
+                    return;
+                }
+            }
+        }
+        let size = hasher.len();
+        let digests = hasher.finish();
+        let outcome = decide(&enforcer, &ctx, &digests, size);
+        if let Some(key) = key {
+            cache.insert(key, digests);
+        }
+        match outcome {
+            Outcome::Pass | Outcome::Monitor => {
+                if let (Some(last), true) = (held, client_open) {
+                    let _ = tx.send(Ok(last)).await;
+                }
+            }
+            outcome => {
+                tracing::warn!(request_id = %ctx.request_id, ?outcome, "cutting off a listed response before its last bytes");
+                let _ = tx
+                    .send(Err(io::Error::other("response refused by hashgate")))
+                    .await;
+            }
+        }
+    });
+    let mut head = head;
+    if length.is_none() {
+        head.headers.remove(CONTENT_LENGTH);
+    }
+    Response::from_parts(head, client_body.boxed())
+}
+
+fn decide(enforcer: &Arc<Enforcer>, ctx: &Context, digests: &[Digest], size: u64) -> Outcome {
+    enforcer.decide(ctx, digests, size).outcome
+}
