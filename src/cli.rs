@@ -156,6 +156,9 @@ pub struct GatewayArgs {
     /// Inspect GET responses from the origin too (CDN cache fill, downloads).
     #[arg(long)]
     pub scan_responses: bool,
+    /// Keep a copy of every blocked upload here (evidence; never served).
+    #[arg(long)]
+    pub quarantine: Option<PathBuf>,
     #[command(flatten)]
     pub enforce: EnforceArgs,
 }

@@ -168,6 +168,7 @@ pub fn run(dir: Option<PathBuf>, listen: &str, scan_only: bool) -> Result<ExitCo
         origin: None,
         store: Some(dir.join("store")),
         scan_responses: false,
+        quarantine: None,
         enforce: crate::cli::EnforceArgs {
             filter: Some(filter_path),
             public_key: Some(public_path),

@@ -57,6 +57,16 @@ pub fn run(args: GatewayArgs) -> Result<()> {
     config.response_cache_ttl = file
         .response_cache_secs
         .map_or(config.response_cache_ttl, secs);
+    config.quarantine = args.quarantine.or(file.quarantine_dir.clone());
+    if let Some(dir) = &config.quarantine {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+        if let Backend::Store(store) = &config.backend {
+            let (q, s) = (dir.canonicalize()?, store.canonicalize()?);
+            if q.starts_with(&s) {
+                bail!("the quarantine directory must not be inside the store (it would be served)");
+            }
+        }
+    }
     let enforcer = serve::enforcer(&args.enforce, &file)?;
 
     serve::runtime()?.block_on(async move {

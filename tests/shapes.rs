@@ -322,3 +322,69 @@ fn responses_are_checked_refused_or_cut_and_their_digests_cached_by_etag() {
     assert_eq!((status, code), (200, 0));
     assert_eq!(body, std::fs::read(&s.big_clean).unwrap());
 }
+
+#[test]
+fn blocked_uploads_are_quarantined_as_evidence_and_clean_ones_leave_nothing() {
+    let s = Setup::new();
+    let (_nginx, origin, root) = s.nginx();
+    let quarantine = s.path("quarantine");
+    let (_gw, port, _) = s.gateway(
+        &["--origin", &format!("http://127.0.0.1:{origin}")],
+        &["--quarantine", quarantine.to_str().unwrap()],
+    );
+    let url = |k: &str| format!("http://127.0.0.1:{port}/{k}");
+    let put = |file: &Path, key: &str| {
+        let out = Command::new("curl")
+            .args(["-s", "-H", "Expect:", "-D", "-", "-o", "/dev/null", "-T"])
+            .arg(file)
+            .arg(url(key))
+            .output()
+            .unwrap();
+        let head = String::from_utf8_lossy(&out.stdout).to_string();
+        let id = head
+            .lines()
+            .find_map(|l| l.strip_prefix("x-request-id: "))
+            .unwrap_or("")
+            .trim()
+            .to_string();
+        (head.lines().next().unwrap_or("").to_string(), id)
+    };
+    let (status, id) = put(&s.listed, "q/listed.bin");
+    assert!(status.contains(" 451"), "{status}");
+    assert!(put(&s.clean, "q/clean.bin").0.contains(" 201"));
+    assert!(put(&s.big_clean, "q/big.bin").0.contains(" 201"));
+
+    let kept = quarantine.join(format!("{id}.body"));
+    assert_eq!(
+        files_under(&quarantine),
+        [kept.clone()],
+        "only the blocked body is kept"
+    );
+    assert_eq!(
+        std::fs::read(&kept).unwrap(),
+        std::fs::read(&s.listed).unwrap()
+    );
+    let audit = std::fs::read_to_string(s.path("audit.log")).unwrap();
+    let record: serde_json::Value = serde_json::from_str(audit.lines().next().unwrap()).unwrap();
+    assert_eq!(record["action"], "block");
+    assert_eq!(record["request_id"], id.as_str());
+    assert_eq!(record["quarantine"], kept.display().to_string());
+    assert!(!root.join("q/listed.bin").exists());
+
+    // The quarantine must never be servable from the embedded store.
+    let store = s.path("store");
+    std::fs::create_dir_all(&store).unwrap();
+    let out = hashgate(&[
+        "gateway",
+        "--filter",
+        s.path("f.hgf").to_str().unwrap(),
+        "--pub",
+        s.path("k.pub").to_str().unwrap(),
+        "--store",
+        store.to_str().unwrap(),
+        "--quarantine",
+        store.join("q").to_str().unwrap(),
+    ]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("quarantine"));
+}

@@ -48,6 +48,9 @@ pub struct AuditRecord {
     pub filter_version: u64,
     /// `block`, `monitor`, `fail-closed` or `fail-open`.
     pub action: String,
+    /// The quarantine copy of the blocked body, if one was kept.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub quarantine: Option<String>,
 }
 
 impl AuditRecord {
@@ -81,6 +84,7 @@ impl AuditRecord {
             filter_series: series.to_string(),
             filter_version: version,
             action: action.to_string(),
+            quarantine: ctx.quarantine.clone().filter(|_| action == "block"),
         }
     }
 }

@@ -70,6 +70,8 @@ pub struct Context {
     pub path: String,
     /// The part of the body the object was (a multipart file name), if not the whole.
     pub part: Option<String>,
+    /// Where a copy of the body is kept if it is blocked (quarantine), if anywhere.
+    pub quarantine: Option<String>,
 }
 
 /// The verdict core: one filter, one policy, one audit log, one set of metrics.

@@ -40,6 +40,8 @@ pub struct Config {
     pub response_cache_entries: usize,
     /// How long a cached response digest is trusted.
     pub response_cache_ttl: Duration,
+    /// Where copies of blocked uploads are kept, if anywhere.
+    pub quarantine: Option<PathBuf>,
 }
 
 impl Config {
@@ -58,6 +60,7 @@ impl Config {
             response_buffer_bytes: 1 << 20,
             response_cache_entries: 10_000,
             response_cache_ttl: Duration::from_secs(300),
+            quarantine: None,
         }
     }
 }

@@ -15,6 +15,7 @@
 mod body;
 mod config;
 mod digest;
+mod quarantine;
 mod response;
 mod shapes;
 mod store;
@@ -146,7 +147,7 @@ impl Gateway {
                 .unwrap_or("")
                 .to_string(),
             path: req.uri().path().to_string(),
-            part: None,
+            ..Context::default()
         };
         let inspected = self
             .config
@@ -209,6 +210,38 @@ impl Gateway {
             };
             let decision = self.enforcer.decide(ctx, &object.digests, object.size);
             outcome = outcome.stricter(decision.outcome);
+        }
+        outcome
+    }
+
+    /// A quarantine copy for this request, if a quarantine directory is configured.
+    async fn quarantine_copy(&self, ctx: &Context) -> Option<quarantine::Copy> {
+        match &self.config.quarantine {
+            Some(dir) => Some(quarantine::Copy::start(dir, &ctx.request_id).await),
+            None => None,
+        }
+    }
+
+    /// [`Gateway::decide`], keeping the quarantine copy (named in the audit records of
+    /// the block) if the body is blocked and discarding it otherwise.
+    async fn decide_with_copy(
+        &self,
+        ctx: &Context,
+        objects: &[shapes::Object],
+        copy: Option<quarantine::Copy>,
+    ) -> Outcome {
+        let Some(copy) = copy else {
+            return self.decide(ctx, objects);
+        };
+        let ctx = Context {
+            quarantine: copy.path(),
+            ..ctx.clone()
+        };
+        let outcome = self.decide(&ctx, objects);
+        if outcome == Outcome::Block {
+            copy.keep().await;
+        } else {
+            copy.discard().await;
         }
         outcome
     }

@@ -93,23 +93,29 @@ async fn put(
     }
     let temp = temp_dir.join(&ctx.request_id);
     let shape = Shape::of(req.headers());
-    let result = receive(gw, &temp, req.into_body(), shape, ctx).await;
-    let objects = match result {
+    let mut copy = if inspected {
+        gw.quarantine_copy(ctx).await
+    } else {
+        None
+    };
+    let result = receive(gw, &temp, req.into_body(), shape, &mut copy, ctx).await;
+    let objects = match result.map(Objects::finish) {
+        Ok(finishing) => finishing.await.map_err(|why| gw.malformed(ctx, &why)),
+        Err(response) => Err(response),
+    };
+    let objects = match objects {
         Ok(objects) => objects,
         Err(response) => {
             let _ = tokio::fs::remove_file(&temp).await;
+            if let Some(copy) = copy {
+                copy.discard().await;
+            }
             return response;
         }
     };
-    let objects = match objects.finish().await {
-        Ok(objects) => objects,
-        Err(why) => {
-            let _ = tokio::fs::remove_file(&temp).await;
-            return gw.malformed(ctx, &why);
-        }
-    };
     if inspected {
-        if let outcome @ (Outcome::Block | Outcome::Unavailable) = gw.decide(ctx, &objects) {
+        let outcome = gw.decide_with_copy(ctx, &objects, copy).await;
+        if let outcome @ (Outcome::Block | Outcome::Unavailable) = outcome {
             let _ = tokio::fs::remove_file(&temp).await;
             return gw.refused(outcome, ctx);
         }
@@ -141,6 +147,7 @@ async fn receive(
     temp: &Path,
     body: Incoming,
     shape: Shape,
+    copy: &mut Option<super::quarantine::Copy>,
     ctx: &Context,
 ) -> Result<Objects, Response<GatewayBody>> {
     let mut file = tokio::fs::File::create(temp)
@@ -161,6 +168,9 @@ async fn receive(
             .await
             .map_err(|why| gw.malformed(ctx, &why))?;
         file.write_all(&data).await.map_err(|e| server_error(&e))?;
+        if let Some(copy) = copy {
+            copy.write(&data).await;
+        }
     }
     file.sync_all().await.map_err(|e| server_error(&e))?;
     Ok(objects)

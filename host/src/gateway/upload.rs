@@ -52,6 +52,7 @@ pub async fn inspect(gw: &Gateway, req: Request<Incoming>, ctx: &Context) -> Res
     let mut objects = Objects::new(Shape::of(&parts.headers), algorithms, declared);
     let mut held: Option<Bytes> = None;
     let mut origin_open = true;
+    let mut copy = gw.quarantine_copy(ctx).await;
     let mut upload = Upload::new(incoming, gw.config.body_timeout, gw.config.max_body);
     loop {
         let data = match upload.next().await {
@@ -60,12 +61,17 @@ pub async fn inspect(gw: &Gateway, req: Request<Incoming>, ctx: &Context) -> Res
             Err(cut) => {
                 // Nothing reaches the origin complete.
                 abort(tx, upstream).await;
+                discard(copy).await;
                 return gw.cut(&cut, ctx);
             }
         };
         if let Err(why) = objects.update(&data).await {
             abort(tx, upstream).await;
+            discard(copy).await;
             return gw.malformed(ctx, &why);
+        }
+        if let Some(copy) = &mut copy {
+            copy.write(&data).await;
         }
         if let Some(previous) = held.replace(data) {
             if origin_open && tx.send(Ok(previous)).await.is_err() {
@@ -79,10 +85,12 @@ pub async fn inspect(gw: &Gateway, req: Request<Incoming>, ctx: &Context) -> Res
         Ok(objects) => objects,
         Err(why) => {
             abort(tx, upstream).await;
+            discard(copy).await;
             return gw.malformed(ctx, &why);
         }
     };
-    match gw.decide(ctx, &objects) {
+    let outcome = gw.decide_with_copy(ctx, &objects, copy).await;
+    match outcome {
         outcome @ (Outcome::Block | Outcome::Unavailable) => {
             abort(tx, upstream).await;
             gw.refused(outcome, ctx)
@@ -96,6 +104,12 @@ pub async fn inspect(gw: &Gateway, req: Request<Incoming>, ctx: &Context) -> Res
             drop(tx);
             relay(gw, upstream).await
         }
+    }
+}
+
+async fn discard(copy: Option<super::quarantine::Copy>) {
+    if let Some(copy) = copy {
+        copy.discard().await;
     }
 }
 
