@@ -36,9 +36,16 @@ use crate::Digest;
 
 type Key = (String, String, Option<u64>);
 
+/// Cached digests and when they were computed, with the keys in insertion order.
+#[derive(Default)]
+struct Entries {
+    map: HashMap<Key, (Vec<Digest>, Instant)>,
+    order: VecDeque<Key>,
+}
+
 /// Digests of recently seen responses, by (URL, strong ETag, length).
 pub struct DigestCache {
-    inner: Mutex<(HashMap<Key, (Vec<Digest>, Instant)>, VecDeque<Key>)>,
+    inner: Mutex<Entries>,
     capacity: usize,
     ttl: Duration,
 }
@@ -47,7 +54,7 @@ impl DigestCache {
     /// A cache of at most `capacity` entries, each kept for `ttl`.
     pub fn new(capacity: usize, ttl: Duration) -> DigestCache {
         DigestCache {
-            inner: Mutex::new((HashMap::new(), VecDeque::new())),
+            inner: Mutex::new(Entries::default()),
             capacity,
             ttl,
         }
@@ -56,7 +63,7 @@ impl DigestCache {
     fn get(&self, key: &Key) -> Option<Vec<Digest>> {
         let inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
         inner
-            .0
+            .map
             .get(key)
             .filter(|(_, at)| at.elapsed() < self.ttl)
             .map(|(digests, _)| digests.clone())
@@ -67,7 +74,7 @@ impl DigestCache {
             return;
         }
         let mut inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
-        let (map, order) = &mut *inner;
+        let Entries { map, order } = &mut *inner;
         // Oldest first out; an entry re-inserted keeps its old place (it ages out sooner).
         while map.len() >= self.capacity {
             match order.pop_front() {
