@@ -357,7 +357,7 @@ fn blocked_uploads_are_quarantined_as_evidence_and_clean_ones_leave_nothing() {
     let kept = quarantine.join(format!("{id}.body"));
     assert_eq!(
         files_under(&quarantine),
-        [kept.clone()],
+        std::slice::from_ref(&kept),
         "only the blocked body is kept"
     );
     assert_eq!(
