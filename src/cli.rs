@@ -156,6 +156,10 @@ pub struct GatewayArgs {
     /// Inspect GET responses from the origin too (CDN cache fill, downloads).
     #[arg(long)]
     pub scan_responses: bool,
+    /// S3 origin: spool multipart-upload parts here and check the whole object before
+    /// forwarding CompleteMultipartUpload.
+    #[arg(long)]
+    pub s3_spool: Option<PathBuf>,
     /// Keep a copy of every blocked upload here (evidence; never served).
     #[arg(long)]
     pub quarantine: Option<PathBuf>,

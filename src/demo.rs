@@ -169,6 +169,7 @@ pub fn run(dir: Option<PathBuf>, listen: &str, scan_only: bool) -> Result<ExitCo
         store: Some(dir.join("store")),
         scan_responses: false,
         quarantine: None,
+        s3_spool: None,
         enforce: crate::cli::EnforceArgs {
             filter: Some(filter_path),
             public_key: Some(public_path),

@@ -57,6 +57,13 @@ pub fn run(args: GatewayArgs) -> Result<()> {
     config.response_cache_ttl = file
         .response_cache_secs
         .map_or(config.response_cache_ttl, secs);
+    config.s3_spool = args.s3_spool.or(file.s3_spool_dir.clone());
+    if let Some(dir) = &config.s3_spool {
+        if !matches!(config.backend, Backend::Origin(_)) {
+            bail!("--s3-spool needs an S3 origin (--origin)");
+        }
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
     config.quarantine = args.quarantine.or(file.quarantine_dir.clone());
     if let Some(dir) = &config.quarantine {
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;

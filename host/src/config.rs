@@ -55,6 +55,8 @@ pub struct FileConfig {
     pub response_cache_entries: Option<usize>,
     /// Seconds a cached response digest is trusted.
     pub response_cache_secs: Option<u64>,
+    /// S3 mode: directory where multipart-upload parts are spooled until completion.
+    pub s3_spool_dir: Option<PathBuf>,
     /// Directory for copies of blocked uploads (evidence), never served.
     pub quarantine_dir: Option<PathBuf>,
     /// `fail_closed` (default) or `fail_open`.

@@ -42,6 +42,8 @@ pub struct Config {
     pub response_cache_ttl: Duration,
     /// Where copies of blocked uploads are kept, if anywhere.
     pub quarantine: Option<PathBuf>,
+    /// S3 mode: where multipart-upload parts are spooled until their completion is checked.
+    pub s3_spool: Option<PathBuf>,
 }
 
 impl Config {
@@ -61,6 +63,7 @@ impl Config {
             response_cache_entries: 10_000,
             response_cache_ttl: Duration::from_secs(300),
             quarantine: None,
+            s3_spool: None,
         }
     }
 }

@@ -14,9 +14,10 @@
 
 mod body;
 mod config;
+mod copy;
 mod digest;
-mod quarantine;
 mod response;
+mod s3;
 mod shapes;
 mod store;
 mod upload;
@@ -154,9 +155,14 @@ impl Gateway {
             .inspect_methods
             .iter()
             .any(|m| m.eq_ignore_ascii_case(req.method().as_str()));
+        let s3_op = match (&self.config.s3_spool, &self.config.backend) {
+            (Some(_), Backend::Origin(_)) => s3::Op::of(req.method(), req.uri().query()),
+            _ => s3::Op::Other,
+        };
         let response = match &self.config.backend {
             Backend::Store(dir) => store::handle(self, dir, req, &ctx, inspected).await,
-            Backend::Origin(_) if inspected => upload::inspect(self, req, &ctx).await,
+            Backend::Origin(_) if s3_op != s3::Op::Other => self.s3(s3_op, req, &ctx).await,
+            Backend::Origin(_) if inspected => upload::inspect(self, req, &ctx, None).await,
             Backend::Origin(_) if self.config.scan_responses && req.method() == Method::GET => {
                 response::scan(self, req, &ctx).await
             }
@@ -214,10 +220,33 @@ impl Gateway {
         outcome
     }
 
+    /// A multipart-upload request to an S3 origin: parts are inspected and spooled,
+    /// completions held until the whole object is checked, aborts forget the spool.
+    async fn s3(&self, op: s3::Op, req: Request<Incoming>, ctx: &Context) -> Response<GatewayBody> {
+        let spool = self
+            .config
+            .s3_spool
+            .as_deref()
+            .expect("checked by the caller");
+        match op {
+            s3::Op::UploadPart { upload, number } => {
+                let copy =
+                    s3::part_copy(spool, &upload, number, &shapes::Shape::of(req.headers())).await;
+                upload::inspect(self, req, ctx, copy).await
+            }
+            s3::Op::Complete { upload } => s3::complete(self, req, ctx, spool, &upload).await,
+            s3::Op::Abort { upload } => {
+                s3::forget(spool, &upload).await;
+                upload::pass_through(self, req).await
+            }
+            s3::Op::Other => upload::inspect(self, req, ctx, None).await,
+        }
+    }
+
     /// A quarantine copy for this request, if a quarantine directory is configured.
-    async fn quarantine_copy(&self, ctx: &Context) -> Option<quarantine::Copy> {
+    async fn quarantine_copy(&self, ctx: &Context) -> Option<copy::Copy> {
         match &self.config.quarantine {
-            Some(dir) => Some(quarantine::Copy::start(dir, &ctx.request_id).await),
+            Some(dir) => Some(copy::Copy::start(dir, &ctx.request_id).await),
             None => None,
         }
     }
@@ -228,7 +257,7 @@ impl Gateway {
         &self,
         ctx: &Context,
         objects: &[shapes::Object],
-        copy: Option<quarantine::Copy>,
+        copy: Option<copy::Copy>,
     ) -> Outcome {
         let Some(copy) = copy else {
             return self.decide(ctx, objects);

@@ -147,7 +147,7 @@ async fn receive(
     temp: &Path,
     body: Incoming,
     shape: Shape,
-    copy: &mut Option<super::quarantine::Copy>,
+    copy: &mut Option<super::copy::Copy>,
     ctx: &Context,
 ) -> Result<Objects, Response<GatewayBody>> {
     let mut file = tokio::fs::File::create(temp)

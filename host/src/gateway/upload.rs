@@ -11,6 +11,7 @@ use hyper::{Request, Response, StatusCode, Uri};
 use tokio::task::JoinHandle;
 
 use super::body::{BodySender, ChannelBody, GatewayBody, Upload};
+use super::copy::Copy;
 use super::shapes::{Objects, Shape};
 use super::{Backend, Gateway};
 use crate::enforce::{Context, Outcome};
@@ -36,7 +37,14 @@ const HOP_BY_HOP: [&str; 9] = [
 ];
 
 /// An inspected upload: forwarded as it arrives, minus the last frame, until the verdict.
-pub async fn inspect(gw: &Gateway, req: Request<Incoming>, ctx: &Context) -> Response<GatewayBody> {
+/// `spool`, if given, gets a copy of the body, kept only if the origin stores it (the S3
+/// part spool).
+pub async fn inspect(
+    gw: &Gateway,
+    req: Request<Incoming>,
+    ctx: &Context,
+    mut spool: Option<Copy>,
+) -> Response<GatewayBody> {
     let (parts, incoming) = req.into_parts();
     let declared = content_length(&parts.headers);
     if declared.is_some_and(|n| n > gw.config.max_body) {
@@ -62,15 +70,17 @@ pub async fn inspect(gw: &Gateway, req: Request<Incoming>, ctx: &Context) -> Res
                 // Nothing reaches the origin complete.
                 abort(tx, upstream).await;
                 discard(copy).await;
+                discard(spool).await;
                 return gw.cut(&cut, ctx);
             }
         };
         if let Err(why) = objects.update(&data).await {
             abort(tx, upstream).await;
             discard(copy).await;
+            discard(spool).await;
             return gw.malformed(ctx, &why);
         }
-        if let Some(copy) = &mut copy {
+        for copy in [&mut copy, &mut spool].into_iter().flatten() {
             copy.write(&data).await;
         }
         if let Some(previous) = held.replace(data) {
@@ -86,6 +96,7 @@ pub async fn inspect(gw: &Gateway, req: Request<Incoming>, ctx: &Context) -> Res
         Err(why) => {
             abort(tx, upstream).await;
             discard(copy).await;
+            discard(spool).await;
             return gw.malformed(ctx, &why);
         }
     };
@@ -93,6 +104,7 @@ pub async fn inspect(gw: &Gateway, req: Request<Incoming>, ctx: &Context) -> Res
     match outcome {
         outcome @ (Outcome::Block | Outcome::Unavailable) => {
             abort(tx, upstream).await;
+            discard(spool).await;
             gw.refused(outcome, ctx)
         }
         Outcome::Pass | Outcome::Monitor => {
@@ -102,12 +114,20 @@ pub async fn inspect(gw: &Gateway, req: Request<Incoming>, ctx: &Context) -> Res
                 }
             }
             drop(tx);
-            relay(gw, upstream).await
+            let response = relay(gw, upstream).await;
+            if let Some(spool) = spool {
+                if response.status().is_success() {
+                    spool.keep().await;
+                } else {
+                    spool.discard().await;
+                }
+            }
+            response
         }
     }
 }
 
-async fn discard(copy: Option<super::quarantine::Copy>) {
+async fn discard(copy: Option<Copy>) {
     if let Some(copy) = copy {
         copy.discard().await;
     }
@@ -133,7 +153,7 @@ async fn abort(tx: BodySender, upstream: Upstream) {
     let _ = upstream.await;
 }
 
-async fn relay(gw: &Gateway, upstream: Upstream) -> Response<GatewayBody> {
+pub(super) async fn relay(gw: &Gateway, upstream: Upstream) -> Response<GatewayBody> {
     match fetch(gw, upstream).await {
         Ok(response) => response.map(|body| body.map_err(io::Error::other).boxed()),
         Err(answer) => answer,

@@ -1,9 +1,15 @@
-//! Quarantine: with `quarantine_dir` set, every inspected upload is also written, as it
-//! streams, to a hidden temporary file there. A blocked upload's copy is fsynced and
-//! kept as `<request id>.body` (evidence for the authorities; the directory is never
-//! served); any other upload's copy is deleted. Failing to write the copy never lets a
-//! listed file through and never fails a clean upload: it is logged, and the audit record
-//! then names no quarantine file.
+//! Copies of bodies written as they stream, kept or discarded once the verdict is in:
+//!
+//! * quarantine: with `quarantine_dir` set, every inspected upload is copied to a hidden
+//!   temporary file there; a blocked upload's copy is fsynced and kept as
+//!   `<request id>.body` (evidence for the authorities; the directory is never served),
+//!   any other is deleted;
+//! * the S3 part spool (`s3_spool_dir`): each multipart-upload part is copied so that the
+//!   whole object can be hashed before `CompleteMultipartUpload` makes it visible.
+//!
+//! Failing to write a copy never lets a listed file through and never fails a clean
+//! upload by itself: it is logged, and the copy is then absent (a quarantine record names
+//! no file; a completion whose parts are missing is refused).
 
 use std::path::{Path, PathBuf};
 
@@ -18,14 +24,19 @@ pub struct Copy {
 }
 
 impl Copy {
-    /// Starts the copy of request `request_id` in `dir`.
+    /// Starts the quarantine copy of request `request_id` in `dir`.
     pub async fn start(dir: &Path, request_id: &str) -> Copy {
         let temp = dir.join(format!(".{request_id}.part"));
         let kept = dir.join(format!("{request_id}.body"));
+        Copy::at(temp, kept).await
+    }
+
+    /// Starts a copy written to `temp` and kept as `kept`.
+    pub async fn at(temp: PathBuf, kept: PathBuf) -> Copy {
         let file = match tokio::fs::File::create(&temp).await {
             Ok(f) => Some(f),
             Err(e) => {
-                tracing::error!(path = %temp.display(), error = %e, "cannot start a quarantine copy");
+                tracing::error!(path = %temp.display(), error = %e, "cannot start a copy");
                 None
             }
         };
@@ -36,7 +47,7 @@ impl Copy {
     pub async fn write(&mut self, data: &Bytes) {
         let Some(file) = &mut self.file else { return };
         if let Err(e) = file.write_all(data).await {
-            tracing::error!(path = %self.temp.display(), error = %e, "quarantine copy failed; continuing without it");
+            tracing::error!(path = %self.temp.display(), error = %e, "writing a copy failed; continuing without it");
             self.file = None;
             let _ = tokio::fs::remove_file(&self.temp).await;
         }
@@ -47,7 +58,7 @@ impl Copy {
         self.file.as_ref().map(|_| self.kept.display().to_string())
     }
 
-    /// Keeps the copy: fsync, rename to `<request id>.body`, fsync the directory.
+    /// Keeps the copy: fsync, rename to its final name, fsync the directory.
     pub async fn keep(mut self) {
         let Some(mut file) = self.file.take() else {
             return;
@@ -62,7 +73,7 @@ impl Copy {
             Ok::<_, std::io::Error>(())
         };
         if let Err(e) = kept.await {
-            tracing::error!(path = %self.kept.display(), error = %e, "keeping the quarantine copy failed");
+            tracing::error!(path = %self.kept.display(), error = %e, "keeping a copy failed");
             let _ = tokio::fs::remove_file(&self.temp).await;
         }
     }

@@ -1,0 +1,270 @@
+//! S3 multipart uploads (`s3_spool_dir`). Parts arrive in any order, in parallel, over
+//! several connections, so the whole object's digest exists only once the client sends
+//! `CompleteMultipartUpload`. The gateway therefore:
+//!
+//! 1. inspects each `UploadPart` like any upload (a part that is itself a listed file is
+//!    refused) and copies it, as it streams, into a spool directory for its upload id,
+//!    kept only if the origin stored the part;
+//! 2. holds `CompleteMultipartUpload`: it hashes the spooled parts in the order the
+//!    completion lists them (decoding aws-chunked framing), and only a clean object's
+//!    completion is forwarded. A listed object's completion is answered `451` and never
+//!    reaches the origin, so the object never becomes visible;
+//! 3. forgets the spool on `AbortMultipartUpload` and after a completion.
+//!
+//! The window of exposure is none: before completion S3 serves no object, only the parts'
+//! holder can list them. A completion whose parts this gateway did not all see (another
+//! gateway instance, a restart that lost the spool) is refused with `503`, never
+//! forwarded unchecked. The gateway holds no S3 credentials, so a refused upload is left
+//! incomplete for the bucket's lifecycle rule (`AbortIncompleteMultipartUpload`) to
+//! remove, instead of being aborted by the gateway.
+
+use std::io::Read;
+use std::path::{Path, PathBuf};
+
+use bytes::{Bytes, BytesMut};
+use hyper::body::Incoming;
+use hyper::{Method, Request, Response, StatusCode};
+use sha2::Digest as _;
+
+use super::body::{full, GatewayBody, Upload};
+use super::copy::Copy;
+use super::shapes::{AwsChunkedDecoder, Object, Shape};
+use super::Gateway;
+use crate::enforce::{Context, Outcome};
+use crate::hashing::ObjectHasher;
+use crate::Algorithm;
+
+/// The S3 operations the gateway treats specially.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Op {
+    /// `PUT ?partNumber=N&uploadId=ID`.
+    UploadPart {
+        /// The upload id.
+        upload: String,
+        /// The part number (1 to 10000).
+        number: u32,
+    },
+    /// `POST ?uploadId=ID`.
+    Complete {
+        /// The upload id.
+        upload: String,
+    },
+    /// `DELETE ?uploadId=ID`.
+    Abort {
+        /// The upload id.
+        upload: String,
+    },
+    /// Anything else.
+    Other,
+}
+
+impl Op {
+    /// Reads the operation off a request's method and query.
+    pub fn of(method: &Method, query: Option<&str>) -> Op {
+        let mut upload = None;
+        let mut number = None;
+        for (name, value) in form_urlencoded::parse(query.unwrap_or("").as_bytes()) {
+            match &*name {
+                "uploadId" => upload = Some(value.into_owned()),
+                "partNumber" => number = value.parse().ok(),
+                _ => {}
+            }
+        }
+        let Some(upload) = upload else {
+            return Op::Other;
+        };
+        match (method, number) {
+            (&Method::PUT, Some(number)) => Op::UploadPart { upload, number },
+            (&Method::POST, None) => Op::Complete { upload },
+            (&Method::DELETE, None) => Op::Abort { upload },
+            _ => Op::Other,
+        }
+    }
+}
+
+/// The spool directory of one upload (named by a hash: upload ids are client-chosen text).
+pub fn upload_dir(spool: &Path, upload: &str) -> PathBuf {
+    spool.join(hex::encode(sha2::Sha256::digest(upload.as_bytes())))
+}
+
+fn part_path(dir: &Path, number: u32, aws_chunked: bool) -> PathBuf {
+    let kind = if aws_chunked { "aws" } else { "raw" };
+    dir.join(format!("part-{number:05}.{kind}"))
+}
+
+/// Starts the spool copy of one part.
+pub async fn part_copy(spool: &Path, upload: &str, number: u32, shape: &Shape) -> Option<Copy> {
+    let dir = upload_dir(spool, upload);
+    if let Err(e) = tokio::fs::create_dir_all(&dir).await {
+        tracing::error!(dir = %dir.display(), error = %e, "cannot create the part spool");
+        return None;
+    }
+    let aws = matches!(shape, Shape::AwsChunked(_));
+    // A part sent again replaces the earlier one, whatever its framing was.
+    let _ = tokio::fs::remove_file(part_path(&dir, number, !aws)).await;
+    let temp = dir.join(format!(".part-{number:05}.{}", uuid::Uuid::new_v4()));
+    Some(Copy::at(temp, part_path(&dir, number, aws)).await)
+}
+
+/// Forgets an upload's spool.
+pub async fn forget(spool: &Path, upload: &str) {
+    let _ = tokio::fs::remove_dir_all(upload_dir(spool, upload)).await;
+}
+
+/// Largest `CompleteMultipartUpload` body accepted (10000 parts fit in well under this).
+const MAX_COMPLETION: u64 = 2 << 20;
+
+/// Holds a completion until the assembled object is checked.
+pub async fn complete(
+    gw: &Gateway,
+    req: Request<Incoming>,
+    ctx: &Context,
+    spool: &Path,
+    upload: &str,
+) -> Response<GatewayBody> {
+    let (parts, body) = req.into_parts();
+    let mut reader = Upload::new(body, gw.config.body_timeout, MAX_COMPLETION);
+    let mut xml = BytesMut::new();
+    loop {
+        match reader.next().await {
+            Ok(Some(data)) => xml.extend_from_slice(&data),
+            Ok(None) => break,
+            Err(cut) => return gw.cut(&cut, ctx),
+        }
+    }
+    let xml = xml.freeze();
+    let numbers = match part_numbers(&xml) {
+        Ok(n) => n,
+        Err(why) => return gw.malformed(ctx, &why),
+    };
+    let dir = upload_dir(spool, upload);
+    let algorithms = gw.enforcer.engine().info().algorithms.clone();
+    let hashed = tokio::task::spawn_blocking(move || hash_parts(&dir, &numbers, &algorithms))
+        .await
+        .map_err(|e| e.to_string())
+        .and_then(|r| r);
+    let object = match hashed {
+        Ok(object) => object,
+        Err(why) => {
+            tracing::warn!(request_id = %ctx.request_id, upload, why, "cannot check a multipart upload");
+            return gw.refusal(
+                StatusCode::SERVICE_UNAVAILABLE,
+                ctx,
+                "this gateway cannot check the whole object (parts it did not see); not completing it",
+            );
+        }
+    };
+    match gw.decide(ctx, &[object]) {
+        outcome @ (Outcome::Block | Outcome::Unavailable) => {
+            forget(spool, upload).await;
+            gw.refused(outcome, ctx)
+        }
+        Outcome::Pass | Outcome::Monitor => {
+            let response = match super::upload::upstream_request(gw, &parts, full(xml)) {
+                Ok(request) => {
+                    super::upload::relay(gw, tokio::spawn(gw.client.request(request))).await
+                }
+                Err(answer) => answer,
+            };
+            if response.status().is_success() {
+                forget(spool, upload).await;
+            }
+            response
+        }
+    }
+}
+
+/// The part numbers a `CompleteMultipartUpload` body lists, in order.
+fn part_numbers(xml: &[u8]) -> Result<Vec<u32>, String> {
+    let text = std::str::from_utf8(xml).map_err(|_| "completion body is not UTF-8")?;
+    let mut numbers = Vec::new();
+    for piece in text.split("<PartNumber>").skip(1) {
+        let (number, _) = piece
+            .split_once("</PartNumber>")
+            .ok_or("completion body: unterminated PartNumber")?;
+        let number: u32 = number
+            .trim()
+            .parse()
+            .map_err(|_| format!("completion body: bad PartNumber {number:?}"))?;
+        numbers.push(number);
+    }
+    if numbers.is_empty() {
+        return Err("completion body lists no parts".into());
+    }
+    Ok(numbers)
+}
+
+/// Hashes the spooled parts, in order, as one object.
+fn hash_parts(dir: &Path, numbers: &[u32], algorithms: &[Algorithm]) -> Result<Object, String> {
+    let mut hasher = ObjectHasher::new(algorithms);
+    let mut buf = vec![0u8; 1 << 20];
+    for &number in numbers {
+        let (path, aws) = [false, true]
+            .into_iter()
+            .map(|aws| (part_path(dir, number, aws), aws))
+            .find(|(p, _)| p.exists())
+            .ok_or_else(|| format!("part {number} was not seen"))?;
+        let mut file = std::fs::File::open(&path).map_err(|e| e.to_string())?;
+        let mut decoder = aws.then(AwsChunkedDecoder::default);
+        loop {
+            let n = file.read(&mut buf).map_err(|e| e.to_string())?;
+            if n == 0 {
+                break;
+            }
+            match &mut decoder {
+                Some(d) => {
+                    for data in d.push(&Bytes::copy_from_slice(&buf[..n]))? {
+                        hasher.update(&data);
+                    }
+                }
+                None => hasher.update(&buf[..n]),
+            }
+        }
+        if let Some(d) = decoder {
+            d.finish()?;
+        }
+    }
+    let size = hasher.len();
+    Ok(Object {
+        part: None,
+        digests: hasher.finish(),
+        size,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn operations_are_told_apart_by_method_and_query() {
+        let op = |m: Method, q: &str| Op::of(&m, Some(q));
+        assert_eq!(
+            op(Method::PUT, "partNumber=3&uploadId=a%2Fb"),
+            Op::UploadPart {
+                upload: "a/b".into(),
+                number: 3
+            }
+        );
+        assert_eq!(
+            op(Method::POST, "uploadId=x"),
+            Op::Complete { upload: "x".into() }
+        );
+        assert_eq!(
+            op(Method::DELETE, "uploadId=x"),
+            Op::Abort { upload: "x".into() }
+        );
+        assert_eq!(op(Method::POST, "uploads"), Op::Other);
+        assert_eq!(op(Method::PUT, "x-id=PutObject"), Op::Other);
+        assert_eq!(op(Method::GET, "uploadId=x"), Op::Other);
+    }
+
+    #[test]
+    fn completion_bodies_give_their_part_numbers_in_order() {
+        let xml = b"<CompleteMultipartUpload xmlns=\"http://s3.amazonaws.com/doc/2006-03-01/\"><Part><ETag>\"a\"</ETag><PartNumber>2</PartNumber></Part><Part><PartNumber> 1 </PartNumber><ETag>\"b\"</ETag></Part></CompleteMultipartUpload>";
+        assert_eq!(part_numbers(xml).unwrap(), [2, 1]);
+        assert!(part_numbers(b"<CompleteMultipartUpload/>").is_err());
+        assert!(part_numbers(b"<Part><PartNumber>x</PartNumber></Part>").is_err());
+        assert!(part_numbers(b"<Part><PartNumber>1</Part>").is_err());
+    }
+}
