@@ -7,7 +7,7 @@ mod common;
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -20,38 +20,6 @@ const SMALL: usize = 20_000;
 const MID: usize = 50_000;
 
 impl Setup {
-    /// Random files of `size` bytes, listed (with `Setup::listed`) in filter `name`.
-    fn icap_filter(&self, name: &str, version: u32, extra: &[(&str, usize)]) -> Vec<PathBuf> {
-        let mut rng = rand::thread_rng();
-        let mut files = vec![self.listed.clone()];
-        for &(file, size) in extra {
-            let mut bytes = vec![0u8; size];
-            rng.fill_bytes(&mut bytes);
-            std::fs::write(self.path(file), &bytes).unwrap();
-            files.push(self.path(file));
-        }
-        let list: String = files
-            .iter()
-            .map(|f| format!("{},icap-test\n", sha256_hex(&std::fs::read(f).unwrap())))
-            .collect();
-        let list_path = self.path(&format!("{name}.txt"));
-        std::fs::write(&list_path, list).unwrap();
-        let out = hashgate(&[
-            "build",
-            "--key",
-            self.path("k.key").to_str().unwrap(),
-            "--series",
-            "icap",
-            "--version",
-            &version.to_string(),
-            "--out",
-            self.path(name).to_str().unwrap(),
-            list_path.to_str().unwrap(),
-        ]);
-        assert!(out.status.success(), "{out:?}");
-        files
-    }
-
     /// `hashgate icap` on a free port, with an admin listener and an audit log.
     fn icap(&self, filter: &str, extra: &[&str]) -> (Killed, u16, u16) {
         let mut args = vec![
@@ -138,12 +106,6 @@ fn chmod(path: &Path, mode: u32) {
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).unwrap();
 }
 
-fn sha256_hex(bytes: &[u8]) -> String {
-    let mut h = hashgate_host::hashing::ObjectHasher::new(&[hashgate_host::Algorithm::Sha256]);
-    h.update(bytes);
-    hex::encode(&h.finish()[0].bytes)
-}
-
 /// curl through the proxy: (status, body, curl's exit code).
 fn curl_via(proxy: u16, args: &[&str], url: &str) -> (u16, Vec<u8>, i32) {
     let out = Command::new("curl")
@@ -182,7 +144,7 @@ fn metrics(admin: u16) -> String {
 #[test]
 fn squid_with_hashgate_refuses_listed_uploads_and_downloads_and_passes_clean_ones() {
     let s = Setup::new();
-    let listed = s.icap_filter(
+    let listed = s.filter_listing(
         "icap.hgf",
         1,
         &[
@@ -420,8 +382,8 @@ fn random(n: usize) -> Vec<u8> {
 #[test]
 fn options_advertise_the_service_and_an_istag_that_follows_the_filter() {
     let s = Setup::new();
-    s.icap_filter("v1.hgf", 1, &[]);
-    s.icap_filter("v2.hgf", 2, &[]);
+    s.filter_listing("v1.hgf", 1, &[]);
+    s.filter_listing("v2.hgf", 2, &[]);
     let (_a, port1, _) = s.icap("v1.hgf", &[]);
     let (_b, port2, _) = s.icap("v2.hgf", &["--preview", "4096"]);
     let options = |port: u16, service: &str| {
@@ -457,7 +419,7 @@ fn options_advertise_the_service_and_an_istag_that_follows_the_filter() {
 #[test]
 fn previews_and_204_decide_without_echoing_and_keep_the_connection() {
     let s = Setup::new();
-    let listed = s.icap_filter("icap.hgf", 1, &[("small.bin", SMALL)]);
+    let listed = s.filter_listing("icap.hgf", 1, &[("small.bin", SMALL)]);
     let small_listed = std::fs::read(&listed[1]).unwrap();
     let (_icap, port, _) = s.icap("icap.hgf", &[]);
     let mut c = Client::new(port);
@@ -513,7 +475,7 @@ fn previews_and_204_decide_without_echoing_and_keep_the_connection() {
 #[test]
 fn without_204_the_message_is_echoed_and_a_listed_one_is_cut_short() {
     let s = Setup::new();
-    let listed = s.icap_filter("icap.hgf", 1, &[("half.bin", 500_000)]);
+    let listed = s.filter_listing("icap.hgf", 1, &[("half.bin", 500_000)]);
     let (_icap, port, _) = s.icap("icap.hgf", &[]);
 
     // RESPMOD, clean, no Allow: 204: the response comes back byte for byte.
@@ -572,7 +534,7 @@ fn without_204_the_message_is_echoed_and_a_listed_one_is_cut_short() {
 #[test]
 fn malformed_requests_get_icap_errors_and_the_server_carries_on() {
     let s = Setup::new();
-    s.icap_filter("icap.hgf", 1, &[]);
+    s.filter_listing("icap.hgf", 1, &[]);
     let config = s.path("icap.toml");
     std::fs::write(
         &config,
@@ -683,7 +645,7 @@ fn malformed_requests_get_icap_errors_and_the_server_carries_on() {
 #[test]
 fn policy_comes_from_the_shared_config_and_memory_stays_bounded() {
     let s = Setup::new();
-    s.icap_filter("icap.hgf", 1, &[]);
+    s.filter_listing("icap.hgf", 1, &[]);
     let listed = std::fs::read(&s.listed).unwrap();
     let send_listed = |port: u16| {
         let mut c = Client::new(port);
@@ -761,7 +723,7 @@ fn policy_comes_from_the_shared_config_and_memory_stays_bounded() {
 #[test]
 fn sigterm_lets_a_transaction_in_flight_finish_and_refuses_new_ones() {
     let s = Setup::new();
-    s.icap_filter("icap.hgf", 1, &[]);
+    s.filter_listing("icap.hgf", 1, &[]);
     let (mut icap, port, _) = s.icap("icap.hgf", &[]);
     let mut idle = Client::new(port);
     let mut c = Client::new(port);

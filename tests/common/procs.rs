@@ -267,3 +267,50 @@ impl Setup {
         self.gateway(&["--config", config.to_str().unwrap()], &[])
     }
 }
+
+impl Setup {
+    /// Filter `name` (series `icap`) listing `Setup::listed` and new random files of the
+    /// given names and sizes, which it returns after `Setup::listed`.
+    pub fn filter_listing(
+        &self,
+        name: &str,
+        version: u32,
+        extra: &[(&str, usize)],
+    ) -> Vec<PathBuf> {
+        let mut rng = rand::thread_rng();
+        let mut files = vec![self.listed.clone()];
+        for &(file, size) in extra {
+            let mut bytes = vec![0u8; size];
+            rng.fill_bytes(&mut bytes);
+            std::fs::write(self.path(file), &bytes).unwrap();
+            files.push(self.path(file));
+        }
+        let list: String = files
+            .iter()
+            .map(|f| format!("{},icap-test\n", sha256_hex(&std::fs::read(f).unwrap())))
+            .collect();
+        let list_path = self.path(&format!("{name}.txt"));
+        std::fs::write(&list_path, list).unwrap();
+        let out = hashgate(&[
+            "build",
+            "--key",
+            self.path("k.key").to_str().unwrap(),
+            "--series",
+            "icap",
+            "--version",
+            &version.to_string(),
+            "--out",
+            self.path(name).to_str().unwrap(),
+            list_path.to_str().unwrap(),
+        ]);
+        assert!(out.status.success(), "{out:?}");
+        files
+    }
+}
+
+/// Hex SHA-256 of `bytes`.
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    let mut h = hashgate_host::hashing::ObjectHasher::new(&[hashgate_host::Algorithm::Sha256]);
+    h.update(bytes);
+    hex::encode(&h.finish()[0].bytes)
+}

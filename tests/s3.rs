@@ -1,0 +1,139 @@
+//! S3 through the gateway: a real S3 client (boto3 from PyPI, driven by
+//! tests/s3_client.py) against a real S3 server (s3s-fs from crates.io, with SigV4
+//! authentication), the gateway in S3 mode (`--s3-spool`) between them. scripts/test.sh
+//! installs both.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::procs::*;
+
+const ACCESS_KEY: &str = "HGTESTACCESSKEY";
+const SECRET_KEY: &str = "hgtestsecretkey0123456789";
+
+fn s3s_fs() -> PathBuf {
+    if let Some(path) = std::env::var_os("HASHGATE_S3S_FS") {
+        return path.into();
+    }
+    let home = std::env::var("HOME").unwrap_or_default();
+    let installed = Path::new(&home).join(".cargo/bin/s3s-fs");
+    if installed.exists() {
+        installed
+    } else {
+        "s3s-fs".into()
+    }
+}
+
+/// s3s-fs on a free port, storing under `root`.
+fn s3_server(root: &Path) -> (Killed, u16) {
+    std::fs::create_dir_all(root).unwrap();
+    for _ in 0..5 {
+        let port = free_port();
+        let child = Command::new(s3s_fs())
+            .args(["--host", "127.0.0.1", "--port", &port.to_string()])
+            .args(["--access-key", ACCESS_KEY, "--secret-key", SECRET_KEY])
+            .arg(root)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("s3s-fs must be installed (scripts/test.sh installs it)");
+        let mut child = Killed(child);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err()
+            && child.0.try_wait().unwrap().is_none()
+            && Instant::now() < deadline
+        {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        if child.0.try_wait().unwrap().is_none() {
+            return (child, port);
+        }
+    }
+    panic!("s3s-fs did not start");
+}
+
+/// One boto3 operation through `endpoint`; what the client script printed.
+fn s3(endpoint: &str, op: &str, args: &[&str]) -> String {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/s3_client.py");
+    let out = Command::new("python3")
+        .arg(script)
+        .args([endpoint, "bucket", op])
+        .args(args)
+        .env("AWS_ACCESS_KEY_ID", ACCESS_KEY)
+        .env("AWS_SECRET_ACCESS_KEY", SECRET_KEY)
+        .env("AWS_EC2_METADATA_DISABLED", "true")
+        .output()
+        .expect("python3 with boto3 (scripts/test.sh installs it)");
+    assert!(
+        out.status.success(),
+        "{op}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+#[test]
+fn boto3_uploads_through_the_gateway_listed_objects_never_become_visible() {
+    let s = Setup::new();
+    // Replaces the setup's filter: it lists the setup's file and a 12 MiB one.
+    let files = s.filter_listing("f.hgf", 2, &[("big-listed.bin", 12 << 20)]);
+    let (_s3, s3_port) = s3_server(&s.path("s3-root"));
+    let spool = s.path("spool");
+    let (_gw, port, _) = s.gateway(
+        &["--origin", &format!("http://127.0.0.1:{s3_port}")],
+        &["--s3-spool", spool.to_str().unwrap()],
+    );
+    let gw = format!("http://127.0.0.1:{port}");
+    let path = |p: &Path| p.to_str().unwrap().to_string();
+    assert_eq!(s3(&gw, "mkbucket", &[]), "200");
+
+    // Single PutObject (boto3's defaults: signed payload, checksum headers).
+    assert_eq!(s3(&gw, "put", &["listed.bin", &path(&files[0])]), "451");
+    assert_eq!(s3(&gw, "put", &["clean.bin", &path(&s.clean)]), "200");
+
+    // Multipart uploads: 5 MiB parts, four in parallel.
+    let mut big_clean = std::fs::read(&s.big_clean).unwrap();
+    big_clean.truncate(13 << 20);
+    std::fs::write(s.path("mpu-clean.bin"), &big_clean).unwrap();
+    assert_eq!(s3(&gw, "mpu", &["big-listed.bin", &path(&files[1])]), "451");
+    assert_eq!(
+        s3(
+            &gw,
+            "mpu",
+            &["big-clean.bin", &path(&s.path("mpu-clean.bin"))]
+        ),
+        "200"
+    );
+
+    // What the bucket holds: the clean objects, intact; the listed ones not at all.
+    assert_eq!(s3(&gw, "list", &[]), "big-clean.bin clean.bin");
+    let direct = format!("http://127.0.0.1:{s3_port}");
+    assert_eq!(s3(&direct, "list", &[]), "big-clean.bin clean.bin");
+    for (key, original) in [
+        ("clean.bin", std::fs::read(&s.clean).unwrap()),
+        ("big-clean.bin", big_clean),
+    ] {
+        let out = s.path(&format!("got-{key}"));
+        assert_eq!(s3(&direct, "get", &[key, &path(&out)]), "200");
+        assert_eq!(std::fs::read(&out).unwrap(), original, "{key} changed");
+    }
+    assert_eq!(
+        s3(&direct, "get", &["big-listed.bin", &path(&s.path("nope"))]),
+        "404"
+    );
+    // The multipart refusal came at completion, for the whole 12 MiB object (no 5 MiB
+    // part of it is listed by itself).
+    let audit = std::fs::read_to_string(s.path("audit.log")).unwrap();
+    assert!(
+        audit.lines().any(|l| {
+            let r: serde_json::Value = serde_json::from_str(l).unwrap();
+            r["path"] == "/bucket/big-listed.bin" && r["size"] == 12 << 20 && r["action"] == "block"
+        }),
+        "{audit}"
+    );
+    // Completed and refused uploads leave nothing spooled.
+    assert!(files_under(&spool).is_empty(), "{:?}", files_under(&spool));
+}
