@@ -1,0 +1,117 @@
+#!/usr/bin/env bash
+# Upload-shape benchmark (docs/PERFORMANCE.md, issue 5). In one run, on loopback, wrk
+# uploads the same object bytes through `hashgate gateway` (SHA-256 filter of ENTRIES
+# entries) to the sink origin (nginx WebDAV into tmpfs) in three shapes:
+#   plain      - PUT of the object;
+#   multipart  - a multipart/form-data body (a text field and the object as a file; sent
+#                as a PUT so that the sink stores every shape's body the same way);
+#   aws-chunked - PUT in S3 aws-chunked framing (64 KiB signed chunks, as SDKs send).
+# For 64 KiB, 1 MiB and 16 MiB objects at concurrency 1 and 16 it prints object MiB/s
+# and each shape's throughput relative to the plain PUT.
+# Usage: benches/shapes.sh   (env: ENTRIES=1000000 DURATION=5 SIZES="65536 ...")
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ENTRIES=${ENTRIES:-1000000}
+DURATION=${DURATION:-5}
+SIZES=${SIZES:-"65536 1048576 16777216"}
+work=$(mktemp -d)
+shm=$(mktemp -d -p /dev/shm hashgate-shapes.XXXXXX)
+pids=()
+cleanup() {
+  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+  rm -rf "$shm" "$work"
+}
+trap cleanup EXIT
+
+need=()
+command -v nginx >/dev/null || need+=(nginx-light)
+command -v wrk >/dev/null || need+=(wrk)
+if [ ${#need[@]} -gt 0 ]; then
+  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}"
+fi
+cargo build --release --locked --quiet
+hg=$PWD/target/release/hashgate
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+wait_port() { for _ in $(seq 1 200); do (exec 3<>/dev/tcp/127.0.0.1/"$1") 2>/dev/null && return 0; sleep 0.05; done; echo "port $1 never opened" >&2; exit 1; }
+
+echo "machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs); ${DURATION}s per point; $ENTRIES digests"
+"$hg" keygen --out "$work/k" --force 2>/dev/null
+python3 -c '
+import os, sys
+with open(sys.argv[1], "w") as f:
+    for _ in range(int(sys.argv[2])): f.write(os.urandom(32).hex() + "\n")
+' "$work/list.txt" "$ENTRIES"
+"$hg" build --key "$work/k.key" --series bench --version 1 --out "$work/f.hgf" "$work/list.txt" 2>/dev/null
+
+sink=$(free_port); gw=$(free_port)
+mkdir -p "$shm/root" "$shm/tmp"
+chmod -R 777 "$shm"
+cat > "$work/sink.conf" <<CONF
+worker_processes 1; daemon off; pid $work/sink.pid; error_log $work/sink.err;
+events { worker_connections 1024; }
+http {
+  access_log off; client_max_body_size 0; client_body_temp_path $shm/tmp;
+  server { listen 127.0.0.1:$sink; root $shm/root;
+           location / { dav_methods PUT; create_full_put_path on; } }
+}
+CONF
+nginx -p "$work" -c "$work/sink.conf" & pids+=($!)
+"$hg" gateway --filter "$work/f.hgf" --pub "$work/k.pub" --listen "127.0.0.1:$gw" \
+  --origin "http://127.0.0.1:$sink" 2>"$work/gateway.err" & pids+=($!)
+wait_port "$sink"; wait_port "$gw"
+
+cat > "$work/up.lua" <<'LUA'
+wrk.method = os.getenv("METHOD")
+local f = assert(io.open(os.getenv("BODY_FILE"), "rb"))
+wrk.body = f:read("*a")
+f:close()
+for h in string.gmatch(os.getenv("HEADERS") or "", "[^|]+") do
+  local name, value = h:match("^([^:]+):%s*(.*)$")
+  wrk.headers[name] = value
+end
+LUA
+
+python3 - "$work" $SIZES <<'PY'
+import os, sys
+work, sizes = sys.argv[1], sys.argv[2:]
+for size in map(int, sizes):
+    obj = os.urandom(size)
+    open(f"{work}/plain-{size}", "wb").write(obj)
+    b = "----hashgatebench"
+    form = (f"--{b}\r\nContent-Disposition: form-data; name=\"title\"\r\n\r\nbench\r\n"
+            f"--{b}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"obj.bin\"\r\n"
+            "Content-Type: application/octet-stream\r\n\r\n").encode() + obj + f"\r\n--{b}--\r\n".encode()
+    open(f"{work}/multipart-{size}", "wb").write(form)
+    sig = ";chunk-signature=" + "0" * 64
+    out = bytearray()
+    for i in range(0, size, 65536):
+        piece = obj[i:i + 65536]
+        out += f"{len(piece):x}{sig}\r\n".encode() + piece + b"\r\n"
+    out += f"0{sig}\r\n\r\n".encode()
+    open(f"{work}/aws-{size}", "wb").write(out)
+PY
+
+run() { # shape size conns -> object MiB/s
+  local method=PUT headers="" body="$work/plain-$2" path="bench/$1-$2-$3" out rps t
+  case $1 in
+    multipart) body="$work/multipart-$2"
+               headers="Content-Type: multipart/form-data; boundary=----hashgatebench" ;;
+    aws-chunked) body="$work/aws-$2"
+               headers="Content-Encoding: aws-chunked|x-amz-content-sha256: STREAMING-AWS4-HMAC-SHA256-PAYLOAD|x-amz-decoded-content-length: $2" ;;
+  esac
+  t=$(( $3 < 2 ? 1 : 2 ))
+  out=$(METHOD=$method BODY_FILE=$body HEADERS=$headers wrk -t"$t" -c"$3" -d"${DURATION}s" \
+        --timeout 60s -s "$work/up.lua" "http://127.0.0.1:$gw/$path")
+  if echo "$out" | grep -q "Non-2xx"; then echo "non-2xx answers for $1" >&2; echo "$out" >&2; exit 1; fi
+  rps=$(echo "$out" | awk '/Requests\/sec/ {print $2}')
+  echo "$rps * $2 / 1048576" | bc -l | xargs printf '%.1f'
+}
+
+printf '\n%-9s %-4s | %10s | %10s %7s | %11s %7s\n' size conc "plain MiB/s" "multipart" ratio "aws-chunked" ratio
+for size in $SIZES; do
+  for conns in 1 16; do
+    p=$(run plain "$size" "$conns"); m=$(run multipart "$size" "$conns"); a=$(run aws-chunked "$size" "$conns")
+    printf '%-9s %-4s | %10s | %10s %6.2fx | %11s %6.2fx\n' "$size" "$conns" "$p" "$m" \
+      "$(echo "$m / $p" | bc -l)" "$a" "$(echo "$a / $p" | bc -l)"
+  done
+done
