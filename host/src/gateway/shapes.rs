@@ -74,6 +74,16 @@ pub enum Objects {
         /// The declared decoded length.
         declared: Option<u64>,
     },
+    /// A small form: its frames kept (shared, not copied) and parsed at the end, on the
+    /// caller's task: cheaper than a parser task for bodies this small.
+    SmallMultipart {
+        /// The boundary.
+        boundary: String,
+        /// The frames so far.
+        frames: Vec<Bytes>,
+        /// The algorithms to hash with.
+        algorithms: Vec<Algorithm>,
+    },
     /// Each part, hashed by a task running the multipart parser.
     Multipart {
         /// Frames for the parser.
@@ -85,6 +95,8 @@ pub enum Objects {
 
 /// Frames queued for the multipart parser.
 const PARSER_QUEUE: usize = 8;
+/// Forms declared at most this long are parsed at the end on the caller's task.
+const SMALL_FORM: u64 = 256 * 1024;
 
 impl Objects {
     /// Hashers for a body of `shape`, `declared` bytes long if known.
@@ -96,10 +108,17 @@ impl Objects {
                 digester: Digester::new(algorithms, decoded),
                 declared: decoded,
             },
+            Shape::Multipart(boundary) if declared.is_some_and(|n| n <= SMALL_FORM) => {
+                Objects::SmallMultipart {
+                    boundary,
+                    frames: Vec::new(),
+                    algorithms: algorithms.to_vec(),
+                }
+            }
             Shape::Multipart(boundary) => {
                 let (tx, rx) = mpsc::channel(PARSER_QUEUE);
                 let algorithms = algorithms.to_vec();
-                let task = tokio::spawn(parse_multipart(rx, boundary, algorithms));
+                let task = tokio::spawn(parse_multipart(frames_of(rx), boundary, algorithms));
                 Objects::Multipart { tx, task }
             }
         }
@@ -115,6 +134,10 @@ impl Objects {
                 for data in decoder.push(frame)? {
                     digester.update(&data).await;
                 }
+            }
+            Objects::SmallMultipart { frames, .. } => {
+                // Within the declared length (the body reader enforces it), so bounded.
+                frames.push(frame.clone());
             }
             Objects::Multipart { tx, .. } => {
                 // A send fails only once the parser has stopped on an error, which
@@ -153,6 +176,14 @@ impl Objects {
                 }
                 whole(digester).await
             }
+            Objects::SmallMultipart {
+                boundary,
+                frames,
+                algorithms,
+            } => {
+                let frames = futures_util::stream::iter(frames.into_iter().map(Ok));
+                parse_multipart(frames, boundary, algorithms).await
+            }
             Objects::Multipart { tx, task } => {
                 drop(tx);
                 task.await
@@ -162,14 +193,19 @@ impl Objects {
     }
 }
 
-async fn parse_multipart(
+fn frames_of(
     rx: mpsc::Receiver<Result<Bytes, std::io::Error>>,
+) -> impl futures_util::Stream<Item = Result<Bytes, std::io::Error>> {
+    futures_util::stream::unfold(rx, |mut rx| async move {
+        rx.recv().await.map(|frame| (frame, rx))
+    })
+}
+
+async fn parse_multipart(
+    frames: impl futures_util::Stream<Item = Result<Bytes, std::io::Error>> + Send + 'static,
     boundary: String,
     algorithms: Vec<Algorithm>,
 ) -> Result<Vec<Object>, String> {
-    let frames = futures_util::stream::unfold(rx, |mut rx| async move {
-        rx.recv().await.map(|frame| (frame, rx))
-    });
     let mut form = multer::Multipart::new(frames, boundary);
     let mut objects = Vec::new();
     let malformed = |e: multer::Error| format!("malformed multipart body: {e}");
