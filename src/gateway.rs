@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
-use hashgate_host::gateway::{Backend, Config, Gateway};
+use hashgate_host::gateway::{AbortCredentials, Backend, Config, Gateway};
 
 use crate::cli::GatewayArgs;
 use crate::serve;
@@ -63,6 +63,14 @@ pub fn run(args: GatewayArgs) -> Result<()> {
             bail!("--s3-spool needs an S3 origin (--origin)");
         }
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
+    config.s3_abort = file.s3_abort.as_ref().map(|a| AbortCredentials {
+        access_key: a.access_key.clone(),
+        secret_key: a.secret_key.clone(),
+        region: a.region.clone().unwrap_or_else(|| "us-east-1".into()),
+    });
+    if config.s3_abort.is_some() && config.s3_spool.is_none() {
+        bail!("[s3_abort] needs s3_spool_dir (S3 mode)");
     }
     config.quarantine = args.quarantine.or(file.quarantine_dir.clone());
     if let Some(dir) = &config.quarantine {

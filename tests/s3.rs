@@ -82,9 +82,20 @@ fn boto3_uploads_through_the_gateway_listed_objects_never_become_visible() {
     let files = s.filter_listing("f.hgf", 2, &[("big-listed.bin", 12 << 20)]);
     let (_s3, s3_port) = s3_server(&s.path("s3-root"));
     let spool = s.path("spool");
+    let config = s.path("s3.toml");
+    std::fs::write(
+        &config,
+        format!("[s3_abort]\naccess_key = \"{ACCESS_KEY}\"\nsecret_key = \"{SECRET_KEY}\"\n"),
+    )
+    .unwrap();
     let (_gw, port, _) = s.gateway(
         &["--origin", &format!("http://127.0.0.1:{s3_port}")],
-        &["--s3-spool", spool.to_str().unwrap()],
+        &[
+            "--s3-spool",
+            spool.to_str().unwrap(),
+            "--config",
+            config.to_str().unwrap(),
+        ],
     );
     let gw = format!("http://127.0.0.1:{port}");
     let path = |p: &Path| p.to_str().unwrap().to_string();
@@ -99,6 +110,11 @@ fn boto3_uploads_through_the_gateway_listed_objects_never_become_visible() {
     big_clean.truncate(13 << 20);
     std::fs::write(s.path("mpu-clean.bin"), &big_clean).unwrap();
     assert_eq!(s3(&gw, "mpu", &["big-listed.bin", &path(&files[1])]), "451");
+    // Without the client's own abort on failure, the gateway's abort clears the parts.
+    assert_eq!(
+        s3(&gw, "mpu-raw", &["raw-listed.bin", &path(&files[1])]),
+        "451"
+    );
     assert_eq!(
         s3(
             &gw,
@@ -134,6 +150,13 @@ fn boto3_uploads_through_the_gateway_listed_objects_never_become_visible() {
         }),
         "{audit}"
     );
+    // The refused uploads were aborted with the configured key: s3s-fs keeps no parts
+    // (it stores an upload's parts as `.upload_id-<id>.part-<n>` until completion).
+    let leftovers: Vec<_> = files_under(&s.path("s3-root"))
+        .into_iter()
+        .filter(|p| p.to_string_lossy().contains(".upload_id-"))
+        .collect();
+    assert!(leftovers.is_empty(), "{leftovers:?}");
     // Completed and refused uploads leave nothing spooled.
     assert!(files_under(&spool).is_empty(), "{:?}", files_under(&spool));
 }

@@ -5,7 +5,9 @@ environment (AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY). Prints one line: the HTT
 of the operation (or the keys, for `list`), and never a traceback for an S3 error.
 
 OPs: mkbucket | put KEY FILE | mpu KEY FILE (multipart upload, 5 MiB parts, 4 in
-parallel, as `upload_file` does) | get KEY OUT | list
+parallel, as `upload_file` does; it aborts the upload itself if completing fails) |
+mpu-raw KEY FILE (the same with the low-level calls, one part after another, and no abort
+on failure) | get KEY OUT | list
 """
 
 import sys
@@ -43,6 +45,21 @@ def main():
                 multipart_threshold=5 * mib, multipart_chunksize=5 * mib, max_concurrency=4
             )
             s3.upload_file(path, bucket, key, Config=config)
+            print(200)
+        elif op == "mpu-raw":
+            key, path = args
+            upload = s3.create_multipart_upload(Bucket=bucket, Key=key)["UploadId"]
+            parts = []
+            with open(path, "rb") as f:
+                while chunk := f.read(5 * 1024 * 1024):
+                    n = len(parts) + 1
+                    r = s3.upload_part(
+                        Bucket=bucket, Key=key, UploadId=upload, PartNumber=n, Body=chunk
+                    )
+                    parts.append({"PartNumber": n, "ETag": r["ETag"]})
+            s3.complete_multipart_upload(
+                Bucket=bucket, Key=key, UploadId=upload, MultipartUpload={"Parts": parts}
+            )
             print(200)
         elif op == "get":
             key, out = args

@@ -65,6 +65,20 @@ pub struct FileConfig {
     pub actions: Option<HashMap<String, Action>>,
     /// The ICAP server's settings.
     pub icap: Option<IcapFileConfig>,
+    /// S3 mode: credentials to abort refused multipart uploads with.
+    pub s3_abort: Option<S3AbortConfig>,
+}
+
+/// The `[s3_abort]` table.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct S3AbortConfig {
+    /// Access key id (it needs `s3:AbortMultipartUpload`, nothing more).
+    pub access_key: String,
+    /// Secret access key.
+    pub secret_key: String,
+    /// Region to sign for; `us-east-1` if absent.
+    pub region: Option<String>,
 }
 
 /// The `[icap]` table.

@@ -44,6 +44,8 @@ pub struct Config {
     pub quarantine: Option<PathBuf>,
     /// S3 mode: where multipart-upload parts are spooled until their completion is checked.
     pub s3_spool: Option<PathBuf>,
+    /// S3 mode: credentials to abort refused multipart uploads with, if any.
+    pub s3_abort: Option<super::s3::AbortCredentials>,
 }
 
 impl Config {
@@ -64,6 +66,7 @@ impl Config {
             response_cache_ttl: Duration::from_secs(300),
             quarantine: None,
             s3_spool: None,
+            s3_abort: None,
         }
     }
 }

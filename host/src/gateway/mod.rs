@@ -38,6 +38,7 @@ use tokio::sync::Semaphore;
 
 pub use body::GatewayBody;
 pub use config::{Backend, Config};
+pub use s3::AbortCredentials;
 
 use crate::enforce::{Context, Enforcer, Outcome};
 use crate::Error;

@@ -14,9 +14,10 @@
 //! The window of exposure is none: before completion S3 serves no object, only the parts'
 //! holder can list them. A completion whose parts this gateway did not all see (another
 //! gateway instance, a restart that lost the spool) is refused with `503`, never
-//! forwarded unchecked. The gateway holds no S3 credentials, so a refused upload is left
-//! incomplete for the bucket's lifecycle rule (`AbortIncompleteMultipartUpload`) to
-//! remove, instead of being aborted by the gateway.
+//! forwarded unchecked. With credentials configured (`[s3_abort]`), the gateway then
+//! aborts a refused upload (`AbortMultipartUpload`, SigV4-signed with `aws-sigv4`), so
+//! its parts are deleted at once; without them the upload stays incomplete until the
+//! bucket's lifecycle rule (`AbortIncompleteMultipartUpload`) removes it.
 
 use std::io::Read;
 use std::path::{Path, PathBuf};
@@ -157,6 +158,9 @@ pub async fn complete(
     match gw.decide(ctx, &[object]) {
         outcome @ (Outcome::Block | Outcome::Unavailable) => {
             forget(spool, upload).await;
+            if let Some(credentials) = &gw.config.s3_abort {
+                abort(gw, credentials, parts.uri.path(), upload, ctx).await;
+            }
             gw.refused(outcome, ctx)
         }
         Outcome::Pass | Outcome::Monitor => {
@@ -172,6 +176,108 @@ pub async fn complete(
             response
         }
     }
+}
+
+/// Credentials the gateway signs `AbortMultipartUpload` with.
+#[derive(Clone, Debug)]
+pub struct AbortCredentials {
+    /// Access key id.
+    pub access_key: String,
+    /// Secret access key.
+    pub secret_key: String,
+    /// Region the origin signs for (`us-east-1` for most S3-compatible stores).
+    pub region: String,
+}
+
+/// Sends `AbortMultipartUpload` for a refused upload, so its parts are deleted now. A
+/// failure is logged: the upload is invisible either way.
+async fn abort(
+    gw: &Gateway,
+    credentials: &AbortCredentials,
+    path: &str,
+    upload: &str,
+    ctx: &Context,
+) {
+    let result = async {
+        let super::Backend::Origin(origin) = &gw.config.backend else {
+            return Err("no origin".to_string());
+        };
+        let authority = origin.authority().map(|a| a.as_str()).unwrap_or("");
+        let query: String = form_urlencoded::Serializer::new(String::new())
+            .append_pair("uploadId", upload)
+            .finish();
+        let uri = format!(
+            "{}://{authority}{path}?{query}",
+            origin.scheme_str().unwrap_or("http")
+        );
+        let mut request = Request::delete(&uri)
+            .header(hyper::header::HOST, authority)
+            .body(full(Bytes::new()))
+            .map_err(|e| e.to_string())?;
+        sign(&mut request, credentials).map_err(|e| format!("signing: {e}"))?;
+        let response = gw
+            .client
+            .request(request)
+            .await
+            .map_err(|e| e.to_string())?;
+        match response.status() {
+            s if s.is_success() => Ok(()),
+            s => Err(format!("the origin answered {s}")),
+        }
+    };
+    match tokio::time::timeout(gw.config.origin_timeout, result).await {
+        Ok(Ok(())) => {
+            tracing::info!(request_id = %ctx.request_id, upload, "aborted the refused multipart upload")
+        }
+        Ok(Err(e)) => {
+            tracing::warn!(request_id = %ctx.request_id, upload, error = %e, "aborting the refused multipart upload failed; it stays incomplete and invisible")
+        }
+        Err(_) => {
+            tracing::warn!(request_id = %ctx.request_id, upload, "aborting the refused multipart upload timed out")
+        }
+    }
+}
+
+fn sign(
+    request: &mut Request<GatewayBody>,
+    credentials: &AbortCredentials,
+) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+    use aws_sigv4::http_request::{
+        sign, PayloadChecksumKind, SignableBody, SignableRequest, SigningSettings,
+    };
+    let identity = aws_credential_types::Credentials::new(
+        &credentials.access_key,
+        &credentials.secret_key,
+        None,
+        None,
+        "hashgate-config",
+    )
+    .into();
+    let mut settings = SigningSettings::default();
+    settings.payload_checksum_kind = PayloadChecksumKind::XAmzSha256;
+    let params = aws_sigv4::sign::v4::SigningParams::builder()
+        .identity(&identity)
+        .region(&credentials.region)
+        .name("s3")
+        .time(std::time::SystemTime::now())
+        .settings(settings)
+        .build()?
+        .into();
+    let uri = request.uri().to_string();
+    let headers: Vec<(&str, &str)> = request
+        .headers()
+        .iter()
+        .filter_map(|(n, v)| Some((n.as_str(), v.to_str().ok()?)))
+        .collect();
+    let signable = SignableRequest::new(
+        request.method().as_str(),
+        &uri,
+        headers.into_iter(),
+        SignableBody::Bytes(&[]),
+    )?;
+    let (instructions, _) = sign(signable, &params)?.into_parts();
+    instructions.apply_to_request_http1x(request);
+    Ok(())
 }
 
 /// The part numbers a `CompleteMultipartUpload` body lists, in order.
