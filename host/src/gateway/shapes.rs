@@ -118,7 +118,13 @@ impl Objects {
             Shape::Multipart(boundary) => {
                 let (tx, rx) = mpsc::channel(PARSER_QUEUE);
                 let algorithms = algorithms.to_vec();
-                let task = tokio::spawn(parse_multipart(frames_of(rx), boundary, algorithms));
+                // Parsing and hashing run on a blocking thread, like a large plain body's
+                // hashing: at low concurrency the other core does it while this task
+                // forwards.
+                let runtime = tokio::runtime::Handle::current();
+                let task = tokio::task::spawn_blocking(move || {
+                    runtime.block_on(parse_multipart(frames_of(rx), boundary, algorithms))
+                });
                 Objects::Multipart { tx, task }
             }
         }
