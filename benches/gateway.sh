@@ -13,41 +13,16 @@ cd "$(dirname "$0")/.."
 ENTRIES=${ENTRIES:-10000000}
 DURATION=${DURATION:-5}
 SIZES=${SIZES:-"4096 65536 1048576 16777216"}
-work=${HASHGATE_BENCH_DIR:-$(mktemp -d)}
-mkdir -p "$work"
-shm=$(mktemp -d -p /dev/shm hashgate-bench.XXXXXX)
-pids=()
-cleanup() {
-  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
-  rm -rf "$shm"
-  [ -n "${HASHGATE_BENCH_DIR:-}" ] || rm -rf "$work"
-}
-trap cleanup EXIT
-
-need=()
-command -v nginx >/dev/null || need+=(nginx-light)
-command -v wrk >/dev/null || need+=(wrk)
-if [ ${#need[@]} -gt 0 ]; then
-  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}"
-fi
-cargo build --release --locked --quiet
-hg=$PWD/target/release/hashgate
+source benches/lib.sh
+bench_setup gateway
+need nginx nginx-light wrk wrk
+build_hashgate
 threads=$(nproc)
 
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-wait_port() { for _ in $(seq 1 200); do (exec 3<>/dev/tcp/127.0.0.1/"$1") 2>/dev/null && return 0; sleep 0.05; done; echo "port $1 never opened" >&2; exit 1; }
 
 echo "machine: $threads cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs); ${DURATION}s per point"
 "$hg" keygen --out "$work/k" --force 2>/dev/null
-if [ ! -s "$work/list-$ENTRIES.txt" ]; then
-  python3 - "$work/list-$ENTRIES.txt" "$ENTRIES" <<'PY'
-import os, sys
-n = int(sys.argv[2])
-with open(sys.argv[1], "wb") as f:
-    for start in range(0, n, 100000):
-        f.write(b"".join(os.urandom(32).hex().encode() + b"\n" for _ in range(min(100000, n - start))))
-PY
-fi
+[ -s "$work/list-$ENTRIES.txt" ] || random_list "$work/list-$ENTRIES.txt" "$ENTRIES"
 "$hg" build --key "$work/k.key" --series bench --version 1 --out "$work/f.hgf" "$work/list-$ENTRIES.txt" 2>/dev/null
 
 sink=$(free_port); proxy=$(free_port); gw=$(free_port)

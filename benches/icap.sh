@@ -18,36 +18,13 @@ ENTRIES=${ENTRIES:-1000000}
 DURATION=${DURATION:-5}
 SIZES=${SIZES:-"4096 65536 1048576 16777216"}
 CICAP=${CICAP:-1}
-work=${HASHGATE_BENCH_DIR:-$(mktemp -d)}
-mkdir -p "$work"
-chmod 755 "$work"
-shm=$(mktemp -d -p /dev/shm hashgate-icap-bench.XXXXXX)
 clamdb=/var/lib/clamav
-pids=()
-cleanup() {
-  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
-  rm -rf "$shm"
-  rm -f "$clamdb/hashgate-bench.hsb"
-  [ -n "${HASHGATE_BENCH_DIR:-}" ] || rm -rf "$work"
-}
-trap cleanup EXIT
-
-need=()
-command -v nginx >/dev/null || need+=(nginx-light)
-command -v wrk >/dev/null || need+=(wrk)
-[ -x /usr/sbin/squid ] || need+=(squid)
-if [ "$CICAP" = 1 ]; then
-  command -v c-icap >/dev/null || need+=(c-icap)
-  [ -e /usr/lib/x86_64-linux-gnu/c_icap/virus_scan.so ] || need+=(libc-icap-mod-virus-scan)
-fi
-if [ ${#need[@]} -gt 0 ]; then
-  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${need[@]}"
-fi
-cargo build --release --locked --quiet
-hg=$PWD/target/release/hashgate
-
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-wait_port() { for _ in $(seq 1 600); do (exec 3<>/dev/tcp/127.0.0.1/"$1") 2>/dev/null && return 0; sleep 0.05; done; echo "port $1 never opened" >&2; exit 1; }
+source benches/lib.sh
+bench_setup icap
+bench_cleanup_extra() { rm -f "$clamdb/hashgate-bench.hsb"; }
+need nginx nginx-light wrk wrk /usr/sbin/squid squid
+[ "$CICAP" = 1 ] && need c-icap c-icap /usr/lib/x86_64-linux-gnu/c_icap/virus_scan.so libc-icap-mod-virus-scan
+build_hashgate
 
 echo "machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs); ${DURATION}s per point; $ENTRIES digests"
 "$hg" keygen --out "$work/k" --force 2>/dev/null

@@ -14,33 +14,14 @@ cd "$(dirname "$0")/.."
 ENTRIES=${ENTRIES:-1000000}
 DURATION=${DURATION:-5}
 SIZES=${SIZES:-"65536 1048576 16777216"}
-work=$(mktemp -d)
-shm=$(mktemp -d -p /dev/shm hashgate-shapes.XXXXXX)
-pids=()
-cleanup() {
-  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
-  rm -rf "$shm" "$work"
-}
-trap cleanup EXIT
-
-need=()
-command -v nginx >/dev/null || need+=(nginx-light)
-command -v wrk >/dev/null || need+=(wrk)
-if [ ${#need[@]} -gt 0 ]; then
-  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}"
-fi
-cargo build --release --locked --quiet
-hg=$PWD/target/release/hashgate
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-wait_port() { for _ in $(seq 1 200); do (exec 3<>/dev/tcp/127.0.0.1/"$1") 2>/dev/null && return 0; sleep 0.05; done; echo "port $1 never opened" >&2; exit 1; }
+source benches/lib.sh
+bench_setup shapes
+need nginx nginx-light wrk wrk
+build_hashgate
 
 echo "machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs); ${DURATION}s per point; $ENTRIES digests"
 "$hg" keygen --out "$work/k" --force 2>/dev/null
-python3 -c '
-import os, sys
-with open(sys.argv[1], "w") as f:
-    for _ in range(int(sys.argv[2])): f.write(os.urandom(32).hex() + "\n")
-' "$work/list.txt" "$ENTRIES"
+random_list "$work/list.txt" "$ENTRIES"
 "$hg" build --key "$work/k.key" --series bench --version 1 --out "$work/f.hgf" "$work/list.txt" 2>/dev/null
 
 sink=$(free_port); gw=$(free_port)

@@ -11,7 +11,7 @@
 //! * [`scan`] walks data at rest on all cores; [`gateway`] is the inline upload gateway
 //!   (streaming reverse proxy or embedded store, HTTP 451 for listed uploads); [`icap`]
 //!   is an ICAP server for the proxies operators already run. The three are thin
-//!   front-ends over [`enforce`]; they share [`config`] and [`admin`] and
+//!   front-ends over [`enforce`]; they share [`config`], [`listener`] and [`admin`] and
 //!   never reach into each other.
 //!
 //! The host never links the guest crate: it reaches the filter only through the
@@ -26,6 +26,7 @@ mod error;
 pub mod gateway;
 pub mod hashing;
 pub mod icap;
+pub mod listener;
 pub mod runtime;
 pub mod scan;
 pub mod trust;

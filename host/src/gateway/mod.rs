@@ -34,7 +34,6 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::net::TcpListener;
-use tokio::sync::Semaphore;
 
 pub use body::GatewayBody;
 pub use config::{Backend, Config};
@@ -84,25 +83,9 @@ impl Gateway {
         listener: TcpListener,
         shutdown: impl std::future::Future<Output = ()>,
     ) -> Result<(), Error> {
-        let limit = Arc::new(Semaphore::new(self.config.max_connections));
         let graceful = hyper_util::server::graceful::GracefulShutdown::new();
-        tokio::pin!(shutdown);
-        loop {
-            let permit = tokio::select! {
-                permit = limit.clone().acquire_owned() => permit.expect("never closed"),
-                () = &mut shutdown => break,
-            };
-            let (stream, peer) = tokio::select! {
-                accepted = listener.accept() => match accepted {
-                    Ok(a) => a,
-                    Err(e) => {
-                        tracing::warn!(error = %e, "accept failed");
-                        continue;
-                    }
-                },
-                () = &mut shutdown => break,
-            };
-            let _ = stream.set_nodelay(true);
+        let max = self.config.max_connections;
+        crate::listener::accept_until(listener, max, shutdown, |stream, peer| {
             let gateway = self.clone();
             let service = service_fn(move |req| {
                 let gateway = gateway.clone();
@@ -117,15 +100,13 @@ impl Gateway {
                 .serve_connection(TokioIo::new(stream), service)
                 .into_owned();
             let connection = graceful.watch(connection);
-            tokio::spawn(async move {
+            async move {
                 if let Err(e) = connection.await {
                     tracing::debug!(error = %e, "connection ended with an error");
                 }
-                drop(permit);
-            });
-        }
-        // Close the listening socket at once: new clients are refused, not queued.
-        drop(listener);
+            }
+        })
+        .await;
         tracing::info!("shutting down: waiting for in-flight requests");
         tokio::select! {
             () = graceful.shutdown() => {}

@@ -28,13 +28,12 @@
 mod transaction;
 mod wire;
 
-use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::net::TcpListener;
-use tokio::sync::{Notify, Semaphore};
+use tokio::sync::Notify;
 
 use crate::enforce::Enforcer;
 use crate::Error;
@@ -139,31 +138,12 @@ impl IcapServer {
         listener: TcpListener,
         shutdown: impl std::future::Future<Output = ()>,
     ) -> Result<(), Error> {
-        let limit = Arc::new(Semaphore::new(self.config.max_connections));
-        tokio::pin!(shutdown);
-        loop {
-            let permit = tokio::select! {
-                permit = limit.clone().acquire_owned() => permit.expect("never closed"),
-                () = &mut shutdown => break,
-            };
-            let (stream, peer): (_, SocketAddr) = tokio::select! {
-                accepted = listener.accept() => match accepted {
-                    Ok(a) => a,
-                    Err(e) => {
-                        tracing::warn!(error = %e, "accept failed");
-                        continue;
-                    }
-                },
-                () = &mut shutdown => break,
-            };
-            let _ = stream.set_nodelay(true);
+        let max = self.config.max_connections;
+        crate::listener::accept_until(listener, max, shutdown, |stream, peer| {
             let server = self.clone();
-            tokio::spawn(async move {
-                transaction::serve_connection(&server, stream, peer).await;
-                drop(permit);
-            });
-        }
-        drop(listener);
+            async move { transaction::serve_connection(&server, stream, peer).await }
+        })
+        .await;
         tracing::info!("shutting down: waiting for ICAP transactions in flight");
         let drained = async {
             loop {

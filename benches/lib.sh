@@ -1,0 +1,63 @@
+# Shared by the end-to-end benchmark scripts (sourced, not run).
+#
+# bench_setup NAME   sets $work (a scratch directory, kept when HASHGATE_BENCH_DIR names
+#                    it), $shm (a tmpfs directory) and a trap that stops every pid in
+#                    $pids, runs bench_cleanup_extra if defined, and removes both.
+# need CMD PKG ...   installs the Debian packages whose command is missing.
+# build_hashgate     builds the release binary; sets $hg.
+# free_port, wait_port PORT, random_list FILE N (N random SHA-256 digests, one per line).
+
+pids=()
+
+bench_setup() {
+  work=${HASHGATE_BENCH_DIR:-$(mktemp -d)}
+  mkdir -p "$work"
+  chmod 755 "$work"
+  shm=$(mktemp -d -p /dev/shm "hashgate-$1.XXXXXX")
+  trap bench_cleanup EXIT
+}
+
+bench_cleanup() {
+  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+  if declare -F bench_cleanup_extra >/dev/null; then bench_cleanup_extra; fi
+  rm -rf "$shm"
+  [ -n "${HASHGATE_BENCH_DIR:-}" ] || rm -rf "$work"
+}
+
+need() { # pairs of (command or absolute path, Debian package)
+  local missing=()
+  while [ $# -gt 1 ]; do
+    command -v "$1" >/dev/null 2>&1 || [ -e "$1" ] || missing+=("$2")
+    shift 2
+  done
+  if [ ${#missing[@]} -gt 0 ]; then
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}"
+  fi
+}
+
+build_hashgate() {
+  cargo build --release --locked --quiet
+  hg=$PWD/target/release/hashgate
+}
+
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+
+wait_port() {
+  for _ in $(seq 1 600); do
+    (exec 3<>/dev/tcp/127.0.0.1/"$1") 2>/dev/null && return 0
+    sleep 0.05
+  done
+  echo "port $1 never opened" >&2
+  exit 1
+}
+
+random_list() {
+  python3 - "$1" "$2" <<'PY'
+import os, sys
+n = int(sys.argv[2])
+with open(sys.argv[1], "wb") as f:
+    for start in range(0, n, 100000):
+        f.write(b"".join(os.urandom(32).hex().encode() + b"\n" for _ in range(min(100000, n - start))))
+PY
+}
