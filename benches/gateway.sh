@@ -25,17 +25,9 @@ echo "machine: $threads cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -
 [ -s "$work/list-$ENTRIES.txt" ] || random_list "$work/list-$ENTRIES.txt" "$ENTRIES"
 "$hg" build --key "$work/k.key" --series bench --version 1 --out "$work/f.hgf" "$work/list-$ENTRIES.txt" 2>/dev/null
 
-sink=$(free_port); proxy=$(free_port); gw=$(free_port)
-mkdir -p "$shm/root" "$shm/tmp" "$shm/ptmp"
-cat > "$work/sink.conf" <<CONF
-worker_processes $threads; daemon off; pid $work/sink.pid; error_log $work/sink.err;
-events { worker_connections 1024; }
-http {
-  access_log off; client_max_body_size 0; client_body_temp_path $shm/tmp;
-  server { listen 127.0.0.1:$sink; root $shm/root;
-           location / { dav_methods PUT; create_full_put_path on; } }
-}
-CONF
+proxy=$(free_port); gw=$(free_port)
+mkdir -p "$shm/ptmp"
+start_sink "$threads"
 cat > "$work/proxy.conf" <<CONF
 worker_processes $threads; daemon off; pid $work/proxy.pid; error_log $work/proxy.err;
 events { worker_connections 1024; }
@@ -47,9 +39,6 @@ http {
                         proxy_set_header Connection ""; proxy_request_buffering off; } }
 }
 CONF
-# Started as root, nginx workers run as nobody: let them write the tmpfs directories.
-chmod -R 777 "$shm"
-nginx -p "$work" -c "$work/sink.conf" & pids+=($!)
 nginx -p "$work" -c "$work/proxy.conf" & pids+=($!)
 "$hg" gateway --filter "$work/f.hgf" --pub "$work/k.pub" --listen "127.0.0.1:$gw" \
   --origin "http://127.0.0.1:$sink" 2>"$work/gateway.err" & pids+=($!)

@@ -46,19 +46,10 @@ echo "$probe" >> "$work/list.txt"
 echo "$probe:*:Hashgate.Bench.Probe:73" >> "$work/bench.hsb"
 "$hg" build --key "$work/k.key" --series bench --version 1 --out "$work/f.hgf" "$work/list.txt" 2>/dev/null
 
-sink=$(free_port); icap=$(free_port); cicap=$(free_port)
-mkdir -p "$shm/root" "$shm/tmp" "$shm/cicap"
-chmod -R 777 "$shm"
-cat > "$work/sink.conf" <<CONF
-worker_processes 1; daemon off; pid $work/sink.pid; error_log $work/sink.err;
-events { worker_connections 1024; }
-http {
-  access_log off; client_max_body_size 0; client_body_temp_path $shm/tmp;
-  server { listen 127.0.0.1:$sink; root $shm/root;
-           location / { dav_methods PUT; create_full_put_path on; } }
-}
-CONF
-nginx -p "$work" -c "$work/sink.conf" & pids+=($!)
+icap=$(free_port); cicap=$(free_port)
+start_sink 1
+mkdir -p "$shm/cicap"
+chmod 777 "$shm/cicap"
 "$hg" icap --filter "$work/f.hgf" --pub "$work/k.pub" --listen "127.0.0.1:$icap" 2>"$work/icap.err" & pids+=($!)
 
 squid_up() { # name port [icap-service-url]

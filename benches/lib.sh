@@ -61,3 +61,22 @@ with open(sys.argv[1], "wb") as f:
         f.write(b"".join(os.urandom(32).hex().encode() + b"\n" for _ in range(min(100000, n - start))))
 PY
 }
+
+# start_sink WORKERS: the sink origin, nginx WebDAV storing every PUT into tmpfs (unlike
+# `return 204`, which answers before reading the body); sets $sink to its port.
+start_sink() {
+  sink=$(free_port)
+  mkdir -p "$shm/root" "$shm/tmp"
+  # Started as root, nginx workers run as nobody: let them write the tmpfs directories.
+  chmod -R 777 "$shm"
+  cat > "$work/sink.conf" <<CONF
+worker_processes $1; daemon off; pid $work/sink.pid; error_log $work/sink.err;
+events { worker_connections 1024; }
+http {
+  access_log off; client_max_body_size 0; client_body_temp_path $shm/tmp;
+  server { listen 127.0.0.1:$sink; root $shm/root;
+           location / { dav_methods PUT; create_full_put_path on; } }
+}
+CONF
+  nginx -p "$work" -c "$work/sink.conf" & pids+=($!)
+}

@@ -24,19 +24,8 @@ echo "machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -
 random_list "$work/list.txt" "$ENTRIES"
 "$hg" build --key "$work/k.key" --series bench --version 1 --out "$work/f.hgf" "$work/list.txt" 2>/dev/null
 
-sink=$(free_port); gw=$(free_port)
-mkdir -p "$shm/root" "$shm/tmp"
-chmod -R 777 "$shm"
-cat > "$work/sink.conf" <<CONF
-worker_processes 1; daemon off; pid $work/sink.pid; error_log $work/sink.err;
-events { worker_connections 1024; }
-http {
-  access_log off; client_max_body_size 0; client_body_temp_path $shm/tmp;
-  server { listen 127.0.0.1:$sink; root $shm/root;
-           location / { dav_methods PUT; create_full_put_path on; } }
-}
-CONF
-nginx -p "$work" -c "$work/sink.conf" & pids+=($!)
+gw=$(free_port)
+start_sink 1
 "$hg" gateway --filter "$work/f.hgf" --pub "$work/k.pub" --listen "127.0.0.1:$gw" \
   --origin "http://127.0.0.1:$sink" 2>"$work/gateway.err" & pids+=($!)
 wait_port "$sink"; wait_port "$gw"
