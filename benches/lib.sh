@@ -4,7 +4,7 @@
 #                    it), $shm (a tmpfs directory) and a trap that stops every pid in
 #                    $pids, runs bench_cleanup_extra if defined, and removes both.
 # need CMD PKG ...   installs the Debian packages whose command is missing.
-# build_hashgate     builds the release binary; sets $hg.
+# build_hashgate     builds the release binary (or takes $HASHGATE_BIN); sets $hg.
 # free_port, wait_port PORT, random_list FILE N (N random SHA-256 digests, one per line).
 
 pids=()
@@ -37,8 +37,12 @@ need() { # pairs of (command or absolute path, Debian package)
 }
 
 build_hashgate() {
-  cargo build --release --locked --quiet
-  hg=$PWD/target/release/hashgate
+  if [ -n "${HASHGATE_BIN:-}" ]; then
+    hg=$HASHGATE_BIN  # another build to compare against (A/B runs)
+  else
+    cargo build --release --locked --quiet
+    hg=$PWD/target/release/hashgate
+  fi
 }
 
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
