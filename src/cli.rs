@@ -147,12 +147,21 @@ pub struct GatewayArgs {
     /// Client listener address.
     #[arg(long)]
     pub listen: Option<String>,
-    /// Origin base URL, e.g. http://127.0.0.1:9000
+    /// Origin base URL, e.g. http://127.0.0.1:9000 or https://storage.example
     #[arg(long, conflicts_with = "store")]
     pub origin: Option<String>,
     /// Embedded store directory (the default backend when no origin is given).
     #[arg(long)]
     pub store: Option<PathBuf>,
+    /// Serve https with this PEM certificate chain (reloaded on SIGHUP).
+    #[arg(long, requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// The PEM private key of --tls-cert.
+    #[arg(long, requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+    /// A private CA (PEM) to trust for an https origin, besides the platform's roots.
+    #[arg(long)]
+    pub origin_ca: Option<PathBuf>,
     /// Inspect GET responses from the origin too (CDN cache fill, downloads).
     #[arg(long)]
     pub scan_responses: bool,

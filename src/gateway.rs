@@ -25,8 +25,8 @@ pub fn run(args: GatewayArgs) -> Result<()> {
             let uri: hyper::Uri = origin
                 .parse()
                 .with_context(|| format!("origin {origin:?}"))?;
-            if uri.scheme_str() != Some("http") || uri.authority().is_none() {
-                bail!("origin must be an http://host:port URL (https comes with TLS support)");
+            if !matches!(uri.scheme_str(), Some("http" | "https")) || uri.authority().is_none() {
+                bail!("origin must be an http:// or https:// URL with a host");
             }
             Backend::Origin(uri)
         }
@@ -82,6 +82,14 @@ pub fn run(args: GatewayArgs) -> Result<()> {
             }
         }
     }
+    config.origin_ca = args.origin_ca.or(file.origin_ca.clone());
+    let cert = args.tls_cert.or(file.tls_cert.clone());
+    let key = args.tls_key.or(file.tls_key.clone());
+    config.tls = match (cert, key) {
+        (Some(cert), Some(key)) => Some(hashgate_host::tls::CertStore::load(&cert, &key)?),
+        (None, None) => None,
+        _ => bail!("TLS needs both a certificate (tls_cert) and its key (tls_key)"),
+    };
     let enforcer = serve::enforcer(&args.enforce, &file)?;
 
     serve::runtime()?.block_on(async move {
@@ -89,10 +97,18 @@ pub fn run(args: GatewayArgs) -> Result<()> {
             .await
             .with_context(|| format!("listening on {listen}"))?;
         serve::start_admin(&args.enforce, &file, &enforcer).await?;
-        let gateway = Gateway::new(config, enforcer);
+        if let Some(store) = config.tls.clone() {
+            tokio::spawn(reload_on_sighup(store));
+        }
+        let scheme = if config.tls.is_some() {
+            "https"
+        } else {
+            "http"
+        };
+        let gateway = Gateway::new(config, enforcer)?;
         let info = gateway.enforcer().engine().info();
         eprintln!(
-            "hashgate gateway on http://{} enforcing {} v{} ({} entries)",
+            "hashgate gateway on {scheme}://{} enforcing {} v{} ({} entries)",
             listener.local_addr()?,
             info.series,
             info.version,
@@ -101,6 +117,24 @@ pub fn run(args: GatewayArgs) -> Result<()> {
         gateway.serve(listener, serve::shutdown_signal()).await?;
         Ok(())
     })
+}
+
+/// Reloads the TLS certificate on every SIGHUP; a bad new one is logged and the old one
+/// stays in use. Connections already up keep the certificate they started with.
+async fn reload_on_sighup(store: std::sync::Arc<hashgate_host::tls::CertStore>) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let Ok(mut hup) = signal(SignalKind::hangup()) else {
+        tracing::error!("cannot install the SIGHUP handler; certificate reload is off");
+        return;
+    };
+    while hup.recv().await.is_some() {
+        match store.reload() {
+            Ok(()) => eprintln!("TLS certificate reloaded"),
+            Err(e) => {
+                tracing::error!(error = %e, "TLS certificate reload failed; keeping the old one")
+            }
+        }
+    }
 }
 
 /// PUTs the canary to `url` and reports whether the gateway blocked it.

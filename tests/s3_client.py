@@ -10,6 +10,7 @@ mpu-raw KEY FILE (the same with the low-level calls, one part after another, and
 on failure) | get KEY OUT | list
 """
 
+import os
 import sys
 
 import boto3
@@ -35,9 +36,18 @@ def main():
             print(200)
         elif op == "put":
             key, path = args
+            sent = {}
+            s3.meta.events.register(
+                "before-send.s3.PutObject",
+                lambda request, **_: sent.update(request.headers),
+            )
             with open(path, "rb") as f:
                 s3.put_object(Bucket=bucket, Key=key, Body=f.read())
-            print(200)
+            # With HG_SHOW_ENCODING set, also say how the body was framed on the wire.
+            if os.environ.get("HG_SHOW_ENCODING"):
+                print(200, sent.get("Content-Encoding", b"identity").decode())
+            else:
+                print(200)
         elif op == "mpu":
             key, path = args
             mib = 1024 * 1024

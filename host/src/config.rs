@@ -47,6 +47,12 @@ pub struct FileConfig {
     pub max_connections: Option<usize>,
     /// Shutdown grace in seconds.
     pub shutdown_grace_secs: Option<u64>,
+    /// Serve https with this PEM certificate chain (reloaded on SIGHUP).
+    pub tls_cert: Option<PathBuf>,
+    /// The PEM private key of `tls_cert`.
+    pub tls_key: Option<PathBuf>,
+    /// A private CA to trust for an https origin.
+    pub origin_ca: Option<PathBuf>,
     /// Inspect `GET` responses from the origin too (CDN / download mode).
     pub scan_responses: Option<bool>,
     /// Responses up to this many bytes are read whole and refused with 451 when listed.

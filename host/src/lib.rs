@@ -29,6 +29,7 @@ pub mod icap;
 pub mod listener;
 pub mod runtime;
 pub mod scan;
+pub mod tls;
 pub mod trust;
 
 pub use error::Error;

@@ -8,6 +8,7 @@ use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use rand::RngCore;
+use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair};
 
 pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
@@ -98,17 +99,22 @@ impl Setup {
 
     /// nginx with WebDAV PUT on a free port, serving `root`.
     pub fn nginx(&self) -> (Killed, u16, PathBuf) {
+        self.nginx_with(None)
+    }
+
+    /// nginx as [`Setup::nginx`], serving https with `tls` (certificate, key) if given.
+    pub fn nginx_with(&self, tls: Option<(&Path, &Path)>) -> (Killed, u16, PathBuf) {
         // nginx needs a port number up front; another test may grab the same free port
         // first, so try a few.
         for _ in 0..5 {
-            if let Some(started) = self.try_nginx(free_port()) {
+            if let Some(started) = self.try_nginx(free_port(), tls) {
                 return started;
             }
         }
         panic!("nginx did not start (is nginx-light installed?)");
     }
 
-    fn try_nginx(&self, port: u16) -> Option<(Killed, u16, PathBuf)> {
+    fn try_nginx(&self, port: u16, tls: Option<(&Path, &Path)>) -> Option<(Killed, u16, PathBuf)> {
         let root = self.path("origin");
         let temp = self.path("nginx-temp");
         std::fs::create_dir_all(&root).unwrap();
@@ -122,7 +128,7 @@ http {{
   proxy_temp_path {temp}; fastcgi_temp_path {temp}; uwsgi_temp_path {temp}; scgi_temp_path {temp};
   client_max_body_size 0;
   server {{
-    listen 127.0.0.1:{port};
+    listen 127.0.0.1:{port}{ssl};
     root {root};
     location / {{ dav_methods PUT DELETE; create_full_put_path on; }}
   }}
@@ -132,6 +138,14 @@ http {{
             err = self.path("nginx.err").display(),
             temp = temp.display(),
             root = root.display(),
+            ssl = match tls {
+                Some((cert, key)) => format!(
+                    " ssl; ssl_certificate {}; ssl_certificate_key {}",
+                    cert.display(),
+                    key.display()
+                ),
+                None => String::new(),
+            },
         );
         std::fs::write(self.path("nginx.conf"), conf).unwrap();
         let child = Command::new("nginx")
@@ -313,4 +327,43 @@ pub fn sha256_hex(bytes: &[u8]) -> String {
     let mut h = hashgate_host::hashing::ObjectHasher::new(&[hashgate_host::Algorithm::Sha256]);
     h.update(bytes);
     hex::encode(&h.finish()[0].bytes)
+}
+
+/// A test CA and a server certificate for localhost / 127.0.0.1, as PEM files in `dir`:
+/// `ca.pem`, `<name>.pem`, `<name>.key`.
+pub struct TestCa {
+    cert: rcgen::Certificate,
+    key: KeyPair,
+}
+
+impl TestCa {
+    pub fn new(dir: &Path) -> TestCa {
+        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        params
+            .distinguished_name
+            .push(DnType::CommonName, "hashgate test CA");
+        let key = KeyPair::generate().unwrap();
+        let cert = params.self_signed(&key).unwrap();
+        std::fs::write(dir.join("ca.pem"), cert.pem()).unwrap();
+        TestCa { cert, key }
+    }
+
+    /// Writes a fresh server certificate; returns (cert path, key path).
+    pub fn server(&self, dir: &Path, name: &str) -> (PathBuf, PathBuf) {
+        let mut params =
+            CertificateParams::new(vec!["localhost".to_string(), "127.0.0.1".to_string()]).unwrap();
+        params
+            .distinguished_name
+            .push(DnType::CommonName, format!("hashgate test {name}"));
+        let key = KeyPair::generate().unwrap();
+        let cert = params.signed_by(&key, &self.cert, &self.key).unwrap();
+        let (c, k) = (
+            dir.join(format!("{name}.pem")),
+            dir.join(format!("{name}.key")),
+        );
+        std::fs::write(&c, cert.pem()).unwrap();
+        std::fs::write(&k, key.serialize_pem()).unwrap();
+        (c, k)
+    }
 }

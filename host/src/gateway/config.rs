@@ -46,6 +46,10 @@ pub struct Config {
     pub s3_spool: Option<PathBuf>,
     /// S3 mode: credentials to abort refused multipart uploads with, if any.
     pub s3_abort: Option<super::s3::AbortCredentials>,
+    /// Serve https with this (reloadable) certificate.
+    pub tls: Option<std::sync::Arc<crate::tls::CertStore>>,
+    /// A private CA to trust for an https origin, besides the platform's roots.
+    pub origin_ca: Option<PathBuf>,
 }
 
 impl Config {
@@ -67,6 +71,8 @@ impl Config {
             quarantine: None,
             s3_spool: None,
             s3_abort: None,
+            tls: None,
+            origin_ca: None,
         }
     }
 }

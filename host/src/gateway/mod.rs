@@ -46,16 +46,40 @@ use crate::Error;
 pub struct Gateway {
     config: Config,
     enforcer: Arc<Enforcer>,
-    client: Client<HttpConnector, GatewayBody>,
+    client: Client<hyper_rustls::HttpsConnector<HttpConnector>, GatewayBody>,
     responses: Arc<response::DigestCache>,
+    tls: Option<tokio_rustls::TlsAcceptor>,
 }
 
 impl Gateway {
     /// A gateway enforcing with `enforcer` as `config` says.
-    pub fn new(config: Config, enforcer: Arc<Enforcer>) -> Arc<Gateway> {
+    ///
+    /// Fails if the origin is https and no trust roots can be had (or the `origin_ca`
+    /// file is unreadable).
+    pub fn new(config: Config, enforcer: Arc<Enforcer>) -> Result<Arc<Gateway>, Error> {
         let mut connector = HttpConnector::new();
         connector.set_nodelay(true);
         connector.set_connect_timeout(Some(config.origin_timeout));
+        connector.enforce_http(false);
+        let https_origin =
+            matches!(&config.backend, Backend::Origin(uri) if uri.scheme_str() == Some("https"));
+        let tls = if https_origin {
+            crate::tls::client_config(config.origin_ca.as_deref())?
+        } else {
+            // Never used: the origin speaks plain http.
+            rustls::ClientConfig::builder_with_provider(Arc::new(
+                rustls::crypto::ring::default_provider(),
+            ))
+            .with_safe_default_protocol_versions()
+            .expect("ring supports the defaults")
+            .with_root_certificates(rustls::RootCertStore::empty())
+            .with_no_client_auth()
+        };
+        let connector = hyper_rustls::HttpsConnectorBuilder::new()
+            .with_tls_config(tls)
+            .https_or_http()
+            .enable_http1()
+            .wrap_connector(connector);
         let client = Client::builder(TokioExecutor::new())
             .pool_idle_timeout(Duration::from_secs(30))
             .build(connector);
@@ -63,12 +87,17 @@ impl Gateway {
             config.response_cache_entries,
             config.response_cache_ttl,
         ));
-        Arc::new(Gateway {
+        let tls = config
+            .tls
+            .as_ref()
+            .map(|store| tokio_rustls::TlsAcceptor::from(store.server_config()));
+        Ok(Arc::new(Gateway {
             config,
             enforcer,
             client,
             responses,
-        })
+            tls,
+        }))
     }
 
     /// The verdict core.
@@ -87,22 +116,23 @@ impl Gateway {
         let max = self.config.max_connections;
         crate::listener::accept_until(listener, max, shutdown, |stream, peer| {
             let gateway = self.clone();
-            let service = service_fn(move |req| {
-                let gateway = gateway.clone();
-                async move { Ok::<_, Infallible>(gateway.handle(req, peer).await) }
-            });
-            let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
-            builder
-                .http1()
-                .timer(TokioTimer::new())
-                .header_read_timeout(self.config.header_timeout);
-            let connection = builder
-                .serve_connection(TokioIo::new(stream), service)
-                .into_owned();
-            let connection = graceful.watch(connection);
+            let watcher = graceful.watcher();
             async move {
-                if let Err(e) = connection.await {
-                    tracing::debug!(error = %e, "connection ended with an error");
+                let Some(acceptor) = gateway.tls.clone() else {
+                    return gateway
+                        .serve_connection(TokioIo::new(stream), peer, watcher)
+                        .await;
+                };
+                // The handshake is bounded like the request head that follows it.
+                let timeout = gateway.config.header_timeout;
+                match tokio::time::timeout(timeout, acceptor.accept(stream)).await {
+                    Ok(Ok(tls)) => {
+                        gateway
+                            .serve_connection(TokioIo::new(tls), peer, watcher)
+                            .await
+                    }
+                    Ok(Err(e)) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
+                    Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
                 }
             }
         })
@@ -115,6 +145,31 @@ impl Gateway {
             }
         }
         Ok(())
+    }
+
+    /// Serves HTTP/1.1 and HTTP/2 on one accepted (and, with TLS, decrypted) connection.
+    async fn serve_connection<I>(
+        self: Arc<Self>,
+        io: I,
+        peer: SocketAddr,
+        watcher: hyper_util::server::graceful::Watcher,
+    ) where
+        I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+    {
+        let gateway = self.clone();
+        let service = service_fn(move |req| {
+            let gateway = gateway.clone();
+            async move { Ok::<_, Infallible>(gateway.handle(req, peer).await) }
+        });
+        let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+        builder
+            .http1()
+            .timer(TokioTimer::new())
+            .header_read_timeout(self.config.header_timeout);
+        let connection = builder.serve_connection(io, service).into_owned();
+        if let Err(e) = watcher.watch(connection).await {
+            tracing::debug!(error = %e, "connection ended with an error");
+        }
     }
 
     async fn handle(&self, req: Request<Incoming>, peer: SocketAddr) -> Response<GatewayBody> {
