@@ -184,6 +184,13 @@ pub struct IcapArgs {
     /// HTTP status of the refusal sent for a listed body: 451 (default) or 403.
     #[arg(long)]
     pub block_status: Option<u16>,
+    /// Serve ICAPS (ICAP over TLS; port 11344 by convention) with this PEM certificate
+    /// chain (reloaded on SIGHUP).
+    #[arg(long, requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// The PEM private key of --tls-cert.
+    #[arg(long, requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
     /// Preview size advertised to clients, in bytes (default 32768; Squid stalls on a
     /// preview as large as its 64 KiB body buffer).
     #[arg(long)]

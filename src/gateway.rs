@@ -98,7 +98,7 @@ pub fn run(args: GatewayArgs) -> Result<()> {
             .with_context(|| format!("listening on {listen}"))?;
         serve::start_admin(&args.enforce, &file, &enforcer).await?;
         if let Some(store) = config.tls.clone() {
-            tokio::spawn(reload_on_sighup(store));
+            tokio::spawn(serve::reload_on_sighup(store));
         }
         let scheme = if config.tls.is_some() {
             "https"
@@ -117,24 +117,6 @@ pub fn run(args: GatewayArgs) -> Result<()> {
         gateway.serve(listener, serve::shutdown_signal()).await?;
         Ok(())
     })
-}
-
-/// Reloads the TLS certificate on every SIGHUP; a bad new one is logged and the old one
-/// stays in use. Connections already up keep the certificate they started with.
-async fn reload_on_sighup(store: std::sync::Arc<hashgate_host::tls::CertStore>) {
-    use tokio::signal::unix::{signal, SignalKind};
-    let Ok(mut hup) = signal(SignalKind::hangup()) else {
-        tracing::error!("cannot install the SIGHUP handler; certificate reload is off");
-        return;
-    };
-    while hup.recv().await.is_some() {
-        match store.reload() {
-            Ok(()) => eprintln!("TLS certificate reloaded"),
-            Err(e) => {
-                tracing::error!(error = %e, "TLS certificate reload failed; keeping the old one")
-            }
-        }
-    }
 }
 
 /// PUTs the canary to `url` and reports whether the gateway blocked it.

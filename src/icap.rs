@@ -42,17 +42,32 @@ pub fn run(args: IcapArgs) -> Result<()> {
     config.shutdown_grace = table
         .shutdown_grace_secs
         .map_or(config.shutdown_grace, secs);
+    let cert = args.tls_cert.or(table.tls_cert);
+    let key = args.tls_key.or(table.tls_key);
+    config.tls = match (cert, key) {
+        (Some(cert), Some(key)) => Some(hashgate_host::tls::CertStore::load(&cert, &key)?),
+        (None, None) => None,
+        _ => anyhow::bail!("ICAPS needs both a certificate (tls_cert) and its key (tls_key)"),
+    };
+    let scheme = if config.tls.is_some() {
+        "icaps"
+    } else {
+        "icap"
+    };
     let enforcer = serve::enforcer(&args.enforce, &file)?;
-    let server = IcapServer::new(config, enforcer)?;
+    let server = IcapServer::new(config.clone(), enforcer)?;
 
     serve::runtime()?.block_on(async move {
         let listener = tokio::net::TcpListener::bind(&listen)
             .await
             .with_context(|| format!("listening on {listen}"))?;
         serve::start_admin(&args.enforce, &file, server.enforcer()).await?;
+        if let Some(store) = config.tls.clone() {
+            tokio::spawn(serve::reload_on_sighup(store));
+        }
         let info = server.enforcer().engine().info();
         eprintln!(
-            "hashgate icap on icap://{} (/reqmod, /respmod) enforcing {} v{} ({} entries)",
+            "hashgate icap on {scheme}://{} (/reqmod, /respmod) enforcing {} v{} ({} entries)",
             listener.local_addr()?,
             info.series,
             info.version,

@@ -100,3 +100,21 @@ pub fn runtime() -> Result<tokio::runtime::Runtime> {
         .build()
         .context("starting the async runtime")
 }
+
+/// Reloads the TLS certificate on every SIGHUP; a bad new one is logged and the old one
+/// stays in use. Connections already up keep the certificate they started with.
+pub async fn reload_on_sighup(store: std::sync::Arc<hashgate_host::tls::CertStore>) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let Ok(mut hup) = signal(SignalKind::hangup()) else {
+        tracing::error!("cannot install the SIGHUP handler; certificate reload is off");
+        return;
+    };
+    while hup.recv().await.is_some() {
+        match store.reload() {
+            Ok(()) => eprintln!("TLS certificate reloaded"),
+            Err(e) => {
+                tracing::error!(error = %e, "TLS certificate reload failed; keeping the old one")
+            }
+        }
+    }
+}

@@ -751,3 +751,62 @@ fn sigterm_lets_a_transaction_in_flight_finish_and_refuses_new_ones() {
     }
     assert!(idle.answer().is_none());
 }
+
+#[test]
+fn icaps_serves_icap_over_tls_with_the_test_ca() {
+    let s = Setup::new();
+    s.filter_listing("icap.hgf", 1, &[]);
+    let ca = TestCa::new(s.dir.path());
+    let (cert, key) = ca.server(s.dir.path(), "icaps");
+    let (_icap, port, _) = s.icap(
+        "icap.hgf",
+        &[
+            "--tls-cert",
+            cert.to_str().unwrap(),
+            "--tls-key",
+            key.to_str().unwrap(),
+        ],
+    );
+    let talk = |request: &str, verify: bool| {
+        let mut child = Command::new("openssl")
+            .args([
+                "s_client",
+                "-quiet",
+                "-connect",
+                &format!("127.0.0.1:{port}"),
+            ])
+            .args(["-CAfile", s.path("ca.pem").to_str().unwrap()])
+            .args(if verify {
+                &["-verify_return_error"][..]
+            } else {
+                &[][..]
+            })
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("openssl");
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(request.as_bytes())
+            .unwrap();
+        let out = child.wait_with_output().unwrap();
+        String::from_utf8_lossy(&out.stdout).to_string()
+    };
+    let answer = talk(
+        "OPTIONS icaps://127.0.0.1/reqmod ICAP/1.0\r\nHost: x\r\nConnection: close\r\n\r\n",
+        true,
+    );
+    assert!(answer.starts_with("ICAP/1.0 200 OK"), "{answer}");
+    assert!(answer.contains("Methods: REQMOD"), "{answer}");
+    // Plain ICAP on the ICAPS port gets nowhere.
+    let mut c = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    c.set_read_timeout(Some(Duration::from_secs(15))).unwrap();
+    c.write_all(b"OPTIONS icap://127.0.0.1/reqmod ICAP/1.0\r\n\r\n")
+        .unwrap();
+    let mut got = Vec::new();
+    let _ = c.read_to_end(&mut got);
+    assert!(!got.starts_with(b"ICAP/1.0 200"));
+}

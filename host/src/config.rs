@@ -114,6 +114,10 @@ pub struct IcapFileConfig {
     pub body_timeout_secs: Option<u64>,
     /// Shutdown grace in seconds.
     pub shutdown_grace_secs: Option<u64>,
+    /// Serve ICAPS with this PEM certificate chain (reloaded on SIGHUP).
+    pub tls_cert: Option<PathBuf>,
+    /// The PEM private key of `tls_cert`.
+    pub tls_key: Option<PathBuf>,
 }
 
 impl FileConfig {

@@ -41,14 +41,15 @@ impl CertStore {
         Ok(())
     }
 
-    /// A server configuration using this store, offering `h2` and `http/1.1` by ALPN.
-    pub fn server_config(self: &Arc<Self>) -> Arc<rustls::ServerConfig> {
+    /// A server configuration using this store, offering `alpn` (e.g. `h2`, `http/1.1`;
+    /// none for ICAPS).
+    pub fn server_config(self: &Arc<Self>, alpn: &[&[u8]]) -> Arc<rustls::ServerConfig> {
         let mut config = rustls::ServerConfig::builder_with_provider(provider())
             .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
             .expect("ring supports TLS 1.2 and 1.3")
             .with_no_client_auth()
             .with_cert_resolver(self.clone());
-        config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+        config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
         Arc::new(config)
     }
 }

@@ -87,10 +87,9 @@ impl Gateway {
             config.response_cache_entries,
             config.response_cache_ttl,
         ));
-        let tls = config
-            .tls
-            .as_ref()
-            .map(|store| tokio_rustls::TlsAcceptor::from(store.server_config()));
+        let tls = config.tls.as_ref().map(|store| {
+            tokio_rustls::TlsAcceptor::from(store.server_config(&[b"h2", b"http/1.1"]))
+        });
         Ok(Arc::new(Gateway {
             config,
             enforcer,

@@ -68,6 +68,8 @@ pub struct IcapConfig {
     pub body_timeout: Duration,
     /// How long transactions in flight may run after a shutdown signal.
     pub shutdown_grace: Duration,
+    /// Serve ICAPS (ICAP over TLS) with this reloadable certificate.
+    pub tls: Option<Arc<crate::tls::CertStore>>,
 }
 
 impl Default for IcapConfig {
@@ -84,6 +86,7 @@ impl Default for IcapConfig {
             header_timeout: Duration::from_secs(10),
             body_timeout: Duration::from_secs(30),
             shutdown_grace: Duration::from_secs(30),
+            tls: None,
         }
     }
 }
@@ -109,6 +112,7 @@ impl IcapConfig {
 /// The ICAP server: settings, the verdict core, and the count of transactions in flight.
 pub struct IcapServer {
     config: IcapConfig,
+    tls: Option<tokio_rustls::TlsAcceptor>,
     enforcer: Arc<Enforcer>,
     in_flight: AtomicUsize,
     idle: Notify,
@@ -118,7 +122,12 @@ impl IcapServer {
     /// A server deciding with `enforcer`.
     pub fn new(config: IcapConfig, enforcer: Arc<Enforcer>) -> Result<Arc<IcapServer>, Error> {
         config.validate()?;
+        let tls = config
+            .tls
+            .as_ref()
+            .map(|store| tokio_rustls::TlsAcceptor::from(store.server_config(&[])));
         Ok(Arc::new(IcapServer {
+            tls,
             config,
             enforcer,
             in_flight: AtomicUsize::new(0),

@@ -5,6 +5,7 @@ use std::collections::VecDeque;
 use std::net::SocketAddr;
 
 use bytes::Bytes;
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 
 use super::wire::{self, BodyKind, ChunkedBody, Encapsulated, Fault, Reader, RequestHead, Writer};
@@ -55,7 +56,33 @@ struct Connection<'a> {
 
 /// Serves transactions on one connection until either side closes it.
 pub(super) async fn serve_connection(server: &IcapServer, stream: TcpStream, peer: SocketAddr) {
-    let (r, w) = stream.into_split();
+    let (r, w): (
+        Box<dyn AsyncRead + Send + Unpin>,
+        Box<dyn AsyncWrite + Send + Unpin>,
+    ) = match &server.tls {
+        None => {
+            let (r, w) = stream.into_split();
+            (Box::new(r), Box::new(w))
+        }
+        // ICAPS: the handshake is bounded like a request head.
+        Some(acceptor) => {
+            let timeout = server.config.header_timeout;
+            match tokio::time::timeout(timeout, acceptor.accept(stream)).await {
+                Ok(Ok(tls)) => {
+                    let (r, w) = tokio::io::split(tls);
+                    (Box::new(r), Box::new(w))
+                }
+                Ok(Err(e)) => {
+                    tracing::debug!(%peer, error = %e, "ICAPS handshake failed");
+                    return;
+                }
+                Err(_) => {
+                    tracing::debug!(%peer, "ICAPS handshake timed out");
+                    return;
+                }
+            }
+        }
+    };
     let mut conn = Connection {
         server,
         reader: Reader::new(r),

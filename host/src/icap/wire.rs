@@ -5,8 +5,8 @@
 use std::time::Duration;
 
 use bytes::{Buf, Bytes, BytesMut};
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 
 /// Why a transaction cannot go on. Private to the ICAP server: each kind maps to an ICAP
 /// status (or to closing the connection) in `transaction`.
@@ -53,12 +53,12 @@ const MAX_CHUNK_LINE: usize = 1024;
 
 /// The reading side of a connection, with its buffer.
 pub struct Reader {
-    stream: OwnedReadHalf,
+    stream: Box<dyn AsyncRead + Send + Unpin>,
     buf: BytesMut,
 }
 
 impl Reader {
-    pub fn new(stream: OwnedReadHalf) -> Reader {
+    pub fn new(stream: Box<dyn AsyncRead + Send + Unpin>) -> Reader {
         Reader {
             stream,
             buf: BytesMut::with_capacity(READ_SIZE),
@@ -389,11 +389,11 @@ fn parse_chunk_line(line: &[u8]) -> Result<(u64, bool), Fault> {
 
 /// The writing side of a connection.
 pub struct Writer {
-    stream: OwnedWriteHalf,
+    stream: Box<dyn AsyncWrite + Send + Unpin>,
 }
 
 impl Writer {
-    pub fn new(stream: OwnedWriteHalf) -> Writer {
+    pub fn new(stream: Box<dyn AsyncWrite + Send + Unpin>) -> Writer {
         Writer { stream }
     }
 
