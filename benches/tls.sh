@@ -1,0 +1,79 @@
+#!/usr/bin/env bash
+# TLS benchmark (docs/PERFORMANCE.md, issue 8). In one run, on loopback, wrk PUTs objects
+# over https (TLS 1.3, one ECDSA P-256 certificate made here with openssl) to:
+#   nginx    - nginx terminating TLS and streaming to the sink (proxy_request_buffering
+#              off, keep-alive upstream), as many workers as the gateway has threads;
+#   hashgate - `hashgate gateway --tls-cert ...` with a SHA-256 filter of ENTRIES entries,
+#              to the same sink (nginx WebDAV into tmpfs).
+# For 64 KiB, 1 MiB and 16 MiB objects at concurrency 1 and 16 it prints requests/s, MiB/s,
+# p99 and hashgate's throughput against nginx.
+# Usage: benches/tls.sh   (env: ENTRIES=1000000 DURATION=5 SIZES="65536 ...")
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ENTRIES=${ENTRIES:-1000000}
+DURATION=${DURATION:-5}
+SIZES=${SIZES:-"65536 1048576 16777216"}
+source benches/lib.sh
+bench_setup tls
+need nginx nginx-light wrk wrk openssl openssl
+build_hashgate
+threads=$(nproc)
+
+echo "machine: $threads cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs); ${DURATION}s per point; $ENTRIES digests"
+"$hg" keygen --out "$work/k" --force 2>/dev/null
+random_list "$work/list.txt" "$ENTRIES"
+"$hg" build --key "$work/k.key" --series bench --version 1 --out "$work/f.hgf" "$work/list.txt" 2>/dev/null
+openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 1 \
+  -keyout "$work/key.pem" -out "$work/cert.pem" -subj /CN=localhost \
+  -addext subjectAltName=IP:127.0.0.1 2>/dev/null
+
+proxy=$(free_port); gw=$(free_port)
+mkdir -p "$shm/ptmp"
+start_sink "$threads"
+cat > "$work/proxy.conf" <<CONF
+worker_processes $threads; daemon off; pid $work/proxy.pid; error_log $work/proxy.err;
+events { worker_connections 1024; }
+http {
+  access_log off; client_max_body_size 0; client_body_temp_path $shm/ptmp;
+  upstream sink { server 127.0.0.1:$sink; keepalive 64; }
+  server { listen 127.0.0.1:$proxy ssl;
+           ssl_certificate $work/cert.pem; ssl_certificate_key $work/key.pem;
+           ssl_protocols TLSv1.3;
+           location / { proxy_pass http://sink; proxy_http_version 1.1;
+                        proxy_set_header Connection ""; proxy_request_buffering off; } }
+}
+CONF
+nginx -p "$work" -c "$work/proxy.conf" & pids+=($!)
+"$hg" gateway --filter "$work/f.hgf" --pub "$work/k.pub" --listen "127.0.0.1:$gw" \
+  --tls-cert "$work/cert.pem" --tls-key "$work/key.pem" \
+  --origin "http://127.0.0.1:$sink" 2>"$work/gateway.err" & pids+=($!)
+wait_port "$sink"; wait_port "$proxy"; wait_port "$gw"
+
+cat > "$work/put.lua" <<'LUA'
+wrk.method = "PUT"
+local f = assert(io.open(os.getenv("BODY_FILE"), "rb"))
+wrk.body = f:read("*a")
+f:close()
+LUA
+ms() { awk -v v="$1" 'BEGIN { n = v + 0; if (v ~ /us$/) n /= 1000; else if (v ~ /ms$/) n = n; else if (v ~ /s$/) n *= 1000; printf "%.3f", n }'; }
+run() { # port size conns -> "rps mibs p99ms"
+  local out rps p99 t
+  t=$(( $3 < 2 ? 1 : 2 ))
+  out=$(BODY_FILE="$work/body-$2" wrk -t"$t" -c"$3" -d"${DURATION}s" --timeout 60s --latency \
+        -s "$work/put.lua" "https://127.0.0.1:$1/bench/obj-$2-$3")
+  if echo "$out" | grep -q "Non-2xx"; then echo "non-2xx answers from port $1" >&2; echo "$out" >&2; exit 1; fi
+  rps=$(echo "$out" | awk '/Requests\/sec/ {print $2}')
+  p99=$(ms "$(echo "$out" | awk '$1 == "99%" {print $2}')")
+  echo "$rps $(echo "$rps * $2 / 1048576" | bc -l | xargs printf '%.1f') $p99"
+}
+
+printf '\n%-9s %-4s | %-26s | %-26s | %s\n' size conc "nginx+TLS: req/s MiB/s p99" "hashgate+TLS" "hashgate/nginx"
+for size in $SIZES; do
+  head -c "$size" /dev/urandom > "$work/body-$size"
+  for conns in 1 16; do
+    read -r n_rps n_mib n_p99 <<<"$(run "$proxy" "$size" "$conns")"
+    read -r h_rps h_mib h_p99 <<<"$(run "$gw" "$size" "$conns")"
+    printf '%-9s %-4s | %9s %7s %8s | %9s %7s %8s | %.2fx\n' "$size" "$conns" \
+      "$n_rps" "$n_mib" "$n_p99" "$h_rps" "$h_mib" "$h_p99" "$(echo "$h_rps / $n_rps" | bc -l)"
+  done
+done
