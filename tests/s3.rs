@@ -169,8 +169,10 @@ fn boto3_uploads_through_the_gateway_listed_objects_never_become_visible() {
 }
 
 #[test]
-fn boto3_over_https_sends_aws_chunked_and_the_gateway_decodes_it() {
+fn boto3_and_the_aws_cli_over_https_send_aws_chunked_and_the_gateway_decodes_it() {
     let s = Setup::new();
+    // Replaces the setup's filter: it lists the setup's file and a 12 MiB one.
+    let files = s.filter_listing("f.hgf", 2, &[("big-listed.bin", 12 << 20)]);
     let ca = TestCa::new(s.dir.path());
     let (cert, key) = ca.server(s.dir.path(), "gateway");
     let (_s3, s3_port) = s3_server(&s.path("s3-root"));
@@ -203,7 +205,46 @@ fn boto3_over_https_sends_aws_chunked_and_the_gateway_decodes_it() {
         std::fs::read(&out).unwrap(),
         std::fs::read(&s.big_clean).unwrap()
     );
-    assert_eq!(run("list", &[]), "clean.bin");
+    // The AWS CLI: `aws s3 cp` (multipart above 8 MiB, parts in parallel, each
+    // aws-chunked over https).
+    let aws = |args: &[&str]| {
+        Command::new("aws")
+            .args(args)
+            .args(["--endpoint-url", &gw, "--region", "us-east-1"])
+            .env("AWS_ACCESS_KEY_ID", ACCESS_KEY)
+            .env("AWS_SECRET_ACCESS_KEY", SECRET_KEY)
+            .env("AWS_CA_BUNDLE", &ca_pem)
+            .env("AWS_EC2_METADATA_DISABLED", "true")
+            .output()
+            .expect("the AWS CLI (scripts/test.sh installs it)")
+    };
+    let target = |key: &str| format!("s3://bucket/{key}");
+    let out = aws(&["s3", "cp", &path(&files[1]), &target("cli-listed.bin")]);
+    assert!(
+        !out.status.success(),
+        "a listed multipart upload went through"
+    );
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("451"),
+        "{out:?}"
+    );
+    let out = aws(&[
+        "s3",
+        "cp",
+        &path(&s.listed),
+        &target("cli-listed-small.bin"),
+    ]);
+    assert!(!out.status.success());
+    let out = aws(&["s3", "cp", &path(&s.big_clean), &target("cli-clean.bin")]);
+    assert!(out.status.success(), "{out:?}");
+    let got = s.path("cli-got");
+    let out = aws(&["s3", "cp", &target("cli-clean.bin"), &path(&got)]);
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(
+        std::fs::read(&got).unwrap(),
+        std::fs::read(&s.big_clean).unwrap()
+    );
+    assert_eq!(run("list", &[]), "clean.bin cli-clean.bin");
     // The refusal was of the decoded object: its size is the file's, not the framed body's.
     let audit = std::fs::read_to_string(s.path("audit.log")).unwrap();
     let record: serde_json::Value = serde_json::from_str(audit.lines().next().unwrap()).unwrap();
