@@ -25,21 +25,9 @@ echo "machine: $threads cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -
 [ -s "$work/list-$ENTRIES.txt" ] || random_list "$work/list-$ENTRIES.txt" "$ENTRIES"
 "$hg" build --key "$work/k.key" --series bench --version 1 --out "$work/f.hgf" "$work/list-$ENTRIES.txt" 2>/dev/null
 
-proxy=$(free_port); gw=$(free_port)
-mkdir -p "$shm/ptmp"
+gw=$(free_port)
 start_sink "$threads"
-cat > "$work/proxy.conf" <<CONF
-worker_processes $threads; daemon off; pid $work/proxy.pid; error_log $work/proxy.err;
-events { worker_connections 1024; }
-http {
-  access_log off; client_max_body_size 0; client_body_temp_path $shm/ptmp;
-  upstream sink { server 127.0.0.1:$sink; keepalive 64; }
-  server { listen 127.0.0.1:$proxy;
-           location / { proxy_pass http://sink; proxy_http_version 1.1;
-                        proxy_set_header Connection ""; proxy_request_buffering off; } }
-}
-CONF
-nginx -p "$work" -c "$work/proxy.conf" & pids+=($!)
+start_proxy "$threads"
 "$hg" gateway --filter "$work/f.hgf" --pub "$work/k.pub" --listen "127.0.0.1:$gw" \
   --origin "http://127.0.0.1:$sink" 2>"$work/gateway.err" & pids+=($!)
 wait_port "$sink"; wait_port "$proxy"; wait_port "$gw"

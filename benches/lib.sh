@@ -84,3 +84,28 @@ http {
 CONF
   nginx -p "$work" -c "$work/sink.conf" & pids+=($!)
 }
+
+# start_proxy WORKERS [CERT KEY]: nginx as a plain streaming pass-through to the sink
+# (proxy_request_buffering off, keep-alive upstream), over TLS 1.3 when given a
+# certificate; sets $proxy to its port. Call after start_sink.
+start_proxy() {
+  proxy=$(free_port)
+  mkdir -p "$shm/ptmp"
+  chmod 777 "$shm/ptmp"
+  local listen="listen 127.0.0.1:$proxy;"
+  if [ -n "${2:-}" ]; then
+    listen="listen 127.0.0.1:$proxy ssl; ssl_certificate $2; ssl_certificate_key $3; ssl_protocols TLSv1.3;"
+  fi
+  cat > "$work/proxy.conf" <<CONF
+worker_processes $1; daemon off; pid $work/proxy.pid; error_log $work/proxy.err;
+events { worker_connections 1024; }
+http {
+  access_log off; client_max_body_size 0; client_body_temp_path $shm/ptmp;
+  upstream sink { server 127.0.0.1:$sink; keepalive 64; }
+  server { $listen
+           location / { proxy_pass http://sink; proxy_http_version 1.1;
+                        proxy_set_header Connection ""; proxy_request_buffering off; } }
+}
+CONF
+  nginx -p "$work" -c "$work/proxy.conf" & pids+=($!)
+}

@@ -27,23 +27,9 @@ openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 1 \
   -keyout "$work/key.pem" -out "$work/cert.pem" -subj /CN=localhost \
   -addext subjectAltName=IP:127.0.0.1 2>/dev/null
 
-proxy=$(free_port); gw=$(free_port)
-mkdir -p "$shm/ptmp"
+gw=$(free_port)
 start_sink "$threads"
-cat > "$work/proxy.conf" <<CONF
-worker_processes $threads; daemon off; pid $work/proxy.pid; error_log $work/proxy.err;
-events { worker_connections 1024; }
-http {
-  access_log off; client_max_body_size 0; client_body_temp_path $shm/ptmp;
-  upstream sink { server 127.0.0.1:$sink; keepalive 64; }
-  server { listen 127.0.0.1:$proxy ssl;
-           ssl_certificate $work/cert.pem; ssl_certificate_key $work/key.pem;
-           ssl_protocols TLSv1.3;
-           location / { proxy_pass http://sink; proxy_http_version 1.1;
-                        proxy_set_header Connection ""; proxy_request_buffering off; } }
-}
-CONF
-nginx -p "$work" -c "$work/proxy.conf" & pids+=($!)
+start_proxy "$threads" "$work/cert.pem" "$work/key.pem"
 "$hg" gateway --filter "$work/f.hgf" --pub "$work/k.pub" --listen "127.0.0.1:$gw" \
   --tls-cert "$work/cert.pem" --tls-key "$work/key.pem" \
   --origin "http://127.0.0.1:$sink" 2>"$work/gateway.err" & pids+=($!)

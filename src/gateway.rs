@@ -83,13 +83,10 @@ pub fn run(args: GatewayArgs) -> Result<()> {
         }
     }
     config.origin_ca = args.origin_ca.or(file.origin_ca.clone());
-    let cert = args.tls_cert.or(file.tls_cert.clone());
-    let key = args.tls_key.or(file.tls_key.clone());
-    config.tls = match (cert, key) {
-        (Some(cert), Some(key)) => Some(hashgate_host::tls::CertStore::load(&cert, &key)?),
-        (None, None) => None,
-        _ => bail!("TLS needs both a certificate (tls_cert) and its key (tls_key)"),
-    };
+    config.tls = serve::cert_store(
+        args.tls_cert.or(file.tls_cert.clone()),
+        args.tls_key.or(file.tls_key.clone()),
+    )?;
     let enforcer = serve::enforcer(&args.enforce, &file)?;
 
     serve::runtime()?.block_on(async move {

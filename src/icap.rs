@@ -42,13 +42,10 @@ pub fn run(args: IcapArgs) -> Result<()> {
     config.shutdown_grace = table
         .shutdown_grace_secs
         .map_or(config.shutdown_grace, secs);
-    let cert = args.tls_cert.or(table.tls_cert);
-    let key = args.tls_key.or(table.tls_key);
-    config.tls = match (cert, key) {
-        (Some(cert), Some(key)) => Some(hashgate_host::tls::CertStore::load(&cert, &key)?),
-        (None, None) => None,
-        _ => anyhow::bail!("ICAPS needs both a certificate (tls_cert) and its key (tls_key)"),
-    };
+    config.tls = serve::cert_store(
+        args.tls_cert.or(table.tls_cert),
+        args.tls_key.or(table.tls_key),
+    )?;
     let scheme = if config.tls.is_some() {
         "icaps"
     } else {

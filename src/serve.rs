@@ -83,6 +83,18 @@ pub async fn start_admin(
     Ok(())
 }
 
+/// The reloadable certificate store for `cert` and `key`, if TLS is configured at all.
+pub fn cert_store(
+    cert: Option<std::path::PathBuf>,
+    key: Option<std::path::PathBuf>,
+) -> Result<Option<Arc<hashgate_host::tls::CertStore>>> {
+    match (cert, key) {
+        (Some(cert), Some(key)) => Ok(Some(hashgate_host::tls::CertStore::load(&cert, &key)?)),
+        (None, None) => Ok(None),
+        _ => anyhow::bail!("TLS needs both a certificate (tls_cert) and its key (tls_key)"),
+    }
+}
+
 /// Resolves on SIGTERM or Ctrl-C.
 pub async fn shutdown_signal() {
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
