@@ -19,8 +19,9 @@ command -v nginx >/dev/null 2>&1 || need+=(nginx-light)
 command -v curl >/dev/null 2>&1 || need+=(curl)
 command -v squid >/dev/null 2>&1 || [ -x /usr/sbin/squid ] || need+=(squid)
 # The S3 tests drive boto3 and the AWS CLI (PyPI) against s3s-fs (crates.io; ~4 min to build on 2 cores).
-python3 -c 'import boto3' 2>/dev/null || pip install -q boto3
-command -v aws >/dev/null 2>&1 || pip install -q awscli
+# One pip run, pinned, so that boto3 and the AWS CLI get botocore versions that agree.
+{ python3 -c 'import boto3' 2>/dev/null && command -v aws >/dev/null 2>&1; } ||
+  pip install -q boto3==1.44.8 awscli==1.46.3
 command -v s3s-fs >/dev/null 2>&1 || [ -x "$HOME/.cargo/bin/s3s-fs" ] ||
   cargo install --locked --quiet --features binary s3s-fs@0.14.1
 if [ ${#need[@]} -gt 0 ]; then
