@@ -32,27 +32,8 @@ start_proxy "$threads"
   --origin "http://127.0.0.1:$sink" 2>"$work/gateway.err" & pids+=($!)
 wait_port "$sink"; wait_port "$proxy"; wait_port "$gw"
 
-cat > "$work/put.lua" <<'LUA'
-wrk.method = "PUT"
-local f = assert(io.open(os.getenv("BODY_FILE"), "rb"))
-wrk.body = f:read("*a")
-f:close()
-wrk.headers["Content-Type"] = "application/octet-stream"
-LUA
-
-# wrk's latency units (us, ms, s) to milliseconds.
-ms() { awk -v v="$1" 'BEGIN { n = v + 0; if (v ~ /us$/) n /= 1000; else if (v ~ /ms$/) n = n; else if (v ~ /s$/) n *= 1000; printf "%.3f", n }'; }
-run() { # port size conns -> "rps mibs p50ms p99ms"
-  local out rps p50 p99 t
-  t=$(( $3 < 2 ? 1 : 2 ))
-  out=$(BODY_FILE="$work/body-$2" wrk -t"$t" -c"$3" -d"${DURATION}s" --timeout 60s --latency \
-        -s "$work/put.lua" "http://127.0.0.1:$1/bench/obj-$2-$3")
-  if echo "$out" | grep -q "Non-2xx"; then echo "non-2xx answers from port $1" >&2; echo "$out" >&2; exit 1; fi
-  rps=$(echo "$out" | awk '/Requests\/sec/ {print $2}')
-  p50=$(ms "$(echo "$out" | awk '$1 == "50%" {print $2}')")
-  p99=$(ms "$(echo "$out" | awk '$1 == "99%" {print $2}')")
-  echo "$rps $(echo "$rps * $2 / 1048576" | bc -l | xargs printf '%.1f') $p50 $p99"
-}
+write_put_lua
+run() { wrk_put "http://127.0.0.1:$1/bench/obj-$2-$3" "$work/body-$2" "$3"; }  # port size conns
 
 printf '\n%-9s %-4s | %-32s | %-32s | %-32s | %s\n' size conc "direct: req/s MiB/s p50 p99 (ms)" "nginx" "hashgate" "hashgate/nginx: thrpt, p99 added"
 for size in $SIZES; do

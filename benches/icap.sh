@@ -126,27 +126,9 @@ for s in "${systems[@]}"; do
   echo "$s: listed probe refused with $c, clean probe stored"
 done
 
-cat > "$work/put.lua" <<'LUA'
-wrk.method = "PUT"
-local f = assert(io.open(os.getenv("BODY_FILE"), "rb"))
-wrk.body = f:read("*a")
-f:close()
--- Through a forward proxy the request target is the absolute URL.
-wrk.path = os.getenv("TARGET")
-wrk.headers["Content-Type"] = "application/octet-stream"
-LUA
-
-ms() { awk -v v="$1" 'BEGIN { n = v + 0; if (v ~ /us$/) n /= 1000; else if (v ~ /ms$/) n = n; else if (v ~ /s$/) n *= 1000; printf "%.3f", n }'; }
-run() { # system size conns -> "rps mibs p99ms"
-  local out rps p99 t
-  t=$(( $3 < 2 ? 1 : 2 ))
-  out=$(BODY_FILE="$work/body-$2" TARGET="http://127.0.0.1:$sink/bench/$1-$2-$3" \
-        wrk -t"$t" -c"$3" -d"${DURATION}s" --timeout 60s --latency \
-        -s "$work/put.lua" "http://127.0.0.1:${port[$1]}/")
-  if echo "$out" | grep -q "Non-2xx"; then echo "non-2xx answers through $1" >&2; echo "$out" >&2; exit 1; fi
-  rps=$(echo "$out" | awk '/Requests\/sec/ {print $2}')
-  p99=$(ms "$(echo "$out" | awk '$1 == "99%" {print $2}')")
-  echo "$rps $(echo "$rps * $2 / 1048576" | bc -l | xargs printf '%.1f') $p99"
+write_put_lua
+run() { # system size conns: through that system's Squid, to the sink
+  TARGET="http://127.0.0.1:$sink/bench/$1-$2-$3" wrk_put "http://127.0.0.1:${port[$1]}/" "$work/body-$2" "$3"
 }
 
 printf '\n%-9s %-4s' size conc
@@ -160,7 +142,7 @@ for size in $SIZES; do
     printf '%-9s %-4s' "$size" "$conns"
     declare -A rps=()
     for s in "${systems[@]}"; do
-      read -r r m p <<<"$(run "$s" "$size" "$conns")"
+      read -r r m _ p <<<"$(run "$s" "$size" "$conns")"
       rps[$s]=$r
       printf ' | %9s %7s %8s' "$r" "$m" "$p"
     done

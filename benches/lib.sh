@@ -109,3 +109,40 @@ http {
 CONF
   nginx -p "$work" -c "$work/proxy.conf" & pids+=($!)
 }
+
+# write_put_lua: $work/put.lua, the wrk script every benchmark uses: the body from
+# $BODY_FILE, the method from $METHOD (PUT), the request target from $TARGET (wrk's own
+# path if unset; an absolute URL through a forward proxy), extra headers from $HEADERS
+# ("Name: value|Name: value").
+write_put_lua() {
+  cat > "$work/put.lua" <<'LUA'
+wrk.method = os.getenv("METHOD") or "PUT"
+local f = assert(io.open(os.getenv("BODY_FILE"), "rb"))
+wrk.body = f:read("*a")
+f:close()
+local target = os.getenv("TARGET")
+if target and target ~= "" then wrk.path = target end
+wrk.headers["Content-Type"] = "application/octet-stream"
+for h in string.gmatch(os.getenv("HEADERS") or "", "[^|]+") do
+  local name, value = h:match("^([^:]+):%s*(.*)$")
+  wrk.headers[name] = value
+end
+LUA
+}
+
+# wrk's latency units (us, ms, s) to milliseconds.
+ms() { awk -v v="$1" 'BEGIN { n = v + 0; if (v ~ /us$/) n /= 1000; else if (v ~ /ms$/) n = n; else if (v ~ /s$/) n *= 1000; printf "%.3f", n }'; }
+
+# wrk_put URL BODY_FILE CONNS: DURATION seconds of uploads; prints "req/s MiB/s p50ms p99ms"
+# (MiB/s of the body file's size) and stops the script on any non-2xx answer.
+wrk_put() {
+  local out rps p50 p99 threads
+  threads=$(( $3 < 2 ? 1 : 2 ))
+  out=$(BODY_FILE="$2" wrk -t"$threads" -c"$3" -d"${DURATION}s" --timeout 60s --latency \
+        -s "$work/put.lua" "$1")
+  if echo "$out" | grep -q "Non-2xx"; then echo "non-2xx answers from $1" >&2; echo "$out" >&2; exit 1; fi
+  rps=$(echo "$out" | awk '/Requests\/sec/ {print $2}')
+  p50=$(ms "$(echo "$out" | awk '$1 == "50%" {print $2}')")
+  p99=$(ms "$(echo "$out" | awk '$1 == "99%" {print $2}')")
+  echo "$rps $(echo "$rps * $(stat -c %s "$2") / 1048576" | bc -l | xargs printf '%.1f') $p50 $p99"
+}

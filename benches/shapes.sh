@@ -30,16 +30,7 @@ start_sink 1
   --origin "http://127.0.0.1:$sink" 2>"$work/gateway.err" & pids+=($!)
 wait_port "$sink"; wait_port "$gw"
 
-cat > "$work/up.lua" <<'LUA'
-wrk.method = os.getenv("METHOD")
-local f = assert(io.open(os.getenv("BODY_FILE"), "rb"))
-wrk.body = f:read("*a")
-f:close()
-for h in string.gmatch(os.getenv("HEADERS") or "", "[^|]+") do
-  local name, value = h:match("^([^:]+):%s*(.*)$")
-  wrk.headers[name] = value
-end
-LUA
+write_put_lua
 
 python3 - "$work" $SIZES <<'PY'
 import os, sys
@@ -62,18 +53,14 @@ for size in map(int, sizes):
 PY
 
 run() { # shape size conns -> object MiB/s
-  local method=PUT headers="" body="$work/plain-$2" path="bench/$1-$2-$3" out rps t
+  local body="$work/plain-$2" headers="" rps
   case $1 in
     multipart) body="$work/multipart-$2"
                headers="Content-Type: multipart/form-data; boundary=----hashgatebench" ;;
     aws-chunked) body="$work/aws-$2"
                headers="Content-Encoding: aws-chunked|x-amz-content-sha256: STREAMING-AWS4-HMAC-SHA256-PAYLOAD|x-amz-decoded-content-length: $2" ;;
   esac
-  t=$(( $3 < 2 ? 1 : 2 ))
-  out=$(METHOD=$method BODY_FILE=$body HEADERS=$headers wrk -t"$t" -c"$3" -d"${DURATION}s" \
-        --timeout 60s -s "$work/up.lua" "http://127.0.0.1:$gw/$path")
-  if echo "$out" | grep -q "Non-2xx"; then echo "non-2xx answers for $1" >&2; echo "$out" >&2; exit 1; fi
-  rps=$(echo "$out" | awk '/Requests\/sec/ {print $2}')
+  read -r rps _ <<<"$(HEADERS=$headers wrk_put "http://127.0.0.1:$gw/bench/$1-$2-$3" "$body" "$3")"
   echo "$rps * $2 / 1048576" | bc -l | xargs printf '%.1f'
 }
 

@@ -35,30 +35,15 @@ start_proxy "$threads" "$work/cert.pem" "$work/key.pem"
   --origin "http://127.0.0.1:$sink" 2>"$work/gateway.err" & pids+=($!)
 wait_port "$sink"; wait_port "$proxy"; wait_port "$gw"
 
-cat > "$work/put.lua" <<'LUA'
-wrk.method = "PUT"
-local f = assert(io.open(os.getenv("BODY_FILE"), "rb"))
-wrk.body = f:read("*a")
-f:close()
-LUA
-ms() { awk -v v="$1" 'BEGIN { n = v + 0; if (v ~ /us$/) n /= 1000; else if (v ~ /ms$/) n = n; else if (v ~ /s$/) n *= 1000; printf "%.3f", n }'; }
-run() { # port size conns -> "rps mibs p99ms"
-  local out rps p99 t
-  t=$(( $3 < 2 ? 1 : 2 ))
-  out=$(BODY_FILE="$work/body-$2" wrk -t"$t" -c"$3" -d"${DURATION}s" --timeout 60s --latency \
-        -s "$work/put.lua" "https://127.0.0.1:$1/bench/obj-$2-$3")
-  if echo "$out" | grep -q "Non-2xx"; then echo "non-2xx answers from port $1" >&2; echo "$out" >&2; exit 1; fi
-  rps=$(echo "$out" | awk '/Requests\/sec/ {print $2}')
-  p99=$(ms "$(echo "$out" | awk '$1 == "99%" {print $2}')")
-  echo "$rps $(echo "$rps * $2 / 1048576" | bc -l | xargs printf '%.1f') $p99"
-}
+write_put_lua
+run() { wrk_put "https://127.0.0.1:$1/bench/obj-$2-$3" "$work/body-$2" "$3"; }  # port size conns
 
 printf '\n%-9s %-4s | %-26s | %-26s | %s\n' size conc "nginx+TLS: req/s MiB/s p99" "hashgate+TLS" "hashgate/nginx"
 for size in $SIZES; do
   head -c "$size" /dev/urandom > "$work/body-$size"
   for conns in 1 16; do
-    read -r n_rps n_mib n_p99 <<<"$(run "$proxy" "$size" "$conns")"
-    read -r h_rps h_mib h_p99 <<<"$(run "$gw" "$size" "$conns")"
+    read -r n_rps n_mib _ n_p99 <<<"$(run "$proxy" "$size" "$conns")"
+    read -r h_rps h_mib _ h_p99 <<<"$(run "$gw" "$size" "$conns")"
     printf '%-9s %-4s | %9s %7s %8s | %9s %7s %8s | %.2fx\n' "$size" "$conns" \
       "$n_rps" "$n_mib" "$n_p99" "$h_rps" "$h_mib" "$h_p99" "$(echo "$h_rps / $n_rps" | bc -l)"
   done
