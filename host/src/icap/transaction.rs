@@ -449,20 +449,34 @@ impl Connection<'_> {
         echo: &[u8],
         null_body: bool,
     ) -> Result<(), Fault> {
-        self.answering = true;
         let part = service.part();
         let body = if null_body { "null" } else { part };
+        self.ok_with_http_head(
+            format!("{part}-hdr=0, {body}-body={}", echo.len()),
+            echo,
+            b"",
+        )
+        .await
+    }
+
+    /// `200 OK` with `encapsulated`, then the encapsulated HTTP head and what follows it
+    /// (`rest`: a chunked body, or nothing when the body is streamed after), in one write.
+    async fn ok_with_http_head(
+        &mut self,
+        encapsulated: String,
+        http_head: &[u8],
+        rest: &[u8],
+    ) -> Result<(), Fault> {
+        self.answering = true;
         let mut out = wire::response_head(
             200,
             "OK",
             &self.server.istag(),
-            &[(
-                "Encapsulated",
-                format!("{part}-hdr=0, {body}-body={}", echo.len()),
-            )],
+            &[("Encapsulated", encapsulated)],
         )
         .into_bytes();
-        out.extend_from_slice(echo);
+        out.extend_from_slice(http_head);
+        out.extend_from_slice(rest);
         self.send(&out).await
     }
 
@@ -473,16 +487,14 @@ impl Connection<'_> {
         reason: &str,
         ctx: &Context,
     ) -> Result<(), Fault> {
-        self.answering = true;
         let body = self
             .server
             .enforcer
             .refusal_body(status, reason, &ctx.request_id);
-        let phrase = match status {
-            451 => "Unavailable For Legal Reasons",
-            403 => "Forbidden",
-            _ => "Service Unavailable",
-        };
+        let phrase = hyper::StatusCode::from_u16(status)
+            .ok()
+            .and_then(|s| s.canonical_reason())
+            .unwrap_or("Refused");
         let http = format!(
             "HTTP/1.1 {status} {phrase}\r\nContent-Type: application/json\r\n\
              Content-Length: {}\r\nCache-Control: no-store\r\nX-Request-Id: {}\r\n\
@@ -490,19 +502,13 @@ impl Connection<'_> {
             body.len(),
             ctx.request_id
         );
-        let mut out = wire::response_head(
-            200,
-            "OK",
-            &self.server.istag(),
-            &[(
-                "Encapsulated",
-                format!("res-hdr=0, res-body={}", http.len()),
-            )],
+        let chunked = format!("{:x}\r\n{body}\r\n0\r\n\r\n", body.len());
+        self.ok_with_http_head(
+            format!("res-hdr=0, res-body={}", http.len()),
+            http.as_bytes(),
+            chunked.as_bytes(),
         )
-        .into_bytes();
-        out.extend_from_slice(http.as_bytes());
-        out.extend_from_slice(format!("{:x}\r\n{body}\r\n0\r\n\r\n", body.len()).as_bytes());
-        self.send(&out).await
+        .await
     }
 
     /// The audit context: the client the proxy names (`X-Client-IP`) or the proxy itself,
