@@ -519,7 +519,8 @@ fn scan_cmd(args: ScanArgs) -> Result<ExitCode> {
     }
     let errors = summary.errors + listing_errors;
     let elapsed = started.elapsed().as_secs_f64();
-    let info = enforcer.engine().info();
+    let filter = enforcer.filter();
+    let info = filter.info();
     if json {
         emit(
             serde_json::json!({"type": "summary", "files": summary.files, "bytes": summary.bytes,

@@ -103,7 +103,8 @@ pub fn run(args: GatewayArgs) -> Result<()> {
             "http"
         };
         let gateway = Gateway::new(config, enforcer)?;
-        let info = gateway.enforcer().engine().info();
+        let filter = gateway.enforcer().filter();
+        let info = filter.info();
         eprintln!(
             "hashgate gateway on {scheme}://{} enforcing {} v{} ({} entries)",
             listener.local_addr()?,

@@ -62,7 +62,8 @@ pub fn run(args: IcapArgs) -> Result<()> {
         if let Some(store) = config.tls.clone() {
             tokio::spawn(serve::reload_on_sighup(store));
         }
-        let info = server.enforcer().engine().info();
+        let filter = server.enforcer().filter();
+        let info = filter.info();
         eprintln!(
             "hashgate icap on {scheme}://{} (/reqmod, /respmod) enforcing {} v{} ({} entries)",
             listener.local_addr()?,

@@ -52,9 +52,18 @@ fn actions_per_category_and_the_allow_list() {
         Some(AuditLog::open(&dir.path().join("audit")).unwrap()),
     );
     let d = |x: &[u8]| vec![common::host_digest(Algorithm::Sha256, x)];
-    assert_eq!(e.decide(&ctx(), &d(&a), 10).outcome, Outcome::Block);
-    assert_eq!(e.decide(&ctx(), &d(&b), 10).outcome, Outcome::Monitor);
-    assert_eq!(e.decide(&ctx(), &d(&[0u8; 32]), 10).outcome, Outcome::Pass);
+    assert_eq!(
+        e.decide(&e.filter(), &ctx(), &d(&a), 10).outcome,
+        Outcome::Block
+    );
+    assert_eq!(
+        e.decide(&e.filter(), &ctx(), &d(&b), 10).outcome,
+        Outcome::Monitor
+    );
+    assert_eq!(
+        e.decide(&e.filter(), &ctx(), &d(&[0u8; 32]), 10).outcome,
+        Outcome::Pass
+    );
     let audit = std::fs::read_to_string(dir.path().join("audit")).unwrap();
     let lines: Vec<serde_json::Value> = audit
         .lines()
@@ -77,7 +86,10 @@ fn actions_per_category_and_the_allow_list() {
     };
     let (e, a2, _) = enforcer(policy, common::runtime(), None);
     assert_eq!(a, a2);
-    assert_eq!(e.decide(&ctx(), &d(&a), 10).outcome, Outcome::Pass);
+    assert_eq!(
+        e.decide(&e.filter(), &ctx(), &d(&a), 10).outcome,
+        Outcome::Pass
+    );
     std::fs::write(dir.path().join("bad"), "sha256:abcd\n").unwrap();
     assert!(AllowList::read(&dir.path().join("bad"))
         .unwrap_err()
@@ -97,7 +109,7 @@ fn a_guest_that_cannot_answer_fails_closed_or_open_as_configured() {
     let huge = vec![common::host_digest(Algorithm::Sha256, &[0u8; 32]); 200_000];
     let (closed, _, _) = enforcer(Policy::default(), runtime.clone(), None);
     assert_eq!(
-        closed.decide(&ctx(), &huge, 1).outcome,
+        closed.decide(&closed.filter(), &ctx(), &huge, 1).outcome,
         Outcome::Unavailable
     );
     assert!(closed
@@ -109,8 +121,14 @@ fn a_guest_that_cannot_answer_fails_closed_or_open_as_configured() {
         ..Policy::default()
     };
     let (open, a, _) = enforcer(open, runtime, None);
-    assert_eq!(open.decide(&ctx(), &huge, 1).outcome, Outcome::Pass);
+    assert_eq!(
+        open.decide(&open.filter(), &ctx(), &huge, 1).outcome,
+        Outcome::Pass
+    );
     // And the next object gets a real verdict from a fresh instance.
     let d = vec![common::host_digest(Algorithm::Sha256, &a)];
-    assert_eq!(open.decide(&ctx(), &d, 1).outcome, Outcome::Block);
+    assert_eq!(
+        open.decide(&open.filter(), &ctx(), &d, 1).outcome,
+        Outcome::Block
+    );
 }

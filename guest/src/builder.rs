@@ -20,6 +20,10 @@ pub struct BuildParams {
     pub fp_rate: f64,
     /// Key of the bit-index derivation; [`BuildParams::new`] derives it from the series.
     pub salt: [u8; 16],
+    /// The least bits to give a section (algorithm, category), whatever its entries:
+    /// a publisher passes the previous version's sizes so that the geometry, and with it
+    /// every unchanged entry's bits, stays put and deltas stay small.
+    pub min_bits: Vec<(Algorithm, Option<String>, u64)>,
 }
 
 impl BuildParams {
@@ -38,6 +42,7 @@ impl BuildParams {
             expires,
             fp_rate,
             salt,
+            min_bits: Vec::new(),
         }
     }
 }
@@ -184,7 +189,15 @@ impl FilterBuilder {
                 algorithm: s.algorithm,
                 category: s.category.clone(),
                 entries: s.entries,
-                bits: section_bits(s.entries, params.fp_rate),
+                bits: section_bits(s.entries, params.fp_rate).max(
+                    params
+                        .min_bits
+                        .iter()
+                        .filter(|(a, c, _)| *a == s.algorithm && *c == s.category)
+                        .map(|&(_, _, bits)| bits.div_ceil(64) * 64)
+                        .max()
+                        .unwrap_or(0),
+                ),
             })
             .collect();
         let payload_len: u64 = sections.iter().map(SectionHeader::bitmap_len).sum();

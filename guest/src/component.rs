@@ -91,18 +91,40 @@ fn verdict_of(
     ))
 }
 
+fn load_error(e: crate::Error) -> wit::LoadError {
+    match e {
+        crate::Error::UnsupportedVersion(v) => wit::LoadError::UnsupportedVersion(v),
+        crate::Error::PayloadDigest | crate::Error::DeltaMismatch(_) => {
+            wit::LoadError::Integrity(e.to_string())
+        }
+        crate::Error::DeltaBase => wit::LoadError::WrongBase(e.to_string()),
+        other => wit::LoadError::Malformed(other.to_string()),
+    }
+}
+
 impl wit::Guest for Component {
     type Scanner = Scanner;
 
     fn load(snapshot: Vec<u8>) -> Result<wit::FilterInfo, wit::LoadError> {
-        let filter = Filter::parse(snapshot).map_err(|e| match e {
-            crate::Error::UnsupportedVersion(v) => wit::LoadError::UnsupportedVersion(v),
-            crate::Error::PayloadDigest => wit::LoadError::Integrity(e.to_string()),
-            other => wit::LoadError::Malformed(other.to_string()),
-        })?;
+        let filter = Filter::parse(snapshot).map_err(load_error)?;
         let info = info_of(&filter);
         FILTER.with(|f| *f.borrow_mut() = Some(filter));
         Ok(info)
+    }
+
+    fn apply_delta(delta: Vec<u8>) -> Result<wit::FilterInfo, wit::LoadError> {
+        FILTER.with(|f| {
+            let mut guard = f.borrow_mut();
+            let filter = guard
+                .as_mut()
+                .ok_or_else(|| wit::LoadError::WrongBase("no snapshot is loaded".into()))?;
+            filter.apply_delta(&delta).map_err(load_error)?;
+            Ok(info_of(filter))
+        })
+    }
+
+    fn snapshot() -> Option<Vec<u8>> {
+        FILTER.with(|f| f.borrow().as_ref().map(|filter| filter.as_bytes().to_vec()))
     }
 
     fn info() -> Option<wit::FilterInfo> {

@@ -43,6 +43,11 @@ pub enum Error {
     NoSuchSection(String),
     /// Occurs when build parameters are out of range (false-positive rate, sizes, series).
     InvalidParams(String),
+    /// Occurs when a delta was made for another base snapshot than the loaded one.
+    DeltaBase,
+    /// Occurs when a delta cannot carry a change (the geometry differs) or its result is
+    /// not the target it names.
+    DeltaMismatch(String),
 }
 
 impl fmt::Display for Error {
@@ -68,6 +73,8 @@ impl fmt::Display for Error {
             Error::UnknownAlgorithm(name) => write!(f, "unknown digest algorithm {name:?}"),
             Error::NoSuchSection(s) => write!(f, "no such section: {s}"),
             Error::InvalidParams(s) => write!(f, "invalid build parameters: {s}"),
+            Error::DeltaBase => f.write_str("the delta was made for another base snapshot"),
+            Error::DeltaMismatch(s) => write!(f, "the delta does not fit: {s}"),
         }
     }
 }

@@ -1,5 +1,6 @@
 use sha2::{Digest, Sha256};
 
+use crate::delta::Delta;
 use crate::format::Header;
 use crate::index::{bit_is_set, Probe};
 use crate::{Algorithm, Error};
@@ -13,6 +14,8 @@ pub struct Filter {
     header: Header,
     bytes: Vec<u8>,
     sections: Vec<Section>,
+    /// SHA-256 of `bytes`, once something needed it (a delta's base check).
+    body_sha256: Option<[u8; 32]>,
 }
 
 /// Where one section's bitmap lives in the snapshot.
@@ -46,7 +49,73 @@ impl Filter {
     /// the exact length, the payload's SHA-256, and that the unused bits at the end of
     /// each bitmap are zero.
     pub fn parse(bytes: Vec<u8>) -> Result<Filter, Error> {
-        let header = Header::parse(&bytes)?;
+        let (header, sections) = Filter::validate(&bytes)?;
+        Ok(Filter {
+            header,
+            bytes,
+            sections,
+            body_sha256: None,
+        })
+    }
+
+    /// Applies a delta (`docs/FORMAT.md`, "Deltas") to this filter in place: checks that
+    /// the delta's base is this very snapshot, flips the listed payload bits, puts the
+    /// target's header in, and validates the result like [`Filter::parse`] plus the
+    /// target's SHA-256. On any error the filter is left exactly as it was.
+    pub fn apply_delta(&mut self, delta: &[u8]) -> Result<(), Error> {
+        let delta = Delta::parse(delta)?;
+        let base = *self
+            .body_sha256
+            .get_or_insert_with(|| Sha256::digest(&self.bytes).into());
+        if delta.base_sha256 != base {
+            return Err(Error::DeltaBase);
+        }
+        let start = self.header.body_offset();
+        if delta.head.len() != start {
+            return Err(Error::DeltaMismatch(format!(
+                "the target's header is {} bytes, this snapshot's {start}",
+                delta.head.len()
+            )));
+        }
+        let positions = delta.positions(self.header.payload_len * 8)?;
+        let old_head = self.bytes[..start].to_vec();
+        self.flip(start, &positions);
+        self.bytes[..start].copy_from_slice(delta.head);
+        let checked = Filter::validate(&self.bytes).and_then(|parts| {
+            if Sha256::digest(&self.bytes).as_slice() == delta.target_sha256 {
+                Ok(parts)
+            } else {
+                Err(Error::DeltaMismatch(
+                    "the result's SHA-256 is not the delta's target".into(),
+                ))
+            }
+        });
+        match checked {
+            Ok((header, sections)) => {
+                self.header = header;
+                self.sections = sections;
+                self.body_sha256 = Some(delta.target_sha256);
+                Ok(())
+            }
+            Err(e) => {
+                // XOR is its own inverse: flipping again restores the base exactly.
+                self.flip(start, &positions);
+                self.bytes[..start].copy_from_slice(&old_head);
+                Err(e)
+            }
+        }
+    }
+
+    fn flip(&mut self, start: usize, positions: &[u64]) {
+        let payload = &mut self.bytes[start..];
+        for &p in positions {
+            payload[(p / 8) as usize] ^= 1 << (p % 8);
+        }
+    }
+
+    /// Everything [`Filter::parse`] checks, on borrowed bytes.
+    fn validate(bytes: &[u8]) -> Result<(Header, Vec<Section>), Error> {
+        let header = Header::parse(bytes)?;
         let start = header.body_offset();
         let expected = start as u64 + header.payload_len;
         if (bytes.len() as u64) < expected {
@@ -92,11 +161,7 @@ impl Filter {
             });
             offset += len;
         }
-        Ok(Filter {
-            header,
-            bytes,
-            sections,
-        })
+        Ok((header, sections))
     }
 
     /// The snapshot's header.

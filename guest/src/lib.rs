@@ -38,6 +38,7 @@
 mod algorithm;
 mod builder;
 pub mod canary;
+pub mod delta;
 mod error;
 mod filter;
 pub mod format;

@@ -29,6 +29,10 @@ pub enum Error {
     /// Occurs when the guest refuses a snapshot (malformed, unsupported, corrupt).
     #[error("the filter guest refused the snapshot: {0}")]
     Load(String),
+    /// Occurs when a delta was made for another snapshot than the one it is applied to
+    /// (the feed updater then fetches the full snapshot).
+    #[error("the delta does not apply to the loaded snapshot: {0}")]
+    WrongBase(String),
     /// Occurs when a check is asked of an engine whose guest holds no filter.
     #[error("no filter is loaded")]
     NoFilter,

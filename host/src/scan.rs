@@ -109,7 +109,9 @@ pub fn scan(
 ) -> Summary {
     let next = AtomicUsize::new(0);
     let totals: [AtomicU64; 5] = Default::default();
-    let algorithms = enforcer.engine().info().algorithms.clone();
+    // One filter for the whole scan, even if the enforcer swaps in a new one meanwhile.
+    let filter = enforcer.filter();
+    let algorithms = filter.info().algorithms.clone();
     std::thread::scope(|s| {
         for _ in 0..threads.max(1) {
             s.spawn(|| {
@@ -125,7 +127,7 @@ pub fn scan(
                                 path: path.display().to_string(),
                                 ..Context::default()
                             };
-                            let decision = enforcer.decide(&ctx, &digests, bytes);
+                            let decision = enforcer.decide(&filter, &ctx, &digests, bytes);
                             match decision.outcome {
                                 Outcome::Unavailable => Err(Error::GuestTrap(
                                     "no verdict for this file (see the log)".into(),

@@ -7,7 +7,10 @@ pub mod audit;
 pub mod metrics;
 pub mod policy;
 
+use std::sync::Arc;
 use std::time::Instant;
+
+use arc_swap::ArcSwap;
 
 use crate::{Digest, Error, FilterEngine, Hit, Verdict};
 
@@ -74,9 +77,10 @@ pub struct Context {
     pub quarantine: Option<String>,
 }
 
-/// The verdict core: one filter, one policy, one audit log, one set of metrics.
+/// The verdict core: one filter (replaceable while serving), one policy, one audit log,
+/// one set of metrics.
 pub struct Enforcer {
-    engine: FilterEngine,
+    filter: ArcSwap<FilterEngine>,
     policy: Policy,
     audit: Option<AuditLog>,
     metrics: Metrics,
@@ -92,16 +96,25 @@ impl Enforcer {
     ) -> Self {
         metrics.set_filter(engine.info());
         Enforcer {
-            engine,
+            filter: ArcSwap::from_pointee(engine),
             policy,
             audit,
             metrics,
         }
     }
 
-    /// The loaded filter.
-    pub fn engine(&self) -> &FilterEngine {
-        &self.engine
+    /// The filter in force now. A front-end takes it when an object's first byte
+    /// arrives, hashes for its algorithms, and decides with it: an object is judged by
+    /// the filter it started under even if a new one is swapped in meanwhile.
+    pub fn filter(&self) -> Arc<FilterEngine> {
+        self.filter.load_full()
+    }
+
+    /// Puts `engine` in force for every object that starts from now on, atomically, and
+    /// returns the one it replaces (objects already under way keep it until they end).
+    pub fn swap_filter(&self, engine: FilterEngine) -> Arc<FilterEngine> {
+        self.metrics.set_filter(engine.info());
+        self.filter.swap(Arc::new(engine))
     }
 
     /// The metrics.
@@ -112,7 +125,8 @@ impl Enforcer {
     /// The short JSON body every front-end sends with a refusal (451, 503, 408, ...),
     /// naming the request and the filter version that decided.
     pub fn refusal_body(&self, status: u16, reason: &str, request_id: &str) -> String {
-        let info = self.engine.info();
+        let filter = self.filter.load();
+        let info = filter.info();
         let body = serde_json::json!({
             "status": status,
             "reason": reason,
@@ -122,17 +136,24 @@ impl Enforcer {
         format!("{body}\n")
     }
 
-    /// Decides on one object: asks the guest, applies the allow-list and the per-category
-    /// actions, audits every remaining hit, and counts. Runs on the caller's thread (a
-    /// verdict takes about a microsecond).
-    pub fn decide(&self, ctx: &Context, digests: &[Digest], size: u64) -> Decision {
+    /// Decides on one object with `filter` (from [`Enforcer::filter`] when the object
+    /// started): asks the guest, applies the allow-list and the per-category actions,
+    /// audits every remaining hit, and counts. Runs on the caller's thread (a verdict
+    /// takes about a microsecond).
+    pub fn decide(
+        &self,
+        filter: &FilterEngine,
+        ctx: &Context,
+        digests: &[Digest],
+        size: u64,
+    ) -> Decision {
         let started = Instant::now();
-        let verdict = self.engine.check(digests, size);
+        let verdict = filter.check(digests, size);
         self.metrics.observe_verdict(started.elapsed(), size);
         let hits = match verdict {
             Ok(Verdict::Clean) => Vec::new(),
             Ok(Verdict::Hit(hits)) => hits,
-            Err(e) => return self.unavailable(ctx, size, &e),
+            Err(e) => return self.unavailable(filter, ctx, size, &e),
         };
         let hits: Vec<Hit> = hits
             .into_iter()
@@ -153,12 +174,18 @@ impl Enforcer {
                 _ => "monitor",
             };
             self.metrics.count_hit(action, hit.is_canary());
-            self.write_audit(ctx, size, Some(hit), action);
+            self.write_audit(filter, ctx, size, Some(hit), action);
         }
         Decision { outcome, hits }
     }
 
-    fn unavailable(&self, ctx: &Context, size: u64, error: &Error) -> Decision {
+    fn unavailable(
+        &self,
+        filter: &FilterEngine,
+        ctx: &Context,
+        size: u64,
+        error: &Error,
+    ) -> Decision {
         tracing::error!(request_id = %ctx.request_id, %error, "no verdict");
         if matches!(error, Error::GuestTrap(_)) {
             self.metrics.count_guest_trap();
@@ -168,16 +195,23 @@ impl Enforcer {
             FailureMode::FailOpen => (Outcome::Pass, "fail-open"),
         };
         self.metrics.count_failure(action);
-        self.write_audit(ctx, size, None, action);
+        self.write_audit(filter, ctx, size, None, action);
         Decision {
             outcome,
             hits: Vec::new(),
         }
     }
 
-    fn write_audit(&self, ctx: &Context, size: u64, hit: Option<&Hit>, action: &str) {
+    fn write_audit(
+        &self,
+        filter: &FilterEngine,
+        ctx: &Context,
+        size: u64,
+        hit: Option<&Hit>,
+        action: &str,
+    ) {
         let Some(audit) = &self.audit else { return };
-        let info = self.engine.info();
+        let info = filter.info();
         let record = AuditRecord::new(ctx, size, hit, action, &info.series, info.version);
         if let Err(e) = audit.append(&record) {
             // An audit failure is loud but does not let anything through: the decision

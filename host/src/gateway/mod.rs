@@ -40,7 +40,7 @@ pub use config::{Backend, Config};
 pub use s3::AbortCredentials;
 
 use crate::enforce::{Context, Enforcer, Outcome};
-use crate::Error;
+use crate::{Error, FilterEngine};
 
 /// Everything a request handler needs, shared by all connections.
 pub struct Gateway {
@@ -236,7 +236,7 @@ impl Gateway {
 
     /// Decides on every object of a body (one, or one per multipart part): the strictest
     /// outcome wins, and every hit is audited with the part it was in.
-    fn decide(&self, ctx: &Context, objects: &[shapes::Object]) -> Outcome {
+    fn decide(&self, filter: &FilterEngine, ctx: &Context, objects: &[shapes::Object]) -> Outcome {
         let mut outcome = Outcome::Pass;
         for object in objects {
             let part_ctx;
@@ -250,7 +250,9 @@ impl Gateway {
                     &part_ctx
                 }
             };
-            let decision = self.enforcer.decide(ctx, &object.digests, object.size);
+            let decision = self
+                .enforcer
+                .decide(filter, ctx, &object.digests, object.size);
             outcome = outcome.stricter(decision.outcome);
         }
         outcome
@@ -291,18 +293,19 @@ impl Gateway {
     /// the block) if the body is blocked and discarding it otherwise.
     async fn decide_with_copy(
         &self,
+        filter: &FilterEngine,
         ctx: &Context,
         objects: &[shapes::Object],
         copy: Option<copy::Copy>,
     ) -> Outcome {
         let Some(copy) = copy else {
-            return self.decide(ctx, objects);
+            return self.decide(filter, ctx, objects);
         };
         let ctx = Context {
             quarantine: copy.path(),
             ..ctx.clone()
         };
-        let outcome = self.decide(&ctx, objects);
+        let outcome = self.decide(filter, &ctx, objects);
         if outcome == Outcome::Block {
             copy.keep().await;
         } else {

@@ -18,7 +18,7 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::io;
-use std::sync::{Arc, Mutex};
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -32,7 +32,7 @@ use super::upload::{fetch, upstream_request};
 use super::Gateway;
 use crate::enforce::{Context, Enforcer, Outcome};
 use crate::hashing::ObjectHasher;
-use crate::Digest;
+use crate::{Digest, FilterEngine};
 
 type Key = (String, String, Option<u64>);
 
@@ -122,10 +122,11 @@ pub async fn scan(gw: &Gateway, req: Request<Incoming>, ctx: &Context) -> Respon
         .filter(|e| !e.starts_with("W/"))
         .map(|etag| (url, etag.to_string(), length));
 
+    let filter = gw.enforcer.filter();
     if let Some(digests) = key.as_ref().and_then(|k| gw.responses.get(k)) {
         gw.enforcer.metrics().count_response_cache_hit();
         let size = length.unwrap_or(0);
-        return match decide(&gw.enforcer, ctx, &digests, size) {
+        return match decide(&gw.enforcer, &filter, ctx, &digests, size) {
             Outcome::Pass | Outcome::Monitor => {
                 Response::from_parts(head, body.map_err(io::Error::other).boxed())
             }
@@ -133,8 +134,7 @@ pub async fn scan(gw: &Gateway, req: Request<Incoming>, ctx: &Context) -> Respon
         };
     }
 
-    let algorithms = &gw.enforcer.engine().info().algorithms;
-    let mut hasher = ObjectHasher::new(algorithms);
+    let mut hasher = ObjectHasher::new(&filter.info().algorithms);
     let mut source = Upload::new(body, gw.config.body_timeout, u64::MAX);
     if length.is_some_and(|n| n <= gw.config.response_buffer_bytes) {
         let mut frames = Vec::new();
@@ -157,7 +157,7 @@ pub async fn scan(gw: &Gateway, req: Request<Incoming>, ctx: &Context) -> Respon
         }
         let size = hasher.len();
         let digests = hasher.finish();
-        let outcome = decide(&gw.enforcer, ctx, &digests, size);
+        let outcome = decide(&gw.enforcer, &filter, ctx, &digests, size);
         if let Some(key) = key {
             gw.responses.insert(key, digests);
         }
@@ -202,7 +202,7 @@ pub async fn scan(gw: &Gateway, req: Request<Incoming>, ctx: &Context) -> Respon
         }
         let size = hasher.len();
         let digests = hasher.finish();
-        let outcome = decide(&enforcer, &ctx, &digests, size);
+        let outcome = decide(&enforcer, &filter, &ctx, &digests, size);
         if let Some(key) = key {
             cache.insert(key, digests);
         }
@@ -227,6 +227,12 @@ pub async fn scan(gw: &Gateway, req: Request<Incoming>, ctx: &Context) -> Respon
     Response::from_parts(head, client_body.boxed())
 }
 
-fn decide(enforcer: &Arc<Enforcer>, ctx: &Context, digests: &[Digest], size: u64) -> Outcome {
-    enforcer.decide(ctx, digests, size).outcome
+fn decide(
+    enforcer: &Enforcer,
+    filter: &FilterEngine,
+    ctx: &Context,
+    digests: &[Digest],
+    size: u64,
+) -> Outcome {
+    enforcer.decide(filter, ctx, digests, size).outcome
 }

@@ -139,7 +139,8 @@ pub async fn complete(
         Err(why) => return gw.malformed(ctx, &why),
     };
     let dir = upload_dir(spool, upload);
-    let algorithms = gw.enforcer.engine().info().algorithms.clone();
+    let filter = gw.enforcer.filter();
+    let algorithms = filter.info().algorithms.clone();
     let hashed = tokio::task::spawn_blocking(move || hash_parts(&dir, &numbers, &algorithms))
         .await
         .map_err(|e| e.to_string())
@@ -155,7 +156,7 @@ pub async fn complete(
             );
         }
     };
-    match gw.decide(ctx, &[object]) {
+    match gw.decide(&filter, ctx, &[object]) {
         outcome @ (Outcome::Block | Outcome::Unavailable) => {
             forget(spool, upload).await;
             if let Some(credentials) = &gw.config.s3_abort {

@@ -98,7 +98,17 @@ async fn put(
     } else {
         None
     };
-    let result = receive(gw, &temp, req.into_body(), shape, &mut copy, ctx).await;
+    let filter = gw.enforcer.filter();
+    let algorithms = &filter.info().algorithms;
+    let result = receive(
+        gw,
+        &temp,
+        req.into_body(),
+        (shape, algorithms),
+        &mut copy,
+        ctx,
+    )
+    .await;
     let objects = match result.map(Objects::finish) {
         Ok(finishing) => finishing.await.map_err(|why| gw.malformed(ctx, &why)),
         Err(response) => Err(response),
@@ -114,7 +124,7 @@ async fn put(
         }
     };
     if inspected {
-        let outcome = gw.decide_with_copy(ctx, &objects, copy).await;
+        let outcome = gw.decide_with_copy(&filter, ctx, &objects, copy).await;
         if let outcome @ (Outcome::Block | Outcome::Unavailable) = outcome {
             let _ = tokio::fs::remove_file(&temp).await;
             return gw.refused(outcome, ctx);
@@ -146,14 +156,13 @@ async fn receive(
     gw: &Gateway,
     temp: &Path,
     body: Incoming,
-    shape: Shape,
+    (shape, algorithms): (Shape, &[crate::Algorithm]),
     copy: &mut Option<super::copy::Copy>,
     ctx: &Context,
 ) -> Result<Objects, Response<GatewayBody>> {
     let mut file = tokio::fs::File::create(temp)
         .await
         .map_err(|e| server_error(&e))?;
-    let algorithms = &gw.enforcer.engine().info().algorithms;
     let expected = hyper::body::Body::size_hint(&body).exact();
     let mut objects = Objects::new(shape, algorithms, expected);
     let mut upload = Upload::new(body, gw.config.body_timeout, gw.config.max_body);

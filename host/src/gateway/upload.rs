@@ -56,7 +56,8 @@ pub async fn inspect(
         Err(response) => return response,
     };
     let upstream: Upstream = tokio::spawn(gw.client.request(upstream_req));
-    let algorithms = &gw.enforcer.engine().info().algorithms;
+    let filter = gw.enforcer.filter();
+    let algorithms = &filter.info().algorithms;
     let mut objects = Objects::new(Shape::of(&parts.headers), algorithms, declared);
     let mut held: Option<Bytes> = None;
     let mut origin_open = true;
@@ -100,7 +101,7 @@ pub async fn inspect(
             return gw.malformed(ctx, &why);
         }
     };
-    let outcome = gw.decide_with_copy(ctx, &objects, copy).await;
+    let outcome = gw.decide_with_copy(&filter, ctx, &objects, copy).await;
     match outcome {
         outcome @ (Outcome::Block | Outcome::Unavailable) => {
             abort(tx, upstream).await;

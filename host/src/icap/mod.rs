@@ -175,7 +175,8 @@ impl IcapServer {
     /// The service tag: changes whenever the enforced filter does, so proxies that cache
     /// verdicts by `ISTag` re-ask after an update. At most 32 characters, quoted.
     fn istag(&self) -> String {
-        let info = self.enforcer.engine().info();
+        let filter = self.enforcer.filter();
+        let info = filter.info();
         let series = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(
             info.series.as_bytes(),
         ));

@@ -12,6 +12,7 @@ use super::wire::{self, BodyKind, ChunkedBody, Encapsulated, Fault, Reader, Requ
 use super::IcapServer;
 use crate::enforce::{Context, Decision, Outcome};
 use crate::hashing::ObjectHasher;
+use crate::FilterEngine;
 
 /// Body data handed to the hasher at a time.
 const PIECE: usize = 256 * 1024;
@@ -300,8 +301,8 @@ impl Connection<'_> {
         // Hashed inline on the connection's task: the echo path already keeps this task
         // busy with I/O, and handing chunks to a hashing thread measured slower here
         // (docs/PERFORMANCE.md). Other connections run on the other workers.
-        let algorithms = &self.server.enforcer.engine().info().algorithms;
-        let mut digester = ObjectHasher::new(algorithms);
+        let filter = self.server.enforcer.filter();
+        let mut digester = ObjectHasher::new(&filter.info().algorithms);
         let mut held: Vec<Bytes> = Vec::new();
         if let Some(preview) = head.header("preview") {
             let announced: usize = preview
@@ -328,7 +329,7 @@ impl Connection<'_> {
             }
             if body.ieof {
                 // The preview was the whole body: a 204 is allowed whatever was offered.
-                let decision = self.decide(digester, &ctx);
+                let decision = self.decide(&filter, digester, &ctx);
                 return self.answer_whole(method, decision, &ctx).await;
             }
             self.send(b"ICAP/1.0 100 Continue\r\n\r\n").await?;
@@ -344,7 +345,7 @@ impl Connection<'_> {
             {
                 digester.update(&data);
             }
-            let decision = self.decide(digester, &ctx);
+            let decision = self.decide(&filter, digester, &ctx);
             return self.answer_whole(method, decision, &ctx).await;
         }
 
@@ -368,7 +369,7 @@ impl Connection<'_> {
                 self.send_chunk(&ready).await?;
             }
         }
-        let decision = self.decide(digester, &ctx);
+        let decision = self.decide(&filter, digester, &ctx);
         match decision.outcome {
             Outcome::Pass | Outcome::Monitor => {
                 for last in held.into_rest() {
@@ -396,9 +397,11 @@ impl Connection<'_> {
     }
 
     /// Finishes the digests and asks the enforcer.
-    fn decide(&self, digester: ObjectHasher, ctx: &Context) -> Decision {
+    fn decide(&self, filter: &FilterEngine, digester: ObjectHasher, ctx: &Context) -> Decision {
         let size = digester.len();
-        self.server.enforcer.decide(ctx, &digester.finish(), size)
+        self.server
+            .enforcer
+            .decide(filter, ctx, &digester.finish(), size)
     }
 
     /// The answer once the whole body has been read: `204`, or a refusal.

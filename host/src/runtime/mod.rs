@@ -205,12 +205,26 @@ impl Instance {
             .hashgate_filter_filter()
             .call_load(&mut self.store, snapshot)
             .map_err(trapped)?;
-        result.map_err(|e| {
-            Error::Load(match e {
-                LoadError::Malformed(m) | LoadError::Integrity(m) => m,
-                LoadError::UnsupportedVersion(v) => format!("unsupported format version {v}"),
-            })
-        })
+        result.map_err(load_error)
+    }
+
+    fn apply_delta(&mut self, delta: &[u8]) -> Result<FilterInfo, Error> {
+        self.store.set_epoch_deadline(self.load_deadline);
+        let result = self
+            .guest
+            .hashgate_filter_filter()
+            .call_apply_delta(&mut self.store, delta)
+            .map_err(trapped)?;
+        result.map_err(load_error)
+    }
+
+    fn snapshot(&mut self) -> Result<Vec<u8>, Error> {
+        self.store.set_epoch_deadline(self.load_deadline);
+        self.guest
+            .hashgate_filter_filter()
+            .call_snapshot(&mut self.store)
+            .map_err(trapped)?
+            .ok_or(Error::NoFilter)
     }
 
     fn check(&mut self, digests: &[Digest], size: u64) -> Result<wit::Verdict, Error> {
@@ -256,6 +270,14 @@ impl Instance {
     }
 }
 
+fn load_error(e: LoadError) -> Error {
+    match e {
+        LoadError::Malformed(m) | LoadError::Integrity(m) => Error::Load(m),
+        LoadError::UnsupportedVersion(v) => Error::Load(format!("unsupported format version {v}")),
+        LoadError::WrongBase(m) => Error::WrongBase(m),
+    }
+}
+
 fn check_error(e: CheckError) -> Error {
     match e {
         CheckError::NoFilter => Error::NoFilter,
@@ -268,8 +290,11 @@ enum Source {
     /// A signed file, re-read and re-verified on recovery: the host keeps no second copy
     /// of the filter in memory.
     File { path: PathBuf, key: Box<PublicKey> },
-    /// Bytes already verified, kept in memory (tests, feeds that apply deltas).
+    /// Bytes already verified, kept in memory (tests).
     Bytes(Arc<Vec<u8>>),
+    /// A snapshot body the feed updater persisted, checked against its SHA-256 (which a
+    /// signed manifest named) when it is re-read.
+    Body { path: PathBuf, sha256: [u8; 32] },
 }
 
 /// A loaded filter: one guest instance holding one verified snapshot.
@@ -311,6 +336,11 @@ impl FilterEngine {
             info,
             instance: Mutex::new(Some(instance)),
         })
+    }
+
+    /// The runtime (compiled guest) this engine runs on.
+    pub fn runtime(&self) -> &Arc<Runtime> {
+        &self.runtime
     }
 
     /// What the loaded filter is.
@@ -367,6 +397,70 @@ fn load_instance(runtime: &Runtime, source: &Source) -> Result<(Instance, Filter
             instance.load(body)?
         }
         Source::Bytes(bytes) => instance.load(bytes)?,
+        Source::Body { path, sha256 } => instance.load(&read_body(path, sha256)?)?,
     };
     Ok((instance, info))
+}
+
+/// Reads a persisted snapshot body and checks it against the SHA-256 it must have.
+pub fn read_body(path: &Path, sha256: &[u8; 32]) -> Result<Vec<u8>, Error> {
+    use sha2::Digest as _;
+    let body = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+    if sha2::Sha256::digest(&body).as_slice() != sha256 {
+        return Err(Error::Signature(format!(
+            "{} does not have the SHA-256 its manifest names",
+            path.display()
+        )));
+    }
+    Ok(body)
+}
+
+/// A fresh instance being prepared to replace a serving engine: loaded, perhaps patched
+/// with a delta, not yet serving anything. Serving engines are never touched while an
+/// update is prepared, so a failed update leaves them exactly as they were.
+pub struct Staged {
+    runtime: Arc<Runtime>,
+    instance: Instance,
+    info: FilterInfo,
+}
+
+impl Staged {
+    /// A fresh instance of `runtime` holding `body` (already verified by the caller).
+    pub fn load(runtime: Arc<Runtime>, body: &[u8]) -> Result<Staged, Error> {
+        let mut instance = runtime.instantiate()?;
+        let info = instance.load(body)?;
+        Ok(Staged {
+            runtime,
+            instance,
+            info,
+        })
+    }
+
+    /// Applies a delta in this instance. [`Error::WrongBase`] if it was made for another
+    /// snapshot; on any error the instance keeps what it held.
+    pub fn apply_delta(&mut self, delta: &[u8]) -> Result<&FilterInfo, Error> {
+        self.info = self.instance.apply_delta(delta)?;
+        Ok(&self.info)
+    }
+
+    /// The snapshot body the instance holds.
+    pub fn snapshot(&mut self) -> Result<Vec<u8>, Error> {
+        self.instance.snapshot()
+    }
+
+    /// What the instance holds.
+    pub fn info(&self) -> &FilterInfo {
+        &self.info
+    }
+
+    /// Makes this instance a serving engine whose snapshot, should the instance ever be
+    /// rebuilt, is re-read from `path` and checked against `sha256`.
+    pub fn into_engine(self, path: PathBuf, sha256: [u8; 32]) -> FilterEngine {
+        FilterEngine {
+            runtime: self.runtime,
+            source: Source::Body { path, sha256 },
+            info: self.info,
+            instance: Mutex::new(Some(self.instance)),
+        }
+    }
 }
