@@ -36,6 +36,12 @@ enum Command {
     },
     /// Build a signed filter snapshot from digest lists.
     Build(BuildArgs),
+    /// Publish the next version of a series into a feed directory: snapshot, deltas from
+    /// recent versions, signed manifest (an unchanged list only re-signs the manifest).
+    Publish(Box<crate::publish::PublishArgs>),
+    /// Create, rotate, sign and verify a feed's root of trust (keys and thresholds).
+    #[command(subcommand)]
+    Root(crate::publish::RootCommand),
     /// Show a snapshot's header, measured fill and expected false-positive rate, and
     /// whether its signature is valid for a key.
     Inspect {
@@ -128,6 +134,22 @@ pub struct EnforceArgs {
     /// The authority's public key.
     #[arg(long = "pub")]
     pub public_key: Option<PathBuf>,
+    /// Follow the authority's feed at this manifest URL instead of a fixed --filter
+    /// (needs --root; see docs/PROTOCOL.md).
+    #[arg(long, conflicts_with_all = ["filter", "public_key"])]
+    pub feed: Option<String>,
+    /// The authority's root of trust for --feed (a root file from `hashgate root`).
+    #[arg(long)]
+    pub root: Option<PathBuf>,
+    /// Where the feed's accepted version is kept across restarts.
+    #[arg(long)]
+    pub state_dir: Option<PathBuf>,
+    /// How often to poll the feed (the manifest's minimum interval wins if longer).
+    #[arg(long, value_parser = humantime::parse_duration)]
+    pub feed_poll: Option<Duration>,
+    /// A private CA (PEM) to trust for an https feed.
+    #[arg(long)]
+    pub feed_ca: Option<PathBuf>,
     /// Admin listener address (/metrics, /healthz, /readyz).
     #[arg(long)]
     pub admin: Option<String>,
@@ -232,6 +254,8 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
     match cli.command {
         Command::Keygen { out, force } => keygen(&out, force).map(|_| ExitCode::SUCCESS),
         Command::Build(args) => build_cmd(args).map(|_| ExitCode::SUCCESS),
+        Command::Publish(args) => crate::publish::run(*args).map(|_| ExitCode::SUCCESS),
+        Command::Root(cmd) => crate::publish::root(cmd).map(|_| ExitCode::SUCCESS),
         Command::Inspect {
             public_key,
             json,
@@ -300,7 +324,7 @@ fn with_suffix(base: &Path, suffix: &str) -> PathBuf {
 }
 
 /// Unix seconds now, or `SOURCE_DATE_EPOCH` when set (reproducible builds).
-fn creation_time() -> Result<u64> {
+pub fn creation_time() -> Result<u64> {
     match std::env::var("SOURCE_DATE_EPOCH") {
         Ok(v) => v
             .trim()

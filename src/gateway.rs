@@ -87,9 +87,11 @@ pub fn run(args: GatewayArgs) -> Result<()> {
         args.tls_cert.or(file.tls_cert.clone()),
         args.tls_key.or(file.tls_key.clone()),
     )?;
-    let enforcer = serve::enforcer(&args.enforce, &file)?;
-
     serve::runtime()?.block_on(async move {
+        let (enforcer, feed) = serve::enforcer(&args.enforce, &file).await?;
+        if let Some(feed) = feed {
+            tokio::spawn(feed.run(enforcer.clone()));
+        }
         let listener = tokio::net::TcpListener::bind(&listen)
             .await
             .with_context(|| format!("listening on {listen}"))?;

@@ -51,10 +51,12 @@ pub fn run(args: IcapArgs) -> Result<()> {
     } else {
         "icap"
     };
-    let enforcer = serve::enforcer(&args.enforce, &file)?;
-    let server = IcapServer::new(config.clone(), enforcer)?;
-
     serve::runtime()?.block_on(async move {
+        let (enforcer, feed) = serve::enforcer(&args.enforce, &file).await?;
+        if let Some(feed) = feed {
+            tokio::spawn(feed.run(enforcer.clone()));
+        }
+        let server = IcapServer::new(config.clone(), enforcer)?;
         let listener = tokio::net::TcpListener::bind(&listen)
             .await
             .with_context(|| format!("listening on {listen}"))?;

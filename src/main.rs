@@ -5,6 +5,7 @@ mod cli;
 mod demo;
 mod gateway;
 mod icap;
+mod publish;
 mod serve;
 
 use std::process::ExitCode;

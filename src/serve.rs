@@ -5,7 +5,11 @@ use std::sync::Arc;
 
 use anyhow::{Context, Result};
 use hashgate_host::config::FileConfig;
+use std::time::Duration;
+
 use hashgate_host::enforce::{Action, AllowList, AuditLog, Enforcer, Metrics, Policy};
+use hashgate_host::feed::{Feed, FeedConfig, Update};
+use hashgate_host::{FilterEngine, Limits};
 
 use crate::cli::EnforceArgs;
 
@@ -17,18 +21,29 @@ pub fn file_config(args: &EnforceArgs) -> Result<FileConfig> {
     })
 }
 
-/// The verified filter, policy, audit log and metrics, from flags over the file.
-pub fn enforcer(args: &EnforceArgs, file: &FileConfig) -> Result<Arc<Enforcer>> {
-    let filter = args
-        .filter
-        .as_ref()
-        .or(file.filter.as_ref())
-        .context("--filter (or `filter` in the config file) is required")?;
-    let public_key = args
-        .public_key
-        .as_ref()
-        .or(file.public_key.as_ref())
-        .context("--pub (or `pub` in the config file) is required")?;
+/// The verified filter (a fixed snapshot, or the feed's accepted version), policy, audit
+/// log and metrics, from flags over the file; and the feed to keep following, if any.
+pub async fn enforcer(
+    args: &EnforceArgs,
+    file: &FileConfig,
+) -> Result<(Arc<Enforcer>, Option<Feed>)> {
+    let (engine, feed) = match args.feed.as_ref().or(file.feed.as_ref()) {
+        Some(url) => {
+            let (engine, feed) = follow(url, args, file).await?;
+            (engine, Some(feed))
+        }
+        None => {
+            let filter = args.filter.as_ref().or(file.filter.as_ref()).context(
+                "--filter or --feed (or `filter` or `feed` in the config file) is required",
+            )?;
+            let public_key = args
+                .public_key
+                .as_ref()
+                .or(file.public_key.as_ref())
+                .context("--pub (or `pub` in the config file) is required")?;
+            (crate::cli::open_filter(filter, public_key, None)?, None)
+        }
+    };
     let mut policy = Policy::default();
     if let Some(actions) = &file.actions {
         let mut actions = actions.clone();
@@ -51,13 +66,52 @@ pub fn enforcer(args: &EnforceArgs, file: &FileConfig) -> Result<Arc<Enforcer>> 
         .or(file.audit_log.as_ref())
         .map(|p| AuditLog::open(p))
         .transpose()?;
-    let engine = crate::cli::open_filter(filter, public_key, None)?;
-    Ok(Arc::new(Enforcer::new(
-        engine,
-        policy,
-        audit,
-        Metrics::new(),
-    )))
+    let enforcer = Arc::new(Enforcer::new(engine, policy, audit, Metrics::new()));
+    if let Some(m) = feed.as_ref().and_then(Feed::accepted) {
+        enforcer.metrics().set_fresh_until(m.expires);
+    }
+    Ok((enforcer, feed))
+}
+
+/// Opens the feed: resumes the version persisted in the state directory, or fetches the
+/// first one (and fails if it cannot: a gateway without a filter cannot decide).
+async fn follow(url: &str, args: &EnforceArgs, file: &FileConfig) -> Result<(FilterEngine, Feed)> {
+    let root = args
+        .root
+        .clone()
+        .or(file.root.clone())
+        .context("--feed needs --root (or `root` in the config file)")?;
+    let config = FeedConfig {
+        url: url.to_string(),
+        root,
+        state_dir: args
+            .state_dir
+            .clone()
+            .or(file.state_dir.clone())
+            .unwrap_or_else(|| "hashgate-state".into()),
+        poll: args
+            .feed_poll
+            .or(file.feed_poll_secs.map(Duration::from_secs))
+            .unwrap_or(Duration::from_secs(300)),
+        timeout: file
+            .feed_timeout_secs
+            .map_or(Duration::from_secs(60), Duration::from_secs),
+        ca: args.feed_ca.clone().or(file.feed_ca.clone()),
+    };
+    let mut feed = Feed::new(config, Limits::default())?;
+    if let Some(engine) = feed.resume()? {
+        let info = engine.info();
+        eprintln!(
+            "feed: resumed {} version {} from the state directory",
+            info.series, info.version
+        );
+        return Ok((engine, feed));
+    }
+    match feed.update().await {
+        Ok(Update::Applied(engine)) => Ok((*engine, feed)),
+        Ok(_) => anyhow::bail!("the feed gave no filter"),
+        Err(e) => Err(e.error).context("fetching the first filter from the feed"),
+    }
 }
 
 /// Starts the admin listener if one is configured, announcing its address on stderr.

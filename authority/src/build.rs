@@ -93,7 +93,8 @@ fn advise_huge_pages(addr: usize, len: usize) {
     }
 }
 
-/// Writes `parts` to `path` through a temporary file, fsync and rename.
+/// Writes `parts` to `path` through a temporary file, fsync and rename, creating the
+/// directory if needed.
 pub fn write_atomically(path: &Path, parts: &[&[u8]]) -> Result<(), Error> {
     let dir = match path.parent() {
         Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
@@ -108,6 +109,7 @@ pub fn write_atomically(path: &Path, parts: &[&[u8]]) -> Result<(), Error> {
         std::process::id()
     ));
     let result = (|| {
+        fs::create_dir_all(&dir)?;
         let mut file = File::create(&tmp)?;
         for part in parts {
             file.write_all(part)?;

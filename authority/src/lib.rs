@@ -5,6 +5,8 @@
 //! * [`build`] turns lists into a signed snapshot in two streaming passes (count, then
 //!   insert), so memory stays near the filter's own size however long the lists are.
 //! * [`inspect`] reports what a snapshot is, how full it is, and who signed it.
+//! * [`publish`] writes a feed: the next version's snapshot, deltas from recent versions,
+//!   and the signed manifest (`docs/PROTOCOL.md`).
 //!
 //! This crate links the guest's format code natively; gateways never do (they run it as
 //! a component).
@@ -15,6 +17,7 @@ pub mod build;
 mod error;
 pub mod inspect;
 pub mod list;
+pub mod publish;
 
 pub use error::Error;
 

@@ -27,6 +27,18 @@ pub struct FileConfig {
     /// Authority public key.
     #[serde(rename = "pub")]
     pub public_key: Option<PathBuf>,
+    /// URL of a feed's signed manifest to follow instead of a fixed `filter`.
+    pub feed: Option<String>,
+    /// The authority's root of trust for the feed (a root envelope file).
+    pub root: Option<PathBuf>,
+    /// Where the feed's accepted state is kept across restarts.
+    pub state_dir: Option<PathBuf>,
+    /// How often to poll the feed, in seconds.
+    pub feed_poll_secs: Option<u64>,
+    /// Deadline of one feed download, in seconds.
+    pub feed_timeout_secs: Option<u64>,
+    /// A private CA to trust for an https feed.
+    pub feed_ca: Option<PathBuf>,
     /// Admin listener address.
     pub admin: Option<String>,
     /// Audit log file.

@@ -43,6 +43,12 @@ pub enum Error {
     /// is discarded; the next call gets a fresh one.
     #[error("the filter guest trapped: {0}")]
     GuestTrap(String),
+    /// Occurs when a feed refuses or cannot deliver an update: a document that does not
+    /// parse or is out of date, a version that would roll back, a file whose length or
+    /// SHA-256 is not what the manifest says, a server that fails. The filter in force
+    /// stays in force.
+    #[error("feed: {0}")]
+    Feed(String),
     /// Occurs when a configuration file or value is invalid.
     #[error("configuration: {0}")]
     Config(String),

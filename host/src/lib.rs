@@ -23,6 +23,7 @@ pub mod admin;
 pub mod config;
 pub mod enforce;
 mod error;
+pub mod feed;
 pub mod gateway;
 pub mod hashing;
 pub mod icap;

@@ -69,6 +69,17 @@ impl PublicKey {
             .expect("an Ed25519 key always encodes")
     }
 
+    /// Whether `signature` is this key's valid Ed25519 signature of `message`
+    /// (`verify_strict`: canonical signatures, no small-order keys).
+    pub fn verify_message(&self, message: &[u8], signature: &[u8]) -> bool {
+        let Ok(bytes) = <[u8; 64]>::try_from(signature) else {
+            return false;
+        };
+        self.0
+            .verify_strict(message, &Signature::from_bytes(&bytes))
+            .is_ok()
+    }
+
     /// The key id: the first 8 bytes of SHA-256 of the raw public key.
     pub fn id(&self) -> [u8; 8] {
         Sha256::digest(self.0.as_bytes())[..8]
@@ -111,6 +122,11 @@ impl SecretKey {
     /// The matching public key.
     pub fn public_key(&self) -> PublicKey {
         PublicKey(self.0.verifying_key())
+    }
+
+    /// The Ed25519 signature of `message`.
+    pub fn sign(&self, message: &[u8]) -> [u8; 64] {
+        self.0.sign(message).to_bytes()
     }
 
     /// Appends the signature trailer to `body`, making it a signed file.

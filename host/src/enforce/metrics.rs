@@ -49,6 +49,9 @@ pub struct Metrics {
     filter_created: AtomicU64,
     filter_age: Gauge,
     filter_stale: Gauge,
+    feed_updates: Family<OutcomeLabel, Counter>,
+    feed_manifest_expires: Gauge,
+    feed_last_success: Gauge,
 }
 
 impl Default for Metrics {
@@ -79,6 +82,9 @@ impl Metrics {
             filter_created: AtomicU64::new(0),
             filter_age: Gauge::default(),
             filter_stale: Gauge::default(),
+            feed_updates: Family::default(),
+            feed_manifest_expires: Gauge::default(),
+            feed_last_success: Gauge::default(),
             registry: Registry::default(),
         };
         registry.register("requests", "Requests by outcome", m.requests.clone());
@@ -144,7 +150,41 @@ impl Metrics {
             "1 if the enforced filter has expired",
             m.filter_stale.clone(),
         );
+        registry.register(
+            "feed_polls",
+            "Feed polls by outcome: applied, fresher, unchanged, or failed",
+            m.feed_updates.clone(),
+        );
+        registry.register(
+            "feed_manifest_expires_seconds",
+            "Expiry (Unix seconds) of the newest accepted feed manifest",
+            m.feed_manifest_expires.clone(),
+        );
+        registry.register(
+            "feed_last_success_seconds",
+            "When (Unix seconds) the feed was last polled successfully",
+            m.feed_last_success.clone(),
+        );
         Metrics { registry, ..m }
+    }
+
+    /// Counts one feed poll by its outcome (`applied`, `fresher`, `unchanged`, `failed`).
+    pub fn count_feed_poll(&self, outcome: &str) {
+        self.feed_updates
+            .get_or_create(&OutcomeLabel {
+                outcome: outcome.into(),
+            })
+            .inc();
+        if outcome != "failed" {
+            self.feed_last_success.set(now() as i64);
+        }
+    }
+
+    /// Records the freshness a feed manifest vouches for: with a feed, the filter is
+    /// stale when its newest manifest has expired, whatever the snapshot's own expiry.
+    pub fn set_fresh_until(&self, expires: u64) {
+        self.feed_manifest_expires.set(expires as i64);
+        self.filter_expires.store(expires, Ordering::Relaxed);
     }
 
     /// Records the filter being enforced.

@@ -1,0 +1,244 @@
+//! `hashgate publish` and `hashgate root`: the authority's feed and its root of trust.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use hashgate_authority::publish::{publish, Publish};
+use hashgate_host::feed::protocol::{Envelope, Root, TrustedRoot, ROOT_TYPE};
+use hashgate_host::trust::{PublicKey, SecretKey};
+
+/// `hashgate publish`.
+#[derive(clap::Args, Debug)]
+pub struct PublishArgs {
+    /// Manifest signing key(s) (NAME.key); as many as the root's manifest threshold.
+    #[arg(long = "key", required = true)]
+    pub keys: Vec<PathBuf>,
+    /// The feed directory (served as static files).
+    #[arg(long)]
+    pub feed: PathBuf,
+    /// Series name.
+    #[arg(long)]
+    pub series: String,
+    /// The root in force (from `hashgate root`); copied into the feed.
+    #[arg(long)]
+    pub root: PathBuf,
+    /// How long the manifest vouches for freshness; re-publish before it runs out.
+    #[arg(long, default_value = "1d", value_parser = humantime::parse_duration)]
+    pub expires: Duration,
+    /// Validity of the snapshot file on its own (used with --filter, without a feed).
+    #[arg(long, default_value = "30d", value_parser = humantime::parse_duration)]
+    pub snapshot_expires: Duration,
+    /// The least time gateways wait between polls.
+    #[arg(long, default_value = "5m", value_parser = humantime::parse_duration)]
+    pub min_poll: Duration,
+    /// How many earlier versions get a delta to the new one.
+    #[arg(long, default_value_t = 5)]
+    pub keep: u64,
+    /// Room reserved when a section is sized anew (0.25 = 25% more entries fit before
+    /// its size, and the deltas' base, must change).
+    #[arg(long, default_value_t = 0.25)]
+    pub headroom: f64,
+    /// Target false-positive rate per digest.
+    #[arg(long, default_value_t = 1e-9)]
+    pub fp_rate: f64,
+    /// Category for entries whose line names none.
+    #[arg(long)]
+    pub category: Option<String>,
+    /// Ship this filter guest component with the version (gateways hot-load it).
+    #[arg(long)]
+    pub guest: Option<PathBuf>,
+    /// Digest lists: [algorithm:]hex[,category] per line, or ClamAV .hdb/.hsb files.
+    #[arg(required = true)]
+    pub lists: Vec<PathBuf>,
+}
+
+/// `hashgate root ...`.
+#[derive(clap::Subcommand, Debug)]
+pub enum RootCommand {
+    /// Write a new, unsigned version-1 root (then sign it with `root sign`).
+    Init {
+        #[command(flatten)]
+        roles: RoleArgs,
+        /// Where to write it.
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Write the next root after --from, unsigned: it needs signatures by the threshold
+    /// of the old root's root keys and of its own.
+    Rotate {
+        /// The root in force.
+        #[arg(long)]
+        from: PathBuf,
+        #[command(flatten)]
+        roles: RoleArgs,
+        /// Where to write it.
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Add a signature to a root file (in place).
+    Sign {
+        /// The secret key (NAME.key).
+        #[arg(long)]
+        key: PathBuf,
+        /// The root file.
+        file: PathBuf,
+    },
+    /// Check a root: on its own (a first root) or as the successor of --trusted.
+    Verify {
+        /// The root it must follow.
+        #[arg(long)]
+        trusted: Option<PathBuf>,
+        /// The root file.
+        file: PathBuf,
+    },
+}
+
+/// The keys of a root's two roles.
+#[derive(clap::Args, Debug)]
+pub struct RoleArgs {
+    /// Public keys that sign roots (NAME.pub).
+    #[arg(long = "root-key", required = true)]
+    pub root_keys: Vec<PathBuf>,
+    /// Signatures a root needs.
+    #[arg(long, default_value_t = 1)]
+    pub root_threshold: u32,
+    /// Public keys that sign manifests.
+    #[arg(long = "manifest-key", required = true)]
+    pub manifest_keys: Vec<PathBuf>,
+    /// Signatures a manifest needs.
+    #[arg(long, default_value_t = 1)]
+    pub manifest_threshold: u32,
+}
+
+fn read_keys(paths: &[PathBuf]) -> Result<Vec<PublicKey>> {
+    paths
+        .iter()
+        .map(|p| PublicKey::read(p).map_err(Into::into))
+        .collect()
+}
+
+fn new_root(roles: &RoleArgs, version: u64) -> Result<Envelope> {
+    let mut root = Root::new(
+        (&read_keys(&roles.root_keys)?, roles.root_threshold),
+        (&read_keys(&roles.manifest_keys)?, roles.manifest_threshold),
+    )?;
+    root.version = version;
+    Ok(root.envelope())
+}
+
+fn write_new(path: &Path, envelope: &Envelope) -> Result<()> {
+    if path.exists() {
+        bail!("{} exists; not overwriting a root", path.display());
+    }
+    std::fs::write(path, envelope.to_bytes()).with_context(|| format!("writing {}", path.display()))
+}
+
+/// Runs `hashgate root ...`.
+pub fn root(cmd: RootCommand) -> Result<()> {
+    match cmd {
+        RootCommand::Init { roles, out } => {
+            write_new(&out, &new_root(&roles, 1)?)?;
+            eprintln!(
+                "wrote root version 1 to {} (unsigned: sign it with `hashgate root sign`)",
+                out.display()
+            );
+        }
+        RootCommand::Rotate { from, roles, out } => {
+            let old = TrustedRoot::bootstrap(&read(&from)?)
+                .with_context(|| format!("{} is not a valid signed root", from.display()))?;
+            let version = old.root.version + 1;
+            write_new(&out, &new_root(&roles, version)?)?;
+            eprintln!(
+                "wrote root version {version} to {}: it needs {} signature(s) by the old root keys and {} by its own",
+                out.display(),
+                old.root.root.threshold,
+                roles.root_threshold
+            );
+        }
+        RootCommand::Sign { key, file } => {
+            let key = SecretKey::read(&key)?;
+            let mut envelope = Envelope::parse(&read(&file)?)?;
+            if envelope.payload_type != ROOT_TYPE {
+                bail!("{} is not a root", file.display());
+            }
+            envelope.sign(&key)?;
+            hashgate_authority::build::write_atomically(&file, &[&envelope.to_bytes()])?;
+            eprintln!(
+                "signed {} with key {}",
+                file.display(),
+                hex::encode(key.public_key().id())
+            );
+        }
+        RootCommand::Verify { trusted, file } => {
+            let bytes = read(&file)?;
+            let root = match trusted {
+                Some(t) => TrustedRoot::bootstrap(&read(&t)?)?.rotate(&bytes)?,
+                None => TrustedRoot::bootstrap(&bytes)?,
+            };
+            println!(
+                "valid: root version {}, {} key(s), roots need {}, manifests need {}",
+                root.root.version,
+                root.keys.len(),
+                root.root.root.threshold,
+                root.root.manifest.threshold
+            );
+        }
+    }
+    Ok(())
+}
+
+fn read(path: &Path) -> Result<Vec<u8>> {
+    std::fs::read(path).with_context(|| format!("reading {}", path.display()))
+}
+
+/// Runs `hashgate publish`.
+pub fn run(args: PublishArgs) -> Result<()> {
+    let keys = args
+        .keys
+        .iter()
+        .map(|p| SecretKey::read(p).map_err(anyhow::Error::from))
+        .collect::<Result<Vec<_>>>()?;
+    let request = Publish {
+        feed: args.feed.clone(),
+        series: args.series,
+        lists: args.lists,
+        default_category: args.category,
+        fp_rate: args.fp_rate,
+        root: args.root,
+        keys,
+        now: crate::cli::creation_time()?,
+        manifest_lifetime: args.expires.as_secs(),
+        snapshot_lifetime: args.snapshot_expires.as_secs(),
+        min_poll_seconds: args.min_poll.as_secs(),
+        keep: args.keep,
+        headroom: args.headroom,
+        guest: args.guest,
+    };
+    let published = publish(&request)?;
+    if published.resigned {
+        eprintln!(
+            "{}: version {} unchanged; manifest re-signed with a new expiry",
+            args.feed.display(),
+            published.version
+        );
+    } else {
+        let deltas: Vec<String> = published
+            .deltas
+            .iter()
+            .map(|(from, len)| format!("from v{from}: {len} bytes"))
+            .collect();
+        eprintln!(
+            "{}: published version {} (snapshot {} bytes; deltas: {})",
+            args.feed.display(),
+            published.version,
+            published.snapshot_len,
+            if deltas.is_empty() {
+                "none".to_string()
+            } else {
+                deltas.join(", ")
+            }
+        );
+    }
+    Ok(())
+}
