@@ -150,6 +150,9 @@ pub struct EnforceArgs {
     /// A private CA (PEM) to trust for an https feed.
     #[arg(long)]
     pub feed_ca: Option<PathBuf>,
+    /// Deadline of one feed download.
+    #[arg(long, value_parser = humantime::parse_duration)]
+    pub feed_timeout: Option<Duration>,
     /// Admin listener address (/metrics, /healthz, /readyz).
     #[arg(long)]
     pub admin: Option<String>,

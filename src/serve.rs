@@ -93,9 +93,10 @@ async fn follow(url: &str, args: &EnforceArgs, file: &FileConfig) -> Result<(Fil
             .feed_poll
             .or(file.feed_poll_secs.map(Duration::from_secs))
             .unwrap_or(Duration::from_secs(300)),
-        timeout: file
-            .feed_timeout_secs
-            .map_or(Duration::from_secs(60), Duration::from_secs),
+        timeout: args
+            .feed_timeout
+            .or(file.feed_timeout_secs.map(Duration::from_secs))
+            .unwrap_or(Duration::from_secs(60)),
         ca: args.feed_ca.clone().or(file.feed_ca.clone()),
     };
     let mut feed = Feed::new(config, Limits::default())?;
@@ -108,7 +109,7 @@ async fn follow(url: &str, args: &EnforceArgs, file: &FileConfig) -> Result<(Fil
         return Ok((engine, feed));
     }
     match feed.update().await {
-        Ok(Update::Applied(engine)) => Ok((*engine, feed)),
+        Ok(Update::Applied(applied)) => Ok((applied.engine, feed)),
         Ok(_) => anyhow::bail!("the feed gave no filter"),
         Err(e) => Err(e.error).context("fetching the first filter from the feed"),
     }

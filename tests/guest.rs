@@ -28,27 +28,9 @@ fn the_component_imports_nothing() {
         .is_empty());
 }
 
-/// A component importing one function, made with wasm-encoder.
-fn component_with_an_import() -> Vec<u8> {
-    use wasm_encoder::{
-        Component, ComponentImportSection, ComponentTypeRef, ComponentTypeSection, PrimitiveValType,
-    };
-    let mut types = ComponentTypeSection::new();
-    types
-        .function()
-        .params([] as [(&str, PrimitiveValType); 0])
-        .result(Some(PrimitiveValType::U64.into()));
-    let mut imports = ComponentImportSection::new();
-    imports.import("wall-clock-now", ComponentTypeRef::Func(0));
-    let mut component = Component::new();
-    component.section(&types);
-    component.section(&imports);
-    component.finish()
-}
-
 #[test]
 fn components_with_imports_or_no_component_are_refused() {
-    let bytes = component_with_an_import();
+    let bytes = common::component_with_an_import();
     assert_eq!(
         hashgate_host::runtime::component_imports(&bytes).unwrap(),
         ["wall-clock-now"]

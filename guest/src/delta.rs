@@ -225,7 +225,7 @@ struct BitWriter {
 
 impl BitWriter {
     fn push(&mut self, bit: bool) {
-        if self.at % 8 == 0 {
+        if self.at.is_multiple_of(8) {
             self.bytes.push(0);
         }
         if bit {

@@ -80,3 +80,21 @@ pub fn host_digest(a: Algorithm, bytes: &[u8]) -> hashgate_host::Digest {
     }
 }
 pub mod procs;
+
+/// A component importing one function, made with wasm-encoder.
+pub fn component_with_an_import() -> Vec<u8> {
+    use wasm_encoder::{
+        Component, ComponentImportSection, ComponentTypeRef, ComponentTypeSection, PrimitiveValType,
+    };
+    let mut types = ComponentTypeSection::new();
+    types
+        .function()
+        .params([] as [(&str, PrimitiveValType); 0])
+        .result(Some(PrimitiveValType::U64.into()));
+    let mut imports = ComponentImportSection::new();
+    imports.import("wall-clock-now", ComponentTypeRef::Func(0));
+    let mut component = Component::new();
+    component.section(&types);
+    component.section(&imports);
+    component.finish()
+}

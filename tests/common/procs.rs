@@ -106,15 +106,31 @@ impl Setup {
     pub fn nginx_with(&self, tls: Option<(&Path, &Path)>) -> (Killed, u16, PathBuf) {
         // nginx needs a port number up front; another test may grab the same free port
         // first, so try a few.
+        self.nginx_serving(tls, DAV, None)
+    }
+
+    /// nginx with `location` (the body of `location / { ... }`), on `port` if given (a
+    /// restart on the same address), else on a free one.
+    pub fn nginx_serving(
+        &self,
+        tls: Option<(&Path, &Path)>,
+        location: &str,
+        port: Option<u16>,
+    ) -> (Killed, u16, PathBuf) {
         for _ in 0..5 {
-            if let Some(started) = self.try_nginx(free_port(), tls) {
+            if let Some(started) = self.try_nginx(port.unwrap_or_else(free_port), tls, location) {
                 return started;
             }
         }
         panic!("nginx did not start (is nginx-light installed?)");
     }
 
-    fn try_nginx(&self, port: u16, tls: Option<(&Path, &Path)>) -> Option<(Killed, u16, PathBuf)> {
+    fn try_nginx(
+        &self,
+        port: u16,
+        tls: Option<(&Path, &Path)>,
+        location: &str,
+    ) -> Option<(Killed, u16, PathBuf)> {
         let root = self.path("origin");
         let temp = self.path("nginx-temp");
         std::fs::create_dir_all(&root).unwrap();
@@ -130,7 +146,7 @@ http {{
   server {{
     listen 127.0.0.1:{port}{ssl};
     root {root};
-    location / {{ dav_methods PUT DELETE; create_full_put_path on; }}
+    location / {{ {location} }}
   }}
 }}
 ",
@@ -170,6 +186,9 @@ http {{
         Some((child, port, root))
     }
 }
+
+/// nginx's `location /` for an origin that stores PUTs (WebDAV).
+const DAV: &str = "dav_methods PUT DELETE; create_full_put_path on;";
 
 /// Starts a server (gateway, ICAP server, demo) that binds port 0 and reads the ports it
 /// announces on stderr: no port is chosen here, so parallel tests cannot collide.

@@ -50,6 +50,7 @@ pub struct Metrics {
     filter_age: Gauge,
     filter_stale: Gauge,
     feed_updates: Family<OutcomeLabel, Counter>,
+    feed_downloads: Family<OutcomeLabel, Counter>,
     feed_manifest_expires: Gauge,
     feed_last_success: Gauge,
 }
@@ -83,6 +84,7 @@ impl Metrics {
             filter_age: Gauge::default(),
             filter_stale: Gauge::default(),
             feed_updates: Family::default(),
+            feed_downloads: Family::default(),
             feed_manifest_expires: Gauge::default(),
             feed_last_success: Gauge::default(),
             registry: Registry::default(),
@@ -156,6 +158,11 @@ impl Metrics {
             m.feed_updates.clone(),
         );
         registry.register(
+            "feed_downloads",
+            "Feed files downloaded and verified, by kind: delta, snapshot, guest",
+            m.feed_downloads.clone(),
+        );
+        registry.register(
             "feed_manifest_expires_seconds",
             "Expiry (Unix seconds) of the newest accepted feed manifest",
             m.feed_manifest_expires.clone(),
@@ -178,6 +185,16 @@ impl Metrics {
         if outcome != "failed" {
             self.feed_last_success.set(now() as i64);
         }
+    }
+
+    /// Counts a feed file that was downloaded and passed its checks (`delta`,
+    /// `snapshot`, `guest`).
+    pub fn count_feed_download(&self, kind: &str) {
+        self.feed_downloads
+            .get_or_create(&OutcomeLabel {
+                outcome: kind.into(),
+            })
+            .inc();
     }
 
     /// Records the freshness a feed manifest vouches for: with a feed, the filter is

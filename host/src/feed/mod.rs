@@ -64,7 +64,17 @@ pub enum Update {
     /// The same version re-signed with a later expiry: freshness proven, nothing swapped.
     Fresher,
     /// A new version, ready to be swapped in.
-    Applied(Box<FilterEngine>),
+    Applied(Box<Applied>),
+}
+
+/// A new version and how it arrived.
+pub struct Applied {
+    /// The engine holding it, ready to be swapped in.
+    pub engine: FilterEngine,
+    /// `delta` or `snapshot`: what was downloaded for the filter.
+    pub via: &'static str,
+    /// Whether a new guest component was downloaded and loaded.
+    pub new_guest: bool,
 }
 
 /// A followed feed: the trusted roots, the accepted manifest, the runtime of its guest.
@@ -364,7 +374,8 @@ impl Feed {
             }
         }
         let (runtime, guest_sha) = self.runtime_for(&manifest).await?;
-        let (body_path, staged) = self.stage(&manifest, &runtime).await?;
+        let new_guest = guest_sha.is_some() && guest_sha != self.guest_sha;
+        let (body_path, staged, via) = self.stage(&manifest, &runtime).await?;
         if std::env::var("HASHGATE_FAILPOINT").as_deref() == Ok(FAILPOINT_BEFORE_COMMIT) {
             tracing::error!("failpoint {FAILPOINT_BEFORE_COMMIT}: aborting before the commit");
             std::process::abort();
@@ -380,7 +391,11 @@ impl Feed {
             .max(Duration::from_secs(manifest.min_poll_seconds));
         self.accepted = Some(manifest);
         self.collect_garbage();
-        Ok(Update::Applied(Box::new(engine)))
+        Ok(Update::Applied(Box::new(Applied {
+            engine,
+            via,
+            new_guest,
+        })))
     }
 
     /// The runtime for the guest the manifest names: the current one if unchanged, else
@@ -439,7 +454,7 @@ impl Feed {
         &self,
         manifest: &Manifest,
         runtime: &Arc<Runtime>,
-    ) -> Result<(PathBuf, Staged), Error> {
+    ) -> Result<(PathBuf, Staged, &'static str), Error> {
         let state = manifest.state_sha256();
         let held = self.accepted.as_ref().map(Manifest::state_sha256);
         let delta = held.and_then(|h| {
@@ -450,7 +465,7 @@ impl Feed {
         });
         if let (Some(delta), Some(held)) = (delta, held) {
             match self.stage_delta(&delta.file, held, state, runtime).await {
-                Ok(done) => return Ok(done),
+                Ok((path, staged)) => return Ok((path, staged, "delta")),
                 Err(e) => {
                     tracing::warn!(error = %e, from = delta.from, "the delta did not work; fetching the snapshot")
                 }
@@ -473,7 +488,7 @@ impl Feed {
         }
         let (runtime, manifest_c) = (runtime.clone(), manifest.clone());
         let path = self.body_path(&state);
-        let staged = tokio::task::spawn_blocking(move || {
+        let (path, staged) = tokio::task::spawn_blocking(move || {
             let staged = Staged::load(runtime, &body)?;
             check_staged(&staged, &manifest_c)?;
             write_atomically(&path, &body)?;
@@ -481,7 +496,7 @@ impl Feed {
         })
         .await
         .map_err(|e| feed_error(format!("loading the snapshot: {e}")))??;
-        Ok(staged)
+        Ok((path, staged, "snapshot"))
     }
 
     async fn stage_delta(
@@ -497,7 +512,6 @@ impl Feed {
             self.body_path(&held),
             self.body_path(&state),
         );
-        let manifest = self.accepted.clone();
         tokio::task::spawn_blocking(move || {
             let base = read_body(&held_path, &held)?;
             let mut staged = Staged::load(runtime, &base)?;
@@ -509,13 +523,11 @@ impl Feed {
                     "the state after the delta is not the one the manifest names",
                 ));
             }
-            let _ = manifest;
             write_atomically(&path, &body)?;
             Ok((path, staged))
         })
         .await
         .map_err(|e| feed_error(format!("applying the delta: {e}")))?
-        .and_then(|(path, staged)| Ok((path, staged)))
     }
 
     /// Removes bodies and guests the accepted manifest no longer needs.
@@ -581,11 +593,20 @@ impl Feed {
                 metrics.count_feed_poll("fresher");
                 tracing::info!("the feed re-signed the version in force");
             }
-            Update::Applied(engine) => {
+            Update::Applied(applied) => {
+                let Applied {
+                    engine,
+                    via,
+                    new_guest,
+                } = *applied;
                 let (series, version) = (engine.info().series.clone(), engine.info().version);
-                enforcer.swap_filter(*engine);
+                enforcer.swap_filter(engine);
                 metrics.count_feed_poll("applied");
-                eprintln!("feed: now enforcing {series} version {version}");
+                metrics.count_feed_download(via);
+                if new_guest {
+                    metrics.count_feed_download("guest");
+                }
+                eprintln!("feed: now enforcing {series} version {version} (from the {via})");
             }
         }
         if let Some(m) = &self.accepted {

@@ -1,0 +1,757 @@
+//! Feeds end to end: `hashgate publish` writes a feed, a real nginx serves it, gateway
+//! processes follow it; then every attack and fault a feed must survive, each on its own.
+//! Needs `nginx` (Debian's nginx-light) and `curl`; scripts/test.sh installs them.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::time::{Duration, Instant};
+
+use common::procs::*;
+use hashgate_host::feed::protocol::{Envelope, Manifest, MANIFEST_TYPE};
+use hashgate_host::trust::SecretKey;
+use rand::RngCore;
+
+/// nginx serving the feed directory, with switches a test flips by creating files:
+/// `.busy` answers 429 with `Retry-After`, `.slow` trickles at 100 bytes a second.
+const FEED_LOCATION: &str = r#"
+      if (-f $document_root/.busy) { add_header Retry-After 1 always; return 429; }
+      if (-f $document_root/.slow) { limit_rate 100; }
+"#;
+
+/// An authority with keys, a root, a list and a feed served by nginx.
+struct Authority {
+    s: Setup,
+    nginx: Option<Killed>,
+    port: u16,
+    /// Manifest keys that sign each publication.
+    keys: Vec<&'static str>,
+}
+
+fn ok(out: Output) -> Output {
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+impl Authority {
+    /// Root keys r1; manifest keys m1 and m2, `threshold` of them needed.
+    fn new(threshold: u32) -> Authority {
+        let s = Setup::new();
+        let p = |n: &str| s.path(n).to_str().unwrap().to_string();
+        for k in ["r1", "r2", "m1", "m2", "x"] {
+            ok(hashgate(&["keygen", "--out", &p(k)]));
+        }
+        ok(hashgate(&[
+            "root",
+            "init",
+            "--root-key",
+            &p("r1.pub"),
+            "--manifest-key",
+            &p("m1.pub"),
+            "--manifest-key",
+            &p("m2.pub"),
+            "--manifest-threshold",
+            &threshold.to_string(),
+            "--out",
+            &p("root.json"),
+        ]));
+        ok(hashgate(&[
+            "root",
+            "sign",
+            "--key",
+            &p("r1.key"),
+            &p("root.json"),
+        ]));
+        let (nginx, port, _) = s.nginx_serving(None, FEED_LOCATION, None);
+        let a = Authority {
+            s,
+            nginx: Some(nginx),
+            port,
+            keys: ["m1", "m2"][..threshold as usize].to_vec(),
+        };
+        a.publish();
+        a
+    }
+
+    fn p(&self, n: &str) -> String {
+        self.s.path(n).to_str().unwrap().to_string()
+    }
+
+    fn feed(&self, rel: &str) -> PathBuf {
+        self.s.path("origin").join(rel)
+    }
+
+    fn publish_with(&self, root: &str, keys: &[&str], extra: &[&str]) -> Output {
+        let mut args = vec![
+            "publish".to_string(),
+            "--feed".into(),
+            self.p("origin"),
+            "--series".into(),
+            "feed".into(),
+            "--root".into(),
+            self.p(root),
+            "--min-poll".into(),
+            "1s".into(),
+        ];
+        if !extra.contains(&"--expires") {
+            args.extend(["--expires".into(), "1h".into()]);
+        }
+        for k in keys {
+            args.push("--key".into());
+            args.push(self.p(&format!("{k}.key")));
+        }
+        args.extend(extra.iter().map(|s| s.to_string()));
+        args.push(self.p("list.txt"));
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        hashgate(&args)
+    }
+
+    fn publish(&self) {
+        ok(self.publish_with("root.json", &self.keys, &[]));
+    }
+
+    /// A new random file of `size` bytes, added to the list.
+    fn list_new_file(&self, name: &str, size: usize) -> PathBuf {
+        let mut bytes = vec![0u8; size];
+        rand::thread_rng().fill_bytes(&mut bytes);
+        std::fs::write(self.s.path(name), &bytes).unwrap();
+        let mut list = std::fs::read_to_string(self.s.path("list.txt")).unwrap();
+        list.push_str(&format!("{},test-cat\n", sha256_hex(&bytes)));
+        std::fs::write(self.s.path("list.txt"), list).unwrap();
+        self.s.path(name)
+    }
+
+    /// A gateway (embedded store) following the feed, state in `state`.
+    fn gateway(&self, state: &str, env: &[(&str, &str)]) -> (Killed, u16, u16) {
+        let url = format!("http://127.0.0.1:{}/manifest.json", self.port);
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_hashgate"));
+        cmd.args(["gateway", "--feed", &url, "--root", &self.p("root.json")])
+            .args(["--state-dir", &self.p(state), "--feed-poll", "1s"])
+            .args([
+                "--feed-timeout",
+                "3s",
+                "--store",
+                &self.p(&format!("store-{state}")),
+            ])
+            .args(["--listen", "127.0.0.1:0", "--admin", "127.0.0.1:0"])
+            .envs(env.iter().copied());
+        spawn_listening(&mut cmd)
+    }
+
+    /// The feed's manifest, its payload parsed.
+    fn manifest(&self) -> Manifest {
+        let envelope =
+            Envelope::parse(&std::fs::read(self.feed("manifest.json")).unwrap()).unwrap();
+        serde_json::from_slice(&envelope.payload().unwrap()).unwrap()
+    }
+
+    /// Writes `manifest` into the feed, signed by `keys` (key file base names).
+    fn write_manifest(&self, manifest: &Manifest, keys: &[&str]) {
+        let mut envelope = manifest.envelope();
+        for k in keys {
+            envelope
+                .sign(&SecretKey::read(&self.s.path(&format!("{k}.key"))).unwrap())
+                .unwrap();
+        }
+        std::fs::write(self.feed("manifest.json"), envelope.to_bytes()).unwrap();
+    }
+}
+
+fn metrics(admin: u16) -> String {
+    let out = Command::new("curl")
+        .args(["-s", &format!("http://127.0.0.1:{admin}/metrics")])
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// The value of the sample whose name and labels are exactly `series`, 0 if absent.
+fn metric(admin: u16, series: &str) -> f64 {
+    metrics(admin)
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix(series)?
+                .strip_prefix(' ')?
+                .trim()
+                .parse()
+                .ok()
+        })
+        .unwrap_or(0.0)
+}
+
+fn version(admin: u16) -> u64 {
+    metric(admin, "hashgate_filter_version") as u64
+}
+
+fn wait_until(limit: Duration, mut done: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + limit;
+    while Instant::now() < deadline {
+        if done() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    done()
+}
+
+fn wait_version(admin: u16, v: u64) {
+    assert!(
+        wait_until(Duration::from_secs(20), || version(admin) == v),
+        "the gateway did not reach version {v} (at {})",
+        version(admin)
+    );
+}
+
+const FAILED: &str = "hashgate_feed_polls_total{outcome=\"failed\"}";
+
+/// Waits for another failed poll and checks the gateway still enforces `v`.
+fn wait_refused(admin: u16, v: u64) {
+    let before = metric(admin, FAILED);
+    assert!(
+        wait_until(Duration::from_secs(20), || metric(admin, FAILED) > before),
+        "no poll failed"
+    );
+    assert_eq!(version(admin), v, "the filter in force changed");
+}
+
+fn put(port: u16, file: &Path) -> u16 {
+    let name = file.file_name().unwrap().to_str().unwrap();
+    curl_put(file, &format!("http://127.0.0.1:{port}/{name}"), &[])
+}
+
+#[test]
+fn two_gateways_follow_new_versions_and_uploads_during_the_swap_complete() {
+    let a = Authority::new(1);
+    let (_g1, port1, admin1) = a.gateway("state1", &[]);
+    let (_g2, port2, admin2) = a.gateway("state2", &[]);
+    let fresh = a.list_new_file("fresh.bin", 200_000);
+    for port in [port1, port2] {
+        assert_eq!(put(port, &a.s.listed), 451);
+        assert_eq!(put(port, &fresh), 201);
+    }
+    // Slow uploads (listed and clean) that straddle the swap.
+    let slow: Vec<_> = [
+        (port1, &a.s.listed, "1M"),
+        (port1, &a.s.big_clean, "4M"),
+        (port2, &a.s.listed, "1M"),
+    ]
+    .into_iter()
+    .enumerate()
+    .map(|(i, (port, file, rate))| {
+        let (file, url) = (file.clone(), format!("http://127.0.0.1:{port}/slow-{i}"));
+        std::thread::spawn(move || curl_put(&file, &url, &["--limit-rate", rate]))
+    })
+    .collect();
+    std::thread::sleep(Duration::from_millis(300));
+    a.publish();
+    wait_version(admin1, 2);
+    wait_version(admin2, 2);
+    let codes: Vec<u16> = slow.into_iter().map(|t| t.join().unwrap()).collect();
+    assert_eq!(codes, [451, 201, 451], "uploads running during the swap");
+    for port in [port1, port2] {
+        assert_eq!(put(port, &fresh), 451, "the new version is enforced");
+        assert_eq!(put(port, &a.s.clean), 201);
+    }
+    // The second version came as a delta, not a full download.
+    for admin in [admin1, admin2] {
+        assert_eq!(
+            metric(admin, "hashgate_feed_downloads_total{outcome=\"delta\"}"),
+            1.0
+        );
+        assert_eq!(
+            metric(admin, "hashgate_feed_downloads_total{outcome=\"snapshot\"}"),
+            0.0
+        );
+    }
+}
+
+#[test]
+fn a_delta_gives_exactly_the_published_snapshot_and_a_restart_resumes_it() {
+    let a = Authority::new(1);
+    let (g, _, admin) = a.gateway("state", &[]);
+    a.list_new_file("x.bin", 1000);
+    a.publish();
+    wait_version(admin, 2);
+    drop(g);
+    let m = a.manifest();
+    let file = std::fs::read(a.feed(&m.snapshot.path)).unwrap();
+    let body = std::fs::read(a.s.path(&format!("state/bodies/{}.body", m.state_sha256))).unwrap();
+    assert_eq!(
+        body,
+        file[..file.len() - 80],
+        "the state after the delta is the snapshot's body"
+    );
+    assert_eq!(
+        walk(&a.s.path("state/bodies")).len(),
+        1,
+        "the old state is collected"
+    );
+    // Restart with the feed gone: the accepted version comes back from disk.
+    std::fs::rename(a.feed("manifest.json"), a.feed("manifest.away")).unwrap();
+    let (_g, port, admin) = a.gateway("state", &[]);
+    assert_eq!(version(admin), 2);
+    assert_eq!(put(port, &a.s.path("x.bin")), 451);
+}
+
+#[test]
+fn a_forged_manifest_is_refused() {
+    let a = Authority::new(1);
+    let (_g, port, admin) = a.gateway("state", &[]);
+    a.list_new_file("x.bin", 1000);
+    a.publish();
+    wait_version(admin, 2);
+    // Change the signed payload (a later version), keep the old signature.
+    let bytes = std::fs::read(a.feed("manifest.json")).unwrap();
+    let mut envelope = Envelope::parse(&bytes).unwrap();
+    let mut m = a.manifest();
+    m.version = 3;
+    envelope.payload = Manifest::envelope(&m).payload;
+    std::fs::write(a.feed("manifest.json"), envelope.to_bytes()).unwrap();
+    wait_refused(admin, 2);
+    assert_eq!(put(port, &a.s.listed), 451);
+}
+
+#[test]
+fn an_unsigned_manifest_is_refused() {
+    let a = Authority::new(1);
+    let (_g, _, admin) = a.gateway("state", &[]);
+    a.list_new_file("x.bin", 1000);
+    a.publish();
+    let m = a.manifest();
+    a.write_manifest(&m, &[]);
+    wait_refused(admin, 1);
+}
+
+#[test]
+fn a_manifest_signed_by_a_key_outside_the_root_is_refused() {
+    let a = Authority::new(1);
+    let (_g, _, admin) = a.gateway("state", &[]);
+    a.list_new_file("x.bin", 1000);
+    a.publish();
+    let m = a.manifest();
+    a.write_manifest(&m, &["x"]);
+    wait_refused(admin, 1);
+    // A root key is not a manifest key either.
+    a.write_manifest(&m, &["r1"]);
+    wait_refused(admin, 1);
+    a.write_manifest(&m, &["m1"]);
+    wait_version(admin, 2);
+}
+
+#[test]
+fn one_key_counted_twice_does_not_meet_a_threshold_of_two() {
+    let a = Authority::new(2);
+    let (_g, _, admin) = a.gateway("state", &[]);
+    a.list_new_file("x.bin", 1000);
+    a.publish();
+    wait_version(admin, 2);
+    let mut m = a.manifest();
+    m.version = 3;
+    m.expires += 10;
+    // m1's signature twice (the same entry repeated).
+    let mut envelope = m.envelope();
+    envelope
+        .sign(&SecretKey::read(&a.s.path("m1.key")).unwrap())
+        .unwrap();
+    let twice = envelope.signatures[0].clone();
+    envelope.signatures.push(twice);
+    assert_eq!(envelope.payload_type, MANIFEST_TYPE);
+    std::fs::write(a.feed("manifest.json"), envelope.to_bytes()).unwrap();
+    wait_refused(admin, 2);
+    // One valid key plus an outsider is not two either.
+    a.write_manifest(&m, &["m1", "x"]);
+    wait_refused(admin, 2);
+}
+
+#[test]
+fn a_rollback_is_refused_also_across_a_restart() {
+    let a = Authority::new(1);
+    let (g, port, admin) = a.gateway("state", &[]);
+    let old = std::fs::read(a.feed("manifest.json")).unwrap();
+    let fresh = a.list_new_file("x.bin", 1000);
+    a.publish();
+    wait_version(admin, 2);
+    // Replay version 1's manifest (validly signed, not expired).
+    std::fs::write(a.feed("manifest.json"), &old).unwrap();
+    wait_refused(admin, 2);
+    drop(g);
+    let (_g, port2, admin) = a.gateway("state", &[]);
+    assert_eq!(version(admin), 2, "resumed from the state directory");
+    wait_refused(admin, 2);
+    assert_eq!(put(port2, &fresh), 451);
+    let _ = port;
+}
+
+#[test]
+fn an_unchanged_list_only_re_signs_and_the_gateway_only_refreshes() {
+    let a = Authority::new(1);
+    let (_g, _, admin) = a.gateway("state", &[]);
+    let before = a.manifest();
+    std::thread::sleep(Duration::from_millis(1100));
+    let out = ok(a.publish_with("root.json", &["m1"], &[]));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("unchanged"));
+    let after = a.manifest();
+    assert_eq!(after.version, before.version);
+    assert_eq!(after.state_sha256, before.state_sha256);
+    assert!(after.expires > before.expires);
+    let fresher = "hashgate_feed_polls_total{outcome=\"fresher\"}";
+    assert!(wait_until(Duration::from_secs(15), || metric(
+        admin, fresher
+    ) == 1.0));
+    assert_eq!(version(admin), 1);
+    assert_eq!(
+        metric(admin, "hashgate_feed_manifest_expires_seconds") as u64,
+        after.expires
+    );
+}
+
+#[test]
+fn an_expired_manifest_freezes_the_filter_and_reports_stale() {
+    let a = Authority::new(1);
+    ok(a.publish_with("root.json", &["m1"], &["--expires", "4s"]));
+    let (_g, port, admin) = a.gateway("state", &[]);
+    let ready = || {
+        let out = Command::new("curl")
+            .args(["-s", "-o", "/dev/null", "-w", "%{http_code}"])
+            .arg(format!("http://127.0.0.1:{admin}/readyz"))
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    assert_eq!(ready(), "200");
+    assert!(wait_until(Duration::from_secs(10), || ready() == "503"));
+    assert_eq!(metric(admin, "hashgate_filter_stale"), 1.0);
+    assert_eq!(put(port, &a.s.listed), 451, "still enforcing");
+    // A fresh signature on the same version thaws it.
+    ok(a.publish_with("root.json", &["m1"], &[]));
+    assert!(wait_until(Duration::from_secs(15), || ready() == "200"));
+}
+
+#[test]
+fn a_delta_for_another_base_falls_back_to_the_snapshot() {
+    let a = Authority::new(1);
+    let (_g, _, admin) = a.gateway("state", &[]);
+    a.list_new_file("x.bin", 1000);
+    a.publish();
+    wait_version(admin, 2);
+    a.list_new_file("y.bin", 1000);
+    a.publish();
+    // Replace the delta from v2 with one made for another base (v3 to v3).
+    let mut m = a.manifest();
+    let v3 = std::fs::read(a.feed(&m.snapshot.path)).unwrap();
+    let v3 = &v3[..v3.len() - 80];
+    let wrong = hashgate_guest::delta::diff(v3, v3).unwrap();
+    let d = m.deltas.iter_mut().find(|d| d.from == 2).unwrap();
+    std::fs::write(a.feed(&d.file.path), &wrong).unwrap();
+    d.file.length = wrong.len() as u64;
+    d.file.sha256 = sha256_hex(&wrong);
+    a.write_manifest(&m, &["m1"]);
+    wait_version(admin, 3);
+    assert_eq!(
+        metric(admin, "hashgate_feed_downloads_total{outcome=\"snapshot\"}"),
+        1.0
+    );
+}
+
+#[test]
+fn a_body_longer_than_listed_is_cut_at_the_listed_length() {
+    let a = Authority::new(1);
+    let (_g, port, admin) = a.gateway("state", &[]);
+    let fresh = a.list_new_file("x.bin", 1000);
+    a.publish();
+    let m = a.manifest();
+    for rel in [&m.snapshot.path, &m.deltas[0].file.path] {
+        let mut bytes = std::fs::read(a.feed(rel)).unwrap();
+        bytes.extend_from_slice(&[0xAB; 100_000]);
+        std::fs::write(a.feed(rel), bytes).unwrap();
+    }
+    wait_version(admin, 2);
+    assert_eq!(put(port, &fresh), 451);
+}
+
+#[test]
+fn truncated_or_bit_flipped_files_are_refused() {
+    let a = Authority::new(1);
+    let (_g, port, admin) = a.gateway("state", &[]);
+    let fresh = a.list_new_file("x.bin", 1000);
+    a.publish();
+    let m = a.manifest();
+    let (snapshot, delta) = (a.feed(&m.snapshot.path), a.feed(&m.deltas[0].file.path));
+    let (good_snapshot, good_delta) = (
+        std::fs::read(&snapshot).unwrap(),
+        std::fs::read(&delta).unwrap(),
+    );
+    let flipped = |b: &[u8]| {
+        let mut b = b.to_vec();
+        let at = b.len() / 2;
+        b[at] ^= 0x10;
+        b
+    };
+    // A flipped delta and a truncated snapshot; then the other way round.
+    std::fs::write(&delta, flipped(&good_delta)).unwrap();
+    std::fs::write(&snapshot, &good_snapshot[..good_snapshot.len() / 2]).unwrap();
+    wait_refused(admin, 1);
+    std::fs::write(&delta, &good_delta[..good_delta.len() - 1]).unwrap();
+    std::fs::write(&snapshot, flipped(&good_snapshot)).unwrap();
+    wait_refused(admin, 1);
+    assert_eq!(put(port, &fresh), 201, "version 1 still in force");
+    assert_eq!(put(port, &a.s.listed), 451);
+    std::fs::write(&delta, &good_delta).unwrap();
+    std::fs::write(&snapshot, &good_snapshot).unwrap();
+    wait_version(admin, 2);
+}
+
+#[test]
+fn a_state_hash_mismatch_is_refused() {
+    let a = Authority::new(1);
+    let (_g, _, admin) = a.gateway("state", &[]);
+    a.list_new_file("x.bin", 1000);
+    a.publish();
+    let mut m = a.manifest();
+    m.state_sha256 = sha256_hex(b"not the state");
+    a.write_manifest(&m, &["m1"]);
+    wait_refused(admin, 1);
+    wait_refused(admin, 1);
+    assert!(
+        walk(&a.s.path("state/bodies")).len() == 1,
+        "no second state persisted"
+    );
+}
+
+#[test]
+fn key_rotation_recovers_from_a_fast_forwarded_version() {
+    let a = Authority::new(1);
+    let (_g, port, admin) = a.gateway("state", &[]);
+    let legit = std::fs::read(a.feed("manifest.json")).unwrap();
+    // An attacker with manifest key m1 signs version 1000 of their own filter.
+    let p = |n: &str| a.p(n);
+    std::fs::write(
+        a.s.path("attack.txt"),
+        format!("{}\n", sha256_hex(b"whatever")),
+    )
+    .unwrap();
+    ok(hashgate(&[
+        "build",
+        "--key",
+        &p("m1.key"),
+        "--series",
+        "feed",
+        "--version",
+        "1000",
+        "--out",
+        &a.feed("attack/1000.hgf").to_string_lossy(),
+        &p("attack.txt"),
+    ]));
+    let attack = std::fs::read(a.feed("attack/1000.hgf")).unwrap();
+    let mut m = a.manifest();
+    m.version = 1000;
+    m.state_sha256 = sha256_hex(&attack[..attack.len() - 80]);
+    m.snapshot.path = "attack/1000.hgf".into();
+    m.snapshot.length = attack.len() as u64;
+    m.snapshot.sha256 = sha256_hex(&attack);
+    m.deltas.clear();
+    a.write_manifest(&m, &["m1"]);
+    wait_version(admin, 1000);
+
+    // The authority rotates: a new root (signed by the old root key and the new one)
+    // that drops m1, and publishes its next version with m2.
+    ok(hashgate(&[
+        "root",
+        "rotate",
+        "--from",
+        &p("root.json"),
+        "--root-key",
+        &p("r2.pub"),
+        "--manifest-key",
+        &p("m2.pub"),
+        "--out",
+        &p("root2.json"),
+    ]));
+    for k in ["r1", "r2"] {
+        ok(hashgate(&[
+            "root",
+            "sign",
+            "--key",
+            &p(&format!("{k}.key")),
+            &p("root2.json"),
+        ]));
+    }
+    ok(hashgate(&[
+        "root",
+        "verify",
+        "--trusted",
+        &p("root.json"),
+        &p("root2.json"),
+    ]));
+    std::fs::write(a.feed("manifest.json"), &legit).unwrap();
+    let fresh = a.list_new_file("x.bin", 1000);
+    ok(a.publish_with("root2.json", &["m2"], &[]));
+    assert_eq!(a.manifest().version, 2);
+    wait_version(admin, 2);
+    assert_eq!(put(port, &fresh), 451);
+    assert!(
+        a.s.path("state/roots/2.json").exists(),
+        "the rotation is persisted"
+    );
+
+    // m1 is no longer trusted, whatever it signs.
+    let mut m = a.manifest();
+    m.version = 3;
+    a.write_manifest(&m, &["m1"]);
+    wait_refused(admin, 2);
+}
+
+#[test]
+fn a_root_rotation_signed_by_the_new_keys_alone_is_refused() {
+    let a = Authority::new(1);
+    let (_g, _, admin) = a.gateway("state", &[]);
+    let p = |n: &str| a.p(n);
+    ok(hashgate(&[
+        "root",
+        "rotate",
+        "--from",
+        &p("root.json"),
+        "--root-key",
+        &p("x.pub"),
+        "--manifest-key",
+        &p("x.pub"),
+        "--out",
+        &p("root2.json"),
+    ]));
+    ok(hashgate(&[
+        "root",
+        "sign",
+        "--key",
+        &p("x.key"),
+        &p("root2.json"),
+    ]));
+    let verify = hashgate(&[
+        "root",
+        "verify",
+        "--trusted",
+        &p("root.json"),
+        &p("root2.json"),
+    ]);
+    assert!(!verify.status.success());
+    // Served anyway, with a manifest signed by the new keys.
+    std::fs::create_dir_all(a.feed("roots")).unwrap();
+    std::fs::copy(a.s.path("root2.json"), a.feed("roots/2.json")).unwrap();
+    let mut m = a.manifest();
+    m.version = 2;
+    m.root_version = 2;
+    a.write_manifest(&m, &["x"]);
+    wait_refused(admin, 1);
+}
+
+#[test]
+fn a_busy_or_missing_feed_keeps_the_filter() {
+    let a = Authority::new(1);
+    let (_g, port, admin) = a.gateway("state", &[]);
+    let fresh = a.list_new_file("x.bin", 1000);
+    std::fs::write(a.feed(".busy"), "").unwrap();
+    a.publish();
+    wait_refused(admin, 1);
+    assert_eq!(put(port, &a.s.listed), 451);
+    std::fs::remove_file(a.feed(".busy")).unwrap();
+    wait_version(admin, 2);
+    std::fs::rename(a.feed("manifest.json"), a.feed("manifest.away")).unwrap();
+    wait_refused(admin, 2);
+    assert_eq!(put(port, &fresh), 451);
+    std::fs::rename(a.feed("manifest.away"), a.feed("manifest.json")).unwrap();
+    a.list_new_file("y.bin", 1000);
+    a.publish();
+    wait_version(admin, 3);
+}
+
+#[test]
+fn a_slow_or_vanished_feed_server_keeps_the_filter() {
+    let mut a = Authority::new(1);
+    let (_g, port, admin) = a.gateway("state", &[]);
+    let fresh = a.list_new_file("x.bin", 1000);
+    std::fs::write(a.feed(".slow"), "").unwrap();
+    a.publish();
+    wait_refused(admin, 1);
+    let started = Instant::now();
+    assert_eq!(
+        put(port, &a.s.clean),
+        201,
+        "uploads are not held up by the feed"
+    );
+    assert!(started.elapsed() < Duration::from_secs(2));
+    std::fs::remove_file(a.feed(".slow")).unwrap();
+    wait_version(admin, 2);
+    // nginx goes away, comes back on the same address with a new version.
+    drop(a.nginx.take());
+    wait_refused(admin, 2);
+    assert_eq!(put(port, &fresh), 451);
+    a.list_new_file("y.bin", 1000);
+    a.publish();
+    let (nginx, _, _) = a.s.nginx_serving(None, FEED_LOCATION, Some(a.port));
+    a.nginx = Some(nginx);
+    wait_version(admin, 3);
+}
+
+#[test]
+fn a_crash_between_download_and_commit_restarts_on_the_old_state() {
+    let a = Authority::new(1);
+    let (g, _, admin) = a.gateway("state", &[]);
+    assert_eq!(version(admin), 1);
+    drop(g);
+    let fresh = a.list_new_file("x.bin", 1000);
+    a.publish();
+    let (mut g, _, _) = a.gateway("state", &[("HASHGATE_FAILPOINT", "feed-before-commit")]);
+    assert!(
+        wait_until(Duration::from_secs(20), || g
+            .0
+            .try_wait()
+            .unwrap()
+            .is_some()),
+        "the failpoint did not fire"
+    );
+    // The manifest on disk is still version 1, and its body is intact.
+    let bytes = std::fs::read(a.s.path("state/manifest.json")).unwrap();
+    let persisted: Manifest =
+        serde_json::from_slice(&Envelope::parse(&bytes).unwrap().payload().unwrap()).unwrap();
+    assert_eq!(persisted.version, 1);
+    std::fs::rename(a.feed("manifest.json"), a.feed("manifest.away")).unwrap();
+    let (_g, port, admin) = a.gateway("state", &[]);
+    assert_eq!(version(admin), 1);
+    assert_eq!(put(port, &a.s.listed), 451);
+    assert_eq!(put(port, &fresh), 201);
+    std::fs::rename(a.feed("manifest.away"), a.feed("manifest.json")).unwrap();
+    wait_version(admin, 2);
+    assert_eq!(put(port, &fresh), 451);
+}
+
+#[test]
+fn a_new_guest_is_hot_loaded_and_one_with_imports_is_refused() {
+    let a = Authority::new(1);
+    let (_g, port, admin) = a.gateway("state", &[]);
+    // The reference guest with a custom section appended: a different component.
+    let mut guest = hashgate_host::GUEST_COMPONENT.to_vec();
+    guest.extend_from_slice(&[0, 6, 5, b'h', b'g', b'-', b'v', b'2']);
+    std::fs::write(a.s.path("guest.wasm"), &guest).unwrap();
+    let fresh = a.list_new_file("x.bin", 1000);
+    ok(a.publish_with("root.json", &["m1"], &["--guest", &a.p("guest.wasm")]));
+    wait_version(admin, 2);
+    assert_eq!(
+        metric(admin, "hashgate_feed_downloads_total{outcome=\"guest\"}"),
+        1.0
+    );
+    assert!(a
+        .s
+        .path(&format!("state/guests/{}.wasm", sha256_hex(&guest)))
+        .exists());
+    assert_eq!(put(port, &fresh), 451);
+
+    std::fs::write(a.s.path("bad.wasm"), common::component_with_an_import()).unwrap();
+    a.list_new_file("y.bin", 1000);
+    ok(a.publish_with("root.json", &["m1"], &["--guest", &a.p("bad.wasm")]));
+    wait_refused(admin, 2);
+    assert_eq!(put(port, &fresh), 451);
+}
