@@ -39,6 +39,9 @@ enum Command {
     /// Publish the next version of a series into a feed directory: snapshot, deltas from
     /// recent versions, signed manifest (an unchanged list only re-signs the manifest).
     Publish(Box<crate::publish::PublishArgs>),
+    /// The authority's confirmation server (range API for gateways).
+    #[command(subcommand)]
+    Authority(crate::publish::AuthorityCommand),
     /// Create, rotate, sign and verify a feed's root of trust (keys and thresholds).
     #[command(subcommand)]
     Root(crate::publish::RootCommand),
@@ -153,6 +156,14 @@ pub struct EnforceArgs {
     /// Deadline of one feed download.
     #[arg(long, value_parser = humantime::parse_duration)]
     pub feed_timeout: Option<Duration>,
+    /// Confirm filter hits with the authority's range API at this URL (blocking still
+    /// acts on the filter hit; quarantine and reports wait for confirmation; the
+    /// `[confirm]` table of the config file sets each).
+    #[arg(long)]
+    pub confirm: Option<String>,
+    /// File holding the bearer token for --confirm.
+    #[arg(long, requires = "confirm")]
+    pub confirm_token_file: Option<PathBuf>,
     /// Admin listener address (/metrics, /healthz, /readyz).
     #[arg(long)]
     pub admin: Option<String>,
@@ -259,6 +270,7 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
         Command::Build(args) => build_cmd(args).map(|_| ExitCode::SUCCESS),
         Command::Publish(args) => crate::publish::run(*args).map(|_| ExitCode::SUCCESS),
         Command::Root(cmd) => crate::publish::root(cmd).map(|_| ExitCode::SUCCESS),
+        Command::Authority(cmd) => crate::publish::authority(cmd).map(|_| ExitCode::SUCCESS),
         Command::Inspect {
             public_key,
             json,

@@ -242,3 +242,59 @@ pub fn run(args: PublishArgs) -> Result<()> {
     }
     Ok(())
 }
+
+/// `hashgate authority ...`.
+#[derive(clap::Subcommand, Debug)]
+pub enum AuthorityCommand {
+    /// Serve the confirmation range API: GET /v1/range/{algorithm}/{hex prefix} answers
+    /// every listed digest with that prefix (padded), to holders of a bearer token.
+    Serve {
+        /// The digest lists (as for `publish`).
+        #[arg(long = "list", required = true)]
+        lists: Vec<PathBuf>,
+        /// Listen address.
+        #[arg(long, default_value = "127.0.0.1:8443")]
+        listen: String,
+        /// File of bearer tokens, one per line.
+        #[arg(long)]
+        tokens: PathBuf,
+        /// Serve https with this PEM certificate chain.
+        #[arg(long, requires = "tls_key")]
+        tls_cert: Option<PathBuf>,
+        /// The PEM private key of --tls-cert.
+        #[arg(long, requires = "tls_cert")]
+        tls_key: Option<PathBuf>,
+    },
+}
+
+/// Runs `hashgate authority ...`.
+pub fn authority(cmd: AuthorityCommand) -> Result<()> {
+    use hashgate_authority::confirm::{serve, RangeIndex, Tokens};
+    let AuthorityCommand::Serve {
+        lists,
+        listen,
+        tokens,
+        tls_cert,
+        tls_key,
+    } = cmd;
+    let index = std::sync::Arc::new(RangeIndex::load(&lists)?);
+    let tokens = std::sync::Arc::new(Tokens::read(&tokens)?);
+    let tls = crate::serve::cert_store(tls_cert, tls_key)?
+        .map(|store| tokio_rustls::TlsAcceptor::from(store.server_config(&[b"h2", b"http/1.1"])));
+    crate::serve::runtime()?.block_on(async move {
+        let listener = tokio::net::TcpListener::bind(&listen)
+            .await
+            .with_context(|| format!("listening on {listen}"))?;
+        eprintln!(
+            "hashgate authority on {}://{} (/v1/range/{{algorithm}}/{{prefix}}), {} digests",
+            if tls.is_some() { "https" } else { "http" },
+            listener.local_addr()?,
+            index.len()
+        );
+        tokio::select! {
+            () = serve(listener, index, tokens, tls) => {}
+            () = crate::serve::shutdown_signal() => {}
+        }
+        Ok(())
+    })
+}

@@ -7,7 +7,9 @@ use anyhow::{Context, Result};
 use hashgate_host::config::FileConfig;
 use std::time::Duration;
 
-use hashgate_host::enforce::{Action, AllowList, AuditLog, Enforcer, Metrics, Policy};
+use hashgate_host::enforce::{
+    Action, AllowList, AuditLog, ConfirmConfig, Enforcer, Metrics, Policy,
+};
 use hashgate_host::feed::{Feed, FeedConfig, Update};
 use hashgate_host::{FilterEngine, Limits};
 
@@ -66,7 +68,19 @@ pub async fn enforcer(
         .or(file.audit_log.as_ref())
         .map(|p| AuditLog::open(p))
         .transpose()?;
-    let enforcer = Arc::new(Enforcer::new(engine, policy, audit, Metrics::new()));
+    let mut enforcer = Enforcer::new(engine, policy, audit, Metrics::new());
+    let mut confirm = file.confirm.clone();
+    if let Some(url) = &args.confirm {
+        let table = confirm.get_or_insert_with(|| ConfirmConfig::new(url));
+        table.url = url.clone();
+        if let Some(token) = &args.confirm_token_file {
+            table.token_file = Some(token.clone());
+        }
+    }
+    if let Some(rules) = confirm {
+        enforcer = enforcer.with_confirmation(rules)?;
+    }
+    let enforcer = Arc::new(enforcer);
     if let Some(m) = feed.as_ref().and_then(Feed::accepted) {
         enforcer.metrics().set_fresh_until(m.expires);
     }

@@ -5,6 +5,8 @@
 //! * [`build`] turns lists into a signed snapshot in two streaming passes (count, then
 //!   insert), so memory stays near the filter's own size however long the lists are.
 //! * [`inspect`] reports what a snapshot is, how full it is, and who signed it.
+//! * [`confirm`] serves the confirmation range API gateways use to tell true matches
+//!   from false positives.
 //! * [`publish`] writes a feed: the next version's snapshot, deltas from recent versions,
 //!   and the signed manifest (`docs/PROTOCOL.md`).
 //!
@@ -14,6 +16,7 @@
 #![deny(missing_docs)]
 
 pub mod build;
+pub mod confirm;
 mod error;
 pub mod inspect;
 pub mod list;

@@ -39,6 +39,8 @@ pub struct FileConfig {
     pub feed_timeout_secs: Option<u64>,
     /// A private CA to trust for an https feed.
     pub feed_ca: Option<PathBuf>,
+    /// Confirmation of hits with the authority's range API, and what each action needs.
+    pub confirm: Option<crate::enforce::ConfirmConfig>,
     /// Admin listener address.
     pub admin: Option<String>,
     /// Audit log file.

@@ -92,6 +92,31 @@ fn read_certified_key(cert: &Path, key: &Path) -> Result<Arc<CertifiedKey>, Erro
     Ok(Arc::new(certified))
 }
 
+/// A connector for a client of `url`'s scheme: https verified against the platform's
+/// roots plus `extra_ca`; plain http needs no roots at all.
+pub fn connector(
+    url: &hyper::Uri,
+    extra_ca: Option<&Path>,
+) -> Result<hyper_rustls::HttpsConnector<hyper_util::client::legacy::connect::HttpConnector>, Error>
+{
+    let config = if url.scheme_str() == Some("https") {
+        client_config(extra_ca)?
+    } else {
+        rustls::ClientConfig::builder_with_provider(provider())
+            .with_safe_default_protocol_versions()
+            .expect("ring supports the defaults")
+            .with_root_certificates(rustls::RootCertStore::empty())
+            .with_no_client_auth()
+    };
+    let mut http = hyper_util::client::legacy::connect::HttpConnector::new();
+    http.enforce_http(false);
+    Ok(hyper_rustls::HttpsConnectorBuilder::new()
+        .with_tls_config(config)
+        .https_or_http()
+        .enable_http1()
+        .wrap_connector(http))
+}
+
 /// The client configuration for https origins: the platform's trust roots, plus the
 /// certificates in `extra_ca` (a private CA) if given. Server names and certificates are
 /// always verified.

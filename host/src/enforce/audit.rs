@@ -40,7 +40,8 @@ pub struct AuditRecord {
     pub category: Option<String>,
     /// Whether the hit is the canary file.
     pub canary: bool,
-    /// `filter-hit` (a probable match; confirmation comes with the feed issue) or none.
+    /// What the hit rests on: `filter-hit` (probable, not sent for confirmation),
+    /// `confirmed`, `not-listed` (a false positive) or `confirmation-unavailable`.
     pub evidence: Option<&'static str>,
     /// Filter series.
     pub filter_series: String,

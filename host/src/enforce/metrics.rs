@@ -51,6 +51,7 @@ pub struct Metrics {
     filter_stale: Gauge,
     feed_updates: Family<OutcomeLabel, Counter>,
     feed_downloads: Family<OutcomeLabel, Counter>,
+    confirmations: Family<OutcomeLabel, Counter>,
     feed_manifest_expires: Gauge,
     feed_last_success: Gauge,
 }
@@ -85,6 +86,7 @@ impl Metrics {
             filter_stale: Gauge::default(),
             feed_updates: Family::default(),
             feed_downloads: Family::default(),
+            confirmations: Family::default(),
             feed_manifest_expires: Gauge::default(),
             feed_last_success: Gauge::default(),
             registry: Registry::default(),
@@ -158,6 +160,11 @@ impl Metrics {
             m.feed_updates.clone(),
         );
         registry.register(
+            "confirmations",
+            "Filter hits sent for confirmation, by answer: confirmed, not-listed, confirmation-unavailable",
+            m.confirmations.clone(),
+        );
+        registry.register(
             "feed_downloads",
             "Feed files downloaded and verified, by kind: delta, snapshot, guest",
             m.feed_downloads.clone(),
@@ -185,6 +192,15 @@ impl Metrics {
         if outcome != "failed" {
             self.feed_last_success.set(now() as i64);
         }
+    }
+
+    /// Counts a confirmation answer by its evidence label.
+    pub fn count_confirmation(&self, evidence: &str) {
+        self.confirmations
+            .get_or_create(&OutcomeLabel {
+                outcome: evidence.into(),
+            })
+            .inc();
     }
 
     /// Counts a feed file that was downloaded and passed its checks (`delta`,

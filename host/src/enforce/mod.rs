@@ -4,6 +4,7 @@
 //! interpret hits themselves.
 
 pub mod audit;
+pub mod confirm;
 pub mod metrics;
 pub mod policy;
 
@@ -15,6 +16,7 @@ use arc_swap::ArcSwap;
 use crate::{Digest, Error, FilterEngine, Hit, Verdict};
 
 pub use audit::{AuditLog, AuditRecord};
+pub use confirm::{ConfirmConfig, Confirmer, Evidence};
 pub use metrics::Metrics;
 pub use policy::{Action, AllowList, FailureMode, Policy};
 
@@ -56,6 +58,9 @@ pub struct Decision {
     pub outcome: Outcome,
     /// The hits that led to it.
     pub hits: Vec<Hit>,
+    /// Whether a blocked object's quarantine copy is to be kept (a block whose evidence
+    /// meets what quarantine needs).
+    pub quarantine: bool,
 }
 
 /// Who sent an object and where it was going: the audit record's context.
@@ -84,6 +89,14 @@ pub struct Enforcer {
     policy: Policy,
     audit: Option<AuditLog>,
     metrics: Metrics,
+    confirm: Option<Confirmation>,
+}
+
+/// Confirmation of hits: the rules, the client, where reports go.
+struct Confirmation {
+    rules: ConfirmConfig,
+    confirmer: Confirmer,
+    reports: Option<AuditLog>,
 }
 
 impl Enforcer {
@@ -100,7 +113,25 @@ impl Enforcer {
             policy,
             audit,
             metrics,
+            confirm: None,
         }
+    }
+
+    /// Confirms hits with the authority's range API under `rules` (see
+    /// [`Enforcer::decide_confirmed`]); reports go to `rules.report_log`.
+    pub fn with_confirmation(mut self, rules: ConfirmConfig) -> Result<Self, Error> {
+        let confirmer = Confirmer::new(&rules)?;
+        let reports = rules
+            .report_log
+            .as_deref()
+            .map(AuditLog::open)
+            .transpose()?;
+        self.confirm = Some(Confirmation {
+            rules,
+            confirmer,
+            reports,
+        });
+        Ok(self)
     }
 
     /// The filter in force now. A front-end takes it when an object's first byte
@@ -138,8 +169,9 @@ impl Enforcer {
 
     /// Decides on one object with `filter` (from [`Enforcer::filter`] when the object
     /// started): asks the guest, applies the allow-list and the per-category actions,
-    /// audits every remaining hit, and counts. Runs on the caller's thread (a verdict
-    /// takes about a microsecond).
+    /// audits every remaining hit, and counts. Never asks the confirmer: every hit is a
+    /// filter hit (the scanner's path). Runs on the caller's thread (a verdict takes
+    /// about a microsecond).
     pub fn decide(
         &self,
         filter: &FilterEngine,
@@ -147,36 +179,121 @@ impl Enforcer {
         digests: &[Digest],
         size: u64,
     ) -> Decision {
+        match self.hits(filter, ctx, digests, size) {
+            Ok(hits) => {
+                let evidence = vec![Evidence::FilterHit; hits.len()];
+                self.settle(filter, ctx, size, hits, &evidence)
+            }
+            Err(decision) => decision,
+        }
+    }
+
+    /// Like [`Enforcer::decide`], and when confirmation is configured and an action
+    /// waits for it, first asks the authority about each (non-canary) hit. What each
+    /// action then does follows `[confirm]`: e.g. block on the filter hit, but keep the
+    /// quarantine copy and write the report only for a confirmed match.
+    pub async fn decide_confirmed(
+        &self,
+        filter: &FilterEngine,
+        ctx: &Context,
+        digests: &[Digest],
+        size: u64,
+    ) -> Decision {
+        let hits = match self.hits(filter, ctx, digests, size) {
+            Ok(hits) => hits,
+            Err(decision) => return decision,
+        };
+        let mut evidence = vec![Evidence::FilterHit; hits.len()];
+        if let Some(c) = self.confirm.as_ref().filter(|c| c.rules.asks()) {
+            for (hit, e) in hits.iter().zip(&mut evidence) {
+                if !hit.is_canary() {
+                    *e = c.confirmer.confirm(hit.algorithm, &hit.bytes).await;
+                    self.metrics.count_confirmation(e.label());
+                }
+            }
+        }
+        self.settle(filter, ctx, size, hits, &evidence)
+    }
+
+    /// The guest's hits, allow-listed ones removed; or the decision when there is no
+    /// verdict.
+    fn hits(
+        &self,
+        filter: &FilterEngine,
+        ctx: &Context,
+        digests: &[Digest],
+        size: u64,
+    ) -> Result<Vec<Hit>, Decision> {
         let started = Instant::now();
         let verdict = filter.check(digests, size);
         self.metrics.observe_verdict(started.elapsed(), size);
         let hits = match verdict {
             Ok(Verdict::Clean) => Vec::new(),
             Ok(Verdict::Hit(hits)) => hits,
-            Err(e) => return self.unavailable(filter, ctx, size, &e),
+            Err(e) => return Err(self.unavailable(filter, ctx, size, &e)),
         };
-        let hits: Vec<Hit> = hits
+        Ok(hits
             .into_iter()
             .filter(|h| !self.policy.allow.contains(h.algorithm, &h.bytes))
-            .collect();
-        let outcome = if hits.is_empty() {
-            Outcome::Pass
-        } else if hits.iter().any(|h| {
-            h.is_canary() || self.policy.action_for(h.category.as_deref()) == Action::Block
-        }) {
-            Outcome::Block
-        } else {
-            Outcome::Monitor
+            .collect())
+    }
+
+    /// Turns hits and their evidence into the decision, audits and reports them.
+    fn settle(
+        &self,
+        filter: &FilterEngine,
+        ctx: &Context,
+        size: u64,
+        hits: Vec<Hit>,
+        evidence: &[Evidence],
+    ) -> Decision {
+        let rules = self.confirm.as_ref().map(|c| &c.rules);
+        let takes = |needs: fn(&ConfirmConfig) -> confirm::Needs, e: Evidence| {
+            rules.is_none_or(|r| r.takes(needs(r), e))
         };
-        for hit in &hits {
-            let action = match outcome {
-                Outcome::Block => "block",
-                _ => "monitor",
-            };
-            self.metrics.count_hit(action, hit.is_canary());
-            self.write_audit(filter, ctx, size, Some(hit), action);
+        let mut outcome = Outcome::Pass;
+        let mut quarantine = false;
+        let mut blocked = vec![false; hits.len()];
+        for ((hit, &e), blocks) in hits.iter().zip(evidence).zip(&mut blocked) {
+            *blocks = hit.is_canary()
+                || (self.policy.action_for(hit.category.as_deref()) == Action::Block
+                    && takes(|r| r.block, e));
+            outcome = outcome.stricter(if *blocks {
+                Outcome::Block
+            } else {
+                Outcome::Monitor
+            });
+            quarantine |= *blocks && takes(|r| r.quarantine, e);
         }
-        Decision { outcome, hits }
+        let action = match outcome {
+            Outcome::Block => "block",
+            _ => "monitor",
+        };
+        for (hit, &e) in hits.iter().zip(evidence) {
+            self.metrics.count_hit(action, hit.is_canary());
+            let mut record = self.record(filter, ctx, size, Some(hit), action);
+            record.evidence = Some(e.label());
+            if !quarantine {
+                record.quarantine = None;
+            }
+            self.write(self.audit.as_ref(), &record);
+            if let Some(c) = &self.confirm {
+                // A report names someone to an authority: unlike blocking and
+                // quarantine, it never goes ahead on an unanswered confirmation.
+                let reported = match c.rules.report {
+                    confirm::Needs::FilterHit => true,
+                    confirm::Needs::Confirmed => e == Evidence::Confirmed,
+                };
+                if !hit.is_canary() && reported {
+                    self.write(c.reports.as_ref(), &record);
+                }
+            }
+        }
+        Decision {
+            outcome,
+            hits,
+            quarantine,
+        }
     }
 
     fn unavailable(
@@ -195,25 +312,30 @@ impl Enforcer {
             FailureMode::FailOpen => (Outcome::Pass, "fail-open"),
         };
         self.metrics.count_failure(action);
-        self.write_audit(filter, ctx, size, None, action);
+        let record = self.record(filter, ctx, size, None, action);
+        self.write(self.audit.as_ref(), &record);
         Decision {
             outcome,
             hits: Vec::new(),
+            quarantine: false,
         }
     }
 
-    fn write_audit(
+    fn record(
         &self,
         filter: &FilterEngine,
         ctx: &Context,
         size: u64,
         hit: Option<&Hit>,
         action: &str,
-    ) {
-        let Some(audit) = &self.audit else { return };
+    ) -> AuditRecord {
         let info = filter.info();
-        let record = AuditRecord::new(ctx, size, hit, action, &info.series, info.version);
-        if let Err(e) = audit.append(&record) {
+        AuditRecord::new(ctx, size, hit, action, &info.series, info.version)
+    }
+
+    fn write(&self, log: Option<&AuditLog>, record: &AuditRecord) {
+        let Some(log) = log else { return };
+        if let Err(e) = log.append(record) {
             // An audit failure is loud but does not let anything through: the decision
             // stands either way.
             tracing::error!(error = %e, "writing the audit record failed");

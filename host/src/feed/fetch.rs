@@ -71,27 +71,7 @@ impl Fetcher {
             Some(i) if i > uri.scheme_str().map_or(0, str::len) + 2 => &manifest_url[..=i],
             _ => manifest_url,
         };
-        let mut http = HttpConnector::new();
-        http.enforce_http(false);
-        http.set_connect_timeout(Some(timeout));
-        let tls = if uri.scheme_str() == Some("https") {
-            crate::tls::client_config(extra_ca)?
-        } else {
-            // An http feed still gets a working TLS config (for redirects we never follow,
-            // and so one code path builds the connector); no roots are needed to be valid.
-            crate::tls::client_config(extra_ca).unwrap_or_else(|_| {
-                rustls::ClientConfig::builder_with_provider(crate::tls::provider())
-                    .with_safe_default_protocol_versions()
-                    .expect("ring supports the defaults")
-                    .with_root_certificates(rustls::RootCertStore::empty())
-                    .with_no_client_auth()
-            })
-        };
-        let connector = hyper_rustls::HttpsConnectorBuilder::new()
-            .with_tls_config(tls)
-            .https_or_http()
-            .enable_http1()
-            .wrap_connector(http);
+        let connector = crate::tls::connector(&uri, extra_ca)?;
         Ok(Fetcher {
             client: Client::builder(TokioExecutor::new()).build(connector),
             base: base.to_string(),

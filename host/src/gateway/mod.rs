@@ -235,9 +235,16 @@ impl Gateway {
     }
 
     /// Decides on every object of a body (one, or one per multipart part): the strictest
-    /// outcome wins, and every hit is audited with the part it was in.
-    fn decide(&self, filter: &FilterEngine, ctx: &Context, objects: &[shapes::Object]) -> Outcome {
+    /// outcome wins, and every hit is audited with the part it was in. Also says whether
+    /// a quarantine copy is to be kept.
+    async fn decide(
+        &self,
+        filter: &FilterEngine,
+        ctx: &Context,
+        objects: &[shapes::Object],
+    ) -> (Outcome, bool) {
         let mut outcome = Outcome::Pass;
+        let mut quarantine = false;
         for object in objects {
             let part_ctx;
             let ctx = match &object.part {
@@ -252,10 +259,12 @@ impl Gateway {
             };
             let decision = self
                 .enforcer
-                .decide(filter, ctx, &object.digests, object.size);
+                .decide_confirmed(filter, ctx, &object.digests, object.size)
+                .await;
             outcome = outcome.stricter(decision.outcome);
+            quarantine |= decision.quarantine;
         }
-        outcome
+        (outcome, quarantine)
     }
 
     /// A multipart-upload request to an S3 origin: parts are inspected and spooled,
@@ -299,14 +308,14 @@ impl Gateway {
         copy: Option<copy::Copy>,
     ) -> Outcome {
         let Some(copy) = copy else {
-            return self.decide(filter, ctx, objects);
+            return self.decide(filter, ctx, objects).await.0;
         };
         let ctx = Context {
             quarantine: copy.path(),
             ..ctx.clone()
         };
-        let outcome = self.decide(filter, &ctx, objects);
-        if outcome == Outcome::Block {
+        let (outcome, quarantine) = self.decide(filter, &ctx, objects).await;
+        if outcome == Outcome::Block && quarantine {
             copy.keep().await;
         } else {
             copy.discard().await;

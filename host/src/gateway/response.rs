@@ -126,7 +126,7 @@ pub async fn scan(gw: &Gateway, req: Request<Incoming>, ctx: &Context) -> Respon
     if let Some(digests) = key.as_ref().and_then(|k| gw.responses.get(k)) {
         gw.enforcer.metrics().count_response_cache_hit();
         let size = length.unwrap_or(0);
-        return match decide(&gw.enforcer, &filter, ctx, &digests, size) {
+        return match decide(&gw.enforcer, &filter, ctx, &digests, size).await {
             Outcome::Pass | Outcome::Monitor => {
                 Response::from_parts(head, body.map_err(io::Error::other).boxed())
             }
@@ -157,7 +157,7 @@ pub async fn scan(gw: &Gateway, req: Request<Incoming>, ctx: &Context) -> Respon
         }
         let size = hasher.len();
         let digests = hasher.finish();
-        let outcome = decide(&gw.enforcer, &filter, ctx, &digests, size);
+        let outcome = decide(&gw.enforcer, &filter, ctx, &digests, size).await;
         if let Some(key) = key {
             gw.responses.insert(key, digests);
         }
@@ -202,7 +202,7 @@ pub async fn scan(gw: &Gateway, req: Request<Incoming>, ctx: &Context) -> Respon
         }
         let size = hasher.len();
         let digests = hasher.finish();
-        let outcome = decide(&enforcer, &filter, &ctx, &digests, size);
+        let outcome = decide(&enforcer, &filter, &ctx, &digests, size).await;
         if let Some(key) = key {
             cache.insert(key, digests);
         }
@@ -227,12 +227,15 @@ pub async fn scan(gw: &Gateway, req: Request<Incoming>, ctx: &Context) -> Respon
     Response::from_parts(head, client_body.boxed())
 }
 
-fn decide(
+async fn decide(
     enforcer: &Enforcer,
     filter: &FilterEngine,
     ctx: &Context,
     digests: &[Digest],
     size: u64,
 ) -> Outcome {
-    enforcer.decide(filter, ctx, digests, size).outcome
+    enforcer
+        .decide_confirmed(filter, ctx, digests, size)
+        .await
+        .outcome
 }

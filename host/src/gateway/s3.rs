@@ -156,7 +156,7 @@ pub async fn complete(
             );
         }
     };
-    match gw.decide(&filter, ctx, &[object]) {
+    match gw.decide(&filter, ctx, &[object]).await.0 {
         outcome @ (Outcome::Block | Outcome::Unavailable) => {
             forget(spool, upload).await;
             if let Some(credentials) = &gw.config.s3_abort {

@@ -329,7 +329,7 @@ impl Connection<'_> {
             }
             if body.ieof {
                 // The preview was the whole body: a 204 is allowed whatever was offered.
-                let decision = self.decide(&filter, digester, &ctx);
+                let decision = decide(self.server, &filter, digester, &ctx).await;
                 return self.answer_whole(method, decision, &ctx).await;
             }
             self.send(b"ICAP/1.0 100 Continue\r\n\r\n").await?;
@@ -345,7 +345,7 @@ impl Connection<'_> {
             {
                 digester.update(&data);
             }
-            let decision = self.decide(&filter, digester, &ctx);
+            let decision = decide(self.server, &filter, digester, &ctx).await;
             return self.answer_whole(method, decision, &ctx).await;
         }
 
@@ -369,7 +369,7 @@ impl Connection<'_> {
                 self.send_chunk(&ready).await?;
             }
         }
-        let decision = self.decide(&filter, digester, &ctx);
+        let decision = decide(self.server, &filter, digester, &ctx).await;
         match decision.outcome {
             Outcome::Pass | Outcome::Monitor => {
                 for last in held.into_rest() {
@@ -394,14 +394,6 @@ impl Connection<'_> {
                 Ok(Next::Close)
             }
         }
-    }
-
-    /// Finishes the digests and asks the enforcer.
-    fn decide(&self, filter: &FilterEngine, digester: ObjectHasher, ctx: &Context) -> Decision {
-        let size = digester.len();
-        self.server
-            .enforcer
-            .decide(filter, ctx, &digester.finish(), size)
     }
 
     /// The answer once the whole body has been read: `204`, or a refusal.
@@ -617,4 +609,19 @@ mod tests {
         assert!(none.release().is_none(), "the newest chunk always stays");
         assert_eq!(none.into_rest().len(), 1);
     }
+}
+
+/// Finishes the digests and asks the enforcer. (A free function: the connection's
+/// boxed streams are not `Sync`, so no `&Connection` may be held across the await.)
+async fn decide(
+    server: &IcapServer,
+    filter: &FilterEngine,
+    digester: ObjectHasher,
+    ctx: &Context,
+) -> Decision {
+    let size = digester.len();
+    server
+        .enforcer
+        .decide_confirmed(filter, ctx, &digester.finish(), size)
+        .await
 }
