@@ -52,6 +52,7 @@ pub struct Metrics {
     feed_updates: Family<OutcomeLabel, Counter>,
     feed_downloads: Family<OutcomeLabel, Counter>,
     confirmations: Family<OutcomeLabel, Counter>,
+    feed_apply_seconds: Gauge<f64, std::sync::atomic::AtomicU64>,
     feed_manifest_expires: Gauge,
     feed_last_success: Gauge,
 }
@@ -87,6 +88,7 @@ impl Metrics {
             feed_updates: Family::default(),
             feed_downloads: Family::default(),
             confirmations: Family::default(),
+            feed_apply_seconds: Gauge::default(),
             feed_manifest_expires: Gauge::default(),
             feed_last_success: Gauge::default(),
             registry: Registry::default(),
@@ -165,6 +167,11 @@ impl Metrics {
             m.confirmations.clone(),
         );
         registry.register(
+            "feed_apply_seconds",
+            "Seconds the last applied feed version took from its manifest to the swap",
+            m.feed_apply_seconds.clone(),
+        );
+        registry.register(
             "feed_downloads",
             "Feed files downloaded and verified, by kind: delta, snapshot, guest",
             m.feed_downloads.clone(),
@@ -192,6 +199,11 @@ impl Metrics {
         if outcome != "failed" {
             self.feed_last_success.set(now() as i64);
         }
+    }
+
+    /// Records how long the last applied feed version took, manifest to swap.
+    pub fn set_feed_apply(&self, took: Duration) {
+        self.feed_apply_seconds.set(took.as_secs_f64());
     }
 
     /// Counts a confirmation answer by its evidence label.

@@ -75,6 +75,8 @@ pub struct Applied {
     pub via: &'static str,
     /// Whether a new guest component was downloaded and loaded.
     pub new_guest: bool,
+    /// From the manifest in hand to the engine ready: downloads, checks, apply, persist.
+    pub took: Duration,
 }
 
 /// A followed feed: the trusted roots, the accepted manifest, the runtime of its guest.
@@ -270,12 +272,16 @@ impl Feed {
                 feed_error(format!("the manifest is over the {MAX_DOCUMENT}-byte cap")).into(),
             );
         }
+        let started = std::time::Instant::now();
         let claimed = claimed_root_version(&bytes)?;
         if claimed > self.trusted().root.version {
             self.follow_roots(claimed).await?;
         }
         let manifest = self.trusted().manifest(&bytes)?;
-        let update = self.consider(manifest, &bytes).await?;
+        let mut update = self.consider(manifest, &bytes).await?;
+        if let Update::Applied(applied) = &mut update {
+            applied.took = started.elapsed();
+        }
         // Only a poll that succeeded may skip the next download.
         self.etag = etag;
         Ok(update)
@@ -395,6 +401,7 @@ impl Feed {
             engine,
             via,
             new_guest,
+            took: Duration::ZERO,
         })))
     }
 
@@ -598,10 +605,12 @@ impl Feed {
                     engine,
                     via,
                     new_guest,
+                    took,
                 } = *applied;
                 let (series, version) = (engine.info().series.clone(), engine.info().version);
                 enforcer.swap_filter(engine);
                 metrics.count_feed_poll("applied");
+                metrics.set_feed_apply(took);
                 metrics.count_feed_download(via);
                 if new_guest {
                     metrics.count_feed_download("guest");
