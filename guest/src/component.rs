@@ -123,8 +123,16 @@ impl wit::Guest for Component {
         })
     }
 
-    fn snapshot() -> Option<Vec<u8>> {
-        FILTER.with(|f| f.borrow().as_ref().map(|filter| filter.as_bytes().to_vec()))
+    fn read_snapshot(offset: u64, len: u32) -> Result<Vec<u8>, wit::CheckError> {
+        FILTER.with(|f| {
+            let guard = f.borrow();
+            let bytes = guard.as_ref().ok_or(wit::CheckError::NoFilter)?.as_bytes();
+            let start = usize::try_from(offset)
+                .unwrap_or(usize::MAX)
+                .min(bytes.len());
+            let end = start.saturating_add(len as usize).min(bytes.len());
+            Ok(bytes[start..end].to_vec())
+        })
     }
 
     fn info() -> Option<wit::FilterInfo> {

@@ -51,10 +51,12 @@ pub const MAX_RICE: u32 = 48;
 /// A parsed delta: its fields, with the target head and coded positions as views.
 #[derive(Clone, Debug)]
 pub struct Delta<'a> {
-    /// SHA-256 of the base snapshot body the delta applies to.
-    pub base_sha256: [u8; 32],
-    /// SHA-256 of the body the delta produces.
-    pub target_sha256: [u8; 32],
+    /// SHA-256 of the base's header and section records. The header holds the payload's
+    /// SHA-256 (checked whenever a snapshot is loaded), so this names the whole base body
+    /// at the cost of hashing a few hundred bytes instead of the payload.
+    pub base_head_sha256: [u8; 32],
+    /// SHA-256 of the target's header and section records (of [`Delta::head`]).
+    pub target_head_sha256: [u8; 32],
     /// Rice parameter of the position coding.
     pub rice: u32,
     /// Number of payload bits that differ.
@@ -132,8 +134,8 @@ impl<'a> Delta<'a> {
         }
         let head_end = FIXED_LEN + head_len as usize;
         Ok(Delta {
-            base_sha256: bytes[16..48].try_into().expect("32 bytes"),
-            target_sha256: bytes[48..80].try_into().expect("32 bytes"),
+            base_head_sha256: bytes[16..48].try_into().expect("32 bytes"),
+            target_head_sha256: bytes[48..80].try_into().expect("32 bytes"),
             rice,
             flips,
             head: &bytes[FIXED_LEN..head_end],
@@ -299,8 +301,8 @@ pub fn diff(base: &[u8], target: &[u8]) -> Result<Vec<u8>, Error> {
     out.extend_from_slice(&FORMAT_VERSION.to_le_bytes());
     out.extend_from_slice(&0u16.to_le_bytes());
     out.extend_from_slice(&rice.to_le_bytes());
-    out.extend_from_slice(&Sha256::digest(base));
-    out.extend_from_slice(&Sha256::digest(target));
+    out.extend_from_slice(&Sha256::digest(&base[..base_start]));
+    out.extend_from_slice(&Sha256::digest(&target[..target_start]));
     out.extend_from_slice(&(gaps.len() as u64).to_le_bytes());
     out.extend_from_slice(&(coded.bytes.len() as u64).to_le_bytes());
     out.extend_from_slice(&(target_start as u32).to_le_bytes());

@@ -14,8 +14,6 @@ pub struct Filter {
     header: Header,
     bytes: Vec<u8>,
     sections: Vec<Section>,
-    /// SHA-256 of `bytes`, once something needed it (a delta's base check).
-    body_sha256: Option<[u8; 32]>,
 }
 
 /// Where one section's bitmap lives in the snapshot.
@@ -54,23 +52,27 @@ impl Filter {
             header,
             bytes,
             sections,
-            body_sha256: None,
         })
     }
 
     /// Applies a delta (`docs/FORMAT.md`, "Deltas") to this filter in place: checks that
     /// the delta's base is this very snapshot, flips the listed payload bits, puts the
-    /// target's header in, and validates the result like [`Filter::parse`] plus the
-    /// target's SHA-256. On any error the filter is left exactly as it was.
+    /// target's header in, and validates the result like [`Filter::parse`] (the new
+    /// header's payload SHA-256 covers every flipped bit). On any error the filter is
+    /// left exactly as it was.
     pub fn apply_delta(&mut self, delta: &[u8]) -> Result<(), Error> {
         let delta = Delta::parse(delta)?;
-        let base = *self
-            .body_sha256
-            .get_or_insert_with(|| Sha256::digest(&self.bytes).into());
-        if delta.base_sha256 != base {
+        let start = self.header.body_offset();
+        // The header holds the payload's SHA-256, checked when this snapshot was loaded:
+        // hashing the header names the whole body.
+        if Sha256::digest(&self.bytes[..start]).as_slice() != delta.base_head_sha256 {
             return Err(Error::DeltaBase);
         }
-        let start = self.header.body_offset();
+        if Sha256::digest(delta.head).as_slice() != delta.target_head_sha256 {
+            return Err(Error::DeltaMismatch(
+                "the target header is not the one the delta names".into(),
+            ));
+        }
         if delta.head.len() != start {
             return Err(Error::DeltaMismatch(format!(
                 "the target's header is {} bytes, this snapshot's {start}",
@@ -81,20 +83,11 @@ impl Filter {
         let old_head = self.bytes[..start].to_vec();
         self.flip(start, &positions);
         self.bytes[..start].copy_from_slice(delta.head);
-        let checked = Filter::validate(&self.bytes).and_then(|parts| {
-            if Sha256::digest(&self.bytes).as_slice() == delta.target_sha256 {
-                Ok(parts)
-            } else {
-                Err(Error::DeltaMismatch(
-                    "the result's SHA-256 is not the delta's target".into(),
-                ))
-            }
-        });
-        match checked {
+        // Validation checks the flipped payload against the SHA-256 in the new header.
+        match Filter::validate(&self.bytes) {
             Ok((header, sections)) => {
                 self.header = header;
                 self.sections = sections;
-                self.body_sha256 = Some(delta.target_sha256);
                 Ok(())
             }
             Err(e) => {

@@ -113,23 +113,38 @@ fn sha256(bytes: &[u8]) -> [u8; 32] {
 /// fsync: after a crash the file is either the old one or the new one.
 fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), Error> {
     use std::io::Write as _;
+    write_atomically_with(path, |file| {
+        file.write_all(bytes).map_err(|e| Error::io(path, e))
+    })
+}
+
+/// [`write_atomically`] with the contents written by `fill`; if `fill` fails, nothing is
+/// left behind.
+fn write_atomically_with(
+    path: &Path,
+    fill: impl FnOnce(&mut std::fs::File) -> Result<(), Error>,
+) -> Result<(), Error> {
     let dir = path.parent().expect("state paths have a parent");
     let tmp = dir.join(format!(
         ".{}.tmp",
         path.file_name().expect("a file name").to_string_lossy()
     ));
-    let result = (|| {
-        std::fs::create_dir_all(dir)?;
-        let mut file = std::fs::File::create(&tmp)?;
-        file.write_all(bytes)?;
-        file.sync_all()?;
-        std::fs::rename(&tmp, path)?;
-        std::fs::File::open(dir)?.sync_all()
-    })();
-    result.map_err(|e| {
+    std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+    let result = std::fs::File::create(&tmp)
+        .map_err(|e| Error::io(&tmp, e))
+        .and_then(|mut file| {
+            fill(&mut file)?;
+            file.sync_all().map_err(|e| Error::io(&tmp, e))
+        })
+        .and_then(|()| {
+            std::fs::rename(&tmp, path)
+                .and_then(|()| std::fs::File::open(dir)?.sync_all())
+                .map_err(|e| Error::io(path, e))
+        });
+    if result.is_err() {
         let _ = std::fs::remove_file(&tmp);
-        Error::io(path, e)
-    })
+    }
+    result
 }
 
 fn read_optional(path: &Path) -> Result<Option<Vec<u8>>, Error> {
@@ -471,7 +486,10 @@ impl Feed {
                 .find(|d| d.from_sha256 == hex::encode(h))
         });
         if let (Some(delta), Some(held)) = (delta, held) {
-            match self.stage_delta(&delta.file, held, state, runtime).await {
+            match self
+                .stage_delta(manifest, &delta.file, held, state, runtime)
+                .await
+            {
                 Ok((path, staged)) => return Ok((path, staged, "delta")),
                 Err(e) => {
                     tracing::warn!(error = %e, from = delta.from, "the delta did not work; fetching the snapshot")
@@ -508,6 +526,7 @@ impl Feed {
 
     async fn stage_delta(
         &self,
+        manifest: &Manifest,
         file: &protocol::FileRef,
         held: [u8; 32],
         state: [u8; 32],
@@ -519,18 +538,23 @@ impl Feed {
             self.body_path(&held),
             self.body_path(&state),
         );
+        let manifest = manifest.clone();
         tokio::task::spawn_blocking(move || {
             let base = read_body(&held_path, &held)?;
             let mut staged = Staged::load(runtime, &base)?;
             drop(base);
             staged.apply_delta(&delta)?;
-            let body = staged.snapshot()?;
-            if sha256(&body) != state {
-                return Err(feed_error(
-                    "the state after the delta is not the one the manifest names",
-                ));
-            }
-            write_atomically(&path, &body)?;
+            check_staged(&staged, &manifest)?;
+            // Hashed and persisted piece by piece as the guest hands the body out.
+            write_atomically_with(&path, |file| {
+                if staged.write_snapshot(file)? == state {
+                    Ok(())
+                } else {
+                    Err(feed_error(
+                        "the state after the delta is not the one the manifest names",
+                    ))
+                }
+            })?;
             Ok((path, staged))
         })
         .await

@@ -218,13 +218,13 @@ impl Instance {
         result.map_err(load_error)
     }
 
-    fn snapshot(&mut self) -> Result<Vec<u8>, Error> {
-        self.store.set_epoch_deadline(self.load_deadline);
+    fn read_snapshot(&mut self, offset: u64, len: u32) -> Result<Vec<u8>, Error> {
+        self.store.set_epoch_deadline(self.call_deadline);
         self.guest
             .hashgate_filter_filter()
-            .call_snapshot(&mut self.store)
+            .call_read_snapshot(&mut self.store, offset, len)
             .map_err(trapped)?
-            .ok_or(Error::NoFilter)
+            .map_err(check_error)
     }
 
     fn check(&mut self, digests: &[Digest], size: u64) -> Result<wit::Verdict, Error> {
@@ -443,9 +443,23 @@ impl Staged {
         Ok(&self.info)
     }
 
-    /// The snapshot body the instance holds.
-    pub fn snapshot(&mut self) -> Result<Vec<u8>, Error> {
-        self.instance.snapshot()
+    /// Writes the snapshot body the instance holds to `out`, piece by piece, and returns
+    /// its SHA-256.
+    pub fn write_snapshot(&mut self, out: &mut dyn std::io::Write) -> Result<[u8; 32], Error> {
+        use sha2::Digest as _;
+        const PIECE: u32 = 4 << 20;
+        let mut sha = sha2::Sha256::new();
+        let mut offset = 0u64;
+        loop {
+            let piece = self.instance.read_snapshot(offset, PIECE)?;
+            if piece.is_empty() {
+                return Ok(sha.finalize().into());
+            }
+            sha.update(&piece);
+            out.write_all(&piece)
+                .map_err(|e| Error::io("the snapshot being persisted", e))?;
+            offset += piece.len() as u64;
+        }
     }
 
     /// What the instance holds.
