@@ -20,6 +20,7 @@ churn=$((ENTRIES / 1000))
 echo "machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs); $ENTRIES entries, churn $churn out + $churn in"
 
 for k in root manifest; do "$hg" keygen --out "$work/$k" --force 2>/dev/null; done
+rm -f "$work/root.json"
 "$hg" root init --root-key "$work/root.pub" --manifest-key "$work/manifest.pub" --out "$work/root.json" 2>/dev/null
 "$hg" root sign --key "$work/root.key" "$work/root.json" 2>/dev/null
 [ -s "$work/list-$ENTRIES.txt" ] || random_list "$work/list-$ENTRIES.txt" "$ENTRIES"
