@@ -755,3 +755,28 @@ fn a_new_guest_is_hot_loaded_and_one_with_imports_is_refused() {
     wait_refused(admin, 2);
     assert_eq!(put(port, &fresh), 451);
 }
+
+#[test]
+fn the_icap_server_follows_a_feed_too() {
+    let a = Authority::new(1);
+    let url = format!("http://127.0.0.1:{}/manifest.json", a.port);
+    let (_icap, _, admin) = spawn_listening(Command::new(env!("CARGO_BIN_EXE_hashgate")).args([
+        "icap",
+        "--feed",
+        &url,
+        "--root",
+        &a.p("root.json"),
+        "--state-dir",
+        &a.p("icap-state"),
+        "--feed-poll",
+        "1s",
+        "--listen",
+        "127.0.0.1:0",
+        "--admin",
+        "127.0.0.1:0",
+    ]));
+    assert_eq!(version(admin), 1);
+    a.list_new_file("x.bin", 1000);
+    a.publish();
+    wait_version(admin, 2);
+}

@@ -226,6 +226,7 @@ pub fn publish(p: &Publish) -> Result<Published, Error> {
                     write_atomically(&p.feed.join(&rel), &[&d])?;
                     deltas.push(DeltaRef {
                         from,
+                        to: version,
                         from_sha256: hex::encode(Sha256::digest(old)),
                         file: file_ref(rel, &d),
                     });

@@ -351,6 +351,8 @@ pub struct FileRef {
 pub struct DeltaRef {
     /// The version it applies to.
     pub from: u64,
+    /// The version it produces: the manifest's.
+    pub to: u64,
     /// SHA-256 of the snapshot body it applies to, hex: a host uses the delta only if
     /// its own state has exactly this hash.
     pub from_sha256: String,
@@ -441,6 +443,12 @@ impl Manifest {
         }
         for d in &self.deltas {
             check_sha(&d.from_sha256, "from_sha256")?;
+            if d.to != self.version || d.from >= d.to {
+                return Err(feed_error(format!(
+                    "a delta from {} to {} in the manifest of version {}",
+                    d.from, d.to, self.version
+                )));
+            }
         }
         Ok(())
     }
