@@ -126,6 +126,46 @@ impl Authority {
         self.s.path(name)
     }
 
+    /// `hashgate root rotate` from root.json to a root with one root key and one manifest
+    /// key (base names), unsigned.
+    fn rotate(&self, root_key: &str, manifest_key: &str, out: &str) {
+        let p = |n: &str| self.p(n);
+        let (root_key, manifest_key) = (
+            p(&format!("{root_key}.pub")),
+            p(&format!("{manifest_key}.pub")),
+        );
+        ok(hashgate(&[
+            "root",
+            "rotate",
+            "--from",
+            &p("root.json"),
+            "--root-key",
+            &root_key,
+            "--manifest-key",
+            &manifest_key,
+            "--out",
+            &p(out),
+        ]));
+    }
+
+    /// `hashgate root sign` of root file `file` with key `key` (base name).
+    fn sign_root(&self, key: &str, file: &str) {
+        ok(hashgate(&[
+            "root",
+            "sign",
+            "--key",
+            &self.p(&format!("{key}.key")),
+            &self.p(file),
+        ]));
+    }
+
+    /// Lists a new 1000-byte file and publishes the next version; returns the file.
+    fn publish_listing(&self, name: &str) -> PathBuf {
+        let file = self.list_new_file(name, 1000);
+        self.publish();
+        file
+    }
+
     /// A gateway (embedded store) following the feed, state in `state`.
     fn gateway(&self, state: &str, env: &[(&str, &str)]) -> (Killed, u16, u16) {
         let url = format!("http://127.0.0.1:{}/manifest.json", self.port);
@@ -182,6 +222,14 @@ fn metric(admin: u16, series: &str) -> f64 {
                 .ok()
         })
         .unwrap_or(0.0)
+}
+
+/// Feed files of `kind` (delta, snapshot, guest) the gateway downloaded and used.
+fn downloads(admin: u16, kind: &str) -> f64 {
+    metric(
+        admin,
+        &format!("hashgate_feed_downloads_total{{outcome=\"{kind}\"}}"),
+    )
 }
 
 fn version(admin: u16) -> u64 {
@@ -259,14 +307,8 @@ fn two_gateways_follow_new_versions_and_uploads_during_the_swap_complete() {
     }
     // The second version came as a delta, not a full download.
     for admin in [admin1, admin2] {
-        assert_eq!(
-            metric(admin, "hashgate_feed_downloads_total{outcome=\"delta\"}"),
-            1.0
-        );
-        assert_eq!(
-            metric(admin, "hashgate_feed_downloads_total{outcome=\"snapshot\"}"),
-            0.0
-        );
+        assert_eq!(downloads(admin, "delta"), 1.0);
+        assert_eq!(downloads(admin, "snapshot"), 0.0);
     }
 }
 
@@ -274,8 +316,7 @@ fn two_gateways_follow_new_versions_and_uploads_during_the_swap_complete() {
 fn a_delta_gives_exactly_the_published_snapshot_and_a_restart_resumes_it() {
     let a = Authority::new(1);
     let (g, _, admin) = a.gateway("state", &[]);
-    a.list_new_file("x.bin", 1000);
-    a.publish();
+    a.publish_listing("x.bin");
     wait_version(admin, 2);
     drop(g);
     let m = a.manifest();
@@ -302,8 +343,7 @@ fn a_delta_gives_exactly_the_published_snapshot_and_a_restart_resumes_it() {
 fn a_forged_manifest_is_refused() {
     let a = Authority::new(1);
     let (_g, port, admin) = a.gateway("state", &[]);
-    a.list_new_file("x.bin", 1000);
-    a.publish();
+    a.publish_listing("x.bin");
     wait_version(admin, 2);
     // Change the signed payload (a later version), keep the old signature.
     let bytes = std::fs::read(a.feed("manifest.json")).unwrap();
@@ -320,8 +360,7 @@ fn a_forged_manifest_is_refused() {
 fn an_unsigned_manifest_is_refused() {
     let a = Authority::new(1);
     let (_g, _, admin) = a.gateway("state", &[]);
-    a.list_new_file("x.bin", 1000);
-    a.publish();
+    a.publish_listing("x.bin");
     let m = a.manifest();
     a.write_manifest(&m, &[]);
     wait_refused(admin, 1);
@@ -331,8 +370,7 @@ fn an_unsigned_manifest_is_refused() {
 fn a_manifest_signed_by_a_key_outside_the_root_is_refused() {
     let a = Authority::new(1);
     let (_g, _, admin) = a.gateway("state", &[]);
-    a.list_new_file("x.bin", 1000);
-    a.publish();
+    a.publish_listing("x.bin");
     let m = a.manifest();
     a.write_manifest(&m, &["x"]);
     wait_refused(admin, 1);
@@ -347,8 +385,7 @@ fn a_manifest_signed_by_a_key_outside_the_root_is_refused() {
 fn one_key_counted_twice_does_not_meet_a_threshold_of_two() {
     let a = Authority::new(2);
     let (_g, _, admin) = a.gateway("state", &[]);
-    a.list_new_file("x.bin", 1000);
-    a.publish();
+    a.publish_listing("x.bin");
     wait_version(admin, 2);
     let mut m = a.manifest();
     m.version = 3;
@@ -373,8 +410,7 @@ fn a_rollback_is_refused_also_across_a_restart() {
     let a = Authority::new(1);
     let (g, port, admin) = a.gateway("state", &[]);
     let old = std::fs::read(a.feed("manifest.json")).unwrap();
-    let fresh = a.list_new_file("x.bin", 1000);
-    a.publish();
+    let fresh = a.publish_listing("x.bin");
     wait_version(admin, 2);
     // Replay version 1's manifest (validly signed, not expired).
     std::fs::write(a.feed("manifest.json"), &old).unwrap();
@@ -436,11 +472,9 @@ fn an_expired_manifest_freezes_the_filter_and_reports_stale() {
 fn a_delta_for_another_base_falls_back_to_the_snapshot() {
     let a = Authority::new(1);
     let (_g, _, admin) = a.gateway("state", &[]);
-    a.list_new_file("x.bin", 1000);
-    a.publish();
+    a.publish_listing("x.bin");
     wait_version(admin, 2);
-    a.list_new_file("y.bin", 1000);
-    a.publish();
+    a.publish_listing("y.bin");
     // Replace the delta from v2 with one made for another base (v3 to v3).
     let mut m = a.manifest();
     let v3 = std::fs::read(a.feed(&m.snapshot.path)).unwrap();
@@ -452,18 +486,14 @@ fn a_delta_for_another_base_falls_back_to_the_snapshot() {
     d.file.sha256 = sha256_hex(&wrong);
     a.write_manifest(&m, &["m1"]);
     wait_version(admin, 3);
-    assert_eq!(
-        metric(admin, "hashgate_feed_downloads_total{outcome=\"snapshot\"}"),
-        1.0
-    );
+    assert_eq!(downloads(admin, "snapshot"), 1.0);
 }
 
 #[test]
 fn a_body_longer_than_listed_is_cut_at_the_listed_length() {
     let a = Authority::new(1);
     let (_g, port, admin) = a.gateway("state", &[]);
-    let fresh = a.list_new_file("x.bin", 1000);
-    a.publish();
+    let fresh = a.publish_listing("x.bin");
     let m = a.manifest();
     for rel in [&m.snapshot.path, &m.deltas[0].file.path] {
         let mut bytes = std::fs::read(a.feed(rel)).unwrap();
@@ -478,8 +508,7 @@ fn a_body_longer_than_listed_is_cut_at_the_listed_length() {
 fn truncated_or_bit_flipped_files_are_refused() {
     let a = Authority::new(1);
     let (_g, port, admin) = a.gateway("state", &[]);
-    let fresh = a.list_new_file("x.bin", 1000);
-    a.publish();
+    let fresh = a.publish_listing("x.bin");
     let m = a.manifest();
     let (snapshot, delta) = (a.feed(&m.snapshot.path), a.feed(&m.deltas[0].file.path));
     let (good_snapshot, good_delta) = (
@@ -510,8 +539,7 @@ fn truncated_or_bit_flipped_files_are_refused() {
 fn a_state_hash_mismatch_is_refused() {
     let a = Authority::new(1);
     let (_g, _, admin) = a.gateway("state", &[]);
-    a.list_new_file("x.bin", 1000);
-    a.publish();
+    a.publish_listing("x.bin");
     let mut m = a.manifest();
     m.state_sha256 = sha256_hex(b"not the state");
     a.write_manifest(&m, &["m1"]);
@@ -560,26 +588,9 @@ fn key_rotation_recovers_from_a_fast_forwarded_version() {
 
     // The authority rotates: a new root (signed by the old root key and the new one)
     // that drops m1, and publishes its next version with m2.
-    ok(hashgate(&[
-        "root",
-        "rotate",
-        "--from",
-        &p("root.json"),
-        "--root-key",
-        &p("r2.pub"),
-        "--manifest-key",
-        &p("m2.pub"),
-        "--out",
-        &p("root2.json"),
-    ]));
+    a.rotate("r2", "m2", "root2.json");
     for k in ["r1", "r2"] {
-        ok(hashgate(&[
-            "root",
-            "sign",
-            "--key",
-            &p(&format!("{k}.key")),
-            &p("root2.json"),
-        ]));
+        a.sign_root(k, "root2.json");
     }
     ok(hashgate(&[
         "root",
@@ -611,25 +622,8 @@ fn a_root_rotation_signed_by_the_new_keys_alone_is_refused() {
     let a = Authority::new(1);
     let (_g, _, admin) = a.gateway("state", &[]);
     let p = |n: &str| a.p(n);
-    ok(hashgate(&[
-        "root",
-        "rotate",
-        "--from",
-        &p("root.json"),
-        "--root-key",
-        &p("x.pub"),
-        "--manifest-key",
-        &p("x.pub"),
-        "--out",
-        &p("root2.json"),
-    ]));
-    ok(hashgate(&[
-        "root",
-        "sign",
-        "--key",
-        &p("x.key"),
-        &p("root2.json"),
-    ]));
+    a.rotate("x", "x", "root2.json");
+    a.sign_root("x", "root2.json");
     let verify = hashgate(&[
         "root",
         "verify",
@@ -663,8 +657,7 @@ fn a_busy_or_missing_feed_keeps_the_filter() {
     wait_refused(admin, 2);
     assert_eq!(put(port, &fresh), 451);
     std::fs::rename(a.feed("manifest.away"), a.feed("manifest.json")).unwrap();
-    a.list_new_file("y.bin", 1000);
-    a.publish();
+    a.publish_listing("y.bin");
     wait_version(admin, 3);
 }
 
@@ -689,8 +682,7 @@ fn a_slow_or_vanished_feed_server_keeps_the_filter() {
     drop(a.nginx.take());
     wait_refused(admin, 2);
     assert_eq!(put(port, &fresh), 451);
-    a.list_new_file("y.bin", 1000);
-    a.publish();
+    a.publish_listing("y.bin");
     let (nginx, _, _) = a.s.nginx_serving(None, FEED_LOCATION, Some(a.port));
     a.nginx = Some(nginx);
     wait_version(admin, 3);
@@ -702,8 +694,7 @@ fn a_crash_between_download_and_commit_restarts_on_the_old_state() {
     let (g, _, admin) = a.gateway("state", &[]);
     assert_eq!(version(admin), 1);
     drop(g);
-    let fresh = a.list_new_file("x.bin", 1000);
-    a.publish();
+    let fresh = a.publish_listing("x.bin");
     let (mut g, _, _) = a.gateway("state", &[("HASHGATE_FAILPOINT", "feed-before-commit")]);
     assert!(
         wait_until(Duration::from_secs(20), || g
@@ -739,10 +730,7 @@ fn a_new_guest_is_hot_loaded_and_one_with_imports_is_refused() {
     let fresh = a.list_new_file("x.bin", 1000);
     ok(a.publish_with("root.json", &["m1"], &["--guest", &a.p("guest.wasm")]));
     wait_version(admin, 2);
-    assert_eq!(
-        metric(admin, "hashgate_feed_downloads_total{outcome=\"guest\"}"),
-        1.0
-    );
+    assert_eq!(downloads(admin, "guest"), 1.0);
     assert!(a
         .s
         .path(&format!("state/guests/{}.wasm", sha256_hex(&guest)))
@@ -776,7 +764,6 @@ fn the_icap_server_follows_a_feed_too() {
         "127.0.0.1:0",
     ]));
     assert_eq!(version(admin), 1);
-    a.list_new_file("x.bin", 1000);
-    a.publish();
+    a.publish_listing("x.bin");
     wait_version(admin, 2);
 }

@@ -237,6 +237,12 @@ impl Feed {
         drop(body);
         check_staged(&staged, &manifest)?;
         let engine = staged.into_engine(path, state);
+        self.accept(manifest, runtime, guest_sha);
+        Ok(Some(engine))
+    }
+
+    /// Makes `manifest` (with the guest runtime it names) the accepted version.
+    fn accept(&mut self, manifest: Manifest, runtime: Arc<Runtime>, guest_sha: Option<[u8; 32]>) {
         self.runtime = runtime;
         self.guest_sha = guest_sha;
         self.interval = self
@@ -244,7 +250,6 @@ impl Feed {
             .poll
             .max(Duration::from_secs(manifest.min_poll_seconds));
         self.accepted = Some(manifest);
-        Ok(Some(engine))
     }
 
     fn verify_persisted(&self, bytes: &[u8]) -> Result<Manifest, Error> {
@@ -385,11 +390,8 @@ impl Feed {
                         return Ok(Update::Unchanged);
                     }
                     write_atomically(&self.path("manifest.json"), bytes)?;
-                    self.interval = self
-                        .config
-                        .poll
-                        .max(Duration::from_secs(manifest.min_poll_seconds));
-                    self.accepted = Some(manifest);
+                    let (runtime, guest_sha) = (self.runtime.clone(), self.guest_sha);
+                    self.accept(manifest, runtime, guest_sha);
                     return Ok(Update::Fresher);
                 }
             }
@@ -404,13 +406,7 @@ impl Feed {
         // The commit: from here on a restart resumes on the new version.
         write_atomically(&self.path("manifest.json"), bytes)?;
         let engine = staged.into_engine(body_path, manifest.state_sha256());
-        self.runtime = runtime;
-        self.guest_sha = guest_sha;
-        self.interval = self
-            .config
-            .poll
-            .max(Duration::from_secs(manifest.min_poll_seconds));
-        self.accepted = Some(manifest);
+        self.accept(manifest, runtime, guest_sha);
         self.collect_garbage();
         Ok(Update::Applied(Box::new(Applied {
             engine,
