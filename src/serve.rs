@@ -175,11 +175,17 @@ pub async fn shutdown_signal() {
 }
 
 /// A multi-threaded async runtime for a serving command.
+/// `HASHGATE_WORKER_THREADS` overrides the worker count (default: one per core).
 pub fn runtime() -> Result<tokio::runtime::Runtime> {
-    tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .context("starting the async runtime")
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    if let Some(n) = std::env::var("HASHGATE_WORKER_THREADS")
+        .ok()
+        .and_then(|v| v.parse::<usize>().ok())
+        .filter(|&n| n > 0)
+    {
+        builder.worker_threads(n);
+    }
+    builder.enable_all().build().context("starting the async runtime")
 }
 
 /// Reloads the TLS certificate on every SIGHUP; a bad new one is logged and the old one
