@@ -4,7 +4,7 @@ use std::io::{IsTerminal, Write};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::{bail, Context, Result};
@@ -454,18 +454,38 @@ fn inspect_cmd(public_key: Option<&Path>, json: bool, file: &Path) -> Result<Exi
 /// Loads a filter for scanning: verifies its signature and warns loudly if expired.
 pub fn open_filter(filter: &Path, key: &Path, component: Option<&Path>) -> Result<FilterEngine> {
     let key = PublicKey::read(key)?;
-    let runtime = match component {
+    let runtime = guest_runtime(component)?;
+    let engine = FilterEngine::open(Arc::new(runtime), filter, &key)
+        .with_context(|| format!("loading {}", filter.display()))?;
+    warn_if_expired(engine.info());
+    Ok(engine)
+}
+
+/// The runtime of `component`, or of the embedded reference guest.
+fn guest_runtime(component: Option<&Path>) -> Result<Runtime> {
+    Ok(match component {
         Some(path) => {
             let bytes =
                 std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
             Runtime::with_component(&bytes, Limits::default())?
         }
         None => Runtime::new(Limits::default())?,
-    };
-    let engine = FilterEngine::open(Arc::new(runtime), filter, &key)
-        .with_context(|| format!("loading {}", filter.display()))?;
-    warn_if_expired(engine.info());
-    Ok(engine)
+    })
+}
+
+/// What `filter` says it is, from its header alone (unverified: only used to know which
+/// digests to compute before the signature is checked and the filter loaded).
+fn describe_filter(runtime: &Runtime, filter: &Path) -> Result<FilterInfo> {
+    use std::io::Read as _;
+    // The header and the most section records a snapshot can have.
+    const HEAD_MAX: u64 = 176 + 48 * 64;
+    let mut head = Vec::new();
+    std::fs::File::open(filter)
+        .and_then(|f| f.take(HEAD_MAX).read_to_end(&mut head))
+        .with_context(|| format!("reading {}", filter.display()))?;
+    runtime
+        .describe(&head)
+        .with_context(|| format!("loading {}", filter.display()))
 }
 
 fn warn_if_expired(info: &FilterInfo) {
@@ -481,12 +501,32 @@ fn warn_if_expired(info: &FilterInfo) {
 }
 
 fn scan_cmd(args: ScanArgs) -> Result<ExitCode> {
-    let engine = open_filter(&args.filter, &args.public_key, args.component.as_deref())?;
-    let enforcer = scan_enforcer(
-        engine,
-        args.allow_list.as_deref(),
-        args.audit_log.as_deref(),
-    )?;
+    let key = PublicKey::read(&args.public_key)?;
+    let runtime = Arc::new(guest_runtime(args.component.as_deref())?);
+    let algorithms = describe_filter(&runtime, &args.filter)?.algorithms;
+    // The filter is verified and loaded on its own thread while the files are listed
+    // and the first ones hashed; nothing is decided until it is in.
+    let loading: OnceLock<Result<Enforcer>> = OnceLock::new();
+    let load = || {
+        // Set even if loading panics: the scanning threads wait for it.
+        let loaded = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            FilterEngine::open(runtime.clone(), &args.filter, &key)
+                .with_context(|| format!("loading {}", args.filter.display()))
+                .and_then(|engine| {
+                    if engine.info().algorithms != algorithms {
+                        bail!("{} changed while the scan started", args.filter.display());
+                    }
+                    warn_if_expired(engine.info());
+                    scan_enforcer(
+                        engine,
+                        args.allow_list.as_deref(),
+                        args.audit_log.as_deref(),
+                    )
+                })
+        }))
+        .unwrap_or_else(|_| Err(anyhow::anyhow!("loading the filter failed unexpectedly")));
+        let _ = loading.set(loaded);
+    };
     let json = args.json;
     let out = Mutex::new(std::io::stdout());
     let emit = |line: String| {
@@ -513,7 +553,7 @@ fn scan_cmd(args: ScanArgs) -> Result<ExitCode> {
         .threads
         .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
     let started = std::time::Instant::now();
-    let summary = scan::scan(&enforcer, &targets, threads, &|event| match event {
+    let on_event = |event: Event<'_>| match event {
         Event::Hit { path, size, hits } => {
             for hit in hits {
                 let category = hit.category.as_deref().unwrap_or("-");
@@ -552,7 +592,27 @@ fn scan_cmd(args: ScanArgs) -> Result<ExitCode> {
                 bar.inc(bytes);
             }
         }
+    };
+    let summary = std::thread::scope(|s| {
+        s.spawn(load);
+        scan::scan_while_loading(
+            &algorithms,
+            &|| loading.wait().as_ref().ok(),
+            &targets,
+            threads,
+            &on_event,
+        )
     });
+    let enforcer = match loading.into_inner() {
+        Some(Ok(enforcer)) => enforcer,
+        Some(Err(e)) => {
+            if let Some(bar) = &progress {
+                bar.finish_and_clear();
+            }
+            return Err(e);
+        }
+        None => unreachable!("the loader always sets the result"),
+    };
     if let Some(bar) = &progress {
         bar.finish_and_clear();
     }

@@ -185,7 +185,10 @@ pub fn runtime() -> Result<tokio::runtime::Runtime> {
     {
         builder.worker_threads(n);
     }
-    builder.enable_all().build().context("starting the async runtime")
+    builder
+        .enable_all()
+        .build()
+        .context("starting the async runtime")
 }
 
 /// Reloads the TLS certificate on every SIGHUP; a bad new one is logged and the old one

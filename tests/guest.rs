@@ -210,3 +210,18 @@ fn a_filter_larger_than_the_memory_cap_is_refused_cleanly() {
     let err = FilterEngine::from_verified(runtime, body).err().unwrap();
     assert!(matches!(err, Error::GuestTrap(_)), "{err}");
 }
+
+#[test]
+fn describe_reads_the_header_alone_and_agrees_with_load() {
+    let (body, _) = mixed_filter();
+    let runtime = common::runtime();
+    let loaded = FilterEngine::from_verified(runtime.clone(), body.clone()).unwrap();
+    let head_len = 176 + 48 * loaded.info().sections.len();
+    // The header alone, and the header with a little of the payload after it.
+    for head in [&body[..head_len], &body[..head_len + 100]] {
+        assert_eq!(&runtime.describe(head).unwrap(), loaded.info());
+    }
+    // Fewer bytes than the section records, or not a snapshot: an error, not a trap.
+    assert!(matches!(runtime.describe(&body[..head_len - 1]), Err(Error::Load(_))));
+    assert!(matches!(runtime.describe(b"not a filter"), Err(Error::Load(_))));
+}

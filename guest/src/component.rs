@@ -44,22 +44,25 @@ fn from_wit_algorithm(a: wit::Algorithm) -> Algorithm {
 }
 
 fn info_of(filter: &Filter) -> wit::FilterInfo {
-    let h = filter.header();
+    info_of_header(filter.header())
+}
+
+fn info_of_header(h: &crate::Header) -> wit::FilterInfo {
     wit::FilterInfo {
         series: h.series.clone(),
         version: h.version,
         created: h.created,
         expires: h.expires,
         entries: h.entries,
-        bits: filter.sections().iter().map(|s| s.bits).sum(),
+        bits: h.sections.iter().map(|s| s.bits).sum(),
         hashes: h.hashes,
-        algorithms: filter
-            .algorithms()
+        algorithms: Algorithm::ALL
             .into_iter()
+            .filter(|a| h.sections.iter().any(|s| s.algorithm == *a))
             .map(to_wit_algorithm)
             .collect(),
-        sections: filter
-            .sections()
+        sections: h
+            .sections
             .iter()
             .map(|s| wit::SectionInfo {
                 algorithm: to_wit_algorithm(s.algorithm),
@@ -133,6 +136,12 @@ impl wit::Guest for Component {
             let end = start.saturating_add(len as usize).min(bytes.len());
             Ok(bytes[start..end].to_vec())
         })
+    }
+
+    fn describe(head: Vec<u8>) -> Result<wit::FilterInfo, wit::LoadError> {
+        crate::Header::parse(&head)
+            .map(|h| info_of_header(&h))
+            .map_err(load_error)
     }
 
     fn info() -> Option<wit::FilterInfo> {

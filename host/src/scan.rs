@@ -107,11 +107,25 @@ pub fn scan(
     threads: usize,
     on_event: &(dyn Fn(Event<'_>) + Sync),
 ) -> Summary {
+    let algorithms = enforcer.filter().info().algorithms.clone();
+    scan_while_loading(&algorithms, &|| Some(enforcer), targets, threads, on_event)
+}
+
+/// [`scan`] with the verdict core possibly still loading: files are hashed for
+/// `algorithms` at once, and each thread calls `enforcer` only to decide (blocking until
+/// it is there). Loading a 54 MB filter (verify, copy into the guest, validate) then runs
+/// on another core while the first files are hashed, instead of before them. If
+/// `enforcer` gives `None` (the filter failed to load) the threads stop; the caller
+/// reports why.
+pub fn scan_while_loading<'e>(
+    algorithms: &[crate::Algorithm],
+    enforcer: &(dyn Fn() -> Option<&'e Enforcer> + Sync),
+    targets: &[Target],
+    threads: usize,
+    on_event: &(dyn Fn(Event<'_>) + Sync),
+) -> Summary {
     let next = AtomicUsize::new(0);
     let totals: [AtomicU64; 5] = Default::default();
-    // One filter for the whole scan, even if the enforcer swaps in a new one meanwhile.
-    let filter = enforcer.filter();
-    let algorithms = filter.info().algorithms.clone();
     std::thread::scope(|s| {
         for _ in 0..threads.max(1) {
             s.spawn(|| {
@@ -120,21 +134,24 @@ pub fn scan(
                     let i = next.fetch_add(1, Ordering::Relaxed);
                     let Some(target) = targets.get(i) else { break };
                     let path = target.path.as_path();
-                    let outcome =
-                        hash_file(path, &algorithms, &mut buf).and_then(|(digests, bytes)| {
-                            let ctx = Context {
-                                method: "SCAN".into(),
-                                path: path.display().to_string(),
-                                ..Context::default()
-                            };
-                            let decision = enforcer.decide(&filter, &ctx, &digests, bytes);
-                            match decision.outcome {
-                                Outcome::Unavailable => Err(Error::GuestTrap(
-                                    "no verdict for this file (see the log)".into(),
-                                )),
-                                _ => Ok((decision.hits, bytes)),
-                            }
-                        });
+                    let hashed = hash_file(path, algorithms, &mut buf);
+                    let Some(enforcer) = enforcer() else { break };
+                    // One filter for the whole scan: the enforcer of a scan never swaps.
+                    let filter = enforcer.filter();
+                    let outcome = hashed.and_then(|(digests, bytes)| {
+                        let ctx = Context {
+                            method: "SCAN".into(),
+                            path: path.display().to_string(),
+                            ..Context::default()
+                        };
+                        let decision = enforcer.decide(&filter, &ctx, &digests, bytes);
+                        match decision.outcome {
+                            Outcome::Unavailable => Err(Error::GuestTrap(
+                                "no verdict for this file (see the log)".into(),
+                            )),
+                            _ => Ok((decision.hits, bytes)),
+                        }
+                    });
                     match outcome {
                         Ok((hits, bytes)) => {
                             totals[0].fetch_add(1, Ordering::Relaxed);

@@ -125,6 +125,21 @@ impl Runtime {
         })
     }
 
+    /// What the snapshot whose first bytes are `head` is (series, version, algorithms,
+    /// sections), read by the guest from the header alone, without loading or verifying
+    /// it. Lets a scan start hashing for the right algorithms while the snapshot is still
+    /// being verified and loaded; nothing is decided on it.
+    pub fn describe(&self, head: &[u8]) -> Result<FilterInfo, Error> {
+        let mut instance = self.instantiate()?;
+        instance.store.set_epoch_deadline(instance.call_deadline);
+        instance
+            .guest
+            .hashgate_filter_filter()
+            .call_describe(&mut instance.store, head)
+            .map_err(trapped)?
+            .map_err(load_error)
+    }
+
     /// A fresh instance with no filter loaded.
     fn instantiate(&self) -> Result<Instance, Error> {
         let limits = StoreLimitsBuilder::new()
