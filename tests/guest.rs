@@ -222,6 +222,12 @@ fn describe_reads_the_header_alone_and_agrees_with_load() {
         assert_eq!(&runtime.describe(head).unwrap(), loaded.info());
     }
     // Fewer bytes than the section records, or not a snapshot: an error, not a trap.
-    assert!(matches!(runtime.describe(&body[..head_len - 1]), Err(Error::Load(_))));
-    assert!(matches!(runtime.describe(b"not a filter"), Err(Error::Load(_))));
+    assert!(matches!(
+        runtime.describe(&body[..head_len - 1]),
+        Err(Error::Load(_))
+    ));
+    assert!(matches!(
+        runtime.describe(b"not a filter"),
+        Err(Error::Load(_))
+    ));
 }

@@ -93,10 +93,12 @@ fn read_certified_key(cert: &Path, key: &Path) -> Result<Arc<CertifiedKey>, Erro
 }
 
 /// A connector for a client of `url`'s scheme: https verified against the platform's
-/// roots plus `extra_ca`; plain http needs no roots at all.
+/// roots plus `extra_ca`; plain http needs no roots at all. `TCP_NODELAY` on, connecting
+/// given up after `connect_timeout`.
 pub fn connector(
     url: &hyper::Uri,
     extra_ca: Option<&Path>,
+    connect_timeout: std::time::Duration,
 ) -> Result<hyper_rustls::HttpsConnector<hyper_util::client::legacy::connect::HttpConnector>, Error>
 {
     let config = if url.scheme_str() == Some("https") {
@@ -110,6 +112,8 @@ pub fn connector(
     };
     let mut http = hyper_util::client::legacy::connect::HttpConnector::new();
     http.enforce_http(false);
+    http.set_nodelay(true);
+    http.set_connect_timeout(Some(connect_timeout));
     Ok(hyper_rustls::HttpsConnectorBuilder::new()
         .with_tls_config(config)
         .https_or_http()

@@ -183,13 +183,14 @@ impl Confirmer {
                 "confirm.url must be http:// or https:// with a host".into(),
             ));
         }
-        let connector = crate::tls::connector(&uri, config.ca.as_deref())?;
+        let timeout = Duration::from_secs(config.timeout_secs.unwrap_or(5));
+        let connector = crate::tls::connector(&uri, config.ca.as_deref(), timeout)?;
         Ok(Confirmer {
             client: Client::builder(TokioExecutor::new()).build(connector),
             base: config.url.trim_end_matches('/').to_string(),
             token,
             prefix_hex,
-            timeout: Duration::from_secs(config.timeout_secs.unwrap_or(5)),
+            timeout,
             cache: Mutex::new(HashMap::new()),
         })
     }

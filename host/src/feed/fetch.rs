@@ -71,7 +71,7 @@ impl Fetcher {
             Some(i) if i > uri.scheme_str().map_or(0, str::len) + 2 => &manifest_url[..=i],
             _ => manifest_url,
         };
-        let connector = crate::tls::connector(&uri, extra_ca)?;
+        let connector = crate::tls::connector(&uri, extra_ca, timeout)?;
         Ok(Fetcher {
             client: Client::builder(TokioExecutor::new()).build(connector),
             base: base.to_string(),

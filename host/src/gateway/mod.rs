@@ -57,29 +57,12 @@ impl Gateway {
     /// Fails if the origin is https and no trust roots can be had (or the `origin_ca`
     /// file is unreadable).
     pub fn new(config: Config, enforcer: Arc<Enforcer>) -> Result<Arc<Gateway>, Error> {
-        let mut connector = HttpConnector::new();
-        connector.set_nodelay(true);
-        connector.set_connect_timeout(Some(config.origin_timeout));
-        connector.enforce_http(false);
-        let https_origin =
-            matches!(&config.backend, Backend::Origin(uri) if uri.scheme_str() == Some("https"));
-        let tls = if https_origin {
-            crate::tls::client_config(config.origin_ca.as_deref())?
-        } else {
-            // Never used: the origin speaks plain http.
-            rustls::ClientConfig::builder_with_provider(Arc::new(
-                rustls::crypto::ring::default_provider(),
-            ))
-            .with_safe_default_protocol_versions()
-            .expect("ring supports the defaults")
-            .with_root_certificates(rustls::RootCertStore::empty())
-            .with_no_client_auth()
+        let origin = match &config.backend {
+            Backend::Origin(uri) => uri.clone(),
+            Backend::Store(_) => hyper::Uri::from_static("http://store.invalid"),
         };
-        let connector = hyper_rustls::HttpsConnectorBuilder::new()
-            .with_tls_config(tls)
-            .https_or_http()
-            .enable_http1()
-            .wrap_connector(connector);
+        let connector =
+            crate::tls::connector(&origin, config.origin_ca.as_deref(), config.origin_timeout)?;
         let client = Client::builder(TokioExecutor::new())
             .pool_idle_timeout(Duration::from_secs(30))
             .build(connector);
