@@ -198,7 +198,10 @@ impl Authority {
                 .sign(&SecretKey::read(&self.s.path(&format!("{k}.key"))).unwrap())
                 .unwrap();
         }
-        std::fs::write(self.feed("manifest.json"), envelope.to_bytes()).unwrap();
+        // Atomically, as `publish` does: nginx must never serve half a manifest.
+        let tmp = self.feed(".manifest.tmp");
+        std::fs::write(&tmp, envelope.to_bytes()).unwrap();
+        std::fs::rename(tmp, self.feed("manifest.json")).unwrap();
     }
 }
 
