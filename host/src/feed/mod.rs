@@ -28,7 +28,7 @@ use rand::Rng;
 use sha2::{Digest as _, Sha256};
 
 use self::fetch::{FetchError, Fetched, Fetcher};
-use self::protocol::{Envelope, Manifest, TrustedRoot, MAX_DOCUMENT};
+use self::protocol::{Envelope, FileRef, Manifest, TrustedRoot, MAX_DOCUMENT};
 use crate::enforce::Enforcer;
 use crate::runtime::{read_body, Staged};
 use crate::trust::TRAILER_LEN;
@@ -92,7 +92,6 @@ pub struct Feed {
     accepted: Option<Manifest>,
     /// The runtime of the guest the accepted manifest names (or the embedded one).
     runtime: Arc<Runtime>,
-    guest_sha: Option<[u8; 32]>,
     etag: Option<String>,
     /// Polls answered 304 since the last full download of the manifest.
     revalidated: u32,
@@ -184,7 +183,6 @@ impl Feed {
             chain,
             accepted: None,
             runtime: Arc::new(Runtime::new(limits)?),
-            guest_sha: None,
             etag: None,
             revalidated: 0,
             config,
@@ -217,8 +215,8 @@ impl Feed {
                 return Ok(None);
             }
         };
-        let (runtime, guest_sha) = match &manifest.guest {
-            None => (self.runtime.clone(), None),
+        let runtime = match &manifest.guest {
+            None => self.runtime.clone(),
             Some(file) => {
                 let sha = file.sha256();
                 let path = self.path(&format!("guests/{}.wasm", hex::encode(sha)));
@@ -229,10 +227,7 @@ impl Feed {
                         path.display()
                     )));
                 }
-                (
-                    Arc::new(Runtime::with_component(&bytes, self.limits.clone())?),
-                    Some(sha),
-                )
+                Arc::new(Runtime::with_component(&bytes, self.limits.clone())?)
             }
         };
         let state = manifest.state_sha256();
@@ -242,14 +237,18 @@ impl Feed {
         drop(body);
         check_staged(&staged, &manifest)?;
         let engine = staged.into_engine(path, state);
-        self.accept(manifest, runtime, guest_sha);
+        self.accept(manifest, runtime);
         Ok(Some(engine))
     }
 
+    /// The guest component the accepted manifest names (`None`: the embedded one).
+    fn guest_sha(&self) -> Option<[u8; 32]> {
+        self.accepted.as_ref()?.guest.as_ref().map(FileRef::sha256)
+    }
+
     /// Makes `manifest` (with the guest runtime it names) the accepted version.
-    fn accept(&mut self, manifest: Manifest, runtime: Arc<Runtime>, guest_sha: Option<[u8; 32]>) {
+    fn accept(&mut self, manifest: Manifest, runtime: Arc<Runtime>) {
         self.runtime = runtime;
-        self.guest_sha = guest_sha;
         self.interval = self
             .config
             .poll
@@ -406,14 +405,15 @@ impl Feed {
                         return Ok(Update::Unchanged);
                     }
                     write_atomically(&self.path("manifest.json"), bytes)?;
-                    let (runtime, guest_sha) = (self.runtime.clone(), self.guest_sha);
-                    self.accept(manifest, runtime, guest_sha);
+                    let runtime = self.runtime.clone();
+                    self.accept(manifest, runtime);
                     return Ok(Update::Fresher);
                 }
             }
         }
-        let (runtime, guest_sha) = self.runtime_for(&manifest).await?;
-        let new_guest = guest_sha.is_some() && guest_sha != self.guest_sha;
+        let wanted = manifest.guest.as_ref().map(FileRef::sha256);
+        let new_guest = wanted.is_some() && wanted != self.guest_sha();
+        let runtime = self.runtime_for(&manifest).await?;
         let (body_path, staged, via) = self.stage(&manifest, &runtime).await?;
         if std::env::var("HASHGATE_FAILPOINT").as_deref() == Ok(FAILPOINT_BEFORE_COMMIT) {
             tracing::error!("failpoint {FAILPOINT_BEFORE_COMMIT}: aborting before the commit");
@@ -422,7 +422,7 @@ impl Feed {
         // The commit: from here on a restart resumes on the new version.
         write_atomically(&self.path("manifest.json"), bytes)?;
         let engine = staged.into_engine(body_path, manifest.state_sha256());
-        self.accept(manifest, runtime, guest_sha);
+        self.accept(manifest, runtime);
         self.collect_garbage();
         Ok(Update::Applied(Box::new(Applied {
             engine,
@@ -435,16 +435,12 @@ impl Feed {
     /// The runtime for the guest the manifest names: the current one if unchanged, else
     /// the new component, downloaded, hash-checked, refused if it imports anything,
     /// compiled, and persisted.
-    async fn runtime_for(
-        &self,
-        manifest: &Manifest,
-    ) -> Result<(Arc<Runtime>, Option<[u8; 32]>), Error> {
-        let wanted = manifest.guest.as_ref().map(|g| g.sha256());
-        if wanted == self.guest_sha {
-            return Ok((self.runtime.clone(), wanted));
+    async fn runtime_for(&self, manifest: &Manifest) -> Result<Arc<Runtime>, Error> {
+        if manifest.guest.as_ref().map(FileRef::sha256) == self.guest_sha() {
+            return Ok(self.runtime.clone());
         }
         let Some(file) = &manifest.guest else {
-            return Ok((Arc::new(Runtime::new(self.limits.clone())?), None));
+            return Ok(Arc::new(Runtime::new(self.limits.clone())?));
         };
         let bytes = self.download(file).await?;
         let limits = self.limits.clone();
@@ -455,7 +451,7 @@ impl Feed {
                 .map_err(|e| feed_error(format!("compiling the guest: {e}")))??;
         write_atomically(&self.path(&format!("guests/{}.wasm", file.sha256)), &bytes)?;
         tracing::info!(sha256 = %file.sha256, "loaded a new filter guest from the feed");
-        Ok((Arc::new(runtime), wanted))
+        Ok(Arc::new(runtime))
     }
 
     /// Downloads at most the listed length of `file` and checks its SHA-256.
