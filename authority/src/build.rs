@@ -1,7 +1,6 @@
 //! Lists in, signed snapshot out.
 
 use std::collections::BTreeMap;
-use std::fs::{self, File};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
@@ -94,33 +93,19 @@ fn advise_huge_pages(addr: usize, len: usize) {
 }
 
 /// Writes `parts` to `path` through a temporary file, fsync and rename, creating the
-/// directory if needed.
+/// directory if needed ([`hashgate_host::durable`]). On any error nothing is left at `path`.
 pub fn write_atomically(path: &Path, parts: &[&[u8]]) -> Result<(), Error> {
-    let dir = match path.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
-        _ => PathBuf::from("."),
-    };
-    let name = path
-        .file_name()
-        .ok_or_else(|| Error::io(path, std::io::ErrorKind::InvalidInput.into()))?;
-    let tmp = dir.join(format!(
-        ".{}.tmp-{}",
-        name.to_string_lossy(),
-        std::process::id()
-    ));
-    let result = (|| {
-        fs::create_dir_all(&dir)?;
-        let mut file = File::create(&tmp)?;
-        for part in parts {
-            file.write_all(part)?;
-        }
-        file.sync_all()?;
-        fs::rename(&tmp, path)?;
-        File::open(&dir)?.sync_all()
-    })();
-    if let Err(e) = result {
-        let _ = fs::remove_file(&tmp);
-        return Err(Error::io(path, e));
-    }
-    Ok(())
+    hashgate_host::durable::write_atomically_with(path, |file| {
+        parts
+            .iter()
+            .try_for_each(|part| file.write_all(part))
+            .map_err(|e| hashgate_host::Error::Io {
+                path: path.to_path_buf(),
+                source: e,
+            })
+    })
+    .map_err(|e| match e {
+        hashgate_host::Error::Io { path, source } => Error::io(path, source),
+        other => Error::Trust(other),
+    })
 }

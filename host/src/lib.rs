@@ -21,6 +21,7 @@
 
 pub mod admin;
 pub mod config;
+pub mod durable;
 pub mod enforce;
 mod error;
 pub mod feed;

@@ -29,6 +29,7 @@ use sha2::{Digest as _, Sha256};
 
 use self::fetch::{FetchError, Fetched, Fetcher};
 use self::protocol::{Envelope, FileRef, Manifest, TrustedRoot, MAX_DOCUMENT};
+use crate::durable::{write_atomically, write_atomically_with};
 use crate::enforce::Enforcer;
 use crate::runtime::{read_body, Staged};
 use crate::trust::TRAILER_LEN;
@@ -110,44 +111,6 @@ fn feed_error(m: impl Into<String>) -> Error {
 
 fn sha256(bytes: &[u8]) -> [u8; 32] {
     Sha256::digest(bytes).into()
-}
-
-/// Writes `bytes` to `path` through a temporary file, fsync, rename and a directory
-/// fsync: after a crash the file is either the old one or the new one.
-fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), Error> {
-    use std::io::Write as _;
-    write_atomically_with(path, |file| {
-        file.write_all(bytes).map_err(|e| Error::io(path, e))
-    })
-}
-
-/// [`write_atomically`] with the contents written by `fill`; if `fill` fails, nothing is
-/// left behind.
-fn write_atomically_with(
-    path: &Path,
-    fill: impl FnOnce(&mut std::fs::File) -> Result<(), Error>,
-) -> Result<(), Error> {
-    let dir = path.parent().expect("state paths have a parent");
-    let tmp = dir.join(format!(
-        ".{}.tmp",
-        path.file_name().expect("a file name").to_string_lossy()
-    ));
-    std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
-    let result = std::fs::File::create(&tmp)
-        .map_err(|e| Error::io(&tmp, e))
-        .and_then(|mut file| {
-            fill(&mut file)?;
-            file.sync_all().map_err(|e| Error::io(&tmp, e))
-        })
-        .and_then(|()| {
-            std::fs::rename(&tmp, path)
-                .and_then(|()| std::fs::File::open(dir)?.sync_all())
-                .map_err(|e| Error::io(path, e))
-        });
-    if result.is_err() {
-        let _ = std::fs::remove_file(&tmp);
-    }
-    result
 }
 
 fn read_optional(path: &Path) -> Result<Option<Vec<u8>>, Error> {
