@@ -167,6 +167,10 @@ pub struct EnforceArgs {
     /// Admin listener address (/metrics, /healthz, /readyz).
     #[arg(long)]
     pub admin: Option<String>,
+    /// Serving threads, each with its own event loop (default: one per core, or
+    /// HASHGATE_WORKER_THREADS).
+    #[arg(long)]
+    pub workers: Option<usize>,
     /// Audit log (JSON lines, fsynced per record).
     #[arg(long)]
     pub audit_log: Option<PathBuf>,

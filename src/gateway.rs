@@ -92,9 +92,7 @@ pub fn run(args: GatewayArgs) -> Result<()> {
         if let Some(feed) = feed {
             tokio::spawn(feed.run(enforcer.clone()));
         }
-        let listener = tokio::net::TcpListener::bind(&listen)
-            .await
-            .with_context(|| format!("listening on {listen}"))?;
+        let listener = serve::listener(&listen, &args.enforce, &file)?;
         serve::start_admin(&args.enforce, &file, &enforcer).await?;
         if let Some(store) = config.tls.clone() {
             tokio::spawn(serve::reload_on_sighup(store));

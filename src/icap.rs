@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 use hashgate_host::icap::{IcapConfig, IcapServer};
 
 use crate::cli::IcapArgs;
@@ -57,9 +57,7 @@ pub fn run(args: IcapArgs) -> Result<()> {
             tokio::spawn(feed.run(enforcer.clone()));
         }
         let server = IcapServer::new(config.clone(), enforcer)?;
-        let listener = tokio::net::TcpListener::bind(&listen)
-            .await
-            .with_context(|| format!("listening on {listen}"))?;
+        let listener = serve::listener(&listen, &args.enforce, &file)?;
         serve::start_admin(&args.enforce, &file, server.enforcer()).await?;
         if let Some(store) = config.tls.clone() {
             tokio::spawn(serve::reload_on_sighup(store));

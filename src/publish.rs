@@ -281,7 +281,11 @@ pub fn authority(cmd: AuthorityCommand) -> Result<()> {
     let tokens = std::sync::Arc::new(Tokens::read(&tokens)?);
     let tls = crate::serve::cert_store(tls_cert, tls_key)?
         .map(|store| tokio_rustls::TlsAcceptor::from(store.server_config(&[b"h2", b"http/1.1"])));
-    crate::serve::runtime()?.block_on(async move {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    runtime.block_on(async move {
         let listener = tokio::net::TcpListener::bind(&listen)
             .await
             .with_context(|| format!("listening on {listen}"))?;

@@ -174,21 +174,28 @@ pub async fn shutdown_signal() {
     }
 }
 
-/// A multi-threaded async runtime for a serving command.
-/// `HASHGATE_WORKER_THREADS` overrides the worker count (default: one per core).
+/// The control-plane runtime of a serving command: the feed, the admin listener, signals.
+/// Requests are served on threads of their own (see `hashgate_host::listener`).
 pub fn runtime() -> Result<tokio::runtime::Runtime> {
-    let mut builder = tokio::runtime::Builder::new_multi_thread();
-    if let Some(n) = std::env::var("HASHGATE_WORKER_THREADS")
-        .ok()
-        .and_then(|v| v.parse::<usize>().ok())
-        .filter(|&n| n > 0)
-    {
-        builder.worker_threads(n);
-    }
-    builder
+    tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .context("starting the async runtime")
+}
+
+/// Binds the serving address for as many threads as `--workers` (or `workers` in the
+/// file) says, one per core by default.
+pub fn listener(
+    listen: &str,
+    args: &EnforceArgs,
+    file: &FileConfig,
+) -> Result<hashgate_host::listener::Listener> {
+    let cores = match args.workers.or(file.workers) {
+        Some(0) => anyhow::bail!("workers must be at least 1"),
+        Some(n) => n,
+        None => hashgate_host::listener::default_cores(),
+    };
+    Ok(hashgate_host::listener::Listener::bind(listen, cores)?)
 }
 
 /// Reloads the TLS certificate on every SIGHUP; a bad new one is logged and the old one

@@ -521,3 +521,112 @@ fn slow_headers_are_cut_off_and_connections_are_capped() {
         201
     );
 }
+
+#[test]
+fn every_serving_thread_decides_and_drains_on_sigterm() {
+    use std::io::{Read, Write};
+    let s = Setup::new();
+    let (_nginx, origin_port, root) = s.nginx();
+    let origin = format!("http://127.0.0.1:{origin_port}");
+    let (gw, port, _) = s.gateway(&["--origin", &origin], &["--workers", "3"]);
+    let pid = gw.0.id();
+    let serving_threads = || -> Vec<String> {
+        std::fs::read_dir(format!("/proc/{pid}/task"))
+            .unwrap()
+            .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("comm")).ok())
+            .map(|name| name.trim().to_string())
+            .filter(|name| name.starts_with("hashgate-core"))
+            .collect()
+    };
+    // The threads start just after the address is announced.
+    let started = Instant::now();
+    let mut threads = serving_threads();
+    while threads.len() < 3 && started.elapsed() < Duration::from_secs(5) {
+        std::thread::sleep(Duration::from_millis(20));
+        threads = serving_threads();
+    }
+    assert_eq!(threads.len(), 3, "serving threads: {threads:?}");
+
+    // Many uploads at once, listed and clean, land on whichever thread accepts them.
+    let uploads: Vec<_> = (0..24)
+        .map(|i| {
+            let (file, name) = if i % 2 == 0 {
+                (s.listed.clone(), format!("many/listed-{i}.bin"))
+            } else {
+                (s.clean.clone(), format!("many/clean-{i}.bin"))
+            };
+            let url = format!("http://127.0.0.1:{port}/{name}");
+            std::thread::spawn(move || (i, curl_put(&file, &url, &[])))
+        })
+        .collect();
+    for upload in uploads {
+        let (i, status) = upload.join().unwrap();
+        assert_eq!(status, if i % 2 == 0 { 451 } else { 201 }, "upload {i}");
+    }
+    let mut stored: Vec<String> = files_under(&root.join("many"))
+        .iter()
+        .map(|p| p.file_name().unwrap().to_string_lossy().into_owned())
+        .collect();
+    stored.sort();
+    let mut clean: Vec<String> = (1..24)
+        .step_by(2)
+        .map(|i| format!("clean-{i}.bin"))
+        .collect();
+    clean.sort();
+    assert_eq!(stored, clean);
+
+    // Uploads in flight on several connections (so on several threads) all finish after
+    // SIGTERM, and new connections are refused meanwhile.
+    let mut streams: Vec<TcpStream> = (0..6)
+        .map(|i| {
+            let mut stream = TcpStream::connect(("127.0.0.1", port)).unwrap();
+            write!(
+                stream,
+                "PUT /late/{i}.bin HTTP/1.1\r\nHost: x\r\nContent-Length: 20000\r\n\r\n"
+            )
+            .unwrap();
+            stream.write_all(&[i as u8; 10_000]).unwrap();
+            stream
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(Command::new("kill")
+        .args(["-TERM", &pid.to_string()])
+        .status()
+        .unwrap()
+        .success());
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(TcpStream::connect(("127.0.0.1", port)).is_err());
+    for (i, stream) in streams.iter_mut().enumerate() {
+        stream.write_all(&[i as u8; 10_000]).unwrap();
+        stream
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
+        let mut answer = [0u8; 12];
+        stream.read_exact(&mut answer).unwrap();
+        assert_eq!(&answer, b"HTTP/1.1 201", "upload {i}");
+        assert_eq!(
+            std::fs::read(root.join(format!("late/{i}.bin"))).unwrap(),
+            vec![i as u8; 20_000]
+        );
+    }
+}
+
+#[test]
+fn zero_workers_is_a_clear_error() {
+    let s = Setup::new();
+    let out = hashgate(&[
+        "gateway",
+        "--filter",
+        s.path("f.hgf").to_str().unwrap(),
+        "--pub",
+        s.path("k.pub").to_str().unwrap(),
+        "--listen",
+        "127.0.0.1:0",
+        "--workers",
+        "0",
+    ]);
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("workers must be at least 1"), "{stderr}");
+}

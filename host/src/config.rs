@@ -43,6 +43,8 @@ pub struct FileConfig {
     pub confirm: Option<crate::enforce::ConfirmConfig>,
     /// Admin listener address.
     pub admin: Option<String>,
+    /// Serving threads (default: one per core).
+    pub workers: Option<usize>,
     /// Audit log file.
     pub audit_log: Option<PathBuf>,
     /// Allow-list file of exact digests.

@@ -52,6 +52,10 @@ pub enum Error {
     /// Occurs when a configuration file or value is invalid.
     #[error("configuration: {0}")]
     Config(String),
+    /// Occurs when a serving front-end cannot bind its address or start its threads, or
+    /// when a serving thread ends before it is told to stop.
+    #[error("serving: {0}")]
+    Serve(String),
     /// Occurs when the component cannot be compiled or instantiated, or imports anything.
     #[error("unusable guest component: {0}")]
     Component(String),

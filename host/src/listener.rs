@@ -1,27 +1,191 @@
-//! The accept loop every serving front-end shares: a cap on connections served at once
-//! (the rest wait in the listen queue), `TCP_NODELAY`, one task per connection, and a
-//! stop on the shutdown signal that closes the listening socket at once.
+//! How the serving front-ends (gateway, ICAP) run: thread per core.
+//!
+//! A [`Listener`] is one listening socket shared by `cores` serving threads. Each thread
+//! has its own single-threaded tokio runtime and accepts on the same socket, so a
+//! connection, its requests, the upstream request it makes (from a pool owned by that
+//! thread) and their wake-ups all stay on one thread, as in nginx's worker processes: no
+//! work-stealing, no cross-thread wake-ups on the data path. Blocking work (hashing large
+//! bodies) still goes to each runtime's blocking pool, so at low concurrency another core
+//! helps.
+//!
+//! [`accept_until`] is the accept loop each thread runs: a cap on connections served at
+//! once across all threads (the rest wait in the listen queue), `TCP_NODELAY`, one task
+//! per connection, and a stop on the shutdown signal.
 
 use std::future::Future;
-use std::net::SocketAddr;
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::Semaphore;
+use tokio::sync::{mpsc, watch, Semaphore};
 
-/// Accepts connections on `listener` until `shutdown` resolves, at most `max` at a time,
-/// and runs `serve(stream, peer)` for each on its own task. Returns once `shutdown` has
-/// resolved and the listening socket is closed; connections still running go on.
+use crate::Error;
+
+/// A bound listening socket and the number of threads that will serve it.
+pub struct Listener {
+    socket: std::net::TcpListener,
+    cores: usize,
+}
+
+impl Listener {
+    /// Binds `addr` (the first address it resolves to) for `cores` serving threads
+    /// (at least one).
+    pub fn bind(addr: &str, cores: usize) -> Result<Listener, Error> {
+        let bind_error = |e: std::io::Error| Error::Serve(format!("listening on {addr}: {e}"));
+        let resolved = addr
+            .to_socket_addrs()
+            .map_err(bind_error)?
+            .next()
+            .ok_or_else(|| Error::Serve(format!("listening on {addr}: no address")))?;
+        let socket = std::net::TcpListener::bind(resolved).map_err(bind_error)?;
+        socket.set_nonblocking(true).map_err(bind_error)?;
+        Ok(Listener {
+            socket,
+            cores: cores.max(1),
+        })
+    }
+
+    /// The address bound (with the port the system chose, if it was 0).
+    pub fn local_addr(&self) -> Result<SocketAddr, Error> {
+        self.socket
+            .local_addr()
+            .map_err(|e| Error::Serve(format!("listener address: {e}")))
+    }
+
+    /// The number of serving threads.
+    pub fn cores(&self) -> usize {
+        self.cores
+    }
+}
+
+/// The default number of serving threads: `HASHGATE_WORKER_THREADS` if set, otherwise
+/// one per core the process may use.
+pub fn default_cores() -> usize {
+    std::env::var("HASHGATE_WORKER_THREADS")
+        .ok()
+        .and_then(|v| v.parse::<usize>().ok())
+        .filter(|&n| n > 0)
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
+}
+
+/// Resolves when the server is told to stop; each serving thread holds one.
+#[derive(Clone)]
+pub struct Shutdown(watch::Receiver<bool>);
+
+impl Shutdown {
+    /// Waits for the stop signal (at once if it was already given, or if the server that
+    /// would give it is gone).
+    pub async fn signalled(mut self) {
+        let _ = self.0.wait_for(|stop| *stop).await;
+    }
+}
+
+/// Runs `per_core(listener, shutdown)` on each of `listener.cores()` threads, each inside
+/// its own single-threaded runtime, until `shutdown` resolves and every thread's future
+/// has returned (that future is expected to stop accepting on the signal and drain).
+///
+/// Fails if a thread cannot be started, or if one ends (or panics) before the shutdown
+/// signal; the others are then told to stop.
+pub async fn on_cores<F, Fut>(
+    listener: Listener,
+    shutdown: impl Future<Output = ()>,
+    per_core: F,
+) -> Result<(), Error>
+where
+    F: Fn(TcpListener, Shutdown) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = ()> + 'static,
+{
+    let (stop, stopped) = watch::channel(false);
+    let (ended, mut endings) = mpsc::unbounded_channel::<Result<(), String>>();
+    let per_core = Arc::new(per_core);
+    let mut started = 0;
+    let mut failure = None;
+    for core in 0..listener.cores {
+        let spawned = listener.socket.try_clone().and_then(|socket| {
+            let (per_core, ended) = (per_core.clone(), ended.clone());
+            let shutdown = Shutdown(stopped.clone());
+            std::thread::Builder::new()
+                .name(format!("hashgate-core-{core}"))
+                .spawn(move || {
+                    let served = std::panic::catch_unwind(AssertUnwindSafe(|| {
+                        serve_core(socket, shutdown, &*per_core)
+                    }));
+                    let _ =
+                        ended
+                            .send(served.unwrap_or_else(|_| {
+                                Err(format!("serving thread {core} panicked"))
+                            }));
+                })
+        });
+        match spawned {
+            Ok(_) => started += 1,
+            Err(e) => {
+                failure = Some(format!("starting serving thread {core}: {e}"));
+                break;
+            }
+        }
+    }
+    drop(listener);
+    if failure.is_none() {
+        // Wait for the signal, or for a thread that ends before it (a failure).
+        tokio::select! {
+            () = shutdown => {}
+            Some(early) = endings.recv() => {
+                started -= 1;
+                failure = Some(early.err().unwrap_or_else(|| {
+                    "a serving thread stopped before the shutdown signal".to_string()
+                }));
+            }
+        }
+    }
+    let _ = stop.send(true);
+    for _ in 0..started {
+        if let Some(Err(e)) = endings.recv().await {
+            failure = failure.or(Some(e));
+        }
+    }
+    match failure {
+        None => Ok(()),
+        Some(e) => Err(Error::Serve(e)),
+    }
+}
+
+/// One serving thread: its runtime, its listener, its future.
+fn serve_core<F, Fut>(
+    socket: std::net::TcpListener,
+    shutdown: Shutdown,
+    per_core: &F,
+) -> Result<(), String>
+where
+    F: Fn(TcpListener, Shutdown) -> Fut,
+    Fut: Future<Output = ()>,
+{
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| format!("starting a serving runtime: {e}"))?;
+    runtime.block_on(async {
+        let listener =
+            TcpListener::from_std(socket).map_err(|e| format!("registering the listener: {e}"))?;
+        per_core(listener, shutdown).await;
+        Ok(())
+    })
+}
+
+/// Accepts connections on `listener` until `shutdown` resolves, while `limit` has
+/// permits (one per connection, shared by all threads), and runs `serve(stream, peer)`
+/// for each on its own task. Returns once `shutdown` has resolved; connections still
+/// running go on.
 pub async fn accept_until<F, Fut>(
     listener: TcpListener,
-    max: usize,
+    limit: Arc<Semaphore>,
     shutdown: impl Future<Output = ()>,
     mut serve: F,
 ) where
     F: FnMut(TcpStream, SocketAddr) -> Fut,
     Fut: Future<Output = ()> + Send + 'static,
 {
-    let limit = Arc::new(Semaphore::new(max));
     tokio::pin!(shutdown);
     loop {
         let permit = tokio::select! {
@@ -32,7 +196,9 @@ pub async fn accept_until<F, Fut>(
             accepted = listener.accept() => match accepted {
                 Ok(a) => a,
                 Err(e) => {
+                    // Out of file descriptors, mostly: back off instead of spinning.
                     tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(std::time::Duration::from_millis(10)).await;
                     continue;
                 }
             },
@@ -45,6 +211,4 @@ pub async fn accept_until<F, Fut>(
             drop(permit);
         });
     }
-    // New clients are refused from here on, not queued.
-    drop(listener);
 }

@@ -34,19 +34,26 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
 
 pub use body::GatewayBody;
 pub use config::{Backend, Config};
 pub use s3::AbortCredentials;
 
 use crate::enforce::{Context, Enforcer, Outcome};
+use crate::listener::{Listener, Shutdown};
 use crate::{Error, FilterEngine};
 
-/// Everything a request handler needs, shared by all connections.
+type OriginConnector = hyper_rustls::HttpsConnector<HttpConnector>;
+
+/// Everything a request handler needs. One per serving thread: the settings, verdict
+/// core and caches are shared, the origin connection pool is the thread's own (so a
+/// pooled connection is always driven by the thread that uses it).
 pub struct Gateway {
-    config: Config,
+    config: Arc<Config>,
     enforcer: Arc<Enforcer>,
-    client: Client<hyper_rustls::HttpsConnector<HttpConnector>, GatewayBody>,
+    connector: OriginConnector,
+    client: Client<OriginConnector, GatewayBody>,
     responses: Arc<response::DigestCache>,
     tls: Option<tokio_rustls::TlsAcceptor>,
 }
@@ -63,9 +70,6 @@ impl Gateway {
         };
         let connector =
             crate::tls::connector(&origin, config.origin_ca.as_deref(), config.origin_timeout)?;
-        let client = Client::builder(TokioExecutor::new())
-            .pool_idle_timeout(Duration::from_secs(30))
-            .build(connector);
         let responses = Arc::new(response::DigestCache::new(
             config.response_cache_entries,
             config.response_cache_ttl,
@@ -74,12 +78,25 @@ impl Gateway {
             tokio_rustls::TlsAcceptor::from(store.server_config(&[b"h2", b"http/1.1"]))
         });
         Ok(Arc::new(Gateway {
-            config,
+            client: pool(&connector),
+            connector,
+            config: Arc::new(config),
             enforcer,
-            client,
             responses,
             tls,
         }))
+    }
+
+    /// The same gateway with an origin connection pool of its own, for another thread.
+    fn for_core(&self) -> Gateway {
+        Gateway {
+            config: self.config.clone(),
+            enforcer: self.enforcer.clone(),
+            client: pool(&self.connector),
+            connector: self.connector.clone(),
+            responses: self.responses.clone(),
+            tls: self.tls.clone(),
+        }
     }
 
     /// The verdict core.
@@ -87,16 +104,30 @@ impl Gateway {
         &self.enforcer
     }
 
-    /// Serves clients on `listener` until `shutdown` resolves, then lets in-flight
-    /// requests finish for up to the configured grace period.
+    /// Serves clients on `listener`, one thread per core (see [`crate::listener`]), until
+    /// `shutdown` resolves; then lets in-flight requests finish for up to the configured
+    /// grace period.
     pub async fn serve(
         self: Arc<Self>,
-        listener: TcpListener,
+        listener: Listener,
         shutdown: impl std::future::Future<Output = ()>,
     ) -> Result<(), Error> {
+        let limit = Arc::new(Semaphore::new(self.config.max_connections));
+        crate::listener::on_cores(listener, shutdown, move |listener, stop| {
+            Arc::new(self.for_core()).serve_core(listener, limit.clone(), stop)
+        })
+        .await
+    }
+
+    /// One serving thread's accept loop and its graceful end.
+    async fn serve_core(
+        self: Arc<Self>,
+        listener: TcpListener,
+        limit: Arc<Semaphore>,
+        shutdown: Shutdown,
+    ) {
         let graceful = hyper_util::server::graceful::GracefulShutdown::new();
-        let max = self.config.max_connections;
-        crate::listener::accept_until(listener, max, shutdown, |stream, peer| {
+        crate::listener::accept_until(listener, limit, shutdown.signalled(), |stream, peer| {
             let gateway = self.clone();
             let watcher = graceful.watcher();
             async move {
@@ -126,7 +157,6 @@ impl Gateway {
                 tracing::warn!("grace period over; dropping remaining connections");
             }
         }
-        Ok(())
     }
 
     /// Serves HTTP/1.1 and HTTP/2 on one accepted (and, with TLS, decrypted) connection.
@@ -340,4 +370,11 @@ impl Gateway {
             .body(body::full(body))
             .expect("valid response")
     }
+}
+
+/// An origin connection pool on `connector`.
+fn pool(connector: &OriginConnector) -> Client<OriginConnector, GatewayBody> {
+    Client::builder(TokioExecutor::new())
+        .pool_idle_timeout(Duration::from_secs(30))
+        .build(connector.clone())
 }

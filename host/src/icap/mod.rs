@@ -33,9 +33,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::net::TcpListener;
-use tokio::sync::Notify;
+use tokio::sync::{Notify, Semaphore};
 
 use crate::enforce::Enforcer;
+use crate::listener::{Listener, Shutdown};
 use crate::Error;
 
 /// The ICAP server's settings.
@@ -140,15 +141,30 @@ impl IcapServer {
         &self.enforcer
     }
 
-    /// Serves clients on `listener` until `shutdown` resolves, then lets transactions in
-    /// flight finish for up to the grace period. Idle keep-alive connections are dropped.
+    /// Serves clients on `listener`, one thread per core (see [`crate::listener`]), until
+    /// `shutdown` resolves; then lets transactions in flight finish for up to the grace
+    /// period. Idle keep-alive connections are dropped.
     pub async fn serve(
         self: Arc<Self>,
-        listener: TcpListener,
+        listener: Listener,
         shutdown: impl std::future::Future<Output = ()>,
     ) -> Result<(), Error> {
-        let max = self.config.max_connections;
-        crate::listener::accept_until(listener, max, shutdown, |stream, peer| {
+        let limit = Arc::new(Semaphore::new(self.config.max_connections));
+        crate::listener::on_cores(listener, shutdown, move |listener, stop| {
+            self.clone().serve_core(listener, limit.clone(), stop)
+        })
+        .await
+    }
+
+    /// One serving thread's accept loop, then the wait for every thread's transactions
+    /// (each thread's runtime must live until its own are done).
+    async fn serve_core(
+        self: Arc<Self>,
+        listener: TcpListener,
+        limit: Arc<Semaphore>,
+        shutdown: Shutdown,
+    ) {
+        crate::listener::accept_until(listener, limit, shutdown.signalled(), |stream, peer| {
             let server = self.clone();
             async move { transaction::serve_connection(&server, stream, peer).await }
         })
@@ -169,7 +185,6 @@ impl IcapServer {
         {
             tracing::warn!("grace period over; dropping remaining ICAP transactions");
         }
-        Ok(())
     }
 
     /// The service tag: changes whenever the enforced filter does, so proxies that cache
