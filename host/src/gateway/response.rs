@@ -106,7 +106,7 @@ pub async fn scan(gw: &Gateway, req: Request<Incoming>, ctx: &Context) -> Respon
         Ok(r) => r,
         Err(answer) => return answer,
     };
-    let response = match fetch(gw, tokio::spawn(gw.client.request(upstream_req))).await {
+    let response = match fetch(gw, super::upload::sent(gw.client.request(upstream_req))).await {
         Ok(r) => r,
         Err(answer) => return answer,
     };

@@ -167,7 +167,7 @@ pub async fn complete(
         Outcome::Pass | Outcome::Monitor => {
             let response = match super::upload::upstream_request(gw, &parts, full(xml)) {
                 Ok(request) => {
-                    super::upload::relay(gw, tokio::spawn(gw.client.request(request))).await
+                    super::upload::relay(gw, super::upload::sent(gw.client.request(request))).await
                 }
                 Err(answer) => answer,
             };

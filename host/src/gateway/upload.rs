@@ -8,7 +8,9 @@ use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use hyper::header::{HeaderMap, HeaderName, HeaderValue};
 use hyper::{Request, Response, StatusCode, Uri};
-use tokio::task::JoinHandle;
+use std::future::Future;
+
+use tokio::task::{JoinError, JoinHandle};
 
 use super::body::{BodySender, ChannelBody, GatewayBody, Upload};
 use super::copy::Copy;
@@ -16,6 +18,8 @@ use super::shapes::{Objects, Shape};
 use super::{Backend, Gateway};
 use crate::enforce::{Context, Outcome};
 
+/// The origin's answer to a request being sent, on a task of its own (an inspected
+/// upload's request runs while the handler reads the client's body).
 pub(super) type Upstream =
     JoinHandle<Result<Response<Incoming>, hyper_util::client::legacy::Error>>;
 
@@ -142,7 +146,7 @@ pub async fn pass_through(gw: &Gateway, req: Request<Incoming>) -> Response<Gate
         Ok(r) => r,
         Err(response) => return response,
     };
-    relay(gw, tokio::spawn(gw.client.request(upstream_req))).await
+    relay(gw, sent(gw.client.request(upstream_req))).await
 }
 
 /// Ends the upstream request without completing its body: the origin sees a connection
@@ -154,7 +158,22 @@ async fn abort(tx: BodySender, upstream: Upstream) {
     let _ = upstream.await;
 }
 
-pub(super) async fn relay(gw: &Gateway, upstream: Upstream) -> Response<GatewayBody> {
+/// The outcome of a request sent on the handler's own task ([`sent`]) or on a task of
+/// its own ([`Upstream`]).
+type Sent = Result<Result<Response<Incoming>, hyper_util::client::legacy::Error>, JoinError>;
+
+/// `request` awaited on the handler's own task: when nothing else has to run meanwhile,
+/// a task of its own would only add a spawn and a wake-up.
+pub(super) async fn sent(
+    request: impl Future<Output = Result<Response<Incoming>, hyper_util::client::legacy::Error>>,
+) -> Sent {
+    Ok(request.await)
+}
+
+pub(super) async fn relay(
+    gw: &Gateway,
+    upstream: impl Future<Output = Sent>,
+) -> Response<GatewayBody> {
     match fetch(gw, upstream).await {
         Ok(response) => response.map(|body| body.map_err(io::Error::other).boxed()),
         Err(answer) => answer,
@@ -167,7 +186,7 @@ pub(super) async fn relay(gw: &Gateway, upstream: Upstream) -> Response<GatewayB
 #[allow(clippy::result_large_err)]
 pub(super) async fn fetch(
     gw: &Gateway,
-    upstream: Upstream,
+    upstream: impl Future<Output = Sent>,
 ) -> Result<Response<Incoming>, Response<GatewayBody>> {
     let result = tokio::time::timeout(gw.config.origin_timeout, upstream).await;
     let response = match result {
