@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
 # Interleaved A/B of two gateway builds against nginx, in one run, on loopback: for each
 # point (size, connections), ROUNDS rounds of nginx, A, B, each DURATION seconds, printing
-# each round's ratios to the nginx measured just before (this machine drifts by ±10% over
-# minutes, so only same-round ratios compare). A is $HASHGATE_A (e.g. a build of the
-# previous commit), B is this tree's release build.
+# requests/s and each round's ratios to the nginx measured just before (this machine
+# drifts by ±10% over minutes, so only same-round ratios compare), and the CPU time each
+# proxy used per request (user + system, all its threads and worker processes): a figure
+# that moves far less with the neighbours' load than throughput does. A is $HASHGATE_A
+# (e.g. a build of the previous commit), B is this tree's release build.
 # Usage: HASHGATE_A=/path/to/old/hashgate benches/ab.sh
 #        (env: ENTRIES=1000000 DURATION=4 ROUNDS=3 POINTS="4096:1 4096:16 65536:1 65536:16")
 set -euo pipefail
@@ -23,22 +25,35 @@ random_list "$work/list.txt" "$ENTRIES"
 "$hg" build --key "$work/k.key" --series bench --version 1 --out "$work/f.hgf" "$work/list.txt" 2>/dev/null
 start_sink "$cores"
 start_proxy "$cores"
+nginx_pid=${pids[-1]}
 a=$(free_port); b=$(free_port)
-for pair in "$HASHGATE_A:$a" "$hg:$b"; do
-  "${pair%:*}" gateway --filter "$work/f.hgf" --pub "$work/k.pub" --listen "127.0.0.1:${pair##*:}" \
-    --origin "http://127.0.0.1:$sink" 2>>"$work/gateways.err" & pids+=($!)
-done
+"$HASHGATE_A" gateway --filter "$work/f.hgf" --pub "$work/k.pub" --listen "127.0.0.1:$a" \
+  --origin "http://127.0.0.1:$sink" 2>>"$work/gateways.err" & a_pid=$!; pids+=($a_pid)
+"$hg" gateway --filter "$work/f.hgf" --pub "$work/k.pub" --listen "127.0.0.1:$b" \
+  --origin "http://127.0.0.1:$sink" 2>>"$work/gateways.err" & b_pid=$!; pids+=($b_pid)
 wait_port "$sink"; wait_port "$proxy"; wait_port "$a"; wait_port "$b"
 write_put_lua
 echo "machine: $cores cores; $ENTRIES entries; ${DURATION}s per measurement; A=$HASHGATE_A B=$hg"
-printf '%-8s %-4s %-5s | %9s %9s %9s | %6s %6s\n' size conc round nginx A B A/nginx B/nginx
+hz=$(getconf CLK_TCK)
+# CPU ticks (user + system) of a process and its children (nginx's workers).
+ticks() { local t=0 p; for p in $1 $(pgrep -P "$1" || true); do t=$(( t + $(awk '{print $14 + $15}' "/proc/$p/stat") )); done; echo "$t"; }
+# measure PORT PID: "req/s cpu-us-per-request" for one DURATION-second wrk run.
+measure() {
+  local t0 rps t1
+  t0=$(ticks "$2")
+  rps=$(wrk_put "http://127.0.0.1:$1/ab/obj-$size-$conns" "$work/body-$size" "$conns" | cut -d' ' -f1)
+  t1=$(ticks "$2")
+  echo "$rps $(echo "($t1 - $t0) * 1000000 / $hz / ($rps * $DURATION)" | bc -l | xargs printf '%.0f')"
+}
+printf '%-8s %-4s %-5s | %9s %9s %9s | %6s %6s | %s\n' size conc round nginx A B A/nginx B/nginx "CPU us/request: nginx A B"
 for point in $POINTS; do
   size=${point%:*}; conns=${point#*:}
   head -c "$size" /dev/urandom > "$work/body-$size"
   for round in $(seq 1 "$ROUNDS"); do
-    rps() { wrk_put "http://127.0.0.1:$1/ab/obj-$size-$conns" "$work/body-$size" "$conns" | cut -d' ' -f1; }
-    n=$(rps "$proxy"); ra=$(rps "$a"); rb=$(rps "$b")
-    printf '%-8s %-4s %-5s | %9s %9s %9s | %6.2f %6.2f\n' "$size" "$conns" "$round" "$n" "$ra" "$rb" \
-      "$(echo "$ra / $n" | bc -l)" "$(echo "$rb / $n" | bc -l)"
+    read -r n n_cpu <<<"$(measure "$proxy" "$nginx_pid")"
+    read -r ra a_cpu <<<"$(measure "$a" "$a_pid")"
+    read -r rb b_cpu <<<"$(measure "$b" "$b_pid")"
+    printf '%-8s %-4s %-5s | %9s %9s %9s | %6.2f %6.2f | %5s %5s %5s\n' "$size" "$conns" "$round" "$n" "$ra" "$rb" \
+      "$(echo "$ra / $n" | bc -l)" "$(echo "$rb / $n" | bc -l)" "$n_cpu" "$a_cpu" "$b_cpu"
   done
 done

@@ -630,3 +630,41 @@ fn zero_workers_is_a_clear_error() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("workers must be at least 1"), "{stderr}");
 }
+
+#[test]
+fn hop_by_hop_headers_stop_at_the_gateway_and_the_rest_reach_the_origin() {
+    let s = Setup::new();
+    // An origin that answers with the request headers it got (nginx's $http_* variables;
+    // an empty value means the header did not arrive).
+    let echo = r#"default_type text/plain; return 200 "named=$http_x_named kept=$http_x_kept keep-alive=$http_keep_alive proxy-authorization=$http_proxy_authorization te=$http_te target=$request_uri\n";"#;
+    let (_nginx, origin_port, _) = s.nginx_serving(None, echo, None);
+    let origin = format!("http://127.0.0.1:{origin_port}");
+    let (_gw, port, _) = s.gateway(&["--origin", &origin], &[]);
+    for method in ["GET", "PUT"] {
+        let out = Command::new("curl")
+            .args(["-s", "-X", method, "--data-binary", "abc"])
+            .args(["-H", "Connection: keep-alive, X-Named"])
+            .args([
+                "-H",
+                "X-Named: 1",
+                "-H",
+                "X-Kept: 2",
+                "-H",
+                "Keep-Alive: timeout=5",
+            ])
+            .args([
+                "-H",
+                "Proxy-Authorization: Basic c2VjcmV0",
+                "-H",
+                "TE: trailers",
+            ])
+            .arg(format!("http://127.0.0.1:{port}/a/b?c=d&e"))
+            .output()
+            .unwrap();
+        assert_eq!(
+            String::from_utf8_lossy(&out.stdout),
+            "named= kept=2 keep-alive= proxy-authorization= te= target=/a/b?c=d&e\n",
+            "{method}"
+        );
+    }
+}

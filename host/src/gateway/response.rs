@@ -102,7 +102,7 @@ pub async fn scan(gw: &Gateway, req: Request<Incoming>, ctx: &Context) -> Respon
         .map_or("/", |p| p.as_str())
         .to_string();
     let body = incoming.map_err(io::Error::other).boxed();
-    let upstream_req = match upstream_request(gw, &parts, body) {
+    let upstream_req = match upstream_request(gw, &mut parts, body) {
         Ok(r) => r,
         Err(answer) => return answer,
     };

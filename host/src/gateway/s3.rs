@@ -123,7 +123,7 @@ pub async fn complete(
     spool: &Path,
     upload: &str,
 ) -> Response<GatewayBody> {
-    let (parts, body) = req.into_parts();
+    let (mut parts, body) = req.into_parts();
     let mut reader = Upload::new(body, gw.config.body_timeout, MAX_COMPLETION);
     let mut xml = BytesMut::new();
     loop {
@@ -165,7 +165,7 @@ pub async fn complete(
             gw.refused(outcome, ctx)
         }
         Outcome::Pass | Outcome::Monitor => {
-            let response = match super::upload::upstream_request(gw, &parts, full(xml)) {
+            let response = match super::upload::upstream_request(gw, &mut parts, full(xml)) {
                 Ok(request) => {
                     super::upload::relay(gw, super::upload::sent(gw.client.request(request))).await
                 }

@@ -28,16 +28,16 @@ const CHANNEL_DEPTH: usize = 2;
 
 /// Hop-by-hop headers a proxy must not forward (RFC 9110 §7.6.1), plus `expect`: the
 /// gateway answers `100 Continue` itself.
-const HOP_BY_HOP: [&str; 9] = [
-    "connection",
-    "keep-alive",
-    "proxy-authenticate",
-    "proxy-authorization",
-    "proxy-connection",
-    "te",
-    "trailer",
-    "upgrade",
-    "expect",
+static HOP_BY_HOP: [HeaderName; 9] = [
+    HeaderName::from_static("connection"),
+    HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-authenticate"),
+    HeaderName::from_static("proxy-authorization"),
+    HeaderName::from_static("proxy-connection"),
+    HeaderName::from_static("te"),
+    HeaderName::from_static("trailer"),
+    HeaderName::from_static("upgrade"),
+    HeaderName::from_static("expect"),
 ];
 
 /// An inspected upload: forwarded as it arrives, minus the last frame, until the verdict.
@@ -49,20 +49,21 @@ pub async fn inspect(
     ctx: &Context,
     mut spool: Option<Copy>,
 ) -> Response<GatewayBody> {
-    let (parts, incoming) = req.into_parts();
+    let (mut parts, incoming) = req.into_parts();
     let declared = content_length(&parts.headers);
+    let shape = Shape::of(&parts.headers);
     if declared.is_some_and(|n| n > gw.config.max_body) {
         return gw.refusal(StatusCode::PAYLOAD_TOO_LARGE, ctx, "body too large");
     }
     let (tx, body) = ChannelBody::new(CHANNEL_DEPTH, declared);
-    let upstream_req = match upstream_request(gw, &parts, body.boxed()) {
+    let upstream_req = match upstream_request(gw, &mut parts, body.boxed()) {
         Ok(r) => r,
         Err(response) => return response,
     };
     let upstream: Upstream = tokio::spawn(gw.client.request(upstream_req));
     let filter = gw.enforcer.filter();
     let algorithms = &filter.info().algorithms;
-    let mut objects = Objects::new(Shape::of(&parts.headers), algorithms, declared);
+    let mut objects = Objects::new(shape, algorithms, declared);
     let mut held: Option<Bytes> = None;
     let mut origin_open = true;
     let mut copy = gw.quarantine_copy(ctx).await;
@@ -140,9 +141,9 @@ async fn discard(copy: Option<Copy>) {
 
 /// A request that is not inspected: headers and body streamed to the origin as they come.
 pub async fn pass_through(gw: &Gateway, req: Request<Incoming>) -> Response<GatewayBody> {
-    let (parts, incoming) = req.into_parts();
+    let (mut parts, incoming) = req.into_parts();
     let body = incoming.map_err(io::Error::other).boxed();
-    let upstream_req = match upstream_request(gw, &parts, body) {
+    let upstream_req = match upstream_request(gw, &mut parts, body) {
         Ok(r) => r,
         Err(response) => return response,
     };
@@ -224,36 +225,38 @@ pub(super) fn plain(status: StatusCode, text: &'static str) -> Response<GatewayB
         .expect("valid response")
 }
 
+/// The request to send to the origin for the client's request `parts`, with `body`: the
+/// same method and target on the origin's scheme and authority, and the client's headers
+/// (taken out of `parts`, not copied) minus the hop-by-hop ones.
 // The error is the response to send instead: large, but built once per request.
 #[allow(clippy::result_large_err)]
 pub(super) fn upstream_request(
     gw: &Gateway,
-    parts: &hyper::http::request::Parts,
+    parts: &mut hyper::http::request::Parts,
     body: GatewayBody,
 ) -> Result<Request<GatewayBody>, Response<GatewayBody>> {
     let Backend::Origin(origin) = &gw.config.backend else {
         unreachable!("only called with an origin backend")
     };
-    let path = parts
-        .uri
-        .path_and_query()
-        .map(|p| p.as_str())
-        .unwrap_or("/");
-    let uri: Uri = format!(
-        "{}://{}{path}",
-        origin.scheme_str().unwrap_or("http"),
-        origin.authority().map(|a| a.as_str()).unwrap_or(""),
-    )
-    .parse()
-    .map_err(|_| plain(StatusCode::BAD_REQUEST, "bad request target\n"))?;
+    let mut target = hyper::http::uri::Parts::default();
+    target.scheme = origin.scheme().cloned();
+    target.authority = origin.authority().cloned();
+    target.path_and_query = Some(
+        parts
+            .uri
+            .path_and_query()
+            .cloned()
+            .unwrap_or_else(|| hyper::http::uri::PathAndQuery::from_static("/")),
+    );
+    let uri = Uri::from_parts(target)
+        .map_err(|_| plain(StatusCode::BAD_REQUEST, "bad request target\n"))?;
     let mut request = Request::builder()
         .method(parts.method.clone())
         .uri(uri)
         .body(body)
         .expect("valid request");
-    let headers = request.headers_mut();
-    headers.extend(parts.headers.clone());
-    strip_hop_by_hop(headers);
+    *request.headers_mut() = std::mem::take(&mut parts.headers);
+    strip_hop_by_hop(request.headers_mut());
     Ok(request)
 }
 
@@ -268,7 +271,7 @@ fn strip_hop_by_hop(headers: &mut HeaderMap<HeaderValue>) {
     for name in named {
         headers.remove(name);
     }
-    for name in HOP_BY_HOP {
+    for name in &HOP_BY_HOP {
         headers.remove(name);
     }
 }
