@@ -60,17 +60,24 @@ start_proxy "$cores"
 wait_port "$sink"; wait_port "$proxy"
 
 # --- start-up and memory -----------------------------------------------------------------
-gw=$(free_port); admin=$(free_port)
 cat "$work/f.hgf" > /dev/null  # the filter on local disk, in the page cache
-t0=$(now)
-"$hg" gateway --filter "$work/f.hgf" --pub "$work/k.pub" --listen "127.0.0.1:$gw" --admin "127.0.0.1:$admin" \
-  --origin "http://127.0.0.1:$sink" 2>"$work/gateway.err" & gw_pid=$!; pids+=($gw_pid)
-until curl -sf "http://127.0.0.1:$admin/readyz" >/dev/null 2>&1; do sleep 0.01; done
-hg_ready=$(echo "$(now) - $t0" | bc -l)
-wait_port "$gw"
-curl -s -o /dev/null -T "$work/probe" "http://127.0.0.1:$gw/probe" -w '%{http_code}' | grep -q 451 \
-  || { echo "hashgate did not refuse the probe" >&2; exit 1; }
-hg_rss=$(rss_mib "$gw_pid")
+# Seconds to ready and resident memory: the median of REPS starts; the last one serves.
+readies=(); rsses=()
+for rep in $(seq 1 "$REPS"); do
+  gw=$(free_port); admin=$(free_port)
+  t0=$(now)
+  "$hg" gateway --filter "$work/f.hgf" --pub "$work/k.pub" --listen "127.0.0.1:$gw" --admin "127.0.0.1:$admin" \
+    --origin "http://127.0.0.1:$sink" 2>"$work/gateway.err" & gw_pid=$!; pids+=($gw_pid)
+  until curl -sf "http://127.0.0.1:$admin/readyz" >/dev/null 2>&1; do sleep 0.01; done
+  readies+=("$(echo "$(now) - $t0" | bc -l)")
+  wait_port "$gw"
+  curl -s -o /dev/null -T "$work/probe" "http://127.0.0.1:$gw/probe" -w '%{http_code}' | grep -q 451 \
+    || { echo "hashgate did not refuse the probe" >&2; exit 1; }
+  rsses+=("$(rss_mib "$gw_pid")")
+  if [ "$rep" -lt "$REPS" ]; then kill "$gw_pid"; wait "$gw_pid" 2>/dev/null || true; fi
+done
+hg_ready=$(printf '%s\n' "${readies[@]}" | median)
+hg_rss=$(printf '%s\n' "${rsses[@]}" | median)
 
 clamd_port=$(free_port)
 cat > "$work/clamd.conf" <<CONF
@@ -165,20 +172,23 @@ printf '%-9s %-4s | %-16s | %-16s | %-16s | %-16s | %s\n' size conc direct nginx
 for size in $SIZES; do
   head -c "$size" /dev/urandom > "$work/body-$size"
   for conns in 1 16; do
-    declare -A rps=() mib=()
-    for sys in direct nginx hashgate clamd; do
-      runs=()
-      for _ in $(seq 1 "$REPS"); do
+    declare -A rps=() mib=() runs=()
+    # Repetitions outside, systems inside: the systems take turns, so a noisy minute on
+    # this shared machine hits each of them instead of all the repetitions of one.
+    for _ in $(seq 1 "$REPS"); do
+      for sys in direct nginx hashgate clamd; do
         case $sys in
           direct) r=$(wrk_put "http://127.0.0.1:$sink/b/o-$size-$conns" "$work/body-$size" "$conns" | cut -d' ' -f1-2) ;;
           nginx) r=$(wrk_put "http://127.0.0.1:$proxy/b/o-$size-$conns" "$work/body-$size" "$conns" | cut -d' ' -f1-2) ;;
           hashgate) r=$(wrk_put "http://127.0.0.1:$gw/b/o-$size-$conns" "$work/body-$size" "$conns" | cut -d' ' -f1-2) ;;
           clamd) r=$(python3 "$work/instream.py" "$clamd_port" "$work/body-$size" "$conns" "$DURATION") ;;
         esac
-        runs+=("$r")
+        runs[$sys]+="$r"$'\n'
       done
-      rps[$sys]=$(printf '%s\n' "${runs[@]}" | cut -d' ' -f1 | median)
-      mib[$sys]=$(printf '%s\n' "${runs[@]}" | cut -d' ' -f2 | median)
+    done
+    for sys in direct nginx hashgate clamd; do
+      rps[$sys]=$(printf '%s' "${runs[$sys]}" | cut -d' ' -f1 | median)
+      mib[$sys]=$(printf '%s' "${runs[$sys]}" | cut -d' ' -f2 | median)
       echo "$size $conns $sys ${rps[$sys]} ${mib[$sys]}" >> "$results"
     done
     printf '%-9s %-4s | %8s (%5s) | %8s (%5s) | %8s (%5s) | %8s (%5s) | %.2fx, %.1fx\n' "$size" "$conns" \
