@@ -281,15 +281,7 @@ fn a_stalled_body_gets_408_and_the_config_file_is_read() {
 
     // A bad config file is a clear start-up error.
     std::fs::write(&config, "orgin = \"typo\"\n").unwrap();
-    let out = hashgate(&[
-        "gateway",
-        "--config",
-        config.to_str().unwrap(),
-        "--filter",
-        s.path("f.hgf").to_str().unwrap(),
-        "--pub",
-        s.path("k.pub").to_str().unwrap(),
-    ]);
+    let out = s.gateway_run(&["--config", config.to_str().unwrap()]);
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("unknown field"));
 }
@@ -615,17 +607,7 @@ fn every_serving_thread_decides_and_drains_on_sigterm() {
 #[test]
 fn zero_workers_is_a_clear_error() {
     let s = Setup::new();
-    let out = hashgate(&[
-        "gateway",
-        "--filter",
-        s.path("f.hgf").to_str().unwrap(),
-        "--pub",
-        s.path("k.pub").to_str().unwrap(),
-        "--listen",
-        "127.0.0.1:0",
-        "--workers",
-        "0",
-    ]);
+    let out = s.gateway_run(&["--listen", "127.0.0.1:0", "--workers", "0"]);
     assert!(!out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("workers must be at least 1"), "{stderr}");

@@ -374,12 +374,7 @@ fn blocked_uploads_are_quarantined_as_evidence_and_clean_ones_leave_nothing() {
     // The quarantine must never be servable from the embedded store.
     let store = s.path("store");
     std::fs::create_dir_all(&store).unwrap();
-    let out = hashgate(&[
-        "gateway",
-        "--filter",
-        s.path("f.hgf").to_str().unwrap(),
-        "--pub",
-        s.path("k.pub").to_str().unwrap(),
+    let out = s.gateway_run(&[
         "--store",
         store.to_str().unwrap(),
         "--quarantine",

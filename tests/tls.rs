@@ -154,12 +154,7 @@ fn a_wrong_or_unreadable_certificate_is_a_clear_start_up_error() {
     let (cert, _) = ca.server(s.dir.path(), "one");
     let (_, other_key) = ca.server(s.dir.path(), "two");
     let run = |cert: &Path, key: &Path| {
-        hashgate(&[
-            "gateway",
-            "--filter",
-            s.path("f.hgf").to_str().unwrap(),
-            "--pub",
-            s.path("k.pub").to_str().unwrap(),
+        s.gateway_run(&[
             "--listen",
             "127.0.0.1:0",
             "--tls-cert",

@@ -8,7 +8,7 @@
 //! bodies) still goes to each runtime's blocking pool, so at low concurrency another core
 //! helps.
 //!
-//! [`accept_until`] is the accept loop each thread runs: a cap on connections served at
+//! [`Core::accept_until_stopped`] is the accept loop each thread runs: a cap on connections served at
 //! once across all threads (the rest wait in the listen queue), `TCP_NODELAY`, one task
 //! per connection, and a stop on the shutdown signal.
 
@@ -71,31 +71,42 @@ pub fn default_cores() -> usize {
 
 /// Resolves when the server is told to stop; each serving thread holds one.
 #[derive(Clone)]
-pub struct Shutdown(watch::Receiver<bool>);
+struct Shutdown(watch::Receiver<bool>);
 
 impl Shutdown {
     /// Waits for the stop signal (at once if it was already given, or if the server that
     /// would give it is gone).
-    pub async fn signalled(mut self) {
+    async fn signalled(mut self) {
         let _ = self.0.wait_for(|stop| *stop).await;
     }
 }
 
-/// Runs `per_core(listener, shutdown)` on each of `listener.cores()` threads, each inside
-/// its own single-threaded runtime, until `shutdown` resolves and every thread's future
-/// has returned (that future is expected to stop accepting on the signal and drain).
+/// What one serving thread gets: its handle on the listening socket, the connection cap
+/// shared by all threads, and the stop signal.
+pub struct Core {
+    listener: TcpListener,
+    limit: Arc<Semaphore>,
+    shutdown: Shutdown,
+}
+
+/// Runs `per_core(core)` on each of `listener.cores()` threads, each inside its own
+/// single-threaded runtime, with at most `max_connections` served at once across them,
+/// until `shutdown` resolves and every thread's future has returned (that future is
+/// expected to stop accepting on the signal, [`Core::accept_until_stopped`], and drain).
 ///
 /// Fails if a thread cannot be started, or if one ends (or panics) before the shutdown
 /// signal; the others are then told to stop.
 pub async fn on_cores<F, Fut>(
     listener: Listener,
+    max_connections: usize,
     shutdown: impl Future<Output = ()>,
     per_core: F,
 ) -> Result<(), Error>
 where
-    F: Fn(TcpListener, Shutdown) -> Fut + Send + Sync + 'static,
+    F: Fn(Core) -> Fut + Send + Sync + 'static,
     Fut: Future<Output = ()> + 'static,
 {
+    let limit = Arc::new(Semaphore::new(max_connections));
     let (stop, stopped) = watch::channel(false);
     let (ended, mut endings) = mpsc::unbounded_channel::<Result<(), String>>();
     let per_core = Arc::new(per_core);
@@ -103,13 +114,13 @@ where
     let mut failure = None;
     for core in 0..listener.cores {
         let spawned = listener.socket.try_clone().and_then(|socket| {
-            let (per_core, ended) = (per_core.clone(), ended.clone());
+            let (per_core, ended, limit) = (per_core.clone(), ended.clone(), limit.clone());
             let shutdown = Shutdown(stopped.clone());
             std::thread::Builder::new()
                 .name(format!("hashgate-core-{core}"))
                 .spawn(move || {
                     let served = std::panic::catch_unwind(AssertUnwindSafe(|| {
-                        serve_core(socket, shutdown, &*per_core)
+                        serve_core(socket, limit, shutdown, &*per_core)
                     }));
                     let _ =
                         ended
@@ -154,11 +165,12 @@ where
 /// One serving thread: its runtime, its listener, its future.
 fn serve_core<F, Fut>(
     socket: std::net::TcpListener,
+    limit: Arc<Semaphore>,
     shutdown: Shutdown,
     per_core: &F,
 ) -> Result<(), String>
 where
-    F: Fn(TcpListener, Shutdown) -> Fut,
+    F: Fn(Core) -> Fut,
     Fut: Future<Output = ()>,
 {
     let runtime = tokio::runtime::Builder::new_current_thread()
@@ -168,47 +180,56 @@ where
     runtime.block_on(async {
         let listener =
             TcpListener::from_std(socket).map_err(|e| format!("registering the listener: {e}"))?;
-        per_core(listener, shutdown).await;
+        per_core(Core {
+            listener,
+            limit,
+            shutdown,
+        })
+        .await;
         Ok(())
     })
 }
 
-/// Accepts connections on `listener` until `shutdown` resolves, while `limit` has
-/// permits (one per connection, shared by all threads), and runs `serve(stream, peer)`
-/// for each on its own task. Returns once `shutdown` has resolved; connections still
-/// running go on.
-pub async fn accept_until<F, Fut>(
-    listener: TcpListener,
-    limit: Arc<Semaphore>,
-    shutdown: impl Future<Output = ()>,
-    mut serve: F,
-) where
-    F: FnMut(TcpStream, SocketAddr) -> Fut,
-    Fut: Future<Output = ()> + Send + 'static,
-{
-    tokio::pin!(shutdown);
-    loop {
-        let permit = tokio::select! {
-            permit = limit.clone().acquire_owned() => permit.expect("never closed"),
-            () = &mut shutdown => break,
-        };
-        let (stream, peer) = tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok(a) => a,
-                Err(e) => {
-                    // Out of file descriptors, mostly: back off instead of spinning.
-                    tracing::warn!(error = %e, "accept failed");
-                    tokio::time::sleep(std::time::Duration::from_millis(10)).await;
-                    continue;
-                }
-            },
-            () = &mut shutdown => break,
-        };
-        let _ = stream.set_nodelay(true);
-        let connection = serve(stream, peer);
-        tokio::spawn(async move {
-            connection.await;
-            drop(permit);
-        });
+impl Core {
+    /// Accepts connections until the stop signal, while the shared cap has room (one
+    /// permit per connection), and runs `serve(stream, peer)` for each on its own task.
+    /// Returns once the signal has come, dropping this thread's handle on the listening
+    /// socket; connections still running go on.
+    pub async fn accept_until_stopped<F, Fut>(self, mut serve: F)
+    where
+        F: FnMut(TcpStream, SocketAddr) -> Fut,
+        Fut: Future<Output = ()> + Send + 'static,
+    {
+        let Core {
+            listener,
+            limit,
+            shutdown,
+        } = self;
+        let shutdown = shutdown.signalled();
+        tokio::pin!(shutdown);
+        loop {
+            let permit = tokio::select! {
+                permit = limit.clone().acquire_owned() => permit.expect("never closed"),
+                () = &mut shutdown => break,
+            };
+            let (stream, peer) = tokio::select! {
+                accepted = listener.accept() => match accepted {
+                    Ok(a) => a,
+                    Err(e) => {
+                        // Out of file descriptors, mostly: back off instead of spinning.
+                        tracing::warn!(error = %e, "accept failed");
+                        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+                        continue;
+                    }
+                },
+                () = &mut shutdown => break,
+            };
+            let _ = stream.set_nodelay(true);
+            let connection = serve(stream, peer);
+            tokio::spawn(async move {
+                connection.await;
+                drop(permit);
+            });
+        }
     }
 }

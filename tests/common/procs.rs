@@ -293,6 +293,16 @@ impl Setup {
 }
 
 impl Setup {
+    /// Runs `hashgate gateway` with this setup's filter and key and `extra` to the end
+    /// (for start-up errors: a gateway that starts does not return).
+    pub fn gateway_run(&self, extra: &[&str]) -> Output {
+        let (filter, key) = (self.path("f.hgf"), self.path("k.pub"));
+        let mut args = vec!["gateway", "--filter", filter.to_str().unwrap()];
+        args.extend(["--pub", key.to_str().unwrap()]);
+        args.extend_from_slice(extra);
+        hashgate(&args)
+    }
+
     /// A gateway started with `--config` holding `toml`.
     pub fn configured_gateway(&self, toml: &str) -> (Killed, u16, u16) {
         let config = self.path("gw.toml");

@@ -33,15 +33,13 @@ use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use tokio::net::TcpListener;
-use tokio::sync::Semaphore;
 
 pub use body::GatewayBody;
 pub use config::{Backend, Config};
 pub use s3::AbortCredentials;
 
 use crate::enforce::{Context, Enforcer, Outcome};
-use crate::listener::{Listener, Shutdown};
+use crate::listener::{Core, Listener};
 use crate::{Error, FilterEngine};
 
 type OriginConnector = hyper_rustls::HttpsConnector<HttpConnector>;
@@ -112,22 +110,17 @@ impl Gateway {
         listener: Listener,
         shutdown: impl std::future::Future<Output = ()>,
     ) -> Result<(), Error> {
-        let limit = Arc::new(Semaphore::new(self.config.max_connections));
-        crate::listener::on_cores(listener, shutdown, move |listener, stop| {
-            Arc::new(self.for_core()).serve_core(listener, limit.clone(), stop)
+        let max = self.config.max_connections;
+        crate::listener::on_cores(listener, max, shutdown, move |core| {
+            Arc::new(self.for_core()).serve_core(core)
         })
         .await
     }
 
     /// One serving thread's accept loop and its graceful end.
-    async fn serve_core(
-        self: Arc<Self>,
-        listener: TcpListener,
-        limit: Arc<Semaphore>,
-        shutdown: Shutdown,
-    ) {
+    async fn serve_core(self: Arc<Self>, core: Core) {
         let graceful = hyper_util::server::graceful::GracefulShutdown::new();
-        crate::listener::accept_until(listener, limit, shutdown.signalled(), |stream, peer| {
+        core.accept_until_stopped(|stream, peer| {
             let gateway = self.clone();
             let watcher = graceful.watcher();
             async move {

@@ -32,11 +32,10 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::net::TcpListener;
-use tokio::sync::{Notify, Semaphore};
+use tokio::sync::Notify;
 
 use crate::enforce::Enforcer;
-use crate::listener::{Listener, Shutdown};
+use crate::listener::{Core, Listener};
 use crate::Error;
 
 /// The ICAP server's settings.
@@ -149,22 +148,17 @@ impl IcapServer {
         listener: Listener,
         shutdown: impl std::future::Future<Output = ()>,
     ) -> Result<(), Error> {
-        let limit = Arc::new(Semaphore::new(self.config.max_connections));
-        crate::listener::on_cores(listener, shutdown, move |listener, stop| {
-            self.clone().serve_core(listener, limit.clone(), stop)
+        let max = self.config.max_connections;
+        crate::listener::on_cores(listener, max, shutdown, move |core| {
+            self.clone().serve_core(core)
         })
         .await
     }
 
     /// One serving thread's accept loop, then the wait for every thread's transactions
     /// (each thread's runtime must live until its own are done).
-    async fn serve_core(
-        self: Arc<Self>,
-        listener: TcpListener,
-        limit: Arc<Semaphore>,
-        shutdown: Shutdown,
-    ) {
-        crate::listener::accept_until(listener, limit, shutdown.signalled(), |stream, peer| {
+    async fn serve_core(self: Arc<Self>, core: Core) {
+        core.accept_until_stopped(|stream, peer| {
             let server = self.clone();
             async move { transaction::serve_connection(&server, stream, peer).await }
         })
