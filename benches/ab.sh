@@ -7,7 +7,7 @@
 # that moves far less with the neighbours' load than throughput does. A is $HASHGATE_A
 # (e.g. a build of the previous commit), B is this tree's release build.
 # Usage: HASHGATE_A=/path/to/old/hashgate benches/ab.sh
-#        (env: ENTRIES=1000000 DURATION=4 ROUNDS=3 POINTS="4096:1 4096:16 65536:1 65536:16")
+#        (env: ENTRIES=1000000 DURATION=4 ROUNDS=3 POINTS="4096:1 65536:16 ...", size:connections)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ENTRIES=${ENTRIES:-1000000}
