@@ -22,6 +22,10 @@ use tokio::sync::{mpsc, watch, Semaphore};
 
 use crate::Error;
 
+/// Connections the kernel queues before they are accepted (what tokio's `bind` asks for;
+/// Linux caps it at `net.core.somaxconn`).
+const LISTEN_BACKLOG: i32 = 1024;
+
 /// A bound listening socket and the number of threads that will serve it.
 pub struct Listener {
     socket: std::net::TcpListener,
@@ -38,10 +42,20 @@ impl Listener {
             .map_err(bind_error)?
             .next()
             .ok_or_else(|| Error::Serve(format!("listening on {addr}: no address")))?;
-        let socket = std::net::TcpListener::bind(resolved).map_err(bind_error)?;
+        let socket = socket2::Socket::new(
+            socket2::Domain::for_address(resolved),
+            socket2::Type::STREAM,
+            Some(socket2::Protocol::TCP),
+        )
+        .map_err(bind_error)?;
+        // As tokio's own listeners: reuse the address of a server just stopped, and a
+        // listen queue long enough for the connections waiting beyond the cap.
+        socket.set_reuse_address(true).map_err(bind_error)?;
+        socket.bind(&resolved.into()).map_err(bind_error)?;
+        socket.listen(LISTEN_BACKLOG).map_err(bind_error)?;
         socket.set_nonblocking(true).map_err(bind_error)?;
         Ok(Listener {
-            socket,
+            socket: socket.into(),
             cores: cores.max(1),
         })
     }
