@@ -8,9 +8,9 @@
 //! bodies) still goes to each runtime's blocking pool, so at low concurrency another core
 //! helps.
 //!
-//! [`Core::accept_until_stopped`] is the accept loop each thread runs: a cap on connections served at
-//! once across all threads (the rest wait in the listen queue), `TCP_NODELAY`, one task
-//! per connection, and a stop on the shutdown signal.
+//! [`Core::accept_until_stopped`] is the accept loop each thread runs: a cap on
+//! connections served at once across all threads (the rest wait in the listen queue),
+//! `TCP_NODELAY`, one task per connection, and a stop on the shutdown signal.
 
 use std::future::Future;
 use std::net::{SocketAddr, ToSocketAddrs};
@@ -66,11 +66,6 @@ impl Listener {
             .local_addr()
             .map_err(|e| Error::Serve(format!("listener address: {e}")))
     }
-
-    /// The number of serving threads.
-    pub fn cores(&self) -> usize {
-        self.cores
-    }
 }
 
 /// The default number of serving threads: `HASHGATE_WORKER_THREADS` if set, otherwise
@@ -103,7 +98,7 @@ pub struct Core {
     shutdown: Shutdown,
 }
 
-/// Runs `per_core(core)` on each of `listener.cores()` threads, each inside its own
+/// Runs `per_core(core)` on each of the listener's serving threads, each inside its own
 /// single-threaded runtime, with at most `max_connections` served at once across them,
 /// until `shutdown` resolves and every thread's future has returned (that future is
 /// expected to stop accepting on the signal, [`Core::accept_until_stopped`], and drain).

@@ -1,6 +1,7 @@
 //! Proxying to an origin: inspected uploads (hash, hold back, decide) and everything
 //! else untouched.
 
+use std::future::Future;
 use std::io;
 
 use bytes::Bytes;
@@ -8,8 +9,6 @@ use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use hyper::header::{HeaderMap, HeaderName, HeaderValue};
 use hyper::{Request, Response, StatusCode, Uri};
-use std::future::Future;
-
 use tokio::task::{JoinError, JoinHandle};
 
 use super::body::{BodySender, ChannelBody, GatewayBody, Upload};
