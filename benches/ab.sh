@@ -6,8 +6,10 @@
 # proxy used per request (user + system, all its threads and worker processes): a figure
 # that moves far less with the neighbours' load than throughput does. A is $HASHGATE_A
 # (e.g. a build of the previous commit), B is this tree's release build.
+# With TLS=1 every proxy terminates TLS 1.3 with one ECDSA P-256 certificate made here.
 # Usage: HASHGATE_A=/path/to/old/hashgate benches/ab.sh
-#        (env: ENTRIES=1000000 DURATION=4 ROUNDS=3 POINTS="4096:1 65536:16 ...", size:connections)
+#        (env: ENTRIES=1000000 DURATION=4 ROUNDS=3 POINTS="4096:1 65536:16 ...", size:connections,
+#         TLS=1)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ENTRIES=${ENTRIES:-1000000}
@@ -17,20 +19,28 @@ POINTS=${POINTS:-"4096:1 4096:16 65536:1 65536:16 1048576:1 1048576:16"}
 : "${HASHGATE_A:?set HASHGATE_A to the build to compare against}"
 source benches/lib.sh
 bench_setup ab
-need nginx nginx-light wrk wrk
+need nginx nginx-light wrk wrk openssl openssl
 build_hashgate
 cores=$(nproc)
 "$hg" keygen --out "$work/k" --force 2>/dev/null
 random_list "$work/list.txt" "$ENTRIES"
 "$hg" build --key "$work/k.key" --series bench --version 1 --out "$work/f.hgf" "$work/list.txt" 2>/dev/null
+scheme=http; tls_cert=(); tls_args=()
+if [ "${TLS:-0}" = 1 ]; then
+  openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 1 \
+    -keyout "$work/key.pem" -out "$work/cert.pem" -subj /CN=localhost \
+    -addext subjectAltName=IP:127.0.0.1 2>/dev/null
+  scheme=https; tls_cert=("$work/cert.pem" "$work/key.pem")
+  tls_args=(--tls-cert "$work/cert.pem" --tls-key "$work/key.pem")
+fi
 start_sink "$cores"
-start_proxy "$cores"
+start_proxy "$cores" "${tls_cert[@]}"
 nginx_pid=${pids[-1]}
 a=$(free_port); b=$(free_port)
 "$HASHGATE_A" gateway --filter "$work/f.hgf" --pub "$work/k.pub" --listen "127.0.0.1:$a" \
-  --origin "http://127.0.0.1:$sink" 2>>"$work/gateways.err" & a_pid=$!; pids+=($a_pid)
+  "${tls_args[@]}" --origin "http://127.0.0.1:$sink" 2>>"$work/gateways.err" & a_pid=$!; pids+=($a_pid)
 "$hg" gateway --filter "$work/f.hgf" --pub "$work/k.pub" --listen "127.0.0.1:$b" \
-  --origin "http://127.0.0.1:$sink" 2>>"$work/gateways.err" & b_pid=$!; pids+=($b_pid)
+  "${tls_args[@]}" --origin "http://127.0.0.1:$sink" 2>>"$work/gateways.err" & b_pid=$!; pids+=($b_pid)
 wait_port "$sink"; wait_port "$proxy"; wait_port "$a"; wait_port "$b"
 write_put_lua
 echo "machine: $cores cores; $ENTRIES entries; ${DURATION}s per measurement; A=$HASHGATE_A B=$hg"
@@ -41,19 +51,27 @@ ticks() { local t=0 p; for p in $1 $(pgrep -P "$1" || true); do t=$(( t + $(awk 
 measure() {
   local t0 rps t1
   t0=$(ticks "$2")
-  rps=$(wrk_put "http://127.0.0.1:$1/ab/obj-$size-$conns" "$work/body-$size" "$conns" | cut -d' ' -f1)
+  rps=$(wrk_put "$scheme://127.0.0.1:$1/ab/obj-$size-$conns" "$work/body-$size" "$conns" | cut -d' ' -f1)
   t1=$(ticks "$2")
   echo "$rps $(echo "($t1 - $t0) * 1000000 / $hz / ($rps * $DURATION)" | bc -l | xargs printf '%.0f')"
 }
-printf '%-8s %-4s %-5s | %9s %9s %9s | %6s %6s | %s\n' size conc round nginx A B A/nginx B/nginx "CPU us/request: nginx A B"
+# median V...: the middle value (the mean of the two middle ones for an even count).
+median() { printf '%s\n' "$@" | sort -g | awk '{v[NR] = $1} END {printf "%.2f", NR % 2 ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2}'; }
+printf '%-8s %-4s %-6s | %9s %9s %9s | %6s %6s | %s\n' size conc round nginx A B A/nginx B/nginx "CPU us/request: nginx A B"
 for point in $POINTS; do
   size=${point%:*}; conns=${point#*:}
   head -c "$size" /dev/urandom > "$work/body-$size"
+  a_ratios=(); b_ratios=(); n_cpus=(); a_cpus=(); b_cpus=()
   for round in $(seq 1 "$ROUNDS"); do
     read -r n n_cpu <<<"$(measure "$proxy" "$nginx_pid")"
     read -r ra a_cpu <<<"$(measure "$a" "$a_pid")"
     read -r rb b_cpu <<<"$(measure "$b" "$b_pid")"
-    printf '%-8s %-4s %-5s | %9s %9s %9s | %6.2f %6.2f | %5s %5s %5s\n' "$size" "$conns" "$round" "$n" "$ra" "$rb" \
-      "$(echo "$ra / $n" | bc -l)" "$(echo "$rb / $n" | bc -l)" "$n_cpu" "$a_cpu" "$b_cpu"
+    a_ratios+=("$(echo "$ra / $n" | bc -l)"); b_ratios+=("$(echo "$rb / $n" | bc -l)")
+    n_cpus+=("$n_cpu"); a_cpus+=("$a_cpu"); b_cpus+=("$b_cpu")
+    printf '%-8s %-4s %-6s | %9s %9s %9s | %6.2f %6.2f | %5s %5s %5s\n' "$size" "$conns" "$round" "$n" "$ra" "$rb" \
+      "${a_ratios[-1]}" "${b_ratios[-1]}" "$n_cpu" "$a_cpu" "$b_cpu"
   done
+  printf '%-8s %-4s %-6s | %9s %9s %9s | %6s %6s | %5.0f %5.0f %5.0f\n' "$size" "$conns" median "" "" "" \
+    "$(median "${a_ratios[@]}")" "$(median "${b_ratios[@]}")" \
+    "$(median "${n_cpus[@]}")" "$(median "${a_cpus[@]}")" "$(median "${b_cpus[@]}")"
 done

@@ -650,3 +650,116 @@ fn hop_by_hop_headers_stop_at_the_gateway_and_the_rest_reach_the_origin() {
         );
     }
 }
+
+/// An origin that counts the body bytes it has been sent, as they arrive, and answers
+/// `201` once a request's `Content-Length` is in (the other mock here: nginx cannot say
+/// how much of a body it has received before the request ends).
+fn counting_origin() -> (u16, std::sync::Arc<std::sync::atomic::AtomicU64>) {
+    use std::io::{Read, Write};
+    use std::sync::atomic::{AtomicU64, Ordering};
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let received = std::sync::Arc::new(AtomicU64::new(0));
+    let count = received.clone();
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let (Ok(mut stream), count) = (stream, count.clone()) else {
+                continue;
+            };
+            std::thread::spawn(move || {
+                let mut buf = vec![0u8; 1 << 16];
+                let mut pending: Vec<u8> = Vec::new();
+                'requests: loop {
+                    // The head, then Content-Length body bytes, counted as they come.
+                    let head_end = loop {
+                        if let Some(i) = pending.windows(4).position(|w| w == b"\r\n\r\n") {
+                            break i + 4;
+                        }
+                        match stream.read(&mut buf) {
+                            Ok(n) if n > 0 => pending.extend_from_slice(&buf[..n]),
+                            _ => break 'requests,
+                        }
+                    };
+                    let head = String::from_utf8_lossy(&pending[..head_end]).to_lowercase();
+                    let length: u64 = head
+                        .lines()
+                        .find_map(|l| l.strip_prefix("content-length:"))
+                        .map_or(0, |v| v.trim().parse().unwrap());
+                    let mut body = (pending.len() - head_end) as u64;
+                    count.fetch_add(body, Ordering::SeqCst);
+                    pending.clear();
+                    while body < length {
+                        match stream.read(&mut buf) {
+                            Ok(n) if n > 0 => {
+                                body += n as u64;
+                                count.fetch_add(n as u64, Ordering::SeqCst);
+                            }
+                            _ => break 'requests,
+                        }
+                    }
+                    let answer = b"HTTP/1.1 201 Created\r\ncontent-length: 0\r\n\r\n";
+                    if stream.write_all(answer).is_err() {
+                        break;
+                    }
+                }
+            });
+        }
+    });
+    (port, received)
+}
+
+#[test]
+fn a_known_length_upload_streams_to_the_origin_all_but_its_final_bytes() {
+    use std::io::{Read, Write};
+    use std::sync::atomic::Ordering;
+    let s = Setup::new();
+    let (origin_port, received) = counting_origin();
+    let origin = format!("http://127.0.0.1:{origin_port}");
+    let (_gw, port, _) = s.gateway(&["--origin", &origin], &[]);
+    let wait_for_count = |at_least: u64| {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while received.load(Ordering::SeqCst) < at_least && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        received.load(Ordering::SeqCst)
+    };
+
+    for (file, expect) in [(&s.listed, "451"), (&s.clean, "201")] {
+        let body = std::fs::read(file).unwrap();
+        let len = body.len() as u64;
+        let before = received.load(Ordering::SeqCst);
+        let mut client = TcpStream::connect(("127.0.0.1", port)).unwrap();
+        client
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
+        let head = format!("PUT /up/x HTTP/1.1\r\nHost: t\r\nContent-Length: {len}\r\n\r\n");
+        client.write_all(head.as_bytes()).unwrap();
+        // The first part, then a pause: none of it can be the last byte, so all of it
+        // reaches the origin while the client waits, not just what precedes its last frame.
+        let first = body.len() * 2 / 3;
+        client.write_all(&body[..first]).unwrap();
+        assert_eq!(
+            wait_for_count(before + first as u64) - before,
+            first as u64,
+            "the origin got the first part while the client paused"
+        );
+        client.write_all(&body[first..]).unwrap();
+        let mut status = [0u8; 12];
+        client.read_exact(&mut status).unwrap();
+        assert_eq!(
+            String::from_utf8_lossy(&status),
+            format!("HTTP/1.1 {expect}")
+        );
+        if expect == "451" {
+            std::thread::sleep(Duration::from_millis(300));
+            let got = received.load(Ordering::SeqCst) - before;
+            assert!(
+                got >= first as u64 && got < len,
+                "a listed upload's final bytes never reach the origin ({got} of {len})"
+            );
+        } else {
+            let got = wait_for_count(before + len) - before;
+            assert_eq!(got, len, "a clean upload arrives whole");
+        }
+    }
+}

@@ -123,3 +123,118 @@ impl Upload {
         }
     }
 }
+
+/// Which bytes of a streamed body may go on at once, and which must wait for the
+/// verdict: the final bytes are always held back, so the receiver never has the whole
+/// object before the verdict.
+///
+/// When the body's length is fixed by its framing (`Content-Length`), the completing
+/// frame is known on arrival: every earlier frame goes on as it arrives, and of the
+/// completing one only its last [`Holdback::TAIL`] bytes wait. The receiver then works
+/// on nearly the whole body while the gateway hashes it, instead of after the verdict
+/// (over TLS a 64 KiB upload often arrives as one frame). Otherwise (chunked) no frame is
+/// known to be the last until the body ends, so each frame waits for the next.
+#[derive(Debug)]
+pub struct Holdback {
+    /// The body's exact length, when its framing fixes it.
+    length: Option<u64>,
+    /// Bytes pushed so far.
+    seen: u64,
+    held: Option<Bytes>,
+}
+
+impl Holdback {
+    /// Bytes of a known-length body held back at most: one TLS record's worth. A body
+    /// this small never reaches the origin before the verdict.
+    pub const TAIL: usize = 16 * 1024;
+
+    /// For a body of exactly `length` bytes (`None`: unknown until it ends). Take the
+    /// length from the body's framing (its exact size hint), not from a header: hyper
+    /// guarantees the framing, and ends the body with an error if it comes up short.
+    pub fn new(length: Option<u64>) -> Holdback {
+        Holdback {
+            length,
+            seen: 0,
+            held: None,
+        }
+    }
+
+    /// Takes the next frame; returns the bytes that may go on now, if any.
+    pub fn push(&mut self, mut frame: Bytes) -> Option<Bytes> {
+        self.seen += frame.len() as u64;
+        match self.length {
+            Some(length) if self.held.is_none() && self.seen < length => Some(frame),
+            Some(length) if self.held.is_none() && self.seen == length => {
+                let tail = frame.split_off(frame.len().saturating_sub(Self::TAIL));
+                self.held = Some(tail);
+                (!frame.is_empty()).then_some(frame)
+            }
+            // Unknown length (or more bytes than announced, which hyper's framing rules
+            // out): hold the newest frame.
+            _ => self.held.replace(frame),
+        }
+    }
+
+    /// The bytes held back: the body's last, to send once the verdict allows it.
+    pub fn last(self) -> Option<Bytes> {
+        self.held
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn frames(holdback: &mut Holdback, sizes: &[usize]) -> Vec<Option<usize>> {
+        sizes
+            .iter()
+            .map(|&n| holdback.push(Bytes::from(vec![0; n])).map(|b| b.len()))
+            .collect()
+    }
+
+    #[test]
+    fn known_length_forwards_all_but_the_tail_of_the_completing_frame() {
+        let tail = Holdback::TAIL;
+        let mut holdback = Holdback::new(Some(3 * tail as u64 + 10));
+        assert_eq!(
+            frames(&mut holdback, &[tail, tail + 10, tail]),
+            [Some(tail), Some(tail + 10), None]
+        );
+        assert_eq!(holdback.last().map(|b| b.len()), Some(tail));
+
+        let mut holdback = Holdback::new(Some(4 * tail as u64));
+        assert_eq!(frames(&mut holdback, &[4 * tail]), [Some(3 * tail)]);
+        assert_eq!(holdback.last().map(|b| b.len()), Some(tail));
+    }
+
+    #[test]
+    fn a_body_no_longer_than_the_tail_is_held_whole() {
+        let mut holdback = Holdback::new(Some(10));
+        assert_eq!(frames(&mut holdback, &[3, 7]), [Some(3), None]);
+        assert_eq!(holdback.last().map(|b| b.len()), Some(7));
+        let mut holdback = Holdback::new(Some(Holdback::TAIL as u64));
+        assert_eq!(frames(&mut holdback, &[Holdback::TAIL]), [None]);
+        assert_eq!(holdback.last().map(|b| b.len()), Some(Holdback::TAIL));
+    }
+
+    #[test]
+    fn unknown_length_keeps_each_frame_until_the_next() {
+        let mut holdback = Holdback::new(None);
+        assert_eq!(frames(&mut holdback, &[3, 4, 3]), [None, Some(3), Some(4)]);
+        assert_eq!(holdback.last().map(|b| b.len()), Some(3));
+    }
+
+    #[test]
+    fn more_bytes_than_announced_still_hold_the_newest_frame() {
+        // Cannot happen with hyper's framing; if it did, nothing may slip through.
+        let mut holdback = Holdback::new(Some(4));
+        assert_eq!(frames(&mut holdback, &[4, 2, 1]), [None, Some(4), Some(2)]);
+        assert_eq!(holdback.last().map(|b| b.len()), Some(1));
+    }
+
+    #[test]
+    fn an_empty_body_holds_nothing() {
+        assert!(Holdback::new(Some(0)).last().is_none());
+        assert!(Holdback::new(None).last().is_none());
+    }
+}

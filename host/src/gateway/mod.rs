@@ -3,10 +3,11 @@
 //!
 //! The data path for an inspected upload (PUT, POST, PATCH by default):
 //!
-//! 1. the request headers go to the origin at once, and each body frame is hashed and
-//!    forwarded as it arrives, **except the last one**, which is held back;
+//! 1. the request headers go to the origin at once, and each body frame is forwarded
+//!    and hashed as it arrives, **except the final bytes**, which are held back (the
+//!    completing frame's last 16 KiB with a `Content-Length`, the newest frame without);
 //! 2. at the end of the body, the [`Enforcer`] decides;
-//! 3. pass → the held frame is sent, and the origin's response is relayed;
+//! 3. pass → the held bytes are sent, and the origin's response is relayed;
 //!    block → the upstream body is aborted (the origin sees an incomplete request and
 //!    discards it) and the client gets `451 Unavailable For Legal Reasons`.
 //!

@@ -4,14 +4,13 @@
 use std::future::Future;
 use std::io;
 
-use bytes::Bytes;
 use http_body_util::BodyExt;
-use hyper::body::Incoming;
+use hyper::body::{Body as _, Incoming};
 use hyper::header::{HeaderMap, HeaderName, HeaderValue};
 use hyper::{Request, Response, StatusCode, Uri};
 use tokio::task::{JoinError, JoinHandle};
 
-use super::body::{BodySender, ChannelBody, GatewayBody, Upload};
+use super::body::{BodySender, ChannelBody, GatewayBody, Holdback, Upload};
 use super::copy::Copy;
 use super::shapes::{Objects, Shape};
 use super::{Backend, Gateway};
@@ -22,7 +21,7 @@ use crate::enforce::{Context, Outcome};
 pub(super) type Upstream =
     JoinHandle<Result<Response<Incoming>, hyper_util::client::legacy::Error>>;
 
-/// Frames in flight towards the origin, besides the one held back.
+/// Frames in flight towards the origin, besides the bytes held back.
 const CHANNEL_DEPTH: usize = 2;
 
 /// Hop-by-hop headers a proxy must not forward (RFC 9110 §7.6.1), plus `expect`: the
@@ -39,7 +38,8 @@ static HOP_BY_HOP: [HeaderName; 9] = [
     HeaderName::from_static("expect"),
 ];
 
-/// An inspected upload: forwarded as it arrives, minus the last frame, until the verdict.
+/// An inspected upload: forwarded as it arrives, minus its final bytes, until the verdict
+/// (see [`Holdback`]).
 /// `spool`, if given, gets a copy of the body, kept only if the origin stores it (the S3
 /// part spool).
 pub async fn inspect(
@@ -63,7 +63,7 @@ pub async fn inspect(
     let filter = gw.enforcer.filter();
     let algorithms = &filter.info().algorithms;
     let mut objects = Objects::new(shape, algorithms, declared);
-    let mut held: Option<Bytes> = None;
+    let mut holdback = Holdback::new(incoming.size_hint().exact());
     let mut origin_open = true;
     let mut copy = gw.quarantine_copy(ctx).await;
     let mut upload = Upload::new(incoming, gw.config.body_timeout, gw.config.max_body);
@@ -79,6 +79,16 @@ pub async fn inspect(
                 return gw.cut(&cut, ctx);
             }
         };
+        // Forward before hashing: the origin takes the bytes in while they are hashed.
+        if let Some(ready) = holdback.push(data.clone()) {
+            if !origin_open || tx.send(Ok(ready)).await.is_err() {
+                // The origin answered early or went away; keep reading so the verdict is
+                // still audited, then relay whatever it said.
+                origin_open = false;
+            } else {
+                handed_over(&tx).await;
+            }
+        }
         if let Err(why) = objects.update(&data).await {
             abort(tx, upstream).await;
             discard(copy).await;
@@ -87,13 +97,6 @@ pub async fn inspect(
         }
         for copy in [&mut copy, &mut spool].into_iter().flatten() {
             copy.write(&data).await;
-        }
-        if let Some(previous) = held.replace(data) {
-            if origin_open && tx.send(Ok(previous)).await.is_err() {
-                // The origin answered early or went away; keep reading so the verdict is
-                // still audited, then relay whatever it said.
-                origin_open = false;
-            }
         }
     }
     let objects = match objects.finish().await {
@@ -113,7 +116,7 @@ pub async fn inspect(
             gw.refused(outcome, ctx)
         }
         Outcome::Pass | Outcome::Monitor => {
-            if let Some(last) = held {
+            if let Some(last) = holdback.last() {
                 if origin_open {
                     let _ = tx.send(Ok(last)).await;
                 }
@@ -129,6 +132,20 @@ pub async fn inspect(
             }
             response
         }
+    }
+}
+
+/// Yields until the origin's connection has taken every frame sent to it (it writes them
+/// as it takes them), a few turns at most: the origin then takes the bytes in on another
+/// core while this task hashes them. The first frame takes two turns (the request task
+/// hands the request to the connection, which then writes); a slow origin stops the
+/// waiting, and the frame waits in the channel as before.
+async fn handed_over(tx: &BodySender) {
+    for _ in 0..3 {
+        if tx.capacity() == tx.max_capacity() {
+            return;
+        }
+        tokio::task::yield_now().await;
     }
 }
 
