@@ -6,12 +6,15 @@
 #   hashgate - `hashgate gateway --tls-cert ...` with a SHA-256 filter of ENTRIES entries,
 #              to the same sink (nginx WebDAV into tmpfs).
 # For 64 KiB, 1 MiB and 16 MiB objects at concurrency 1 and 16 it prints requests/s, MiB/s,
-# p99 and hashgate's throughput against nginx.
-# Usage: benches/tls.sh   (env: ENTRIES=1000000 DURATION=5 SIZES="65536 ...")
+# p99 and hashgate's throughput against nginx's measured just before it, for ROUNDS rounds
+# (this machine drifts by ±10% over minutes, so only same-round ratios compare), and the
+# median ratio of each point.
+# Usage: benches/tls.sh   (env: ENTRIES=1000000 DURATION=5 ROUNDS=3 SIZES="65536 ...")
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ENTRIES=${ENTRIES:-1000000}
 DURATION=${DURATION:-5}
+ROUNDS=${ROUNDS:-3}
 SIZES=${SIZES:-"65536 1048576 16777216"}
 source benches/lib.sh
 bench_setup tls
@@ -38,13 +41,20 @@ wait_port "$sink"; wait_port "$proxy"; wait_port "$gw"
 write_put_lua
 run() { wrk_put "https://127.0.0.1:$1/bench/obj-$2-$3" "$work/body-$2" "$3"; }  # port size conns
 
-printf '\n%-9s %-4s | %-26s | %-26s | %s\n' size conc "nginx+TLS: req/s MiB/s p99" "hashgate+TLS" "hashgate/nginx"
+# median V...: the middle value (the mean of the two middle ones for an even count).
+median() { printf '%s\n' "$@" | sort -g | awk '{v[NR] = $1} END {printf "%.2f", NR % 2 ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2}'; }
+printf '\n%-9s %-4s %-6s | %-26s | %-26s | %s\n' size conc round "nginx+TLS: req/s MiB/s p99" "hashgate+TLS" "hashgate/nginx"
 for size in $SIZES; do
   head -c "$size" /dev/urandom > "$work/body-$size"
   for conns in 1 16; do
-    read -r n_rps n_mib _ n_p99 <<<"$(run "$proxy" "$size" "$conns")"
-    read -r h_rps h_mib _ h_p99 <<<"$(run "$gw" "$size" "$conns")"
-    printf '%-9s %-4s | %9s %7s %8s | %9s %7s %8s | %.2fx\n' "$size" "$conns" \
-      "$n_rps" "$n_mib" "$n_p99" "$h_rps" "$h_mib" "$h_p99" "$(echo "$h_rps / $n_rps" | bc -l)"
+    ratios=()
+    for round in $(seq 1 "$ROUNDS"); do
+      read -r n_rps n_mib _ n_p99 <<<"$(run "$proxy" "$size" "$conns")"
+      read -r h_rps h_mib _ h_p99 <<<"$(run "$gw" "$size" "$conns")"
+      ratios+=("$(echo "$h_rps / $n_rps" | bc -l)")
+      printf '%-9s %-4s %-6s | %9s %7s %8s | %9s %7s %8s | %.2fx\n' "$size" "$conns" "$round" \
+        "$n_rps" "$n_mib" "$n_p99" "$h_rps" "$h_mib" "$h_p99" "${ratios[-1]}"
+    done
+    printf '%-9s %-4s %-6s | %26s | %26s | %sx\n' "$size" "$conns" median "" "" "$(median "${ratios[@]}")"
   done
 done

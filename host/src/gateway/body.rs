@@ -175,6 +175,11 @@ impl Holdback {
         }
     }
 
+    /// Whether the body is known to be complete: its announced length has arrived.
+    pub fn complete(&self) -> bool {
+        self.length.is_some_and(|length| self.seen >= length)
+    }
+
     /// The bytes held back: the body's last, to send once the verdict allows it.
     pub fn last(self) -> Option<Bytes> {
         self.held
@@ -197,9 +202,12 @@ mod tests {
         let tail = Holdback::TAIL;
         let mut holdback = Holdback::new(Some(3 * tail as u64 + 10));
         assert_eq!(
-            frames(&mut holdback, &[tail, tail + 10, tail]),
-            [Some(tail), Some(tail + 10), None]
+            frames(&mut holdback, &[tail, tail + 10]),
+            [Some(tail), Some(tail + 10)]
         );
+        assert!(!holdback.complete());
+        assert_eq!(frames(&mut holdback, &[tail]), [None]);
+        assert!(holdback.complete());
         assert_eq!(holdback.last().map(|b| b.len()), Some(tail));
 
         let mut holdback = Holdback::new(Some(4 * tail as u64));

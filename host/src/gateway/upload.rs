@@ -85,7 +85,10 @@ pub async fn inspect(
                 // The origin answered early or went away; keep reading so the verdict is
                 // still audited, then relay whatever it said.
                 origin_open = false;
-            } else {
+            } else if holdback.complete() {
+                // Hashing and deciding follow without a pause: let the origin's
+                // connection write first. (Earlier frames are written while this task
+                // waits for the next one.)
                 handed_over(&tx).await;
             }
         }
