@@ -55,8 +55,6 @@ measure() {
   t1=$(ticks "$2")
   echo "$rps $(echo "($t1 - $t0) * 1000000 / $hz / ($rps * $DURATION)" | bc -l | xargs printf '%.0f')"
 }
-# median V...: the middle value (the mean of the two middle ones for an even count).
-median() { printf '%s\n' "$@" | sort -g | awk '{v[NR] = $1} END {printf "%.2f", NR % 2 ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2}'; }
 printf '%-8s %-4s %-6s | %9s %9s %9s | %6s %6s | %s\n' size conc round nginx A B A/nginx B/nginx "CPU us/request: nginx A B"
 for point in $POINTS; do
   size=${point%:*}; conns=${point#*:}

@@ -5,7 +5,8 @@
 #                    $pids, runs bench_cleanup_extra if defined, and removes both.
 # need CMD PKG ...   installs the Debian packages whose command is missing.
 # build_hashgate     builds the release binary (or takes $HASHGATE_BIN); sets $hg.
-# free_port, wait_port PORT, random_list FILE N (N random SHA-256 digests, one per line).
+# free_port, wait_port PORT, random_list FILE N (N random SHA-256 digests, one per line),
+# median V... (the middle value; the mean of the two middle ones for an even count).
 
 pids=()
 
@@ -44,6 +45,8 @@ build_hashgate() {
     hg=$PWD/target/release/hashgate
   fi
 }
+
+median() { printf '%s\n' "$@" | sort -g | awk '{v[NR] = $1} END {printf "%.2f", NR % 2 ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2}'; }
 
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 

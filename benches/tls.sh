@@ -41,8 +41,6 @@ wait_port "$sink"; wait_port "$proxy"; wait_port "$gw"
 write_put_lua
 run() { wrk_put "https://127.0.0.1:$1/bench/obj-$2-$3" "$work/body-$2" "$3"; }  # port size conns
 
-# median V...: the middle value (the mean of the two middle ones for an even count).
-median() { printf '%s\n' "$@" | sort -g | awk '{v[NR] = $1} END {printf "%.2f", NR % 2 ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2}'; }
 printf '\n%-9s %-4s %-6s | %-26s | %-26s | %s\n' size conc round "nginx+TLS: req/s MiB/s p99" "hashgate+TLS" "hashgate/nginx"
 for size in $SIZES; do
   head -c "$size" /dev/urandom > "$work/body-$size"
