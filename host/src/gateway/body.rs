@@ -161,17 +161,31 @@ impl Holdback {
 
     /// Takes the next frame; returns the bytes that may go on now, if any.
     pub fn push(&mut self, mut frame: Bytes) -> Option<Bytes> {
+        if frame.is_empty() {
+            // An empty frame (an HTTP/2 DATA frame may be) must not release what is held.
+            return None;
+        }
         self.seen += frame.len() as u64;
-        match self.length {
-            Some(length) if self.held.is_none() && self.seen < length => Some(frame),
-            Some(length) if self.held.is_none() && self.seen == length => {
+        match (self.length, self.held.take()) {
+            (Some(length), None) if self.seen < length => Some(frame),
+            (Some(_), None) => {
                 let tail = frame.split_off(frame.len().saturating_sub(Self::TAIL));
                 self.held = Some(tail);
                 (!frame.is_empty()).then_some(frame)
             }
-            // Unknown length (or more bytes than announced, which hyper's framing rules
-            // out): hold the newest frame.
-            _ => self.held.replace(frame),
+            (Some(_), Some(held)) => {
+                // More bytes than announced, which hyper's framing rules out: the held
+                // bytes would complete the announced body, so nothing goes on.
+                let mut all = bytes::BytesMut::from(&held[..]);
+                all.extend_from_slice(&frame);
+                self.held = Some(all.freeze());
+                None
+            }
+            // Unknown length: the newest frame waits for the next.
+            (None, previous) => {
+                self.held = Some(frame);
+                previous
+            }
         }
     }
 
@@ -233,11 +247,24 @@ mod tests {
     }
 
     #[test]
-    fn more_bytes_than_announced_still_hold_the_newest_frame() {
+    fn more_bytes_than_announced_release_nothing() {
         // Cannot happen with hyper's framing; if it did, nothing may slip through.
         let mut holdback = Holdback::new(Some(4));
-        assert_eq!(frames(&mut holdback, &[4, 2, 1]), [None, Some(4), Some(2)]);
-        assert_eq!(holdback.last().map(|b| b.len()), Some(1));
+        assert_eq!(frames(&mut holdback, &[4, 2, 1]), [None, None, None]);
+        assert_eq!(holdback.last().map(|b| b.len()), Some(7));
+    }
+
+    #[test]
+    fn empty_frames_release_nothing() {
+        let mut holdback = Holdback::new(Some(5));
+        assert_eq!(
+            frames(&mut holdback, &[0, 5, 0, 0]),
+            [None, None, None, None]
+        );
+        assert_eq!(holdback.last().map(|b| b.len()), Some(5));
+        let mut holdback = Holdback::new(None);
+        assert_eq!(frames(&mut holdback, &[3, 0, 0]), [None, None, None]);
+        assert_eq!(holdback.last().map(|b| b.len()), Some(3));
     }
 
     #[test]
