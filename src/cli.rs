@@ -262,6 +262,12 @@ struct ScanArgs {
     /// Also append one JSON line per hit to this audit log (fsynced).
     #[arg(long)]
     audit_log: Option<PathBuf>,
+    /// Hash files only as they are: do not look into archives (zip, tar, gzip, ...).
+    #[arg(long)]
+    no_archives: bool,
+    /// A config file whose `[inspect]` and `[uninspectable]` tables apply.
+    #[arg(long)]
+    config: Option<PathBuf>,
     /// Files and directories to scan.
     #[arg(required = true)]
     paths: Vec<PathBuf>,
@@ -508,6 +514,23 @@ fn scan_cmd(args: ScanArgs) -> Result<ExitCode> {
     let key = PublicKey::read(&args.public_key)?;
     let runtime = Arc::new(guest_runtime(args.component.as_deref())?);
     let algorithms = describe_filter(&runtime, &args.filter)?.algorithms;
+    let file_config = args
+        .config
+        .as_deref()
+        .map(hashgate_host::config::FileConfig::read)
+        .transpose()?;
+    let mut limits = file_config
+        .as_ref()
+        .and_then(|c| c.inspect.as_ref())
+        .map(|t| t.limits())
+        .unwrap_or_default();
+    if args.no_archives {
+        limits.archives = false;
+    }
+    let uninspectable = file_config
+        .as_ref()
+        .and_then(|c| c.uninspectable)
+        .unwrap_or_default();
     // The filter is verified and loaded on its own thread while the files are listed
     // and the first ones hashed; nothing is decided until it is in.
     let loading: OnceLock<Result<Enforcer>> = OnceLock::new();
@@ -525,6 +548,7 @@ fn scan_cmd(args: ScanArgs) -> Result<ExitCode> {
                         engine,
                         args.allow_list.as_deref(),
                         args.audit_log.as_deref(),
+                        uninspectable,
                     )
                 })
         }))
@@ -558,24 +582,57 @@ fn scan_cmd(args: ScanArgs) -> Result<ExitCode> {
         .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
     let started = std::time::Instant::now();
     let on_event = |event: Event<'_>| match event {
-        Event::Hit { path, size, hits } => {
+        Event::Hit {
+            path,
+            member,
+            layers,
+            size,
+            hits,
+        } => {
             for hit in hits {
                 let category = hit.category.as_deref().unwrap_or("-");
                 let digest = hex::encode(&hit.bytes);
                 let line = if json {
-                    serde_json::json!({"type": "hit", "path": path, "size": size,
+                    serde_json::json!({"type": "hit", "path": path, "member": member,
+                        "layers": layers, "size": size,
                         "algorithm": hit.algorithm.name(), "digest": digest,
                         "category": hit.category})
                     .to_string()
                 } else {
                     format!(
-                        "HIT     {}  {}:{digest}  category {category}",
-                        path.display(),
-                        hit.algorithm
+                        "HIT     {}  {}:{digest}  category {category}{}",
+                        object_name(path, member),
+                        hit.algorithm,
+                        layers.map_or(String::new(), |l| format!("  ({l}, {size} bytes)")),
                     )
                 };
                 emit_with(&progress, &emit, line);
             }
+        }
+        Event::Uninspectable {
+            path,
+            problem,
+            blocked,
+        } => {
+            let action = if blocked { "block" } else { "pass" };
+            let member = problem.member_label();
+            let line = if json {
+                serde_json::json!({"type": "uninspectable", "path": path,
+                    "member": member, "layers": problem.layers_label(),
+                    "kind": problem.kind.name(), "detail": problem.detail,
+                    "action": action})
+                .to_string()
+            } else {
+                format!(
+                    "{}{}  {} ({}): {}",
+                    if blocked { "UNINSP  " } else { "NOTE    " },
+                    object_name(path, member.as_deref()),
+                    problem.kind.name(),
+                    problem.layers_label(),
+                    hashgate_host::inspect::escape_name(problem.detail.as_bytes())
+                )
+            };
+            emit_with(&progress, &emit, line);
         }
         Event::Canary { path } => {
             let line = if json {
@@ -601,6 +658,7 @@ fn scan_cmd(args: ScanArgs) -> Result<ExitCode> {
         s.spawn(load);
         scan::scan_while_loading(
             &algorithms,
+            &limits,
             &|| loading.wait().as_ref().ok(),
             &targets,
             threads,
@@ -621,6 +679,7 @@ fn scan_cmd(args: ScanArgs) -> Result<ExitCode> {
         bar.finish_and_clear();
     }
     let errors = summary.errors + listing_errors;
+    let uninspectable = summary.uninspectable;
     let elapsed = started.elapsed().as_secs_f64();
     let filter = enforcer.filter();
     let info = filter.info();
@@ -628,18 +687,19 @@ fn scan_cmd(args: ScanArgs) -> Result<ExitCode> {
         emit(
             serde_json::json!({"type": "summary", "files": summary.files, "bytes": summary.bytes,
                 "hits": summary.hits, "canaries": summary.canaries, "errors": errors,
+                "uninspectable": uninspectable,
                 "seconds": elapsed, "filter": {"series": info.series, "version": info.version}})
             .to_string(),
         );
     } else {
         emit(format!(
-            "scanned {} files, {} bytes in {elapsed:.2}s with filter {} v{}: {} hit, {} canary, {} error",
-            summary.files, summary.bytes, info.series, info.version, summary.hits, summary.canaries, errors
+            "scanned {} files, {} bytes in {elapsed:.2}s with filter {} v{}: {} hit, {} canary, {} error, {} uninspectable",
+            summary.files, summary.bytes, info.series, info.version, summary.hits, summary.canaries, errors, uninspectable
         ));
     }
     Ok(if summary.hits > 0 {
         ExitCode::from(1)
-    } else if errors > 0 {
+    } else if errors > 0 || uninspectable > 0 {
         ExitCode::from(2)
     } else {
         ExitCode::SUCCESS
@@ -652,9 +712,11 @@ pub fn scan_enforcer(
     engine: FilterEngine,
     allow_list: Option<&Path>,
     audit_log: Option<&Path>,
+    uninspectable: hashgate_host::inspect::Uninspectable,
 ) -> Result<Enforcer> {
     let policy = Policy {
         default_action: Action::Monitor,
+        uninspectable,
         allow: allow_list
             .map(AllowList::read)
             .transpose()?
@@ -663,6 +725,18 @@ pub fn scan_enforcer(
     };
     let audit = audit_log.map(AuditLog::open).transpose()?;
     Ok(Enforcer::new(engine, policy, audit, Metrics::new()))
+}
+
+/// A file, or a member of it, for one line of human output: escaped, so that no name
+/// can forge a line or pass for another.
+fn object_name(path: &Path, member: Option<&str>) -> String {
+    use std::os::unix::ffi::OsStrExt as _;
+    let escape = hashgate_host::inspect::escape_name;
+    let path = escape(path.as_os_str().as_bytes());
+    match member {
+        Some(member) => format!("{path}!{}", escape(member.as_bytes())),
+        None => path,
+    }
 }
 
 fn emit_with(progress: &Option<indicatif::ProgressBar>, emit: &dyn Fn(String), line: String) {

@@ -77,32 +77,42 @@ pub fn run(dir: Option<PathBuf>, listen: &str, scan_only: bool) -> Result<ExitCo
          the sandboxed guest (no imports: no network, clock or disk), and scans."
     );
     let engine = crate::cli::open_filter(&filter_path, &public_path, None)?;
-    let enforcer = crate::cli::scan_enforcer(engine, None, None)?;
+    let enforcer = crate::cli::scan_enforcer(engine, None, None, Default::default())?;
     let targets = scan::list_files(&[samples], &mut |path, e| {
         println!("   ERROR {}: {e}", path.display())
     });
     let found = Mutex::new(Vec::new());
-    let summary = scan::scan(&enforcer, &targets, 2, &|event| match event {
-        Event::Hit { path, hits, .. } => {
-            let hit = &hits[0];
-            found.lock().unwrap().push(format!(
-                "   HIT     {}  {}:{}  category {}",
-                path.display(),
-                hit.algorithm,
-                hex::encode(&hit.bytes),
-                hit.category.as_deref().unwrap_or("-")
-            ));
-        }
-        Event::Canary { path } => found.lock().unwrap().push(format!(
-            "   CANARY  {}  (the test file every filter lists)",
-            path.display()
-        )),
-        Event::Error { path, error } => found
-            .lock()
-            .unwrap()
-            .push(format!("   ERROR   {}: {error}", path.display())),
-        Event::Scanned { .. } => {}
-    });
+    let summary = scan::scan(
+        &enforcer,
+        &Default::default(),
+        &targets,
+        2,
+        &|event| match event {
+            Event::Hit { path, hits, .. } => {
+                let hit = &hits[0];
+                found.lock().unwrap().push(format!(
+                    "   HIT     {}  {}:{}  category {}",
+                    path.display(),
+                    hit.algorithm,
+                    hex::encode(&hit.bytes),
+                    hit.category.as_deref().unwrap_or("-")
+                ));
+            }
+            Event::Uninspectable { path, problem, .. } => found
+                .lock()
+                .unwrap()
+                .push(format!("  NOTE  {}: {problem}", path.display())),
+            Event::Canary { path } => found.lock().unwrap().push(format!(
+                "   CANARY  {}  (the test file every filter lists)",
+                path.display()
+            )),
+            Event::Error { path, error } => found
+                .lock()
+                .unwrap()
+                .push(format!("   ERROR   {}: {error}", path.display())),
+            Event::Scanned { .. } => {}
+        },
+    );
     let mut found = found.into_inner().unwrap();
     found.sort();
     for line in found {

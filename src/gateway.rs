@@ -37,6 +37,9 @@ pub fn run(args: GatewayArgs) -> Result<()> {
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     }
     let mut config = Config::new(backend);
+    if let Some(table) = &file.inspect {
+        config.inspect = std::sync::Arc::new(table.limits());
+    }
     if let Some(m) = &file.inspect_methods {
         config.inspect_methods = m.clone();
     }

@@ -18,6 +18,9 @@ pub fn run(args: IcapArgs) -> Result<()> {
         .unwrap_or_else(|| "127.0.0.1:1344".into());
     let secs = Duration::from_secs;
     let mut config = IcapConfig::default();
+    if let Some(table) = &file.inspect {
+        config.inspect = std::sync::Arc::new(table.limits());
+    }
     config.preview = args
         .preview
         .or(table.preview_bytes)

@@ -59,6 +59,7 @@ pub async fn enforcer(
         policy.actions.clear();
     }
     policy.on_failure = file.on_guest_failure.unwrap_or_default();
+    policy.uninspectable = file.uninspectable.unwrap_or_default();
     if let Some(path) = args.allow_list.as_ref().or(file.allow_list.as_ref()) {
         policy.allow = AllowList::read(path)?;
     }

@@ -87,8 +87,68 @@ pub struct FileConfig {
     pub actions: Option<HashMap<String, Action>>,
     /// The ICAP server's settings.
     pub icap: Option<IcapFileConfig>,
+    /// `[inspect]`: the inspection pipeline's limits (every front-end).
+    pub inspect: Option<InspectFileConfig>,
+    /// `[uninspectable]`: what an object that cannot be inspected does, per kind.
+    pub uninspectable: Option<crate::inspect::Uninspectable>,
     /// S3 mode: credentials to abort refused multipart uploads with.
     pub s3_abort: Option<S3AbortConfig>,
+}
+
+/// The `[inspect]` table: bounds on the inspection pipeline ([`crate::inspect::Limits`];
+/// each key defaults to the field's default).
+#[derive(Clone, Debug, Default, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct InspectFileConfig {
+    /// Look into archives (zip, tar, gzip/bzip2/xz/zstd streams).
+    pub archives: Option<bool>,
+    /// Containers nested below the body.
+    pub max_depth: Option<u32>,
+    /// Decoded bytes per body, as a multiple of its length.
+    pub decoded_ratio: Option<u64>,
+    /// Decoded bytes per body, at most.
+    pub max_decoded_bytes: Option<u64>,
+    /// Members of one archive or multipart body.
+    pub max_entries: Option<u64>,
+    /// Seconds spent inspecting one body.
+    pub max_seconds: Option<u64>,
+    /// Memory one decompressor may use (zstd window, xz dictionary).
+    pub decoder_memory_bytes: Option<u64>,
+    /// Where zip archives are spooled.
+    pub spool_dir: Option<PathBuf>,
+}
+
+impl InspectFileConfig {
+    /// The limits this table sets, on top of the defaults.
+    pub fn limits(&self) -> crate::inspect::Limits {
+        let mut l = crate::inspect::Limits::default();
+        if let Some(v) = self.archives {
+            l.archives = v;
+        }
+        if let Some(v) = self.max_depth {
+            l.max_depth = v;
+        }
+        if let Some(v) = self.decoded_ratio {
+            l.decoded_ratio = v;
+        }
+        if let Some(v) = self.max_decoded_bytes {
+            l.decoded_cap = v;
+            l.decoded_floor = l.decoded_floor.min(v);
+        }
+        if let Some(v) = self.max_entries {
+            l.max_entries = v;
+        }
+        if let Some(v) = self.max_seconds {
+            l.max_time = std::time::Duration::from_secs(v);
+        }
+        if let Some(v) = self.decoder_memory_bytes {
+            l.decoder_memory = v;
+        }
+        if let Some(v) = &self.spool_dir {
+            l.spool_dir = Some(v.clone());
+        }
+        l
+    }
 }
 
 /// The `[s3_abort]` table.

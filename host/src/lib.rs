@@ -6,6 +6,8 @@
 //! * [`trust`] reads Ed25519 keys and verifies the signature trailer of every file the
 //!   authority publishes before the guest sees a byte of it.
 //! * [`hashing`] computes, natively, only the digests the loaded filter holds.
+//! * [`inspect`] is the inspection pipeline every front-end feeds: codings undone,
+//!   multipart bodies split, archives opened, every object found hashed.
 //! * [`enforce`] is the verdict core every front-end shares: policy (actions per
 //!   category, allow-list, fail-closed or fail-open), audit log, metrics.
 //! * [`scan`] walks data at rest on all cores; [`gateway`] is the inline upload gateway
@@ -28,6 +30,7 @@ pub mod feed;
 pub mod gateway;
 pub mod hashing;
 pub mod icap;
+pub mod inspect;
 pub mod listener;
 pub mod runtime;
 pub mod scan;

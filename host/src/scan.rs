@@ -1,22 +1,19 @@
 //! Scanning data at rest: the front-end behind `hashgate scan`.
 //!
-//! Files are listed first (so progress can be shown against a total), then hashed on
-//! several threads that pull the next file from a shared cursor; each thread reuses one
-//! read buffer. Decisions come from the shared verdict core ([`Enforcer`]: allow-list,
-//! audit log, metrics), as for the gateway. A file that cannot be read is reported and
-//! the scan goes on.
+//! Files are listed first (so progress can be shown against a total), then inspected on
+//! several threads that pull the next file from a shared cursor: each file goes through
+//! the inspection pipeline ([`crate::inspect`]), so the members of its archives are
+//! hashed and reported too (`photos.zip!a.jpg`). Decisions come from the shared verdict
+//! core ([`Enforcer`]: allow-list, uninspectable policy, audit log, metrics), as for the
+//! gateway. A file that cannot be read is reported and the scan goes on.
 
 use std::fs::File;
-use std::io::{self, Read};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
 use crate::enforce::{Context, Enforcer, Outcome};
-use crate::hashing::ObjectHasher;
+use crate::inspect::{Envelope, InspectError, Limits, Problem, Report, UninspectableAction};
 use crate::{Error, Hit};
-
-/// Read size per file read: large enough that syscalls cost nothing next to hashing.
-const READ_CHUNK: usize = 256 * 1024;
 
 /// One file to scan.
 #[derive(Clone, Debug)]
@@ -30,14 +27,29 @@ pub struct Target {
 /// What the scan reports as it goes.
 #[derive(Debug)]
 pub enum Event<'a> {
-    /// The file's digests hit the filter (listed material, probably).
+    /// An object's digests hit the filter (listed material, probably): the file, or a
+    /// member of it.
     Hit {
         /// The file.
         path: &'a Path,
-        /// Its size.
+        /// The member of the file that hit (`a.zip!b.jpg` is `b.jpg` of `a.zip`,
+        /// names joined with `!`), if not the file itself.
+        member: Option<&'a str>,
+        /// The layers down to it (`gzip>tar>file`), if not the file itself.
+        layers: Option<&'a str>,
+        /// Its size (decoded).
         size: u64,
         /// The digests that hit.
         hits: &'a [Hit],
+    },
+    /// Part of the file could not be looked into (encrypted, malformed, a limit).
+    Uninspectable {
+        /// The file.
+        path: &'a Path,
+        /// What and where.
+        problem: &'a Problem,
+        /// Whether the policy counts it as a failure (`block`) or lets it be (`pass`).
+        blocked: bool,
     },
     /// The file is the canary: enforcement works; not listed material.
     Canary {
@@ -71,6 +83,8 @@ pub struct Summary {
     pub canaries: u64,
     /// Files or directories that could not be scanned.
     pub errors: u64,
+    /// Files with parts that could not be inspected and that the policy blocks.
+    pub uninspectable: u64,
 }
 
 /// Lists the regular files under `paths` (directories are walked recursively, symbolic
@@ -103,12 +117,20 @@ pub fn list_files(paths: &[PathBuf], on_error: &mut dyn FnMut(&Path, &Error)) ->
 /// is called from the worker threads.
 pub fn scan(
     enforcer: &Enforcer,
+    limits: &Limits,
     targets: &[Target],
     threads: usize,
     on_event: &(dyn Fn(Event<'_>) + Sync),
 ) -> Summary {
     let algorithms = enforcer.filter().info().algorithms.clone();
-    scan_while_loading(&algorithms, &|| Some(enforcer), targets, threads, on_event)
+    scan_while_loading(
+        &algorithms,
+        limits,
+        &|| Some(enforcer),
+        targets,
+        threads,
+        on_event,
+    )
 }
 
 /// [`scan`] with the verdict core possibly still loading: files are hashed for
@@ -119,97 +141,117 @@ pub fn scan(
 /// reports why.
 pub fn scan_while_loading<'e>(
     algorithms: &[crate::Algorithm],
+    limits: &Limits,
     enforcer: &(dyn Fn() -> Option<&'e Enforcer> + Sync),
     targets: &[Target],
     threads: usize,
     on_event: &(dyn Fn(Event<'_>) + Sync),
 ) -> Summary {
     let next = AtomicUsize::new(0);
-    let totals: [AtomicU64; 5] = Default::default();
+    let totals: [AtomicU64; 6] = Default::default();
     std::thread::scope(|s| {
         for _ in 0..threads.max(1) {
-            s.spawn(|| {
-                let mut buf = vec![0u8; READ_CHUNK];
-                loop {
-                    let i = next.fetch_add(1, Ordering::Relaxed);
-                    let Some(target) = targets.get(i) else { break };
-                    let path = target.path.as_path();
-                    let hashed = hash_file(path, algorithms, &mut buf);
-                    let Some(enforcer) = enforcer() else { break };
-                    // One filter for the whole scan: the enforcer of a scan never swaps.
-                    let filter = enforcer.filter();
-                    let outcome = hashed.and_then(|(digests, bytes)| {
-                        let ctx = Context {
-                            method: "SCAN".into(),
-                            path: path.display().to_string(),
-                            ..Context::default()
-                        };
-                        let decision = enforcer.decide(&filter, &ctx, &digests, bytes);
-                        match decision.outcome {
-                            Outcome::Unavailable => Err(Error::GuestTrap(
-                                "no verdict for this file (see the log)".into(),
-                            )),
-                            _ => Ok((decision.hits, bytes)),
-                        }
-                    });
-                    match outcome {
-                        Ok((hits, bytes)) => {
-                            totals[0].fetch_add(1, Ordering::Relaxed);
-                            totals[1].fetch_add(bytes, Ordering::Relaxed);
-                            let (canary, listed): (Vec<&Hit>, Vec<&Hit>) =
-                                hits.iter().partition(|h| h.is_canary());
-                            if !listed.is_empty() {
-                                totals[2].fetch_add(1, Ordering::Relaxed);
-                                let listed: Vec<Hit> = listed.into_iter().cloned().collect();
-                                on_event(Event::Hit {
-                                    path,
-                                    size: bytes,
-                                    hits: &listed,
-                                });
-                            } else if !canary.is_empty() {
-                                totals[3].fetch_add(1, Ordering::Relaxed);
-                                on_event(Event::Canary { path });
-                            }
-                            on_event(Event::Scanned { bytes });
-                        }
-                        Err(error) => {
-                            totals[4].fetch_add(1, Ordering::Relaxed);
-                            on_event(Event::Error {
-                                path,
-                                error: &error,
-                            });
-                        }
+            s.spawn(|| loop {
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                let Some(target) = targets.get(i) else { break };
+                let path = target.path.as_path();
+                let inspected = inspect_file(path, algorithms, limits);
+                let Some(enforcer) = enforcer() else { break };
+                // One filter for the whole scan: the enforcer of a scan never swaps.
+                let filter = enforcer.filter();
+                let report = match inspected {
+                    Ok(report) => report,
+                    Err(error) => {
+                        totals[4].fetch_add(1, Ordering::Relaxed);
+                        on_event(Event::Error {
+                            path,
+                            error: &error,
+                        });
+                        continue;
                     }
+                };
+                let ctx = Context {
+                    method: "SCAN".into(),
+                    path: path.display().to_string(),
+                    ..Context::default()
+                };
+                let decision = enforcer.decide_report(&filter, &ctx, &report);
+                let bytes = report.root().map_or(0, |r| r.size);
+                if decision.outcome == Outcome::Unavailable {
+                    totals[4].fetch_add(1, Ordering::Relaxed);
+                    let error = Error::GuestTrap("no verdict for this file (see the log)".into());
+                    on_event(Event::Error {
+                        path,
+                        error: &error,
+                    });
+                    continue;
                 }
+                totals[0].fetch_add(1, Ordering::Relaxed);
+                totals[1].fetch_add(bytes, Ordering::Relaxed);
+                let (mut listed, mut canary) = (false, false);
+                for node in &decision.hits {
+                    let (canaries, found): (Vec<&Hit>, Vec<&Hit>) =
+                        node.hits.iter().partition(|h| h.is_canary());
+                    canary |= !canaries.is_empty();
+                    if found.is_empty() {
+                        continue;
+                    }
+                    listed = true;
+                    let found: Vec<Hit> = found.into_iter().cloned().collect();
+                    on_event(Event::Hit {
+                        path,
+                        member: node.member.as_deref(),
+                        layers: node.layers.as_deref(),
+                        size: node.size,
+                        hits: &found,
+                    });
+                }
+                if listed {
+                    totals[2].fetch_add(1, Ordering::Relaxed);
+                } else if canary {
+                    totals[3].fetch_add(1, Ordering::Relaxed);
+                    on_event(Event::Canary { path });
+                }
+                let mut blocked_any = false;
+                for (problem, action) in &decision.problems {
+                    let blocked = *action == UninspectableAction::Block;
+                    blocked_any |= blocked;
+                    on_event(Event::Uninspectable {
+                        path,
+                        problem,
+                        blocked,
+                    });
+                }
+                if blocked_any {
+                    totals[5].fetch_add(1, Ordering::Relaxed);
+                }
+                on_event(Event::Scanned { bytes });
             });
         }
     });
-    let [files, bytes, hits, canaries, errors] = totals.map(AtomicU64::into_inner);
+    let [files, bytes, hits, canaries, errors, uninspectable] = totals.map(AtomicU64::into_inner);
     Summary {
         files,
         bytes,
         hits,
         canaries,
         errors,
+        uninspectable,
     }
 }
 
-/// Hashes one file with `algorithms`, reading through `buf`.
-pub fn hash_file(
+/// Inspects one file: hashes it with `algorithms` and, within `limits`, what its
+/// archives hold.
+pub fn inspect_file(
     path: &Path,
     algorithms: &[crate::Algorithm],
-    buf: &mut [u8],
-) -> Result<(Vec<crate::Digest>, u64), Error> {
+    limits: &Limits,
+) -> Result<Report, Error> {
     let mut file = File::open(path).map_err(|e| Error::io(path, e))?;
-    let mut hasher = ObjectHasher::new(algorithms);
-    loop {
-        match file.read(buf) {
-            Ok(0) => break,
-            Ok(n) => hasher.update(&buf[..n]),
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(Error::io(path, e)),
-        }
-    }
-    let len = hasher.len();
-    Ok((hasher.finish(), len))
+    let len = file.metadata().map(|m| m.len()).ok();
+    crate::inspect::inspect_reader(&mut file, &Envelope::default(), algorithms, limits, len)
+        .map_err(|e| match e {
+            InspectError::Read(e) | InspectError::Spool(e) => Error::io(path, e),
+            InspectError::Worker(why) => Error::io(path, std::io::Error::other(why)),
+        })
 }

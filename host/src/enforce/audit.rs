@@ -27,9 +27,19 @@ pub struct AuditRecord {
     pub host: String,
     /// Path.
     pub path: String,
-    /// The multipart part (file name) the object was, if not the whole body.
+    /// The member the object was, if not the whole body: names from the body down,
+    /// joined with `!` (a form part's file name, an archive member's path:
+    /// `upload.zip!photos/a.jpg`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub part: Option<String>,
+    /// The layers the object's bytes went through (`multipart>zip>file`), if not the
+    /// body as sent.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub layers: Option<String>,
+    /// Why the object could not be inspected (`uninspectable-block` and
+    /// `uninspectable-pass` records): its kind and the detail.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub problem: Option<String>,
     /// Object size in bytes.
     pub size: u64,
     /// Algorithm of the digest that hit, if any.
@@ -47,7 +57,8 @@ pub struct AuditRecord {
     pub filter_series: String,
     /// Filter version.
     pub filter_version: u64,
-    /// `block`, `monitor`, `fail-closed` or `fail-open`.
+    /// `block`, `monitor`, `fail-closed`, `fail-open`, `uninspectable-block` or
+    /// `uninspectable-pass`.
     pub action: String,
     /// The quarantine copy of the blocked body, if one was kept.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -76,6 +87,8 @@ impl AuditRecord {
             host: ctx.host.clone(),
             path: ctx.path.clone(),
             part: ctx.part.clone(),
+            layers: ctx.layers.clone(),
+            problem: None,
             size,
             algorithm: hit.map(|h| h.algorithm.name().to_string()),
             digest: hit.map(|h| hex::encode(&h.bytes)),

@@ -25,6 +25,12 @@ struct IcapLabel {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ProblemLabel {
+    kind: String,
+    action: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct OutcomeLabel {
     outcome: String,
 }
@@ -45,6 +51,7 @@ pub struct Metrics {
     hits: Family<ActionLabel, Counter>,
     canaries: Counter,
     failures: Family<ActionLabel, Counter>,
+    uninspectable: Family<ProblemLabel, Counter>,
     guest_traps: Counter,
     origin_errors: Counter,
     response_cache_hits: Counter,
@@ -89,6 +96,7 @@ impl Metrics {
             hits: Family::default(),
             canaries: Counter::default(),
             failures: Family::default(),
+            uninspectable: Family::default(),
             guest_traps: Counter::default(),
             origin_errors: Counter::default(),
             response_cache_hits: Counter::default(),
@@ -129,6 +137,11 @@ impl Metrics {
             "verdict_failures",
             "Objects without a verdict, by action",
             m.failures.clone(),
+        );
+        registry.register(
+            "uninspectable",
+            "Objects the inspection could not look into, by kind and action",
+            m.uninspectable.clone(),
         );
         registry.register(
             "guest_traps",
@@ -278,6 +291,15 @@ impl Metrics {
     pub(crate) fn count_failure(&self, action: &str) {
         self.failures
             .get_or_create(&ActionLabel {
+                action: action.into(),
+            })
+            .inc();
+    }
+
+    pub(crate) fn count_uninspectable(&self, kind: &str, action: &str) {
+        self.uninspectable
+            .get_or_create(&ProblemLabel {
+                kind: kind.into(),
                 action: action.into(),
             })
             .inc();

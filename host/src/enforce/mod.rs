@@ -13,6 +13,7 @@ use std::time::Instant;
 
 use arc_swap::ArcSwap;
 
+use crate::inspect::{Problem, Report, UninspectableAction};
 use crate::{Digest, Error, FilterEngine, Hit, Verdict};
 
 pub use audit::{AuditLog, AuditRecord};
@@ -63,6 +64,78 @@ pub struct Decision {
     pub quarantine: bool,
 }
 
+/// The decision on a whole inspection report.
+#[derive(Clone, Debug)]
+pub struct ReportDecision {
+    /// What to do with the body: the strictest outcome of its nodes and problems.
+    pub outcome: Outcome,
+    /// Whether a blocked body's quarantine copy is to be kept.
+    pub quarantine: bool,
+    /// The nodes that hit, with their hits (allow-listed ones removed).
+    pub hits: Vec<ReportHit>,
+    /// The report's problems, with what the policy did about each.
+    pub problems: Vec<(Problem, UninspectableAction)>,
+}
+
+impl Default for ReportDecision {
+    fn default() -> Self {
+        ReportDecision {
+            outcome: Outcome::Pass,
+            quarantine: false,
+            hits: Vec::new(),
+            problems: Vec::new(),
+        }
+    }
+}
+
+impl ReportDecision {
+    fn add(&mut self, ctx: Context, size: u64, decision: Decision) {
+        self.outcome = self.outcome.clone().stricter(decision.outcome);
+        self.quarantine |= decision.quarantine;
+        if !decision.hits.is_empty() {
+            self.hits.push(ReportHit {
+                member: ctx.part,
+                layers: ctx.layers,
+                size,
+                hits: decision.hits,
+            });
+        }
+    }
+}
+
+/// The audit context of `node`: its member path below the body's, its layers.
+fn node_context(ctx: &Context, node: &crate::inspect::Node) -> Context {
+    Context {
+        part: node
+            .member_label()
+            .map(|m| join_member(ctx.part.as_deref(), &m))
+            .or_else(|| ctx.part.clone()),
+        layers: (!node.is_root()).then(|| node.layers_label()),
+        ..ctx.clone()
+    }
+}
+
+/// A node of a report that hit.
+#[derive(Clone, Debug)]
+pub struct ReportHit {
+    /// Its member path (see [`AuditRecord::part`]), if not the whole body.
+    pub member: Option<String>,
+    /// Its layers, if not the body as sent.
+    pub layers: Option<String>,
+    /// Its decoded size.
+    pub size: u64,
+    /// The hits.
+    pub hits: Vec<Hit>,
+}
+
+/// A member path below `outer` (a multipart part's name, when the context is one).
+fn join_member(outer: Option<&str>, member: &str) -> String {
+    match outer {
+        Some(outer) => format!("{outer}!{member}"),
+        None => member.to_string(),
+    }
+}
+
 /// Who sent an object and where it was going: the audit record's context.
 #[derive(Clone, Debug, Default)]
 pub struct Context {
@@ -76,8 +149,11 @@ pub struct Context {
     pub host: String,
     /// Request path.
     pub path: String,
-    /// The part of the body the object was (a multipart file name), if not the whole.
+    /// The member of the body the object was (see [`AuditRecord::part`]), if not the
+    /// whole.
     pub part: Option<String>,
+    /// The layers down to the object (`gzip>tar>file`), if not the body as sent.
+    pub layers: Option<String>,
     /// Where a copy of the body is kept if it is blocked (quarantine), if anywhere.
     pub quarantine: Option<String>,
 }
@@ -213,6 +289,93 @@ impl Enforcer {
             }
         }
         self.settle(filter, ctx, size, hits, &evidence)
+    }
+
+    /// Decides on every node of an inspection's report and on each of its problems:
+    /// the strictest outcome wins, and every hit is audited with the member it was in
+    /// (`ctx.part`, from the body down) and its layers. A problem is the operator's
+    /// `uninspectable` choice for its kind, audited either way. Never asks the
+    /// confirmer (the scanner's path; see [`Enforcer::decide_report_confirmed`]).
+    pub fn decide_report(
+        &self,
+        filter: &FilterEngine,
+        ctx: &Context,
+        report: &Report,
+    ) -> ReportDecision {
+        let mut verdict = ReportDecision::default();
+        for node in &report.nodes {
+            let node_ctx = node_context(ctx, node);
+            let decision = self.decide(filter, &node_ctx, &node.digests, node.size);
+            verdict.add(node_ctx, node.size, decision);
+        }
+        self.decide_problems(filter, ctx, report, &mut verdict);
+        verdict
+    }
+
+    /// [`Enforcer::decide_report`], asking the confirmer about hits as
+    /// [`Enforcer::decide_confirmed`] does.
+    pub async fn decide_report_confirmed(
+        &self,
+        filter: &FilterEngine,
+        ctx: &Context,
+        report: &Report,
+    ) -> ReportDecision {
+        let mut verdict = ReportDecision::default();
+        for node in &report.nodes {
+            let node_ctx = node_context(ctx, node);
+            let decision = self
+                .decide_confirmed(filter, &node_ctx, &node.digests, node.size)
+                .await;
+            verdict.add(node_ctx, node.size, decision);
+        }
+        self.decide_problems(filter, ctx, report, &mut verdict);
+        verdict
+    }
+
+    fn decide_problems(
+        &self,
+        filter: &FilterEngine,
+        ctx: &Context,
+        report: &Report,
+        verdict: &mut ReportDecision,
+    ) {
+        for problem in &report.problems {
+            let action = self.uninspectable(filter, ctx, problem);
+            if action == UninspectableAction::Block {
+                verdict.outcome = verdict.outcome.clone().stricter(Outcome::Block);
+            }
+            verdict.problems.push((problem.clone(), action));
+        }
+    }
+
+    /// Applies the `uninspectable` policy to `problem`: audited and counted, then
+    /// `Block` or `Pass`.
+    fn uninspectable(
+        &self,
+        filter: &FilterEngine,
+        ctx: &Context,
+        problem: &Problem,
+    ) -> UninspectableAction {
+        let outcome = self.policy.uninspectable.action(problem.kind);
+        let action = match outcome {
+            UninspectableAction::Block => "uninspectable-block",
+            UninspectableAction::Pass => "uninspectable-pass",
+        };
+        self.metrics
+            .count_uninspectable(problem.kind.name(), action);
+        tracing::info!(request_id = %ctx.request_id, %problem, action, "object not inspectable");
+        let problem_ctx = Context {
+            part: problem
+                .member_label()
+                .map(|m| join_member(ctx.part.as_deref(), &m))
+                .or_else(|| ctx.part.clone()),
+            layers: Some(problem.layers_label()),
+            ..ctx.clone()
+        };
+        let mut record = self.record(filter, &problem_ctx, 0, None, action);
+        record.problem = Some(format!("{}: {}", problem.kind.name(), problem.detail));
+        self.write(self.audit.as_ref(), &record);
+        outcome
     }
 
     /// The guest's hits, allow-listed ones removed; or the decision when there is no

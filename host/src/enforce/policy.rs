@@ -37,6 +37,8 @@ pub struct Policy {
     pub allow: AllowList,
     /// What to do without a verdict.
     pub on_failure: FailureMode,
+    /// What an object the inspection pipeline could not look into does, per kind.
+    pub uninspectable: crate::inspect::Uninspectable,
 }
 
 impl Default for Policy {
@@ -46,6 +48,7 @@ impl Default for Policy {
             actions: HashMap::new(),
             allow: AllowList::default(),
             on_failure: FailureMode::FailClosed,
+            uninspectable: crate::inspect::Uninspectable::default(),
         }
     }
 }

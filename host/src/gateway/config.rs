@@ -50,6 +50,8 @@ pub struct Config {
     pub tls: Option<std::sync::Arc<crate::tls::CertStore>>,
     /// A private CA to trust for an https origin, besides the platform's roots.
     pub origin_ca: Option<PathBuf>,
+    /// The inspection pipeline's bounds.
+    pub inspect: std::sync::Arc<crate::inspect::Limits>,
 }
 
 impl Config {
@@ -73,6 +75,7 @@ impl Config {
             s3_abort: None,
             tls: None,
             origin_ca: None,
+            inspect: Default::default(),
         }
     }
 }

@@ -16,7 +16,6 @@
 mod body;
 mod config;
 mod copy;
-mod digest;
 mod response;
 mod s3;
 mod shapes;
@@ -241,37 +240,19 @@ impl Gateway {
         }
     }
 
-    /// Decides on every object of a body (one, or one per multipart part): the strictest
-    /// outcome wins, and every hit is audited with the part it was in. Also says whether
-    /// a quarantine copy is to be kept.
+    /// Decides on every object of a body's inspection report (see
+    /// [`Enforcer::decide_report`]). Also says whether a quarantine copy is to be kept.
     async fn decide(
         &self,
         filter: &FilterEngine,
         ctx: &Context,
-        objects: &[shapes::Object],
+        report: &crate::inspect::Report,
     ) -> (Outcome, bool) {
-        let mut outcome = Outcome::Pass;
-        let mut quarantine = false;
-        for object in objects {
-            let part_ctx;
-            let ctx = match &object.part {
-                None => ctx,
-                Some(part) => {
-                    part_ctx = Context {
-                        part: Some(part.clone()),
-                        ..ctx.clone()
-                    };
-                    &part_ctx
-                }
-            };
-            let decision = self
-                .enforcer
-                .decide_confirmed(filter, ctx, &object.digests, object.size)
-                .await;
-            outcome = outcome.stricter(decision.outcome);
-            quarantine |= decision.quarantine;
-        }
-        (outcome, quarantine)
+        let d = self
+            .enforcer
+            .decide_report_confirmed(filter, ctx, report)
+            .await;
+        (d.outcome, d.quarantine)
     }
 
     /// A multipart-upload request to an S3 origin: parts are inspected and spooled,
@@ -284,8 +265,8 @@ impl Gateway {
             .expect("checked by the caller");
         match op {
             s3::Op::UploadPart { upload, number } => {
-                let copy =
-                    s3::part_copy(spool, &upload, number, &shapes::Shape::of(req.headers())).await;
+                let aws = shapes::Shape::of(req.headers()).is_ok_and(|s| s.aws_chunked.is_some());
+                let copy = s3::part_copy(spool, &upload, number, aws).await;
                 upload::inspect(self, req, ctx, copy).await
             }
             s3::Op::Complete { upload } => s3::complete(self, req, ctx, spool, &upload).await,
@@ -311,7 +292,7 @@ impl Gateway {
         &self,
         filter: &FilterEngine,
         ctx: &Context,
-        objects: &[shapes::Object],
+        objects: &crate::inspect::Report,
         copy: Option<copy::Copy>,
     ) -> Outcome {
         let Some(copy) = copy else {
@@ -344,6 +325,41 @@ impl Gateway {
                 "no verdict could be reached",
             ),
         }
+    }
+
+    /// The answer to a body whose inspection could not finish: broken framing (400), or
+    /// a failed worker or spool file (503: nothing unchecked passes).
+    fn body_error(&self, ctx: &Context, why: &shapes::BodyError) -> Response<GatewayBody> {
+        match why {
+            shapes::BodyError::Inspect(e) => {
+                tracing::error!(request_id = %ctx.request_id, error = %e, "inspection failed");
+                self.refusal(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    ctx,
+                    "the upload could not be inspected",
+                )
+            }
+            other => self.malformed(ctx, &other.to_string()),
+        }
+    }
+
+    /// The answer to a request whose headers declare what cannot be undone: 501 for an
+    /// unknown transfer coding (RFC 9112 §6.1), 415 for an unknown content coding, 400
+    /// for a multipart type without a usable boundary. Counted and logged as an
+    /// uninspectable body; never passed uninspected.
+    fn uninspectable_envelope(
+        &self,
+        ctx: &Context,
+        why: &crate::inspect::EnvelopeError,
+    ) -> Response<GatewayBody> {
+        use crate::inspect::EnvelopeError;
+        let status = match why {
+            EnvelopeError::UnknownTransferCoding(_) => StatusCode::NOT_IMPLEMENTED,
+            EnvelopeError::UnknownContentCoding(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            EnvelopeError::NoBoundary(_) => StatusCode::BAD_REQUEST,
+        };
+        tracing::info!(request_id = %ctx.request_id, error = %why, "upload not inspectable");
+        self.refusal(status, ctx, &why.to_string())
     }
 
     /// The answer to a body whose framing is broken (multipart, aws-chunked).

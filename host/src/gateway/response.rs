@@ -28,18 +28,19 @@ use hyper::header::{ACCEPT_ENCODING, CONTENT_LENGTH, ETAG, IF_RANGE, RANGE};
 use hyper::{Request, Response, StatusCode};
 
 use super::body::{ChannelBody, GatewayBody, Upload};
+use super::shapes::{Objects, Shape};
 use super::upload::{fetch, upstream_request};
 use super::Gateway;
 use crate::enforce::{Context, Enforcer, Outcome};
-use crate::hashing::ObjectHasher;
-use crate::{Digest, FilterEngine};
+use crate::inspect::{Problem, ProblemKind, Report};
+use crate::FilterEngine;
 
 type Key = (String, String, Option<u64>);
 
 /// Cached digests and when they were computed, with the keys in insertion order.
 #[derive(Default)]
 struct Entries {
-    map: HashMap<Key, (Vec<Digest>, Instant)>,
+    map: HashMap<Key, (Report, Instant)>,
     order: VecDeque<Key>,
 }
 
@@ -60,7 +61,7 @@ impl DigestCache {
         }
     }
 
-    fn get(&self, key: &Key) -> Option<Vec<Digest>> {
+    fn get(&self, key: &Key) -> Option<Report> {
         let inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
         inner
             .map
@@ -69,7 +70,7 @@ impl DigestCache {
             .map(|(digests, _)| digests.clone())
     }
 
-    fn insert(&self, key: Key, digests: Vec<Digest>) {
+    fn insert(&self, key: Key, digests: Report) {
         if self.capacity == 0 {
             return;
         }
@@ -123,10 +124,9 @@ pub async fn scan(gw: &Gateway, req: Request<Incoming>, ctx: &Context) -> Respon
         .map(|etag| (url, etag.to_string(), length));
 
     let filter = gw.enforcer.filter();
-    if let Some(digests) = key.as_ref().and_then(|k| gw.responses.get(k)) {
+    if let Some(report) = key.as_ref().and_then(|k| gw.responses.get(k)) {
         gw.enforcer.metrics().count_response_cache_hit();
-        let size = length.unwrap_or(0);
-        return match decide(&gw.enforcer, &filter, ctx, &digests, size).await {
+        return match decide(&gw.enforcer, &filter, ctx, &report).await {
             Outcome::Pass | Outcome::Monitor => {
                 Response::from_parts(head, body.map_err(io::Error::other).boxed())
             }
@@ -134,14 +134,25 @@ pub async fn scan(gw: &Gateway, req: Request<Incoming>, ctx: &Context) -> Respon
         };
     }
 
-    let mut hasher = ObjectHasher::new(&filter.info().algorithms);
+    // What the response's own headers say (a `Content-Encoding` the origin applied
+    // anyway, a multipart body); a coding that cannot be undone is a malformed problem.
+    let (shape, refused) = match Shape::of(&head.headers) {
+        Ok(shape) => (shape, None),
+        Err(e) => (Shape::default(), Some(e.to_string())),
+    };
+    let mut hasher = Objects::new(
+        shape,
+        &filter.info().algorithms,
+        gw.config.inspect.clone(),
+        length,
+    );
     let mut source = Upload::new(body, gw.config.body_timeout, u64::MAX);
     if length.is_some_and(|n| n <= gw.config.response_buffer_bytes) {
         let mut frames = Vec::new();
         loop {
             match source.next().await {
                 Ok(Some(data)) => {
-                    hasher.update(&data);
+                    let _ = hasher.update(&data).await;
                     frames.push(data);
                 }
                 Ok(None) => break,
@@ -155,11 +166,10 @@ pub async fn scan(gw: &Gateway, req: Request<Incoming>, ctx: &Context) -> Respon
                 }
             }
         }
-        let size = hasher.len();
-        let digests = hasher.finish();
-        let outcome = decide(&gw.enforcer, &filter, ctx, &digests, size).await;
+        let report = finish(hasher, refused).await;
+        let outcome = decide(&gw.enforcer, &filter, ctx, &report).await;
         if let Some(key) = key {
-            gw.responses.insert(key, digests);
+            gw.responses.insert(key, report);
         }
         return match outcome {
             Outcome::Pass | Outcome::Monitor => {
@@ -185,7 +195,7 @@ pub async fn scan(gw: &Gateway, req: Request<Incoming>, ctx: &Context) -> Respon
         loop {
             match source.next().await {
                 Ok(Some(data)) => {
-                    hasher.update(&data);
+                    let _ = hasher.update(&data).await;
                     if let Some(previous) = held.replace(data) {
                         client_open = client_open && tx.send(Ok(previous)).await.is_ok();
                     }
@@ -200,11 +210,10 @@ pub async fn scan(gw: &Gateway, req: Request<Incoming>, ctx: &Context) -> Respon
                 }
             }
         }
-        let size = hasher.len();
-        let digests = hasher.finish();
-        let outcome = decide(&enforcer, &filter, &ctx, &digests, size).await;
+        let report = finish(hasher, refused).await;
+        let outcome = decide(&enforcer, &filter, &ctx, &report).await;
         if let Some(key) = key {
-            cache.insert(key, digests);
+            cache.insert(key, report);
         }
         match outcome {
             Outcome::Pass | Outcome::Monitor => {
@@ -227,15 +236,37 @@ pub async fn scan(gw: &Gateway, req: Request<Incoming>, ctx: &Context) -> Respon
     Response::from_parts(head, client_body.boxed())
 }
 
+/// The response's report; an inspection that could not finish, or a coding that could
+/// not be undone, is a malformed problem in it (decided by the `uninspectable` policy).
+async fn finish(objects: Objects, refused: Option<String>) -> Report {
+    let mut report = match objects.finish().await {
+        Ok(report) => report,
+        Err(e) => Report {
+            problems: vec![malformed(e.to_string())],
+            ..Report::default()
+        },
+    };
+    report.problems.extend(refused.map(malformed));
+    report
+}
+
+fn malformed(detail: String) -> Problem {
+    Problem {
+        kind: ProblemKind::Malformed,
+        member: Vec::new(),
+        layers: Vec::new(),
+        detail,
+    }
+}
+
 async fn decide(
     enforcer: &Enforcer,
     filter: &FilterEngine,
     ctx: &Context,
-    digests: &[Digest],
-    size: u64,
+    report: &Report,
 ) -> Outcome {
     enforcer
-        .decide_confirmed(filter, ctx, digests, size)
+        .decide_report_confirmed(filter, ctx, report)
         .await
         .outcome
 }

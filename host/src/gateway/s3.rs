@@ -29,10 +29,9 @@ use sha2::Digest as _;
 
 use super::body::{full, GatewayBody, Upload};
 use super::copy::Copy;
-use super::shapes::{AwsChunkedDecoder, Object, Shape};
 use super::Gateway;
 use crate::enforce::{Context, Outcome};
-use crate::hashing::ObjectHasher;
+use crate::inspect::{AwsChunkedDecoder, Envelope, Limits, Report};
 use crate::Algorithm;
 
 /// The S3 operations the gateway treats specially.
@@ -94,13 +93,14 @@ fn part_path(dir: &Path, number: u32, aws_chunked: bool) -> PathBuf {
 }
 
 /// Starts the spool copy of one part.
-pub async fn part_copy(spool: &Path, upload: &str, number: u32, shape: &Shape) -> Option<Copy> {
+/// `aws` says whether the part comes framed as aws-chunked (spooled as it came, decoded
+/// when the parts are inspected).
+pub async fn part_copy(spool: &Path, upload: &str, number: u32, aws: bool) -> Option<Copy> {
     let dir = upload_dir(spool, upload);
     if let Err(e) = tokio::fs::create_dir_all(&dir).await {
         tracing::error!(dir = %dir.display(), error = %e, "cannot create the part spool");
         return None;
     }
-    let aws = matches!(shape, Shape::AwsChunked(_));
     // A part sent again replaces the earlier one, whatever its framing was.
     let _ = tokio::fs::remove_file(part_path(&dir, number, !aws)).await;
     let temp = dir.join(format!(".part-{number:05}.{}", uuid::Uuid::new_v4()));
@@ -141,10 +141,12 @@ pub async fn complete(
     let dir = upload_dir(spool, upload);
     let filter = gw.enforcer.filter();
     let algorithms = filter.info().algorithms.clone();
-    let hashed = tokio::task::spawn_blocking(move || hash_parts(&dir, &numbers, &algorithms))
-        .await
-        .map_err(|e| e.to_string())
-        .and_then(|r| r);
+    let limits = gw.config.inspect.clone();
+    let hashed =
+        tokio::task::spawn_blocking(move || inspect_parts(&dir, &numbers, &algorithms, &limits))
+            .await
+            .map_err(|e| e.to_string())
+            .and_then(|r| r);
     let object = match hashed {
         Ok(object) => object,
         Err(why) => {
@@ -156,7 +158,7 @@ pub async fn complete(
             );
         }
     };
-    match gw.decide(&filter, ctx, &[object]).await.0 {
+    match gw.decide(&filter, ctx, &object).await.0 {
         outcome @ (Outcome::Block | Outcome::Unavailable) => {
             forget(spool, upload).await;
             if let Some(credentials) = &gw.config.s3_abort {
@@ -301,42 +303,78 @@ fn part_numbers(xml: &[u8]) -> Result<Vec<u32>, String> {
     Ok(numbers)
 }
 
-/// Hashes the spooled parts, in order, as one object.
-fn hash_parts(dir: &Path, numbers: &[u32], algorithms: &[Algorithm]) -> Result<Object, String> {
-    let mut hasher = ObjectHasher::new(algorithms);
-    let mut buf = vec![0u8; 1 << 20];
+/// Inspects the spooled parts, in order, as one object (a zip uploaded in parts is
+/// opened like any other).
+fn inspect_parts(
+    dir: &Path,
+    numbers: &[u32],
+    algorithms: &[Algorithm],
+    limits: &Limits,
+) -> Result<Report, String> {
+    let mut files = Vec::with_capacity(numbers.len());
+    let mut total = 0;
     for &number in numbers {
         let (path, aws) = [false, true]
             .into_iter()
             .map(|aws| (part_path(dir, number, aws), aws))
             .find(|(p, _)| p.exists())
             .ok_or_else(|| format!("part {number} was not seen"))?;
-        let mut file = std::fs::File::open(&path).map_err(|e| e.to_string())?;
-        let mut decoder = aws.then(AwsChunkedDecoder::default);
-        loop {
-            let n = file.read(&mut buf).map_err(|e| e.to_string())?;
-            if n == 0 {
-                break;
-            }
-            match &mut decoder {
-                Some(d) => {
-                    for data in d.push(&Bytes::copy_from_slice(&buf[..n]))? {
-                        hasher.update(&data);
-                    }
-                }
-                None => hasher.update(&buf[..n]),
-            }
-        }
-        if let Some(d) = decoder {
-            d.finish()?;
-        }
+        let file = std::fs::File::open(&path).map_err(|e| e.to_string())?;
+        total += file.metadata().map_err(|e| e.to_string())?.len();
+        files.push((file, aws.then(AwsChunkedDecoder::default)));
     }
-    let size = hasher.len();
-    Ok(Object {
-        part: None,
-        digests: hasher.finish(),
-        size,
-    })
+    let mut parts = Parts {
+        files: files.into(),
+        pending: Bytes::new(),
+        buf: vec![0u8; 1 << 20],
+    };
+    crate::inspect::inspect_reader(
+        &mut parts,
+        &Envelope::default(),
+        algorithms,
+        limits,
+        Some(total),
+    )
+    .map_err(|e| e.to_string())
+}
+
+/// The spooled parts read one after the other, aws-chunked ones decoded.
+struct Parts {
+    files: std::collections::VecDeque<(std::fs::File, Option<AwsChunkedDecoder>)>,
+    pending: Bytes,
+    buf: Vec<u8>,
+}
+
+impl Read for Parts {
+    fn read(&mut self, out: &mut [u8]) -> std::io::Result<usize> {
+        while self.pending.is_empty() {
+            let Some((file, decoder)) = self.files.front_mut() else {
+                return Ok(0);
+            };
+            let n = file.read(&mut self.buf)?;
+            if n == 0 {
+                if let Some(d) = decoder {
+                    d.finish().map_err(std::io::Error::other)?;
+                }
+                self.files.pop_front();
+                continue;
+            }
+            let data = Bytes::copy_from_slice(&self.buf[..n]);
+            match decoder {
+                Some(d) => {
+                    let mut joined = BytesMut::new();
+                    for piece in d.push(&data).map_err(std::io::Error::other)? {
+                        joined.extend_from_slice(&piece);
+                    }
+                    self.pending = joined.freeze();
+                }
+                None => self.pending = data,
+            }
+        }
+        let n = out.len().min(self.pending.len());
+        out[..n].copy_from_slice(&self.pending.split_to(n));
+        Ok(n)
+    }
 }
 
 #[cfg(test)]

@@ -92,7 +92,11 @@ async fn put(
         return server_error(&e);
     }
     let temp = temp_dir.join(&ctx.request_id);
-    let shape = Shape::of(req.headers());
+    let shape = match Shape::of(req.headers()) {
+        Ok(shape) => shape,
+        Err(e) if inspected => return gw.uninspectable_envelope(ctx, &e),
+        Err(_) => Shape::default(),
+    };
     let mut copy = if inspected {
         gw.quarantine_copy(ctx).await
     } else {
@@ -110,7 +114,7 @@ async fn put(
     )
     .await;
     let objects = match result.map(Objects::finish) {
-        Ok(finishing) => finishing.await.map_err(|why| gw.malformed(ctx, &why)),
+        Ok(finishing) => finishing.await.map_err(|why| gw.body_error(ctx, &why)),
         Err(response) => Err(response),
     };
     let objects = match objects {
@@ -164,7 +168,7 @@ async fn receive(
         .await
         .map_err(|e| server_error(&e))?;
     let expected = hyper::body::Body::size_hint(&body).exact();
-    let mut objects = Objects::new(shape, algorithms, expected);
+    let mut objects = Objects::new(shape, algorithms, gw.config.inspect.clone(), expected);
     let mut upload = Upload::new(body, gw.config.body_timeout, gw.config.max_body);
     loop {
         let data = match upload.next().await {
@@ -175,7 +179,7 @@ async fn receive(
         objects
             .update(&data)
             .await
-            .map_err(|why| gw.malformed(ctx, &why))?;
+            .map_err(|why| gw.malformed(ctx, &why.to_string()))?;
         file.write_all(&data).await.map_err(|e| server_error(&e))?;
         if let Some(copy) = copy {
             copy.write(&data).await;

@@ -50,10 +50,13 @@ pub async fn inspect(
 ) -> Response<GatewayBody> {
     let (mut parts, incoming) = req.into_parts();
     let declared = content_length(&parts.headers);
-    let shape = Shape::of(&parts.headers);
     if declared.is_some_and(|n| n > gw.config.max_body) {
         return gw.refusal(StatusCode::PAYLOAD_TOO_LARGE, ctx, "body too large");
     }
+    let shape = match Shape::of(&parts.headers) {
+        Ok(shape) => shape,
+        Err(e) => return gw.uninspectable_envelope(ctx, &e),
+    };
     let (tx, body) = ChannelBody::new(CHANNEL_DEPTH, declared);
     let upstream_req = match upstream_request(gw, &mut parts, body.boxed()) {
         Ok(r) => r,
@@ -62,7 +65,7 @@ pub async fn inspect(
     let upstream: Upstream = tokio::spawn(gw.client.request(upstream_req));
     let filter = gw.enforcer.filter();
     let algorithms = &filter.info().algorithms;
-    let mut objects = Objects::new(shape, algorithms, declared);
+    let mut objects = Objects::new(shape, algorithms, gw.config.inspect.clone(), declared);
     let mut holdback = Holdback::new(incoming.size_hint().exact());
     let mut origin_open = true;
     let mut copy = gw.quarantine_copy(ctx).await;
@@ -96,7 +99,7 @@ pub async fn inspect(
             abort(tx, upstream).await;
             discard(copy).await;
             discard(spool).await;
-            return gw.malformed(ctx, &why);
+            return gw.malformed(ctx, &why.to_string());
         }
         for copy in [&mut copy, &mut spool].into_iter().flatten() {
             copy.write(&data).await;
@@ -108,7 +111,7 @@ pub async fn inspect(
             abort(tx, upstream).await;
             discard(copy).await;
             discard(spool).await;
-            return gw.malformed(ctx, &why);
+            return gw.body_error(ctx, &why);
         }
     };
     let outcome = gw.decide_with_copy(&filter, ctx, &objects, copy).await;

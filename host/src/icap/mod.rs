@@ -70,6 +70,8 @@ pub struct IcapConfig {
     pub shutdown_grace: Duration,
     /// Serve ICAPS (ICAP over TLS) with this reloadable certificate.
     pub tls: Option<Arc<crate::tls::CertStore>>,
+    /// The inspection pipeline's bounds.
+    pub inspect: Arc<crate::inspect::Limits>,
 }
 
 impl Default for IcapConfig {
@@ -87,6 +89,7 @@ impl Default for IcapConfig {
             body_timeout: Duration::from_secs(30),
             shutdown_grace: Duration::from_secs(30),
             tls: None,
+            inspect: Default::default(),
         }
     }
 }

@@ -10,8 +10,8 @@ use tokio::net::TcpStream;
 
 use super::wire::{self, BodyKind, ChunkedBody, Encapsulated, Fault, Reader, RequestHead, Writer};
 use super::IcapServer;
-use crate::enforce::{Context, Decision, Outcome};
-use crate::hashing::ObjectHasher;
+use crate::enforce::{Context, Outcome, ReportDecision};
+use crate::inspect::{Envelope, EnvelopeError, Inspection, Problem, ProblemKind};
 use crate::FilterEngine;
 
 /// Body data handed to the hasher at a time.
@@ -298,11 +298,20 @@ impl Connection<'_> {
             return Ok(Next::KeepAlive);
         }
 
-        // Hashed inline on the connection's task: the echo path already keeps this task
-        // busy with I/O, and handing chunks to a hashing thread measured slower here
-        // (docs/PERFORMANCE.md). Other connections run on the other workers.
+        // A body that is no container is hashed as it arrives (inline, or on a thread
+        // while a core is spare); one that is goes through the inspection pipeline's
+        // walk on a blocking thread. The envelope comes from the encapsulated HTTP head.
         let filter = self.server.enforcer.filter();
-        let mut digester = ObjectHasher::new(&filter.info().algorithms);
+        let (envelope, refused) = match http_envelope(&echo) {
+            Ok(envelope) => (envelope, None),
+            Err(e) => (Envelope::default(), Some(e)),
+        };
+        let mut digester = Inspection::new(
+            envelope,
+            &filter.info().algorithms,
+            config.inspect.clone(),
+            None,
+        );
         let mut held: Vec<Bytes> = Vec::new();
         if let Some(preview) = head.header("preview") {
             let announced: usize = preview
@@ -324,12 +333,12 @@ impl Connection<'_> {
                 if seen > announced {
                     return Err(Fault::Malformed("preview longer than announced".into()));
                 }
-                digester.update(&data);
+                digester.update(&data).await;
                 held.push(data);
             }
             if body.ieof {
                 // The preview was the whole body: a 204 is allowed whatever was offered.
-                let decision = decide(self.server, &filter, digester, &ctx).await;
+                let decision = decide(self.server, &filter, digester, &ctx, refused).await;
                 return self.answer_whole(method, decision, &ctx).await;
             }
             self.send(b"ICAP/1.0 100 Continue\r\n\r\n").await?;
@@ -343,9 +352,9 @@ impl Connection<'_> {
                 .next(&mut self.reader, PIECE, config.body_timeout)
                 .await?
             {
-                digester.update(&data);
+                digester.update(&data).await;
             }
-            let decision = decide(self.server, &filter, digester, &ctx).await;
+            let decision = decide(self.server, &filter, digester, &ctx, refused).await;
             return self.answer_whole(method, decision, &ctx).await;
         }
 
@@ -363,13 +372,13 @@ impl Connection<'_> {
             .next(&mut self.reader, PIECE, config.body_timeout)
             .await?
         {
-            digester.update(&data);
+            digester.update(&data).await;
             held.push(data);
             while let Some(ready) = held.release() {
                 self.send_chunk(&ready).await?;
             }
         }
-        let decision = decide(self.server, &filter, digester, &ctx).await;
+        let decision = decide(self.server, &filter, digester, &ctx, refused).await;
         match decision.outcome {
             Outcome::Pass | Outcome::Monitor => {
                 for last in held.into_rest() {
@@ -400,7 +409,7 @@ impl Connection<'_> {
     async fn answer_whole(
         &mut self,
         method: &str,
-        decision: Decision,
+        decision: ReportDecision,
         ctx: &Context,
     ) -> Result<Next, Fault> {
         let metrics = self.server.enforcer.metrics();
@@ -611,17 +620,66 @@ mod tests {
     }
 }
 
-/// Finishes the digests and asks the enforcer. (A free function: the connection's
-/// boxed streams are not `Sync`, so no `&Connection` may be held across the await.)
+/// Finishes the inspection and asks the enforcer. A body that could not be inspected
+/// (its head declares a coding the pipeline cannot undo, the inspection failed) is a
+/// malformed problem, decided by the `uninspectable` policy. (A free function: the
+/// connection's boxed streams are not `Sync`, so no `&Connection` may be held across
+/// the await.)
 async fn decide(
     server: &IcapServer,
     filter: &FilterEngine,
-    digester: ObjectHasher,
+    inspection: Inspection,
     ctx: &Context,
-) -> Decision {
-    let size = digester.len();
+    refused: Option<EnvelopeError>,
+) -> ReportDecision {
+    let problem = |detail: String| Problem {
+        kind: ProblemKind::Malformed,
+        member: Vec::new(),
+        layers: Vec::new(),
+        detail,
+    };
+    let mut report = match inspection.finish().await {
+        Ok(report) => report,
+        Err(e) => {
+            tracing::error!(request_id = %ctx.request_id, error = %e, "inspection failed");
+            let mut report = crate::inspect::Report::default();
+            report.problems.push(problem(e.to_string()));
+            report
+        }
+    };
+    if let Some(e) = refused {
+        report.problems.push(problem(e.to_string()));
+    }
     server
         .enforcer
-        .decide_confirmed(filter, ctx, &digester.finish(), size)
+        .decide_report_confirmed(filter, ctx, &report)
         .await
+}
+
+/// The envelope of an encapsulated HTTP head (a request's or a response's): its
+/// transfer and content codings and media type.
+fn http_envelope(head: &[u8]) -> Result<Envelope, EnvelopeError> {
+    // Past the start line: the field block is the same for requests and responses.
+    let fields = match memchr::memchr(b'\n', head) {
+        Some(i) => &head[i + 1..],
+        None => return Ok(Envelope::default()),
+    };
+    let mut slots = [httparse::EMPTY_HEADER; 128];
+    let parsed = match httparse::parse_headers(fields, &mut slots) {
+        Ok(httparse::Status::Complete((_, h))) => h,
+        _ => return Ok(Envelope::default()),
+    };
+    let joined = |name: &str| {
+        let values: Vec<String> = parsed
+            .iter()
+            .filter(|h| h.name.eq_ignore_ascii_case(name))
+            .map(|h| String::from_utf8_lossy(h.value).into_owned())
+            .collect();
+        (!values.is_empty()).then(|| values.join(","))
+    };
+    Envelope::http(
+        joined("transfer-encoding").as_deref(),
+        joined("content-encoding").as_deref(),
+        joined("content-type").as_deref(),
+    )
 }

@@ -1,4 +1,4 @@
-//! Hashing an upload as it passes. Small bodies are hashed inline on the connection's
+//! Hashing a body that is not a container as it passes. Small bodies are hashed inline on the connection's
 //! task; large ones (or of unknown length) on a blocking thread fed through a bounded
 //! channel, so that hashing overlaps with forwarding: at low concurrency a second core
 //! does the hashing instead of waiting. Only while there is a spare core, though: once
