@@ -37,6 +37,7 @@ fn ctx() -> Context {
         host: "h".into(),
         path: "/p".into(),
         part: None,
+        layers: None,
         quarantine: None,
     }
 }

@@ -153,13 +153,14 @@ fn a_listed_file_in_a_web_form_is_refused_and_clean_forms_are_stored_unchanged()
     std::fs::write(s.path("form-listed.txt"), &body).unwrap();
     assert_eq!(post("form-listed.txt", "forms/browser-listed"), 451);
 
-    // Malformed multipart bodies: 400, nothing stored.
+    // Malformed multipart bodies cannot be inspected: 422 (the `uninspectable` policy's
+    // default for malformed bodies is to block), nothing stored.
     let mut truncated = body.clone();
     truncated.truncate(body.len() - 200);
     std::fs::write(s.path("form-truncated.txt"), &truncated).unwrap();
-    assert_eq!(post("form-truncated.txt", "forms/truncated"), 400);
+    assert_eq!(post("form-truncated.txt", "forms/truncated"), 422);
     std::fs::write(s.path("form-garbage.txt"), b"this is not a form at all").unwrap();
-    assert_eq!(post("form-garbage.txt", "forms/garbage"), 400);
+    assert_eq!(post("form-garbage.txt", "forms/garbage"), 422);
 
     let mut stored: Vec<String> = files_under(&store.join("forms"))
         .iter()
@@ -174,9 +175,17 @@ fn a_listed_file_in_a_web_form_is_refused_and_clean_forms_are_stored_unchanged()
         .lines()
         .map(|l| serde_json::from_str(l).unwrap())
         .collect();
-    assert_eq!(records.len(), 2, "{audit}");
-    assert_eq!(records[0]["part"], "innocent.jpg");
-    assert_eq!(records[1]["part"], "x.jpg");
+    let (hits, problems): (Vec<_>, Vec<_>) = records.iter().partition(|r| r["action"] == "block");
+    assert_eq!(hits.len(), 2, "{audit}");
+    assert_eq!(hits[0]["part"], "innocent.jpg");
+    assert_eq!(hits[1]["part"], "x.jpg");
+    assert_eq!(hits[1]["layers"], "multipart>file");
+    // Each malformed body has its own record, saying why.
+    assert_eq!(problems.len(), 2, "{audit}");
+    for p in problems {
+        assert_eq!(p["action"], "uninspectable-block");
+        assert!(p["problem"].as_str().unwrap().starts_with("malformed: "));
+    }
 }
 
 #[test]

@@ -75,6 +75,17 @@ pub struct ReportDecision {
     pub hits: Vec<ReportHit>,
     /// The report's problems, with what the policy did about each.
     pub problems: Vec<(Problem, UninspectableAction)>,
+    /// Whether a hit (not only a problem) blocks.
+    blocks_on_hits: bool,
+}
+
+impl ReportDecision {
+    /// Whether the body is refused only because part of it could not be inspected (no
+    /// hit blocks): front-ends answer that differently from a listed file (the gateway
+    /// with 422, not 451), so a user can tell "listed" from "cannot be checked".
+    pub fn uninspectable_only(&self) -> bool {
+        self.outcome == Outcome::Block && !self.blocks_on_hits
+    }
 }
 
 impl Default for ReportDecision {
@@ -84,12 +95,14 @@ impl Default for ReportDecision {
             quarantine: false,
             hits: Vec::new(),
             problems: Vec::new(),
+            blocks_on_hits: false,
         }
     }
 }
 
 impl ReportDecision {
     fn add(&mut self, ctx: Context, size: u64, decision: Decision) {
+        self.blocks_on_hits |= decision.outcome == Outcome::Block;
         self.outcome = self.outcome.clone().stricter(decision.outcome);
         self.quarantine |= decision.quarantine;
         if !decision.hits.is_empty() {

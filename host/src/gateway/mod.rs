@@ -38,7 +38,7 @@ pub use body::GatewayBody;
 pub use config::{Backend, Config};
 pub use s3::AbortCredentials;
 
-use crate::enforce::{Context, Enforcer, Outcome};
+use crate::enforce::{Context, Enforcer, Outcome, ReportDecision};
 use crate::listener::{Core, Listener};
 use crate::{Error, FilterEngine};
 
@@ -247,12 +247,10 @@ impl Gateway {
         filter: &FilterEngine,
         ctx: &Context,
         report: &crate::inspect::Report,
-    ) -> (Outcome, bool) {
-        let d = self
-            .enforcer
+    ) -> ReportDecision {
+        self.enforcer
             .decide_report_confirmed(filter, ctx, report)
-            .await;
-        (d.outcome, d.quarantine)
+            .await
     }
 
     /// A multipart-upload request to an S3 origin: parts are inspected and spooled,
@@ -294,21 +292,34 @@ impl Gateway {
         ctx: &Context,
         objects: &crate::inspect::Report,
         copy: Option<copy::Copy>,
-    ) -> Outcome {
+    ) -> ReportDecision {
         let Some(copy) = copy else {
-            return self.decide(filter, ctx, objects).await.0;
+            return self.decide(filter, ctx, objects).await;
         };
         let ctx = Context {
             quarantine: copy.path(),
             ..ctx.clone()
         };
-        let (outcome, quarantine) = self.decide(filter, &ctx, objects).await;
-        if outcome == Outcome::Block && quarantine {
+        let decision = self.decide(filter, &ctx, objects).await;
+        if decision.outcome == Outcome::Block && decision.quarantine {
             copy.keep().await;
         } else {
             copy.discard().await;
         }
-        outcome
+        decision
+    }
+
+    /// The answer to a body the verdict on its report refused: 422 when only what could
+    /// not be inspected blocks it, else as [`Gateway::refused`].
+    fn refused_report(&self, decision: &ReportDecision, ctx: &Context) -> Response<GatewayBody> {
+        if decision.uninspectable_only() {
+            return self.refusal(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                ctx,
+                "the upload holds content that could not be inspected",
+            );
+        }
+        self.refused(decision.outcome.clone(), ctx)
     }
 
     /// The answer to a body the verdict refused (`Block` or `Unavailable`).

@@ -158,13 +158,14 @@ pub async fn complete(
             );
         }
     };
-    match gw.decide(&filter, ctx, &object).await.0 {
-        outcome @ (Outcome::Block | Outcome::Unavailable) => {
+    let decision = gw.decide(&filter, ctx, &object).await;
+    match decision.outcome {
+        Outcome::Block | Outcome::Unavailable => {
             forget(spool, upload).await;
             if let Some(credentials) = &gw.config.s3_abort {
                 abort(gw, credentials, parts.uri.path(), upload, ctx).await;
             }
-            gw.refused(outcome, ctx)
+            gw.refused_report(&decision, ctx)
         }
         Outcome::Pass | Outcome::Monitor => {
             let response = match super::upload::upstream_request(gw, &mut parts, full(xml)) {

@@ -128,10 +128,10 @@ async fn put(
         }
     };
     if inspected {
-        let outcome = gw.decide_with_copy(&filter, ctx, &objects, copy).await;
-        if let outcome @ (Outcome::Block | Outcome::Unavailable) = outcome {
+        let decision = gw.decide_with_copy(&filter, ctx, &objects, copy).await;
+        if let Outcome::Block | Outcome::Unavailable = decision.outcome {
             let _ = tokio::fs::remove_file(&temp).await;
-            return gw.refused(outcome, ctx);
+            return gw.refused_report(&decision, ctx);
         }
     }
     let publish = async {

@@ -114,12 +114,12 @@ pub async fn inspect(
             return gw.body_error(ctx, &why);
         }
     };
-    let outcome = gw.decide_with_copy(&filter, ctx, &objects, copy).await;
-    match outcome {
-        outcome @ (Outcome::Block | Outcome::Unavailable) => {
+    let decision = gw.decide_with_copy(&filter, ctx, &objects, copy).await;
+    match decision.outcome {
+        Outcome::Block | Outcome::Unavailable => {
             abort(tx, upstream).await;
             discard(spool).await;
-            gw.refused(outcome, ctx)
+            gw.refused_report(&decision, ctx)
         }
         Outcome::Pass | Outcome::Monitor => {
             if let Some(last) = holdback.last() {

@@ -419,6 +419,12 @@ impl Connection<'_> {
                 self.count(method, "204");
                 self.no_content().await?;
             }
+            Outcome::Block if decision.uninspectable_only() => {
+                metrics.count_request("refused");
+                self.count(method, "uninspectable");
+                self.http_refusal(422, "could not be inspected", ctx)
+                    .await?;
+            }
             Outcome::Block => {
                 metrics.count_request("blocked");
                 self.count(method, "blocked");

@@ -91,7 +91,9 @@ fn check_layout<R: Read + Seek>(
     spans.sort_unstable();
     let directory = archive.central_directory_start();
     let mut gaps = Vec::new();
-    let mut covered = spans.first().map_or(directory, |s| s.0);
+    // From the very start: bytes before the first entry (a self-extractor's stub) must
+    // not hide a local header either, since a streaming extractor reads from there.
+    let mut covered = 0;
     for &(start, end) in &spans {
         if start < covered {
             return Err("entries overlap".into());
@@ -105,16 +107,23 @@ fn check_layout<R: Read + Seek>(
         return Err("an entry overlaps the central directory".into());
     }
     gaps.push((covered, directory));
+    let mut buf = vec![0u8; 64 * 1024];
     for (from, to) in gaps {
-        if to - from < 4 {
-            continue;
-        }
-        let mut gap = vec![0u8; usize::try_from(to - from).map_err(|_| "gap too large")?];
-        raw.seek(SeekFrom::Start(from))
-            .and_then(|_| raw.read_exact(&mut gap))
-            .map_err(|e| e.to_string())?;
-        if memchr::memmem::find(&gap, b"PK\x03\x04").is_some() {
-            return Err("a local header the central directory does not list".into());
+        raw.seek(SeekFrom::Start(from)).map_err(|e| e.to_string())?;
+        let mut left = to - from;
+        // The last 3 bytes of each read carry over, so a signature across reads is seen.
+        let mut carry = 0;
+        while left > 0 {
+            let n = (buf.len() - carry).min(usize::try_from(left).unwrap_or(usize::MAX));
+            raw.read_exact(&mut buf[carry..carry + n])
+                .map_err(|e| e.to_string())?;
+            if memchr::memmem::find(&buf[..carry + n], b"PK\x03\x04").is_some() {
+                return Err("a local header the central directory does not list".into());
+            }
+            left -= n as u64;
+            let keep = (carry + n).min(3);
+            buf.copy_within(carry + n - keep..carry + n, 0);
+            carry = keep;
         }
     }
     Ok(())

@@ -409,3 +409,6 @@ pub fn inspect_reader(
 ) -> Result<Report, InspectError> {
     walk::Walk::new(algorithms, limits, len).run(reader, envelope)
 }
+
+#[cfg(test)]
+mod tests;
