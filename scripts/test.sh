@@ -18,6 +18,13 @@ need=()
 command -v nginx >/dev/null 2>&1 || need+=(nginx-light)
 command -v curl >/dev/null 2>&1 || need+=(curl)
 command -v squid >/dev/null 2>&1 || [ -x /usr/sbin/squid ] || need+=(squid)
+# The inspection tests wrap files with the tools users have (tests/inspect.rs).
+command -v zip >/dev/null 2>&1 || need+=(zip)
+command -v xz >/dev/null 2>&1 || need+=(xz-utils)
+command -v zstd >/dev/null 2>&1 || need+=(zstd)
+command -v bzip2 >/dev/null 2>&1 || need+=(bzip2)
+command -v brotli >/dev/null 2>&1 || need+=(brotli)
+command -v 7z >/dev/null 2>&1 || need+=(p7zip-full)
 # The S3 tests drive boto3 and the AWS CLI (PyPI) against s3s-fs (crates.io; ~4 min to build on 2 cores).
 # One pip run, pinned, so that boto3 and the AWS CLI get botocore versions that agree.
 { python3 -c 'import boto3' 2>/dev/null && command -v aws >/dev/null 2>&1; } ||

@@ -249,6 +249,104 @@ fn squid_with_hashgate_refuses_listed_uploads_and_downloads_and_passes_clean_one
     }
 }
 
+#[test]
+fn squid_with_hashgate_looks_inside_forms_archives_and_encoded_downloads() {
+    let s = Setup::new();
+    let listed = s.filter_listing("icap.hgf", 1, &[("small.bin", SMALL)]);
+    // The origin serves `.gz` files with `Content-Encoding: gzip`, as `gzip_static` does.
+    let location = "dav_methods PUT DELETE; create_full_put_path on; \
+                    location ~ [.]gz$ { add_header Content-Encoding gzip; }";
+    let (_nginx, origin, root) = s.nginx_serving(None, location, None);
+    let (_icap, icap_port, _admin) = s.icap("icap.hgf", &[]);
+    let (_squid, proxy) = s.squid(icap_port);
+    let url = |k: &str| format!("http://127.0.0.1:{origin}/{k}");
+    let work = s.path("work");
+    std::fs::create_dir_all(&work).unwrap();
+    for (f, name) in [(&listed[0], "big"), (&listed[1], "small")] {
+        std::fs::copy(f, work.join(name)).unwrap();
+    }
+    let zip = |name: &str| {
+        let out = Command::new("zip")
+            .args(["-q", &format!("{name}.zip"), name])
+            .current_dir(&work)
+            .output()
+            .unwrap();
+        assert!(out.status.success());
+        work.join(format!("{name}.zip"))
+    };
+    // Web forms (REQMOD): a listed file zipped in a form part, small (decided within
+    // Squid's 204 window).
+    let field = format!("file=@{}", zip("small").display());
+    let (status, _, _) = curl_via(proxy, &["-F", "t=x", "-F", &field], &url("form/small"));
+    assert_eq!(status, 451);
+    // A large form is echoed and cut. nginx answers a POST before reading its body, so
+    // the same form goes as a PUT, which nginx stores: it must not arrive.
+    let boundary = "----hashgateTestBoundary";
+    let form = |zipped: &Path, out: &str| {
+        let mut body = format!(
+            "--{boundary}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"a.zip\"\r\nContent-Type: application/zip\r\n\r\n"
+        )
+        .into_bytes();
+        body.extend_from_slice(&std::fs::read(zipped).unwrap());
+        body.extend_from_slice(format!("\r\n--{boundary}--\r\n").as_bytes());
+        std::fs::write(work.join(out), &body).unwrap();
+        work.join(out)
+    };
+    let content_type = format!("Content-Type: multipart/form-data; boundary={boundary}");
+    let big_form = form(&zip("big"), "big.form");
+    let args = ["-T", big_form.to_str().unwrap(), "-H", &content_type];
+    let (status, _, _) = curl_via(proxy, &args, &url("form/big"));
+    assert!(status >= 500, "a listed 3 MiB zip in a form got {status}");
+    std::fs::copy(&s.clean, work.join("clean")).unwrap();
+    let clean_form = form(&zip("clean"), "clean.form");
+    let args = ["-T", clean_form.to_str().unwrap(), "-H", &content_type];
+    assert_eq!(curl_via(proxy, &args, &url("form/clean")).0, 201);
+    assert_eq!(
+        std::fs::read(root.join("form/clean")).unwrap(),
+        std::fs::read(&clean_form).unwrap()
+    );
+    std::fs::remove_file(root.join("form/clean")).unwrap();
+    // An upload whose Content-Encoding hides the listed file.
+    let gz = work.join("small.gz");
+    let out = Command::new("sh")
+        .arg("-c")
+        .arg("gzip -c small > small.gz")
+        .current_dir(&work)
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let (status, _, _) = curl_via(
+        proxy,
+        &["-T", gz.to_str().unwrap(), "-H", "Content-Encoding: gzip"],
+        &url("up/small.gz"),
+    );
+    assert_eq!(status, 451);
+    assert!(files_under(&root).is_empty(), "{:?}", files_under(&root));
+    assert!(files_under(&s.path("nginx-temp")).is_empty());
+
+    // Downloads (RESPMOD): a gzip-encoded response of a listed file is refused.
+    std::fs::create_dir_all(root.join("dl")).unwrap();
+    std::fs::copy(&gz, root.join("dl/small.gz")).unwrap();
+    std::fs::copy(zip("small"), root.join("dl/small.zip")).unwrap();
+    for key in ["dl/small.gz", "dl/small.zip"] {
+        let (status, _, _) = curl_via(proxy, &[], &url(key));
+        assert_eq!(status, 451, "{key}");
+    }
+    let records = audit_records(&s);
+    assert!(
+        records
+            .iter()
+            .any(|r| r["part"] == "small.zip!small" && r["layers"] == "multipart>zip>file"),
+        "{records:#?}"
+    );
+    assert!(records
+        .iter()
+        .any(|r| r["path"] == "/dl/small.gz" && r["layers"] == "gzip>file"));
+    assert!(records
+        .iter()
+        .any(|r| r["path"] == "/form/big" && r["part"] == "a.zip!big"));
+}
+
 /// A minimal ICAP client: independent of the server's code, reads exactly what RFC 3507
 /// says a response is.
 struct Client {

@@ -223,7 +223,13 @@ pub fn spawn_listening(command: &mut Command) -> (Killed, u16, u16) {
         }
     }
     // Keep draining stderr so the gateway never blocks on a full pipe.
-    std::thread::spawn(move || for _ in lines {});
+    std::thread::spawn(move || {
+        for line in lines.map_while(Result::ok) {
+            if std::env::var_os("HASHGATE_TEST_LOG").is_some() {
+                eprintln!("[server] {line}");
+            }
+        }
+    });
     wait_for(port);
     (child, port, admin)
 }

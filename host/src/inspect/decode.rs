@@ -68,7 +68,7 @@ impl<R: Read> Base64Reader<R> {
                         return Err(invalid("base64: data after the padding"));
                     }
                     self.pending.push(b);
-                    if b == b'=' && self.pending.len() % 4 == 0 {
+                    if b == b'=' && self.pending.len().is_multiple_of(4) {
                         self.padded = true;
                     }
                 }

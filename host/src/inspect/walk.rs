@@ -327,7 +327,16 @@ impl<'a> Walk<'a> {
         match self.budget.stop() {
             Some(stop) => self.note_trip(stop, at),
             None => {
-                self.problem(ProblemKind::Malformed, at, e.to_string());
+                // A broken stream fails every reader above it: the deepest one that
+                // noticed has said so already.
+                let explained = self.report.problems.last().is_some_and(|p| {
+                    p.kind == ProblemKind::Malformed
+                        && p.layers.starts_with(&at.layers)
+                        && p.member.starts_with(&at.member)
+                });
+                if !explained {
+                    self.problem(ProblemKind::Malformed, at, e.to_string());
+                }
                 Ok(())
             }
         }
