@@ -10,11 +10,12 @@ use hyper::header::{HeaderMap, HeaderName, HeaderValue};
 use hyper::{Request, Response, StatusCode, Uri};
 use tokio::task::{JoinError, JoinHandle};
 
-use super::body::{BodySender, ChannelBody, GatewayBody, Holdback, Upload};
+use super::body::{BodySender, ChannelBody, GatewayBody, Upload};
 use super::copy::Copy;
 use super::shapes::{Objects, Shape};
 use super::{Backend, Gateway};
 use crate::enforce::{Context, Outcome};
+use crate::inspect::HoldBack;
 
 /// The origin's answer to a request being sent, on a task of its own (an inspected
 /// upload's request runs while the handler reads the client's body).
@@ -39,7 +40,7 @@ static HOP_BY_HOP: [HeaderName; 9] = [
 ];
 
 /// An inspected upload: forwarded as it arrives, minus its final bytes, until the verdict
-/// (see [`Holdback`]).
+/// (see [`HoldBack`]).
 /// `spool`, if given, gets a copy of the body, kept only if the origin stores it (the S3
 /// part spool).
 pub async fn inspect(
@@ -66,7 +67,7 @@ pub async fn inspect(
     let filter = gw.enforcer.filter();
     let algorithms = &filter.info().algorithms;
     let mut objects = Objects::new(shape, algorithms, gw.config.inspect.clone(), declared);
-    let mut holdback = Holdback::new(incoming.size_hint().exact());
+    let mut holdback = HoldBack::new(incoming.size_hint().exact(), HoldBack::TAIL);
     let mut origin_open = true;
     let mut copy = gw.quarantine_copy(ctx).await;
     let mut upload = Upload::new(incoming, gw.config.body_timeout, gw.config.max_body);
@@ -83,7 +84,8 @@ pub async fn inspect(
             }
         };
         // Forward before hashing: the origin takes the bytes in while they are hashed.
-        if let Some(ready) = holdback.push(data.clone()) {
+        holdback.push(data.clone());
+        while let Some(ready) = holdback.release() {
             if !origin_open || tx.send(Ok(ready)).await.is_err() {
                 // The origin answered early or went away; keep reading so the verdict is
                 // still audited, then relay whatever it said.
@@ -122,9 +124,9 @@ pub async fn inspect(
             gw.refused_report(&decision, ctx)
         }
         Outcome::Pass | Outcome::Monitor => {
-            if let Some(last) = holdback.last() {
-                if origin_open {
-                    let _ = tx.send(Ok(last)).await;
+            for last in holdback.into_rest() {
+                if !origin_open || tx.send(Ok(last)).await.is_err() {
+                    break;
                 }
             }
             drop(tx);

@@ -1,7 +1,6 @@
 //! One ICAP connection: a loop of transactions (`OPTIONS`, `REQMOD`, `RESPMOD`), each
 //! body hashed as it arrives and decided by the shared [`Enforcer`](crate::enforce).
 
-use std::collections::VecDeque;
 use std::net::SocketAddr;
 
 use bytes::Bytes;
@@ -11,7 +10,7 @@ use tokio::net::TcpStream;
 use super::wire::{self, BodyKind, ChunkedBody, Encapsulated, Fault, Reader, RequestHead, Writer};
 use super::IcapServer;
 use crate::enforce::{Context, Outcome, ReportDecision};
-use crate::inspect::{Envelope, EnvelopeError, Inspection, Problem, ProblemKind};
+use crate::inspect::{Envelope, EnvelopeError, HoldBack, Inspection, Problem, ProblemKind};
 use crate::FilterEngine;
 
 /// Body data handed to the hasher at a time.
@@ -364,7 +363,12 @@ impl Connection<'_> {
             Service::Reqmod => config.reqmod_hold_back,
             Service::Respmod => config.respmod_hold_back,
         };
-        let mut held = HoldBack::new(hold, held);
+        let mut held = {
+            let preview = held;
+            let mut h = HoldBack::new(None, hold);
+            preview.into_iter().for_each(|chunk| h.push(chunk));
+            h
+        };
         while let Some(ready) = held.release() {
             self.send_chunk(&ready).await?;
         }
@@ -392,7 +396,7 @@ impl Connection<'_> {
                 tracing::warn!(
                     request_id = %ctx.request_id,
                     outcome = ?decision.outcome,
-                    held_back = held.len(),
+                    held_back = held.held(),
                     "cutting off a streamed {method} body before its last bytes"
                 );
                 self.count(method, "cut");
@@ -554,75 +558,6 @@ impl Connection<'_> {
                 .to_string();
         }
         ctx
-    }
-}
-
-/// The newest bytes of an echoed body, kept until the verdict: at least `hold` bytes (and
-/// always the newest chunk) stay back, so a listed body shorter than `hold` is never sent
-/// at all and a longer one never whole.
-struct HoldBack {
-    chunks: VecDeque<Bytes>,
-    bytes: usize,
-    hold: usize,
-}
-
-impl HoldBack {
-    fn new(hold: usize, first: Vec<Bytes>) -> HoldBack {
-        let mut h = HoldBack {
-            chunks: VecDeque::new(),
-            bytes: 0,
-            hold,
-        };
-        first.into_iter().for_each(|c| h.push(c));
-        h
-    }
-
-    fn push(&mut self, chunk: Bytes) {
-        self.bytes += chunk.len();
-        self.chunks.push_back(chunk);
-    }
-
-    /// The oldest chunk, if sending it still leaves enough held back.
-    fn release(&mut self) -> Option<Bytes> {
-        let front = self.chunks.front()?.len();
-        if self.chunks.len() > 1 && self.bytes - front >= self.hold {
-            self.bytes -= front;
-            return self.chunks.pop_front();
-        }
-        None
-    }
-
-    /// Bytes held back.
-    fn len(&self) -> usize {
-        self.bytes
-    }
-
-    /// Everything held, oldest first (once the verdict lets it go).
-    fn into_rest(self) -> VecDeque<Bytes> {
-        self.chunks
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn hold_back_keeps_the_newest_bytes_and_the_newest_chunk() {
-        let chunk = |n: usize| Bytes::from(vec![0u8; n]);
-        let mut h = HoldBack::new(100, vec![chunk(60), chunk(60)]);
-        assert!(
-            h.release().is_none(),
-            "120 held, releasing 60 would leave 60 < 100"
-        );
-        h.push(chunk(50));
-        assert_eq!(h.release().map(|c| c.len()), Some(60));
-        assert!(h.release().is_none());
-        assert_eq!(h.len(), 110);
-        let mut none = HoldBack::new(0, vec![chunk(5), chunk(7)]);
-        assert_eq!(none.release().map(|c| c.len()), Some(5));
-        assert!(none.release().is_none(), "the newest chunk always stays");
-        assert_eq!(none.into_rest().len(), 1);
     }
 }
 

@@ -55,6 +55,7 @@ mod aws_chunked;
 mod decode;
 mod digester;
 mod envelope;
+mod holdback;
 mod multipart;
 mod sniff;
 mod stream;
@@ -67,6 +68,7 @@ use std::time::Duration;
 
 pub use aws_chunked::{AwsChunkedDecoder, AwsChunkedError};
 pub use envelope::{Coding, Envelope, EnvelopeError};
+pub use holdback::HoldBack;
 pub use stream::Inspection;
 
 use crate::{Algorithm, Digest};
