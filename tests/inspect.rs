@@ -623,3 +623,77 @@ fn responses_are_inspected_through_their_content_coding_and_archives() {
     assert_eq!(get("listed.zip"), 451);
     assert_eq!(get("clean.gz"), 200);
 }
+
+/// The process's peak resident set (VmHWM), in KiB.
+fn peak_rss_kb(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches(" kB").trim().parse().ok())
+        .unwrap()
+}
+
+#[test]
+fn a_gigabyte_zip_of_2000_entries_and_a_gigabyte_tar_gz_stream_in_bounded_memory() {
+    let s = Setup::new();
+    let work = s.path("work");
+    std::fs::create_dir_all(&work).unwrap();
+    std::fs::copy(&s.listed, work.join("payload")).unwrap();
+    // 2,000 members of 512 KiB of random bytes, the listed file last; the same members
+    // as a tar.gz (random bytes: the archive is as large as its content).
+    let make = r#"
+import os, random, tarfile, zipfile
+random.seed(7)
+listed = open("payload", "rb").read()
+members = [(f"m/{i:04}.bin", random.randbytes(512 * 1024)) for i in range(2000)]
+members.append(("m/last.bin", listed))
+with zipfile.ZipFile("big.zip", "w", zipfile.ZIP_STORED) as z:
+    for name, data in members:
+        z.writestr(name, data)
+with tarfile.open("big.tar.gz", "w:gz", compresslevel=1) as t:
+    for name, data in members:
+        info = tarfile.TarInfo(name)
+        info.size = len(data)
+        t.addfile(info, __import__("io").BytesIO(data))
+"#;
+    std::fs::write(work.join("make.py"), make).unwrap();
+    sh(&work, "python3 make.py");
+    let store = s.path("store");
+    let (gw, port, _) = s.gateway(&["--store", store.to_str().unwrap()], &[]);
+    let before = peak_rss_kb(gw.0.id());
+    for name in ["big.zip", "big.tar.gz"] {
+        let file = work.join(name);
+        assert!(std::fs::metadata(&file).unwrap().len() > 1 << 30);
+        assert_eq!(
+            put(&format!("http://127.0.0.1:{port}/{name}"), &file, &[]),
+            451
+        );
+        assert!(!store.join(name).exists());
+    }
+    let grown = peak_rss_kb(gw.0.id()).saturating_sub(before);
+    assert!(grown < 64 * 1024, "the gateway grew by {grown} KiB");
+    // The spool files are gone with the request (unlinked from the start).
+    let spool: Vec<_> = std::fs::read_dir(std::env::temp_dir())
+        .unwrap()
+        .flatten()
+        .filter(|e| e.metadata().is_ok_and(|m| m.len() > 1 << 30))
+        .collect();
+    assert!(spool.is_empty());
+    // scan reads them in bounded memory too, and names the member.
+    let out = Command::new(env!("CARGO_BIN_EXE_hashgate"))
+        .args(["scan", "--json", "--filter"])
+        .arg(s.path("f.hgf"))
+        .arg("--pub")
+        .arg(s.path("k.pub"))
+        .arg(work.join("big.zip"))
+        .arg(work.join("big.tar.gz"))
+        .output()
+        .unwrap();
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert_eq!(
+        text.matches("\"member\":\"m/last.bin\"").count(),
+        2,
+        "{text}"
+    );
+}

@@ -77,6 +77,9 @@ pub struct ReportDecision {
     pub problems: Vec<(Problem, UninspectableAction)>,
     /// Whether a hit (not only a problem) blocks.
     blocks_on_hits: bool,
+    /// The series and version of the filter that decided (named in the refusal, even
+    /// if another filter is in force by the time it is sent).
+    pub filter: (String, u64),
 }
 
 impl ReportDecision {
@@ -85,6 +88,19 @@ impl ReportDecision {
     /// with 422, not 451), so a user can tell "listed" from "cannot be checked".
     pub fn uninspectable_only(&self) -> bool {
         self.outcome == Outcome::Block && !self.blocks_on_hits
+    }
+
+    /// What every front-end answers for this decision: `None` to let the body through,
+    /// else the HTTP status and the refusal's reason. A listed object gets
+    /// `block_status` (451, or the ICAP server's configured 403), a body blocked only by
+    /// what could not be inspected 422, one without a verdict 503.
+    pub fn refusal(&self, block_status: u16) -> Option<(u16, &'static str)> {
+        match self.outcome {
+            Outcome::Pass | Outcome::Monitor => None,
+            Outcome::Block if self.uninspectable_only() => Some((422, "could not be inspected")),
+            Outcome::Block => Some((block_status, "listed")),
+            Outcome::Unavailable => Some((503, "no verdict could be reached")),
+        }
     }
 }
 
@@ -96,11 +112,20 @@ impl Default for ReportDecision {
             hits: Vec::new(),
             problems: Vec::new(),
             blocks_on_hits: false,
+            filter: (String::new(), 0),
         }
     }
 }
 
 impl ReportDecision {
+    fn deciding(filter: &FilterEngine) -> ReportDecision {
+        let info = filter.info();
+        ReportDecision {
+            filter: (info.series.clone(), info.version),
+            ..ReportDecision::default()
+        }
+    }
+
     fn add(&mut self, ctx: Context, size: u64, decision: Decision) {
         self.blocks_on_hits |= decision.outcome == Outcome::Block;
         self.outcome = self.outcome.clone().stricter(decision.outcome);
@@ -139,6 +164,16 @@ pub struct ReportHit {
     pub size: u64,
     /// The hits.
     pub hits: Vec<Hit>,
+}
+
+fn refusal_json(status: u16, reason: &str, request_id: &str, filter: (&str, u64)) -> String {
+    let body = serde_json::json!({
+        "status": status,
+        "reason": reason,
+        "request_id": request_id,
+        "filter": {"series": filter.0, "version": filter.1},
+    });
+    format!("{body}\n")
 }
 
 /// A member path below `outer` (a multipart part's name, when the context is one).
@@ -247,13 +282,20 @@ impl Enforcer {
     pub fn refusal_body(&self, status: u16, reason: &str, request_id: &str) -> String {
         let filter = self.filter.load();
         let info = filter.info();
-        let body = serde_json::json!({
-            "status": status,
-            "reason": reason,
-            "request_id": request_id,
-            "filter": {"series": info.series, "version": info.version},
-        });
-        format!("{body}\n")
+        refusal_json(status, reason, request_id, (&info.series, info.version))
+    }
+
+    /// [`Enforcer::refusal_body`] for a decided body: it names the filter that decided
+    /// (`decision.filter`), not the one in force now.
+    pub fn decided_refusal_body(
+        &self,
+        decision: &ReportDecision,
+        status: u16,
+        reason: &str,
+        request_id: &str,
+    ) -> String {
+        let (series, version) = &decision.filter;
+        refusal_json(status, reason, request_id, (series, *version))
     }
 
     /// Decides on one object with `filter` (from [`Enforcer::filter`] when the object
@@ -315,7 +357,7 @@ impl Enforcer {
         ctx: &Context,
         report: &Report,
     ) -> ReportDecision {
-        let mut verdict = ReportDecision::default();
+        let mut verdict = ReportDecision::deciding(filter);
         for node in &report.nodes {
             let node_ctx = node_context(ctx, node);
             let decision = self.decide(filter, &node_ctx, &node.digests, node.size);
@@ -333,7 +375,7 @@ impl Enforcer {
         ctx: &Context,
         report: &Report,
     ) -> ReportDecision {
-        let mut verdict = ReportDecision::default();
+        let mut verdict = ReportDecision::deciding(filter);
         for node in &report.nodes {
             let node_ctx = node_context(ctx, node);
             let decision = self

@@ -309,33 +309,20 @@ impl Gateway {
         decision
     }
 
-    /// The answer to a body the verdict on its report refused: 422 when only what could
-    /// not be inspected blocks it, else as [`Gateway::refused`].
+    /// The answer to a body the verdict on its report refused, as
+    /// [`ReportDecision::refusal`] maps it (451, 422, 503), naming the filter that
+    /// decided.
     fn refused_report(&self, decision: &ReportDecision, ctx: &Context) -> Response<GatewayBody> {
-        if decision.uninspectable_only() {
-            return self.refusal(
-                StatusCode::UNPROCESSABLE_ENTITY,
-                ctx,
-                "the upload holds content that could not be inspected",
-            );
-        }
-        self.refused(decision.outcome.clone(), ctx)
-    }
-
-    /// The answer to a body the verdict refused (`Block` or `Unavailable`).
-    fn refused(&self, outcome: Outcome, ctx: &Context) -> Response<GatewayBody> {
-        match outcome {
-            Outcome::Block => self.refusal(
-                StatusCode::UNAVAILABLE_FOR_LEGAL_REASONS,
-                ctx,
-                "the upload matches a list of known illegal content",
-            ),
-            _ => self.refusal(
-                StatusCode::SERVICE_UNAVAILABLE,
-                ctx,
-                "no verdict could be reached",
-            ),
-        }
+        let (status, reason) = decision
+            .refusal(451)
+            .unwrap_or((503, "no verdict could be reached"));
+        let body = self
+            .enforcer
+            .decided_refusal_body(decision, status, reason, &ctx.request_id);
+        json_refusal(
+            StatusCode::from_u16(status).unwrap_or(StatusCode::FORBIDDEN),
+            body,
+        )
     }
 
     /// The answer to a body whose inspection could not finish: broken framing (400), or
@@ -384,13 +371,17 @@ impl Gateway {
         let body = self
             .enforcer
             .refusal_body(status.as_u16(), reason, &ctx.request_id);
-        Response::builder()
-            .status(status)
-            .header(hyper::header::CONTENT_TYPE, "application/json")
-            .header(hyper::header::CONNECTION, "close")
-            .body(body::full(body))
-            .expect("valid response")
+        json_refusal(status, body)
     }
+}
+
+fn json_refusal(status: StatusCode, body: String) -> Response<GatewayBody> {
+    Response::builder()
+        .status(status)
+        .header(hyper::header::CONTENT_TYPE, "application/json")
+        .header(hyper::header::CONNECTION, "close")
+        .body(body::full(body))
+        .expect("valid response")
 }
 
 /// An origin connection pool on `connector`.

@@ -31,7 +31,7 @@ use super::body::{ChannelBody, GatewayBody, Upload};
 use super::shapes::{Objects, Shape};
 use super::upload::{fetch, upstream_request};
 use super::Gateway;
-use crate::enforce::{Context, Enforcer, Outcome};
+use crate::enforce::{Context, Enforcer, Outcome, ReportDecision};
 use crate::inspect::{Problem, ProblemKind, Report};
 use crate::FilterEngine;
 
@@ -126,11 +126,12 @@ pub async fn scan(gw: &Gateway, req: Request<Incoming>, ctx: &Context) -> Respon
     let filter = gw.enforcer.filter();
     if let Some(report) = key.as_ref().and_then(|k| gw.responses.get(k)) {
         gw.enforcer.metrics().count_response_cache_hit();
-        return match decide(&gw.enforcer, &filter, ctx, &report).await {
+        let decision = decide(&gw.enforcer, &filter, ctx, &report).await;
+        return match decision.outcome {
             Outcome::Pass | Outcome::Monitor => {
                 Response::from_parts(head, body.map_err(io::Error::other).boxed())
             }
-            outcome => gw.refused(outcome, ctx),
+            _ => gw.refused_report(&decision, ctx),
         };
     }
 
@@ -167,11 +168,11 @@ pub async fn scan(gw: &Gateway, req: Request<Incoming>, ctx: &Context) -> Respon
             }
         }
         let report = finish(hasher, refused).await;
-        let outcome = decide(&gw.enforcer, &filter, ctx, &report).await;
+        let decision = decide(&gw.enforcer, &filter, ctx, &report).await;
         if let Some(key) = key {
             gw.responses.insert(key, report);
         }
-        return match outcome {
+        return match decision.outcome {
             Outcome::Pass | Outcome::Monitor => {
                 let frames = futures_util::stream::iter(
                     frames
@@ -180,7 +181,7 @@ pub async fn scan(gw: &Gateway, req: Request<Incoming>, ctx: &Context) -> Respon
                 );
                 Response::from_parts(head, http_body_util::StreamBody::new(frames).boxed())
             }
-            outcome => gw.refused(outcome, ctx),
+            _ => gw.refused_report(&decision, ctx),
         };
     }
 
@@ -211,7 +212,7 @@ pub async fn scan(gw: &Gateway, req: Request<Incoming>, ctx: &Context) -> Respon
             }
         }
         let report = finish(hasher, refused).await;
-        let outcome = decide(&enforcer, &filter, &ctx, &report).await;
+        let outcome = decide(&enforcer, &filter, &ctx, &report).await.outcome;
         if let Some(key) = key {
             cache.insert(key, report);
         }
@@ -264,9 +265,6 @@ async fn decide(
     filter: &FilterEngine,
     ctx: &Context,
     report: &Report,
-) -> Outcome {
-    enforcer
-        .decide_report_confirmed(filter, ctx, report)
-        .await
-        .outcome
+) -> ReportDecision {
+    enforcer.decide_report_confirmed(filter, ctx, report).await
 }

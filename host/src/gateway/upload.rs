@@ -40,9 +40,32 @@ static HOP_BY_HOP: [HeaderName; 9] = [
 ];
 
 /// An inspected upload: forwarded as it arrives, minus its final bytes, until the verdict
-/// (see [`HoldBack`]).
-/// `spool`, if given, gets a copy of the body, kept only if the origin stores it (the S3
-/// part spool).
+/// (see [`HoldBack`]). `spool`, if given, gets a copy of the body, kept only if the origin
+/// stores it (the S3 part spool).
+///
+/// The phases, in order (each runs once per request unless it says otherwise):
+///
+/// 1. **Envelope** — on the request head, before any body byte: `Shape::of` reads the
+///    framing and the codings and media type. Gets the headers. Default: a plain body.
+///    An error ends the request here: 413 (declared too large), 501 (unknown transfer
+///    coding), 415 (unknown content coding), 400 (a multipart type without a boundary);
+///    nothing reaches the origin.
+/// 2. **Connect** — the head goes to the origin at once, the body through a bounded
+///    channel (`ChannelBody`). Gets the head. The origin's answer is awaited later.
+/// 3. **Frame** — for every body frame as it arrives: the frame is pushed into the
+///    hold-back, whatever it releases is forwarded first (the origin takes it in while
+///    it is inspected), then the frame is fed to the inspection (`Objects::update`) and
+///    the quarantine and spool copies. A client that stalls, breaks off or sends too much
+///    ends the request (408, 400, 413) with the upstream aborted; a broken aws-chunked
+///    framing with 400.
+/// 4. **Report** — at the end of the body: `Objects::finish` waits for the walk. Its
+///    error (a failed worker or spool file) is 503; nothing unchecked passes.
+/// 5. **Decide** — `Gateway::decide_with_copy`: every node and problem of the report
+///    through the enforcer; the quarantine copy is kept if the decision says so.
+/// 6. **Answer** — pass or monitor: the held bytes go on and the origin's answer is
+///    relayed (the spool copy kept if it stored the part). Otherwise the upstream body is
+///    aborted (the origin discards an incomplete upload) and the client gets
+///    `ReportDecision::refusal`'s answer: 451, 422 or 503.
 pub async fn inspect(
     gw: &Gateway,
     req: Request<Incoming>,

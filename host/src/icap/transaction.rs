@@ -423,23 +423,24 @@ impl Connection<'_> {
                 self.count(method, "204");
                 self.no_content().await?;
             }
-            Outcome::Block if decision.uninspectable_only() => {
-                metrics.count_request("refused");
-                self.count(method, "uninspectable");
-                self.http_refusal(422, "could not be inspected", ctx)
-                    .await?;
-            }
-            Outcome::Block => {
-                metrics.count_request("blocked");
-                self.count(method, "blocked");
-                let status = self.server.config.block_status;
-                self.http_refusal(status, "listed", ctx).await?;
-            }
-            Outcome::Unavailable => {
-                metrics.count_request("error");
-                self.count(method, "unavailable");
-                self.http_refusal(503, "no verdict could be had", ctx)
-                    .await?;
+            _ => {
+                let (status, reason) = decision
+                    .refusal(self.server.config.block_status)
+                    .expect("a refused outcome");
+                let (requests, answer) = match status {
+                    422 => ("refused", "uninspectable"),
+                    503 => ("error", "unavailable"),
+                    _ => ("blocked", "blocked"),
+                };
+                metrics.count_request(requests);
+                self.count(method, answer);
+                let body = self.server.enforcer.decided_refusal_body(
+                    &decision,
+                    status,
+                    reason,
+                    &ctx.request_id,
+                );
+                self.http_refusal(status, body, ctx).await?;
             }
         }
         Ok(Next::KeepAlive)
@@ -498,13 +499,9 @@ impl Connection<'_> {
     async fn http_refusal(
         &mut self,
         status: u16,
-        reason: &str,
+        body: String,
         ctx: &Context,
     ) -> Result<(), Fault> {
-        let body = self
-            .server
-            .enforcer
-            .refusal_body(status, reason, &ctx.request_id);
         let phrase = hyper::StatusCode::from_u16(status)
             .ok()
             .and_then(|s| s.canonical_reason())
