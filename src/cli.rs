@@ -593,11 +593,10 @@ fn scan_cmd(args: ScanArgs) -> Result<ExitCode> {
                 let category = hit.category.as_deref().unwrap_or("-");
                 let digest = hex::encode(&hit.bytes);
                 let line = if json {
-                    serde_json::json!({"type": "hit", "path": path, "member": member,
+                    json_line(path, serde_json::json!({"type": "hit", "member": member,
                         "layers": layers, "size": size,
                         "algorithm": hit.algorithm.name(), "digest": digest,
-                        "category": hit.category})
-                    .to_string()
+                        "category": hit.category}))
                 } else {
                     format!(
                         "HIT     {}  {}:{digest}  category {category}{}",
@@ -617,11 +616,10 @@ fn scan_cmd(args: ScanArgs) -> Result<ExitCode> {
             let action = if blocked { "block" } else { "pass" };
             let member = problem.member_label();
             let line = if json {
-                serde_json::json!({"type": "uninspectable", "path": path,
+                json_line(path, serde_json::json!({"type": "uninspectable",
                     "member": member, "layers": problem.layers_label(),
                     "kind": problem.kind.name(), "detail": problem.detail,
-                    "action": action})
-                .to_string()
+                    "action": action}))
             } else {
                 format!(
                     "{}{}  {} ({}): {}",
@@ -636,11 +634,11 @@ fn scan_cmd(args: ScanArgs) -> Result<ExitCode> {
         }
         Event::Canary { path } => {
             let line = if json {
-                serde_json::json!({"type": "canary", "path": path}).to_string()
+                json_line(path, serde_json::json!({"type": "canary"}))
             } else {
                 format!(
                     "CANARY  {}  (the hashgate test file: enforcement works; not listed material)",
-                    path.display()
+                    object_name(path, None)
                 )
             };
             emit_with(&progress, &emit, line);
@@ -727,6 +725,22 @@ pub fn scan_enforcer(
     Ok(Enforcer::new(engine, policy, audit, Metrics::new()))
 }
 
+/// One JSON line about `path`: `fields` with the path added. A path that is not UTF-8
+/// cannot be a JSON string as it is: `path` then holds it with invalid bytes replaced
+/// (U+FFFD) and `path_bytes` the exact bytes, base64, so every name round-trips.
+fn json_line(path: &Path, mut fields: serde_json::Value) -> String {
+    use base64::Engine as _;
+    use std::os::unix::ffi::OsStrExt as _;
+    let bytes = path.as_os_str().as_bytes();
+    let object = fields.as_object_mut().expect("an object");
+    object.insert("path".into(), String::from_utf8_lossy(bytes).into());
+    if std::str::from_utf8(bytes).is_err() {
+        let exact = base64::engine::general_purpose::STANDARD.encode(bytes);
+        object.insert("path_bytes".into(), exact.into());
+    }
+    fields.to_string()
+}
+
 /// A file, or a member of it, for one line of human output: escaped, so that no name
 /// can forge a line or pass for another.
 fn object_name(path: &Path, member: Option<&str>) -> String {
@@ -748,8 +762,8 @@ fn emit_with(progress: &Option<indicatif::ProgressBar>, emit: &dyn Fn(String), l
 
 fn error_line(json: bool, path: &Path, error: &str) -> String {
     if json {
-        serde_json::json!({"type": "error", "path": path, "error": error}).to_string()
+        json_line(path, serde_json::json!({"type": "error", "error": error}))
     } else {
-        format!("ERROR   {}: {error}", path.display())
+        format!("ERROR   {}: {error}", object_name(path, None))
     }
 }

@@ -8,6 +8,7 @@ pub mod confirm;
 pub mod metrics;
 pub mod policy;
 
+use std::borrow::Cow;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -126,14 +127,14 @@ impl ReportDecision {
         }
     }
 
-    fn add(&mut self, ctx: Context, size: u64, decision: Decision) {
+    fn add(&mut self, ctx: &Context, size: u64, decision: Decision) {
         self.blocks_on_hits |= decision.outcome == Outcome::Block;
         self.outcome = self.outcome.clone().stricter(decision.outcome);
         self.quarantine |= decision.quarantine;
         if !decision.hits.is_empty() {
             self.hits.push(ReportHit {
-                member: ctx.part,
-                layers: ctx.layers,
+                member: ctx.part.clone(),
+                layers: ctx.layers.clone(),
                 size,
                 hits: decision.hits,
             });
@@ -141,16 +142,21 @@ impl ReportDecision {
     }
 }
 
-/// The audit context of `node`: its member path below the body's, its layers.
-fn node_context(ctx: &Context, node: &crate::inspect::Node) -> Context {
-    Context {
+/// The audit context of `node`: its member path below the body's, its layers. The
+/// root (the body as sent, the only node of most uploads) is decided under `ctx` as it
+/// is, without a copy.
+fn node_context<'c>(ctx: &'c Context, node: &crate::inspect::Node) -> Cow<'c, Context> {
+    if node.is_root() {
+        return Cow::Borrowed(ctx);
+    }
+    Cow::Owned(Context {
         part: node
             .member_label()
             .map(|m| join_member(ctx.part.as_deref(), &m))
             .or_else(|| ctx.part.clone()),
-        layers: (!node.is_root()).then(|| node.layers_label()),
+        layers: Some(node.layers_label()),
         ..ctx.clone()
-    }
+    })
 }
 
 /// A node of a report that hit.
@@ -361,7 +367,7 @@ impl Enforcer {
         for node in &report.nodes {
             let node_ctx = node_context(ctx, node);
             let decision = self.decide(filter, &node_ctx, &node.digests, node.size);
-            verdict.add(node_ctx, node.size, decision);
+            verdict.add(&node_ctx, node.size, decision);
         }
         self.decide_problems(filter, ctx, report, &mut verdict);
         verdict
@@ -381,7 +387,7 @@ impl Enforcer {
             let decision = self
                 .decide_confirmed(filter, &node_ctx, &node.digests, node.size)
                 .await;
-            verdict.add(node_ctx, node.size, decision);
+            verdict.add(&node_ctx, node.size, decision);
         }
         self.decide_problems(filter, ctx, report, &mut verdict);
         verdict

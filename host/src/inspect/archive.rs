@@ -6,7 +6,9 @@
 //! every decoded byte). The crate checks each local header against the directory; here
 //! the entries are also checked not to overlap (the "overlapping files" bomb) and the
 //! bytes between them not to hide a local header the directory does not list (a
-//! streaming reader would extract it). A tar is read as it streams.
+//! streaming reader would extract it). A tar is read as it streams. A 7z (the
+//! `sevenz-rust2` crate) is spooled like a zip, since its header is at the end too, and
+//! decoded on one thread within the decoder-memory limit.
 
 use std::io::{Read, Seek, SeekFrom};
 
@@ -176,5 +178,64 @@ pub(super) fn tar(walk: &mut Walk<'_>, r: &mut dyn Read, at: &At) -> Result<(), 
         let mut entry = walk.budget_member(&mut entry);
         walk.object(&mut entry, &member, &[], None)?;
     }
+    Ok(())
+}
+
+pub(super) fn seven_z(walk: &mut Walk<'_>, r: &mut dyn Read, at: &At) -> Result<(), Stop> {
+    use sevenz_rust2::{ArchiveReader, EntryDecision, Password};
+    let Some(file) = walk.spool(r, at)? else {
+        return Ok(());
+    };
+    let memory_kib = usize::try_from(walk.limits.decoder_memory / 1024).unwrap_or(usize::MAX);
+    let mut archive = match ArchiveReader::new_with_memory_limit(file, Password::empty(), memory_kib)
+    {
+        Ok(a) => a,
+        Err(e) => return seven_z_failed(walk, e, at),
+    };
+    archive.set_thread_count(1);
+    let mut count = 0u64;
+    let mut stop = None;
+    let result = archive.for_each_entries_with_decision(|entry, reader| {
+        if entry.is_directory() || !entry.has_stream() {
+            return Ok(EntryDecision::Continue);
+        }
+        count += 1;
+        if count > walk.limits.max_entries {
+            let detail = format!("7z: more than {} entries", walk.limits.max_entries);
+            walk.problem(ProblemKind::Limit, at, detail);
+            return Ok(EntryDecision::Stop);
+        }
+        let member = at.member(entry.name().to_string(), Layer::SevenZ);
+        let mut reader = walk.budget_member(reader);
+        match walk.object(&mut reader, &member, &[], None) {
+            Ok(()) => Ok(EntryDecision::Continue),
+            Err(s) => {
+                stop = Some(s);
+                Ok(EntryDecision::Stop)
+            }
+        }
+    });
+    if let Some(stop) = stop {
+        return Err(stop);
+    }
+    match result {
+        Ok(()) => Ok(()),
+        Err(e) => seven_z_failed(walk, e, at),
+    }
+}
+
+/// A 7z error: encrypted, unsupported or malformed (or the walk's own stop).
+fn seven_z_failed(walk: &mut Walk<'_>, e: sevenz_rust2::Error, at: &At) -> Result<(), Stop> {
+    use sevenz_rust2::Error;
+    let kind = match &e {
+        Error::PasswordRequired | Error::MaybeBadPassword(_) => ProblemKind::Encrypted,
+        Error::UnsupportedCompressionMethod(_)
+        | Error::Unsupported(_)
+        | Error::ExternalUnsupported
+        | Error::UnsupportedVersion { .. } => ProblemKind::Unsupported,
+        Error::MaxMemLimited { .. } => ProblemKind::Limit,
+        _ => return walk.failed(format!("7z: {e}"), at),
+    };
+    walk.problem(kind, at, format!("7z: {e}"));
     Ok(())
 }

@@ -11,7 +11,7 @@
 //!    content codings, a MIME part's `Content-Transfer-Encoding`) and splits what its
 //!    media type says is several objects (`multipart/*`),
 //! 3. recognises containers by their **magic bytes** (never by a name or a media type):
-//!    gzip, bzip2, xz and zstd streams, zip and tar archives, and recurses into what
+//!    gzip, bzip2, xz and zstd streams, zip, tar and 7z archives, and recurses into what
 //!    they hold,
 //! 4. and hashes **every node** of that tree with the filter's algorithms.
 //!
@@ -99,6 +99,8 @@ pub enum Layer {
     Zip,
     /// A member of a tar archive.
     Tar,
+    /// A member of a 7z archive.
+    SevenZ,
 }
 
 impl Layer {
@@ -116,6 +118,7 @@ impl Layer {
             Layer::Multipart => "multipart",
             Layer::Zip => "zip",
             Layer::Tar => "tar",
+            Layer::SevenZ => "7z",
         }
     }
 
@@ -123,7 +126,7 @@ impl Layer {
     /// rather than decoding it into one stream. Only these count towards
     /// [`Limits::max_depth`].
     pub fn splits(self) -> bool {
-        matches!(self, Layer::Multipart | Layer::Zip | Layer::Tar)
+        matches!(self, Layer::Multipart | Layer::Zip | Layer::Tar | Layer::SevenZ)
     }
 }
 
@@ -209,7 +212,8 @@ pub enum ProblemKind {
     /// A bound of [`Limits`] was reached: nesting depth, decoded bytes, entries, time,
     /// decoder memory.
     Limit,
-    /// A container recognised but not opened (7z, RAR).
+    /// A container recognised but not opened (RAR, PAX sparse tar members), or a
+    /// member compressed with a method no decoder here knows.
     Unsupported,
 }
 

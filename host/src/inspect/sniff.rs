@@ -21,7 +21,7 @@ pub enum Format {
     Zip,
     /// tar (ustar or GNU magic, or an old v7 header whose checksum adds up).
     Tar,
-    /// 7z (`7z\xbc\xaf\x27\x1c`): recognised, not opened.
+    /// 7z (`7z\xbc\xaf\x27\x1c`).
     SevenZ,
     /// RAR 4 or 5 (`Rar!\x1a\x07`): recognised, not opened.
     Rar,

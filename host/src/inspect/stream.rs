@@ -98,6 +98,20 @@ impl Inspection {
     pub async fn update(&mut self, frame: &Bytes) {
         self.len += frame.len() as u64;
         match &mut self.state {
+            State::Sniffing(frames) if frames.is_empty() && frame.len() >= SNIFF_LEN => {
+                // The usual case: the first frame holds the magic bytes (no copy).
+                self.state = match sniff(&frame[..SNIFF_LEN]) {
+                    None => State::Plain(Digester::new(&self.algorithms, self.expected)),
+                    Some(_) => self.walking(),
+                };
+                match &mut self.state {
+                    State::Plain(d) => d.update(frame).await,
+                    State::Walking { tx, .. } => {
+                        let _ = tx.send(frame.clone()).await;
+                    }
+                    State::Sniffing(_) => unreachable!("just left"),
+                }
+            }
             State::Sniffing(frames) => {
                 frames.push(frame.clone());
                 if self.len >= SNIFF_LEN as u64 {

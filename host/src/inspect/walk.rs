@@ -421,7 +421,13 @@ impl<'a> Walk<'a> {
                 }
                 return archive::tar(self, &mut peeked, at);
             }
-            Format::SevenZ | Format::Rar => {
+            Format::SevenZ => {
+                if !self.may_split(at, "7z archive") {
+                    return Ok(());
+                }
+                return archive::seven_z(self, &mut peeked, at);
+            }
+            Format::Rar => {
                 let detail = format!("{} archives are not opened", format.name());
                 self.problem(ProblemKind::Unsupported, at, detail);
                 return Ok(());
