@@ -593,10 +593,13 @@ fn scan_cmd(args: ScanArgs) -> Result<ExitCode> {
                 let category = hit.category.as_deref().unwrap_or("-");
                 let digest = hex::encode(&hit.bytes);
                 let line = if json {
-                    json_line(path, serde_json::json!({"type": "hit", "member": member,
+                    json_line(
+                        path,
+                        serde_json::json!({"type": "hit", "member": member,
                         "layers": layers, "size": size,
                         "algorithm": hit.algorithm.name(), "digest": digest,
-                        "category": hit.category}))
+                        "category": hit.category}),
+                    )
                 } else {
                     format!(
                         "HIT     {}  {}:{digest}  category {category}{}",
@@ -616,10 +619,13 @@ fn scan_cmd(args: ScanArgs) -> Result<ExitCode> {
             let action = if blocked { "block" } else { "pass" };
             let member = problem.member_label();
             let line = if json {
-                json_line(path, serde_json::json!({"type": "uninspectable",
+                json_line(
+                    path,
+                    serde_json::json!({"type": "uninspectable",
                     "member": member, "layers": problem.layers_label(),
                     "kind": problem.kind.name(), "detail": problem.detail,
-                    "action": action}))
+                    "action": action}),
+                )
             } else {
                 format!(
                     "{}{}  {} ({}): {}",

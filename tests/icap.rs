@@ -704,6 +704,22 @@ fn malformed_requests_get_icap_errors_and_the_server_carries_on() {
             enc("req-hdr=0, req-body=100000").into_bytes(),
             400,
         ),
+        (
+            // Refused before a byte of it is buffered (it used to be read whole).
+            "OPTIONS declaring a huge opt-body offset",
+            b"OPTIONS icap://h/reqmod ICAP/1.0\r\nHost: h\r\nEncapsulated: req-hdr=0, opt-body=4000000000\r\n\r\n"
+                .to_vec(),
+            400,
+        ),
+        (
+            "OPTIONS with an opt-body over the cap",
+            {
+                let mut r = b"OPTIONS icap://h/reqmod ICAP/1.0\r\nHost: h\r\nEncapsulated: opt-body=0\r\n\r\n".to_vec();
+                r.extend_from_slice(&chunks(&[b'x'; 10_000], END));
+                r
+            },
+            400,
+        ),
     ];
     for (name, request, want) in cases {
         assert_eq!(status_of(&request), Some(want), "{name}");

@@ -478,7 +478,10 @@ fn bombs_encrypted_and_unsupported_archives_follow_the_uninspectable_policy() {
     );
     sh(&work, "zip -q -P secret enc.zip payload");
     sh(&work, "7z a -bd -bso0 -psecret -mhe=on enc.7z payload");
-    sh(&work, "printf 'Rar!\\032\\007\\001\\000' > a.rar && cat payload >> a.rar");
+    sh(
+        &work,
+        "printf 'Rar!\\032\\007\\001\\000' > a.rar && cat payload >> a.rar",
+    );
     sh(
         &work,
         "tar czf t.tgz payload && head -c 100000 t.tgz > trunc.tgz",

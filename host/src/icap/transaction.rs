@@ -212,15 +212,27 @@ impl Connection<'_> {
 
     /// `OPTIONS`: what the service does and how the client should talk to it.
     async fn options(&mut self, head: &RequestHead, service: Service) -> Result<Next, Fault> {
-        // An OPTIONS body (`opt-body`) has no defined meaning; read past it.
+        // An OPTIONS body (`opt-body`) has no defined meaning; read past it, within the
+        // head cap: the offset is what the client declares, so it is checked before a
+        // byte is buffered, and the body is skipped as it streams, up to the same cap.
         if let Some(value) = head.header("encapsulated") {
             let enc = Encapsulated::parse(value).map_err(Fault::Malformed)?;
+            let cap = self.server.config.max_header_bytes;
+            if enc.body_offset > cap {
+                return Err(Fault::TooLarge);
+            }
             if enc.body != BodyKind::Null || enc.body_offset > 0 {
                 let timeout = self.server.config.body_timeout;
                 let _ = self.reader.read_exact(enc.body_offset, timeout).await?;
                 if enc.body != BodyKind::Null {
                     let mut body = ChunkedBody::new();
-                    while body.next(&mut self.reader, PIECE, timeout).await?.is_some() {}
+                    let mut skipped = 0;
+                    while let Some(data) = body.next(&mut self.reader, PIECE, timeout).await? {
+                        skipped += data.len();
+                        if skipped > cap {
+                            return Err(Fault::TooLarge);
+                        }
+                    }
                 }
             }
         }

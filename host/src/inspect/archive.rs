@@ -187,11 +187,11 @@ pub(super) fn seven_z(walk: &mut Walk<'_>, r: &mut dyn Read, at: &At) -> Result<
         return Ok(());
     };
     let memory_kib = usize::try_from(walk.limits.decoder_memory / 1024).unwrap_or(usize::MAX);
-    let mut archive = match ArchiveReader::new_with_memory_limit(file, Password::empty(), memory_kib)
-    {
-        Ok(a) => a,
-        Err(e) => return seven_z_failed(walk, e, at),
-    };
+    let mut archive =
+        match ArchiveReader::new_with_memory_limit(file, Password::empty(), memory_kib) {
+            Ok(a) => a,
+            Err(e) => return seven_z_failed(walk, e, at),
+        };
     archive.set_thread_count(1);
     let mut count = 0u64;
     let mut stop = None;

@@ -126,7 +126,10 @@ impl Layer {
     /// rather than decoding it into one stream. Only these count towards
     /// [`Limits::max_depth`].
     pub fn splits(self) -> bool {
-        matches!(self, Layer::Multipart | Layer::Zip | Layer::Tar | Layer::SevenZ)
+        matches!(
+            self,
+            Layer::Multipart | Layer::Zip | Layer::Tar | Layer::SevenZ
+        )
     }
 }
 
