@@ -4,7 +4,7 @@
 
 use std::io::Cursor;
 
-use hashgate_host::inspect::{inspect_reader, Coding, Envelope, Limits};
+use hashgate_host::inspect::{inspect_reader, Envelope, Limits};
 use hashgate_host::Algorithm;
 use libfuzzer_sys::fuzz_target;
 
