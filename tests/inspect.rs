@@ -219,6 +219,23 @@ fn every_ordinary_wrapping_of_a_listed_file_is_refused_and_of_a_clean_one_stored
             );
         }
     }
+    // The refusal names the member that hit.
+    let out = Command::new("curl")
+        .args(["-s", "-T"])
+        .arg(
+            &bodies[WRAPPINGS
+                .iter()
+                .position(|w| w.name == "zip-in-tar-gz-in-zip")
+                .unwrap()]
+            .0,
+        )
+        .arg(format!("http://127.0.0.1:{port}/up/refusal"))
+        .output()
+        .unwrap();
+    let refusal: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(refusal["status"], 451);
+    assert_eq!(refusal["member"], "mid.tgz!inner.zip!payload");
+    assert_eq!(refusal["layers"], "zip>gzip>tar>zip>file");
     // The audit names the member, its layers and its decoded size.
     let audit = std::fs::read_to_string(s.path("audit.log")).unwrap();
     let records: Vec<serde_json::Value> = audit

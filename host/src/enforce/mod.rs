@@ -293,6 +293,8 @@ impl Enforcer {
 
     /// [`Enforcer::refusal_body`] for a decided body: it names the filter that decided
     /// (`decision.filter`), not the one in force now.
+    /// The body also names the member that hit (`upload.zip!photos/a.jpg`) and its
+    /// layers, when the object refused was not the body as sent.
     pub fn decided_refusal_body(
         &self,
         decision: &ReportDecision,
@@ -301,7 +303,18 @@ impl Enforcer {
         request_id: &str,
     ) -> String {
         let (series, version) = &decision.filter;
-        refusal_json(status, reason, request_id, (series, *version))
+        let body = refusal_json(status, reason, request_id, (series, *version));
+        let Some(hit) = decision
+            .hits
+            .iter()
+            .find(|h| h.member.is_some() || h.layers.is_some())
+        else {
+            return body;
+        };
+        let mut value: serde_json::Value = serde_json::from_str(&body).expect("our own JSON");
+        value["member"] = hit.member.clone().into();
+        value["layers"] = hit.layers.clone().into();
+        format!("{value}\n")
     }
 
     /// Decides on one object with `filter` (from [`Enforcer::filter`] when the object

@@ -100,9 +100,7 @@ pub async fn inspect(
             Ok(None) => break,
             Err(cut) => {
                 // Nothing reaches the origin complete.
-                abort(tx, upstream).await;
-                discard(copy).await;
-                discard(spool).await;
+                give_up(tx, upstream, [copy, spool]).await;
                 return gw.cut(&cut, ctx);
             }
         };
@@ -121,9 +119,7 @@ pub async fn inspect(
             }
         }
         if let Err(why) = objects.update(&data).await {
-            abort(tx, upstream).await;
-            discard(copy).await;
-            discard(spool).await;
+            give_up(tx, upstream, [copy, spool]).await;
             return gw.malformed(ctx, &why.to_string());
         }
         for copy in [&mut copy, &mut spool].into_iter().flatten() {
@@ -133,17 +129,14 @@ pub async fn inspect(
     let objects = match objects.finish().await {
         Ok(objects) => objects,
         Err(why) => {
-            abort(tx, upstream).await;
-            discard(copy).await;
-            discard(spool).await;
+            give_up(tx, upstream, [copy, spool]).await;
             return gw.body_error(ctx, &why);
         }
     };
     let decision = gw.decide_with_copy(&filter, ctx, &objects, copy).await;
     match decision.outcome {
         Outcome::Block | Outcome::Unavailable => {
-            abort(tx, upstream).await;
-            discard(spool).await;
+            give_up(tx, upstream, [spool, None]).await;
             gw.refused_report(&decision, ctx)
         }
         Outcome::Pass | Outcome::Monitor => {
@@ -180,8 +173,11 @@ async fn handed_over(tx: &BodySender) {
     }
 }
 
-async fn discard(copy: Option<Copy>) {
-    if let Some(copy) = copy {
+/// Ends an upload that will not complete: the upstream request aborted (nothing reaches
+/// the origin complete) and the copies of its body (quarantine, S3 spool) deleted.
+async fn give_up(tx: BodySender, upstream: Upstream, copies: [Option<Copy>; 2]) {
+    abort(tx, upstream).await;
+    for copy in copies.into_iter().flatten() {
         copy.discard().await;
     }
 }

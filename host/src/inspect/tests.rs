@@ -332,3 +332,20 @@ fn names_print_unambiguously() {
     assert_eq!(escape_name(b"caf\xc3\xa9\xff"), "café\\xff");
     assert_ne!(escape_name(b"\xfe"), escape_name(b"\xff"));
 }
+
+#[test]
+fn hostile_member_names_are_kept_as_names() {
+    // Nothing is extracted, so `..` and absolute names are only names: the member is
+    // hashed and named as the archive names it.
+    let file = listed();
+    let z = zip(
+        &[("../../etc/cron.d/x", &file), ("/abs/path", b"other")],
+        zip::CompressionMethod::Stored,
+    );
+    let r = walk(&z, &Envelope::default(), &Limits::default());
+    assert!(r.problems.is_empty(), "{:?}", r.problems);
+    assert_eq!(
+        find(&r, &file).unwrap().member_label().as_deref(),
+        Some("../../etc/cron.d/x")
+    );
+}
