@@ -24,24 +24,6 @@ fn sh(dir: &Path, line: &str) {
     assert!(out.status.success(), "{line}: {out:?}");
 }
 
-/// curl with `args`: the status code.
-fn curl(args: &[&str]) -> u16 {
-    let out = Command::new("curl")
-        .args([
-            "-s",
-            "-o",
-            "/dev/null",
-            "-w",
-            "%{http_code}",
-            "-H",
-            "Expect:",
-        ])
-        .args(args)
-        .output()
-        .expect("curl");
-    String::from_utf8_lossy(&out.stdout).parse().unwrap_or(0)
-}
-
 /// One way to send a file: the body (a file made by a tool from `payload`) and the
 /// headers it goes with.
 struct Wrapping {

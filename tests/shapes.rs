@@ -10,24 +10,6 @@ use std::process::Command;
 
 use common::procs::*;
 
-/// `curl` with `args`, returning the status code.
-fn curl(args: &[&str]) -> u16 {
-    let out = Command::new("curl")
-        .args([
-            "-s",
-            "-o",
-            "/dev/null",
-            "-w",
-            "%{http_code}",
-            "-H",
-            "Expect:",
-        ])
-        .args(args)
-        .output()
-        .expect("curl");
-    String::from_utf8_lossy(&out.stdout).parse().unwrap_or(0)
-}
-
 /// A multipart/form-data body as browsers lay it out: a text field, then files.
 fn browser_form(boundary: &str, files: &[(&str, &[u8])]) -> Vec<u8> {
     let mut body = format!(

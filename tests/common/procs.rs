@@ -234,6 +234,24 @@ pub fn spawn_listening(command: &mut Command) -> (Killed, u16, u16) {
     (child, port, admin)
 }
 
+/// curl with `args` (and no `Expect: 100-continue` pause), returning the status code.
+pub fn curl(args: &[&str]) -> u16 {
+    let out = Command::new("curl")
+        .args([
+            "-s",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}",
+            "-H",
+            "Expect:",
+        ])
+        .args(args)
+        .output()
+        .expect("curl");
+    String::from_utf8_lossy(&out.stdout).parse().unwrap_or(0)
+}
+
 /// `curl -T file url`, returning the status code.
 pub fn curl_put(file: &Path, url: &str, extra: &[&str]) -> u16 {
     let out = Command::new("curl")

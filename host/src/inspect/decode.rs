@@ -94,10 +94,7 @@ impl<R: Read> Read for Base64Reader<R> {
             }
             self.refill()?;
         }
-        let n = buf.len().min(self.out.len() - self.at);
-        buf[..n].copy_from_slice(&self.out[self.at..self.at + n]);
-        self.at += n;
-        Ok(n)
+        Ok(hand_out(&self.out, &mut self.at, buf))
     }
 }
 
@@ -176,11 +173,16 @@ impl<R: Read> Read for QuotedPrintableReader<R> {
             }
             self.refill()?;
         }
-        let n = buf.len().min(self.out.len() - self.at);
-        buf[..n].copy_from_slice(&self.out[self.at..self.at + n]);
-        self.at += n;
-        Ok(n)
+        Ok(hand_out(&self.out, &mut self.at, buf))
     }
+}
+
+/// Copies decoded bytes from `out[*at..]` into `buf`; returns how many.
+fn hand_out(out: &[u8], at: &mut usize, buf: &mut [u8]) -> usize {
+    let n = buf.len().min(out.len() - *at);
+    buf[..n].copy_from_slice(&out[*at..*at + n]);
+    *at += n;
+    n
 }
 
 fn invalid(why: &str) -> io::Error {
@@ -190,6 +192,8 @@ fn invalid(why: &str) -> io::Error {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    use crate::inspect::tests::Trickle;
 
     /// Reads `r` to the end in reads of `piece` bytes.
     fn all(mut r: impl Read, piece: usize) -> io::Result<Vec<u8>> {
@@ -201,17 +205,6 @@ mod tests {
                 return Ok(out);
             }
             out.extend_from_slice(&buf[..n]);
-        }
-    }
-
-    /// A reader that hands out `piece` bytes at a time.
-    struct Trickle<'a>(&'a [u8], usize);
-    impl Read for Trickle<'_> {
-        fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-            let n = buf.len().min(self.1).min(self.0.len());
-            buf[..n].copy_from_slice(&self.0[..n]);
-            self.0 = &self.0[n..];
-            Ok(n)
         }
     }
 

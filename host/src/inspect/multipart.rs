@@ -334,15 +334,7 @@ fn malformed(why: &str) -> io::Error {
 mod tests {
     use super::*;
 
-    struct Trickle<'a>(&'a [u8], usize);
-    impl Read for Trickle<'_> {
-        fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-            let n = buf.len().min(self.1).min(self.0.len());
-            buf[..n].copy_from_slice(&self.0[..n]);
-            self.0 = &self.0[n..];
-            Ok(n)
-        }
-    }
+    use crate::inspect::tests::Trickle;
 
     fn split(
         body: &[u8],

@@ -92,7 +92,6 @@ fn is_tar_header(block: &[u8]) -> bool {
     if block.iter().all(|&b| b == 0) {
         return false;
     }
-    // The checksum: the header's bytes summed with its own field read as spaces.
     let field = &block[148..156];
     let text: Vec<u8> = field
         .iter()
@@ -106,7 +105,15 @@ fn is_tar_header(block: &[u8]) -> bool {
     let Ok(stored) = u32::from_str_radix(std::str::from_utf8(&text).unwrap_or("x"), 8) else {
         return false;
     };
-    let sum: u32 = block
+    let sum = header_checksum(block);
+    // A v7 name field must also start with a printable byte: a random blob whose
+    // checksum happens to match is then rarer still.
+    sum == stored && block[0].is_ascii_graphic()
+}
+
+/// A tar header's checksum: its bytes summed, with its own checksum field read as spaces.
+fn header_checksum(block: &[u8]) -> u32 {
+    block
         .iter()
         .enumerate()
         .map(|(i, &b)| {
@@ -116,10 +123,7 @@ fn is_tar_header(block: &[u8]) -> bool {
                 b as u32
             }
         })
-        .sum();
-    // A v7 name field must also start with a printable byte: a random blob whose
-    // checksum happens to match is then rarer still.
-    sum == stored && block[0].is_ascii_graphic()
+        .sum()
 }
 
 #[cfg(test)]
@@ -150,17 +154,7 @@ mod tests {
         let mut block = [0u8; 512];
         block[..5].copy_from_slice(b"a.txt");
         block[124..135].copy_from_slice(b"00000000005");
-        let sum: u32 = block
-            .iter()
-            .enumerate()
-            .map(|(i, &b)| {
-                if (148..156).contains(&i) {
-                    32
-                } else {
-                    b as u32
-                }
-            })
-            .sum();
+        let sum = header_checksum(&block);
         block[148..155].copy_from_slice(format!("{sum:06o}\0").as_bytes());
         assert_eq!(sniff(&block), Some(Format::Tar));
         block[0] = b'b';

@@ -10,6 +10,18 @@ use super::*;
 
 const SHA256: [Algorithm; 1] = [Algorithm::Sha256];
 
+/// A reader that hands out at most `.1` bytes a read, so parsers see every split.
+pub(super) struct Trickle<'a>(pub &'a [u8], pub usize);
+
+impl std::io::Read for Trickle<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = buf.len().min(self.1).min(self.0.len());
+        buf[..n].copy_from_slice(&self.0[..n]);
+        self.0 = &self.0[n..];
+        Ok(n)
+    }
+}
+
 fn sha(data: &[u8]) -> Vec<u8> {
     sha2::Sha256::digest(data).to_vec()
 }
