@@ -416,7 +416,14 @@ pub fn inspect_reader(
     limits: &Limits,
     len: Option<u64>,
 ) -> Result<Report, InspectError> {
-    walk::Walk::new(algorithms, limits, len).run(reader, envelope)
+    // Decoders' panics are contained where they read (see `walk::Budgeted`); this is
+    // the last line, for an archive crate that panics outside a read: the object gets
+    // no report, which every front-end treats as a failure (503, a scan error), never as
+    // clean.
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        walk::Walk::new(algorithms, limits, len).run(reader, envelope)
+    }))
+    .unwrap_or_else(|_| Err(InspectError::Worker("the inspection panicked".into())))
 }
 
 #[cfg(test)]

@@ -361,3 +361,22 @@ fn hostile_member_names_are_kept_as_names() {
         Some("../../etc/cron.d/x")
     );
 }
+
+#[test]
+fn a_crafted_bzip2_stream_is_malformed_not_a_crash() {
+    // Found by `cargo fuzz run inspect_pipeline`: libbz2-rs-sys 0.2.6 indexes out of
+    // bounds on this stream inside an `extern "C"` function, which aborts the process
+    // (so the host uses the C libbz2).
+    let crash = include_bytes!("testdata/bzip2-panics-libbz2-rs-sys.bz2");
+    let r = walk(crash, &Envelope::default(), &Limits::default());
+    assert_eq!(
+        r.root().unwrap().digests[0].bytes,
+        sha(crash),
+        "the root is whole"
+    );
+    assert!(
+        r.problems.iter().any(|p| p.kind == ProblemKind::Malformed),
+        "{:?}",
+        r.problems
+    );
+}

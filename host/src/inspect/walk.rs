@@ -115,16 +115,32 @@ impl Read for Hashed<'_> {
     }
 }
 
-/// A decoder's output, counted against the decoded-bytes budget and the clock.
+/// A decoder's output, counted against the decoded-bytes budget and the clock, its
+/// panics contained.
 struct Budgeted<R> {
     inner: R,
     budget: Rc<Budget>,
+    /// The decoder panicked: its state is not to be trusted again.
+    poisoned: bool,
 }
 
 impl<R: Read> Read for Budgeted<R> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         self.budget.check_time()?;
-        let n = self.inner.read(buf)?;
+        if self.poisoned {
+            return Err(io::Error::other("the decoder failed earlier"));
+        }
+        // A decoder is someone else's parser of hostile bytes: one that panics (fuzzing
+        // found libbz2-rs-sys 0.2.6 indexing out of bounds on a crafted stream) fails
+        // this object as malformed instead of taking the walk, or a scan, down with it.
+        let inner = &mut self.inner;
+        let n = match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| inner.read(buf))) {
+            Ok(result) => result?,
+            Err(_) => {
+                self.poisoned = true;
+                return Err(io::Error::other("the decoder panicked on these bytes"));
+            }
+        };
         let left = self.budget.decoded_left.get();
         if n as u64 > left {
             return Err(self.budget.trip("decoded more bytes than allowed".into()));
@@ -356,6 +372,7 @@ impl<'a> Walk<'a> {
         Budgeted {
             inner,
             budget: self.budget.clone(),
+            poisoned: false,
         }
     }
 
