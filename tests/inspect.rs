@@ -528,6 +528,32 @@ fn bombs_encrypted_and_unsupported_archives_follow_the_uninspectable_policy() {
     assert_eq!(put(&url("nested"), &work.join("l6.zip"), &[]), 201);
     let audit = std::fs::read_to_string(s.path("audit.log")).unwrap();
     assert!(audit.contains("\"problem\":\"encrypted: zip: encrypted member\""));
+    drop(_gw);
+    // The [inspect] bounds: one entry per archive is a limit; with archives off a zipped
+    // listed file is only its own bytes (and passes, as the operator chose).
+    sh(&work, "zip -q two.zip payload z && zip -q one.zip payload");
+    let toml = |inspect: &str| {
+        format!(
+            "store = \"{}\"\nfilter = \"{}\"\npub = \"{}\"\n[inspect]\n{inspect}\n",
+            store.display(),
+            s.path("f.hgf").display(),
+            s.path("k.pub").display()
+        )
+    };
+    let (gw, port, _) = s.configured_gateway(&toml("max_entries = 1"));
+    let url = |k: &str| format!("http://127.0.0.1:{port}/d/{k}");
+    assert_eq!(put(&url("two"), &work.join("two.zip"), &[]), 422);
+    assert_eq!(put(&url("one"), &work.join("one.zip"), &[]), 451);
+    drop(gw);
+    let (_gw, port, _) = s.configured_gateway(&toml("archives = false"));
+    let url = format!("http://127.0.0.1:{port}/e/one");
+    assert_eq!(put(&url, &work.join("one.zip"), &[]), 201);
+    // An unknown key is an error, so a typo never silently changes a bound.
+    let bad = s.path("bad.toml");
+    std::fs::write(&bad, toml("max_dept = 9")).unwrap();
+    let out = s.gateway_run(&["--config", bad.to_str().unwrap()]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("max_dept"));
 }
 
 #[test]
