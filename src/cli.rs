@@ -366,14 +366,38 @@ fn now() -> u64 {
         .unwrap_or(0)
 }
 
+/// The latest time written or shown as a date: 9999-12-31T23:59:59Z (RFC 3339 has four
+/// digits for the year).
+const LAST_TIME: u64 = 253_402_300_799;
+
+/// `t` (Unix seconds) as RFC 3339, or as a number when no RFC 3339 date can hold it: a
+/// filter from elsewhere may carry any u64.
+fn time_text(t: u64) -> String {
+    if t <= LAST_TIME {
+        humantime::format_rfc3339_seconds(UNIX_EPOCH + Duration::from_secs(t)).to_string()
+    } else {
+        format!("{t} (Unix time, after the year 9999)")
+    }
+}
+
 fn build_cmd(args: BuildArgs) -> Result<()> {
     let key = SecretKey::read(&args.key)?;
     let created = creation_time()?;
+    // Checked before anything is written: a validity no date can express is a mistake.
+    let expires = created
+        .checked_add(args.expires.as_secs().max(1))
+        .filter(|&t| t <= LAST_TIME)
+        .with_context(|| {
+            format!(
+                "--expires {}: the filter would expire after the year 9999",
+                humantime::format_duration(args.expires)
+            )
+        })?;
     let mut params = hashgate_authority::BuildParams::new(
         &args.series,
         args.version,
         created,
-        created + args.expires.as_secs().max(1),
+        expires,
         args.fp_rate,
     );
     if let Some(salt) = &args.salt {
@@ -396,7 +420,7 @@ fn build_cmd(args: BuildArgs) -> Result<()> {
         report.version,
         report.entries,
         report.hashes,
-        humantime::format_rfc3339_seconds(UNIX_EPOCH + Duration::from_secs(report.expires)),
+        time_text(report.expires),
     );
     Ok(())
 }
@@ -407,7 +431,7 @@ fn inspect_cmd(public_key: Option<&Path>, json: bool, file: &Path) -> Result<Exi
     if json {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {
-        let time = |t: u64| humantime::format_rfc3339_seconds(UNIX_EPOCH + Duration::from_secs(t));
+        let time = time_text;
         println!(
             "file:           {} ({} bytes)",
             file.display(),

@@ -7,6 +7,8 @@ use std::process::{Command, Output};
 use rand::RngCore;
 use sha2::Digest as _;
 
+mod common;
+
 fn hashgate(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_hashgate"))
         .args(args)
@@ -443,4 +445,47 @@ fn scan_honours_an_allow_list_and_writes_an_audit_log() {
         .unwrap()
         .ends_with("listed-b.bin"));
     assert_eq!(records[0]["action"], "monitor");
+}
+
+#[test]
+fn times_no_date_can_hold_are_refused_before_writing_and_shown_as_numbers() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = dir.path().join("k");
+    assert!(hashgate(&["keygen", "--out", p(&key)]).status.success());
+    let list = dir.path().join("list.txt");
+    std::fs::write(&list, format!("{}\n", "ab".repeat(32))).unwrap();
+    let out_file = dir.path().join("far.hgf");
+    let out = hashgate(&[
+        "build",
+        "--key",
+        p(&dir.path().join("k.key")),
+        "--series",
+        "far",
+        "--version",
+        "1",
+        "--expires",
+        "99999999999d",
+        "--out",
+        p(&out_file),
+        p(&list),
+    ]);
+    assert!(!out.status.success());
+    assert!(text(&out).contains("after the year 9999"), "{}", text(&out));
+    assert!(!out_file.exists(), "nothing is written");
+    // A filter from elsewhere may carry any time: `inspect` shows it as a number.
+    let params = hashgate_guest::BuildParams::new("far", 1, 1_700_000_000, u64::MAX, 1e-6);
+    let spec = hashgate_guest::SectionSpec {
+        algorithm: hashgate_guest::Algorithm::Sha256,
+        category: None,
+        entries: 1,
+    };
+    let mut builder = hashgate_guest::FilterBuilder::new(&params, &[spec]).unwrap();
+    builder
+        .insert(hashgate_guest::Algorithm::Sha256, None, &[0xab; 32])
+        .unwrap();
+    let body = builder.finish().unwrap();
+    std::fs::write(&out_file, common::sign(&body, &common::test_key())).unwrap();
+    let out = hashgate(&["inspect", p(&out_file)]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(text(&out).contains(&format!("{} (Unix time, after the year 9999)", u64::MAX)));
 }

@@ -731,3 +731,53 @@ with tarfile.open("big.tar.gz", "w:gz", compresslevel=1) as t:
         "{text}"
     );
 }
+
+#[test]
+fn scan_output_carries_any_file_name_exactly() {
+    use base64::Engine as _;
+    use std::os::unix::ffi::OsStrExt as _;
+    let s = Setup::new();
+    let tree = s.path("names");
+    std::fs::create_dir_all(&tree).unwrap();
+    let bad = tree.join(std::ffi::OsStr::from_bytes(b"bad\xff\nname.bin"));
+    std::fs::copy(&s.listed, &bad).unwrap();
+    let scan = |json: &str| {
+        let mut args = vec!["scan"];
+        if !json.is_empty() {
+            args.push(json);
+        }
+        let (f, k) = (s.path("f.hgf"), s.path("k.pub"));
+        args.extend([
+            "--filter",
+            f.to_str().unwrap(),
+            "--pub",
+            k.to_str().unwrap(),
+        ]);
+        args.push(tree.to_str().unwrap());
+        let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
+        hashgate(&args.iter().map(String::as_str).collect::<Vec<_>>())
+    };
+    // JSON: every line parses, and path_bytes holds the exact bytes of a non-UTF-8 name.
+    let out = scan("--json");
+    assert_eq!(out.status.code(), Some(1));
+    let text = String::from_utf8(out.stdout).unwrap();
+    let hit: serde_json::Value = text
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .find(|l| l["type"] == "hit")
+        .unwrap();
+    let exact = base64::engine::general_purpose::STANDARD
+        .decode(hit["path_bytes"].as_str().unwrap())
+        .unwrap();
+    assert_eq!(exact, bad.as_os_str().as_bytes());
+    assert!(text
+        .lines()
+        .last()
+        .unwrap()
+        .contains("\"type\":\"summary\""));
+    // Human output: the name escaped on one line, so it cannot forge another.
+    let out = scan("");
+    let text = String::from_utf8(out.stdout).unwrap();
+    let hit = text.lines().find(|l| l.starts_with("HIT")).unwrap();
+    assert!(hit.contains("bad\\xff\\nname.bin"), "{hit}");
+}
