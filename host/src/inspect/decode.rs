@@ -1,6 +1,6 @@
 //! Decoders: one `Read` over another, for every coding and single-stream compressor the
 //! walk undoes. The compressors are well-kept crates (flate2 on zlib-rs, zstd, brotli,
-//! bzip2, lzma-rust2); base64 and quoted-printable are the few lines below, since the
+//! bzip2, liblzma); base64 and quoted-printable are the few lines below, since the
 //! crates that decode them work on whole buffers, not streams.
 
 use std::io::{self, Read};

@@ -380,3 +380,27 @@ fn a_crafted_bzip2_stream_is_malformed_not_a_crash() {
         r.problems
     );
 }
+
+#[test]
+fn a_corrupt_xz_stream_ends_as_malformed_alone_or_in_a_zip() {
+    // Found by `cargo fuzz run inspect_pipeline`: lzma-rust2 0.25's XzReader loops
+    // forever on this stream (so the host decodes xz with the C liblzma, and zip members
+    // compressed with xz are not decoded: they are a problem for the policy).
+    let xz = include_bytes!("testdata/xz-loops-lzma-rust2.xz");
+    let started = Instant::now();
+    let r = walk(xz, &Envelope::default(), &Limits::default());
+    assert!(r.problems.iter().any(|p| p.kind == ProblemKind::Malformed));
+    // The same bytes as a zip member with method 95 (xz).
+    let mut z = zip(&[("m.bin", xz)], zip::CompressionMethod::Stored);
+    let local = z.windows(4).position(|w| w == b"PK\x03\x04").unwrap();
+    let central = z.windows(4).position(|w| w == b"PK\x01\x02").unwrap();
+    z[local + 8..local + 10].copy_from_slice(&95u16.to_le_bytes());
+    z[central + 10..central + 12].copy_from_slice(&95u16.to_le_bytes());
+    let r = walk(&z, &Envelope::default(), &Limits::default());
+    // The member cannot be read: a problem (malformed, so blocked by default), not a hang.
+    assert_eq!(r.problems.len(), 1, "{:?}", r.problems);
+    assert!(r.problems[0]
+        .detail
+        .contains("compression method not supported"));
+    assert!(started.elapsed() < Duration::from_secs(5));
+}

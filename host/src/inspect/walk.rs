@@ -531,11 +531,16 @@ impl<'a> Walk<'a> {
                 self.object(&mut d, child, &[], None)
             }
             _ => {
-                let memory_kib =
-                    u32::try_from(self.limits.decoder_memory / 1024).unwrap_or(u32::MAX);
-                let d = lzma_rust2::XzReader::new_mem_limit(r, true, memory_kib);
-                let mut d = self.budgeted(d);
-                self.object(&mut d, child, &[], None)
+                let flags = liblzma::stream::CONCATENATED;
+                let memory = self.limits.decoder_memory;
+                match liblzma::stream::Stream::new_stream_decoder(memory, flags) {
+                    Ok(stream) => {
+                        let d = liblzma::read::XzDecoder::new_stream(r, stream);
+                        let mut d = self.budgeted(d);
+                        self.object(&mut d, child, &[], None)
+                    }
+                    Err(e) => self.failed(format!("xz: {e}"), child),
+                }
             }
         }
     }
