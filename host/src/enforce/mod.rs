@@ -172,14 +172,18 @@ pub struct ReportHit {
     pub hits: Vec<Hit>,
 }
 
-fn refusal_json(status: u16, reason: &str, request_id: &str, filter: (&str, u64)) -> String {
-    let body = serde_json::json!({
+fn refusal_value(
+    status: u16,
+    reason: &str,
+    request_id: &str,
+    filter: (&str, u64),
+) -> serde_json::Value {
+    serde_json::json!({
         "status": status,
         "reason": reason,
         "request_id": request_id,
         "filter": {"series": filter.0, "version": filter.1},
-    });
-    format!("{body}\n")
+    })
 }
 
 /// A member path below `outer` (a multipart part's name, when the context is one).
@@ -288,7 +292,8 @@ impl Enforcer {
     pub fn refusal_body(&self, status: u16, reason: &str, request_id: &str) -> String {
         let filter = self.filter.load();
         let info = filter.info();
-        refusal_json(status, reason, request_id, (&info.series, info.version))
+        let body = refusal_value(status, reason, request_id, (&info.series, info.version));
+        format!("{body}\n")
     }
 
     /// [`Enforcer::refusal_body`] for a decided body: it names the filter that decided
@@ -303,18 +308,16 @@ impl Enforcer {
         request_id: &str,
     ) -> String {
         let (series, version) = &decision.filter;
-        let body = refusal_json(status, reason, request_id, (series, *version));
-        let Some(hit) = decision
+        let hit = decision
             .hits
             .iter()
-            .find(|h| h.member.is_some() || h.layers.is_some())
-        else {
-            return body;
-        };
-        let mut value: serde_json::Value = serde_json::from_str(&body).expect("our own JSON");
-        value["member"] = hit.member.clone().into();
-        value["layers"] = hit.layers.clone().into();
-        format!("{value}\n")
+            .find(|h| h.member.is_some() || h.layers.is_some());
+        let mut body = refusal_value(status, reason, request_id, (series, *version));
+        if let Some(hit) = hit {
+            body["member"] = hit.member.clone().into();
+            body["layers"] = hit.layers.clone().into();
+        }
+        format!("{body}\n")
     }
 
     /// Decides on one object with `filter` (from [`Enforcer::filter`] when the object

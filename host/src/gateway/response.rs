@@ -32,7 +32,7 @@ use super::shapes::{Objects, Shape};
 use super::upload::{fetch, upstream_request};
 use super::Gateway;
 use crate::enforce::{Context, Enforcer, Outcome, ReportDecision};
-use crate::inspect::{Problem, ProblemKind, Report};
+use crate::inspect::{Problem, Report};
 use crate::FilterEngine;
 
 type Key = (String, String, Option<u64>);
@@ -243,21 +243,12 @@ async fn finish(objects: Objects, refused: Option<String>) -> Report {
     let mut report = match objects.finish().await {
         Ok(report) => report,
         Err(e) => Report {
-            problems: vec![malformed(e.to_string())],
+            problems: vec![Problem::malformed(e.to_string())],
             ..Report::default()
         },
     };
-    report.problems.extend(refused.map(malformed));
+    report.problems.extend(refused.map(Problem::malformed));
     report
-}
-
-fn malformed(detail: String) -> Problem {
-    Problem {
-        kind: ProblemKind::Malformed,
-        member: Vec::new(),
-        layers: Vec::new(),
-        detail,
-    }
 }
 
 async fn decide(

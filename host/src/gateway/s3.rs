@@ -348,29 +348,35 @@ struct Parts {
 
 impl Read for Parts {
     fn read(&mut self, out: &mut [u8]) -> std::io::Result<usize> {
+        if out.is_empty() {
+            return Ok(0);
+        }
         while self.pending.is_empty() {
             let Some((file, decoder)) = self.files.front_mut() else {
                 return Ok(0);
             };
+            let Some(d) = decoder else {
+                // Raw parts go straight into the caller's buffer: no copy of our own.
+                match file.read(out)? {
+                    0 => {
+                        self.files.pop_front();
+                        continue;
+                    }
+                    n => return Ok(n),
+                }
+            };
             let n = file.read(&mut self.buf)?;
             if n == 0 {
-                if let Some(d) = decoder {
-                    d.finish().map_err(std::io::Error::other)?;
-                }
+                d.finish().map_err(std::io::Error::other)?;
                 self.files.pop_front();
                 continue;
             }
             let data = Bytes::copy_from_slice(&self.buf[..n]);
-            match decoder {
-                Some(d) => {
-                    let mut joined = BytesMut::new();
-                    for piece in d.push(&data).map_err(std::io::Error::other)? {
-                        joined.extend_from_slice(&piece);
-                    }
-                    self.pending = joined.freeze();
-                }
-                None => self.pending = data,
+            let mut joined = BytesMut::new();
+            for piece in d.push(&data).map_err(std::io::Error::other)? {
+                joined.extend_from_slice(&piece);
             }
+            self.pending = joined.freeze();
         }
         let n = out.len().min(self.pending.len());
         out[..n].copy_from_slice(&self.pending.split_to(n));

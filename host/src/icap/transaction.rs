@@ -10,7 +10,7 @@ use tokio::net::TcpStream;
 use super::wire::{self, BodyKind, ChunkedBody, Encapsulated, Fault, Reader, RequestHead, Writer};
 use super::IcapServer;
 use crate::enforce::{Context, Outcome, ReportDecision};
-use crate::inspect::{Envelope, EnvelopeError, HoldBack, Inspection, Problem, ProblemKind};
+use crate::inspect::{Envelope, EnvelopeError, HoldBack, Inspection, Problem};
 use crate::FilterEngine;
 
 /// Body data handed to the hasher at a time.
@@ -582,23 +582,17 @@ async fn decide(
     ctx: &Context,
     refused: Option<EnvelopeError>,
 ) -> ReportDecision {
-    let problem = |detail: String| Problem {
-        kind: ProblemKind::Malformed,
-        member: Vec::new(),
-        layers: Vec::new(),
-        detail,
-    };
     let mut report = match inspection.finish().await {
         Ok(report) => report,
         Err(e) => {
             tracing::error!(request_id = %ctx.request_id, error = %e, "inspection failed");
             let mut report = crate::inspect::Report::default();
-            report.problems.push(problem(e.to_string()));
+            report.problems.push(Problem::malformed(e.to_string()));
             report
         }
     };
     if let Some(e) = refused {
-        report.problems.push(problem(e.to_string()));
+        report.problems.push(Problem::malformed(e.to_string()));
     }
     server
         .enforcer

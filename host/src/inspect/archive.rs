@@ -68,7 +68,7 @@ pub(super) fn zip(walk: &mut Walk<'_>, r: &mut dyn Read, at: &At) -> Result<(), 
                 continue;
             }
         };
-        let mut entry = walk.budget_member(entry);
+        let mut entry = walk.budgeted(entry);
         walk.object(&mut entry, &member, &[], None)?;
     }
     Ok(())
@@ -175,7 +175,7 @@ pub(super) fn tar(walk: &mut Walk<'_>, r: &mut dyn Read, at: &At) -> Result<(), 
             );
             continue;
         }
-        let mut entry = walk.budget_member(&mut entry);
+        let mut entry = walk.budgeted(&mut entry);
         walk.object(&mut entry, &member, &[], None)?;
     }
     Ok(())
@@ -206,7 +206,7 @@ pub(super) fn seven_z(walk: &mut Walk<'_>, r: &mut dyn Read, at: &At) -> Result<
             return Ok(EntryDecision::Stop);
         }
         let member = at.member(entry.name().to_string(), Layer::SevenZ);
-        let mut reader = walk.budget_member(reader);
+        let mut reader = walk.budgeted(reader);
         match walk.object(&mut reader, &member, &[], None) {
             Ok(()) => Ok(EntryDecision::Continue),
             Err(s) => {

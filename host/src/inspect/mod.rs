@@ -246,6 +246,17 @@ pub struct Problem {
 }
 
 impl Problem {
+    /// A malformed problem of the whole body (not of a member), for a front-end whose
+    /// inspection could not finish or whose message could not be read as declared.
+    pub fn malformed(detail: String) -> Problem {
+        Problem {
+            kind: ProblemKind::Malformed,
+            member: Vec::new(),
+            layers: Vec::new(),
+            detail,
+        }
+    }
+
     /// See [`Node::member_label`].
     pub fn member_label(&self) -> Option<String> {
         member_label(&self.member)

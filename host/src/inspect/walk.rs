@@ -117,7 +117,7 @@ impl Read for Hashed<'_> {
 
 /// A decoder's output, counted against the decoded-bytes budget and the clock, its
 /// panics contained.
-struct Budgeted<R> {
+pub(super) struct Budgeted<R> {
     inner: R,
     budget: Rc<Budget>,
     /// The decoder panicked: its state is not to be trusted again.
@@ -367,8 +367,9 @@ impl<'a> Walk<'a> {
         });
     }
 
-    /// Wraps a decoder's output in the budget.
-    fn budgeted<R: Read>(&self, inner: R) -> Budgeted<R> {
+    /// Wraps a decoder's output in the budget (also archive members, whose reading can
+    /// produce more bytes than they take: zip's compressed members, tar's sparse files).
+    pub(super) fn budgeted<R: Read>(&self, inner: R) -> Budgeted<R> {
         Budgeted {
             inner,
             budget: self.budget.clone(),
@@ -624,11 +625,5 @@ impl<'a> Walk<'a> {
         }
         file.seek(SeekFrom::Start(0)).map_err(Stop::Spool)?;
         Ok(Some(file))
-    }
-
-    /// Wraps `inner` in the budget: for members whose reading can produce more bytes
-    /// than they take (zip's compressed members, tar's sparse files).
-    pub(super) fn budget_member<R: Read>(&self, inner: R) -> impl Read {
-        self.budgeted(inner)
     }
 }
