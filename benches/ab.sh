@@ -9,7 +9,7 @@
 # With TLS=1 every proxy terminates TLS 1.3 with one ECDSA P-256 certificate made here.
 # Usage: HASHGATE_A=/path/to/old/hashgate benches/ab.sh
 #        (env: ENTRIES=1000000 DURATION=4 ROUNDS=3 POINTS="4096:1 65536:16 ...", size:connections,
-#         TLS=1)
+#         TLS=1, MIXED=1: an MD5 + SHA-1 + SHA-256 filter instead of SHA-256 only)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ENTRIES=${ENTRIES:-1000000}
@@ -23,7 +23,18 @@ need nginx nginx-light wrk wrk openssl openssl
 build_hashgate
 cores=$(nproc)
 "$hg" keygen --out "$work/k" --force 2>/dev/null
-random_list "$work/list.txt" "$ENTRIES"
+if [ "${MIXED:-0}" = 1 ]; then
+  # As authorities ship: MD5, SHA-1 and SHA-256, a third of ENTRIES each.
+  python3 - "$work/list.txt" "$ENTRIES" <<'PY'
+import os, sys
+n = int(sys.argv[2]) // 3
+with open(sys.argv[1], "w") as f:
+    for size, name in ((16, "md5"), (20, "sha1"), (32, "sha256")):
+        f.write("".join(f"{name}:{os.urandom(size).hex()}\n" for _ in range(n)))
+PY
+else
+  random_list "$work/list.txt" "$ENTRIES"
+fi
 "$hg" build --key "$work/k.key" --series bench --version 1 --out "$work/f.hgf" "$work/list.txt" 2>/dev/null
 scheme=http; tls_cert=(); tls_args=()
 if [ "${TLS:-0}" = 1 ]; then
