@@ -5,13 +5,17 @@
 //! * `verdict/*`: one object's digests checked by the wasm guest (excluding hashing),
 //!   for a miss and a hit, against a filter of `HASHGATE_BENCH_ENTRIES` entries
 //!   (default 1,000,000; the docs quote 10,000,000);
-//! * `build/*`: inserting digests natively.
+//! * `build/*`: inserting digests natively;
+//! * `lanes/*`: 16 streams of 64 KiB, MD5 and SHA-1 each, one stream after another
+//!   with the RustCrypto crates (`crate-*`) against all sixteen at once in SIMD lanes
+//!   (`avx2-*`, `avx512-*`), on one core: the ratio of throughputs is issue 21's figure.
 
 use std::hint::black_box;
 use std::sync::Arc;
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use hashgate_guest::{Algorithm, BuildParams, FilterBuilder, SectionSpec};
+use hashgate_host::hashing::lanes::{self, Engine, Job};
 use hashgate_host::hashing::ObjectHasher;
 use hashgate_host::{Digest, FilterEngine, Limits, Runtime};
 use rand::{RngCore, SeedableRng};
@@ -44,6 +48,68 @@ fn hashing(c: &mut Criterion) {
             black_box(h.finish())
         })
     });
+    group.finish();
+}
+
+fn lanes(c: &mut Criterion) {
+    const STREAMS: usize = 16;
+    let data: Vec<Vec<u8>> = (0..STREAMS)
+        .map(|i| random_bytes(64 << 10, i as u64))
+        .collect();
+    let blocks: Vec<&[[u8; 64]]> = data.iter().map(|d| d.as_chunks::<64>().0).collect();
+    let mut group = c.benchmark_group("lanes");
+    group.throughput(Throughput::Bytes((STREAMS << 16) as u64));
+    group.bench_function("crate-md5", |b| {
+        b.iter(|| {
+            for d in &data {
+                black_box(md5::Md5::digest(black_box(d)));
+            }
+        })
+    });
+    group.bench_function("crate-sha1", |b| {
+        b.iter(|| {
+            for d in &data {
+                black_box(sha1::Sha1::digest(black_box(d)));
+            }
+        })
+    });
+    for engine in Engine::available() {
+        let name = match engine {
+            Engine::Avx512 => "avx512",
+            Engine::Avx2 => "avx2",
+            Engine::Scalar => continue,
+        };
+        group.bench_function(format!("{name}-md5"), |b| {
+            b.iter(|| {
+                let mut states = [[0x67452301u32, 0xefcdab89, 0x98badcfe, 0x10325476]; STREAMS];
+                let mut jobs: Vec<Job<'_, 4>> = states
+                    .iter_mut()
+                    .zip(&blocks)
+                    .map(|(s, b)| Job::new(s, None, b))
+                    .collect();
+                lanes::compress_md5(engine, black_box(&mut jobs));
+                black_box(states)
+            })
+        });
+        group.bench_function(format!("{name}-sha1"), |b| {
+            b.iter(|| {
+                let mut states = [[
+                    0x67452301u32,
+                    0xefcdab89,
+                    0x98badcfe,
+                    0x10325476,
+                    0xc3d2e1f0,
+                ]; STREAMS];
+                let mut jobs: Vec<Job<'_, 5>> = states
+                    .iter_mut()
+                    .zip(&blocks)
+                    .map(|(s, b)| Job::new(s, None, b))
+                    .collect();
+                lanes::compress_sha1(engine, black_box(&mut jobs));
+                black_box(states)
+            })
+        });
+    }
     group.finish();
 }
 
@@ -109,5 +175,5 @@ fn build(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, hashing, verdict, build);
+criterion_group!(benches, hashing, lanes, verdict, build);
 criterion_main!(benches);

@@ -1,0 +1,237 @@
+//! The SIMD vectors the multi-buffer kernels are written over: one 32-bit word of each of
+//! [`Vector::LANES`] independent streams side by side.
+//!
+//! The kernels ([`super::md5x`], [`super::sha1x`]) are generic over [`Vector`] and
+//! `#[inline(always)]`; each is instantiated inside one `#[target_feature]` function per
+//! instruction set, so every operation below compiles to one or two instructions of that
+//! set. A value of an implementing type exists only inside such a function, which the
+//! dispatcher ([`super::lanes`]) calls only after detecting the features: that is why
+//! the constructors are `unsafe` and the operations are not.
+
+#[cfg(target_arch = "x86_64")]
+use std::arch::x86_64::*;
+
+/// Room for the widest vector's lanes.
+pub(super) const MAX_LANES: usize = 16;
+
+/// One word of each lane, aligned for a vector load.
+#[derive(Clone, Copy)]
+#[repr(C, align(64))]
+pub(super) struct Row(pub [u32; MAX_LANES]);
+
+/// A vector of `LANES` 32-bit words.
+pub(super) trait Vector: Copy {
+    /// Streams side by side.
+    const LANES: usize;
+
+    /// `x` in every lane.
+    ///
+    /// # Safety
+    /// The CPU has the instruction set of `Self`.
+    unsafe fn splat(x: u32) -> Self;
+
+    /// The first `LANES` words of `row`.
+    ///
+    /// # Safety
+    /// The CPU has the instruction set of `Self`.
+    unsafe fn load(row: &Row) -> Self;
+
+    /// Writes the lanes to the first `LANES` words of `row`.
+    fn store(self, row: &mut Row);
+
+    /// Lane-wise wrapping addition.
+    fn add(self, other: Self) -> Self;
+    /// Lane-wise `self ^ other`.
+    fn xor(self, other: Self) -> Self;
+    /// Lane-wise `self & other`.
+    fn and(self, other: Self) -> Self;
+    /// Lane-wise `self | other`.
+    fn or(self, other: Self) -> Self;
+    /// Lane-wise `self | !other`.
+    fn or_not(self, other: Self) -> Self;
+    /// Lane-wise rotation left by `L` bits; `R` is `32 - L` (spelled out because
+    /// stable Rust cannot compute it from a const parameter).
+    fn rotl<const L: i32, const R: i32>(self) -> Self;
+
+    /// Bitwise `m ? a : b`.
+    #[inline(always)]
+    fn select(m: Self, a: Self, b: Self) -> Self {
+        // (a ^ b) & m ^ b: three operations, no NOT.
+        a.xor(b).and(m).xor(b)
+    }
+
+    /// `a ^ b ^ c`.
+    #[inline(always)]
+    fn xor3(a: Self, b: Self, c: Self) -> Self {
+        a.xor(b).xor(c)
+    }
+
+    /// Bitwise majority of `a`, `b`, `c`.
+    #[inline(always)]
+    fn majority(a: Self, b: Self, c: Self) -> Self {
+        a.and(b).or(c.and(a.or(b)))
+    }
+
+    /// MD5's fourth round function, `c ^ (b | !d)`.
+    #[inline(always)]
+    fn md5_i(b: Self, c: Self, d: Self) -> Self {
+        c.xor(b.or_not(d))
+    }
+}
+
+/// Eight lanes of AVX2.
+#[cfg(target_arch = "x86_64")]
+#[derive(Clone, Copy)]
+pub(super) struct Avx2(__m256i);
+
+// SAFETY (for every `unsafe` block in this impl): an `Avx2` is only made by `splat` or
+// `load`, whose callers promise the CPU has AVX2.
+#[cfg(target_arch = "x86_64")]
+impl Vector for Avx2 {
+    const LANES: usize = 8;
+
+    #[inline(always)]
+    unsafe fn splat(x: u32) -> Self {
+        Avx2(_mm256_set1_epi32(x as i32))
+    }
+    #[inline(always)]
+    unsafe fn load(row: &Row) -> Self {
+        Avx2(_mm256_load_si256(row.0.as_ptr().cast()))
+    }
+    #[inline(always)]
+    fn store(self, row: &mut Row) {
+        unsafe { _mm256_store_si256(row.0.as_mut_ptr().cast(), self.0) }
+    }
+    #[inline(always)]
+    fn add(self, o: Self) -> Self {
+        Avx2(unsafe { _mm256_add_epi32(self.0, o.0) })
+    }
+    #[inline(always)]
+    fn xor(self, o: Self) -> Self {
+        Avx2(unsafe { _mm256_xor_si256(self.0, o.0) })
+    }
+    #[inline(always)]
+    fn and(self, o: Self) -> Self {
+        Avx2(unsafe { _mm256_and_si256(self.0, o.0) })
+    }
+    #[inline(always)]
+    fn or(self, o: Self) -> Self {
+        Avx2(unsafe { _mm256_or_si256(self.0, o.0) })
+    }
+    #[inline(always)]
+    fn or_not(self, o: Self) -> Self {
+        unsafe {
+            Avx2(_mm256_or_si256(
+                self.0,
+                _mm256_xor_si256(o.0, _mm256_set1_epi32(-1)),
+            ))
+        }
+    }
+    #[inline(always)]
+    fn rotl<const L: i32, const R: i32>(self) -> Self {
+        unsafe {
+            Avx2(_mm256_or_si256(
+                _mm256_slli_epi32::<L>(self.0),
+                _mm256_srli_epi32::<R>(self.0),
+            ))
+        }
+    }
+}
+
+/// Sixteen lanes of AVX-512 (F), with its rotate and three-input logic instructions.
+#[cfg(target_arch = "x86_64")]
+#[derive(Clone, Copy)]
+pub(super) struct Avx512(__m512i);
+
+// SAFETY (for every `unsafe` block in this impl): an `Avx512` is only made by `splat` or
+// `load`, whose callers promise the CPU has AVX-512F.
+#[cfg(target_arch = "x86_64")]
+impl Vector for Avx512 {
+    const LANES: usize = 16;
+
+    #[inline(always)]
+    unsafe fn splat(x: u32) -> Self {
+        Avx512(_mm512_set1_epi32(x as i32))
+    }
+    #[inline(always)]
+    unsafe fn load(row: &Row) -> Self {
+        Avx512(_mm512_load_si512(row.0.as_ptr().cast()))
+    }
+    #[inline(always)]
+    fn store(self, row: &mut Row) {
+        unsafe { _mm512_store_si512(row.0.as_mut_ptr().cast(), self.0) }
+    }
+    #[inline(always)]
+    fn add(self, o: Self) -> Self {
+        Avx512(unsafe { _mm512_add_epi32(self.0, o.0) })
+    }
+    #[inline(always)]
+    fn xor(self, o: Self) -> Self {
+        Avx512(unsafe { _mm512_xor_si512(self.0, o.0) })
+    }
+    #[inline(always)]
+    fn and(self, o: Self) -> Self {
+        Avx512(unsafe { _mm512_and_si512(self.0, o.0) })
+    }
+    #[inline(always)]
+    fn or(self, o: Self) -> Self {
+        Avx512(unsafe { _mm512_or_si512(self.0, o.0) })
+    }
+    #[inline(always)]
+    fn or_not(self, o: Self) -> Self {
+        // Truth table of a | !c over (a, b, c) = (self, self, o).
+        Avx512(unsafe { _mm512_ternarylogic_epi32::<0xF5>(self.0, self.0, o.0) })
+    }
+    #[inline(always)]
+    fn rotl<const L: i32, const R: i32>(self) -> Self {
+        Avx512(unsafe { _mm512_rol_epi32::<L>(self.0) })
+    }
+    #[inline(always)]
+    fn select(m: Self, a: Self, b: Self) -> Self {
+        Avx512(unsafe { _mm512_ternarylogic_epi32::<0xCA>(m.0, a.0, b.0) })
+    }
+    #[inline(always)]
+    fn xor3(a: Self, b: Self, c: Self) -> Self {
+        Avx512(unsafe { _mm512_ternarylogic_epi32::<0x96>(a.0, b.0, c.0) })
+    }
+    #[inline(always)]
+    fn majority(a: Self, b: Self, c: Self) -> Self {
+        Avx512(unsafe { _mm512_ternarylogic_epi32::<0xE8>(a.0, b.0, c.0) })
+    }
+    #[inline(always)]
+    fn md5_i(b: Self, c: Self, d: Self) -> Self {
+        // Truth table of c ^ (b | !d) over (b, c, d).
+        Avx512(unsafe { _mm512_ternarylogic_epi32::<0x39>(b.0, c.0, d.0) })
+    }
+}
+
+/// The next block of every lane as sixteen vectors, word `w` of each lane in vector `w`:
+/// MD5 reads its words little-endian, SHA-1 big-endian.
+///
+/// # Safety
+/// The CPU has the instruction set of `V`, and each of the first `V::LANES` pointers
+/// can be read for 64 bytes.
+#[inline(always)]
+pub(super) unsafe fn load_block<V: Vector>(
+    ptrs: &[*const u8; MAX_LANES],
+    big_endian: bool,
+) -> [V; 16] {
+    // A scalar transpose through an aligned buffer: 16 loads and stores a lane, small
+    // beside the 64 or 80 vector rounds the block then costs.
+    let mut rows = [Row([0; MAX_LANES]); 16];
+    for (lane, &ptr) in ptrs.iter().enumerate().take(V::LANES) {
+        for (w, row) in rows.iter_mut().enumerate() {
+            let word = ptr.add(4 * w).cast::<u32>().read_unaligned();
+            row.0[lane] = if big_endian {
+                u32::from_be(word)
+            } else {
+                u32::from_le(word)
+            };
+        }
+    }
+    let mut out = [V::splat(0); 16];
+    for (v, row) in out.iter_mut().zip(&rows) {
+        *v = V::load(row);
+    }
+    out
+}
