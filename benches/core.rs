@@ -73,6 +73,13 @@ fn lanes(c: &mut Criterion) {
             }
         })
     });
+    group.bench_function("crate-sha256", |b| {
+        b.iter(|| {
+            for d in &data {
+                black_box(sha2::Sha256::digest(black_box(d)));
+            }
+        })
+    });
     for engine in Engine::available() {
         let name = match engine {
             Engine::Avx512 => "avx512",
@@ -106,6 +113,27 @@ fn lanes(c: &mut Criterion) {
                     .map(|(s, b)| Job::new(s, None, b))
                     .collect();
                 lanes::compress_sha1(engine, black_box(&mut jobs));
+                black_box(states)
+            })
+        });
+        group.bench_function(format!("{name}-sha256"), |b| {
+            b.iter(|| {
+                let mut states = [[
+                    0x6a09e667u32,
+                    0xbb67ae85,
+                    0x3c6ef372,
+                    0xa54ff53a,
+                    0x510e527f,
+                    0x9b05688c,
+                    0x1f83d9ab,
+                    0x5be0cd19,
+                ]; STREAMS];
+                let mut jobs: Vec<Job<'_, 8>> = states
+                    .iter_mut()
+                    .zip(&blocks)
+                    .map(|(s, b)| Job::new(s, None, b))
+                    .collect();
+                lanes::compress_sha256(engine, black_box(&mut jobs));
                 black_box(states)
             })
         });

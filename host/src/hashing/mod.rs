@@ -1,10 +1,11 @@
 //! Native hashing: the hot loop of every front-end.
 //!
-//! Only the algorithms the loaded filter holds are computed. SHA-256 runs one stream at
-//! a time on SHA-NI (`sha2` picks it at run time). MD5 and SHA-1 are serial within one
-//! stream, and MD5 has no instruction of its own: alone it costs ~3x a SHA-256 here. So
-//! their streams can also be hashed many at once in SIMD lanes ([`lanes`]):
-//! [`ObjectHasher::update_many`] feeds several objects in one pass.
+//! Only the algorithms the loaded filter holds are computed. One stream at a time, the
+//! RustCrypto compressors do the work (`sha1` and `sha2` pick SHA-NI at run time; MD5
+//! has no instruction of its own and costs ~3x a SHA-256 here). Every algorithm is
+//! serial within one stream, but the streams of many objects are independent, so
+//! [`ObjectHasher::update_many`] feeds several objects in one pass, their blocks side by
+//! side in SIMD lanes ([`lanes`]).
 //!
 //! ```
 //! use hashgate_host::hashing::ObjectHasher;
@@ -20,9 +21,8 @@
 pub mod lanes;
 mod md5x;
 mod sha1x;
+mod sha256x;
 mod vector;
-
-use sha2::{Digest as _, Sha256};
 
 use crate::{Algorithm, Digest};
 use lanes::{Engine, Job};
@@ -112,13 +112,17 @@ const NOTHING: Split<'static> = (None, &[]);
 const MD5_INIT: [u32; 4] = [0x67452301, 0xefcdab89, 0x98badcfe, 0x10325476];
 /// SHA-1's initial state (FIPS 180-4 section 5.3.1).
 const SHA1_INIT: [u32; 5] = [0x67452301, 0xefcdab89, 0x98badcfe, 0x10325476, 0xc3d2e1f0];
+/// SHA-256's initial state (FIPS 180-4 section 5.3.3).
+const SHA256_INIT: [u32; 8] = [
+    0x6a09e667, 0xbb67ae85, 0x3c6ef372, 0xa54ff53a, 0x510e527f, 0x9b05688c, 0x1f83d9ab, 0x5be0cd19,
+];
 
 /// Hashes one object with the chosen algorithms as its bytes stream by.
 #[derive(Clone, Debug)]
 pub struct ObjectHasher {
     md5: Option<BlockStream<4>>,
     sha1: Option<BlockStream<5>>,
-    sha256: Option<Sha256>,
+    sha256: Option<BlockStream<8>>,
     len: u64,
 }
 
@@ -129,7 +133,7 @@ impl ObjectHasher {
         ObjectHasher {
             md5: has(Algorithm::Md5).then(|| BlockStream::new(MD5_INIT)),
             sha1: has(Algorithm::Sha1).then(|| BlockStream::new(SHA1_INIT)),
-            sha256: has(Algorithm::Sha256).then(Sha256::new),
+            sha256: has(Algorithm::Sha256).then(|| BlockStream::new(SHA256_INIT)),
             len: 0,
         }
     }
@@ -139,7 +143,7 @@ impl ObjectHasher {
     pub fn update(&mut self, chunk: &[u8]) {
         self.len += chunk.len() as u64;
         if let Some(h) = &mut self.sha256 {
-            h.update(chunk);
+            h.update(chunk, sha2::block_api::compress256);
         }
         if let Some(h) = &mut self.sha1 {
             h.update(chunk, sha1::block_api::compress);
@@ -158,35 +162,42 @@ impl ObjectHasher {
 
     /// [`ObjectHasher::update_many`] on a chosen engine (for tests and benchmarks).
     pub fn update_many_on(engine: Engine, batch: &mut [(&mut ObjectHasher, &[u8])]) {
-        // Each stream's split input, MD5's then SHA-1's: the block completed from its
+        // Each stream's split input, for MD5, SHA-1 and SHA-256: the block completed from its
         // buffer (copied out before the jobs borrow the states) and its whole blocks.
-        let mut splits: Vec<[Split<'_>; 2]> = Vec::with_capacity(batch.len());
+        let mut splits: Vec<[Split<'_>; 3]> = Vec::with_capacity(batch.len());
         for (hasher, data) in batch.iter_mut() {
             let data: &[u8] = data;
             hasher.len += data.len() as u64;
-            if let Some(h) = &mut hasher.sha256 {
-                h.update(data);
-            }
             splits.push([
                 hasher.md5.as_mut().map_or(NOTHING, |s| s.split(data)),
                 hasher.sha1.as_mut().map_or(NOTHING, |s| s.split(data)),
+                hasher.sha256.as_mut().map_or(NOTHING, |s| s.split(data)),
             ]);
         }
         let mut md5_jobs = Vec::with_capacity(batch.len());
         let mut sha1_jobs = Vec::with_capacity(batch.len());
-        for ((hasher, _), [(md5_head, md5_blocks), (sha1_head, sha1_blocks)]) in
-            batch.iter_mut().zip(&splits)
+        let mut sha256_jobs = Vec::with_capacity(batch.len());
+        for (
+            (hasher, _),
+            [(md5_head, md5_blocks), (sha1_head, sha1_blocks), (sha256_head, sha256_blocks)],
+        ) in batch.iter_mut().zip(&splits)
         {
-            let ObjectHasher { md5, sha1, .. } = &mut **hasher;
+            let ObjectHasher {
+                md5, sha1, sha256, ..
+            } = &mut **hasher;
             if let Some(s) = md5 {
                 md5_jobs.push(Job::new(&mut s.state, md5_head.as_ref(), md5_blocks));
             }
             if let Some(s) = sha1 {
                 sha1_jobs.push(Job::new(&mut s.state, sha1_head.as_ref(), sha1_blocks));
             }
+            if let Some(s) = sha256 {
+                sha256_jobs.push(Job::new(&mut s.state, sha256_head.as_ref(), sha256_blocks));
+            }
         }
         lanes::compress_md5(engine, &mut md5_jobs);
         lanes::compress_sha1(engine, &mut sha1_jobs);
+        lanes::compress_sha256(engine, &mut sha256_jobs);
     }
 
     /// Bytes fed so far.
@@ -217,7 +228,11 @@ impl ObjectHasher {
             ));
         }
         if let Some(h) = self.sha256 {
-            out.push(digest(Algorithm::Sha256, h.finalize()));
+            let state = h.finish(true, sha2::block_api::compress256);
+            out.push(digest(
+                Algorithm::Sha256,
+                state.iter().flat_map(|w| w.to_be_bytes()),
+            ));
         }
         out
     }

@@ -86,14 +86,24 @@ fn every_engine_compresses_like_the_crates() {
                 .map(|((s, h), d)| Job::new(s, h.as_ref(), d))
                 .collect();
             lanes::compress_sha1(engine, &mut sha1_jobs);
+            let mut sha256_states = vec![SHA256_INIT; streams];
+            let mut sha256_jobs: Vec<Job<'_, 8>> = sha256_states
+                .iter_mut()
+                .zip(&heads)
+                .zip(&data)
+                .map(|((s, h), d)| Job::new(s, h.as_ref(), d))
+                .collect();
+            lanes::compress_sha256(engine, &mut sha256_jobs);
             for i in 0..streams {
-                let (mut m, mut s) = (MD5_INIT, SHA1_INIT);
+                let (mut m, mut s, mut t) = (MD5_INIT, SHA1_INIT, SHA256_INIT);
                 if let Some(h) = &heads[i] {
                     md5::block_api::compress(&mut m, &[*h]);
                     sha1::block_api::compress(&mut s, &[*h]);
+                    sha2::block_api::compress256(&mut t, &[*h]);
                 }
                 md5::block_api::compress(&mut m, &data[i]);
                 sha1::block_api::compress(&mut s, &data[i]);
+                sha2::block_api::compress256(&mut t, &data[i]);
                 assert_eq!(
                     md5_states[i], m,
                     "{engine:?}, {streams} streams, MD5 of {i}"

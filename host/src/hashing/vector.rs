@@ -52,6 +52,8 @@ pub(super) trait Vector: Copy {
     /// Lane-wise rotation left by `L` bits; `R` is `32 - L` (spelled out because
     /// stable Rust cannot compute it from a const parameter).
     fn rotl<const L: i32, const R: i32>(self) -> Self;
+    /// Lane-wise logical shift right by `N` bits.
+    fn shr<const N: i32>(self) -> Self;
 
     /// Bitwise `m ? a : b`.
     #[inline(always)]
@@ -136,6 +138,10 @@ impl Vector for Avx2 {
             ))
         }
     }
+    #[inline(always)]
+    fn shr<const N: i32>(self) -> Self {
+        Avx2(unsafe { _mm256_srli_epi32::<N>(self.0) })
+    }
 }
 
 /// Sixteen lanes of AVX-512 (F), with its rotate and three-input logic instructions.
@@ -185,6 +191,11 @@ impl Vector for Avx512 {
     #[inline(always)]
     fn rotl<const L: i32, const R: i32>(self) -> Self {
         Avx512(unsafe { _mm512_rol_epi32::<L>(self.0) })
+    }
+    #[inline(always)]
+    fn shr<const N: i32>(self) -> Self {
+        // The variable-count form: `_mm512_srli_epi32` takes its count as a `u32`.
+        Avx512(unsafe { _mm512_srlv_epi32(self.0, _mm512_set1_epi32(N)) })
     }
     #[inline(always)]
     fn select(m: Self, a: Self, b: Self) -> Self {
