@@ -73,6 +73,15 @@ fn lanes(c: &mut Criterion) {
             }
         })
     });
+    group.bench_function("one-md5", |b| {
+        b.iter(|| {
+            for blocks in &blocks {
+                let mut state = [0x67452301u32, 0xefcdab89, 0x98badcfe, 0x10325476];
+                lanes::compress_md5_one(&mut state, black_box(blocks));
+                black_box(state);
+            }
+        })
+    });
     group.bench_function("crate-sha256", |b| {
         b.iter(|| {
             for d in &data {

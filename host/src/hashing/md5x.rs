@@ -31,13 +31,15 @@ pub(super) unsafe fn compress<V: Vector>(
     for _ in 0..blocks {
         let m: [V; 16] = load_block::<V>(ptrs, false);
         let [mut a, mut b, mut c, mut d] = *state;
-        // a = b + rotl(a + f(b, c, d) + K[i] + M[g], s)
+        // a = b + rotl(a + K[i] + M[g] + f(b, c, d), s), f added last: a, K and M are
+        // known early, f waits on the step before (the chain one stream cannot escape).
         macro_rules! step {
             ($f:expr, $a:ident, $b:ident, $c:ident, $d:ident, $i:expr, $g:expr, $s:literal) => {
                 $a = $b.add(
-                    $a.add($f)
-                        .add(V::splat(K[$i]))
+                    $a.add(V::splat(K[$i]))
                         .add(m[$g])
+                        .opaque()
+                        .add($f)
                         .rotl::<$s, { 32 - $s }>(),
                 );
             };

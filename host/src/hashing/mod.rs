@@ -20,6 +20,7 @@
 
 pub mod lanes;
 mod md5x;
+pub mod pool;
 mod sha1x;
 mod sha256x;
 mod vector;
@@ -149,7 +150,7 @@ impl ObjectHasher {
             h.update(chunk, sha1::block_api::compress);
         }
         if let Some(h) = &mut self.md5 {
-            h.update(chunk, md5::block_api::compress);
+            h.update(chunk, lanes::compress_md5_one);
         }
     }
 
@@ -214,7 +215,7 @@ impl ObjectHasher {
     pub fn finish(self) -> Vec<Digest> {
         let mut out = Vec::with_capacity(3);
         if let Some(h) = self.md5 {
-            let state = h.finish(false, md5::block_api::compress);
+            let state = h.finish(false, lanes::compress_md5_one);
             out.push(digest(
                 Algorithm::Md5,
                 state.iter().flat_map(|w| w.to_le_bytes()),

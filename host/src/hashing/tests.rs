@@ -117,6 +117,17 @@ fn every_engine_compresses_like_the_crates() {
     }
 }
 
+#[test]
+fn one_stream_md5_compresses_like_the_crate() {
+    for blocks in [0, 1, 2, 17] {
+        let data = bytes(blocks as u64, blocks * 64);
+        let (mut ours, mut theirs) = (MD5_INIT, MD5_INIT);
+        lanes::compress_md5_one(&mut ours, data.as_chunks::<64>().0);
+        md5::block_api::compress(&mut theirs, data.as_chunks::<64>().0);
+        assert_eq!(ours, theirs, "{blocks} blocks");
+    }
+}
+
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(64))]
 

@@ -55,6 +55,13 @@ pub(super) trait Vector: Copy {
     /// Lane-wise logical shift right by `N` bits.
     fn shr<const N: i32>(self) -> Self;
 
+    /// `self`, hidden from the optimiser so that it keeps a sum in the order written
+    /// (it otherwise reassociates integer additions, lengthening a dependency chain).
+    #[inline(always)]
+    fn opaque(self) -> Self {
+        self
+    }
+
     /// Bitwise `m ? a : b`.
     #[inline(always)]
     fn select(m: Self, a: Self, b: Self) -> Self {
@@ -213,6 +220,84 @@ impl Vector for Avx512 {
     fn md5_i(b: Self, c: Self, d: Self) -> Self {
         // Truth table of c ^ (b | !d) over (b, c, d).
         Avx512(unsafe { _mm512_ternarylogic_epi32::<0x39>(b.0, c.0, d.0) })
+    }
+}
+
+/// One lane of AVX-512VL: a single MD5 stream in an XMM register, for its rotate and
+/// three-input logic instructions, which shorten the chain of dependent operations of
+/// each MD5 step from five to four.
+#[cfg(target_arch = "x86_64")]
+#[derive(Clone, Copy)]
+pub(super) struct Avx512One(__m128i);
+
+// SAFETY (for every `unsafe` block in this impl): an `Avx512One` is only made by `splat`
+// or `load`, whose callers promise the CPU has AVX-512F and AVX-512VL.
+#[cfg(target_arch = "x86_64")]
+impl Vector for Avx512One {
+    const LANES: usize = 1;
+
+    #[inline(always)]
+    unsafe fn splat(x: u32) -> Self {
+        Avx512One(_mm_cvtsi32_si128(x as i32))
+    }
+    #[inline(always)]
+    unsafe fn load(row: &Row) -> Self {
+        Avx512One(_mm_cvtsi32_si128(row.0[0] as i32))
+    }
+    #[inline(always)]
+    fn store(self, row: &mut Row) {
+        row.0[0] = unsafe { _mm_cvtsi128_si32(self.0) } as u32;
+    }
+    #[inline(always)]
+    fn add(self, o: Self) -> Self {
+        Avx512One(unsafe { _mm_add_epi32(self.0, o.0) })
+    }
+    #[inline(always)]
+    fn opaque(self) -> Self {
+        let mut v = self.0;
+        // SAFETY: an empty template: the register is left as it is.
+        unsafe { std::arch::asm!("/* {0} */", inout(xmm_reg) v, options(pure, nomem, nostack)) };
+        Avx512One(v)
+    }
+    #[inline(always)]
+    fn xor(self, o: Self) -> Self {
+        Avx512One(unsafe { _mm_xor_si128(self.0, o.0) })
+    }
+    #[inline(always)]
+    fn and(self, o: Self) -> Self {
+        Avx512One(unsafe { _mm_and_si128(self.0, o.0) })
+    }
+    #[inline(always)]
+    fn or(self, o: Self) -> Self {
+        Avx512One(unsafe { _mm_or_si128(self.0, o.0) })
+    }
+    #[inline(always)]
+    fn or_not(self, o: Self) -> Self {
+        Avx512One(unsafe { _mm_ternarylogic_epi32::<0xF5>(self.0, self.0, o.0) })
+    }
+    #[inline(always)]
+    fn rotl<const L: i32, const R: i32>(self) -> Self {
+        Avx512One(unsafe { _mm_rol_epi32::<L>(self.0) })
+    }
+    #[inline(always)]
+    fn shr<const N: i32>(self) -> Self {
+        Avx512One(unsafe { _mm_srlv_epi32(self.0, _mm_set1_epi32(N)) })
+    }
+    #[inline(always)]
+    fn select(m: Self, a: Self, b: Self) -> Self {
+        Avx512One(unsafe { _mm_ternarylogic_epi32::<0xCA>(m.0, a.0, b.0) })
+    }
+    #[inline(always)]
+    fn xor3(a: Self, b: Self, c: Self) -> Self {
+        Avx512One(unsafe { _mm_ternarylogic_epi32::<0x96>(a.0, b.0, c.0) })
+    }
+    #[inline(always)]
+    fn majority(a: Self, b: Self, c: Self) -> Self {
+        Avx512One(unsafe { _mm_ternarylogic_epi32::<0xE8>(a.0, b.0, c.0) })
+    }
+    #[inline(always)]
+    fn md5_i(b: Self, c: Self, d: Self) -> Self {
+        Avx512One(unsafe { _mm_ternarylogic_epi32::<0x39>(b.0, c.0, d.0) })
     }
 }
 

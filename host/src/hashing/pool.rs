@@ -1,0 +1,255 @@
+//! The uploads a process serves, hashed together: a [`LanePool`] collects the frames of
+//! every upload hashed on the serving threads and hashes them in one pass of the SIMD
+//! lanes ([`ObjectHasher::update_many`]), so that sixteen 64 KiB uploads cost about what
+//! one costs one stream at a time.
+//!
+//! Nothing waits on a dedicated thread: whichever upload fills the queue, or needs its
+//! digests, drains it, hashing the other uploads' frames with its own ("flat
+//! combining"). One drain runs at a time and takes the queue as it stands when it
+//! starts, so each upload's frames are hashed in order. The frames are the
+//! reference-counted buffers the front-end forwards anyway (no copy); what one upload
+//! may have queued, and what all may have, is bounded.
+//!
+//! ```
+//! # #[tokio::main(flavor = "current_thread")] async fn main() {
+//! use bytes::Bytes;
+//! use hashgate_host::hashing::{pool::LanePool, ObjectHasher};
+//! use hashgate_host::Algorithm;
+//!
+//! let pool = LanePool::global();
+//! let (mut a, mut b) = (pool.hasher(&[Algorithm::Md5]), pool.hasher(&[Algorithm::Md5]));
+//! a.update(&Bytes::from_static(b"abc")).await;
+//! b.update(&Bytes::from_static(b"abd")).await;
+//! let mut alone = ObjectHasher::new(&[Algorithm::Md5]);
+//! alone.update(b"abc");
+//! assert_eq!(a.finish().await, alone.finish());
+//! # }
+//! ```
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
+
+use bytes::Bytes;
+
+use super::ObjectHasher;
+use crate::{Algorithm, Digest};
+
+/// Queued bytes (all uploads) that make the next upload to queue drain the pool: enough
+/// for every lane to have a run of blocks, little enough to still be in cache.
+const DRAIN_AT: usize = 512 * 1024;
+/// Queued bytes of one upload that make it drain the pool before it queues more.
+const OWN_LIMIT: usize = 256 * 1024;
+
+/// Frames waiting to be hashed, in arrival order.
+#[derive(Default)]
+struct Queue {
+    frames: Vec<(Arc<Stream>, Bytes)>,
+    bytes: usize,
+}
+
+/// One upload in the pool.
+struct Stream {
+    hasher: Mutex<ObjectHasher>,
+    /// Its bytes queued and not yet hashed.
+    queued: AtomicUsize,
+}
+
+/// Frames of many uploads hashed together (see the module docs).
+#[derive(Default)]
+pub struct LanePool {
+    queue: Mutex<Queue>,
+    /// Held by the one drain running; async, so that an upload waiting for it lets its
+    /// serving thread serve others meanwhile.
+    drain: tokio::sync::Mutex<()>,
+}
+
+/// Locks `m`, whether or not a holder panicked (the data is a queue or a hasher, left
+/// consistent between operations).
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl LanePool {
+    /// The process's pool: cores and lanes are the process's, so the pool is too.
+    pub fn global() -> &'static LanePool {
+        static POOL: OnceLock<LanePool> = OnceLock::new();
+        POOL.get_or_init(LanePool::default)
+    }
+
+    /// A hasher for one upload, hashed with `algorithms` in this pool.
+    pub fn hasher(&'static self, algorithms: &[Algorithm]) -> PooledHasher {
+        PooledHasher {
+            pool: self,
+            stream: Arc::new(Stream {
+                hasher: Mutex::new(ObjectHasher::new(algorithms)),
+                queued: AtomicUsize::new(0),
+            }),
+            len: 0,
+        }
+    }
+
+    /// Queues `frame` of `stream`; returns the bytes queued in all.
+    fn push(&self, stream: &Arc<Stream>, frame: &Bytes) -> usize {
+        stream.queued.fetch_add(frame.len(), Ordering::AcqRel);
+        let mut q = lock(&self.queue);
+        q.frames.push((stream.clone(), frame.clone()));
+        q.bytes += frame.len();
+        q.bytes
+    }
+
+    /// Hashes every frame queued when it starts (waiting for a drain under way first).
+    async fn drain(&self) {
+        let _running = self.drain.lock().await;
+        self.drain_queued();
+    }
+
+    /// [`LanePool::drain`] if none is under way; otherwise nothing: the running one, or
+    /// the next upload to need its digests, hashes what is queued.
+    fn try_drain(&self) {
+        if let Ok(_running) = self.drain.try_lock() {
+            self.drain_queued();
+        }
+    }
+
+    /// Hashes the queue as it stands, the caller holding `drain`.
+    fn drain_queued(&self) {
+        let frames = {
+            let mut q = lock(&self.queue);
+            q.bytes = 0;
+            std::mem::take(&mut q.frames)
+        };
+        if frames.is_empty() {
+            return;
+        }
+        // Each upload's frames in order; uploads in order of their first frame.
+        let mut streams: Vec<(Arc<Stream>, Vec<Bytes>)> = Vec::new();
+        let mut index: HashMap<*const Stream, usize> = HashMap::new();
+        for (stream, frame) in frames {
+            let i = *index.entry(Arc::as_ptr(&stream)).or_insert_with(|| {
+                streams.push((stream.clone(), Vec::new()));
+                streams.len() - 1
+            });
+            streams[i].1.push(frame);
+        }
+        // Round r hashes every upload's r-th frame side by side.
+        let mut hashers: Vec<MutexGuard<'_, ObjectHasher>> =
+            streams.iter().map(|(s, _)| lock(&s.hasher)).collect();
+        let rounds = streams.iter().map(|(_, f)| f.len()).max().unwrap_or(0);
+        for round in 0..rounds {
+            let mut batch: Vec<(&mut ObjectHasher, &[u8])> = hashers
+                .iter_mut()
+                .zip(&streams)
+                .filter_map(|(h, (_, frames))| Some((&mut **h, frames.get(round)?.as_ref())))
+                .collect();
+            ObjectHasher::update_many(&mut batch);
+        }
+        drop(hashers);
+        for (stream, frames) in &streams {
+            let bytes = frames.iter().map(Bytes::len).sum();
+            stream.queued.fetch_sub(bytes, Ordering::AcqRel);
+        }
+    }
+}
+
+/// One upload's hasher in a [`LanePool`].
+pub struct PooledHasher {
+    pool: &'static LanePool,
+    stream: Arc<Stream>,
+    len: u64,
+}
+
+impl PooledHasher {
+    /// Bytes fed so far.
+    pub fn bytes_fed(&self) -> u64 {
+        self.len
+    }
+
+    /// Queues the next frame (a reference-counted handle, not a copy); drains the pool
+    /// when the queue, or this upload's share of it, is full.
+    pub async fn update(&mut self, frame: &Bytes) {
+        if frame.is_empty() {
+            return;
+        }
+        self.len += frame.len() as u64;
+        let queued = self.pool.push(&self.stream, frame);
+        if self.stream.queued.load(Ordering::Acquire) >= OWN_LIMIT {
+            self.pool.drain().await;
+        } else if queued >= DRAIN_AT {
+            self.pool.try_drain();
+        }
+    }
+
+    /// The digests, once every frame is hashed.
+    pub async fn finish(self) -> Vec<Digest> {
+        while self.stream.queued.load(Ordering::Acquire) > 0 {
+            self.pool.drain().await;
+        }
+        let hasher = std::mem::replace(&mut *lock(&self.stream.hasher), ObjectHasher::new(&[]));
+        hasher.finish()
+    }
+}
+
+impl Drop for PooledHasher {
+    /// An upload given up on (the client went away): its frames leave the queue unhashed.
+    fn drop(&mut self) {
+        if self.stream.queued.load(Ordering::Acquire) == 0 {
+            return;
+        }
+        let mut q = lock(&self.pool.queue);
+        let ours = |s: &Arc<Stream>| Arc::ptr_eq(s, &self.stream);
+        let dropped: usize = q
+            .frames
+            .iter()
+            .filter(|(s, _)| ours(s))
+            .map(|(_, f)| f.len())
+            .sum();
+        q.frames.retain(|(s, _)| !ours(s));
+        q.bytes -= dropped;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn concurrent_uploads_get_their_own_digests() {
+        let algorithms = Algorithm::ALL;
+        let tasks: Vec<_> = (0..24u8)
+            .map(|i| {
+                tokio::spawn(async move {
+                    let data: Vec<u8> = (0..100_000u32).map(|x| (x as u8) ^ i).collect();
+                    let mut h = LanePool::global().hasher(&algorithms);
+                    for chunk in data.chunks(7_000 + usize::from(i) * 333) {
+                        h.update(&Bytes::copy_from_slice(chunk)).await;
+                        tokio::task::yield_now().await;
+                    }
+                    let mut alone = ObjectHasher::new(&algorithms);
+                    alone.update(&data);
+                    (h.finish().await, alone.finish())
+                })
+            })
+            .collect();
+        for t in tasks {
+            let (pooled, alone) = t.await.unwrap();
+            assert_eq!(pooled, alone);
+        }
+    }
+
+    #[tokio::test]
+    async fn an_upload_given_up_on_leaves_the_queue() {
+        let pool: &'static LanePool = Box::leak(Box::default());
+        let mut gone = pool.hasher(&[Algorithm::Sha1]);
+        gone.update(&Bytes::from(vec![1; 1000])).await;
+        let mut kept = pool.hasher(&[Algorithm::Sha1]);
+        kept.update(&Bytes::from(vec![2; 10])).await;
+        drop(gone);
+        assert_eq!(lock(&pool.queue).frames.len(), 1);
+        assert_eq!(lock(&pool.queue).bytes, 10);
+        let mut alone = ObjectHasher::new(&[Algorithm::Sha1]);
+        alone.update(&[2; 10]);
+        assert_eq!(kept.finish().await, alone.finish());
+        assert_eq!(lock(&pool.queue).bytes, 0);
+    }
+}
