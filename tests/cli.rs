@@ -489,3 +489,91 @@ fn times_no_date_can_hold_are_refused_before_writing_and_shown_as_numbers() {
     assert!(out.status.success(), "{}", text(&out));
     assert!(text(&out).contains(&format!("{} (Unix time, after the year 9999)", u64::MAX)));
 }
+
+/// Digest hex of `bytes` with `algorithm`.
+fn hex_of(algorithm: hashgate_host::Algorithm, bytes: &[u8]) -> String {
+    let mut h = hashgate_host::hashing::ObjectHasher::new(&[algorithm]);
+    h.update(bytes);
+    hex::encode(h.finish().remove(0).bytes)
+}
+
+#[test]
+fn a_tree_hashed_side_by_side_finds_every_listed_file_by_every_algorithm() {
+    use hashgate_host::Algorithm;
+    let w = World::new();
+    let tree = w.path("tree");
+    std::fs::create_dir_all(&tree).unwrap();
+    let mut rng = rand::thread_rng();
+    let algorithms = [Algorithm::Md5, Algorithm::Sha1, Algorithm::Sha256];
+    let mut list = String::new();
+    let mut listed = Vec::new();
+    // More files than the lanes hold, of sizes around the read chunks, a few gzipped.
+    for i in 0..70usize {
+        let size = [0, 1, 511, 512, 513, 65_535, 65_536, 65_537, 200_000][i % 9] + i;
+        let mut bytes = vec![0u8; size];
+        rng.fill_bytes(&mut bytes);
+        let path = tree.join(format!("f{i:02}.bin"));
+        if i % 5 == 0 {
+            let algorithm = algorithms[(i / 5) % 3];
+            list += &format!("{}\n", hex_of(algorithm, &bytes));
+            listed.push((path.clone(), algorithm));
+        }
+        if i % 11 == 3 {
+            // The listed file inside a gzip stream: the pipeline opens it.
+            let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+            std::io::Write::write_all(&mut gz, &bytes).unwrap();
+            std::fs::write(&path, gz.finish().unwrap()).unwrap();
+        } else {
+            std::fs::write(&path, &bytes).unwrap();
+        }
+    }
+    // A large file, last and alone in its own scan: its algorithms go to several cores.
+    let mut big = vec![0u8; 5 << 20];
+    rng.fill_bytes(&mut big);
+    let big_path = w.path("big.bin");
+    std::fs::write(&big_path, &big).unwrap();
+    for algorithm in algorithms {
+        list += &format!("{}\n", hex_of(algorithm, &big));
+    }
+    std::fs::write(w.path("list.txt"), list).unwrap();
+    let out = w.build(&[]);
+    assert!(out.status.success(), "{}", text(&out));
+
+    let out = w.scan(&w.path("f.hgf"), &w.path("auth.pub"), &[&tree], true);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    let lines: Vec<serde_json::Value> = String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let mut hits: Vec<(String, String)> = lines
+        .iter()
+        .filter(|l| l["type"] == "hit")
+        .map(|l| {
+            let algorithm = l["algorithm"].as_str().unwrap_or_default();
+            (l["path"].as_str().unwrap().to_owned(), algorithm.to_owned())
+        })
+        .collect();
+    hits.sort();
+    let mut expected: Vec<(String, String)> = listed
+        .iter()
+        .map(|(p, a)| (p.display().to_string(), a.to_string()))
+        .collect();
+    expected.sort();
+    assert_eq!(hits, expected);
+    let summary = lines.last().unwrap();
+    assert_eq!(summary["files"], 70);
+    assert_eq!(summary["errors"], 0);
+
+    let out = w.scan(&w.path("f.hgf"), &w.path("auth.pub"), &[&big_path], true);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    let mut found: Vec<String> = String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .filter(|l| l["type"] == "hit")
+        .map(|l| l["algorithm"].as_str().unwrap().to_owned())
+        .collect();
+    found.sort();
+    assert_eq!(found, ["md5", "sha1", "sha256"]);
+}

@@ -1,18 +1,28 @@
 //! Scanning data at rest: the front-end behind `hashgate scan`.
 //!
 //! Files are listed first (so progress can be shown against a total), then inspected on
-//! several threads that pull the next file from a shared cursor: each file goes through
-//! the inspection pipeline ([`crate::inspect`]), so the members of its archives are
-//! hashed and reported too (`photos.zip!a.jpg`). Decisions come from the shared verdict
+//! several threads that pull the next file from a shared cursor. A file whose first
+//! bytes announce a container goes through the inspection pipeline ([`crate::inspect`]),
+//! so the members of its archives are hashed and reported too (`photos.zip!a.jpg`).
+//! Plain files, most of any tree, are hashed as the pipeline would hash them, but each
+//! thread hashes as many at once as the SIMD lanes hold ([`crate::hashing::lanes`]),
+//! and the last file, if it is large, has its algorithms split over the cores
+//! ([`crate::hashing::split`]). Decisions come from the shared verdict
 //! core ([`Enforcer`]: allow-list, uninspectable policy, audit log, metrics), as for the
 //! gateway. A file that cannot be read is reported and the scan goes on.
 
 use std::fs::File;
+use std::io::Read as _;
+use std::ops::ControlFlow;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
 use crate::enforce::{Context, Enforcer, Outcome};
-use crate::inspect::{Envelope, InspectError, Limits, Problem, Report, UninspectableAction};
+use crate::hashing::lanes::Engine;
+use crate::hashing::{split, ObjectHasher};
+use crate::inspect::{
+    is_plain, Envelope, InspectError, Limits, Problem, Report, UninspectableAction, PREFIX_LEN,
+};
 use crate::{Error, Hit};
 
 /// One file to scan.
@@ -147,89 +157,23 @@ pub fn scan_while_loading<'e>(
     threads: usize,
     on_event: &(dyn Fn(Event<'_>) + Sync),
 ) -> Summary {
-    let next = AtomicUsize::new(0);
-    let totals: [AtomicU64; 6] = Default::default();
+    let scan = Scan {
+        algorithms,
+        limits,
+        enforcer,
+        targets,
+        threads: threads.max(1),
+        on_event,
+        next: AtomicUsize::new(0),
+        totals: Default::default(),
+    };
     std::thread::scope(|s| {
-        for _ in 0..threads.max(1) {
-            s.spawn(|| loop {
-                let i = next.fetch_add(1, Ordering::Relaxed);
-                let Some(target) = targets.get(i) else { break };
-                let path = target.path.as_path();
-                let inspected = inspect_file(path, algorithms, limits);
-                let Some(enforcer) = enforcer() else { break };
-                // One filter for the whole scan: the enforcer of a scan never swaps.
-                let filter = enforcer.filter();
-                let report = match inspected {
-                    Ok(report) => report,
-                    Err(error) => {
-                        totals[4].fetch_add(1, Ordering::Relaxed);
-                        on_event(Event::Error {
-                            path,
-                            error: &error,
-                        });
-                        continue;
-                    }
-                };
-                let ctx = Context {
-                    method: "SCAN".into(),
-                    path: path.display().to_string(),
-                    ..Context::default()
-                };
-                let decision = enforcer.decide_report(&filter, &ctx, &report);
-                let bytes = report.root().map_or(0, |r| r.size);
-                if decision.outcome == Outcome::Unavailable {
-                    totals[4].fetch_add(1, Ordering::Relaxed);
-                    let error = Error::GuestTrap("no verdict for this file (see the log)".into());
-                    on_event(Event::Error {
-                        path,
-                        error: &error,
-                    });
-                    continue;
-                }
-                totals[0].fetch_add(1, Ordering::Relaxed);
-                totals[1].fetch_add(bytes, Ordering::Relaxed);
-                let (mut listed, mut canary) = (false, false);
-                for node in &decision.hits {
-                    let (canaries, found): (Vec<&Hit>, Vec<&Hit>) =
-                        node.hits.iter().partition(|h| h.is_canary());
-                    canary |= !canaries.is_empty();
-                    if found.is_empty() {
-                        continue;
-                    }
-                    listed = true;
-                    let found: Vec<Hit> = found.into_iter().cloned().collect();
-                    on_event(Event::Hit {
-                        path,
-                        member: node.member.as_deref(),
-                        layers: node.layers.as_deref(),
-                        size: node.size,
-                        hits: &found,
-                    });
-                }
-                if listed {
-                    totals[2].fetch_add(1, Ordering::Relaxed);
-                } else if canary {
-                    totals[3].fetch_add(1, Ordering::Relaxed);
-                    on_event(Event::Canary { path });
-                }
-                let mut blocked_any = false;
-                for (problem, action) in &decision.problems {
-                    let blocked = *action == UninspectableAction::Block;
-                    blocked_any |= blocked;
-                    on_event(Event::Uninspectable {
-                        path,
-                        problem,
-                        blocked,
-                    });
-                }
-                if blocked_any {
-                    totals[5].fetch_add(1, Ordering::Relaxed);
-                }
-                on_event(Event::Scanned { bytes });
-            });
+        for _ in 0..scan.threads {
+            s.spawn(|| scan.work());
         }
     });
-    let [files, bytes, hits, canaries, errors, uninspectable] = totals.map(AtomicU64::into_inner);
+    let [files, bytes, hits, canaries, errors, uninspectable] =
+        scan.totals.map(AtomicU64::into_inner);
     Summary {
         files,
         bytes,
@@ -237,6 +181,252 @@ pub fn scan_while_loading<'e>(
         canaries,
         errors,
         uninspectable,
+    }
+}
+
+/// Bytes read from each file of a batch per pass: sixteen of them fit in a core's L2
+/// cache while the three algorithms go over them.
+const CHUNK: usize = 64 * 1024;
+/// A file left to hash alone at the end of a scan is split over the cores from this
+/// size on (below it, starting threads costs more than it saves).
+const SPLIT_FROM: u64 = 1 << 20;
+
+/// One scan's shared state: the cursor into the targets and the totals.
+struct Scan<'s, 'e> {
+    algorithms: &'s [crate::Algorithm],
+    limits: &'s Limits,
+    enforcer: &'s (dyn Fn() -> Option<&'e Enforcer> + Sync),
+    targets: &'s [Target],
+    threads: usize,
+    on_event: &'s (dyn Fn(Event<'_>) + Sync),
+    next: AtomicUsize,
+    /// Files, bytes, hits, canaries, errors, uninspectable.
+    totals: [AtomicU64; 6],
+}
+
+/// A plain file being hashed in a worker's batch.
+struct InFlight<'s> {
+    path: &'s Path,
+    file: File,
+    hasher: ObjectHasher,
+    /// Bytes read and not yet hashed.
+    buf: Vec<u8>,
+    /// Whether the file has ended.
+    ended: bool,
+}
+
+/// What a file turned out to be when opened.
+enum Opened {
+    /// Not a container: hashed in a batch, `prefix` first.
+    Plain(File, Vec<u8>),
+    /// A container, or possibly one: inspected by the pipeline, `prefix` first.
+    Container(File, Vec<u8>),
+}
+
+impl<'s> Scan<'s, '_> {
+    /// One worker: takes files from the cursor until there are none. Plain files are
+    /// hashed side by side, as many as the SIMD lanes hold ([`ObjectHasher::update_many`]);
+    /// a container is inspected when it comes; the last file, when it is large and
+    /// alone, has its algorithms split over the cores.
+    fn work(&self) {
+        let lanes = Engine::detect().lanes();
+        let mut batch: Vec<InFlight<'s>> = Vec::with_capacity(lanes);
+        loop {
+            while batch.len() < lanes {
+                let i = self.next.fetch_add(1, Ordering::Relaxed);
+                let Some(target) = self.targets.get(i) else {
+                    break;
+                };
+                let path = target.path.as_path();
+                let alone = batch.is_empty() && i + 1 >= self.targets.len();
+                let flow = match open(path) {
+                    Err(error) => self.conclude(path, Err(error)),
+                    Ok(Opened::Container(mut file, prefix)) => {
+                        let len = file.metadata().map(|m| m.len()).ok();
+                        let mut input = prefix.as_slice().chain(&mut file);
+                        let inspected = crate::inspect::inspect_reader(
+                            &mut input,
+                            &Envelope::default(),
+                            self.algorithms,
+                            self.limits,
+                            len,
+                        )
+                        .map_err(|e| inspect_error(path, e));
+                        self.conclude(path, inspected)
+                    }
+                    Ok(Opened::Plain(mut file, prefix)) if alone && target.size >= SPLIT_FROM => {
+                        let mut input = prefix.as_slice().chain(&mut file);
+                        let hashed = split::hash_reader(&mut input, self.algorithms, self.threads)
+                            .map(|(digests, len)| Report::plain(len, digests))
+                            .map_err(|e| Error::io(path, e));
+                        self.conclude(path, hashed)
+                    }
+                    Ok(Opened::Plain(file, prefix)) => {
+                        batch.push(InFlight {
+                            path,
+                            file,
+                            hasher: ObjectHasher::new(self.algorithms),
+                            ended: prefix.len() < PREFIX_LEN,
+                            buf: prefix,
+                        });
+                        ControlFlow::Continue(())
+                    }
+                };
+                if flow.is_break() {
+                    return;
+                }
+            }
+            if batch.is_empty() {
+                return;
+            }
+            // One pass: a chunk more of every file, hashed side by side.
+            let mut failed: Vec<(usize, std::io::Error)> = Vec::new();
+            for (i, f) in batch.iter_mut().enumerate() {
+                if f.ended {
+                    continue;
+                }
+                let have = f.buf.len();
+                f.buf.resize(CHUNK.max(have), 0);
+                match split::read_full(&mut f.file, &mut f.buf[have..]) {
+                    Ok(n) => {
+                        f.ended = have + n < f.buf.len();
+                        f.buf.truncate(have + n);
+                    }
+                    Err(e) => failed.push((i, e)),
+                }
+            }
+            let mut pass: Vec<(&mut ObjectHasher, &[u8])> = batch
+                .iter_mut()
+                .map(|f| (&mut f.hasher, f.buf.as_slice()))
+                .collect();
+            ObjectHasher::update_many(&mut pass);
+            for f in batch.iter_mut() {
+                f.buf.clear();
+            }
+            // Failed files first (highest index first, so the others keep theirs), then
+            // the ones that ended.
+            for (i, e) in failed.into_iter().rev() {
+                let f = batch.swap_remove(i);
+                if self.conclude(f.path, Err(Error::io(f.path, e))).is_break() {
+                    return;
+                }
+            }
+            let mut i = 0;
+            while i < batch.len() {
+                if !batch[i].ended {
+                    i += 1;
+                    continue;
+                }
+                let f = batch.swap_remove(i);
+                let len = f.hasher.len();
+                if self
+                    .conclude(f.path, Ok(Report::plain(len, f.hasher.finish())))
+                    .is_break()
+                {
+                    return;
+                }
+            }
+        }
+    }
+
+    /// Decides on one file's inspection and reports it; breaks when there is no
+    /// verdict core (the filter failed to load).
+    fn conclude(&self, path: &Path, inspected: Result<Report, Error>) -> ControlFlow<()> {
+        let totals = &self.totals;
+        let on_event = self.on_event;
+        let Some(enforcer) = (self.enforcer)() else {
+            return ControlFlow::Break(());
+        };
+        // One filter for the whole scan: the enforcer of a scan never swaps.
+        let filter = enforcer.filter();
+        let report = match inspected {
+            Ok(report) => report,
+            Err(error) => {
+                totals[4].fetch_add(1, Ordering::Relaxed);
+                on_event(Event::Error {
+                    path,
+                    error: &error,
+                });
+                return ControlFlow::Continue(());
+            }
+        };
+        let ctx = Context {
+            method: "SCAN".into(),
+            path: path.display().to_string(),
+            ..Context::default()
+        };
+        let decision = enforcer.decide_report(&filter, &ctx, &report);
+        let bytes = report.root().map_or(0, |r| r.size);
+        if decision.outcome == Outcome::Unavailable {
+            totals[4].fetch_add(1, Ordering::Relaxed);
+            let error = Error::GuestTrap("no verdict for this file (see the log)".into());
+            on_event(Event::Error {
+                path,
+                error: &error,
+            });
+            return ControlFlow::Continue(());
+        }
+        totals[0].fetch_add(1, Ordering::Relaxed);
+        totals[1].fetch_add(bytes, Ordering::Relaxed);
+        let (mut listed, mut canary) = (false, false);
+        for node in &decision.hits {
+            let (canaries, found): (Vec<&Hit>, Vec<&Hit>) =
+                node.hits.iter().partition(|h| h.is_canary());
+            canary |= !canaries.is_empty();
+            if found.is_empty() {
+                continue;
+            }
+            listed = true;
+            let found: Vec<Hit> = found.into_iter().cloned().collect();
+            on_event(Event::Hit {
+                path,
+                member: node.member.as_deref(),
+                layers: node.layers.as_deref(),
+                size: node.size,
+                hits: &found,
+            });
+        }
+        if listed {
+            totals[2].fetch_add(1, Ordering::Relaxed);
+        } else if canary {
+            totals[3].fetch_add(1, Ordering::Relaxed);
+            on_event(Event::Canary { path });
+        }
+        let mut blocked_any = false;
+        for (problem, action) in &decision.problems {
+            let blocked = *action == UninspectableAction::Block;
+            blocked_any |= blocked;
+            on_event(Event::Uninspectable {
+                path,
+                problem,
+                blocked,
+            });
+        }
+        if blocked_any {
+            totals[5].fetch_add(1, Ordering::Relaxed);
+        }
+        on_event(Event::Scanned { bytes });
+        ControlFlow::Continue(())
+    }
+}
+
+/// Opens `path` and reads its first bytes to tell a plain file from a container.
+fn open(path: &Path) -> Result<Opened, Error> {
+    let mut file = File::open(path).map_err(|e| Error::io(path, e))?;
+    let mut prefix = vec![0u8; PREFIX_LEN];
+    let n = split::read_full(&mut file, &mut prefix).map_err(|e| Error::io(path, e))?;
+    prefix.truncate(n);
+    Ok(if is_plain(&prefix) {
+        Opened::Plain(file, prefix)
+    } else {
+        Opened::Container(file, prefix)
+    })
+}
+
+fn inspect_error(path: &Path, e: InspectError) -> Error {
+    match e {
+        InspectError::Read(e) | InspectError::Spool(e) => Error::io(path, e),
+        InspectError::Worker(why) => Error::io(path, std::io::Error::other(why)),
     }
 }
 
@@ -250,8 +440,5 @@ pub fn inspect_file(
     let mut file = File::open(path).map_err(|e| Error::io(path, e))?;
     let len = file.metadata().map(|m| m.len()).ok();
     crate::inspect::inspect_reader(&mut file, &Envelope::default(), algorithms, limits, len)
-        .map_err(|e| match e {
-            InspectError::Read(e) | InspectError::Spool(e) => Error::io(path, e),
-            InspectError::Worker(why) => Error::io(path, std::io::Error::other(why)),
-        })
+        .map_err(|e| inspect_error(path, e))
 }

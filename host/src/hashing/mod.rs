@@ -23,6 +23,7 @@ mod md5x;
 pub mod pool;
 mod sha1x;
 mod sha256x;
+pub mod split;
 mod vector;
 
 use crate::{Algorithm, Digest};

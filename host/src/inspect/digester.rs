@@ -24,7 +24,7 @@ use tokio::task::JoinHandle;
 
 use crate::hashing::lanes::Engine;
 use crate::hashing::pool::{LanePool, PooledHasher};
-use crate::hashing::ObjectHasher;
+use crate::hashing::{split, ObjectHasher};
 use crate::{Algorithm, Digest};
 
 /// Bodies at least this long are hashed off the connection's task.
@@ -83,41 +83,6 @@ pub struct Worker {
     task: JoinHandle<ObjectHasher>,
 }
 
-/// What one byte costs each algorithm here, one stream at a time (`lanes/crate-*`:
-/// MD5 ~490 MiB/s, SHA-1 and SHA-256 on SHA-NI ~1.4 GiB/s), to balance the threads.
-fn cost(algorithm: Algorithm) -> u32 {
-    match algorithm {
-        Algorithm::Md5 => 3,
-        _ => 1,
-    }
-}
-
-/// `algorithms` split into at most `threads` groups of about equal cost.
-fn groups(algorithms: &[Algorithm], threads: usize) -> Vec<Vec<Algorithm>> {
-    let mut sorted = algorithms.to_vec();
-    sorted.sort_by_key(|a| {
-        (
-            std::cmp::Reverse(cost(*a)),
-            Algorithm::ALL.iter().position(|x| x == a),
-        )
-    });
-    let mut groups: Vec<(u32, Vec<Algorithm>)> =
-        vec![(0, Vec::new()); threads.clamp(1, sorted.len().max(1))];
-    for a in sorted {
-        let lightest = groups
-            .iter_mut()
-            .min_by_key(|(c, _)| *c)
-            .expect("one group at least");
-        lightest.0 += cost(a);
-        lightest.1.push(a);
-    }
-    groups
-        .into_iter()
-        .map(|(_, g)| g)
-        .filter(|g| !g.is_empty())
-        .collect()
-}
-
 impl Digester {
     /// A digester for a body of `expected` bytes (if known). Must be called inside a
     /// tokio runtime.
@@ -132,7 +97,7 @@ impl Digester {
         }
         // The cores no other upload is hashing on, this one's included.
         let spare = cores() + 1 - hashing;
-        let workers = groups(algorithms, spare)
+        let workers = split::groups(algorithms, spare)
             .into_iter()
             .map(|group| {
                 let (tx, mut rx) = mpsc::channel::<Bytes>(QUEUE);
@@ -228,21 +193,6 @@ mod tests {
             first.finish().await.unwrap(),
         );
         assert_eq!(a[0].bytes, b[0].bytes);
-    }
-
-    #[test]
-    fn algorithms_are_balanced_over_the_threads() {
-        use Algorithm::*;
-        assert_eq!(
-            groups(&[Sha256, Sha1, Md5], 2),
-            vec![vec![Md5], vec![Sha1, Sha256]]
-        );
-        assert_eq!(
-            groups(&[Sha256, Sha1, Md5], 1),
-            vec![vec![Md5, Sha1, Sha256]]
-        );
-        assert_eq!(groups(&[Sha256, Sha1, Md5], 8).len(), 3);
-        assert_eq!(groups(&[Sha256], 2), vec![vec![Sha256]]);
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -288,6 +288,20 @@ pub struct Report {
 }
 
 impl Report {
+    /// The report of an object that is not a container (see [`is_plain`]): one node,
+    /// the root, of `size` bytes.
+    pub fn plain(size: u64, digests: Vec<Digest>) -> Report {
+        Report {
+            nodes: vec![Node {
+                member: Vec::new(),
+                layers: Vec::new(),
+                size,
+                digests,
+            }],
+            problems: Vec::new(),
+        }
+    }
+
     /// The root: the bytes as sent.
     pub fn root(&self) -> Option<&Node> {
         self.nodes.iter().find(|n| n.is_root())
@@ -415,6 +429,18 @@ pub enum InspectError {
     /// The inspection's worker thread failed.
     #[error("the inspection worker failed: {0}")]
     Worker(String),
+}
+
+/// Bytes of an object's start that [`is_plain`] needs (fewer if the object is shorter).
+pub const PREFIX_LEN: usize = sniff::SNIFF_LEN;
+
+/// Whether an object that starts with `prefix` (its first [`PREFIX_LEN`] bytes, or all
+/// of it if shorter) and comes with no envelope is plain: its magic bytes announce no
+/// container, so the pipeline would hash it as one object and look no further. A
+/// front-end may then hash it its own way (side by side with others, or over several
+/// cores) and build its [`Report::plain`].
+pub fn is_plain(prefix: &[u8]) -> bool {
+    sniff::sniff(&prefix[..prefix.len().min(PREFIX_LEN)]).is_none()
 }
 
 /// Inspects everything `reader` yields, on the caller's thread: the root is hashed with

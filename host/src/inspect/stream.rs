@@ -20,7 +20,7 @@ use tokio::task::JoinHandle;
 use super::digester::Digester;
 use super::envelope::Envelope;
 use super::sniff::{sniff, SNIFF_LEN};
-use super::{InspectError, Limits, Node, Report};
+use super::{InspectError, Limits, Report};
 use crate::Algorithm;
 
 /// Frames queued for the walk's thread.
@@ -166,15 +166,7 @@ impl Inspection {
                     .finish()
                     .await
                     .ok_or_else(|| InspectError::Worker("the hashing thread failed".into()))?;
-                Ok(Report {
-                    nodes: vec![Node {
-                        member: Vec::new(),
-                        layers: Vec::new(),
-                        size,
-                        digests,
-                    }],
-                    problems: Vec::new(),
-                })
+                Ok(Report::plain(size, digests))
             }
             State::Walking { tx, task } => {
                 drop(tx);
