@@ -38,7 +38,7 @@ use super::{md5x, sha1x, sha256x};
 /// The instruction set the kernels run on.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Engine {
-    /// Sixteen lanes (AVX-512F).
+    /// Sixteen lanes (AVX-512F and BW).
     Avx512,
     /// Eight lanes (AVX2).
     Avx2,
@@ -58,7 +58,9 @@ impl Engine {
         let mut out = Vec::with_capacity(3);
         #[cfg(target_arch = "x86_64")]
         {
-            if std::arch::is_x86_feature_detected!("avx512f") {
+            if std::arch::is_x86_feature_detected!("avx512f")
+                && std::arch::is_x86_feature_detected!("avx512bw")
+            {
                 out.push(Engine::Avx512);
             }
             if std::arch::is_x86_feature_detected!("avx2") {
@@ -338,7 +340,13 @@ macro_rules! kernel {
 use super::vector::{Avx2, Avx512, Avx512One};
 
 kernel!(md5_avx2, Avx2, "avx2", md5x::compress::<Avx2>, 4);
-kernel!(md5_avx512, Avx512, "avx512f", md5x::compress::<Avx512>, 4);
+kernel!(
+    md5_avx512,
+    Avx512,
+    "avx512f,avx512bw",
+    md5x::compress::<Avx512>,
+    4
+);
 kernel!(
     md5_avx512_one,
     Avx512One,
@@ -347,7 +355,13 @@ kernel!(
     4
 );
 kernel!(sha1_avx2, Avx2, "avx2", sha1x::compress::<Avx2>, 5);
-kernel!(sha1_avx512, Avx512, "avx512f", sha1x::compress::<Avx512>, 5);
+kernel!(
+    sha1_avx512,
+    Avx512,
+    "avx512f,avx512bw",
+    sha1x::compress::<Avx512>,
+    5
+);
 kernel!(
     sha256_avx512,
     Avx512,

@@ -1,6 +1,6 @@
 //! MD5 (RFC 1321) in SIMD lanes: one block of each of [`Vector::LANES`] streams at once.
 
-use super::vector::{load_block, Vector, MAX_LANES};
+use super::vector::{Vector, MAX_LANES};
 
 /// `floor(abs(sin(i + 1)) * 2^32)`, RFC 1321 section 3.4.
 const K: [u32; 64] = [
@@ -29,7 +29,7 @@ pub(super) unsafe fn compress<V: Vector>(
     blocks: usize,
 ) {
     for _ in 0..blocks {
-        let m: [V; 16] = load_block::<V>(ptrs, false);
+        let m: [V; 16] = V::load_block(ptrs, false);
         let [mut a, mut b, mut c, mut d] = *state;
         // a = b + rotl(a + K[i] + M[g] + f(b, c, d), s), f added last: a, K and M are
         // known early, f waits on the step before (the chain one stream cannot escape).

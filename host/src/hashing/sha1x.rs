@@ -1,7 +1,7 @@
 //! SHA-1 (FIPS 180-4) in SIMD lanes: one block of each of [`Vector::LANES`] streams at
 //! once.
 
-use super::vector::{load_block, Vector, MAX_LANES};
+use super::vector::{Vector, MAX_LANES};
 
 /// The round constants of each group of twenty rounds.
 const K: [u32; 4] = [0x5a827999, 0x6ed9eba1, 0x8f1bbcdc, 0xca62c1d6];
@@ -20,7 +20,7 @@ pub(super) unsafe fn compress<V: Vector>(
 ) {
     for _ in 0..blocks {
         // The message schedule, kept as a ring of the last sixteen words.
-        let mut w: [V; 16] = load_block::<V>(ptrs, true);
+        let mut w: [V; 16] = V::load_block(ptrs, true);
         let [mut a, mut b, mut c, mut d, mut e] = *state;
         macro_rules! round {
             ($f:ident, $k:expr, $t:expr, $a:ident, $b:ident, $c:ident, $d:ident, $e:ident) => {

@@ -1,7 +1,7 @@
 //! SHA-256 (FIPS 180-4) in SIMD lanes: one block of each of [`Vector::LANES`] streams
 //! at once. Used only where it beats SHA-NI's single stream (see [`super::lanes`]).
 
-use super::vector::{load_block, Vector, MAX_LANES};
+use super::vector::{Vector, MAX_LANES};
 
 /// The first 32 bits of the fractional parts of the cube roots of the first 64 primes.
 const K: [u32; 64] = [
@@ -35,7 +35,7 @@ pub(super) unsafe fn compress<V: Vector>(
     }
     for _ in 0..blocks {
         // The message schedule, kept as a ring of the last sixteen words.
-        let mut w: [V; 16] = load_block::<V>(ptrs, true);
+        let mut w: [V; 16] = V::load_block(ptrs, true);
         let [mut a, mut b, mut c, mut d, mut e, mut f, mut g, mut h] = *state;
         macro_rules! round {
             ($t:expr, $a:ident, $b:ident, $c:ident, $d:ident, $e:ident, $f:ident, $g:ident, $h:ident) => {

@@ -55,6 +55,17 @@ pub(super) trait Vector: Copy {
     /// Lane-wise logical shift right by `N` bits.
     fn shr<const N: i32>(self) -> Self;
 
+    /// The next block of every lane as sixteen vectors, word `w` of each lane in vector
+    /// `w`: MD5 reads its words little-endian, SHA-1 and SHA-256 big-endian.
+    ///
+    /// # Safety
+    /// The CPU has the instruction set of `Self`, and each of the first `LANES`
+    /// pointers can be read for 64 bytes.
+    #[inline(always)]
+    unsafe fn load_block(ptrs: &[*const u8; MAX_LANES], big_endian: bool) -> [Self; 16] {
+        load_block_scalar(ptrs, big_endian)
+    }
+
     /// `self`, hidden from the optimiser so that it keeps a sum in the order written
     /// (it otherwise reassociates integer additions, lengthening a dependency chain).
     #[inline(always)]
@@ -98,6 +109,45 @@ pub(super) struct Avx2(__m256i);
 #[cfg(target_arch = "x86_64")]
 impl Vector for Avx2 {
     const LANES: usize = 8;
+
+    #[inline(always)]
+    unsafe fn load_block(ptrs: &[*const u8; MAX_LANES], big_endian: bool) -> [Self; 16] {
+        // Two 8x8 transposes (words 0-7, then 8-15) of 32-bit words, in three stages:
+        // interleave pairs of rows, then pairs of pairs, then the 128-bit halves.
+        let swap = _mm256_setr_epi8(
+            3, 2, 1, 0, 7, 6, 5, 4, 11, 10, 9, 8, 15, 14, 13, 12, 3, 2, 1, 0, 7, 6, 5, 4, 11, 10,
+            9, 8, 15, 14, 13, 12,
+        );
+        let mut out = [Avx2(_mm256_setzero_si256()); 16];
+        for half in 0..2 {
+            let mut r = [_mm256_setzero_si256(); 8];
+            for (lane, row) in r.iter_mut().enumerate() {
+                *row = _mm256_loadu_si256(ptrs[lane].add(32 * half).cast());
+                if big_endian {
+                    *row = _mm256_shuffle_epi8(*row, swap);
+                }
+            }
+            let mut t = [_mm256_setzero_si256(); 8];
+            for i in 0..4 {
+                t[2 * i] = _mm256_unpacklo_epi32(r[2 * i], r[2 * i + 1]);
+                t[2 * i + 1] = _mm256_unpackhi_epi32(r[2 * i], r[2 * i + 1]);
+            }
+            // u[4g + j]: word j (low half) and j + 4 (high half) of rows 4g..4g+3.
+            let mut u = [_mm256_setzero_si256(); 8];
+            for g in 0..2 {
+                let (a, b, c, d) = (t[4 * g], t[4 * g + 1], t[4 * g + 2], t[4 * g + 3]);
+                u[4 * g] = _mm256_unpacklo_epi64(a, c);
+                u[4 * g + 1] = _mm256_unpackhi_epi64(a, c);
+                u[4 * g + 2] = _mm256_unpacklo_epi64(b, d);
+                u[4 * g + 3] = _mm256_unpackhi_epi64(b, d);
+            }
+            for j in 0..4 {
+                out[8 * half + j] = Avx2(_mm256_permute2x128_si256::<0x20>(u[j], u[4 + j]));
+                out[8 * half + j + 4] = Avx2(_mm256_permute2x128_si256::<0x31>(u[j], u[4 + j]));
+            }
+        }
+        out
+    }
 
     #[inline(always)]
     unsafe fn splat(x: u32) -> Self {
@@ -151,16 +201,65 @@ impl Vector for Avx2 {
     }
 }
 
-/// Sixteen lanes of AVX-512 (F), with its rotate and three-input logic instructions.
+/// Sixteen lanes of AVX-512 (F, and BW for the byte shuffle), with its rotate and
+/// three-input logic instructions.
 #[cfg(target_arch = "x86_64")]
 #[derive(Clone, Copy)]
 pub(super) struct Avx512(__m512i);
 
-// SAFETY (for every `unsafe` block in this impl): an `Avx512` is only made by `splat` or
-// `load`, whose callers promise the CPU has AVX-512F.
+// SAFETY (for every `unsafe` block in this impl): an `Avx512` is only made by `splat`,
+// `load` or `load_block`, whose callers promise the CPU has AVX-512F and BW.
 #[cfg(target_arch = "x86_64")]
 impl Vector for Avx512 {
     const LANES: usize = 16;
+
+    // Compiled for the features itself: in the huge SHA-256 kernel the optimiser left
+    // `_mm512_shuffle_epi8` a call once this was inlined there.
+    #[target_feature(enable = "avx512f,avx512bw")]
+    #[inline]
+    unsafe fn load_block(ptrs: &[*const u8; MAX_LANES], big_endian: bool) -> [Self; 16] {
+        // A 16x16 transpose of 32-bit words in four stages: interleave pairs of rows,
+        // pairs of pairs, then 128-bit lanes twice.
+        let swap = _mm512_set_epi8(
+            12, 13, 14, 15, 8, 9, 10, 11, 4, 5, 6, 7, 0, 1, 2, 3, 12, 13, 14, 15, 8, 9, 10, 11, 4,
+            5, 6, 7, 0, 1, 2, 3, 12, 13, 14, 15, 8, 9, 10, 11, 4, 5, 6, 7, 0, 1, 2, 3, 12, 13, 14,
+            15, 8, 9, 10, 11, 4, 5, 6, 7, 0, 1, 2, 3,
+        );
+        let mut r = [_mm512_setzero_si512(); 16];
+        for (lane, row) in r.iter_mut().enumerate() {
+            *row = _mm512_loadu_si512(ptrs[lane].cast());
+            if big_endian {
+                *row = _mm512_shuffle_epi8(*row, swap);
+            }
+        }
+        let mut t = [_mm512_setzero_si512(); 16];
+        for i in 0..8 {
+            t[2 * i] = _mm512_unpacklo_epi32(r[2 * i], r[2 * i + 1]);
+            t[2 * i + 1] = _mm512_unpackhi_epi32(r[2 * i], r[2 * i + 1]);
+        }
+        // u[4g + j]: of rows 4g..4g+3, words j, j + 4, j + 8, j + 12 in 128-bit lanes 0-3.
+        let mut u = [_mm512_setzero_si512(); 16];
+        for g in 0..4 {
+            let (a, b, c, d) = (t[4 * g], t[4 * g + 1], t[4 * g + 2], t[4 * g + 3]);
+            u[4 * g] = _mm512_unpacklo_epi64(a, c);
+            u[4 * g + 1] = _mm512_unpackhi_epi64(a, c);
+            u[4 * g + 2] = _mm512_unpacklo_epi64(b, d);
+            u[4 * g + 3] = _mm512_unpackhi_epi64(b, d);
+        }
+        let mut out = [Avx512(_mm512_setzero_si512()); 16];
+        for j in 0..4 {
+            // Row groups 0 and 1, then 2 and 3: words j and j + 8, then j + 4 and j + 12.
+            let v0 = _mm512_shuffle_i32x4::<0x88>(u[j], u[4 + j]);
+            let v1 = _mm512_shuffle_i32x4::<0xDD>(u[j], u[4 + j]);
+            let v2 = _mm512_shuffle_i32x4::<0x88>(u[8 + j], u[12 + j]);
+            let v3 = _mm512_shuffle_i32x4::<0xDD>(u[8 + j], u[12 + j]);
+            out[j] = Avx512(_mm512_shuffle_i32x4::<0x88>(v0, v2));
+            out[j + 8] = Avx512(_mm512_shuffle_i32x4::<0xDD>(v0, v2));
+            out[j + 4] = Avx512(_mm512_shuffle_i32x4::<0x88>(v1, v3));
+            out[j + 12] = Avx512(_mm512_shuffle_i32x4::<0xDD>(v1, v3));
+        }
+        out
+    }
 
     #[inline(always)]
     unsafe fn splat(x: u32) -> Self {
@@ -301,19 +400,13 @@ impl Vector for Avx512One {
     }
 }
 
-/// The next block of every lane as sixteen vectors, word `w` of each lane in vector `w`:
-/// MD5 reads its words little-endian, SHA-1 big-endian.
+/// [`Vector::load_block`] by a scalar transpose through an aligned buffer: 16 loads and
+/// stores a lane, small beside one stream's 64 rounds, not beside sixteen streams'.
 ///
 /// # Safety
-/// The CPU has the instruction set of `V`, and each of the first `V::LANES` pointers
-/// can be read for 64 bytes.
+/// As for [`Vector::load_block`].
 #[inline(always)]
-pub(super) unsafe fn load_block<V: Vector>(
-    ptrs: &[*const u8; MAX_LANES],
-    big_endian: bool,
-) -> [V; 16] {
-    // A scalar transpose through an aligned buffer: 16 loads and stores a lane, small
-    // beside the 64 or 80 vector rounds the block then costs.
+unsafe fn load_block_scalar<V: Vector>(ptrs: &[*const u8; MAX_LANES], big_endian: bool) -> [V; 16] {
     let mut rows = [Row([0; MAX_LANES]); 16];
     for (lane, &ptr) in ptrs.iter().enumerate().take(V::LANES) {
         for (w, row) in rows.iter_mut().enumerate() {
