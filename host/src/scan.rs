@@ -209,18 +209,20 @@ struct InFlight<'s> {
     path: &'s Path,
     file: File,
     hasher: ObjectHasher,
-    /// Bytes read and not yet hashed.
+    /// Its buffer ([`CHUNK`] bytes), of which the first `filled` are read and not yet
+    /// hashed.
     buf: Vec<u8>,
+    filled: usize,
     /// Whether the file has ended.
     ended: bool,
 }
 
-/// What a file turned out to be when opened.
-enum Opened {
-    /// Not a container: hashed in a batch, `prefix` first.
-    Plain(File, Vec<u8>),
-    /// A container, or possibly one: inspected by the pipeline, `prefix` first.
-    Container(File, Vec<u8>),
+/// A file opened and its first bytes read into a [`CHUNK`]-byte buffer.
+struct Opened {
+    file: File,
+    buf: Vec<u8>,
+    /// Bytes read into `buf`.
+    filled: usize,
 }
 
 impl<'s> Scan<'s, '_> {
@@ -231,6 +233,8 @@ impl<'s> Scan<'s, '_> {
     fn work(&self) {
         let lanes = Engine::detect().lanes();
         let mut batch: Vec<InFlight<'s>> = Vec::with_capacity(lanes);
+        // Buffers of files done, for the next ones (no allocation or zeroing per file).
+        let mut spare: Vec<Vec<u8>> = Vec::with_capacity(lanes);
         loop {
             while batch.len() < lanes {
                 let i = self.next.fetch_add(1, Ordering::Relaxed);
@@ -239,38 +243,52 @@ impl<'s> Scan<'s, '_> {
                 };
                 let path = target.path.as_path();
                 let alone = batch.is_empty() && i + 1 >= self.targets.len();
-                let flow = match open(path) {
-                    Err(error) => self.conclude(path, Err(error)),
-                    Ok(Opened::Container(mut file, prefix)) => {
-                        let len = file.metadata().map(|m| m.len()).ok();
-                        let mut input = prefix.as_slice().chain(&mut file);
-                        let inspected = crate::inspect::inspect_reader(
-                            &mut input,
-                            &Envelope::default(),
-                            self.algorithms,
-                            self.limits,
-                            len,
-                        )
-                        .map_err(|e| inspect_error(path, e));
-                        self.conclude(path, inspected)
+                let buf = spare.pop().unwrap_or_else(|| vec![0; CHUNK]);
+                let opened = match open(path, buf) {
+                    Ok(opened) => opened,
+                    Err(error) => {
+                        if self.conclude(path, Err(error)).is_break() {
+                            return;
+                        }
+                        continue;
                     }
-                    Ok(Opened::Plain(mut file, prefix)) if alone && target.size >= SPLIT_FROM => {
-                        let mut input = prefix.as_slice().chain(&mut file);
-                        let hashed = split::hash_reader(&mut input, self.algorithms, self.threads)
-                            .map(|(digests, len)| Report::plain(len, digests))
-                            .map_err(|e| Error::io(path, e));
-                        self.conclude(path, hashed)
-                    }
-                    Ok(Opened::Plain(file, prefix)) => {
-                        batch.push(InFlight {
-                            path,
-                            file,
-                            hasher: ObjectHasher::new(self.algorithms),
-                            ended: prefix.len() < PREFIX_LEN,
-                            buf: prefix,
-                        });
-                        ControlFlow::Continue(())
-                    }
+                };
+                let Opened {
+                    mut file,
+                    buf,
+                    filled,
+                } = opened;
+                let prefix = &buf[..filled];
+                let flow = if !is_plain(prefix) {
+                    let len = file.metadata().map(|m| m.len()).ok();
+                    let mut input = prefix.chain(&mut file);
+                    let inspected = crate::inspect::inspect_reader(
+                        &mut input,
+                        &Envelope::default(),
+                        self.algorithms,
+                        self.limits,
+                        len,
+                    )
+                    .map_err(|e| inspect_error(path, e));
+                    spare.push(buf);
+                    self.conclude(path, inspected)
+                } else if alone && target.size >= SPLIT_FROM {
+                    let mut input = prefix.chain(&mut file);
+                    let hashed = split::hash_reader(&mut input, self.algorithms, self.threads)
+                        .map(|(digests, len)| Report::plain(len, digests))
+                        .map_err(|e| Error::io(path, e));
+                    spare.push(buf);
+                    self.conclude(path, hashed)
+                } else {
+                    batch.push(InFlight {
+                        path,
+                        file,
+                        hasher: ObjectHasher::new(self.algorithms),
+                        ended: filled < PREFIX_LEN,
+                        buf,
+                        filled,
+                    });
+                    ControlFlow::Continue(())
                 };
                 if flow.is_break() {
                     return;
@@ -285,28 +303,27 @@ impl<'s> Scan<'s, '_> {
                 if f.ended {
                     continue;
                 }
-                let have = f.buf.len();
-                f.buf.resize(CHUNK.max(have), 0);
-                match split::read_full(&mut f.file, &mut f.buf[have..]) {
+                match split::read_full(&mut f.file, &mut f.buf[f.filled..]) {
                     Ok(n) => {
-                        f.ended = have + n < f.buf.len();
-                        f.buf.truncate(have + n);
+                        f.filled += n;
+                        f.ended = f.filled < f.buf.len();
                     }
                     Err(e) => failed.push((i, e)),
                 }
             }
             let mut pass: Vec<(&mut ObjectHasher, &[u8])> = batch
                 .iter_mut()
-                .map(|f| (&mut f.hasher, f.buf.as_slice()))
+                .map(|f| (&mut f.hasher, &f.buf[..f.filled]))
                 .collect();
             ObjectHasher::update_many(&mut pass);
             for f in batch.iter_mut() {
-                f.buf.clear();
+                f.filled = 0;
             }
             // Failed files first (highest index first, so the others keep theirs), then
             // the ones that ended.
             for (i, e) in failed.into_iter().rev() {
                 let f = batch.swap_remove(i);
+                spare.push(f.buf);
                 if self.conclude(f.path, Err(Error::io(f.path, e))).is_break() {
                     return;
                 }
@@ -318,6 +335,7 @@ impl<'s> Scan<'s, '_> {
                     continue;
                 }
                 let f = batch.swap_remove(i);
+                spare.push(f.buf);
                 let len = f.hasher.len();
                 if self
                     .conclude(f.path, Ok(Report::plain(len, f.hasher.finish())))
@@ -410,17 +428,13 @@ impl<'s> Scan<'s, '_> {
     }
 }
 
-/// Opens `path` and reads its first bytes to tell a plain file from a container.
-fn open(path: &Path) -> Result<Opened, Error> {
+/// Opens `path` and reads its first bytes into `buf`, to tell a plain file from a
+/// container.
+fn open(path: &Path, mut buf: Vec<u8>) -> Result<Opened, Error> {
     let mut file = File::open(path).map_err(|e| Error::io(path, e))?;
-    let mut prefix = vec![0u8; PREFIX_LEN];
-    let n = split::read_full(&mut file, &mut prefix).map_err(|e| Error::io(path, e))?;
-    prefix.truncate(n);
-    Ok(if is_plain(&prefix) {
-        Opened::Plain(file, prefix)
-    } else {
-        Opened::Container(file, prefix)
-    })
+    let filled =
+        split::read_full(&mut file, &mut buf[..PREFIX_LEN]).map_err(|e| Error::io(path, e))?;
+    Ok(Opened { file, buf, filled })
 }
 
 fn inspect_error(path: &Path, e: InspectError) -> Error {
