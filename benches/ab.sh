@@ -9,12 +9,14 @@
 # With TLS=1 every proxy terminates TLS 1.3 with one ECDSA P-256 certificate made here.
 # Usage: HASHGATE_A=/path/to/old/hashgate benches/ab.sh
 #        (env: ENTRIES=1000000 DURATION=4 ROUNDS=3 POINTS="4096:1 65536:16 ...", size:connections,
-#         TLS=1, MIXED=1: an MD5 + SHA-1 + SHA-256 filter instead of SHA-256 only)
+#         TLS=1, FILTERS="f.hgf f256.hgf": an MD5 + SHA-1 + SHA-256 filter, as authorities
+#         ship them, then SHA-256 only; either alone with FILTERS=f.hgf or FILTERS=f256.hgf)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ENTRIES=${ENTRIES:-1000000}
 DURATION=${DURATION:-4}
 ROUNDS=${ROUNDS:-3}
+FILTERS=${FILTERS:-"f.hgf f256.hgf"}
 POINTS=${POINTS:-"4096:1 4096:16 65536:1 65536:16 1048576:1 1048576:16"}
 : "${HASHGATE_A:?set HASHGATE_A to the build to compare against}"
 source benches/lib.sh
@@ -22,20 +24,7 @@ bench_setup ab
 need nginx nginx-light wrk wrk openssl openssl
 build_hashgate
 cores=$(nproc)
-"$hg" keygen --out "$work/k" --force 2>/dev/null
-if [ "${MIXED:-0}" = 1 ]; then
-  # As authorities ship: MD5, SHA-1 and SHA-256, a third of ENTRIES each.
-  python3 - "$work/list.txt" "$ENTRIES" <<'PY'
-import os, sys
-n = int(sys.argv[2]) // 3
-with open(sys.argv[1], "w") as f:
-    for size, name in ((16, "md5"), (20, "sha1"), (32, "sha256")):
-        f.write("".join(f"{name}:{os.urandom(size).hex()}\n" for _ in range(n)))
-PY
-else
-  random_list "$work/list.txt" "$ENTRIES"
-fi
-"$hg" build --key "$work/k.key" --series bench --version 1 --out "$work/f.hgf" "$work/list.txt" 2>/dev/null
+build_filters "$ENTRIES"
 scheme=http; tls_cert=(); tls_args=()
 if [ "${TLS:-0}" = 1 ]; then
   openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 1 \
@@ -47,12 +36,7 @@ fi
 start_sink "$cores"
 start_proxy "$cores" "${tls_cert[@]}"
 nginx_pid=${pids[-1]}
-a=$(free_port); b=$(free_port)
-"$HASHGATE_A" gateway --filter "$work/f.hgf" --pub "$work/k.pub" --listen "127.0.0.1:$a" \
-  "${tls_args[@]}" --origin "http://127.0.0.1:$sink" 2>>"$work/gateways.err" & a_pid=$!; pids+=($a_pid)
-"$hg" gateway --filter "$work/f.hgf" --pub "$work/k.pub" --listen "127.0.0.1:$b" \
-  "${tls_args[@]}" --origin "http://127.0.0.1:$sink" 2>>"$work/gateways.err" & b_pid=$!; pids+=($b_pid)
-wait_port "$sink"; wait_port "$proxy"; wait_port "$a"; wait_port "$b"
+wait_port "$sink"; wait_port "$proxy"
 write_put_lua
 echo "machine: $cores cores; $ENTRIES entries; ${DURATION}s per measurement; A=$HASHGATE_A B=$hg"
 hz=$(getconf CLK_TCK)
@@ -66,21 +50,32 @@ measure() {
   t1=$(ticks "$2")
   echo "$rps $(echo "($t1 - $t0) * 1000000 / $hz / ($rps * $DURATION)" | bc -l | xargs printf '%.0f')"
 }
-printf '%-8s %-4s %-6s | %9s %9s %9s | %6s %6s | %s\n' size conc round nginx A B A/nginx B/nginx "CPU us/request: nginx A B"
-for point in $POINTS; do
-  size=${point%:*}; conns=${point#*:}
-  head -c "$size" /dev/urandom > "$work/body-$size"
-  a_ratios=(); b_ratios=(); n_cpus=(); a_cpus=(); b_cpus=()
-  for round in $(seq 1 "$ROUNDS"); do
-    read -r n n_cpu <<<"$(measure "$proxy" "$nginx_pid")"
-    read -r ra a_cpu <<<"$(measure "$a" "$a_pid")"
-    read -r rb b_cpu <<<"$(measure "$b" "$b_pid")"
-    a_ratios+=("$(echo "$ra / $n" | bc -l)"); b_ratios+=("$(echo "$rb / $n" | bc -l)")
-    n_cpus+=("$n_cpu"); a_cpus+=("$a_cpu"); b_cpus+=("$b_cpu")
-    printf '%-8s %-4s %-6s | %9s %9s %9s | %6.2f %6.2f | %5s %5s %5s\n' "$size" "$conns" "$round" "$n" "$ra" "$rb" \
-      "${a_ratios[-1]}" "${b_ratios[-1]}" "$n_cpu" "$a_cpu" "$b_cpu"
+for filter in $FILTERS; do
+  case $filter in f.hgf) label="MD5 + SHA-1 + SHA-256";; f256.hgf) label="SHA-256 only";; *) label=$filter;; esac
+  a=$(free_port); b=$(free_port)
+  "$HASHGATE_A" gateway --filter "$work/$filter" --pub "$work/k.pub" --listen "127.0.0.1:$a" \
+    "${tls_args[@]}" --origin "http://127.0.0.1:$sink" 2>>"$work/gateways.err" & a_pid=$!; pids+=($a_pid)
+  "$hg" gateway --filter "$work/$filter" --pub "$work/k.pub" --listen "127.0.0.1:$b" \
+    "${tls_args[@]}" --origin "http://127.0.0.1:$sink" 2>>"$work/gateways.err" & b_pid=$!; pids+=($b_pid)
+  wait_port "$a"; wait_port "$b"
+  echo "== filter: $label"
+  printf '%-8s %-4s %-6s | %9s %9s %9s | %6s %6s | %s\n' size conc round nginx A B A/nginx B/nginx "CPU us/request: nginx A B"
+  for point in $POINTS; do
+    size=${point%:*}; conns=${point#*:}
+    head -c "$size" /dev/urandom > "$work/body-$size"
+    a_ratios=(); b_ratios=(); n_cpus=(); a_cpus=(); b_cpus=()
+    for round in $(seq 1 "$ROUNDS"); do
+      read -r n n_cpu <<<"$(measure "$proxy" "$nginx_pid")"
+      read -r ra a_cpu <<<"$(measure "$a" "$a_pid")"
+      read -r rb b_cpu <<<"$(measure "$b" "$b_pid")"
+      a_ratios+=("$(echo "$ra / $n" | bc -l)"); b_ratios+=("$(echo "$rb / $n" | bc -l)")
+      n_cpus+=("$n_cpu"); a_cpus+=("$a_cpu"); b_cpus+=("$b_cpu")
+      printf '%-8s %-4s %-6s | %9s %9s %9s | %6.2f %6.2f | %5s %5s %5s\n' "$size" "$conns" "$round" "$n" "$ra" "$rb" \
+        "${a_ratios[-1]}" "${b_ratios[-1]}" "$n_cpu" "$a_cpu" "$b_cpu"
+    done
+    printf '%-8s %-4s %-6s | %9s %9s %9s | %6s %6s | %5.0f %5.0f %5.0f\n' "$size" "$conns" median "" "" "" \
+      "$(median "${a_ratios[@]}")" "$(median "${b_ratios[@]}")" \
+      "$(median "${n_cpus[@]}")" "$(median "${a_cpus[@]}")" "$(median "${b_cpus[@]}")"
   done
-  printf '%-8s %-4s %-6s | %9s %9s %9s | %6s %6s | %5.0f %5.0f %5.0f\n' "$size" "$conns" median "" "" "" \
-    "$(median "${a_ratios[@]}")" "$(median "${b_ratios[@]}")" \
-    "$(median "${n_cpus[@]}")" "$(median "${a_cpus[@]}")" "$(median "${b_cpus[@]}")"
+  kill "$a_pid" "$b_pid"; wait "$a_pid" "$b_pid" 2>/dev/null || true
 done

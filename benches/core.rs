@@ -6,9 +6,12 @@
 //!   for a miss and a hit, against a filter of `HASHGATE_BENCH_ENTRIES` entries
 //!   (default 1,000,000; the docs quote 10,000,000);
 //! * `build/*`: inserting digests natively;
-//! * `lanes/*`: 16 streams of 64 KiB, MD5 and SHA-1 each, one stream after another
-//!   with the RustCrypto crates (`crate-*`) against all sixteen at once in SIMD lanes
-//!   (`avx2-*`, `avx512-*`), on one core: the ratio of throughputs is issue 21's figure.
+//! * `lanes/*`: 16 streams of 64 KiB, one stream after another with the RustCrypto
+//!   crates (`crate-*`) against all sixteen at once in SIMD lanes (`avx2-*`,
+//!   `avx512-*`), on one core: the ratio of throughputs is issue 21's figure; `one-md5`
+//!   is our one-stream MD5; `mixed` all three algorithms of the sixteen through
+//!   `ObjectHasher::update_many`, the multi-buffer limit `benches/core.sh` compares
+//!   `scan` with.
 
 use std::hint::black_box;
 use std::sync::Arc;
@@ -87,6 +90,25 @@ fn lanes(c: &mut Criterion) {
             for d in &data {
                 black_box(sha2::Sha256::digest(black_box(d)));
             }
+        })
+    });
+    // All three algorithms of 16 objects in one pass, as `scan` hashes a tree and the
+    // gateway a crowd of uploads: the multi-buffer limit of one core (benches/core.sh).
+    group.bench_function("mixed", |b| {
+        b.iter(|| {
+            let mut hashers: Vec<ObjectHasher> = (0..STREAMS)
+                .map(|_| ObjectHasher::new(&hashgate_host::Algorithm::ALL))
+                .collect();
+            let mut batch: Vec<(&mut ObjectHasher, &[u8])> = hashers
+                .iter_mut()
+                .zip(&data)
+                .map(|(h, d)| (h, d.as_slice()))
+                .collect();
+            ObjectHasher::update_many(black_box(&mut batch));
+            hashers
+                .into_iter()
+                .map(ObjectHasher::finish)
+                .collect::<Vec<_>>()
         })
     });
     for engine in Engine::available() {

@@ -2,15 +2,17 @@
 # ICAP benchmark (docs/PERFORMANCE.md, issue 6). In one run, on loopback, wrk PUTs objects
 # through a Squid forward proxy to a sink origin (nginx WebDAV into tmpfs):
 #   squid    - Squid alone (no ICAP): the baseline;
-#   hashgate - Squid with `hashgate icap` as its REQMOD service, SHA-256 filter of ENTRIES;
+#   hashgate - Squid with `hashgate icap` as its REQMOD service, a filter of ENTRIES
+#              digests as authorities ship them (a third each MD5, SHA-1, SHA-256);
+#   sha256   - the same with ENTRIES SHA-256 digests only (the second figure);
 #   c-icap   - Squid with c-icap's virus_scan service on libclamav, holding the same
-#              ENTRIES digests as ClamAV hash signatures (.hsb), if Debian's c-icap and
+#              ENTRIES mixed digests as ClamAV hash signatures (.hsb), if Debian's c-icap and
 #              libc-icap-mod-virus-scan install (CICAP=0 skips it). clamav_mod reads its
 #              database from libclamav's fixed directory, so the script puts one file,
 #              hashgate-bench.hsb, into /var/lib/clamav and removes it at the end.
 # Every Squid gets one worker, the same config and `cache deny all`. For 4 KiB, 64 KiB,
 # 1 MiB and 16 MiB objects at concurrency 1 and 16 it prints requests/s, MiB/s and p99, and
-# the ratios hashgate/squid and hashgate/c-icap.
+# the ratios hashgate/squid, hashgate/c-icap and sha256/squid.
 # Usage: benches/icap.sh   (env: ENTRIES=1000000 DURATION=5 SIZES="4096 65536 ..." CICAP=1)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -33,24 +35,30 @@ import os, sys
 n = int(sys.argv[3])
 with open(sys.argv[1], "w") as plain, open(sys.argv[2], "w") as hsb:
     for i in range(n):
-        d = os.urandom(32).hex()
+        # As authorities ship them: MD5, SHA-1 and SHA-256 in turn.
+        d = os.urandom((16, 20, 32)[i % 3]).hex()
         plain.write(d + "\n")
         # ClamAV hash signature: hash:size:name[:flevel]; `*` (any size) needs flevel 73.
         hsb.write(f"{d}:*:Hashgate.Bench.{i}:73\n")
 PY
-# One probe object is listed too, to check each scanner really refuses before timing it.
+random_list "$work/list256.txt" "$ENTRIES"
+# One probe object is listed too, by MD5 (by SHA-256 in the second filter), to check each
+# scanner really refuses before timing it.
 head -c 30000 /dev/urandom > "$work/probe-listed"
 head -c 30000 /dev/urandom > "$work/probe-clean"
-probe=$(sha256sum "$work/probe-listed" | cut -d' ' -f1)
+probe=$(md5sum "$work/probe-listed" | cut -d' ' -f1)
 echo "$probe" >> "$work/list.txt"
 echo "$probe:*:Hashgate.Bench.Probe:73" >> "$work/bench.hsb"
+sha256sum "$work/probe-listed" | cut -d' ' -f1 >> "$work/list256.txt"
 "$hg" build --key "$work/k.key" --series bench --version 1 --out "$work/f.hgf" "$work/list.txt" 2>/dev/null
+"$hg" build --key "$work/k.key" --series bench --version 1 --out "$work/f256.hgf" "$work/list256.txt" 2>/dev/null
 
-icap=$(free_port); cicap=$(free_port)
+icap=$(free_port); icap256=$(free_port); cicap=$(free_port)
 start_sink 1
 mkdir -p "$shm/cicap"
 chmod 777 "$shm/cicap"
 "$hg" icap --filter "$work/f.hgf" --pub "$work/k.pub" --listen "127.0.0.1:$icap" 2>"$work/icap.err" & pids+=($!)
+"$hg" icap --filter "$work/f256.hgf" --pub "$work/k.pub" --listen "127.0.0.1:$icap256" 2>"$work/icap256.err" & pids+=($!)
 
 squid_up() { # name port [icap-service-url]
   local dir="$work/squid-$1"
@@ -69,10 +77,11 @@ squid_up() { # name port [icap-service-url]
   /usr/sbin/squid -N -f "$dir/squid.conf" & pids+=($!)
 }
 
-systems=(squid hashgate)
+systems=(squid hashgate sha256)
 declare -A port
 port[squid]=$(free_port); squid_up squid "${port[squid]}"
 port[hashgate]=$(free_port); squid_up hashgate "${port[hashgate]}" "icap://127.0.0.1:$icap/reqmod"
+port[sha256]=$(free_port); squid_up sha256 "${port[sha256]}" "icap://127.0.0.1:$icap256/reqmod"
 if [ "$CICAP" = 1 ]; then
   mkdir -p "$clamdb"
   cp "$work/bench.hsb" "$clamdb/hashgate-bench.hsb"
@@ -108,7 +117,7 @@ CONF
   systems+=(c-icap)
   port[c-icap]=$(free_port); squid_up c-icap "${port[c-icap]}" "icap://127.0.0.1:$cicap/avscan"
 fi
-wait_port "$sink"; wait_port "$icap"
+wait_port "$sink"; wait_port "$icap"; wait_port "$icap256"
 for s in "${systems[@]}"; do wait_port "${port[$s]}"; done
 [ "$CICAP" = 1 ] && wait_port "$cicap"
 
@@ -135,6 +144,7 @@ printf '\n%-9s %-4s' size conc
 for s in "${systems[@]}"; do printf ' | %-26s' "$s: req/s MiB/s p99(ms)"; done
 printf ' | hashgate/squid'
 [ "$CICAP" = 1 ] && printf ' | hashgate/c-icap'
+printf ' | sha256/squid'
 echo
 for size in $SIZES; do
   head -c "$size" /dev/urandom > "$work/body-$size"
@@ -148,6 +158,7 @@ for size in $SIZES; do
     done
     printf ' | %13.2fx' "$(echo "${rps[hashgate]} / ${rps[squid]}" | bc -l)"
     [ "$CICAP" = 1 ] && printf ' | %14.2fx' "$(echo "${rps[hashgate]} / ${rps[c-icap]}" | bc -l)"
+    printf ' | %11.2fx' "$(echo "${rps[sha256]} / ${rps[squid]}" | bc -l)"
     echo
   done
 done

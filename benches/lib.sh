@@ -6,6 +6,8 @@
 # need CMD PKG ...   installs the Debian packages whose command is missing.
 # build_hashgate     builds the release binary (or takes $HASHGATE_BIN); sets $hg.
 # free_port, wait_port PORT, random_list FILE N (N random SHA-256 digests, one per line),
+# mixed_list FILE N (N random digests as authorities ship them: a third each MD5, SHA-1
+# and SHA-256), build_filters N (the two filters every hashing benchmark runs with),
 # median V... (the middle value; the mean of the two middle ones for an even count).
 
 pids=()
@@ -67,6 +69,28 @@ with open(sys.argv[1], "wb") as f:
     for start in range(0, n, 100000):
         f.write(b"".join(os.urandom(32).hex().encode() + b"\n" for _ in range(min(100000, n - start))))
 PY
+}
+
+mixed_list() {
+  python3 - "$1" "$2" <<'PY'
+import os, sys
+n = int(sys.argv[2]) // 3
+with open(sys.argv[1], "w") as f:
+    for size, name in ((16, "md5"), (20, "sha1"), (32, "sha256")):
+        for start in range(0, n, 100000):
+            f.write("".join(f"{name}:{os.urandom(size).hex()}\n" for _ in range(min(100000, n - start))))
+PY
+}
+
+# build_filters N: $work/f.hgf, N entries as authorities ship them (mixed_list: MD5 +
+# SHA-1 + SHA-256, the production-like default of every figure), and $work/f256.hgf, N
+# SHA-256 entries only (the second row). Keys $work/k.key and k.pub; needs $hg.
+build_filters() {
+  [ -s "$work/k.key" ] || "$hg" keygen --out "$work/k" --force 2>/dev/null
+  [ -s "$work/mixed-$1.txt" ] || mixed_list "$work/mixed-$1.txt" "$1"
+  [ -s "$work/sha256-$1.txt" ] || random_list "$work/sha256-$1.txt" "$1"
+  "$hg" build --key "$work/k.key" --series bench --version 1 --out "$work/f.hgf" "$work/mixed-$1.txt" 2>/dev/null
+  "$hg" build --key "$work/k.key" --series bench --version 1 --out "$work/f256.hgf" "$work/sha256-$1.txt" 2>/dev/null
 }
 
 # start_sink WORKERS: the sink origin, nginx WebDAV storing every PUT into tmpfs (unlike

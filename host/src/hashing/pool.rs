@@ -1,12 +1,14 @@
 //! The uploads a process serves, hashed together: a [`LanePool`] collects the frames of
-//! every upload hashed on the serving threads and hashes them in one pass of the SIMD
+//! the uploads hashed on the serving threads and hashes them in one pass of the SIMD
 //! lanes ([`ObjectHasher::update_many`]), so that sixteen 64 KiB uploads cost about what
 //! one costs one stream at a time.
 //!
 //! Nothing waits on a dedicated thread: whichever upload fills the queue, or needs its
 //! digests, drains it, hashing the other uploads' frames with its own ("flat
-//! combining"). One drain runs at a time and takes the queue as it stands when it
-//! starts, so each upload's frames are hashed in order. The frames are the
+//! combining"). One drain runs at a time in a pool and takes the queue as it stands when
+//! it starts, so each upload's frames are hashed in order. So that every core can hash
+//! at once, and the uploads one thread serves meet in one pool, each thread has a pool
+//! of its own ([`LanePool::local`]). The frames are the
 //! reference-counted buffers the front-end forwards anyway (no copy); what one upload
 //! may have queued, and what all may have, is bounded.
 //!
@@ -16,7 +18,7 @@
 //! use hashgate_host::hashing::{pool::LanePool, ObjectHasher};
 //! use hashgate_host::Algorithm;
 //!
-//! let pool = LanePool::global();
+//! let pool = LanePool::local();
 //! let (mut a, mut b) = (pool.hasher(&[Algorithm::Md5]), pool.hasher(&[Algorithm::Md5]));
 //! a.update(&Bytes::from_static(b"abc")).await;
 //! b.update(&Bytes::from_static(b"abd")).await;
@@ -28,10 +30,11 @@
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
+use std::sync::{Arc, Mutex, MutexGuard};
 
 use bytes::Bytes;
 
+use super::lanes::Engine;
 use super::ObjectHasher;
 use crate::{Algorithm, Digest};
 
@@ -41,11 +44,28 @@ const DRAIN_AT: usize = 512 * 1024;
 /// Queued bytes of one upload that make it drain the pool before it queues more.
 const OWN_LIMIT: usize = 256 * 1024;
 
+/// Times an upload that needs its digests lets the other tasks of its thread run first,
+/// while fewer uploads than the lanes hold have frames queued: on a loaded server those
+/// tasks read their bodies meanwhile and their frames join the same pass; on an idle
+/// one there are none, and a turn costs about a microsecond.
+const WAIT_TURNS: usize = 3;
+
 /// Frames waiting to be hashed, in arrival order.
 #[derive(Default)]
 struct Queue {
     frames: Vec<(Arc<Stream>, Bytes)>,
     bytes: usize,
+}
+
+impl Queue {
+    /// Uploads with frames queued (a few dozen frames at most: a scan is cheap).
+    fn uploads(&self) -> usize {
+        let mut seen: Vec<*const Stream> =
+            self.frames.iter().map(|(s, _)| Arc::as_ptr(s)).collect();
+        seen.sort_unstable();
+        seen.dedup();
+        seen.len()
+    }
 }
 
 /// One upload in the pool.
@@ -71,10 +91,15 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 impl LanePool {
-    /// The process's pool: cores and lanes are the process's, so the pool is too.
-    pub fn global() -> &'static LanePool {
-        static POOL: OnceLock<LanePool> = OnceLock::new();
-        POOL.get_or_init(LanePool::default)
+    /// The calling thread's pool, for an upload it serves: the uploads of one serving
+    /// thread meet there, and one drain runs at a time in a pool, so one pool for the
+    /// process would hash on one core only. A pool outlives its thread (an upload that
+    /// moved to another thread still drains it there).
+    pub fn local() -> &'static LanePool {
+        thread_local! {
+            static POOL: &'static LanePool = Box::leak(Box::default());
+        }
+        POOL.with(|p| *p)
     }
 
     /// A hasher for one upload, hashed with `algorithms` in this pool.
@@ -182,7 +207,14 @@ impl PooledHasher {
 
     /// The digests, once every frame is hashed.
     pub async fn finish(self) -> Vec<Digest> {
+        let mut turns = 0;
         while self.stream.queued.load(Ordering::Acquire) > 0 {
+            let queued = lock(&self.pool.queue).uploads();
+            if turns < WAIT_TURNS && queued < Engine::detect().lanes() {
+                turns += 1;
+                tokio::task::yield_now().await;
+                continue;
+            }
             self.pool.drain().await;
         }
         let hasher = std::mem::replace(&mut *lock(&self.stream.hasher), ObjectHasher::new(&[]));
@@ -220,7 +252,7 @@ mod tests {
             .map(|i| {
                 tokio::spawn(async move {
                     let data: Vec<u8> = (0..100_000u32).map(|x| (x as u8) ^ i).collect();
-                    let mut h = LanePool::global().hasher(&algorithms);
+                    let mut h = LanePool::local().hasher(&algorithms);
                     for chunk in data.chunks(7_000 + usize::from(i) * 333) {
                         h.update(&Bytes::copy_from_slice(chunk)).await;
                         tokio::task::yield_now().await;

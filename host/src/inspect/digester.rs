@@ -1,9 +1,9 @@
 //! Hashing a body that is not a container as it passes.
 //!
 //! Small bodies, and every body once more uploads are being hashed in the process than
-//! the machine has cores, are hashed on the serving threads, in the process's
-//! [`LanePool`]: the blocks of all the uploads in flight side by side in SIMD lanes, so
-//! that a crowd of uploads costs a fraction of hashing each alone. A new upload's own
+//! the machine has cores, are hashed on the serving threads, in the thread's
+//! [`LanePool`]: the blocks of the uploads in flight side by side in SIMD lanes, so that
+//! a crowd of uploads costs a fraction of hashing each alone. A new upload's own
 //! thread would only time-slice the same cores with the serving threads and every other
 //! upload (at 16 MiB on 16 connections over https on 2 cores, that made the p99
 //! 0.56–1.7 s, against 0.20–0.28 s inline).
@@ -92,7 +92,7 @@ impl Digester {
             return if Engine::detect() == Engine::Scalar {
                 Digester::Inline(Box::new(ObjectHasher::new(algorithms)), counted)
             } else {
-                Digester::Pooled(LanePool::global().hasher(algorithms), counted)
+                Digester::Pooled(LanePool::local().hasher(algorithms), counted)
             };
         }
         // The cores no other upload is hashing on, this one's included.
