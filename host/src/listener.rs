@@ -10,11 +10,13 @@
 //!
 //! [`Core::accept_until_stopped`] is the accept loop each thread runs: a cap on
 //! connections served at once across all threads (the rest wait in the listen queue),
-//! `TCP_NODELAY`, one task per connection, and a stop on the shutdown signal.
+//! a balance between the threads, `TCP_NODELAY`, one task per connection, and a stop on
+//! the shutdown signal.
 
 use std::future::Future;
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::panic::AssertUnwindSafe;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use tokio::net::{TcpListener, TcpStream};
@@ -90,11 +92,23 @@ impl Shutdown {
     }
 }
 
+/// A thread with this many connections more than the least loaded one holds back from
+/// accepting for [`BALANCE_WAIT`], so that the others take the next: every thread that
+/// the listening socket wakes accepts in a loop, and the first awake would otherwise
+/// take a whole burst of connections (16 wrk connections all on one of two threads, the
+/// other idle, seen here).
+const BALANCE_SLACK: usize = 2;
+/// How long an over-loaded thread leaves the next connection to the others.
+const BALANCE_WAIT: std::time::Duration = std::time::Duration::from_millis(1);
+
 /// What one serving thread gets: its handle on the listening socket, the connection cap
-/// shared by all threads, and the stop signal.
+/// shared by all threads, every thread's connection count, and the stop signal.
 pub struct Core {
     listener: TcpListener,
     limit: Arc<Semaphore>,
+    /// Connections each thread is serving; this thread's is `served[index]`.
+    served: Arc<[AtomicUsize]>,
+    index: usize,
     shutdown: Shutdown,
 }
 
@@ -116,6 +130,7 @@ where
     Fut: Future<Output = ()> + 'static,
 {
     let limit = Arc::new(Semaphore::new(max_connections));
+    let served: Arc<[AtomicUsize]> = (0..listener.cores).map(|_| AtomicUsize::new(0)).collect();
     let (stop, stopped) = watch::channel(false);
     let (ended, mut endings) = mpsc::unbounded_channel::<Result<(), String>>();
     let per_core = Arc::new(per_core);
@@ -124,12 +139,18 @@ where
     for core in 0..listener.cores {
         let spawned = listener.socket.try_clone().and_then(|socket| {
             let (per_core, ended, limit) = (per_core.clone(), ended.clone(), limit.clone());
+            let served = served.clone();
             let shutdown = Shutdown(stopped.clone());
             std::thread::Builder::new()
                 .name(format!("hashgate-core-{core}"))
                 .spawn(move || {
                     let served = std::panic::catch_unwind(AssertUnwindSafe(|| {
-                        serve_core(socket, limit, shutdown, &*per_core)
+                        let share = Share {
+                            limit,
+                            served,
+                            index: core,
+                        };
+                        serve_core(socket, share, shutdown, &*per_core)
                     }));
                     let _ =
                         ended
@@ -171,10 +192,33 @@ where
     }
 }
 
+/// One connection counted in its thread's `served` until dropped (panics included).
+struct Counted(Arc<[AtomicUsize]>, usize);
+
+impl Counted {
+    fn new(served: Arc<[AtomicUsize]>, index: usize) -> Counted {
+        served[index].fetch_add(1, Ordering::Relaxed);
+        Counted(served, index)
+    }
+}
+
+impl Drop for Counted {
+    fn drop(&mut self) {
+        self.0[self.1].fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// What the serving threads share: the connection cap and each one's count.
+struct Share {
+    limit: Arc<Semaphore>,
+    served: Arc<[AtomicUsize]>,
+    index: usize,
+}
+
 /// One serving thread: its runtime, its listener, its future.
 fn serve_core<F, Fut>(
     socket: std::net::TcpListener,
-    limit: Arc<Semaphore>,
+    share: Share,
     shutdown: Shutdown,
     per_core: &F,
 ) -> Result<(), String>
@@ -191,7 +235,9 @@ where
             TcpListener::from_std(socket).map_err(|e| format!("registering the listener: {e}"))?;
         per_core(Core {
             listener,
-            limit,
+            limit: share.limit,
+            served: share.served,
+            index: share.index,
             shutdown,
         })
         .await;
@@ -212,6 +258,8 @@ impl Core {
         let Core {
             listener,
             limit,
+            served,
+            index,
             shutdown,
         } = self;
         let shutdown = shutdown.signalled();
@@ -221,6 +269,17 @@ impl Core {
                 permit = limit.clone().acquire_owned() => permit.expect("never closed"),
                 () = &mut shutdown => break,
             };
+            let least = served
+                .iter()
+                .map(|n| n.load(Ordering::Relaxed))
+                .min()
+                .unwrap_or(0);
+            if served[index].load(Ordering::Relaxed) >= least + BALANCE_SLACK {
+                tokio::select! {
+                    () = tokio::time::sleep(BALANCE_WAIT) => {}
+                    () = &mut shutdown => break,
+                }
+            }
             let (stream, peer) = tokio::select! {
                 accepted = listener.accept() => match accepted {
                     Ok(a) => a,
@@ -235,9 +294,10 @@ impl Core {
             };
             let _ = stream.set_nodelay(true);
             let connection = serve(stream, peer);
+            let counted = Counted::new(served.clone(), index);
             tokio::spawn(async move {
                 connection.await;
-                drop(permit);
+                drop((counted, permit));
             });
         }
     }

@@ -28,7 +28,7 @@
 //! # }
 //! ```
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
@@ -40,9 +40,19 @@ use crate::{Algorithm, Digest};
 
 /// Queued bytes (all uploads) that make the next upload to queue drain the pool: enough
 /// for every lane to have a run of blocks, little enough to still be in cache.
-const DRAIN_AT: usize = 512 * 1024;
-/// Queued bytes of one upload that make it drain the pool before it queues more.
-const OWN_LIMIT: usize = 256 * 1024;
+const DRAIN_AT: usize = 4 << 20;
+/// Queued bytes of one upload that make it drain the pool before it queues more. Above
+/// [`DRAIN_AT`]: the queue's total drains first, while the uploads have about equal
+/// shares, which keeps the lanes full; one upload far ahead of the others would leave
+/// them empty, its blocks hashed alone.
+const OWN_LIMIT: usize = 2 << 20;
+
+/// Bytes of each upload hashed side by side in one round of a drain: sixteen uploads'
+/// rounds fit in a core's L2 cache while the three algorithms go over them.
+const ROUND: usize = 64 * 1024;
+/// Uploads a drain keeps in its lanes to the end (see [`LanePool::drain_queued`]): five
+/// lanes of AVX-512 beat one stream of SHA-1 on SHA-NI (see [`super::lanes`]).
+const COMPANY: usize = 5;
 
 /// Times an upload that needs its digests lets the other tasks of its thread run first,
 /// while fewer uploads than the lanes hold have frames queued: on a loaded server those
@@ -123,22 +133,28 @@ impl LanePool {
         q.bytes
     }
 
-    /// Hashes every frame queued when it starts (waiting for a drain under way first).
-    async fn drain(&self) {
+    /// Hashes the frames queued when it starts (waiting for a drain under way first):
+    /// all of `owner`'s, and of every other upload a share (see [`LanePool::drain_queued`]).
+    async fn drain(&self, owner: &Arc<Stream>) {
         let _running = self.drain.lock().await;
-        self.drain_queued();
+        self.drain_queued(Some(owner));
     }
 
-    /// [`LanePool::drain`] if none is under way; otherwise nothing: the running one, or
-    /// the next upload to need its digests, hashes what is queued.
+    /// [`LanePool::drain`] for no upload in particular, if none is under way; otherwise
+    /// nothing: the running one, or the next upload to need its digests, hashes what is
+    /// queued.
     fn try_drain(&self) {
         if let Ok(_running) = self.drain.try_lock() {
-            self.drain_queued();
+            self.drain_queued(None);
         }
     }
 
-    /// Hashes the queue as it stands, the caller holding `drain`.
-    fn drain_queued(&self) {
+    /// Hashes the queue as it stands, the caller holding `drain`: in rounds of up to
+    /// [`ROUND`] bytes of each upload side by side, everything `owner` has queued, and of
+    /// the others as much as the [`COMPANY`]-th most has, so that enough lanes stay busy
+    /// to the end; what an upload far ahead of the others has beyond that goes back to
+    /// the front of the queue for the next pass, instead of being hashed alone.
+    fn drain_queued(&self, owner: Option<&Arc<Stream>>) {
         let frames = {
             let mut q = lock(&self.queue);
             q.bytes = 0;
@@ -148,31 +164,88 @@ impl LanePool {
             return;
         }
         // Each upload's frames in order; uploads in order of their first frame.
-        let mut streams: Vec<(Arc<Stream>, Vec<Bytes>)> = Vec::new();
+        let mut streams: Vec<(Arc<Stream>, VecDeque<Bytes>)> = Vec::new();
         let mut index: HashMap<*const Stream, usize> = HashMap::new();
         for (stream, frame) in frames {
             let i = *index.entry(Arc::as_ptr(&stream)).or_insert_with(|| {
-                streams.push((stream.clone(), Vec::new()));
+                streams.push((stream.clone(), VecDeque::new()));
                 streams.len() - 1
             });
-            streams[i].1.push(frame);
+            streams[i].1.push_back(frame);
         }
-        // Round r hashes every upload's r-th frame side by side.
+        let (streams, mut queues): (Vec<Arc<Stream>>, Vec<VecDeque<Bytes>>) =
+            streams.into_iter().unzip();
+        let totals: Vec<usize> = queues
+            .iter()
+            .map(|f| f.iter().map(Bytes::len).sum())
+            .collect();
+        let mut sorted = totals.clone();
+        sorted.sort_unstable_by(|a, b| b.cmp(a));
+        let share = sorted
+            .get(COMPANY - 1)
+            .copied()
+            .unwrap_or(usize::MAX)
+            .max(ROUND);
+        let mut budgets: Vec<usize> = streams
+            .iter()
+            .zip(&totals)
+            .map(|(s, &total)| {
+                let mine = owner.is_some_and(|o| Arc::ptr_eq(o, s));
+                if mine {
+                    total
+                } else {
+                    total.min(share)
+                }
+            })
+            .collect();
         let mut hashers: Vec<MutexGuard<'_, ObjectHasher>> =
-            streams.iter().map(|(s, _)| lock(&s.hasher)).collect();
-        let rounds = streams.iter().map(|(_, f)| f.len()).max().unwrap_or(0);
-        for round in 0..rounds {
-            let mut batch: Vec<(&mut ObjectHasher, &[u8])> = hashers
-                .iter_mut()
-                .zip(&streams)
-                .filter_map(|(h, (_, frames))| Some((&mut **h, frames.get(round)?.as_ref())))
-                .collect();
+            streams.iter().map(|s| lock(&s.hasher)).collect();
+        let mut hashed = vec![0usize; streams.len()];
+        loop {
+            // The next round: up to ROUND bytes of each upload with budget left.
+            let mut pieces: Vec<(usize, Bytes)> = Vec::new();
+            for (i, frames) in queues.iter_mut().enumerate() {
+                let Some(front) = frames.front_mut() else {
+                    continue;
+                };
+                let take = front.len().min(budgets[i]).min(ROUND);
+                if take == 0 {
+                    continue;
+                }
+                pieces.push((i, front.split_to(take)));
+                if front.is_empty() {
+                    frames.pop_front();
+                }
+                budgets[i] -= take;
+                hashed[i] += take;
+            }
+            if pieces.is_empty() {
+                break;
+            }
+            let mut batch: Vec<(&mut ObjectHasher, &[u8])> = Vec::with_capacity(pieces.len());
+            let mut rest: &mut [MutexGuard<'_, ObjectHasher>] = &mut hashers;
+            let mut at = 0;
+            for (i, piece) in &pieces {
+                // `pieces` is in stream order: walk the guards once, splitting as we go.
+                let (_, tail) = std::mem::take(&mut rest).split_at_mut(i - at);
+                let (h, tail) = tail.split_first_mut().expect("a guard per stream");
+                batch.push((&mut **h, piece.as_ref()));
+                rest = tail;
+                at = i + 1;
+            }
             ObjectHasher::update_many(&mut batch);
         }
         drop(hashers);
-        for (stream, frames) in &streams {
-            let bytes = frames.iter().map(Bytes::len).sum();
-            stream.queued.fetch_sub(bytes, Ordering::AcqRel);
+        // What was not hashed goes back in front of anything queued meanwhile.
+        let mut leftover: Vec<(Arc<Stream>, Bytes)> = Vec::new();
+        for ((stream, frames), n) in streams.into_iter().zip(queues).zip(hashed) {
+            stream.queued.fetch_sub(n, Ordering::AcqRel);
+            leftover.extend(frames.into_iter().map(|f| (stream.clone(), f)));
+        }
+        if !leftover.is_empty() {
+            let mut q = lock(&self.queue);
+            q.bytes += leftover.iter().map(|(_, f)| f.len()).sum::<usize>();
+            q.frames.splice(0..0, leftover);
         }
     }
 }
@@ -199,7 +272,7 @@ impl PooledHasher {
         self.len += frame.len() as u64;
         let queued = self.pool.push(&self.stream, frame);
         if self.stream.queued.load(Ordering::Acquire) >= OWN_LIMIT {
-            self.pool.drain().await;
+            self.pool.drain(&self.stream).await;
         } else if queued >= DRAIN_AT {
             self.pool.try_drain();
         }
@@ -215,7 +288,7 @@ impl PooledHasher {
                 tokio::task::yield_now().await;
                 continue;
             }
-            self.pool.drain().await;
+            self.pool.drain(&self.stream).await;
         }
         let hasher = std::mem::replace(&mut *lock(&self.stream.hasher), ObjectHasher::new(&[]));
         hasher.finish()
