@@ -577,3 +577,39 @@ fn a_tree_hashed_side_by_side_finds_every_listed_file_by_every_algorithm() {
     found.sort();
     assert_eq!(found, ["md5", "sha1", "sha256"]);
 }
+
+#[test]
+fn a_path_named_is_scanned_through_a_link_and_never_vanishes_into_a_clean_result() {
+    let w = World::new();
+    let out = w.build(&[]);
+    assert!(out.status.success(), "{}", text(&out));
+    // A link to a listed file, named on the command line, is followed.
+    let link = w.path("link");
+    std::os::unix::fs::symlink(&w.listed_a, &link).unwrap();
+    let out = w.scan(&w.path("f.hgf"), &w.path("auth.pub"), &[&link], false);
+    let t = text(&out);
+    assert_eq!(out.status.code(), Some(1), "{t}");
+    assert!(t.contains("HIT"), "{t}");
+    // So is a link to a directory.
+    let dir_link = w.path("dir-link");
+    std::os::unix::fs::symlink(w.path("files"), &dir_link).unwrap();
+    let out = w.scan(&w.path("f.hgf"), &w.path("auth.pub"), &[&dir_link], false);
+    let t = text(&out);
+    assert_eq!(out.status.code(), Some(1), "{t}");
+    assert!(t.contains("scanned 5 files"), "{t}");
+    // A FIFO and a dangling link are errors (exit 2), not "0 files, 0 errors".
+    let fifo = w.path("fifo");
+    assert!(Command::new("mkfifo")
+        .arg(&fifo)
+        .status()
+        .unwrap()
+        .success());
+    let dangling = w.path("dangling");
+    std::os::unix::fs::symlink(w.path("nowhere"), &dangling).unwrap();
+    for odd in [&fifo, &dangling] {
+        let out = w.scan(&w.path("f.hgf"), &w.path("auth.pub"), &[odd], false);
+        let t = text(&out);
+        assert_eq!(out.status.code(), Some(2), "{}: {t}", odd.display());
+        assert!(t.contains("1 error"), "{t}");
+    }
+}

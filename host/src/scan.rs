@@ -97,12 +97,40 @@ pub struct Summary {
     pub uninspectable: u64,
 }
 
-/// Lists the regular files under `paths` (directories are walked recursively, symbolic
-/// links are not followed). Entries that cannot be read are passed to `on_error`.
+/// Lists the regular files under `paths`. A path named is taken as named: a symbolic link
+/// to a file or directory is followed (as `find -H` does); anything else that is not a
+/// regular file or a directory (a FIFO, a socket, a device, a dangling link) is an
+/// error, never a silent skip. Inside directories, links are not followed and only
+/// regular files are listed. Entries that cannot be read are passed to `on_error`.
 pub fn list_files(paths: &[PathBuf], on_error: &mut dyn FnMut(&Path, &Error)) -> Vec<Target> {
     let mut targets = Vec::new();
     for root in paths {
-        for entry in walkdir::WalkDir::new(root).follow_links(false) {
+        match std::fs::metadata(root) {
+            Ok(m) if m.is_file() => {
+                targets.push(Target {
+                    path: root.clone(),
+                    size: m.len(),
+                });
+                continue;
+            }
+            Ok(m) if m.is_dir() => {}
+            Ok(_) => {
+                let error = Error::io(
+                    root,
+                    std::io::Error::other("not a regular file or a directory"),
+                );
+                on_error(root, &error);
+                continue;
+            }
+            Err(e) => {
+                on_error(root, &Error::io(root, e));
+                continue;
+            }
+        }
+        let walk = walkdir::WalkDir::new(root)
+            .follow_links(false)
+            .follow_root_links(true);
+        for entry in walk {
             match entry {
                 Ok(entry) if entry.file_type().is_file() => {
                     let size = entry.metadata().map(|m| m.len()).unwrap_or(0);
@@ -208,6 +236,7 @@ struct Scan<'s, 'e> {
 struct InFlight<'s> {
     path: &'s Path,
     file: File,
+    before: Stamp,
     hasher: ObjectHasher,
     /// Its buffer ([`CHUNK`] bytes), of which the first `filled` are read and not yet
     /// hashed.
@@ -220,6 +249,8 @@ struct InFlight<'s> {
 /// A file opened and its first bytes read into a [`CHUNK`]-byte buffer.
 struct Opened {
     file: File,
+    /// Its size and modification time when opened.
+    before: Stamp,
     buf: Vec<u8>,
     /// Bytes read into `buf`.
     filled: usize,
@@ -255,6 +286,7 @@ impl<'s> Scan<'s, '_> {
                 };
                 let Opened {
                     mut file,
+                    before,
                     buf,
                     filled,
                 } = opened;
@@ -269,20 +301,26 @@ impl<'s> Scan<'s, '_> {
                         self.limits,
                         len,
                     )
-                    .map_err(|e| inspect_error(path, e));
+                    .map_err(|e| inspect_error(path, e))
+                    // A walk stopped by a limit reads less than the whole file.
+                    .and_then(|r| unchanged(path, &file, before, None).map(|()| r));
                     spare.push(buf);
                     self.conclude(path, inspected)
                 } else if alone && target.size >= SPLIT_FROM {
                     let mut input = prefix.chain(&mut file);
                     let hashed = split::hash_reader(&mut input, self.algorithms, self.threads)
-                        .map(|(digests, len)| Report::plain(len, digests))
-                        .map_err(|e| Error::io(path, e));
+                        .map_err(|e| Error::io(path, e))
+                        .and_then(|(digests, len)| {
+                            unchanged(path, &file, before, Some(len))?;
+                            Ok(Report::plain(len, digests))
+                        });
                     spare.push(buf);
                     self.conclude(path, hashed)
                 } else {
                     batch.push(InFlight {
                         path,
                         file,
+                        before,
                         hasher: ObjectHasher::new(self.algorithms),
                         ended: filled < PREFIX_LEN,
                         buf,
@@ -337,10 +375,9 @@ impl<'s> Scan<'s, '_> {
                 let f = batch.swap_remove(i);
                 spare.push(f.buf);
                 let len = f.hasher.len();
-                if self
-                    .conclude(f.path, Ok(Report::plain(len, f.hasher.finish())))
-                    .is_break()
-                {
+                let report = unchanged(f.path, &f.file, f.before, Some(len))
+                    .map(|()| Report::plain(len, f.hasher.finish()));
+                if self.conclude(f.path, report).is_break() {
                     return;
                 }
             }
@@ -432,9 +469,52 @@ impl<'s> Scan<'s, '_> {
 /// container.
 fn open(path: &Path, mut buf: Vec<u8>) -> Result<Opened, Error> {
     let mut file = File::open(path).map_err(|e| Error::io(path, e))?;
+    let before = Stamp::of(&file).map_err(|e| Error::io(path, e))?;
     let filled =
         split::read_full(&mut file, &mut buf[..PREFIX_LEN]).map_err(|e| Error::io(path, e))?;
-    Ok(Opened { file, buf, filled })
+    Ok(Opened {
+        file,
+        before,
+        buf,
+        filled,
+    })
+}
+
+/// A file's size and modification time, to tell whether it changed under the scan.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Stamp {
+    len: u64,
+    modified: Option<std::time::SystemTime>,
+}
+
+impl Stamp {
+    fn of(file: &File) -> std::io::Result<Stamp> {
+        let m = file.metadata()?;
+        Ok(Stamp {
+            len: m.len(),
+            modified: m.modified().ok(),
+        })
+    }
+}
+
+/// Checks that `file` is as it was when opened and, if given, that `read` bytes of it
+/// were read: a file written, truncated or grown while it was hashed gave a torn read,
+/// whose digests belong to no version of the file. It is an error (scan it again), not
+/// clean.
+fn unchanged(path: &Path, file: &File, before: Stamp, read: Option<u64>) -> Result<(), Error> {
+    let after = Stamp::of(file).map_err(|e| Error::io(path, e))?;
+    let read = read.unwrap_or(before.len);
+    if after == before && read == before.len {
+        return Ok(());
+    }
+    let why = format!(
+        "changed while it was being scanned ({} bytes when opened, {} read, {} now{}); scan it again",
+        before.len,
+        read,
+        after.len,
+        if after.modified != before.modified { ", modified" } else { "" },
+    );
+    Err(Error::io(path, std::io::Error::other(why)))
 }
 
 fn inspect_error(path: &Path, e: InspectError) -> Error {
@@ -455,4 +535,34 @@ pub fn inspect_file(
     let len = file.metadata().map(|m| m.len()).ok();
     crate::inspect::inspect_reader(&mut file, &Envelope::default(), algorithms, limits, len)
         .map_err(|e| inspect_error(path, e))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_file_that_changes_under_the_scan_is_an_error_not_clean() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("f");
+        std::fs::write(&path, vec![7u8; 10_000]).unwrap();
+        let opened = open(&path, vec![0; CHUNK]).unwrap();
+        assert!(unchanged(&path, &opened.file, opened.before, Some(10_000)).is_ok());
+        // A torn read: fewer bytes than the file had.
+        assert!(unchanged(&path, &opened.file, opened.before, Some(9_000)).is_err());
+        // Truncated (or grown) meanwhile.
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(&path)
+            .unwrap()
+            .set_len(4_000)
+            .unwrap();
+        let err = unchanged(&path, &opened.file, opened.before, Some(10_000)).unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("changed while it was being scanned"),
+            "{err}"
+        );
+        assert!(unchanged(&path, &opened.file, opened.before, None).is_err());
+    }
 }
