@@ -13,8 +13,7 @@
 //! No well-kept crate does this for Rust: `md5-many` and `md5-simd` are new, single-author
 //! and MD5-only; nothing covers SHA-1. The kernels ([`super::md5x`], [`super::sha1x`],
 //! [`super::sha256x`]) are small and checked bit for bit against the RustCrypto crates
-//! by property tests and by a fuzz target (`fuzz/fuzz_targets/hashing_lanes.rs`; not
-//! yet run at length).
+//! by property tests and by a fuzz target (`fuzz/fuzz_targets/hashing_lanes.rs`).
 //!
 //! ```
 //! use hashgate_host::hashing::lanes::{compress_md5, Engine, Job};
