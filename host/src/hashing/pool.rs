@@ -200,46 +200,44 @@ impl LanePool {
             .collect();
         let mut hashers: Vec<MutexGuard<'_, ObjectHasher>> =
             streams.iter().map(|s| lock(&s.hasher)).collect();
-        let mut hashed = vec![0usize; streams.len()];
+        let shares = budgets.clone();
         loop {
-            // The next round: up to ROUND bytes of each upload with budget left.
-            let mut pieces: Vec<(usize, Bytes)> = Vec::new();
-            for (i, frames) in queues.iter_mut().enumerate() {
-                let Some(front) = frames.front_mut() else {
-                    continue;
-                };
-                let take = front.len().min(budgets[i]).min(ROUND);
-                if take == 0 {
-                    continue;
-                }
-                pieces.push((i, front.split_to(take)));
-                if front.is_empty() {
-                    frames.pop_front();
-                }
-                budgets[i] -= take;
-                hashed[i] += take;
-            }
-            if pieces.is_empty() {
+            // The next round: up to ROUND bytes of each upload with budget left, in
+            // stream order beside its hasher.
+            let round: Vec<Option<Bytes>> = queues
+                .iter_mut()
+                .zip(budgets.iter_mut())
+                .map(|(frames, budget)| {
+                    let front = frames.front_mut()?;
+                    let take = front.len().min(*budget).min(ROUND);
+                    if take == 0 {
+                        return None;
+                    }
+                    *budget -= take;
+                    let piece = front.split_to(take);
+                    if front.is_empty() {
+                        frames.pop_front();
+                    }
+                    Some(piece)
+                })
+                .collect();
+            let mut batch: Vec<(&mut ObjectHasher, &[u8])> = hashers
+                .iter_mut()
+                .zip(&round)
+                .filter_map(|(h, piece)| Some((&mut **h, piece.as_deref()?)))
+                .collect();
+            if batch.is_empty() {
                 break;
-            }
-            let mut batch: Vec<(&mut ObjectHasher, &[u8])> = Vec::with_capacity(pieces.len());
-            let mut rest: &mut [MutexGuard<'_, ObjectHasher>] = &mut hashers;
-            let mut at = 0;
-            for (i, piece) in &pieces {
-                // `pieces` is in stream order: walk the guards once, splitting as we go.
-                let (_, tail) = std::mem::take(&mut rest).split_at_mut(i - at);
-                let (h, tail) = tail.split_first_mut().expect("a guard per stream");
-                batch.push((&mut **h, piece.as_ref()));
-                rest = tail;
-                at = i + 1;
             }
             ObjectHasher::update_many(&mut batch);
         }
         drop(hashers);
         // What was not hashed goes back in front of anything queued meanwhile.
         let mut leftover: Vec<(Arc<Stream>, Bytes)> = Vec::new();
-        for ((stream, frames), n) in streams.into_iter().zip(queues).zip(hashed) {
-            stream.queued.fetch_sub(n, Ordering::AcqRel);
+        for (((stream, frames), share), left) in
+            streams.into_iter().zip(queues).zip(shares).zip(budgets)
+        {
+            stream.queued.fetch_sub(share - left, Ordering::AcqRel);
             leftover.extend(frames.into_iter().map(|f| (stream.clone(), f)));
         }
         if !leftover.is_empty() {
