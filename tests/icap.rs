@@ -741,6 +741,24 @@ fn malformed_requests_get_icap_errors_and_the_server_carries_on() {
     c.send(&reqmod_head("Allow: 204\r\n"));
     c.send(b"10000\r\npartial");
     assert_eq!(c.answer().map(|a| a.status), Some(408));
+    // A head trickled in a byte at a time is timed out as a whole, not per read
+    // (slowloris): the trickle would take 8 s, the head's deadline is 1 s.
+    let mut c = Client::new(port);
+    let mut trickle = c.stream.try_clone().unwrap();
+    let sender = std::thread::spawn(move || {
+        let head = b"OPTIONS icap://h/reqmod ICAP/1.0\r\nHost: h\r\nX-Slow: abcdefghijklmnopqrstuvwxyz\r\n\r\n";
+        for byte in &head[..40] {
+            if trickle.write_all(&[*byte]).is_err() {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        true
+    });
+    assert_eq!(c.answer().map(|a| a.status), Some(408));
+    assert!(!sender.is_finished(), "answered only after the whole trickle");
+    drop(c);
+    sender.join().unwrap();
     // One that vanishes mid-body is simply forgotten.
     let mut c = Client::new(port);
     c.send(&reqmod_head(""));

@@ -168,9 +168,12 @@ impl Connection<'_> {
 
     async fn transaction(&mut self) -> Result<Next, Fault> {
         let config = &self.server.config;
+        // The ICAP head and the HTTP heads it encapsulates arrive within one deadline,
+        // counted from the request's first byte.
+        let deadline = tokio::time::Instant::now() + config.header_timeout;
         let head = self
             .reader
-            .read_head(config.max_header_bytes, config.header_timeout)
+            .read_head(config.max_header_bytes, deadline)
             .await?;
         let head = match wire::parse_head(&head) {
             Ok(head) => head,
@@ -191,8 +194,8 @@ impl Connection<'_> {
             }
         };
         let next = match head.method.as_str() {
-            "OPTIONS" => self.options(&head, service).await?,
-            m if m == service.method() => self.modify(&head, service).await?,
+            "OPTIONS" => self.options(&head, service, deadline).await?,
+            m if m == service.method() => self.modify(&head, service, deadline).await?,
             "REQMOD" | "RESPMOD" => {
                 self.count(&head.method, "405");
                 self.refuse(405, "Method Not Allowed For Service").await?;
@@ -211,7 +214,12 @@ impl Connection<'_> {
     }
 
     /// `OPTIONS`: what the service does and how the client should talk to it.
-    async fn options(&mut self, head: &RequestHead, service: Service) -> Result<Next, Fault> {
+    async fn options(
+        &mut self,
+        head: &RequestHead,
+        service: Service,
+        deadline: tokio::time::Instant,
+    ) -> Result<Next, Fault> {
         // An OPTIONS body (`opt-body`) has no defined meaning; read past it, within the
         // head cap: the offset is what the client declares, so it is checked before a
         // byte is buffered, and the body is skipped as it streams, up to the same cap.
@@ -222,8 +230,8 @@ impl Connection<'_> {
                 return Err(Fault::TooLarge);
             }
             if enc.body != BodyKind::Null || enc.body_offset > 0 {
+                let _ = self.reader.read_exact(enc.body_offset, deadline).await?;
                 let timeout = self.server.config.body_timeout;
-                let _ = self.reader.read_exact(enc.body_offset, timeout).await?;
                 if enc.body != BodyKind::Null {
                     let mut body = ChunkedBody::new();
                     let mut skipped = 0;
@@ -258,7 +266,12 @@ impl Connection<'_> {
     }
 
     /// `REQMOD` / `RESPMOD`: hash the body and answer as the module docs describe.
-    async fn modify(&mut self, head: &RequestHead, service: Service) -> Result<Next, Fault> {
+    async fn modify(
+        &mut self,
+        head: &RequestHead,
+        service: Service,
+        deadline: tokio::time::Instant,
+    ) -> Result<Next, Fault> {
         let config = self.server.config.clone();
         let enc = head
             .header("encapsulated")
@@ -285,7 +298,7 @@ impl Connection<'_> {
         }
         let heads = self
             .reader
-            .read_exact(enc.body_offset, config.header_timeout)
+            .read_exact(enc.body_offset, deadline)
             .await?;
         let req_hdr = enc.req_hdr.clone().map(|r| heads.slice(r));
         let res_hdr = enc.res_hdr.clone().map(|r| heads.slice(r));

@@ -4,6 +4,8 @@
 
 use std::time::Duration;
 
+use tokio::time::Instant;
+
 use bytes::{Buf, Bytes, BytesMut};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -65,10 +67,14 @@ impl Reader {
         }
     }
 
-    /// Reads more bytes into the buffer, waiting at most `timeout`.
-    async fn fill(&mut self, timeout: Duration) -> Result<(), Fault> {
+    /// Reads more bytes into the buffer, waiting until `deadline` at most.
+    ///
+    /// A deadline, not a timeout: a head must arrive whole within its time, however its
+    /// bytes are spread (a timer restarted on every read lets a peer sending one byte a
+    /// second hold the connection forever).
+    async fn fill(&mut self, deadline: Instant) -> Result<(), Fault> {
         self.buf.reserve(READ_SIZE);
-        match tokio::time::timeout(timeout, self.stream.read_buf(&mut self.buf)).await {
+        match tokio::time::timeout_at(deadline, self.stream.read_buf(&mut self.buf)).await {
             Err(_) => Err(Fault::Timeout),
             Ok(Ok(0)) => Err(Fault::Closed),
             Ok(Ok(_)) => Ok(()),
@@ -87,12 +93,13 @@ impl Reader {
             if !self.buf.is_empty() && self.buf[..] != b"\r"[..] {
                 return Ok(());
             }
-            self.fill(idle).await?;
+            self.fill(Instant::now() + idle).await?;
         }
     }
 
-    /// The request head, through its blank line, at most `limit` bytes.
-    pub async fn read_head(&mut self, limit: usize, timeout: Duration) -> Result<Bytes, Fault> {
+    /// The request head, through its blank line, at most `limit` bytes, whole by
+    /// `deadline`.
+    pub async fn read_head(&mut self, limit: usize, deadline: Instant) -> Result<Bytes, Fault> {
         let mut searched = 0;
         loop {
             if let Some(at) = find(&self.buf[searched..], b"\r\n\r\n") {
@@ -106,20 +113,20 @@ impl Reader {
             if self.buf.len() > limit {
                 return Err(Fault::TooLarge);
             }
-            self.fill(timeout).await?;
+            self.fill(deadline).await?;
         }
     }
 
-    /// Exactly `n` bytes.
-    pub async fn read_exact(&mut self, n: usize, timeout: Duration) -> Result<Bytes, Fault> {
+    /// Exactly `n` bytes, whole by `deadline`.
+    pub async fn read_exact(&mut self, n: usize, deadline: Instant) -> Result<Bytes, Fault> {
         while self.buf.len() < n {
-            self.fill(timeout).await?;
+            self.fill(deadline).await?;
         }
         Ok(self.buf.split_to(n).freeze())
     }
 
     /// One CRLF-terminated line (without the CRLF), at most `limit` bytes.
-    async fn read_line(&mut self, limit: usize, timeout: Duration) -> Result<Bytes, Fault> {
+    async fn read_line(&mut self, limit: usize, deadline: Instant) -> Result<Bytes, Fault> {
         let mut searched = 0;
         loop {
             if let Some(at) = find(&self.buf[searched..], b"\r\n") {
@@ -131,14 +138,14 @@ impl Reader {
             if self.buf.len() > limit {
                 return Err(malformed("chunk-size line too long"));
             }
-            self.fill(timeout).await?;
+            self.fill(deadline).await?;
         }
     }
 
     /// Up to `max` bytes of data, as soon as any are there.
-    async fn read_some(&mut self, max: usize, timeout: Duration) -> Result<Bytes, Fault> {
+    async fn read_some(&mut self, max: usize, deadline: Instant) -> Result<Bytes, Fault> {
         if self.buf.is_empty() {
-            self.fill(timeout).await?;
+            self.fill(deadline).await?;
         }
         let n = self.buf.len().min(max);
         Ok(self.buf.split_to(n).freeze())
@@ -337,7 +344,8 @@ impl ChunkedBody {
     }
 
     /// The next piece of data (at most `max` bytes), or `None` once the zero-size chunk
-    /// and its trailer have been read.
+    /// and its trailer have been read. `timeout` bounds each piece: a body may take as
+    /// long as it needs, as long as it keeps coming.
     pub async fn next(
         &mut self,
         reader: &mut Reader,
@@ -347,19 +355,20 @@ impl ChunkedBody {
         if self.done {
             return Ok(None);
         }
+        let deadline = Instant::now() + timeout;
         if self.left == 0 {
             if self.in_chunk {
-                let end = reader.read_exact(2, timeout).await?;
+                let end = reader.read_exact(2, deadline).await?;
                 if &end[..] != b"\r\n" {
                     return Err(malformed("chunk data not followed by CRLF"));
                 }
                 self.in_chunk = false;
             }
-            let line = reader.read_line(MAX_CHUNK_LINE, timeout).await?;
+            let line = reader.read_line(MAX_CHUNK_LINE, deadline).await?;
             let (size, ieof) = parse_chunk_line(&line)?;
             if size == 0 {
                 // Trailer fields, if any, up to the blank line; ICAP gives them no meaning.
-                while !reader.read_line(MAX_CHUNK_LINE, timeout).await?.is_empty() {}
+                while !reader.read_line(MAX_CHUNK_LINE, deadline).await?.is_empty() {}
                 self.done = true;
                 self.ieof = ieof;
                 return Ok(None);
@@ -368,7 +377,7 @@ impl ChunkedBody {
             self.in_chunk = true;
         }
         let want = usize::try_from(self.left).unwrap_or(usize::MAX).min(max);
-        let data = reader.read_some(want, timeout).await?;
+        let data = reader.read_some(want, deadline).await?;
         self.left -= data.len() as u64;
         Ok(Some(data))
     }
