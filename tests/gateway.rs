@@ -763,3 +763,81 @@ fn a_known_length_upload_streams_to_the_origin_all_but_its_final_bytes() {
         }
     }
 }
+
+/// Everything the peer sends until it closes the connection.
+fn read_to_close(stream: &mut TcpStream) -> String {
+    use std::io::Read;
+    stream
+        .set_read_timeout(Some(std::time::Duration::from_secs(20)))
+        .unwrap();
+    let mut all = Vec::new();
+    stream.read_to_end(&mut all).unwrap();
+    String::from_utf8_lossy(&all).into_owned()
+}
+
+#[test]
+fn a_request_with_two_lengths_is_refused_and_the_connection_closed() {
+    use std::io::Write;
+    let s = Setup::new();
+    let (_nginx, origin_port, root) = s.nginx();
+    let origin = format!("http://127.0.0.1:{origin_port}");
+    let (_gw, port, _) = s.gateway(&["--origin", &origin], &[]);
+    // A clean request, then one declaring both lengths whose chunked body "ends" early
+    // and carries a second, smuggled request: as Content-Length frames it, the smuggled
+    // request is body; as chunked frames it, it is the next request.
+    let smuggled = "PUT /up/smuggled.bin HTTP/1.1\r\nHost: h\r\nContent-Length: 3\r\n\r\nabc";
+    let chunked = format!("0\r\n\r\n{smuggled}");
+    for (name, lengths) in [
+        (
+            "CL first",
+            format!(
+                "Content-Length: {}\r\nTransfer-Encoding: chunked\r\n",
+                chunked.len()
+            ),
+        ),
+        (
+            "TE first",
+            format!(
+                "transfer-encoding: chunked\r\ncontent-length: {}\r\n",
+                chunked.len()
+            ),
+        ),
+    ] {
+        let mut stream = TcpStream::connect(("127.0.0.1", port)).unwrap();
+        let requests = format!(
+            "PUT /up/first.bin HTTP/1.1\r\nHost: h\r\nContent-Length: 5\r\n\r\nfirst\
+             PUT /up/ambiguous.bin HTTP/1.1\r\nHost: h\r\n{lengths}\r\n{chunked}"
+        );
+        stream.write_all(requests.as_bytes()).unwrap();
+        let answers = read_to_close(&mut stream);
+        let statuses: Vec<&str> = answers
+            .lines()
+            .filter(|l| l.starts_with("HTTP/1.1 "))
+            .collect();
+        assert_eq!(statuses.len(), 2, "{name}: {answers}");
+        assert!(statuses[0].starts_with("HTTP/1.1 201"), "{name}: {answers}");
+        assert!(statuses[1].starts_with("HTTP/1.1 400"), "{name}: {answers}");
+        assert!(answers.contains("Content-Length and Transfer-Encoding"));
+        let stored: Vec<_> = files_under(&root)
+            .iter()
+            .map(|p| p.file_name().unwrap().to_string_lossy().into_owned())
+            .collect();
+        assert_eq!(stored, ["first.bin"], "{name}");
+        std::fs::remove_file(root.join("up/first.bin")).unwrap();
+    }
+    // A body that merely contains such a head is a body: stored intact.
+    let mut stream = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    let body = format!(
+        "PUT /x HTTP/1.1\r\nContent-Length: 1\r\nTransfer-Encoding: chunked\r\n\r\n{smuggled}"
+    );
+    let request = format!(
+        "PUT /up/text.txt HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n{:x}\r\n{body}\r\n0\r\n\r\n",
+        body.len()
+    );
+    stream.write_all(request.as_bytes()).unwrap();
+    assert!(read_to_close(&mut stream).starts_with("HTTP/1.1 201"));
+    assert_eq!(
+        std::fs::read_to_string(root.join("up/text.txt")).unwrap(),
+        body
+    );
+}

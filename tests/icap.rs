@@ -756,7 +756,10 @@ fn malformed_requests_get_icap_errors_and_the_server_carries_on() {
         true
     });
     assert_eq!(c.answer().map(|a| a.status), Some(408));
-    assert!(!sender.is_finished(), "answered only after the whole trickle");
+    assert!(
+        !sender.is_finished(),
+        "answered only after the whole trickle"
+    );
     drop(c);
     sender.join().unwrap();
     // One that vanishes mid-body is simply forgotten.

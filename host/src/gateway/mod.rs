@@ -16,6 +16,7 @@
 mod body;
 mod config;
 mod copy;
+mod framing;
 mod response;
 mod s3;
 mod shapes;
@@ -125,16 +126,18 @@ impl Gateway {
             let watcher = graceful.watcher();
             async move {
                 let Some(acceptor) = gateway.tls.clone() else {
+                    let (stream, framing) = framing::Watched::new(stream);
                     return gateway
-                        .serve_connection(TokioIo::new(stream), peer, watcher)
+                        .serve_connection(TokioIo::new(stream), framing, peer, watcher)
                         .await;
                 };
                 // The handshake is bounded like the request head that follows it.
                 let timeout = gateway.config.header_timeout;
                 match tokio::time::timeout(timeout, acceptor.accept(stream)).await {
                     Ok(Ok(tls)) => {
+                        let (tls, framing) = framing::Watched::new(tls);
                         gateway
-                            .serve_connection(TokioIo::new(tls), peer, watcher)
+                            .serve_connection(TokioIo::new(tls), framing, peer, watcher)
                             .await
                     }
                     Ok(Err(e)) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
@@ -153,18 +156,25 @@ impl Gateway {
     }
 
     /// Serves HTTP/1.1 and HTTP/2 on one accepted (and, with TLS, decrypted) connection.
+    /// `framing` says which of its requests declared two lengths (see [`framing`]).
     async fn serve_connection<I>(
         self: Arc<Self>,
         io: I,
+        framing: Arc<framing::Framing>,
         peer: SocketAddr,
         watcher: hyper_util::server::graceful::Watcher,
     ) where
         I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
     {
         let gateway = self.clone();
+        // HTTP/1 hands requests to the service one at a time, in order: the count is
+        // the request's index on the connection.
+        let requests = Arc::new(std::sync::atomic::AtomicUsize::new(0));
         let service = service_fn(move |req| {
             let gateway = gateway.clone();
-            async move { Ok::<_, Infallible>(gateway.handle(req, peer).await) }
+            let index = requests.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let ambiguous = req.version() < hyper::Version::HTTP_2 && framing.ambiguous(index);
+            async move { Ok::<_, Infallible>(gateway.handle(req, peer, ambiguous).await) }
         });
         let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
         builder
@@ -177,7 +187,14 @@ impl Gateway {
         }
     }
 
-    async fn handle(&self, req: Request<Incoming>, peer: SocketAddr) -> Response<GatewayBody> {
+    /// Answers one request. `ambiguous`: it declared both `Content-Length` and
+    /// `Transfer-Encoding`, and is refused unread.
+    async fn handle(
+        &self,
+        req: Request<Incoming>,
+        peer: SocketAddr,
+        ambiguous: bool,
+    ) -> Response<GatewayBody> {
         let ctx = Context {
             request_id: uuid::Uuid::new_v4().to_string(),
             client: peer.ip().to_string(),
@@ -202,6 +219,12 @@ impl Gateway {
             _ => s3::Op::Other,
         };
         let response = match &self.config.backend {
+            // Refusals close the connection: nothing after this head is read as a request.
+            _ if ambiguous => self.refusal(
+                StatusCode::BAD_REQUEST,
+                &ctx,
+                "both Content-Length and Transfer-Encoding",
+            ),
             Backend::Store(dir) => store::handle(self, dir, req, &ctx, inspected).await,
             Backend::Origin(_) if s3_op != s3::Op::Other => self.s3(s3_op, req, &ctx).await,
             Backend::Origin(_) if inspected => upload::inspect(self, req, &ctx, None).await,

@@ -296,10 +296,7 @@ impl Connection<'_> {
         if enc.body_offset > config.max_header_bytes {
             return Err(Fault::TooLarge);
         }
-        let heads = self
-            .reader
-            .read_exact(enc.body_offset, deadline)
-            .await?;
+        let heads = self.reader.read_exact(enc.body_offset, deadline).await?;
         let req_hdr = enc.req_hdr.clone().map(|r| heads.slice(r));
         let res_hdr = enc.res_hdr.clone().map(|r| heads.slice(r));
         let ctx = self.context(head, req_hdr.as_deref());
