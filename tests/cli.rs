@@ -305,6 +305,51 @@ fn clamav_hash_signature_files_are_read() {
     assert!(text(&out).contains("sigs.hdb:1:"));
 }
 
+/// Runs a checksum tool in `dir` over `names`; its standard output.
+fn checksums(dir: &Path, tool: &[&str], names: &[&str]) -> String {
+    let out = Command::new(tool[0])
+        .args(&tool[1..])
+        .args(names)
+        .current_dir(dir)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{tool:?}");
+    String::from_utf8(out.stdout).unwrap()
+}
+
+#[test]
+fn lists_made_by_checksum_tools_and_windows_editors_are_read() {
+    let w = World::new();
+    let sub = w.path("files/sub");
+    // An odd name, as coreutils escapes it (a leading backslash).
+    std::fs::copy(&w.listed_a, sub.join("odd\\name.bin")).unwrap();
+    let mut list = String::from("\u{feff}");
+    list += &checksums(&sub, &["sha256sum"], &["odd\\name.bin"]);
+    list += &checksums(&sub, &["md5sum", "--tag"], &["deeper/listed-b.bin"]);
+    list += &checksums(&sub, &["sha1sum", "-b"], &["clean-2.bin"]);
+    assert!(list.contains("\\") && list.contains("MD5 (") && list.contains(" *"));
+    let crlf = list.replace('\n', "\r\n");
+    std::fs::write(w.path("list.txt"), crlf).unwrap();
+    let out = w.build(&[]);
+    assert!(out.status.success(), "{}", text(&out));
+    let out = w.scan(
+        &w.path("f.hgf"),
+        &w.path("auth.pub"),
+        &[&w.path("files")],
+        false,
+    );
+    assert_eq!(out.status.code(), Some(1));
+    let t = text(&out);
+    for hit in ["listed-a.bin", "odd", "listed-b.bin", "clean-2.bin"] {
+        assert!(t.contains(hit), "{hit}: {t}");
+    }
+    // A bad line among them is still named by its number.
+    std::fs::write(w.path("list.txt"), format!("{list}SHA512 (x) = 00\n")).unwrap();
+    let out = w.build(&[]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(text(&out).contains("list.txt:4:"), "{}", text(&out));
+}
+
 #[test]
 fn the_canary_is_reported_as_a_canary() {
     let w = World::new();

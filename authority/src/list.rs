@@ -13,9 +13,28 @@
 //! (any case; a bare digest's algorithm follows from its length: 32 MD5, 40 SHA-1, 64
 //! SHA-256), and an optional `,category` (1 to 24 of `a-z 0-9 . _ -`).
 //!
+//! The same files also take the checksum lines that tools print, so a list can be made
+//! with `sha256sum * > list`; the file name is ignored and the entry gets the default
+//! category:
+//!
+//! ```text
+//! d41d8cd98f00b204e9800998ecf8427e  empty.txt          # md5sum, sha1sum, sha256sum
+//! d41d8cd98f00b204e9800998ecf8427e *empty.bin          # the same, binary mode
+//! \d41d8cd98f00b204e9800998ecf8427e  back\\slash      # the same, an escaped name
+//! d41d8cd98f00b204e9800998ecf8427e	empty.txt          # HEX, a tab, a name
+//! SHA256 (empty.txt) = e3b0c442…b855                    # BSD, `sha256sum --tag`
+//! SHA2-256(empty.txt)= e3b0c442…b855                    # openssl dgst
+//! ```
+//!
+//! A digest followed by two spaces (or a space and `*`, or a tab) is a checksum line
+//! unless what follows starts with `,`: then it is a category, as above.
+//!
 //! **ClamAV** `.hdb` and `.hsb` files: `hash:size:name` per line (size may be `*` in
 //! `.hsb`); the algorithm follows from the hash's length; size and name are checked for
 //! shape and otherwise ignored.
+//!
+//! Either kind may start with a UTF-8 byte order mark (Windows editors write one); it is
+//! skipped. A UTF-16 file is refused with a message that says so.
 
 use std::fs::File;
 use std::io::{BufRead, BufReader};
@@ -86,7 +105,18 @@ pub fn read(
             line: number,
             reason,
         };
-        let raw = line.trim_ascii();
+        let mut raw = &line[..];
+        if number == 1 {
+            if let Some(rest) = raw.strip_prefix(b"\xef\xbb\xbf") {
+                raw = rest;
+            } else if raw.starts_with(b"\xff\xfe") || raw.starts_with(b"\xfe\xff") {
+                return Err(bad(
+                    "the file is UTF-16 (it starts with a UTF-16 byte order mark); save it as UTF-8"
+                        .into(),
+                ));
+            }
+        }
+        let raw = raw.trim_ascii();
         if raw.is_empty() || raw[0] == b'#' {
             continue;
         }
@@ -123,6 +153,9 @@ fn parse_hashgate<'a>(
     text: &'a str,
     digest: &mut [u8; 32],
 ) -> Result<(Algorithm, usize, Option<&'a str>), String> {
+    if let Some(checksum) = parse_checksum(text, digest) {
+        return checksum.map(|(algorithm, len)| (algorithm, len, None));
+    }
     let (spec, category) = match text.split_once(',') {
         Some((spec, category)) => (spec.trim_end(), Some(category.trim())),
         None => (text, None),
@@ -143,6 +176,48 @@ fn parse_hashgate<'a>(
     };
     let (algorithm, len) = parse_hex(hex, named, digest)?;
     Ok((algorithm, len, category))
+}
+
+/// A checksum line as coreutils (`HEX  NAME`, `HEX *NAME`, `\\HEX  NAME`), a tab
+/// (`HEX<TAB>NAME`), BSD (`ALG (NAME) = HEX`) or openssl (`ALG(NAME)= HEX`) print it;
+/// `None` if the line is not one.
+fn parse_checksum(text: &str, digest: &mut [u8; 32]) -> Option<Result<(Algorithm, usize), String>> {
+    // coreutils and tab: a hex token, then the separator, then a name.
+    let unescaped = text.strip_prefix('\\').unwrap_or(text);
+    let hex_len = unescaped
+        .bytes()
+        .position(|b| !b.is_ascii_hexdigit())
+        .unwrap_or(unescaped.len());
+    let (hex, rest) = unescaped.split_at(hex_len);
+    let name = rest
+        .strip_prefix("  ")
+        .or_else(|| rest.strip_prefix(" *"))
+        .or_else(|| rest.strip_prefix('\t'));
+    if let Some(name) = name {
+        if hex_len > 0 && !name.trim_start().starts_with(',') {
+            if name.trim().is_empty() {
+                return Some(Err("a checksum line without a file name".into()));
+            }
+            return Some(parse_hex(hex, None, digest));
+        }
+    }
+    // BSD and openssl: `ALG (NAME) = HEX`, the name may hold anything, even ") = ".
+    let (left, hex) = text.rsplit_once('=')?;
+    let (tag, _) = left.split_once('(')?;
+    if !left.trim_end().ends_with(')') {
+        return None;
+    }
+    let algorithm = match tag.trim().to_ascii_uppercase().as_str() {
+        "MD5" => Algorithm::Md5,
+        "SHA1" | "SHA-1" => Algorithm::Sha1,
+        "SHA256" | "SHA-256" | "SHA2-256" => Algorithm::Sha256,
+        other => {
+            return Some(Err(format!(
+                "a checksum line of {other:?}, not MD5, SHA1 or SHA256"
+            )));
+        }
+    };
+    Some(parse_hex(hex.trim(), Some(algorithm), digest))
 }
 
 fn parse_clamav<'a>(
@@ -229,6 +304,62 @@ mod tests {
         assert!(parse("d41d8cd98f00b204e9800998ecf8427e,Bad Label").is_err());
         assert!(parse("d41d8cd98f00b204e9800998ecf8427e,canary").is_err());
         assert!(parse("blake3:d41d8cd98f00b204e9800998ecf8427e").is_err());
+    }
+
+    #[test]
+    fn checksum_lines_of_common_tools() {
+        let md5 = "d41d8cd98f00b204e9800998ecf8427e";
+        let sha256 = "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855";
+        for line in [
+            format!("{md5}  empty.txt"),
+            format!("{md5} *empty.bin"),
+            format!("\\{md5}  back\\\\slash"),
+            format!("{md5}\tname, with a comma"),
+            format!("{md5}  a,b"),
+            format!("MD5 (empty.txt) = {md5}"),
+            format!("MD5 (odd) = name) = {md5}"),
+            format!("MD5(empty.txt)= {md5}"),
+        ] {
+            let (a, d, c) = parse(&line).unwrap_or_else(|e| panic!("{line:?}: {e}"));
+            assert_eq!((a, d.len(), c), (Algorithm::Md5, 16, None), "{line:?}");
+        }
+        for line in [
+            format!("SHA256 (x) = {sha256}"),
+            format!("SHA2-256(x)= {sha256}"),
+            format!("{sha256}  x"),
+        ] {
+            assert_eq!(parse(&line).unwrap().0, Algorithm::Sha256, "{line:?}");
+        }
+        // The hashgate form with spaces before its category stays that.
+        let (_, _, c) = parse(&format!("{md5}  , csam")).unwrap();
+        assert_eq!(c.as_deref(), Some("csam"));
+        // Wrong lengths, names and tags are errors, not entries.
+        for line in [
+            format!("{}  x", &md5[1..]),
+            format!("{md5}  "),
+            format!("SHA512 (x) = {sha256}"),
+            format!("SHA1 (x) = {md5}"),
+        ] {
+            assert!(parse(&line).is_err(), "{line:?}");
+        }
+    }
+
+    #[test]
+    fn a_byte_order_mark_is_skipped_and_utf16_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("list.txt");
+        let md5 = "d41d8cd98f00b204e9800998ecf8427e";
+        std::fs::write(&path, format!("\u{feff}{md5}  a\r\n{md5}\r\n")).unwrap();
+        let mut seen = 0;
+        let n = read(&path, None, &mut |_| {
+            seen += 1;
+            Ok(())
+        })
+        .unwrap();
+        assert_eq!((n, seen), (2, 2));
+        std::fs::write(&path, b"\xff\xfed\x004\x00").unwrap();
+        let e = read(&path, None, &mut |_| Ok(())).unwrap_err().to_string();
+        assert!(e.contains("UTF-16") && e.contains(":1"), "{e}");
     }
 
     #[test]
