@@ -1,7 +1,6 @@
 //! Argument parsing and the subcommands.
 
 use std::io::{IsTerminal, Write};
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::{Arc, Mutex, OnceLock};
@@ -311,41 +310,22 @@ pub fn hashgate_guest_canary() -> &'static [u8] {
 
 /// Writes NAME.key (0600) and NAME.pub; returns their paths.
 pub fn keygen(out: &Path, force: bool) -> Result<(PathBuf, PathBuf)> {
-    let secret_path = with_suffix(out, "key");
-    let public_path = with_suffix(out, "pub");
-    if !force {
-        for p in [&secret_path, &public_path] {
-            if p.exists() {
-                bail!("{} exists; pass --force to overwrite", p.display());
-            }
-        }
-    }
-    let key = SecretKey::generate();
-    let mut file = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(&secret_path)
-        .with_context(|| format!("creating {}", secret_path.display()))?;
-    file.write_all(key.to_pem().as_bytes())?;
-    file.sync_all()?;
-    std::fs::write(&public_path, key.public_key().to_pem())
-        .with_context(|| format!("writing {}", public_path.display()))?;
+    let keys = hashgate_authority::keys::generate(out, force)?;
     eprintln!(
         "wrote {} (secret, keep it offline) and {} (key id {})",
-        secret_path.display(),
-        public_path.display(),
-        hex::encode(key.public_key().id())
+        keys.secret.display(),
+        keys.public.display(),
+        hex::encode(keys.id)
     );
-    Ok((secret_path, public_path))
+    Ok((keys.secret, keys.public))
 }
 
-fn with_suffix(base: &Path, suffix: &str) -> PathBuf {
-    let mut name = base.as_os_str().to_owned();
-    name.push(".");
-    name.push(suffix);
-    PathBuf::from(name)
+/// A filter that failed to load, named once: an I/O error names its file already.
+pub fn load_error(filter: &Path, e: hashgate_host::Error) -> anyhow::Error {
+    match e {
+        e @ hashgate_host::Error::Io { .. } => e.into(),
+        e => anyhow::Error::new(e).context(format!("loading {}", filter.display())),
+    }
 }
 
 /// Unix seconds now, or `SOURCE_DATE_EPOCH` when set (reproducible builds).
@@ -489,8 +469,8 @@ fn inspect_cmd(public_key: Option<&Path>, json: bool, file: &Path) -> Result<Exi
 pub fn open_filter(filter: &Path, key: &Path, component: Option<&Path>) -> Result<FilterEngine> {
     let key = PublicKey::read(key)?;
     let runtime = guest_runtime(component)?;
-    let engine = FilterEngine::open(Arc::new(runtime), filter, &key)
-        .with_context(|| format!("loading {}", filter.display()))?;
+    let engine =
+        FilterEngine::open(Arc::new(runtime), filter, &key).map_err(|e| load_error(filter, e))?;
     warn_if_expired(engine.info());
     Ok(engine)
 }
@@ -562,7 +542,7 @@ fn scan_cmd(args: ScanArgs) -> Result<ExitCode> {
         // Set even if loading panics: the scanning threads wait for it.
         let loaded = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
             FilterEngine::open(runtime.clone(), &args.filter, &key)
-                .with_context(|| format!("loading {}", args.filter.display()))
+                .map_err(|e| load_error(&args.filter, e))
                 .and_then(|engine| {
                     if engine.info().algorithms != algorithms {
                         bail!("{} changed while the scan started", args.filter.display());

@@ -110,6 +110,74 @@ fn md5_of(bytes: &[u8]) -> Vec<u8> {
 }
 
 #[test]
+fn errors_say_their_reason_once_and_keygen_creates_its_directory_like_build() {
+    let dir = tempfile::tempdir().unwrap();
+    let base = dir.path().join("new/dir/auth");
+    let out = hashgate(&["keygen", "--out", p(&base)]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(dir.path().join("new/dir/auth.key").exists());
+    let list = dir.path().join("list.txt");
+    std::fs::write(&list, "d41d8cd98f00b204e9800998ecf8427e\n").unwrap();
+    let missing = dir.path().join("missing");
+    let key = dir.path().join("new/dir/auth.key");
+    let public = dir.path().join("new/dir/auth.pub");
+    let cases: Vec<Vec<&str>> = vec![
+        vec![
+            "build",
+            "--key",
+            p(&missing),
+            "--series",
+            "s",
+            "--version",
+            "1",
+            "--out",
+            "x",
+            p(&list),
+        ],
+        vec![
+            "build",
+            "--key",
+            p(&key),
+            "--series",
+            "s",
+            "--version",
+            "1",
+            "--out",
+            "x",
+            p(&missing),
+        ],
+        vec!["inspect", "--pub", p(&public), p(&missing)],
+        vec![
+            "scan",
+            "--filter",
+            p(&missing),
+            "--pub",
+            p(&public),
+            p(dir.path()),
+        ],
+        vec![
+            "scan",
+            "--filter",
+            p(&missing),
+            "--pub",
+            p(&missing),
+            p(dir.path()),
+        ],
+    ];
+    for args in cases {
+        let out = hashgate(&args);
+        assert_eq!(out.status.code(), Some(2), "{args:?}");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(
+            stderr.matches("No such file or directory").count(),
+            1,
+            "{args:?}: {stderr}"
+        );
+        assert_eq!(stderr.matches(p(&missing)).count(), 1, "{args:?}: {stderr}");
+    }
+}
+
+#[test]
 fn keygen_writes_a_private_secret_key_and_refuses_to_overwrite() {
     let w = World::new();
     let mode = std::fs::metadata(w.path("auth.key"))

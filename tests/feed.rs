@@ -168,6 +168,12 @@ impl Authority {
 
     /// A gateway (embedded store) following the feed, state in `state`.
     fn gateway(&self, state: &str, env: &[(&str, &str)]) -> (Killed, u16, u16) {
+        let (child, port, admin, _) = self.gateway_logged(state, env);
+        (child, port, admin)
+    }
+
+    /// [`Authority::gateway`], keeping its log.
+    fn gateway_logged(&self, state: &str, env: &[(&str, &str)]) -> (Killed, u16, u16, Log) {
         let url = format!("http://127.0.0.1:{}/manifest.json", self.port);
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_hashgate"));
         cmd.args(["gateway", "--feed", &url, "--root", &self.p("root.json")])
@@ -180,7 +186,7 @@ impl Authority {
             ])
             .args(["--listen", "127.0.0.1:0", "--admin", "127.0.0.1:0"])
             .envs(env.iter().copied());
-        spawn_listening(&mut cmd)
+        spawn_logged(&mut cmd)
     }
 
     /// The feed's manifest, its payload parsed.
@@ -469,6 +475,46 @@ fn an_expired_manifest_freezes_the_filter_and_reports_stale() {
     // A fresh signature on the same version thaws it.
     ok(a.publish_with("root.json", &["m1"], &[]));
     assert!(wait_until(Duration::from_secs(15), || ready() == "200"));
+}
+
+#[test]
+fn a_re_signing_that_expired_already_is_refused_and_the_filter_stays_fresh() {
+    let a = Authority::new(1);
+    let (_g, _, admin, log) = a.gateway_logged("state", &[]);
+    let ready = || {
+        let out = Command::new("curl")
+            .args(["-s", "-o", "/dev/null", "-w", "%{http_code}"])
+            .arg(format!("http://127.0.0.1:{admin}/readyz"))
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    assert_eq!(ready(), "200");
+    // The same version re-signed with an expiry in the past.
+    let mut m = a.manifest();
+    m.published = now_secs() - 120;
+    m.expires = now_secs() - 60;
+    a.write_manifest(&m, &["m1"]);
+    wait_refused(admin, 1);
+    let said = log.lock().unwrap().join("\n");
+    assert!(
+        said.contains("refused the fetched manifest (version 1)"),
+        "{said}"
+    );
+    assert!(
+        said.contains("the filter in force (version 1) stays, valid until"),
+        "{said}"
+    );
+    assert!(!said.contains("stale"), "{said}");
+    assert_eq!(ready(), "200");
+    assert_eq!(metric(admin, "hashgate_filter_stale"), 0.0);
+}
+
+fn now_secs() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
 }
 
 #[test]

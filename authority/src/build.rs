@@ -101,11 +101,11 @@ pub fn write_atomically(path: &Path, parts: &[&[u8]]) -> Result<(), Error> {
             .try_for_each(|part| file.write_all(part))
             .map_err(|e| hashgate_host::Error::Io {
                 path: path.to_path_buf(),
-                source: e,
+                error: e,
             })
     })
     .map_err(|e| match e {
-        hashgate_host::Error::Io { path, source } => Error::io(path, source),
+        hashgate_host::Error::Io { path, error } => Error::io(path, error),
         other => Error::Trust(other),
     })
 }

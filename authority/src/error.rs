@@ -15,12 +15,21 @@ pub enum Error {
         reason: String,
     },
     /// Occurs when a file cannot be read or written.
-    #[error("{}: {source}", path.display())]
+    ///
+    /// The operating system's reason is part of the message, and so not also the
+    /// error's `source()` (a chain printer would say it twice).
+    #[error("{}: {error}", path.display())]
     Io {
         /// The file.
         path: PathBuf,
         /// What the operating system said.
-        source: io::Error,
+        error: io::Error,
+    },
+    /// Occurs when a file to be written exists and overwriting was not asked for.
+    #[error("{} exists; pass --force to overwrite", path.display())]
+    Exists {
+        /// The file.
+        path: PathBuf,
     },
     /// Occurs when the filter cannot be built or parsed (parameters out of range, a
     /// malformed snapshot).
@@ -35,7 +44,7 @@ impl Error {
     pub(crate) fn io(path: impl Into<PathBuf>, source: io::Error) -> Error {
         Error::Io {
             path: path.into(),
-            source,
+            error: source,
         }
     }
 }

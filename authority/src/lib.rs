@@ -1,5 +1,6 @@
 //! The authority's side of hashgate: digest lists in, signed filter snapshots out.
 //!
+//! * [`keys`] generates the authority's signing key pair.
 //! * [`list`] reads digest lists (hashgate's own line format and ClamAV `.hdb`/`.hsb`),
 //!   streaming, with errors that name the file and line.
 //! * [`build`] turns lists into a signed snapshot in two streaming passes (count, then
@@ -19,6 +20,7 @@ pub mod build;
 pub mod confirm;
 mod error;
 pub mod inspect;
+pub mod keys;
 pub mod list;
 pub mod publish;
 

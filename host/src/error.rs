@@ -5,12 +5,15 @@ use std::path::PathBuf;
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     /// Occurs when a file cannot be read or written.
-    #[error("{}: {source}", path.display())]
+    ///
+    /// The operating system's reason is part of the message, and so not also the
+    /// error's `source()` (a chain printer would say it twice).
+    #[error("{}: {error}", path.display())]
     Io {
         /// The file.
         path: PathBuf,
         /// What the operating system said.
-        source: io::Error,
+        error: io::Error,
     },
     /// Occurs when a key file is not an Ed25519 key in the expected PEM form.
     #[error("{}: not a valid Ed25519 {kind} key: {reason}", path.display())]
@@ -65,7 +68,7 @@ impl Error {
     pub(crate) fn io(path: impl Into<PathBuf>, source: io::Error) -> Error {
         Error::Io {
             path: path.into(),
-            source,
+            error: source,
         }
     }
 }

@@ -193,6 +193,15 @@ const DAV: &str = "dav_methods PUT DELETE; create_full_put_path on;";
 /// Starts a server (gateway, ICAP server, demo) that binds port 0 and reads the ports it
 /// announces on stderr: no port is chosen here, so parallel tests cannot collide.
 pub fn spawn_listening(command: &mut Command) -> (Killed, u16, u16) {
+    let (child, port, admin, _) = spawn_logged(command);
+    (child, port, admin)
+}
+
+/// What a server started by [`spawn_logged`] has written to stderr so far, line by line.
+pub type Log = std::sync::Arc<std::sync::Mutex<Vec<String>>>;
+
+/// [`spawn_listening`], keeping the server's stderr lines.
+pub fn spawn_logged(command: &mut Command) -> (Killed, u16, u16, Log) {
     use std::io::BufRead;
     let mut child = command
         .stdout(Stdio::null())
@@ -223,15 +232,18 @@ pub fn spawn_listening(command: &mut Command) -> (Killed, u16, u16) {
         }
     }
     // Keep draining stderr so the gateway never blocks on a full pipe.
+    let log = Log::default();
+    let kept = log.clone();
     std::thread::spawn(move || {
         for line in lines.map_while(Result::ok) {
             if std::env::var_os("HASHGATE_TEST_LOG").is_some() {
                 eprintln!("[server] {line}");
             }
+            kept.lock().unwrap().push(line);
         }
     });
     wait_for(port);
-    (child, port, admin)
+    (child, port, admin, log)
 }
 
 /// curl with `args` (and no `Expect: 100-continue` pause), returning the status code.

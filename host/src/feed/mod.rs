@@ -336,8 +336,21 @@ impl Feed {
             )));
         }
         if now() >= manifest.expires {
+            // Whether the filter in force is stale depends on its own manifest, not on
+            // this one (a re-signing may carry an earlier expiry than the one accepted).
+            let in_force = match &self.accepted {
+                Some(accepted) if now() < accepted.expires => format!(
+                    "the filter in force (version {}) stays, valid until {} (Unix time)",
+                    accepted.version, accepted.expires
+                ),
+                Some(accepted) => format!(
+                    "the filter in force (version {}) stays enforced, but it expired at {} (Unix time) and is stale",
+                    accepted.version, accepted.expires
+                ),
+                None => "no filter from this feed is in force".to_string(),
+            };
             return Err(feed_error(format!(
-                "the manifest (version {}) expired at {}; keeping the filter in force, which is now stale",
+                "refused the fetched manifest (version {}): it expired at {} (Unix time); {in_force}",
                 manifest.version, manifest.expires
             )));
         }
