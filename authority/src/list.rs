@@ -21,7 +21,7 @@
 //! d41d8cd98f00b204e9800998ecf8427e  empty.txt          # md5sum, sha1sum, sha256sum
 //! d41d8cd98f00b204e9800998ecf8427e *empty.bin          # the same, binary mode
 //! \d41d8cd98f00b204e9800998ecf8427e  back\\slash      # the same, an escaped name
-//! d41d8cd98f00b204e9800998ecf8427e	empty.txt          # HEX, a tab, a name
+//! d41d8cd98f00b204e9800998ecf8427e<TAB>empty.txt          # HEX, a tab, a name
 //! SHA256 (empty.txt) = e3b0c442…b855                    # BSD, `sha256sum --tag`
 //! SHA2-256(empty.txt)= e3b0c442…b855                    # openssl dgst
 //! ```
