@@ -264,21 +264,60 @@ pub enum AuthorityCommand {
         /// The PEM private key of --tls-cert.
         #[arg(long, requires = "tls_cert")]
         tls_key: Option<PathBuf>,
+        /// The only prefix length answered, in hex digits (gateways' `prefix_hex`).
+        #[arg(long, default_value_t = hashgate_authority::confirm::DEFAULT_PREFIX)]
+        prefix_hex: usize,
+        /// Requests per minute each token may make, sustained (then 429).
+        #[arg(long, default_value_t = 120)]
+        rate: u32,
+        /// Requests a token may make at once before --rate applies.
+        #[arg(long, default_value_t = 120)]
+        burst: u32,
+        /// The secret that derives the padding (32 bytes, made if missing; keep it).
+        /// Default: pad.key beside the --tokens file.
+        #[arg(long)]
+        pad_key: Option<PathBuf>,
+        /// Append one JSON line per request here (default: standard error).
+        #[arg(long)]
+        audit_log: Option<PathBuf>,
     },
 }
 
 /// Runs `hashgate authority ...`.
 pub fn authority(cmd: AuthorityCommand) -> Result<()> {
-    use hashgate_authority::confirm::{serve, RangeIndex, Tokens};
+    use hashgate_authority::confirm::{serve, PadKey, Policy, RangeIndex, Server, Tokens};
     let AuthorityCommand::Serve {
         lists,
         listen,
         tokens,
         tls_cert,
         tls_key,
+        prefix_hex,
+        rate,
+        burst,
+        pad_key,
+        audit_log,
     } = cmd;
-    let index = std::sync::Arc::new(RangeIndex::load(&lists)?);
-    let tokens = std::sync::Arc::new(Tokens::read(&tokens)?);
+    let pad_key = pad_key.unwrap_or_else(|| tokens.with_file_name("pad.key"));
+    let audit: Box<dyn std::io::Write + Send> = match &audit_log {
+        Some(path) => Box::new(
+            std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(path)
+                .with_context(|| format!("opening {}", path.display()))?,
+        ),
+        None => Box::new(std::io::stderr()),
+    };
+    let policy = Policy {
+        prefix_hex,
+        per_minute: rate,
+        burst,
+        pad_key: PadKey::open_or_create(&pad_key)?,
+        audit,
+    };
+    let server = Server::new(RangeIndex::load(&lists)?, Tokens::read(&tokens)?, policy)?;
+    let server = std::sync::Arc::new(server);
     let tls = crate::serve::cert_store(tls_cert, tls_key)?
         .map(|store| tokio_rustls::TlsAcceptor::from(store.server_config(&[b"h2", b"http/1.1"])));
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -290,13 +329,13 @@ pub fn authority(cmd: AuthorityCommand) -> Result<()> {
             .await
             .with_context(|| format!("listening on {listen}"))?;
         eprintln!(
-            "hashgate authority on {}://{} (/v1/range/{{algorithm}}/{{prefix}}), {} digests",
+            "hashgate authority on {}://{} (/v1/range/{{algorithm}}/{{prefix of {prefix_hex}}}), {} digests",
             if tls.is_some() { "https" } else { "http" },
             listener.local_addr()?,
-            index.len()
+            server.len()
         );
         tokio::select! {
-            () = serve(listener, index, tokens, tls) => {}
+            () = serve(listener, server, tls) => {}
             () = crate::serve::shutdown_signal() => {}
         }
         Ok(())

@@ -10,31 +10,51 @@ use std::process::Command;
 use common::procs::*;
 
 fn authority(s: &Setup) -> (Killed, u16) {
+    authority_with(s, &[])
+}
+
+fn authority_with(s: &Setup, extra: &[&str]) -> (Killed, u16) {
     std::fs::write(s.path("tokens.txt"), "# gateways\nsecret-token-1\n").unwrap();
     std::fs::write(s.path("token"), "secret-token-1\n").unwrap();
-    let (child, port, _) = spawn_listening(Command::new(env!("CARGO_BIN_EXE_hashgate")).args([
-        "authority",
-        "serve",
-        "--list",
-        s.path("list.txt").to_str().unwrap(),
-        "--tokens",
-        s.path("tokens.txt").to_str().unwrap(),
-        "--listen",
-        "127.0.0.1:0",
-    ]));
+    let (child, port, _) = spawn_listening(
+        Command::new(env!("CARGO_BIN_EXE_hashgate"))
+            .args([
+                "authority",
+                "serve",
+                "--list",
+                s.path("list.txt").to_str().unwrap(),
+                "--tokens",
+                s.path("tokens.txt").to_str().unwrap(),
+                "--listen",
+                "127.0.0.1:0",
+            ])
+            .args(extra),
+    );
     (child, port)
 }
 
 fn get(url: &str, token: Option<&str>) -> (u16, String) {
+    let (code, _, body) = get_with(url, token, &[]);
+    (code, body)
+}
+
+/// The status, the response headers and the body of a GET with `extra` curl arguments.
+fn get_with(url: &str, token: Option<&str>, extra: &[&str]) -> (u16, String, String) {
     let mut cmd = Command::new("curl");
-    cmd.args(["-s", "-w", "\n%{http_code}"]);
+    cmd.args(["-s", "-D", "-", "-w", "\n%{http_code}"])
+        .args(extra);
     if let Some(t) = token {
         cmd.args(["-H", &format!("Authorization: Bearer {t}")]);
     }
     let out = cmd.arg(url).output().unwrap();
     let text = String::from_utf8_lossy(&out.stdout).into_owned();
-    let (body, code) = text.rsplit_once('\n').unwrap();
-    (code.parse().unwrap(), body.to_string())
+    let (all, code) = text.rsplit_once('\n').unwrap();
+    let (headers, body) = all.split_once("\r\n\r\n").unwrap_or((all, ""));
+    (
+        code.parse().unwrap(),
+        headers.to_ascii_lowercase(),
+        body.to_string(),
+    )
 }
 
 #[test]
@@ -76,6 +96,13 @@ fn the_range_api_answers_padded_ranges_to_token_holders_only() {
         400,
         "prefix too short"
     );
+    // One prefix length only: a longer prefix could tell pad lines from listed ones.
+    let (code, body) = get(
+        &url(&format!("sha256/{}", &listed[..6])),
+        Some("secret-token-1"),
+    );
+    assert_eq!(code, 400);
+    assert!(body.contains("exactly 5 hex digits"), "{body}");
     assert_eq!(
         get(&url("sha256/abcdz"), Some("secret-token-1")).0,
         400,
@@ -90,6 +117,89 @@ fn the_range_api_answers_padded_ranges_to_token_holders_only() {
         .0,
         404
     );
+}
+
+#[test]
+fn padding_cannot_be_stripped_answers_are_cacheable_and_every_token_is_rate_limited() {
+    let s = Setup::new();
+    let audit = s.path("confirm-audit.jsonl");
+    let args = [
+        "--rate",
+        "60",
+        "--burst",
+        "3",
+        "--audit-log",
+        audit.to_str().unwrap(),
+    ];
+    let (a, port) = authority_with(&s, &args);
+    let listed = sha256_hex(&std::fs::read(&s.listed).unwrap());
+    let url = format!("http://127.0.0.1:{port}/v1/range/sha256/{}", &listed[..5]);
+    let token = Some("secret-token-1");
+    // Two answers for one prefix are the same: their intersection is the whole answer,
+    // not the listed digests.
+    let (code, headers, first) = get_with(&url, token, &[]);
+    assert_eq!(code, 200);
+    assert!(
+        headers.contains("cache-control: private, max-age=600"),
+        "{headers}"
+    );
+    let etag = headers
+        .lines()
+        .find_map(|l| l.strip_prefix("etag: "))
+        .unwrap()
+        .trim()
+        .to_string();
+    let (_, _, second) = get_with(&url, token, &[]);
+    assert_eq!(first, second);
+    assert_eq!(first.lines().count(), 32);
+    // Revalidation by the tag.
+    let (code, _, body) = get_with(&url, token, &["-H", &format!("If-None-Match: {etag}")]);
+    assert_eq!((code, body.as_str()), (304, ""));
+    // The burst is spent: 429 with Retry-After, while another prefix is no way around it.
+    let (code, headers, _) = get_with(&url.replace(&listed[..5], "00000"), token, &[]);
+    assert_eq!(code, 429, "{}", std::fs::read_to_string(&audit).unwrap());
+    let wait: u64 = headers
+        .lines()
+        .find_map(|l| l.strip_prefix("retry-after: "))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    assert!((1..=2).contains(&wait), "{wait}");
+    assert_eq!(get(&url, None).0, 401);
+    // The same pad key after a restart gives the same padding.
+    drop(a);
+    let (_a, port) = authority_with(&s, &[]);
+    let again = get(
+        &url.replace(
+            &url[..url.find("/v1").unwrap()],
+            &format!("http://127.0.0.1:{port}"),
+        ),
+        token,
+    );
+    assert_eq!(again, (200, first));
+    // Who asked for what: the token by its hash, never the token itself.
+    let records: Vec<serde_json::Value> = std::fs::read_to_string(&audit)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let statuses: Vec<u64> = records
+        .iter()
+        .map(|r| r["status"].as_u64().unwrap())
+        .collect();
+    assert_eq!(statuses, [200, 200, 304, 429, 401]);
+    assert!(records[..4]
+        .iter()
+        .all(|r| r["token"].as_str().unwrap().len() == 16));
+    assert!(records[4]["token"].is_null());
+    assert_eq!(
+        records[0]["path"],
+        format!("/v1/range/sha256/{}", &listed[..5])
+    );
+    assert!(!std::fs::read_to_string(&audit)
+        .unwrap()
+        .contains("secret-token-1"));
 }
 
 /// A gateway with `filter`, a quarantine, a report log and `[confirm]` (extra keys in

@@ -31,6 +31,9 @@ pub enum Error {
         /// The file.
         path: PathBuf,
     },
+    /// Occurs when a setting is out of its range (what and why in the message).
+    #[error("{0}")]
+    Config(String),
     /// Occurs when the filter cannot be built or parsed (parameters out of range, a
     /// malformed snapshot).
     #[error(transparent)]

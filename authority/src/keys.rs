@@ -43,22 +43,27 @@ pub fn generate(out: &Path, force: bool) -> Result<KeyFiles, Error> {
         std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
     }
     let key = SecretKey::generate();
-    let mut file = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(&secret_path)
-        .map_err(|e| Error::io(&secret_path, e))?;
-    file.write_all(key.to_pem().as_bytes())
-        .and_then(|()| file.sync_all())
-        .map_err(|e| Error::io(&secret_path, e))?;
+    write_secret(&secret_path, key.to_pem().as_bytes())?;
     crate::build::write_atomically(&public_path, &[key.public_key().to_pem().as_bytes()])?;
     Ok(KeyFiles {
         secret: secret_path,
         public: public_path,
         id: key.public_key().id(),
     })
+}
+
+/// Writes a secret file, readable by its owner only, and syncs it.
+pub(crate) fn write_secret(path: &Path, bytes: &[u8]) -> Result<(), Error> {
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)
+        .map_err(|e| Error::io(path, e))?;
+    file.write_all(bytes)
+        .and_then(|()| file.sync_all())
+        .map_err(|e| Error::io(path, e))
 }
 
 fn with_suffix(base: &Path, suffix: &str) -> PathBuf {
