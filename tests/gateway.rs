@@ -841,3 +841,58 @@ fn a_request_with_two_lengths_is_refused_and_the_connection_closed() {
         body
     );
 }
+
+#[test]
+fn a_stalled_audit_write_holds_back_only_the_answer_it_audits() {
+    use std::io::{Read, Write};
+    let s = Setup::new();
+    // The audit log is a pipe whose buffer is full: the gateway's next write of a
+    // record blocks, as on a stalled disk, until the pipe is read.
+    let fifo = s.path("audit.log");
+    assert!(Command::new("mkfifo")
+        .arg(&fifo)
+        .status()
+        .unwrap()
+        .success());
+    let mut pipe = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(&fifo)
+        .unwrap();
+    pipe.write_all(&[b'#'; 65536]).unwrap();
+    let store = s.path("store");
+    let (_gw, port, admin) = s.gateway(&["--store", store.to_str().unwrap()], &["--workers", "1"]);
+    let listed = s.listed.clone();
+    let blocked = std::thread::spawn(move || {
+        curl_put(&listed, &format!("http://127.0.0.1:{port}/listed.bin"), &[])
+    });
+    let metrics = || {
+        let out = Command::new("curl")
+            .args(["-s", &format!("http://127.0.0.1:{admin}/metrics")])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    // The hit is decided and its record queued (hits are counted just before).
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while !metrics().contains("hashgate_hits_total{action=\"block\"} 1") {
+        assert!(std::time::Instant::now() < deadline, "no hit");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    // Another upload on the same (only) serving thread is answered meanwhile.
+    let url = format!("http://127.0.0.1:{port}/clean.bin");
+    assert_eq!(curl_put(&s.clean, &url, &["--max-time", "10"]), 201);
+    assert!(
+        !blocked.is_finished(),
+        "the hit was answered before its record was written"
+    );
+    // Once the pipe is read, the record is written and the hit answered.
+    let mut audit = Vec::new();
+    let mut buf = vec![0u8; 65536];
+    while !audit.ends_with(b"\n") || !String::from_utf8_lossy(&audit).contains("\"block\"") {
+        let n = pipe.read(&mut buf).unwrap();
+        audit.extend_from_slice(&buf[..n]);
+    }
+    assert_eq!(blocked.join().unwrap(), 451);
+    assert!(String::from_utf8_lossy(&audit).contains("listed.bin"));
+}

@@ -17,7 +17,7 @@ use arc_swap::ArcSwap;
 use crate::inspect::{Problem, Report, UninspectableAction};
 use crate::{Digest, Error, FilterEngine, Hit, Verdict};
 
-pub use audit::{AuditLog, AuditRecord};
+pub use audit::{AuditLog, AuditRecord, Ticket};
 pub use confirm::{ConfirmConfig, Confirmer, Evidence};
 pub use metrics::Metrics;
 pub use policy::{Action, AllowList, FailureMode, Policy};
@@ -332,10 +332,25 @@ impl Enforcer {
         digests: &[Digest],
         size: u64,
     ) -> Decision {
-        match self.hits(filter, ctx, digests, size) {
+        let mut pending = Pending::default();
+        let decision = self.decide_queued(filter, ctx, digests, size, &mut pending);
+        self.wait_blocking(pending);
+        decision
+    }
+
+    /// [`Enforcer::decide`] with its audit records queued in `pending`, not yet waited for.
+    fn decide_queued<'a>(
+        &'a self,
+        filter: &FilterEngine,
+        ctx: &Context,
+        digests: &[Digest],
+        size: u64,
+        pending: &mut Pending<'a>,
+    ) -> Decision {
+        match self.hits(filter, ctx, digests, size, pending) {
             Ok(hits) => {
                 let evidence = vec![Evidence::FilterHit; hits.len()];
-                self.settle(filter, ctx, size, hits, &evidence)
+                self.settle(filter, ctx, size, hits, &evidence, pending)
             }
             Err(decision) => decision,
         }
@@ -352,7 +367,24 @@ impl Enforcer {
         digests: &[Digest],
         size: u64,
     ) -> Decision {
-        let hits = match self.hits(filter, ctx, digests, size) {
+        let mut pending = Pending::default();
+        let decision = self
+            .decide_confirmed_queued(filter, ctx, digests, size, &mut pending)
+            .await;
+        self.wait(pending).await;
+        decision
+    }
+
+    /// [`Enforcer::decide_confirmed`] with its audit records queued in `pending`.
+    async fn decide_confirmed_queued<'a>(
+        &'a self,
+        filter: &FilterEngine,
+        ctx: &Context,
+        digests: &[Digest],
+        size: u64,
+        pending: &mut Pending<'a>,
+    ) -> Decision {
+        let hits = match self.hits(filter, ctx, digests, size, pending) {
             Ok(hits) => hits,
             Err(decision) => return decision,
         };
@@ -365,7 +397,7 @@ impl Enforcer {
                 }
             }
         }
-        self.settle(filter, ctx, size, hits, &evidence)
+        self.settle(filter, ctx, size, hits, &evidence, pending)
     }
 
     /// Decides on every node of an inspection's report and on each of its problems:
@@ -380,12 +412,15 @@ impl Enforcer {
         report: &Report,
     ) -> ReportDecision {
         let mut verdict = ReportDecision::deciding(filter);
+        let mut pending = Pending::default();
         for node in &report.nodes {
             let node_ctx = node_context(ctx, node);
-            let decision = self.decide(filter, &node_ctx, &node.digests, node.size);
+            let decision =
+                self.decide_queued(filter, &node_ctx, &node.digests, node.size, &mut pending);
             verdict.add(&node_ctx, node.size, decision);
         }
-        self.decide_problems(filter, ctx, report, &mut verdict);
+        self.decide_problems(filter, ctx, report, &mut verdict, &mut pending);
+        self.wait_blocking(pending);
         verdict
     }
 
@@ -398,26 +433,29 @@ impl Enforcer {
         report: &Report,
     ) -> ReportDecision {
         let mut verdict = ReportDecision::deciding(filter);
+        let mut pending = Pending::default();
         for node in &report.nodes {
             let node_ctx = node_context(ctx, node);
             let decision = self
-                .decide_confirmed(filter, &node_ctx, &node.digests, node.size)
+                .decide_confirmed_queued(filter, &node_ctx, &node.digests, node.size, &mut pending)
                 .await;
             verdict.add(&node_ctx, node.size, decision);
         }
-        self.decide_problems(filter, ctx, report, &mut verdict);
+        self.decide_problems(filter, ctx, report, &mut verdict, &mut pending);
+        self.wait(pending).await;
         verdict
     }
 
-    fn decide_problems(
-        &self,
+    fn decide_problems<'a>(
+        &'a self,
         filter: &FilterEngine,
         ctx: &Context,
         report: &Report,
         verdict: &mut ReportDecision,
+        pending: &mut Pending<'a>,
     ) {
         for problem in &report.problems {
-            let action = self.uninspectable(filter, ctx, problem);
+            let action = self.uninspectable(filter, ctx, problem, pending);
             if action == UninspectableAction::Block {
                 verdict.outcome = verdict.outcome.clone().stricter(Outcome::Block);
             }
@@ -427,11 +465,12 @@ impl Enforcer {
 
     /// Applies the `uninspectable` policy to `problem`: audited and counted, then
     /// `Block` or `Pass`.
-    fn uninspectable(
-        &self,
+    fn uninspectable<'a>(
+        &'a self,
         filter: &FilterEngine,
         ctx: &Context,
         problem: &Problem,
+        pending: &mut Pending<'a>,
     ) -> UninspectableAction {
         let outcome = self.policy.uninspectable.action(problem.kind);
         let action = match outcome {
@@ -451,18 +490,19 @@ impl Enforcer {
         };
         let mut record = self.record(filter, &problem_ctx, 0, None, action);
         record.problem = Some(format!("{}: {}", problem.kind.name(), problem.detail));
-        self.write(self.audit.as_ref(), &record);
+        self.write(self.audit.as_ref(), &record, pending);
         outcome
     }
 
     /// The guest's hits, allow-listed ones removed; or the decision when there is no
     /// verdict.
-    fn hits(
-        &self,
+    fn hits<'a>(
+        &'a self,
         filter: &FilterEngine,
         ctx: &Context,
         digests: &[Digest],
         size: u64,
+        pending: &mut Pending<'a>,
     ) -> Result<Vec<Hit>, Decision> {
         let started = Instant::now();
         let verdict = filter.check(digests, size);
@@ -470,7 +510,7 @@ impl Enforcer {
         let hits = match verdict {
             Ok(Verdict::Clean) => Vec::new(),
             Ok(Verdict::Hit(hits)) => hits,
-            Err(e) => return Err(self.unavailable(filter, ctx, size, &e)),
+            Err(e) => return Err(self.unavailable(filter, ctx, size, &e, pending)),
         };
         Ok(hits
             .into_iter()
@@ -479,13 +519,14 @@ impl Enforcer {
     }
 
     /// Turns hits and their evidence into the decision, audits and reports them.
-    fn settle(
-        &self,
+    fn settle<'a>(
+        &'a self,
         filter: &FilterEngine,
         ctx: &Context,
         size: u64,
         hits: Vec<Hit>,
         evidence: &[Evidence],
+        pending: &mut Pending<'a>,
     ) -> Decision {
         let rules = self.confirm.as_ref().map(|c| &c.rules);
         let takes = |needs: fn(&ConfirmConfig) -> confirm::Needs, e: Evidence| {
@@ -516,7 +557,7 @@ impl Enforcer {
             if !quarantine {
                 record.quarantine = None;
             }
-            self.write(self.audit.as_ref(), &record);
+            self.write(self.audit.as_ref(), &record, pending);
             if let Some(c) = &self.confirm {
                 // A report names someone to an authority: unlike blocking and
                 // quarantine, it never goes ahead on an unanswered confirmation.
@@ -525,7 +566,7 @@ impl Enforcer {
                     confirm::Needs::Confirmed => e == Evidence::Confirmed,
                 };
                 if !hit.is_canary() && reported {
-                    self.write(c.reports.as_ref(), &record);
+                    self.write(c.reports.as_ref(), &record, pending);
                 }
             }
         }
@@ -536,12 +577,13 @@ impl Enforcer {
         }
     }
 
-    fn unavailable(
-        &self,
+    fn unavailable<'a>(
+        &'a self,
         filter: &FilterEngine,
         ctx: &Context,
         size: u64,
         error: &Error,
+        pending: &mut Pending<'a>,
     ) -> Decision {
         tracing::error!(request_id = %ctx.request_id, %error, "no verdict");
         if matches!(error, Error::GuestTrap(_)) {
@@ -553,7 +595,7 @@ impl Enforcer {
         };
         self.metrics.count_failure(action);
         let record = self.record(filter, ctx, size, None, action);
-        self.write(self.audit.as_ref(), &record);
+        self.write(self.audit.as_ref(), &record, pending);
         Decision {
             outcome,
             hits: Vec::new(),
@@ -573,9 +615,38 @@ impl Enforcer {
         AuditRecord::new(ctx, size, hit, action, &info.series, info.version)
     }
 
-    fn write(&self, log: Option<&AuditLog>, record: &AuditRecord) {
-        let Some(log) = log else { return };
-        if let Err(e) = log.append(record) {
+    /// Queues `record` in `log` (if there is one); `pending` waits for it.
+    fn write<'a>(
+        &self,
+        log: Option<&'a AuditLog>,
+        record: &AuditRecord,
+        pending: &mut Pending<'a>,
+    ) {
+        if let Some(log) = log {
+            pending.0.push((log, log.append(record)));
+        }
+    }
+
+    /// Waits until every record `pending` holds is fsynced: a decision is answered only
+    /// after its records are durable. Records of one log commit in order, so waiting
+    /// for each is waiting for the batch.
+    async fn wait(&self, pending: Pending<'_>) {
+        for (log, ticket) in pending.0 {
+            let written = log.committed(ticket).await;
+            self.audited(written);
+        }
+    }
+
+    /// [`Enforcer::wait`] on a thread that may block.
+    fn wait_blocking(&self, pending: Pending<'_>) {
+        for (log, ticket) in pending.0 {
+            let written = log.wait(ticket);
+            self.audited(written);
+        }
+    }
+
+    fn audited(&self, written: Result<(), Error>) {
+        if let Err(e) = written {
             // An audit failure is loud but does not let anything through: the decision
             // stands either way.
             tracing::error!(error = %e, "writing the audit record failed");
@@ -583,3 +654,7 @@ impl Enforcer {
         }
     }
 }
+
+/// The audit records one decision has queued, each with its log.
+#[derive(Default)]
+struct Pending<'a>(Vec<(&'a AuditLog, Ticket)>);
