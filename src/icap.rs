@@ -45,6 +45,12 @@ pub fn run(args: IcapArgs) -> Result<()> {
     config.shutdown_grace = table
         .shutdown_grace_secs
         .map_or(config.shutdown_grace, secs);
+    config.response_cache_entries = file
+        .response_cache_entries
+        .unwrap_or(config.response_cache_entries);
+    config.response_cache_ttl = file
+        .response_cache_secs
+        .map_or(config.response_cache_ttl, secs);
     config.tls = serve::cert_store(
         args.tls_cert.or(table.tls_cert),
         args.tls_key.or(table.tls_key),

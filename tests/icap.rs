@@ -250,6 +250,64 @@ fn squid_with_hashgate_refuses_listed_uploads_and_downloads_and_passes_clean_one
 }
 
 #[test]
+fn range_requests_through_squid_are_judged_by_the_whole_object() {
+    let s = Setup::new();
+    s.filter_listing("icap.hgf", 1, &[]);
+    let (_nginx, origin, root) = s.nginx();
+    let (icap, icap_port, admin) = s.icap("icap.hgf", &[]);
+    let (squid, proxy) = s.squid(icap_port);
+    std::fs::create_dir_all(root.join("dl")).unwrap();
+    std::fs::copy(&s.listed, root.join("dl/listed.bin")).unwrap();
+    std::fs::copy(&s.big_clean, root.join("dl/clean.bin")).unwrap();
+    let url = |k: &str| format!("http://127.0.0.1:{origin}/dl/{k}");
+    let listed = std::fs::read(&s.listed).unwrap();
+    let clean = std::fs::read(&s.big_clean).unwrap();
+    let ranges = ["0-1048575", "1048576-2097151", "2097152-"];
+
+    // Pieces of an object never seen whole: refused (422, uninspectable), every one.
+    let mut joined = Vec::new();
+    for r in ranges {
+        let (status, body, _) = curl_via(proxy, &["-r", r], &url("listed.bin"));
+        assert_eq!(status, 422, "{r}: {} bytes", body.len());
+        assert!(String::from_utf8_lossy(&body).contains("could not be inspected"));
+        joined.extend_from_slice(&body);
+    }
+    assert_ne!(joined, listed);
+    // The listed file seen whole is cut; its last bytes are then refused as listed.
+    let (_, body, code) = curl_via(proxy, &[], &url("listed.bin"));
+    assert!(code != 0 && body.len() < listed.len());
+    let (status, body, _) = curl_via(proxy, &["-r", "-134"], &url("listed.bin"));
+    assert_eq!(status, 451, "{}", String::from_utf8_lossy(&body));
+    // A clean object seen whole is served in pieces, intact.
+    let (status, body, _) = curl_via(proxy, &[], &url("clean.bin"));
+    assert_eq!((status, body.len()), (200, clean.len()));
+    let mut joined = Vec::new();
+    for r in ranges {
+        let (status, body, _) = curl_via(proxy, &["-r", r], &url("clean.bin"));
+        assert_eq!(status, 206, "{r}");
+        joined.extend_from_slice(&body);
+    }
+    assert_eq!(joined, clean);
+    // Changed at the origin (a new ETag): its pieces are unseen again.
+    std::fs::write(root.join("dl/clean.bin"), &clean[..clean.len() - 1]).unwrap();
+    assert_eq!(curl_via(proxy, &["-r", "0-99"], &url("clean.bin")).0, 422);
+    let records = audit_records(&s);
+    assert!(records.iter().any(|r| r["action"] == "uninspectable-block"
+        && r["problem"].as_str().unwrap().starts_with("partial:")));
+    assert!(metrics(admin)
+        .contains("hashgate_uninspectable_total{kind=\"partial\",action=\"uninspectable-block\"}"));
+
+    // The policy switch: partial responses pass (audited), as before this check.
+    drop((squid, icap));
+    let config = s.path("partial.toml");
+    std::fs::write(&config, "[uninspectable]\npartial = \"pass\"\n").unwrap();
+    let (_icap, icap_port, _) = s.icap("icap.hgf", &["--config", config.to_str().unwrap()]);
+    let (_squid, proxy) = s.squid(icap_port);
+    let (status, body, _) = curl_via(proxy, &["-r", "0-99"], &url("listed.bin"));
+    assert_eq!((status, &body[..]), (206, &listed[..100]));
+}
+
+#[test]
 fn squid_with_hashgate_looks_inside_forms_archives_and_encoded_downloads() {
     let s = Setup::new();
     let listed = s.filter_listing("icap.hgf", 1, &[("small.bin", SMALL)]);

@@ -53,7 +53,7 @@ pub struct Gateway {
     enforcer: Arc<Enforcer>,
     connector: OriginConnector,
     client: Client<OriginConnector, GatewayBody>,
-    responses: Arc<response::DigestCache>,
+    responses: Arc<crate::inspect::cache::DigestCache>,
     tls: Option<tokio_rustls::TlsAcceptor>,
 }
 
@@ -69,7 +69,7 @@ impl Gateway {
         };
         let connector =
             crate::tls::connector(&origin, config.origin_ca.as_deref(), config.origin_timeout)?;
-        let responses = Arc::new(response::DigestCache::new(
+        let responses = Arc::new(crate::inspect::cache::DigestCache::new(
             config.response_cache_entries,
             config.response_cache_ttl,
         ));

@@ -16,10 +16,7 @@
 //! hot object is not hashed again on every request while every request is still decided
 //! by the current filter and policy, and audited.
 
-use std::collections::{HashMap, VecDeque};
 use std::io;
-use std::sync::Mutex;
-use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http_body_util::BodyExt;
@@ -32,64 +29,9 @@ use super::shapes::{Objects, Shape};
 use super::upload::{fetch, upstream_request};
 use super::Gateway;
 use crate::enforce::{Context, Enforcer, Outcome, ReportDecision};
+use crate::inspect::cache::{strong_etag, ObjectKey};
 use crate::inspect::{Problem, Report};
 use crate::FilterEngine;
-
-type Key = (String, String, Option<u64>);
-
-/// Cached digests and when they were computed, with the keys in insertion order.
-#[derive(Default)]
-struct Entries {
-    map: HashMap<Key, (Report, Instant)>,
-    order: VecDeque<Key>,
-}
-
-/// Digests of recently seen responses, by (URL, strong ETag, length).
-pub struct DigestCache {
-    inner: Mutex<Entries>,
-    capacity: usize,
-    ttl: Duration,
-}
-
-impl DigestCache {
-    /// A cache of at most `capacity` entries, each kept for `ttl`.
-    pub fn new(capacity: usize, ttl: Duration) -> DigestCache {
-        DigestCache {
-            inner: Mutex::new(Entries::default()),
-            capacity,
-            ttl,
-        }
-    }
-
-    fn get(&self, key: &Key) -> Option<Report> {
-        let inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
-        inner
-            .map
-            .get(key)
-            .filter(|(_, at)| at.elapsed() < self.ttl)
-            .map(|(digests, _)| digests.clone())
-    }
-
-    fn insert(&self, key: Key, digests: Report) {
-        if self.capacity == 0 {
-            return;
-        }
-        let mut inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
-        let Entries { map, order } = &mut *inner;
-        // Oldest first out; an entry re-inserted keeps its old place (it ages out sooner).
-        while map.len() >= self.capacity {
-            match order.pop_front() {
-                Some(old) => {
-                    map.remove(&old);
-                }
-                None => break,
-            }
-        }
-        if map.insert(key.clone(), (digests, Instant::now())).is_none() {
-            order.push_back(key);
-        }
-    }
-}
 
 /// A `GET` to the origin whose response is inspected.
 pub async fn scan(gw: &Gateway, req: Request<Incoming>, ctx: &Context) -> Response<GatewayBody> {
@@ -116,12 +58,12 @@ pub async fn scan(gw: &Gateway, req: Request<Incoming>, ctx: &Context) -> Respon
     }
     let (head, body) = response.into_parts();
     let length = super::upload::content_length(&head.headers);
-    let key = head
-        .headers
-        .get(ETAG)
-        .and_then(|e| e.to_str().ok())
-        .filter(|e| !e.starts_with("W/"))
-        .map(|etag| (url, etag.to_string(), length));
+    let key =
+        strong_etag(head.headers.get(ETAG).and_then(|e| e.to_str().ok())).map(|etag| ObjectKey {
+            url,
+            etag: etag.to_string(),
+            length,
+        });
 
     let filter = gw.enforcer.filter();
     if let Some(report) = key.as_ref().and_then(|k| gw.responses.get(k)) {

@@ -72,6 +72,11 @@ pub struct IcapConfig {
     pub tls: Option<Arc<crate::tls::CertStore>>,
     /// The inspection pipeline's bounds.
     pub inspect: Arc<crate::inspect::Limits>,
+    /// Reports of responses seen whole (RESPMOD), kept by URL and strong ETag so a
+    /// partial response can be judged by its whole: at most this many.
+    pub response_cache_entries: usize,
+    /// How long such a report is kept.
+    pub response_cache_ttl: Duration,
 }
 
 impl Default for IcapConfig {
@@ -90,6 +95,8 @@ impl Default for IcapConfig {
             shutdown_grace: Duration::from_secs(30),
             tls: None,
             inspect: Default::default(),
+            response_cache_entries: 10_000,
+            response_cache_ttl: Duration::from_secs(300),
         }
     }
 }
@@ -117,6 +124,8 @@ pub struct IcapServer {
     config: IcapConfig,
     tls: Option<tokio_rustls::TlsAcceptor>,
     enforcer: Arc<Enforcer>,
+    /// Responses seen whole (see [`IcapConfig::response_cache_entries`]).
+    responses: crate::inspect::cache::DigestCache,
     in_flight: AtomicUsize,
     idle: Notify,
 }
@@ -129,10 +138,15 @@ impl IcapServer {
             .tls
             .as_ref()
             .map(|store| tokio_rustls::TlsAcceptor::from(store.server_config(&[])));
+        let responses = crate::inspect::cache::DigestCache::new(
+            config.response_cache_entries,
+            config.response_cache_ttl,
+        );
         Ok(Arc::new(IcapServer {
             tls,
             config,
             enforcer,
+            responses,
             in_flight: AtomicUsize::new(0),
             idle: Notify::new(),
         }))

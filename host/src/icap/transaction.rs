@@ -10,7 +10,8 @@ use tokio::net::TcpStream;
 use super::wire::{self, BodyKind, ChunkedBody, Encapsulated, Fault, Reader, RequestHead, Writer};
 use super::IcapServer;
 use crate::enforce::{Context, Outcome, ReportDecision};
-use crate::inspect::{Envelope, EnvelopeError, HoldBack, Inspection, Problem};
+use crate::inspect::cache::{strong_etag, ObjectKey};
+use crate::inspect::{Envelope, EnvelopeError, HoldBack, Inspection, Problem, ProblemKind};
 use crate::FilterEngine;
 
 /// Body data handed to the hasher at a time.
@@ -323,6 +324,28 @@ impl Connection<'_> {
         // while a core is spare); one that is goes through the inspection pipeline's
         // walk on a blocking thread. The envelope comes from the encapsulated HTTP head.
         let filter = self.server.enforcer.filter();
+        let shown = match service {
+            Service::Respmod => Some(Representation::of(&echo, &ctx, &self.server.responses)),
+            Service::Reqmod => None,
+        };
+        // A part of an object not seen whole is known from the head alone: refused now,
+        // before any of it is echoed (streamed and cut at the end, most of the part
+        // would reach the client).
+        if let Some(shown) = shown.as_ref().filter(|s| s.unseen_part()) {
+            let report = crate::inspect::Report {
+                nodes: Vec::new(),
+                problems: vec![shown.problem()],
+            };
+            let decision = self
+                .server
+                .enforcer
+                .decide_report_confirmed(&filter, &ctx, &report)
+                .await;
+            if !matches!(decision.outcome, Outcome::Pass | Outcome::Monitor) {
+                self.answer_whole(method, decision, &ctx).await?;
+                return Ok(Next::Close);
+            }
+        }
         let (envelope, refused) = match http_envelope(&echo) {
             Ok(envelope) => (envelope, None),
             Err(e) => (Envelope::default(), Some(e)),
@@ -359,7 +382,7 @@ impl Connection<'_> {
             }
             if body.ieof {
                 // The preview was the whole body: a 204 is allowed whatever was offered.
-                let decision = decide(self.server, &filter, digester, &ctx, refused).await;
+                let decision = decide(self.server, &filter, digester, &ctx, refused, &shown).await;
                 return self.answer_whole(method, decision, &ctx).await;
             }
             self.send(b"ICAP/1.0 100 Continue\r\n\r\n").await?;
@@ -375,7 +398,7 @@ impl Connection<'_> {
             {
                 digester.update(&data).await;
             }
-            let decision = decide(self.server, &filter, digester, &ctx, refused).await;
+            let decision = decide(self.server, &filter, digester, &ctx, refused, &shown).await;
             return self.answer_whole(method, decision, &ctx).await;
         }
 
@@ -404,7 +427,7 @@ impl Connection<'_> {
                 self.send_chunk(&ready).await?;
             }
         }
-        let decision = decide(self.server, &filter, digester, &ctx, refused).await;
+        let decision = decide(self.server, &filter, digester, &ctx, refused, &shown).await;
         match decision.outcome {
             Outcome::Pass | Outcome::Monitor => {
                 for last in held.into_rest() {
@@ -591,6 +614,7 @@ async fn decide(
     inspection: Inspection,
     ctx: &Context,
     refused: Option<EnvelopeError>,
+    shown: &Option<Representation>,
 ) -> ReportDecision {
     let mut report = match inspection.finish().await {
         Ok(report) => report,
@@ -604,10 +628,109 @@ async fn decide(
     if let Some(e) = refused {
         report.problems.push(Problem::malformed(e.to_string()));
     }
+    if let Some(shown) = shown {
+        shown.judge(server, &mut report);
+    }
     server
         .enforcer
         .decide_report_confirmed(filter, ctx, &report)
         .await
+}
+
+/// What a RESPMOD response head says about the object it carries: whether it is the
+/// whole (`200`) or a part (`206`), and which object (URL and strong ETag).
+///
+/// Pieces fetched with `Range` are each clean, but may join into a listed file; the
+/// last few bytes of a download that was cut may complete it. So a `206` is judged with
+/// the report of its whole, kept from when the whole passed through here; a `206` of an
+/// object not seen whole is a [`ProblemKind::Partial`] problem (`[uninspectable]
+/// partial`, blocked by default), decided from the head. The piece itself is hashed as
+/// well (a range may cut a listed file out of a clean one).
+struct Representation {
+    /// URL and strong ETag, when both are known.
+    object: Option<(String, String)>,
+    /// A `206`.
+    partial: bool,
+    /// For a `206`: the report of its whole, if seen (same URL, ETag and total length).
+    whole_report: Option<crate::inspect::Report>,
+    /// A `200`: the whole object, remembered once hashed.
+    whole: bool,
+}
+
+impl Representation {
+    fn of(
+        res_hdr: &[u8],
+        ctx: &Context,
+        seen: &crate::inspect::cache::DigestCache,
+    ) -> Representation {
+        let mut slots = [httparse::EMPTY_HEADER; 128];
+        let mut response = httparse::Response::new(&mut slots);
+        let code = match response.parse(res_hdr) {
+            Ok(httparse::Status::Complete(_)) => response.code.unwrap_or(0),
+            _ => 0,
+        };
+        let field = |name: &str| {
+            response
+                .headers
+                .iter()
+                .find(|h| h.name.eq_ignore_ascii_case(name))
+                .and_then(|h| std::str::from_utf8(h.value).ok())
+        };
+        let url = format!("{}{}", ctx.host, ctx.path);
+        let object = strong_etag(field("etag"))
+            .filter(|_| !ctx.path.is_empty())
+            .map(|etag| (url, etag.to_string()));
+        // `bytes 0-1023/4096` → 4096; `*` and `multipart/byteranges` give no total.
+        let total: Option<u64> = field("content-range")
+            .and_then(|r| r.rsplit_once('/'))
+            .and_then(|(_, total)| total.trim().parse().ok());
+        let partial = code == 206;
+        let whole_report = match (&object, total) {
+            (Some((url, etag)), Some(total)) if partial => seen.get(&ObjectKey {
+                url: url.clone(),
+                etag: etag.clone(),
+                length: Some(total),
+            }),
+            _ => None,
+        };
+        Representation {
+            object,
+            partial,
+            whole_report,
+            whole: code == 200,
+        }
+    }
+
+    /// A `206` of an object not seen whole.
+    fn unseen_part(&self) -> bool {
+        self.partial && self.whole_report.is_none()
+    }
+
+    fn problem(&self) -> Problem {
+        Problem {
+            kind: ProblemKind::Partial,
+            member: Vec::new(),
+            layers: Vec::new(),
+            detail: "a 206 of an object not seen whole here (no strong ETag and total \
+                     length, or not in the response cache)"
+                .into(),
+        }
+    }
+
+    /// Adds to a part's `report` what its whole's says; remembers a whole one's.
+    fn judge(&self, server: &IcapServer, report: &mut crate::inspect::Report) {
+        if let Some(whole) = &self.whole_report {
+            report.nodes.extend(whole.nodes.iter().cloned());
+            report.problems.extend(whole.problems.iter().cloned());
+        } else if let (true, Some((url, etag))) = (self.whole, &self.object) {
+            let key = ObjectKey {
+                url: url.clone(),
+                etag: etag.clone(),
+                length: report.root().map(|n| n.size),
+            };
+            server.responses.insert(key, report.clone());
+        }
+    }
 }
 
 /// The envelope of an encapsulated HTTP head (a request's or a response's): its

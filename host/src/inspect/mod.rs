@@ -52,6 +52,7 @@
 
 mod archive;
 mod aws_chunked;
+pub mod cache;
 mod decode;
 mod digester;
 mod envelope;
@@ -218,6 +219,9 @@ pub enum ProblemKind {
     /// A container recognised but not opened (RAR, PAX sparse tar members), or a
     /// member compressed with a method no decoder here knows.
     Unsupported,
+    /// A part of an object (a `206` response to a range request) whose whole was not
+    /// seen: its pieces, each clean, may join into a listed file.
+    Partial,
 }
 
 impl ProblemKind {
@@ -228,6 +232,7 @@ impl ProblemKind {
             ProblemKind::Malformed => "malformed",
             ProblemKind::Limit => "limit",
             ProblemKind::Unsupported => "unsupported",
+            ProblemKind::Partial => "partial",
         }
     }
 }
@@ -334,6 +339,8 @@ pub struct Uninspectable {
     pub limit: UninspectableAction,
     /// A recognised but unsupported container.
     pub unsupported: UninspectableAction,
+    /// A partial response (`206`) of an object not seen whole.
+    pub partial: UninspectableAction,
 }
 
 impl Default for Uninspectable {
@@ -343,6 +350,7 @@ impl Default for Uninspectable {
             malformed: UninspectableAction::Block,
             limit: UninspectableAction::Block,
             unsupported: UninspectableAction::Pass,
+            partial: UninspectableAction::Block,
         }
     }
 }
@@ -355,6 +363,7 @@ impl Uninspectable {
             ProblemKind::Malformed => self.malformed,
             ProblemKind::Limit => self.limit,
             ProblemKind::Unsupported => self.unsupported,
+            ProblemKind::Partial => self.partial,
         }
     }
 }
