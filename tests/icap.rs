@@ -60,6 +60,9 @@ cache_mem 8 MB
 pinger_enable off
 http_access allow all
 shutdown_lifetime 1 seconds
+# Squid before 6.11 kills uploads whose request buffer fills (bug 5405); docs/ICAP in
+# README.md says so and why this is set.
+client_request_buffer_max_size 64 MB
 icap_enable on
 icap_send_client_ip on
 icap_service hashgate_req reqmod_precache icap://127.0.0.1:{icap_port}/reqmod bypass=0
@@ -247,6 +250,126 @@ fn squid_with_hashgate_refuses_listed_uploads_and_downloads_and_passes_clean_one
     ] {
         assert!(m.contains(line), "no {line} in\n{m}");
     }
+}
+
+#[test]
+fn clean_uploads_of_many_mib_pass_through_squid_intact() {
+    // Squid 5.7 with its default client_request_buffer_max_size (512 KiB): an ICAP
+    // service that takes in a body more slowly than the client sends it kills the
+    // upload (Squid bug 5405). hashgate reads bodies as fast as they come.
+    let s = Setup::new();
+    s.filter_listing("icap.hgf", 1, &[]);
+    let (_nginx, origin, root) = s.nginx();
+    let (_icap, icap_port, _) = s.icap("icap.hgf", &[]);
+    let (_squid, proxy) = s.squid(icap_port);
+    for mib in [8, 16, 64] {
+        let file = s.path(&format!("clean-{mib}.bin"));
+        std::fs::write(&file, random(mib << 20)).unwrap();
+        for attempt in 0..3 {
+            let key = format!("up/clean-{mib}-{attempt}.bin");
+            // As curl sends it by default, with `Expect: 100-continue`, and without.
+            let out = Command::new("curl")
+                .args(["-s", "-x", &format!("http://127.0.0.1:{proxy}")])
+                .args(["-w", "\n%{http_code}", "-T", file.to_str().unwrap()])
+                .args(if attempt == 0 {
+                    &["-H", "Expect:"][..]
+                } else {
+                    &[][..]
+                })
+                .arg(format!("http://127.0.0.1:{origin}/{key}"))
+                .output()
+                .unwrap();
+            let text = String::from_utf8_lossy(&out.stdout).into_owned();
+            let (body, status) = text.rsplit_once('\n').unwrap();
+            let status: u16 = status.parse().unwrap_or(0);
+            let code = out.status.code().unwrap_or(-1);
+            let log = || std::fs::read_to_string(s.path("squid/cache.log")).unwrap_or_default();
+            assert_eq!(
+                (status, code),
+                (201, 0),
+                "{mib} MiB, attempt {attempt}: {body}\nSquid's log:\n{}",
+                log()
+            );
+            assert!(
+                std::fs::read(root.join(&key)).unwrap() == std::fs::read(&file).unwrap(),
+                "{key} arrived changed"
+            );
+        }
+    }
+}
+
+/// An origin that takes in request bodies slowly (64 KiB per 10 ms) and answers `201`
+/// with the number of body bytes it read (a mock: nginx cannot be told to read slowly).
+fn slow_origin() -> u16 {
+    use std::io::{BufRead, Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(stream) = stream else { continue };
+            std::thread::spawn(move || {
+                let mut reader = BufReader::new(stream.try_clone().unwrap());
+                let mut length = 0usize;
+                loop {
+                    let mut line = String::new();
+                    if reader.read_line(&mut line).unwrap_or(0) == 0 {
+                        return;
+                    }
+                    if line == "\r\n" {
+                        break;
+                    }
+                    if let Some((name, value)) = line.split_once(':') {
+                        if name.eq_ignore_ascii_case("content-length") {
+                            length = value.trim().parse().unwrap_or(0);
+                        }
+                    }
+                }
+                let mut got = 0;
+                let mut buf = vec![0u8; 64 * 1024];
+                while got < length {
+                    let want = buf.len().min(length - got);
+                    match reader.read(&mut buf[..want]) {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => got += n,
+                    }
+                    std::thread::sleep(Duration::from_millis(10));
+                }
+                let body = got.to_string();
+                let _ = write!(
+                    &stream,
+                    "HTTP/1.1 201 Created\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                    body.len()
+                );
+            });
+        }
+    });
+    port
+}
+
+#[test]
+fn a_clean_upload_to_a_slow_origin_passes_through_squid() {
+    // The origin drains Squid more slowly than the client fills it. An ICAP service that
+    // passed that pace back (reading the next chunk only once the last was echoed) let
+    // Squid's request buffer fill, and Squid 5.7 then kills the upload (bug 5405).
+    let s = Setup::new();
+    s.filter_listing("icap.hgf", 1, &[]);
+    let origin = slow_origin();
+    let (_icap, icap_port, _) = s.icap("icap.hgf", &[]);
+    let (_squid, proxy) = s.squid(icap_port);
+    let file = s.path("clean-8.bin");
+    std::fs::write(&file, random(8 << 20)).unwrap();
+    let (status, body, code) = curl_via(
+        proxy,
+        &["-T", file.to_str().unwrap()],
+        &format!("http://127.0.0.1:{origin}/up/clean.bin"),
+    );
+    assert_eq!(
+        (status, code),
+        (201, 0),
+        "{}",
+        String::from_utf8_lossy(&body)
+    );
+    assert_eq!(String::from_utf8_lossy(&body), (8 << 20).to_string());
 }
 
 #[test]

@@ -25,6 +25,7 @@
 //! offer with an error, which is why case 2 exists (`docs/ARCHITECTURE.md`). Verdicts,
 //! policy, audit records and metrics are the shared [`Enforcer`]'s.
 
+mod echo;
 mod transaction;
 mod wire;
 
@@ -223,5 +224,62 @@ impl Drop for InFlight<'_> {
         if self.0.in_flight.fetch_sub(1, Ordering::SeqCst) == 1 {
             self.0.idle.notify_waiters();
         }
+    }
+}
+
+/// Entry points for the fuzz targets in `fuzz/` (the wire format's parsers); not an API.
+#[doc(hidden)]
+pub mod fuzzing {
+    /// Parses `head` as a request head is parsed; whether it was accepted.
+    pub fn parse_head(head: &[u8]) -> bool {
+        super::wire::parse_head(head).is_ok()
+    }
+
+    /// Parses an `Encapsulated` value; the heads' ranges and the body's offset if
+    /// accepted, which must be in order and within the offset.
+    pub fn parse_encapsulated(value: &str) -> Option<(Vec<std::ops::Range<usize>>, usize)> {
+        let e = super::wire::Encapsulated::parse(value).ok()?;
+        let heads = [e.req_hdr, e.res_hdr].into_iter().flatten().collect();
+        Some((heads, e.body_offset))
+    }
+
+    /// Reads one request (head, encapsulated heads, chunked body) from `bytes` as a
+    /// connection reads it; `Ok(body bytes)` or the fault's text.
+    pub fn read_request(bytes: &[u8]) -> Result<usize, String> {
+        use super::wire::{ChunkedBody, Encapsulated, Reader};
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .build()
+            .map_err(|e| e.to_string())?;
+        let stream: Box<dyn tokio::io::AsyncRead + Send + Unpin> =
+            Box::new(std::io::Cursor::new(bytes.to_vec()));
+        runtime.block_on(async move {
+            let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(5);
+            let mut reader = Reader::new(stream);
+            let head = reader
+                .read_head(65536, deadline)
+                .await
+                .map_err(|e| e.to_string())?;
+            let head = super::wire::parse_head(&head).map_err(|e| format!("{e:?}"))?;
+            let enc = head.header("encapsulated").ok_or("no Encapsulated")?;
+            let enc = Encapsulated::parse(enc)?;
+            if enc.body_offset > 65536 {
+                return Err("heads over the cap".into());
+            }
+            reader
+                .read_exact(enc.body_offset, deadline)
+                .await
+                .map_err(|e| e.to_string())?;
+            let mut body = ChunkedBody::new();
+            let mut n = 0;
+            while let Some(data) = body
+                .next(&mut reader, 65536, std::time::Duration::from_secs(5))
+                .await
+                .map_err(|e| e.to_string())?
+            {
+                n += data.len();
+            }
+            Ok(n)
+        })
     }
 }

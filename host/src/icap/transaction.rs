@@ -7,6 +7,7 @@ use bytes::Bytes;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 
+use super::echo::Echo;
 use super::wire::{self, BodyKind, ChunkedBody, Encapsulated, Fault, Reader, RequestHead, Writer};
 use super::IcapServer;
 use crate::enforce::{Context, Outcome, ReportDecision};
@@ -16,6 +17,9 @@ use crate::FilterEngine;
 
 /// Body data handed to the hasher at a time.
 const PIECE: usize = 256 * 1024;
+/// Bytes of an echo waiting in memory for the proxy to take them; more is spooled to
+/// disk (see `echo.rs`).
+const ECHO_MEMORY: usize = 4 << 20;
 
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Service {
@@ -119,13 +123,6 @@ impl Connection<'_> {
         }
     }
 
-    async fn send_chunk(&mut self, data: &Bytes) -> Result<(), Fault> {
-        match &mut self.writer {
-            Some(w) => w.send_chunk(data).await,
-            None => Err(Fault::Closed),
-        }
-    }
-
     fn count(&self, method: &str, answer: &str) {
         self.server.enforcer.metrics().count_icap(method, answer);
     }
@@ -178,12 +175,12 @@ impl Connection<'_> {
             .await?;
         let head = match wire::parse_head(&head) {
             Ok(head) => head,
-            Err(None) => {
+            Err(wire::HeadError::Version) => {
                 self.count("any", "505");
                 self.refuse(505, "ICAP Version Not Supported").await?;
                 return Ok(Next::Close);
             }
-            Err(Some(why)) => return Err(Fault::Malformed(why)),
+            Err(wire::HeadError::Malformed(why)) => return Err(Fault::Malformed(why)),
         };
         let service = match head.service.as_str() {
             "/reqmod" => Service::Reqmod,
@@ -414,25 +411,36 @@ impl Connection<'_> {
             preview.into_iter().for_each(|chunk| h.push(chunk));
             h
         };
-        while let Some(ready) = held.release() {
-            self.send_chunk(&ready).await?;
-        }
-        while let Some(data) = body
-            .next(&mut self.reader, PIECE, config.body_timeout)
-            .await?
-        {
-            digester.update(&data).await;
-            held.push(data);
+        let writer = self.writer.take().ok_or(Fault::Closed)?;
+        let echoing = Echo::start(writer, ECHO_MEMORY, config.inspect.spool_dir.clone());
+        let read = async {
             while let Some(ready) = held.release() {
-                self.send_chunk(&ready).await?;
+                echoing.push(ready)?;
             }
+            while let Some(data) = body
+                .next(&mut self.reader, PIECE, config.body_timeout)
+                .await?
+            {
+                digester.update(&data).await;
+                held.push(data);
+                while let Some(ready) = held.release() {
+                    echoing.push(ready)?;
+                }
+            }
+            Ok::<(), Fault>(())
+        }
+        .await;
+        if let Err(fault) = read {
+            self.writer = echoing.cancel().await;
+            return Err(fault);
         }
         let decision = decide(self.server, &filter, digester, &ctx, refused, &shown).await;
         match decision.outcome {
             Outcome::Pass | Outcome::Monitor => {
                 for last in held.into_rest() {
-                    self.send_chunk(&last).await?;
+                    echoing.push(last)?;
                 }
+                self.writer = Some(echoing.finish().await?);
                 self.send(b"0\r\n\r\n").await?;
                 self.count(method, "200-unmodified");
                 Ok(Next::KeepAlive)
@@ -446,7 +454,7 @@ impl Connection<'_> {
                 );
                 self.count(method, "cut");
                 self.server.enforcer.metrics().count_request("blocked");
-                if let Some(w) = self.writer.take() {
+                if let Some(w) = echoing.cancel().await {
                     w.abort().await;
                 }
                 Ok(Next::Close)

@@ -189,44 +189,56 @@ impl RequestHead {
 /// Most header fields accepted in one ICAP head.
 const MAX_HEADERS: usize = 100;
 
-/// Parses a head read by [`Reader::read_head`]. A version other than ICAP/1.0 is
-/// reported as `Err(None)` (→ 505), anything else malformed as `Err(Some(reason))`.
-pub fn parse_head(head: &[u8]) -> Result<RequestHead, Option<String>> {
-    let line_end = find(head, b"\r\n").ok_or(Some("no request line".to_string()))?;
-    let line = std::str::from_utf8(&head[..line_end])
-        .map_err(|_| Some("request line is not UTF-8".to_string()))?;
+/// Why a request head was refused.
+#[derive(Debug, PartialEq, Eq)]
+pub enum HeadError {
+    /// Occurs when the version is `ICAP/` something other than 1.0 (→ 505).
+    Version,
+    /// Occurs when the head is not an ICAP/1.0 request head (→ 400); says why.
+    Malformed(String),
+}
+
+fn bad(why: impl Into<String>) -> HeadError {
+    HeadError::Malformed(why.into())
+}
+
+/// Parses a head read by [`Reader::read_head`].
+pub fn parse_head(head: &[u8]) -> Result<RequestHead, HeadError> {
+    let line_end = find(head, b"\r\n").ok_or_else(|| bad("no request line"))?;
+    let line =
+        std::str::from_utf8(&head[..line_end]).map_err(|_| bad("request line is not UTF-8"))?;
     let mut parts = line.split(' ');
     let (Some(method), Some(uri), Some(version), None) =
         (parts.next(), parts.next(), parts.next(), parts.next())
     else {
-        return Err(Some(format!("bad request line {line:?}")));
+        return Err(bad(format!("bad request line {line:?}")));
     };
     if !version.starts_with("ICAP/") {
-        return Err(Some(format!("bad request line {line:?}")));
+        return Err(bad(format!("bad request line {line:?}")));
     }
     if version != "ICAP/1.0" {
-        return Err(None);
+        return Err(HeadError::Version);
     }
     if method.is_empty() || !method.bytes().all(|b| b.is_ascii_uppercase()) {
-        return Err(Some(format!("bad method {method:?}")));
+        return Err(bad(format!("bad method {method:?}")));
     }
     let rest = uri
         .strip_prefix("icap://")
         .or_else(|| uri.strip_prefix("icaps://"))
-        .ok_or_else(|| Some(format!("not an icap:// URI: {uri:?}")))?;
+        .ok_or_else(|| bad(format!("not an icap:// URI: {uri:?}")))?;
     let path = rest.find('/').map_or("/", |i| &rest[i..]);
     let service = path.split('?').next().unwrap_or("/").to_string();
 
     let mut slots = [httparse::EMPTY_HEADER; MAX_HEADERS];
     let fields = match httparse::parse_headers(&head[line_end + 2..], &mut slots) {
         Ok(httparse::Status::Complete((_, fields))) => fields,
-        Ok(httparse::Status::Partial) => return Err(Some("incomplete header block".into())),
-        Err(e) => return Err(Some(format!("bad header block: {e}"))),
+        Ok(httparse::Status::Partial) => return Err(bad("incomplete header block")),
+        Err(e) => return Err(bad(format!("bad header block: {e}"))),
     };
     let mut headers = Vec::with_capacity(fields.len());
     for f in fields.iter() {
         let value = std::str::from_utf8(f.value)
-            .map_err(|_| Some(format!("header {} is not UTF-8", f.name)))?;
+            .map_err(|_| bad(format!("header {} is not UTF-8", f.name)))?;
         headers.push((f.name.to_string(), value.trim().to_string()));
     }
     Ok(RequestHead {
@@ -487,7 +499,7 @@ mod tests {
         assert_eq!(h.header("preview"), Some("10"));
         assert!(matches!(
             parse_head(b"OPTIONS icap://a/x ICAP/2.0\r\n\r\n"),
-            Err(None)
+            Err(HeadError::Version)
         ));
         for bad in [
             &b"GET / HTTP/1.1\r\n\r\n"[..],
@@ -496,7 +508,10 @@ mod tests {
             b"REQMOD icap://a/ ICAP/1.0\r\nbad header\r\n\r\n",
             b"\xff\xfe icap://a/ ICAP/1.0\r\n\r\n",
         ] {
-            assert!(matches!(parse_head(bad), Err(Some(_))), "{bad:?}");
+            assert!(
+                matches!(parse_head(bad), Err(HeadError::Malformed(_))),
+                "{bad:?}"
+            );
         }
     }
 
