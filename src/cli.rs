@@ -211,6 +211,10 @@ pub struct GatewayArgs {
     /// Keep a copy of every blocked upload here (evidence; never served).
     #[arg(long)]
     pub quarantine: Option<PathBuf>,
+    /// Check the configuration, the filter and the keys, say what would be served, and
+    /// exit (0: fine, 2: what is wrong), like `nginx -t`.
+    #[arg(long)]
+    pub check_config: bool,
     #[command(flatten)]
     pub enforce: EnforceArgs,
 }

@@ -182,6 +182,7 @@ pub fn run(dir: Option<PathBuf>, listen: &str, scan_only: bool) -> Result<ExitCo
         origin_ca: None,
         scan_responses: false,
         quarantine: None,
+        check_config: false,
         s3_spool: None,
         enforce: crate::cli::EnforceArgs {
             filter: Some(filter_path),

@@ -90,8 +90,26 @@ pub fn run(args: GatewayArgs) -> Result<()> {
         args.tls_cert.or(file.tls_cert.clone()),
         args.tls_key.or(file.tls_key.clone()),
     )?;
+    let check_only = args.check_config;
     serve::runtime()?.block_on(async move {
         let (enforcer, feed) = serve::enforcer(&args.enforce, &file).await?;
+        if check_only {
+            let gateway = Gateway::new(config, enforcer)?;
+            let filter = gateway.enforcer().filter();
+            let info = filter.info();
+            eprintln!(
+                "configuration ok: would serve {listen} enforcing {} v{} ({} entries){}",
+                info.series,
+                info.version,
+                info.entries,
+                if feed.is_some() {
+                    ", following its feed"
+                } else {
+                    ""
+                }
+            );
+            return Ok(());
+        }
         if let Some(feed) = feed {
             tokio::spawn(feed.run(enforcer.clone()));
         }

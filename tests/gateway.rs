@@ -896,3 +896,35 @@ fn a_stalled_audit_write_holds_back_only_the_answer_it_audits() {
     assert_eq!(blocked.join().unwrap(), 451);
     assert!(String::from_utf8_lossy(&audit).contains("listed.bin"));
 }
+
+#[test]
+fn check_config_validates_without_serving() {
+    let s = Setup::new();
+    let store = s.path("store");
+    let config = s.path("gw.toml");
+    std::fs::write(
+        &config,
+        format!("store = {store:?}\nmax_body_bytes = 1000\n"),
+    )
+    .unwrap();
+    let out = s.gateway_run(&["--check-config", "--config", config.to_str().unwrap()]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(stderr.contains("configuration ok"), "{stderr}");
+    // A typo in the file, and a tampered filter, are errors with exit 2.
+    std::fs::write(&config, "max_body_byte = 1000\n").unwrap();
+    let out = s.gateway_run(&["--check-config", "--config", config.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("max_body_byte"));
+    let mut filter = std::fs::read(s.path("f.hgf")).unwrap();
+    let mid = filter.len() / 2;
+    filter[mid] ^= 1;
+    std::fs::write(s.path("f.hgf"), filter).unwrap();
+    let out = s.gateway_run(&["--check-config", "--store", store.to_str().unwrap()]);
+    assert_eq!(
+        out.status.code(),
+        Some(2),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

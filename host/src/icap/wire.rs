@@ -303,6 +303,14 @@ impl Encapsulated {
                     if heads.iter().any(|&(seen, _)| seen == n) {
                         return Err(format!("Encapsulated: {n} twice"));
                     }
+                    // RFC 3507 §4.4.1: the parts in the order req-hdr, res-hdr, body;
+                    // and no HTTP head is empty.
+                    if n == "req-hdr" && !heads.is_empty() {
+                        return Err("Encapsulated: req-hdr must come first".into());
+                    }
+                    if heads.last().is_some_and(|&(_, prev)| offset == prev) {
+                        return Err(format!("Encapsulated: an empty head before {n}"));
+                    }
                     heads.push((n, offset));
                 }
                 "req-body" => body = Some((BodyKind::Request, offset)),
@@ -313,8 +321,8 @@ impl Encapsulated {
             }
         }
         let (body, body_offset) = body.ok_or("Encapsulated: no body entry")?;
-        if heads.last().is_some_and(|&(_, prev)| body_offset < prev) {
-            return Err("Encapsulated: offsets must ascend".into());
+        if heads.last().is_some_and(|&(_, prev)| body_offset <= prev) {
+            return Err("Encapsulated: offsets must ascend, and no head is empty".into());
         }
         let mut e = Encapsulated {
             req_hdr: None,
@@ -480,6 +488,11 @@ mod tests {
             "req-hdr=0, req-hdr=5, req-body=9",
             "req-hdr=x, req-body=1",
             "foo=0",
+            // Found by fuzz/icap_encapsulated: res-hdr first, and an empty head.
+            "res-hdr=0, req-hdr=0, res-body=30",
+            "res-hdr=0, req-hdr=10, res-body=30",
+            "req-hdr=0, res-hdr=0, res-body=30",
+            "req-hdr=0, req-body=0",
         ] {
             assert!(Encapsulated::parse(bad).is_err(), "{bad:?} accepted");
         }
