@@ -241,6 +241,16 @@ fn downloads(admin: u16, kind: &str) -> f64 {
     )
 }
 
+/// The status `/readyz` answers, as text (`200`, `503`).
+fn readyz(admin: u16) -> String {
+    let out = Command::new("curl")
+        .args(["-s", "-o", "/dev/null", "-w", "%{http_code}"])
+        .arg(format!("http://127.0.0.1:{admin}/readyz"))
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
 fn version(admin: u16) -> u64 {
     metric(admin, "hashgate_filter_version") as u64
 }
@@ -460,14 +470,7 @@ fn an_expired_manifest_freezes_the_filter_and_reports_stale() {
     let a = Authority::new(1);
     ok(a.publish_with("root.json", &["m1"], &["--expires", "4s"]));
     let (_g, port, admin) = a.gateway("state", &[]);
-    let ready = || {
-        let out = Command::new("curl")
-            .args(["-s", "-o", "/dev/null", "-w", "%{http_code}"])
-            .arg(format!("http://127.0.0.1:{admin}/readyz"))
-            .output()
-            .unwrap();
-        String::from_utf8_lossy(&out.stdout).into_owned()
-    };
+    let ready = || readyz(admin);
     assert_eq!(ready(), "200");
     assert!(wait_until(Duration::from_secs(10), || ready() == "503"));
     assert_eq!(metric(admin, "hashgate_filter_stale"), 1.0);
@@ -481,14 +484,7 @@ fn an_expired_manifest_freezes_the_filter_and_reports_stale() {
 fn a_re_signing_that_expired_already_is_refused_and_the_filter_stays_fresh() {
     let a = Authority::new(1);
     let (_g, _, admin, log) = a.gateway_logged("state", &[]);
-    let ready = || {
-        let out = Command::new("curl")
-            .args(["-s", "-o", "/dev/null", "-w", "%{http_code}"])
-            .arg(format!("http://127.0.0.1:{admin}/readyz"))
-            .output()
-            .unwrap();
-        String::from_utf8_lossy(&out.stdout).into_owned()
-    };
+    let ready = || readyz(admin);
     assert_eq!(ready(), "200");
     // The same version re-signed with an expiry in the past.
     let mut m = a.manifest();
