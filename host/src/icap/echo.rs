@@ -121,11 +121,13 @@ impl Echo {
         sent.map(|()| writer)
     }
 
-    /// Stops at once, whatever is queued, and gives the writer back (to abort).
+    /// Stops at once, whatever is queued, and gives the writer back (to abort) unless
+    /// the sender was stopped mid-write: a peer that has stopped reading must not hold
+    /// the cut of a listed body. Without the writer, the connection is to be closed.
     pub async fn cancel(mut self) -> Option<Writer> {
         self.shared.lock().cancelled = true;
-        self.shared.ready.notify_one();
         let sender = self.sender.take().expect("cancelled once");
+        sender.abort();
         sender.await.ok().map(|(writer, _)| writer)
     }
 }
