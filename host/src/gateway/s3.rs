@@ -136,7 +136,7 @@ pub async fn complete(
     let xml = xml.freeze();
     let numbers = match part_numbers(&xml) {
         Ok(n) => n,
-        Err(why) => return gw.malformed(ctx, &why),
+        Err(why) => return gw.malformed(ctx, &why.0),
     };
     let dir = upload_dir(spool, upload);
     let filter = gw.enforcer.filter();
@@ -145,12 +145,11 @@ pub async fn complete(
     let hashed =
         tokio::task::spawn_blocking(move || inspect_parts(&dir, &numbers, &algorithms, &limits))
             .await
-            .map_err(|e| e.to_string())
-            .and_then(|r| r);
+            .unwrap_or_else(|e| Err(AssemblyError::Task(e.to_string())));
     let object = match hashed {
         Ok(object) => object,
         Err(why) => {
-            tracing::warn!(request_id = %ctx.request_id, upload, why, "cannot check a multipart upload");
+            tracing::warn!(request_id = %ctx.request_id, upload, %why, "cannot check a multipart upload");
             return gw.refusal(
                 StatusCode::SERVICE_UNAVAILABLE,
                 ctx,
@@ -285,24 +284,31 @@ fn sign(
 }
 
 /// The part numbers a `CompleteMultipartUpload` body lists, in order.
-fn part_numbers(xml: &[u8]) -> Result<Vec<u32>, String> {
-    let text = std::str::from_utf8(xml).map_err(|_| "completion body is not UTF-8")?;
+fn part_numbers(xml: &[u8]) -> Result<Vec<u32>, BadCompletion> {
+    let text = std::str::from_utf8(xml)
+        .map_err(|_| BadCompletion("completion body is not UTF-8".into()))?;
     let mut numbers = Vec::new();
     for piece in text.split("<PartNumber>").skip(1) {
         let (number, _) = piece
             .split_once("</PartNumber>")
-            .ok_or("completion body: unterminated PartNumber")?;
+            .ok_or_else(|| BadCompletion("completion body: unterminated PartNumber".into()))?;
         let number: u32 = number
             .trim()
             .parse()
-            .map_err(|_| format!("completion body: bad PartNumber {number:?}"))?;
+            .map_err(|_| BadCompletion(format!("completion body: bad PartNumber {number:?}")))?;
         numbers.push(number);
     }
     if numbers.is_empty() {
-        return Err("completion body lists no parts".into());
+        return Err(BadCompletion("completion body lists no parts".into()));
     }
     Ok(numbers)
 }
+
+/// Occurs when a `CompleteMultipartUpload` body is not one: what is wrong with it, for
+/// the client's 400.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+struct BadCompletion(String);
 
 /// Inspects the spooled parts, in order, as one object (a zip uploaded in parts is
 /// opened like any other).
@@ -311,7 +317,7 @@ fn inspect_parts(
     numbers: &[u32],
     algorithms: &[Algorithm],
     limits: &Limits,
-) -> Result<Report, String> {
+) -> Result<Report, AssemblyError> {
     let mut files = Vec::with_capacity(numbers.len());
     let mut total = 0;
     for &number in numbers {
@@ -319,9 +325,9 @@ fn inspect_parts(
             .into_iter()
             .map(|aws| (part_path(dir, number, aws), aws))
             .find(|(p, _)| p.exists())
-            .ok_or_else(|| format!("part {number} was not seen"))?;
-        let file = std::fs::File::open(&path).map_err(|e| e.to_string())?;
-        total += file.metadata().map_err(|e| e.to_string())?.len();
+            .ok_or(AssemblyError::Unseen(number))?;
+        let file = std::fs::File::open(&path)?;
+        total += file.metadata()?.len();
         files.push((file, aws.then(AwsChunkedDecoder::default)));
     }
     let mut parts = Parts {
@@ -336,7 +342,26 @@ fn inspect_parts(
         limits,
         Some(total),
     )
-    .map_err(|e| e.to_string())
+    .map_err(AssemblyError::Inspect)
+}
+
+/// Why the parts of an upload cannot be checked as one object (the completion is then
+/// refused with 503, not forwarded).
+#[derive(Debug, thiserror::Error)]
+enum AssemblyError {
+    /// Occurs when the completion names a part this gateway did not spool (it went to
+    /// another gateway, or was never sent).
+    #[error("part {0} was not seen")]
+    Unseen(u32),
+    /// Occurs when a spooled part cannot be read.
+    #[error("reading a spooled part: {0}")]
+    Io(#[from] std::io::Error),
+    /// Occurs when the inspection of the assembled parts fails.
+    #[error("inspecting the parts: {0}")]
+    Inspect(crate::inspect::InspectError),
+    /// Occurs when the blocking task that reads the parts panicked or was cancelled.
+    #[error("the assembly task failed: {0}")]
+    Task(String),
 }
 
 /// The spooled parts read one after the other, aws-chunked ones decoded.
