@@ -52,3 +52,7 @@ cargo test --release --locked --workspace 2>&1 | tee "$log"
 # One closing line for the whole run (cargo prints one per test binary).
 awk '/^test result:/ { p += $4; f += $6 }
      END { printf "tests: %d passed, %d failed\n", p, f; if (p == 0) exit 1 }' "$log"
+
+# The Debian package: built, installed, run from its configs, rotated, removed (root only:
+# it installs on this machine; see the script).
+tests/package.sh

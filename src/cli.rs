@@ -238,6 +238,10 @@ pub struct IcapArgs {
     /// preview as large as its 64 KiB body buffer).
     #[arg(long)]
     pub preview: Option<usize>,
+    /// Check the configuration, the filter and the keys, say what would be served, and
+    /// exit (0: fine, 2: what is wrong), like `nginx -t`.
+    #[arg(long)]
+    pub check_config: bool,
     #[command(flatten)]
     pub enforce: EnforceArgs,
 }

@@ -95,19 +95,7 @@ pub fn run(args: GatewayArgs) -> Result<()> {
         let (enforcer, feed) = serve::enforcer(&args.enforce, &file).await?;
         if check_only {
             let gateway = Gateway::new(config, enforcer)?;
-            let filter = gateway.enforcer().filter();
-            let info = filter.info();
-            eprintln!(
-                "configuration ok: would serve {listen} enforcing {} v{} ({} entries){}",
-                info.series,
-                info.version,
-                info.entries,
-                if feed.is_some() {
-                    ", following its feed"
-                } else {
-                    ""
-                }
-            );
+            serve::config_ok(&listen, gateway.enforcer(), feed.is_some());
             return Ok(());
         }
         if let Some(feed) = feed {
@@ -115,9 +103,7 @@ pub fn run(args: GatewayArgs) -> Result<()> {
         }
         let listener = serve::listener(&listen, &args.enforce, &file)?;
         serve::start_admin(&args.enforce, &file, &enforcer).await?;
-        if let Some(store) = config.tls.clone() {
-            tokio::spawn(serve::reload_on_sighup(store));
-        }
+        tokio::spawn(serve::on_hangup(enforcer.clone(), config.tls.clone()));
         let scheme = if config.tls.is_some() {
             "https"
         } else {

@@ -62,15 +62,21 @@ pub fn run(args: IcapArgs) -> Result<()> {
     };
     serve::runtime()?.block_on(async move {
         let (enforcer, feed) = serve::enforcer(&args.enforce, &file).await?;
+        if args.check_config {
+            let server = IcapServer::new(config.clone(), enforcer)?;
+            serve::config_ok(&listen, server.enforcer(), feed.is_some());
+            return Ok(());
+        }
         if let Some(feed) = feed {
             tokio::spawn(feed.run(enforcer.clone()));
         }
         let server = IcapServer::new(config.clone(), enforcer)?;
         let listener = serve::listener(&listen, &args.enforce, &file)?;
         serve::start_admin(&args.enforce, &file, server.enforcer()).await?;
-        if let Some(store) = config.tls.clone() {
-            tokio::spawn(serve::reload_on_sighup(store));
-        }
+        tokio::spawn(serve::on_hangup(
+            server.enforcer().clone(),
+            config.tls.clone(),
+        ));
         let filter = server.enforcer().filter();
         let info = filter.info();
         eprintln!(

@@ -199,15 +199,40 @@ pub fn listener(
     Ok(hashgate_host::listener::Listener::bind(listen, cores)?)
 }
 
-/// Reloads the TLS certificate on every SIGHUP; a bad new one is logged and the old one
-/// stays in use. Connections already up keep the certificate they started with.
-pub async fn reload_on_sighup(store: std::sync::Arc<hashgate_host::tls::CertStore>) {
+/// What `--check-config` says when everything checked out.
+pub fn config_ok(listen: &str, enforcer: &Enforcer, following: bool) {
+    let filter = enforcer.filter();
+    let info = filter.info();
+    eprintln!(
+        "configuration ok: would serve {listen} enforcing {} v{} ({} entries){}",
+        info.series,
+        info.version,
+        info.entries,
+        if following {
+            ", following its feed"
+        } else {
+            ""
+        }
+    );
+}
+
+/// On every SIGHUP: reopens the audit and report logs (logrotate renamed them) and
+/// rereads the TLS certificate, if one is served (a bad new one is logged and the old
+/// one stays in use; connections already up keep the one they started with).
+pub async fn on_hangup(
+    enforcer: Arc<Enforcer>,
+    tls: Option<std::sync::Arc<hashgate_host::tls::CertStore>>,
+) {
     use tokio::signal::unix::{signal, SignalKind};
     let Ok(mut hup) = signal(SignalKind::hangup()) else {
-        tracing::error!("cannot install the SIGHUP handler; certificate reload is off");
+        tracing::error!(
+            "cannot install the SIGHUP handler; log reopening and certificate reload are off"
+        );
         return;
     };
     while hup.recv().await.is_some() {
+        enforcer.reopen_logs();
+        let Some(store) = &tls else { continue };
         match store.reload() {
             Ok(()) => eprintln!("TLS certificate reloaded"),
             Err(e) => {

@@ -7,6 +7,10 @@
 //! ([`AuditLog::committed`], or [`AuditLog::wait`] off the async runtime). A serving
 //! thread therefore never stalls in an fsync (every connection on its core would stall
 //! with it), and a burst of hits costs one fsync, not one each.
+//!
+//! [`AuditLog::reopen`] (the front-ends call it on `SIGHUP`) makes the writer open the
+//! path afresh before its next batch, so logrotate can rename the file away and no
+//! record is lost or written into the renamed file after the signal.
 
 use std::collections::VecDeque;
 use std::fs::{File, OpenOptions};
@@ -144,6 +148,8 @@ struct State {
     failed: VecDeque<(u64, u64)>,
     /// Why the last failed batch failed.
     error: Option<String>,
+    /// Open the path afresh before the next write.
+    reopen: bool,
     closing: bool,
 }
 
@@ -153,11 +159,7 @@ const FAILED_KEPT: usize = 256;
 impl AuditLog {
     /// Opens (creating if needed) the log for appending, and starts its writer.
     pub fn open(path: &Path) -> Result<AuditLog, Error> {
-        let file = OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(path)
-            .map_err(|e| Error::io(path, e))?;
+        let file = open_append(path).map_err(|e| Error::io(path, e))?;
         let shared = Arc::new(Shared {
             path: path.to_path_buf(),
             state: Mutex::new(State::default()),
@@ -188,6 +190,15 @@ impl AuditLog {
         drop(state);
         self.shared.changed.notify_all();
         ticket
+    }
+
+    /// Makes the writer close the file and open its path again (creating it) before
+    /// it writes anything more: what was queued before the call may still go to the old
+    /// file, every record queued after it goes to the new one. If the path cannot be
+    /// opened, the old file is kept and the failure logged.
+    pub fn reopen(&self) {
+        self.shared.lock().reopen = true;
+        self.shared.changed.notify_all();
     }
 
     /// Waits, without blocking the thread, until `ticket`'s record is fsynced.
@@ -248,8 +259,20 @@ impl Shared {
         let mut batch = Vec::new();
         loop {
             let mut state = self.lock();
-            while state.queued.is_empty() && !state.closing {
+            while state.queued.is_empty() && !state.closing && !state.reopen {
                 state = self.changed.wait(state).unwrap_or_else(|p| p.into_inner());
+            }
+            if std::mem::take(&mut state.reopen) {
+                drop(state);
+                match open_append(&self.path) {
+                    Ok(new) => file = new,
+                    Err(e) => tracing::error!(
+                        path = %self.path.display(),
+                        error = %e,
+                        "reopening the log failed; still writing to the file open before"
+                    ),
+                }
+                continue;
             }
             if state.queued.is_empty() {
                 return;
@@ -273,6 +296,10 @@ impl Shared {
             self.committed.notify_waiters();
         }
     }
+}
+
+fn open_append(path: &Path) -> std::io::Result<File> {
+    OpenOptions::new().create(true).append(true).open(path)
 }
 
 impl Drop for AuditLog {
@@ -332,6 +359,47 @@ mod tests {
         sizes.sort_unstable();
         sizes.dedup();
         assert_eq!(sizes.len(), 200);
+    }
+
+    #[test]
+    fn after_reopen_records_go_to_a_new_file_at_the_path() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("audit.jsonl");
+        let rotated = dir.path().join("audit.jsonl.1");
+        let log = AuditLog::open(&path).unwrap();
+        log.wait(log.append(&record(1))).unwrap();
+        // What logrotate does: rename, then signal.
+        std::fs::rename(&path, &rotated).unwrap();
+        log.wait(log.append(&record(2))).unwrap();
+        log.reopen();
+        log.wait(log.append(&record(3))).unwrap();
+        let sizes = |p: &Path| -> Vec<u64> {
+            std::fs::read_to_string(p)
+                .unwrap()
+                .lines()
+                .map(|l| {
+                    serde_json::from_str::<serde_json::Value>(l).unwrap()["size"]
+                        .as_u64()
+                        .unwrap()
+                })
+                .collect()
+        };
+        assert_eq!(sizes(&rotated), [1, 2]);
+        assert_eq!(sizes(&path), [3]);
+    }
+
+    #[test]
+    fn a_failed_reopen_keeps_writing_to_the_old_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("audit.jsonl");
+        let log = AuditLog::open(&path).unwrap();
+        // The path now names a directory: it cannot be opened for appending.
+        std::fs::rename(&path, dir.path().join("kept")).unwrap();
+        std::fs::create_dir(&path).unwrap();
+        log.reopen();
+        log.wait(log.append(&record(7))).unwrap();
+        let kept = std::fs::read_to_string(dir.path().join("kept")).unwrap();
+        assert_eq!(kept.lines().count(), 1);
     }
 
     #[test]

@@ -282,6 +282,17 @@ impl Enforcer {
         self.filter.swap(Arc::new(engine))
     }
 
+    /// Makes the audit log and the confirmation report log reopen their paths (after
+    /// logrotate renamed them; see [`AuditLog::reopen`]).
+    pub fn reopen_logs(&self) {
+        if let Some(audit) = &self.audit {
+            audit.reopen();
+        }
+        if let Some(reports) = self.confirm.as_ref().and_then(|c| c.reports.as_ref()) {
+            reports.reopen();
+        }
+    }
+
     /// The metrics.
     pub fn metrics(&self) -> &Metrics {
         &self.metrics
