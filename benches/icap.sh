@@ -13,7 +13,11 @@
 # Every Squid gets one worker, the same config and `cache deny all`. For 4 KiB, 64 KiB,
 # 1 MiB and 16 MiB objects at concurrency 1 and 16 it prints requests/s, MiB/s and p99, and
 # the ratios hashgate/squid, hashgate/c-icap and sha256/squid.
-# Usage: benches/icap.sh   (env: ENTRIES=1000000 DURATION=5 SIZES="4096 65536 ..." CICAP=1)
+# With HASHGATE_A=/path/to/an/older/hashgate, that build runs too (system `a`, the mixed
+# filter, its own Squid) and the last column is this tree's build over it: an A/B of the
+# ICAP server measured point by point in the same run.
+# Usage: benches/icap.sh   (env: ENTRIES=1000000 DURATION=5 SIZES="4096 65536 ..." CICAP=1
+#                           HASHGATE_A=...)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ENTRIES=${ENTRIES:-1000000}
@@ -53,7 +57,7 @@ sha256sum "$work/probe-listed" | cut -d' ' -f1 >> "$work/list256.txt"
 "$hg" build --key "$work/k.key" --series bench --version 1 --out "$work/f.hgf" "$work/list.txt" 2>/dev/null
 "$hg" build --key "$work/k.key" --series bench --version 1 --out "$work/f256.hgf" "$work/list256.txt" 2>/dev/null
 
-icap=$(free_port); icap256=$(free_port); cicap=$(free_port)
+icap=$(free_port); icap256=$(free_port); cicap=$(free_port); icapa=$(free_port)
 start_sink 1
 mkdir -p "$shm/cicap"
 chmod 777 "$shm/cicap"
@@ -79,6 +83,11 @@ squid_up() { # name port [icap-service-url]
 
 systems=(squid hashgate sha256)
 declare -A port
+if [ -n "${HASHGATE_A:-}" ]; then
+  "$HASHGATE_A" icap --filter "$work/f.hgf" --pub "$work/k.pub" --listen "127.0.0.1:$icapa" 2>"$work/icap-a.err" & pids+=($!)
+  systems+=(a)
+  port[a]=$(free_port); squid_up a "${port[a]}" "icap://127.0.0.1:$icapa/reqmod"
+fi
 port[squid]=$(free_port); squid_up squid "${port[squid]}"
 port[hashgate]=$(free_port); squid_up hashgate "${port[hashgate]}" "icap://127.0.0.1:$icap/reqmod"
 port[sha256]=$(free_port); squid_up sha256 "${port[sha256]}" "icap://127.0.0.1:$icap256/reqmod"
@@ -118,6 +127,7 @@ CONF
   port[c-icap]=$(free_port); squid_up c-icap "${port[c-icap]}" "icap://127.0.0.1:$cicap/avscan"
 fi
 wait_port "$sink"; wait_port "$icap"; wait_port "$icap256"
+[ -n "${HASHGATE_A:-}" ] && wait_port "$icapa"
 for s in "${systems[@]}"; do wait_port "${port[$s]}"; done
 [ "$CICAP" = 1 ] && wait_port "$cicap"
 
@@ -145,6 +155,7 @@ for s in "${systems[@]}"; do printf ' | %-26s' "$s: req/s MiB/s p99(ms)"; done
 printf ' | hashgate/squid'
 [ "$CICAP" = 1 ] && printf ' | hashgate/c-icap'
 printf ' | sha256/squid'
+[ -n "${HASHGATE_A:-}" ] && printf ' | hashgate/a'
 echo
 for size in $SIZES; do
   head -c "$size" /dev/urandom > "$work/body-$size"
@@ -159,6 +170,7 @@ for size in $SIZES; do
     printf ' | %13.2fx' "$(echo "${rps[hashgate]} / ${rps[squid]}" | bc -l)"
     [ "$CICAP" = 1 ] && printf ' | %14.2fx' "$(echo "${rps[hashgate]} / ${rps[c-icap]}" | bc -l)"
     printf ' | %11.2fx' "$(echo "${rps[sha256]} / ${rps[squid]}" | bc -l)"
+    [ -n "${HASHGATE_A:-}" ] && printf ' | %9.2fx' "$(echo "${rps[hashgate]} / ${rps[a]}" | bc -l)"
     echo
   done
 done

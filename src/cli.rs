@@ -6,13 +6,12 @@ use std::process::ExitCode;
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 use hashgate_authority::{build, inspect};
-use hashgate_host::enforce::{Action, AllowList, AuditLog, Enforcer, Metrics, Policy};
 use hashgate_host::scan::{self, Event};
 use hashgate_host::trust::{PublicKey, SecretKey};
-use hashgate_host::{FilterEngine, FilterInfo, Limits, Runtime};
+use hashgate_host::{Limits, Runtime};
 
 /// hashgate: keep known illegal files off your machines, inline and at line rate.
 #[derive(Parser, Debug)]
@@ -328,14 +327,6 @@ pub fn keygen(out: &Path, force: bool) -> Result<(PathBuf, PathBuf)> {
     Ok((keys.secret, keys.public))
 }
 
-/// A filter that failed to load, named once: an I/O error names its file already.
-pub fn load_error(filter: &Path, e: hashgate_host::Error) -> anyhow::Error {
-    match e {
-        e @ hashgate_host::Error::Io { .. } => e.into(),
-        e => anyhow::Error::new(e).context(format!("loading {}", filter.display())),
-    }
-}
-
 /// Unix seconds now, or `SOURCE_DATE_EPOCH` when set (reproducible builds).
 pub fn creation_time() -> Result<u64> {
     match std::env::var("SOURCE_DATE_EPOCH") {
@@ -473,16 +464,6 @@ fn inspect_cmd(public_key: Option<&Path>, json: bool, file: &Path) -> Result<Exi
     })
 }
 
-/// Loads a filter for scanning: verifies its signature and warns loudly if expired.
-pub fn open_filter(filter: &Path, key: &Path, component: Option<&Path>) -> Result<FilterEngine> {
-    let key = PublicKey::read(key)?;
-    let runtime = guest_runtime(component)?;
-    let engine =
-        FilterEngine::open(Arc::new(runtime), filter, &key).map_err(|e| load_error(filter, e))?;
-    warn_if_expired(engine.info());
-    Ok(engine)
-}
-
 /// The runtime of `component`, or of the embedded reference guest.
 fn guest_runtime(component: Option<&Path>) -> Result<Runtime> {
     Ok(match component {
@@ -495,37 +476,8 @@ fn guest_runtime(component: Option<&Path>) -> Result<Runtime> {
     })
 }
 
-/// What `filter` says it is, from its header alone (unverified: only used to know which
-/// digests to compute before the signature is checked and the filter loaded).
-fn describe_filter(runtime: &Runtime, filter: &Path) -> Result<FilterInfo> {
-    use std::io::Read as _;
-    // The header and the most section records a snapshot can have.
-    const HEAD_MAX: u64 = 176 + 48 * 64;
-    let mut head = Vec::new();
-    std::fs::File::open(filter)
-        .and_then(|f| f.take(HEAD_MAX).read_to_end(&mut head))
-        .with_context(|| format!("reading {}", filter.display()))?;
-    runtime
-        .describe(&head)
-        .with_context(|| format!("loading {}", filter.display()))
-}
-
-fn warn_if_expired(info: &FilterInfo) {
-    let now = now();
-    if info.is_expired(now) {
-        let ago = humantime::format_duration(Duration::from_secs(now - info.expires));
-        eprintln!(
-            "WARNING: filter {} version {} EXPIRED {ago} ago. It is still enforced, but it \
-             may miss newly listed files: fetch a current filter from your authority.",
-            info.series, info.version
-        );
-    }
-}
-
 fn scan_cmd(args: ScanArgs) -> Result<ExitCode> {
     let key = PublicKey::read(&args.public_key)?;
-    let runtime = Arc::new(guest_runtime(args.component.as_deref())?);
-    let algorithms = describe_filter(&runtime, &args.filter)?.algorithms;
     let file_config = args
         .config
         .as_deref()
@@ -539,33 +491,21 @@ fn scan_cmd(args: ScanArgs) -> Result<ExitCode> {
     if args.no_archives {
         limits.archives = false;
     }
-    let uninspectable = file_config
-        .as_ref()
-        .and_then(|c| c.uninspectable)
-        .unwrap_or_default();
-    // The filter is verified and loaded on its own thread while the files are listed
-    // and the first ones hashed; nothing is decided until it is in.
-    let loading: OnceLock<Result<Enforcer>> = OnceLock::new();
-    let load = || {
-        // Set even if loading panics: the scanning threads wait for it.
-        let loaded = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            FilterEngine::open(runtime.clone(), &args.filter, &key)
-                .map_err(|e| load_error(&args.filter, e))
-                .and_then(|engine| {
-                    if engine.info().algorithms != algorithms {
-                        bail!("{} changed while the scan started", args.filter.display());
-                    }
-                    warn_if_expired(engine.info());
-                    scan_enforcer(
-                        engine,
-                        args.allow_list.as_deref(),
-                        args.audit_log.as_deref(),
-                        uninspectable,
-                    )
-                })
-        }))
-        .unwrap_or_else(|_| Err(anyhow::anyhow!("loading the filter failed unexpectedly")));
-        let _ = loading.set(loaded);
+    let job = scan::job::Job {
+        paths: &args.paths,
+        filter: &args.filter,
+        key: &key,
+        runtime: Arc::new(guest_runtime(args.component.as_deref())?),
+        limits,
+        uninspectable: file_config
+            .as_ref()
+            .and_then(|c| c.uninspectable)
+            .unwrap_or_default(),
+        allow_list: args.allow_list.as_deref(),
+        audit_log: args.audit_log.as_deref(),
+        threads: args
+            .threads
+            .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get())),
     };
     let json = args.json;
     let out = Mutex::new(std::io::stdout());
@@ -573,38 +513,82 @@ fn scan_cmd(args: ScanArgs) -> Result<ExitCode> {
         let mut out = out.lock().unwrap_or_else(|p| p.into_inner());
         let _ = writeln!(out, "{line}");
     };
-    let mut listing_errors = 0u64;
-    let targets = scan::list_files(&args.paths, &mut |path, error| {
-        listing_errors += 1;
-        emit(error_line(json, path, &error.to_string()));
-    });
-    let total: u64 = targets.iter().map(|t| t.size).sum();
-    let progress = (!json && std::io::stderr().is_terminal()).then(|| {
-        let bar = indicatif::ProgressBar::new(total);
-        bar.set_style(
-            indicatif::ProgressStyle::with_template(
-                "{bar:40} {bytes}/{total_bytes} {bytes_per_sec} eta {eta}",
-            )
-            .expect("valid template"),
-        );
-        bar
-    });
-    let threads = args
-        .threads
-        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+    let progress: OnceLock<indicatif::ProgressBar> = OnceLock::new();
     let started = std::time::Instant::now();
-    let on_event = |event: Event<'_>| match event {
+    let on_event = |event: Event<'_>| {
+        let line = match event {
+            Event::Listed { bytes, .. } => {
+                if !json && std::io::stderr().is_terminal() {
+                    let bar = indicatif::ProgressBar::new(bytes);
+                    bar.set_style(
+                        indicatif::ProgressStyle::with_template(
+                            "{bar:40} {bytes}/{total_bytes} {bytes_per_sec} eta {eta}",
+                        )
+                        .expect("valid template"),
+                    );
+                    let _ = progress.set(bar);
+                }
+                return;
+            }
+            Event::Scanned { bytes } => {
+                if let Some(bar) = progress.get() {
+                    bar.inc(bytes);
+                }
+                return;
+            }
+            event => event_line(json, &event),
+        };
+        for line in line {
+            match progress.get() {
+                Some(bar) => bar.suspend(|| emit(line)),
+                None => emit(line),
+            }
+        }
+    };
+    let finished = scan::job::run(&job, &on_event);
+    if let Some(bar) = progress.get() {
+        bar.finish_and_clear();
+    }
+    let scan::job::Finished { summary, filter } = finished?;
+    let elapsed = started.elapsed().as_secs_f64();
+    if json {
+        emit(
+            serde_json::json!({"type": "summary", "files": summary.files, "bytes": summary.bytes,
+                "hits": summary.hits, "canaries": summary.canaries, "errors": summary.errors,
+                "uninspectable": summary.uninspectable,
+                "seconds": elapsed, "filter": {"series": filter.series, "version": filter.version}})
+            .to_string(),
+        );
+    } else {
+        emit(format!(
+            "scanned {} files, {} bytes in {elapsed:.2}s with filter {} v{}: {} hit, {} canary, {} error, {} uninspectable",
+            summary.files, summary.bytes, filter.series, filter.version, summary.hits, summary.canaries, summary.errors, summary.uninspectable
+        ));
+    }
+    Ok(if summary.hits > 0 {
+        ExitCode::from(1)
+    } else if summary.errors > 0 || summary.uninspectable > 0 {
+        ExitCode::from(2)
+    } else {
+        ExitCode::SUCCESS
+    })
+}
+
+/// The lines (text or JSON) that report `event`: one per digest that hit, else one.
+fn event_line(json: bool, event: &Event<'_>) -> Vec<String> {
+    match *event {
         Event::Hit {
             path,
             member,
             layers,
             size,
             hits,
-        } => {
-            for hit in hits {
+        } => hits
+            .iter()
+            .map(|hit| {
                 let category = hit.category.as_deref().unwrap_or("-");
                 let digest = hex::encode(&hit.bytes);
-                let line = if json {
+                if json {
                     json_line(
                         path,
                         serde_json::json!({"type": "hit", "member": member,
@@ -619,10 +603,9 @@ fn scan_cmd(args: ScanArgs) -> Result<ExitCode> {
                         hit.algorithm,
                         layers.map_or(String::new(), |l| format!("  ({l}, {size} bytes)")),
                     )
-                };
-                emit_with(&progress, &emit, line);
-            }
-        }
+                }
+            })
+            .collect(),
         Event::Uninspectable {
             path,
             problem,
@@ -630,7 +613,7 @@ fn scan_cmd(args: ScanArgs) -> Result<ExitCode> {
         } => {
             let action = if blocked { "block" } else { "pass" };
             let member = problem.member_label();
-            let line = if json {
+            vec![if json {
                 json_line(
                     path,
                     serde_json::json!({"type": "uninspectable",
@@ -647,100 +630,19 @@ fn scan_cmd(args: ScanArgs) -> Result<ExitCode> {
                     problem.layers_label(),
                     hashgate_host::inspect::escape_name(problem.detail.as_bytes())
                 )
-            };
-            emit_with(&progress, &emit, line);
+            }]
         }
-        Event::Canary { path } => {
-            let line = if json {
-                json_line(path, serde_json::json!({"type": "canary"}))
-            } else {
-                format!(
-                    "CANARY  {}  (the hashgate test file: enforcement works; not listed material)",
-                    object_name(path, None)
-                )
-            };
-            emit_with(&progress, &emit, line);
-        }
-        Event::Error { path, error } => {
-            emit_with(&progress, &emit, error_line(json, path, &error.to_string()))
-        }
-        Event::Scanned { bytes } => {
-            if let Some(bar) = &progress {
-                bar.inc(bytes);
-            }
-        }
-    };
-    let summary = std::thread::scope(|s| {
-        s.spawn(load);
-        scan::scan_while_loading(
-            &algorithms,
-            &limits,
-            &|| loading.wait().as_ref().ok(),
-            &targets,
-            threads,
-            &on_event,
-        )
-    });
-    let enforcer = match loading.into_inner() {
-        Some(Ok(enforcer)) => enforcer,
-        Some(Err(e)) => {
-            if let Some(bar) = &progress {
-                bar.finish_and_clear();
-            }
-            return Err(e);
-        }
-        None => unreachable!("the loader always sets the result"),
-    };
-    if let Some(bar) = &progress {
-        bar.finish_and_clear();
+        Event::Canary { path } => vec![if json {
+            json_line(path, serde_json::json!({"type": "canary"}))
+        } else {
+            format!(
+                "CANARY  {}  (the hashgate test file: enforcement works; not listed material)",
+                object_name(path, None)
+            )
+        }],
+        Event::Error { path, error } => vec![error_line(json, path, &error.to_string())],
+        Event::Listed { .. } | Event::Scanned { .. } => Vec::new(),
     }
-    let errors = summary.errors + listing_errors;
-    let uninspectable = summary.uninspectable;
-    let elapsed = started.elapsed().as_secs_f64();
-    let filter = enforcer.filter();
-    let info = filter.info();
-    if json {
-        emit(
-            serde_json::json!({"type": "summary", "files": summary.files, "bytes": summary.bytes,
-                "hits": summary.hits, "canaries": summary.canaries, "errors": errors,
-                "uninspectable": uninspectable,
-                "seconds": elapsed, "filter": {"series": info.series, "version": info.version}})
-            .to_string(),
-        );
-    } else {
-        emit(format!(
-            "scanned {} files, {} bytes in {elapsed:.2}s with filter {} v{}: {} hit, {} canary, {} error, {} uninspectable",
-            summary.files, summary.bytes, info.series, info.version, summary.hits, summary.canaries, errors, uninspectable
-        ));
-    }
-    Ok(if summary.hits > 0 {
-        ExitCode::from(1)
-    } else if errors > 0 || uninspectable > 0 {
-        ExitCode::from(2)
-    } else {
-        ExitCode::SUCCESS
-    })
-}
-
-/// The verdict core for a scan: hits are recorded, never blocked (there is nothing to
-/// block), so the default action is `monitor`.
-pub fn scan_enforcer(
-    engine: FilterEngine,
-    allow_list: Option<&Path>,
-    audit_log: Option<&Path>,
-    uninspectable: hashgate_host::inspect::Uninspectable,
-) -> Result<Enforcer> {
-    let policy = Policy {
-        default_action: Action::Monitor,
-        uninspectable,
-        allow: allow_list
-            .map(AllowList::read)
-            .transpose()?
-            .unwrap_or_default(),
-        ..Policy::default()
-    };
-    let audit = audit_log.map(AuditLog::open).transpose()?;
-    Ok(Enforcer::new(engine, policy, audit, Metrics::new()))
 }
 
 /// One JSON line about `path`: `fields` with the path added. A path that is not UTF-8
@@ -768,13 +670,6 @@ fn object_name(path: &Path, member: Option<&str>) -> String {
     match member {
         Some(member) => format!("{path}!{}", escape(member.as_bytes())),
         None => path,
-    }
-}
-
-fn emit_with(progress: &Option<indicatif::ProgressBar>, emit: &dyn Fn(String), line: String) {
-    match progress {
-        Some(bar) => bar.suspend(|| emit(line)),
-        None => emit(line),
     }
 }
 

@@ -7,12 +7,14 @@
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use anyhow::{Context, Result};
 use hashgate_authority::{build, inspect, BuildParams};
+use hashgate_host::config::FileConfig;
 use hashgate_host::hashing::ObjectHasher;
 use hashgate_host::scan::{self, Event};
+use hashgate_host::serve::{self, Front, Mode};
 use hashgate_host::trust::SecretKey;
 use hashgate_host::Algorithm;
 use rand::RngCore;
@@ -76,43 +78,45 @@ pub fn run(dir: Option<PathBuf>, listen: &str, scan_only: bool) -> Result<ExitCo
         "\n5. The operator verifies the filter with the authority's public key, loads it into \
          the sandboxed guest (no imports: no network, clock or disk), and scans."
     );
-    let engine = crate::cli::open_filter(&filter_path, &public_path, None)?;
-    let enforcer = crate::cli::scan_enforcer(engine, None, None, Default::default())?;
-    let targets = scan::list_files(&[samples], &mut |path, e| {
-        println!("   ERROR {}: {e}", path.display())
-    });
     let found = Mutex::new(Vec::new());
-    let summary = scan::scan(
-        &enforcer,
-        &Default::default(),
-        &targets,
-        2,
-        &|event| match event {
-            Event::Hit { path, hits, .. } => {
-                let hit = &hits[0];
-                found.lock().unwrap().push(format!(
-                    "   HIT     {}  {}:{}  category {}",
-                    path.display(),
-                    hit.algorithm,
-                    hex::encode(&hit.bytes),
-                    hit.category.as_deref().unwrap_or("-")
-                ));
-            }
-            Event::Uninspectable { path, problem, .. } => found
-                .lock()
-                .unwrap()
-                .push(format!("  NOTE  {}: {problem}", path.display())),
-            Event::Canary { path } => found.lock().unwrap().push(format!(
-                "   CANARY  {}  (the test file every filter lists)",
-                path.display()
-            )),
-            Event::Error { path, error } => found
-                .lock()
-                .unwrap()
-                .push(format!("   ERROR   {}: {error}", path.display())),
-            Event::Scanned { .. } => {}
-        },
-    );
+    let key = hashgate_host::trust::PublicKey::read(&public_path)?;
+    let job = scan::job::Job {
+        paths: &[samples],
+        filter: &filter_path,
+        key: &key,
+        runtime: Arc::new(hashgate_host::Runtime::new(Default::default())?),
+        limits: Default::default(),
+        uninspectable: Default::default(),
+        allow_list: None,
+        audit_log: None,
+        threads: 2,
+    };
+    let summary = scan::job::run(&job, &|event| match event {
+        Event::Hit { path, hits, .. } => {
+            let hit = &hits[0];
+            found.lock().unwrap().push(format!(
+                "   HIT     {}  {}:{}  category {}",
+                path.display(),
+                hit.algorithm,
+                hex::encode(&hit.bytes),
+                hit.category.as_deref().unwrap_or("-")
+            ));
+        }
+        Event::Uninspectable { path, problem, .. } => found
+            .lock()
+            .unwrap()
+            .push(format!("  NOTE  {}: {problem}", path.display())),
+        Event::Canary { path } => found.lock().unwrap().push(format!(
+            "   CANARY  {}  (the test file every filter lists)",
+            path.display()
+        )),
+        Event::Error { path, error } => found
+            .lock()
+            .unwrap()
+            .push(format!("   ERROR   {}: {error}", path.display())),
+        Event::Scanned { .. } | Event::Listed { .. } => {}
+    })?
+    .summary;
     let mut found = found.into_inner().unwrap();
     found.sort();
     for line in found {
@@ -173,26 +177,17 @@ pub fn run(dir: Option<PathBuf>, listen: &str, scan_only: bool) -> Result<ExitCo
         clean = clean.display(),
         audit = dir.join("audit.jsonl").display(),
     );
-    crate::gateway::run(crate::cli::GatewayArgs {
+    let settings = FileConfig {
         listen: Some(addr.to_string()),
-        origin: None,
         store: Some(dir.join("store")),
-        tls_cert: None,
-        tls_key: None,
-        origin_ca: None,
-        scan_responses: false,
-        quarantine: None,
-        check_config: false,
-        s3_spool: None,
-        enforce: crate::cli::EnforceArgs {
-            filter: Some(filter_path),
-            public_key: Some(public_path),
-            admin: Some(admin.to_string()),
-            audit_log: Some(dir.join("audit.jsonl")),
-            ..Default::default()
-        },
-    })
-    .context("starting the demo gateway (try --listen with a free port)")?;
+        filter: Some(filter_path),
+        public_key: Some(public_path),
+        admin: Some(admin.to_string()),
+        audit_log: Some(dir.join("audit.jsonl")),
+        ..FileConfig::default()
+    };
+    serve::run(Front::gateway(&settings)?, &settings, Mode::Serve)
+        .context("starting the demo gateway (try --listen with a free port)")?;
     Ok(ExitCode::SUCCESS)
 }
 

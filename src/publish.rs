@@ -318,7 +318,7 @@ pub fn authority(cmd: AuthorityCommand) -> Result<()> {
     };
     let server = Server::new(RangeIndex::load(&lists)?, Tokens::read(&tokens)?, policy)?;
     let server = std::sync::Arc::new(server);
-    let tls = crate::serve::cert_store(tls_cert, tls_key)?
+    let tls = hashgate_host::tls::CertStore::configured(tls_cert.as_deref(), tls_key.as_deref())?
         .map(|store| tokio_rustls::TlsAcceptor::from(store.server_config(&[b"h2", b"http/1.1"])));
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -328,15 +328,21 @@ pub fn authority(cmd: AuthorityCommand) -> Result<()> {
         let listener = tokio::net::TcpListener::bind(&listen)
             .await
             .with_context(|| format!("listening on {listen}"))?;
+        let scheme = if tls.is_some() { "https" } else { "http" };
+        let address = listener.local_addr()?;
         eprintln!(
-            "hashgate authority on {}://{} (/v1/range/{{algorithm}}/{{prefix of {prefix_hex}}}), {} digests",
-            if tls.is_some() { "https" } else { "http" },
-            listener.local_addr()?,
+            "hashgate authority on {scheme}://{address} (/v1/range/{{algorithm}}/{{prefix of {prefix_hex}}}), {} digests",
             server.len()
         );
+        // The line for programs, as the gateway and the ICAP server print it.
+        let ready = serde_json::json!({
+            "server": "authority",
+            "listen": format!("{scheme}://{address}"),
+        });
+        eprintln!("ready {ready}");
         tokio::select! {
             () = serve(listener, server, tls) => {}
-            () = crate::serve::shutdown_signal() => {}
+            () = hashgate_host::serve::shutdown_signal() => {}
         }
         Ok(())
     })

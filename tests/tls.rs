@@ -123,8 +123,10 @@ fn https_clients_over_http1_and_h2_listed_refused_and_certificates_reload_live()
         .status()
         .unwrap();
     assert!(hup.success());
-    std::thread::sleep(Duration::from_millis(300));
-    assert_eq!(served_cn(port, &ca_pem), "hashgate test second");
+    assert!(wait_until(Duration::from_secs(10), || served_cn(
+        port, &ca_pem
+    )
+        == "hashgate test second"));
     let out = slow.wait_with_output().unwrap();
     assert_eq!(
         String::from_utf8_lossy(&out.stdout),

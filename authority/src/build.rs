@@ -5,7 +5,7 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use hashgate_guest::{Algorithm, BuildParams, FilterBuilder, SectionSpec};
-use hashgate_host::trust::SecretKey;
+use hashgate_trust::keys::SecretKey;
 
 use crate::{list, Error};
 
@@ -93,19 +93,12 @@ fn advise_huge_pages(addr: usize, len: usize) {
 }
 
 /// Writes `parts` to `path` through a temporary file, fsync and rename, creating the
-/// directory if needed ([`hashgate_host::durable`]). On any error nothing is left at `path`.
+/// directory if needed ([`hashgate_trust::durable`]). On any error nothing is left at `path`.
 pub fn write_atomically(path: &Path, parts: &[&[u8]]) -> Result<(), Error> {
-    hashgate_host::durable::write_atomically_with(path, |file| {
+    hashgate_trust::durable::write_atomically_with(path, |file| {
         parts
             .iter()
             .try_for_each(|part| file.write_all(part))
-            .map_err(|e| hashgate_host::Error::Io {
-                path: path.to_path_buf(),
-                error: e,
-            })
-    })
-    .map_err(|e| match e {
-        hashgate_host::Error::Io { path, error } => Error::io(path, error),
-        other => Error::Trust(other),
+            .map_err(|e| Error::io(path, e))
     })
 }

@@ -40,7 +40,7 @@ pub enum Error {
     Filter(#[from] hashgate_guest::Error),
     /// Occurs when keys or signatures fail.
     #[error(transparent)]
-    Trust(#[from] hashgate_host::Error),
+    Trust(#[from] hashgate_trust::Error),
 }
 
 impl Error {

@@ -3,7 +3,7 @@
 use std::path::Path;
 
 use hashgate_guest::{Filter, Header};
-use hashgate_host::trust::{self, PublicKey};
+use hashgate_trust::keys::{self as trust, PublicKey};
 use serde::Serialize;
 
 use crate::Error;

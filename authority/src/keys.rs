@@ -4,7 +4,7 @@ use std::io::Write as _;
 use std::os::unix::fs::OpenOptionsExt as _;
 use std::path::{Path, PathBuf};
 
-use hashgate_host::trust::SecretKey;
+use hashgate_trust::keys::SecretKey;
 
 use crate::Error;
 

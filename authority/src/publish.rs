@@ -18,10 +18,8 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use hashgate_guest::{delta, section_bits, BuildParams, Header};
-use hashgate_host::feed::protocol::{
-    DeltaRef, Envelope, FileRef, Manifest, TrustedRoot, MAX_DOCUMENT,
-};
-use hashgate_host::trust::{SecretKey, TRAILER_LEN};
+use hashgate_trust::feed::{DeltaRef, Envelope, FileRef, Manifest, TrustedRoot, MAX_DOCUMENT};
+use hashgate_trust::keys::{SecretKey, TRAILER_LEN};
 use sha2::{Digest, Sha256};
 
 use crate::build::{build_body, write_atomically, Request};
@@ -74,7 +72,7 @@ pub struct Published {
 }
 
 fn feed_error(m: impl Into<String>) -> Error {
-    Error::Trust(hashgate_host::Error::Feed(m.into()))
+    Error::Trust(hashgate_trust::Error::Document(m.into()))
 }
 
 fn read(path: &Path) -> Result<Vec<u8>, Error> {

@@ -1,8 +1,10 @@
 //! The configuration file (TOML) every front-end reads: the filter, the policy and the
 //! audit log at the top level, shared; the gateway's settings beside them; the ICAP
 //! server's in an `[icap]` table. Unknown keys are errors, so a typo never silently
-//! leaves a default in force. Command-line flags win over the file. Documented in
-//! README.md.
+//! leaves a default in force. Command-line flags win over the file: the CLI turns its
+//! flags into a [`FileConfig`] of their own and lays it over the file's
+//! ([`FileConfig::overlay`]); the front-ends resolve their settings from the result
+//! (`gateway::Config::resolve`, `icap::IcapConfig::resolve`). Documented in README.md.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -196,10 +198,188 @@ pub struct IcapFileConfig {
     pub tls_key: Option<PathBuf>,
 }
 
+/// Takes each field of `over` that is set into `base`.
+macro_rules! take {
+    ($base:ident, $over:ident: $($field:ident),* $(,)?) => {
+        $( if $over.$field.is_some() { $base.$field = $over.$field; } )*
+    };
+}
+
 impl FileConfig {
+    /// `self` (the file) with every setting of `over` (the command line's) laid over it.
+    ///
+    /// A setting `over` makes replaces the file's, and so does a table, whole
+    /// (`actions`: `--monitor` is `actions = { default = "monitor" }`), except
+    /// `[icap]`, merged key by key, and `[confirm]`, of which `over` sets only the URL
+    /// and the token file. What `over` names replaces what excludes it in the file: a
+    /// filter a feed and a feed the filter and key; an origin the store and a store the
+    /// origin; so that what the command line names is what is used.
+    ///
+    /// ```
+    /// use hashgate_host::config::FileConfig;
+    ///
+    /// let file: FileConfig = toml::from_str(r#"
+    ///     listen = "0.0.0.0:8080"
+    ///     feed = "https://feed.example/manifest.json"
+    ///     admin = "127.0.0.1:9090"
+    /// "#).unwrap();
+    /// let flags = FileConfig { filter: Some("f.hgf".into()), listen: Some("[::1]:80".into()), ..Default::default() };
+    /// let merged = file.overlay(flags);
+    /// assert_eq!(merged.listen.as_deref(), Some("[::1]:80"));
+    /// assert_eq!(merged.admin.as_deref(), Some("127.0.0.1:9090"));
+    /// assert!(merged.feed.is_none() && merged.filter.is_some());
+    /// ```
+    pub fn overlay(mut self, over: FileConfig) -> FileConfig {
+        if over.filter.is_some() || over.public_key.is_some() {
+            self.feed = None;
+        }
+        if over.feed.is_some() {
+            self.filter = None;
+            self.public_key = None;
+        }
+        if over.origin.is_some() {
+            self.store = None;
+        } else if over.store.is_some() {
+            self.origin = None;
+        }
+        take!(self, over: listen, origin, store, filter, public_key, feed, root, state_dir,
+            feed_poll_secs, feed_timeout_secs, feed_ca, admin, workers, audit_log, allow_list,
+            inspect_methods, max_body_bytes, header_timeout_secs, body_timeout_secs,
+            origin_timeout_secs, max_connections, shutdown_grace_secs, tls_cert, tls_key,
+            origin_ca, scan_responses, response_buffer_bytes, response_cache_entries,
+            response_cache_secs, s3_spool_dir, quarantine_dir, on_guest_failure, actions,
+            inspect, uninspectable, s3_abort);
+        self.confirm = match (self.confirm, over.confirm) {
+            (Some(mut mine), Some(theirs)) => {
+                mine.url = theirs.url;
+                if theirs.token_file.is_some() {
+                    mine.token_file = theirs.token_file;
+                }
+                Some(mine)
+            }
+            (mine, theirs) => theirs.or(mine),
+        };
+        self.icap = match (self.icap, over.icap) {
+            (Some(mut mine), Some(theirs)) => {
+                take!(mine, theirs: listen, preview_bytes, block_status, options_ttl_secs,
+                    max_connections, reqmod_hold_back_bytes, respmod_hold_back_bytes,
+                    max_header_bytes, header_timeout_secs, body_timeout_secs,
+                    shutdown_grace_secs, tls_cert, tls_key);
+                Some(mine)
+            }
+            (mine, theirs) => theirs.or(mine),
+        };
+        self
+    }
+
+    /// The response-report cache both front-ends keep (entries, how long one is
+    /// trusted): `response_cache_entries`, `response_cache_secs`.
+    pub fn response_cache(&self) -> (usize, std::time::Duration) {
+        (
+            self.response_cache_entries.unwrap_or(10_000),
+            std::time::Duration::from_secs(self.response_cache_secs.unwrap_or(300)),
+        )
+    }
+
     /// Reads a TOML file.
     pub fn read(path: &Path) -> Result<FileConfig, Error> {
         let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
         toml::from_str(&text).map_err(|e| Error::Config(format!("{}: {e}", path.display())))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> FileConfig {
+        toml::from_str(text).unwrap()
+    }
+
+    #[test]
+    fn flags_win_and_what_they_leave_alone_stays() {
+        let file = parse(
+            r#"
+            origin = "http://127.0.0.1:9000"
+            audit_log = "/var/log/a.jsonl"
+            [actions]
+            default = "block"
+            terror = "monitor"
+            [icap]
+            listen = "127.0.0.1:1344"
+            preview_bytes = 100
+            "#,
+        );
+        let flags = FileConfig {
+            store: Some("/srv/store".into()),
+            actions: Some(HashMap::from([("default".into(), Action::Monitor)])),
+            icap: Some(IcapFileConfig {
+                listen: Some("0.0.0.0:11344".into()),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let merged = file.overlay(flags);
+        // --store replaces a configured origin ...
+        assert!(merged.origin.is_none());
+        assert_eq!(merged.store.as_deref(), Some(Path::new("/srv/store")));
+        assert_eq!(
+            merged.audit_log.as_deref(),
+            Some(Path::new("/var/log/a.jsonl"))
+        );
+        // ... --monitor replaces every per-category action ...
+        let actions = merged.actions.unwrap();
+        assert_eq!(actions.len(), 1);
+        assert_eq!(actions["default"], Action::Monitor);
+        // ... and [icap] is merged key by key.
+        let icap = merged.icap.unwrap();
+        assert_eq!(icap.listen.as_deref(), Some("0.0.0.0:11344"));
+        assert_eq!(icap.preview_bytes, Some(100));
+    }
+
+    #[test]
+    fn an_origin_flag_replaces_a_configured_store() {
+        let merged = parse(r#"store = "/srv/store""#).overlay(FileConfig {
+            origin: Some("http://o".into()),
+            ..Default::default()
+        });
+        assert!(merged.store.is_none());
+        assert_eq!(merged.origin.as_deref(), Some("http://o"));
+    }
+
+    #[test]
+    fn a_feed_flag_replaces_a_configured_filter_and_key() {
+        let merged = parse(
+            r#"
+            filter = "/f.hgf"
+            pub = "/a.pub"
+            "#,
+        )
+        .overlay(FileConfig {
+            feed: Some("https://feed/manifest.json".into()),
+            ..Default::default()
+        });
+        assert!(merged.filter.is_none() && merged.public_key.is_none());
+        assert!(merged.feed.is_some());
+    }
+
+    #[test]
+    fn a_confirm_flag_keeps_the_tables_rules() {
+        let merged = parse(
+            r#"
+            [confirm]
+            url = "https://old"
+            token_file = "/old.token"
+            block = "confirmed"
+            "#,
+        )
+        .overlay(FileConfig {
+            confirm: Some(crate::enforce::ConfirmConfig::new("https://new")),
+            ..Default::default()
+        });
+        let confirm = merged.confirm.unwrap();
+        assert_eq!(confirm.url, "https://new");
+        assert_eq!(confirm.token_file.as_deref(), Some(Path::new("/old.token")));
+        assert_eq!(confirm.block, crate::enforce::confirm::Needs::Confirmed);
     }
 }

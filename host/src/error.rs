@@ -29,6 +29,14 @@ pub enum Error {
     /// missing or mangled, names another key, or the signature does not verify.
     #[error("signature check failed: {0}")]
     Signature(String),
+    /// Occurs when a file a signed document names (a persisted snapshot body, say) does
+    /// not have the SHA-256 the document gives for it: altered or damaged since, or
+    /// never the file meant. The signature itself is not in question.
+    #[error("{}: not the file its manifest names (SHA-256 differs)", path.display())]
+    Digest {
+        /// The file.
+        path: PathBuf,
+    },
     /// Occurs when the guest refuses a snapshot (malformed, unsupported, corrupt).
     #[error("the filter guest refused the snapshot: {0}")]
     Load(String),
@@ -62,6 +70,18 @@ pub enum Error {
     /// Occurs when the component cannot be compiled or instantiated, or imports anything.
     #[error("unusable guest component: {0}")]
     Component(String),
+}
+
+impl From<hashgate_trust::Error> for Error {
+    /// The shared documents' errors, as the host's own variants.
+    fn from(e: hashgate_trust::Error) -> Error {
+        match e {
+            hashgate_trust::Error::Io { path, error } => Error::Io { path, error },
+            hashgate_trust::Error::Key { path, kind, reason } => Error::Key { path, kind, reason },
+            hashgate_trust::Error::Signature(m) => Error::Signature(m),
+            hashgate_trust::Error::Document(m) => Error::Feed(m),
+        }
+    }
 }
 
 impl Error {

@@ -14,7 +14,8 @@
 //!   (streaming reverse proxy or embedded store, HTTP 451 for listed uploads); [`icap`]
 //!   is an ICAP server for the proxies operators already run. The three are thin
 //!   front-ends over [`enforce`]; they share [`config`], [`listener`] and [`admin`] and
-//!   never reach into each other.
+//!   never reach into each other. [`serve`] assembles either server from its resolved
+//!   configuration.
 //!
 //! The host never links the guest crate: it reaches the filter only through the
 //! component, so what runs in production is what the tests exercise.
@@ -23,7 +24,6 @@
 
 pub mod admin;
 pub mod config;
-pub mod durable;
 pub mod enforce;
 mod error;
 pub mod feed;
@@ -34,10 +34,14 @@ pub mod inspect;
 pub mod listener;
 pub mod runtime;
 pub mod scan;
+pub mod serve;
 pub mod tls;
-pub mod trust;
 
 pub use error::Error;
+/// Crash-safe writes (from `hashgate-trust`).
+pub use hashgate_trust::durable;
+/// Keys and signatures (from `hashgate-trust`, which the authority's tools share).
+pub use hashgate_trust::keys as trust;
 pub use runtime::types::{Algorithm, Digest, FilterInfo, Hit, SectionInfo, Verdict};
 pub use runtime::{FilterEngine, Limits, Runtime};
 

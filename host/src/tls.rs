@@ -24,6 +24,20 @@ pub struct CertStore {
 }
 
 impl CertStore {
+    /// The store for a configured pair, `None` if neither is configured.
+    pub fn configured(
+        cert: Option<&Path>,
+        key: Option<&Path>,
+    ) -> Result<Option<Arc<CertStore>>, Error> {
+        match (cert, key) {
+            (Some(cert), Some(key)) => Ok(Some(CertStore::load(cert, key)?)),
+            (None, None) => Ok(None),
+            _ => Err(Error::Config(
+                "TLS needs both a certificate (tls_cert) and its key (tls_key)".into(),
+            )),
+        }
+    }
+
     /// Reads and checks the certificate chain and key.
     pub fn load(cert: &Path, key: &Path) -> Result<Arc<CertStore>, Error> {
         let current = RwLock::new(read_certified_key(cert, key)?);

@@ -26,6 +26,24 @@ pub fn wait_for(port: u16) {
     }
 }
 
+/// Polls `done` every 20 ms until it holds or `limit` has passed; whether it held. For
+/// what a test waits on instead of sleeping a guessed time.
+pub fn wait_until(limit: Duration, mut done: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + limit;
+    while Instant::now() < deadline {
+        if done() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    done()
+}
+
+/// Whether nothing accepts connections on `port` any more (a server shutting down).
+pub fn refused(port: u16) -> bool {
+    TcpStream::connect(("127.0.0.1", port)).is_err()
+}
+
 pub struct Killed(pub Child);
 
 impl Drop for Killed {
@@ -210,27 +228,26 @@ pub fn spawn_logged(command: &mut Command) -> (Killed, u16, u16, Log) {
         .unwrap();
     let stderr = child.stderr.take().unwrap();
     let child = Killed(child);
-    let (mut port, mut admin) = (0u16, 0u16);
-    let port_of = |line: &str| {
-        line.split("://127.0.0.1:")
-            .nth(1)?
-            .split(|c: char| !c.is_ascii_digit())
-            .next()?
-            .parse()
-            .ok()
+    // The server's one line for programs (`hashgate_host::serve`), once it listens:
+    // ready {"server":"gateway","listen":"http://127.0.0.1:PORT","admin":...}
+    let port_of = |url: &serde_json::Value| -> u16 {
+        url.as_str()
+            .and_then(|u| u.rsplit(':').next())
+            .and_then(|p| p.parse().ok())
+            .unwrap_or(0)
     };
     let mut lines = std::io::BufReader::new(stderr).lines();
-    while port == 0 {
+    let ready: serde_json::Value = loop {
         let line = lines
             .next()
-            .expect("the gateway exited before listening")
+            .expect("the server exited before it was ready")
             .unwrap();
-        if line.starts_with("admin on") {
-            admin = port_of(&line).unwrap_or(0);
-        } else if line.starts_with("hashgate ") && line.contains(" on ") {
-            port = port_of(&line).unwrap_or(0);
+        if let Some(json) = line.strip_prefix("ready ") {
+            break serde_json::from_str(json).expect("the ready line is JSON");
         }
-    }
+    };
+    let (port, admin) = (port_of(&ready["listen"]), port_of(&ready["admin"]));
+    assert_ne!(port, 0, "{ready}");
     // Keep draining stderr so the gateway never blocks on a full pipe.
     let log = Log::default();
     let kept = log.clone();
@@ -242,7 +259,6 @@ pub fn spawn_logged(command: &mut Command) -> (Killed, u16, u16, Log) {
             kept.lock().unwrap().push(line);
         }
     });
-    wait_for(port);
     (child, port, admin, log)
 }
 

@@ -34,6 +34,12 @@ pub struct FetchError {
     pub retry_after: Option<Duration>,
 }
 
+impl From<hashgate_trust::Error> for FetchError {
+    fn from(error: hashgate_trust::Error) -> Self {
+        Error::from(error).into()
+    }
+}
+
 impl From<Error> for FetchError {
     fn from(error: Error) -> Self {
         FetchError {

@@ -17,7 +17,8 @@
 //! | `guests/SHA.wasm` | the guest component the manifest names, if it names one |
 
 mod fetch;
-pub mod protocol;
+/// The feed's signed documents (from `hashgate-trust`, which the authority's tools share).
+pub use hashgate_trust::feed as protocol;
 
 use std::io;
 use std::path::{Path, PathBuf};
@@ -27,7 +28,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use rand::Rng;
 use sha2::{Digest as _, Sha256};
 
-use self::fetch::{FetchError, Fetched, Fetcher};
+pub use self::fetch::FetchError;
+use self::fetch::{Fetched, Fetcher};
 use self::protocol::{Envelope, FileRef, Manifest, TrustedRoot, MAX_DOCUMENT};
 use crate::durable::{write_atomically, write_atomically_with};
 use crate::enforce::Enforcer;
@@ -230,7 +232,7 @@ impl Feed {
                     "signed under root version {claimed}, which is not in the chain"
                 ))
             })?;
-        root.manifest(bytes)
+        Ok(root.manifest(bytes)?)
     }
 
     fn body_path(&self, sha: &[u8; 32]) -> PathBuf {

@@ -1,7 +1,11 @@
-//! Gateway settings (resolved from flags and the config file by the CLI).
+//! Gateway settings, resolved from the config file (with the command line's flags laid
+//! over it: [`crate::config::FileConfig::overlay`]).
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
+
+use crate::config::FileConfig;
+use crate::Error;
 
 /// Where clean uploads go.
 #[derive(Clone, Debug)]
@@ -77,5 +81,174 @@ impl Config {
             origin_ca: None,
             inspect: Default::default(),
         }
+    }
+
+    /// The settings `file` makes, checked: the origin is an http(s) URL with a host, or
+    /// else the store (default `hashgate-store`) is a directory, created if missing; S3
+    /// spooling needs an origin and `[s3_abort]` needs S3 spooling; the quarantine is
+    /// created and is not inside the store (it would be served); TLS needs both halves
+    /// of its pair.
+    pub fn resolve(file: &FileConfig) -> Result<Config, Error> {
+        let backend = match (&file.origin, &file.store) {
+            (Some(origin), _) => Backend::Origin(origin_uri(origin)?),
+            (None, Some(dir)) => Backend::Store(dir.clone()),
+            (None, None) => Backend::Store(PathBuf::from("hashgate-store")),
+        };
+        if let Backend::Store(dir) = &backend {
+            create_dir(dir)?;
+        }
+        let mut config = Config::new(backend);
+        if let Some(table) = &file.inspect {
+            config.inspect = std::sync::Arc::new(table.limits());
+        }
+        if let Some(m) = &file.inspect_methods {
+            config.inspect_methods = m.clone();
+        }
+        let secs = Duration::from_secs;
+        config.max_body = file.max_body_bytes.unwrap_or(config.max_body);
+        config.header_timeout = file.header_timeout_secs.map_or(config.header_timeout, secs);
+        config.body_timeout = file.body_timeout_secs.map_or(config.body_timeout, secs);
+        config.origin_timeout = file.origin_timeout_secs.map_or(config.origin_timeout, secs);
+        config.max_connections = file.max_connections.unwrap_or(config.max_connections);
+        config.shutdown_grace = file.shutdown_grace_secs.map_or(config.shutdown_grace, secs);
+        config.scan_responses = file.scan_responses.unwrap_or(false);
+        config.response_buffer_bytes = file
+            .response_buffer_bytes
+            .unwrap_or(config.response_buffer_bytes);
+        (config.response_cache_entries, config.response_cache_ttl) = file.response_cache();
+        config.s3_spool = file.s3_spool_dir.clone();
+        if let Some(dir) = &config.s3_spool {
+            if !matches!(config.backend, Backend::Origin(_)) {
+                return Err(Error::Config(
+                    "S3 spooling (s3_spool_dir, --s3-spool) needs an S3 origin".into(),
+                ));
+            }
+            create_dir(dir)?;
+        }
+        config.s3_abort = file.s3_abort.as_ref().map(|a| super::s3::AbortCredentials {
+            access_key: a.access_key.clone(),
+            secret_key: a.secret_key.clone(),
+            region: a.region.clone().unwrap_or_else(|| "us-east-1".into()),
+        });
+        if config.s3_abort.is_some() && config.s3_spool.is_none() {
+            return Err(Error::Config(
+                "[s3_abort] needs s3_spool_dir (S3 mode)".into(),
+            ));
+        }
+        config.quarantine = file.quarantine_dir.clone();
+        if let Some(dir) = &config.quarantine {
+            create_dir(dir)?;
+            if let Backend::Store(store) = &config.backend {
+                let canonical = |p: &Path| p.canonicalize().map_err(|e| Error::io(p, e));
+                if canonical(dir)?.starts_with(canonical(store)?) {
+                    return Err(Error::Config(
+                        "the quarantine directory must not be inside the store (it would be served)"
+                            .into(),
+                    ));
+                }
+            }
+        }
+        config.origin_ca = file.origin_ca.clone();
+        config.tls =
+            crate::tls::CertStore::configured(file.tls_cert.as_deref(), file.tls_key.as_deref())?;
+        Ok(config)
+    }
+}
+
+/// An origin URL, checked.
+fn origin_uri(origin: &str) -> Result<hyper::Uri, Error> {
+    let uri: hyper::Uri = origin
+        .parse()
+        .map_err(|e| Error::Config(format!("origin {origin:?}: {e}")))?;
+    if !matches!(uri.scheme_str(), Some("http" | "https")) || uri.authority().is_none() {
+        return Err(Error::Config(format!(
+            "origin {origin:?} must be an http:// or https:// URL with a host"
+        )));
+    }
+    Ok(uri)
+}
+
+fn create_dir(dir: &Path) -> Result<(), Error> {
+    std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn file(text: &str) -> FileConfig {
+        toml::from_str(text).unwrap()
+    }
+
+    fn refusal(text: &str) -> String {
+        Config::resolve(&file(text)).unwrap_err().to_string()
+    }
+
+    #[test]
+    fn an_origin_must_be_an_http_url_with_a_host() {
+        for bad in ["ftp://host", "http://", "/just/a/path", "not a url"] {
+            let e = refusal(&format!("origin = {bad:?}"));
+            assert!(e.contains("origin"), "{bad}: {e}");
+        }
+        let config = Config::resolve(&file(r#"origin = "https://storage.example:8443""#)).unwrap();
+        assert!(matches!(config.backend, Backend::Origin(u) if u.port_u16() == Some(8443)));
+    }
+
+    #[test]
+    fn s3_settings_need_an_origin_and_spooling() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = dir.path().join("store");
+        let spool = dir.path().join("spool");
+        let e = refusal(&format!("store = {store:?}\ns3_spool_dir = {spool:?}"));
+        assert!(e.contains("S3 origin"), "{e}");
+        let e = refusal(
+            "origin = \"http://127.0.0.1:9000\"\n[s3_abort]\naccess_key = \"a\"\nsecret_key = \"b\"",
+        );
+        assert!(e.contains("s3_spool_dir"), "{e}");
+    }
+
+    #[test]
+    fn the_quarantine_is_never_inside_the_store() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = dir.path().join("store");
+        let inside = store.join("q");
+        let e = refusal(&format!("store = {store:?}\nquarantine_dir = {inside:?}"));
+        assert!(e.contains("inside the store"), "{e}");
+        // Beside it is fine, and both are created.
+        let beside = dir.path().join("q");
+        Config::resolve(&file(&format!(
+            "store = {store:?}\nquarantine_dir = {beside:?}"
+        )))
+        .unwrap();
+        assert!(store.is_dir() && beside.is_dir());
+    }
+
+    #[test]
+    fn tls_needs_both_halves() {
+        let e = refusal("origin = \"http://o\"\ntls_cert = \"/c.pem\"");
+        assert!(e.contains("tls_key"), "{e}");
+    }
+
+    #[test]
+    fn the_file_sets_what_it_names_and_defaults_stay_for_the_rest() {
+        let config = Config::resolve(&file(
+            r#"
+            origin = "http://127.0.0.1:9000"
+            max_body_bytes = 1000
+            body_timeout_secs = 7
+            response_cache_secs = 9
+            "#,
+        ))
+        .unwrap();
+        assert_eq!(config.max_body, 1000);
+        assert_eq!(config.body_timeout, Duration::from_secs(7));
+        assert_eq!(config.response_cache_ttl, Duration::from_secs(9));
+        let default = Config::new(config.backend.clone());
+        assert_eq!(config.header_timeout, default.header_timeout);
+        assert_eq!(
+            config.response_cache_entries,
+            default.response_cache_entries
+        );
+        assert!(!config.scan_responses);
     }
 }

@@ -103,6 +103,40 @@ impl Default for IcapConfig {
 }
 
 impl IcapConfig {
+    /// The settings `file`'s `[icap]` table (and its `[inspect]` table and response
+    /// cache keys) make, on top of the defaults, checked ([`IcapConfig::validate`]).
+    pub fn resolve(file: &crate::config::FileConfig) -> Result<IcapConfig, Error> {
+        let table = file.icap.clone().unwrap_or_default();
+        let secs = Duration::from_secs;
+        let mut config = IcapConfig::default();
+        if let Some(limits) = &file.inspect {
+            config.inspect = Arc::new(limits.limits());
+        }
+        config.preview = table.preview_bytes.unwrap_or(config.preview);
+        config.block_status = table.block_status.unwrap_or(config.block_status);
+        config.options_ttl = table.options_ttl_secs.map_or(config.options_ttl, secs);
+        config.max_connections = table.max_connections.unwrap_or(config.max_connections);
+        config.max_header_bytes = table.max_header_bytes.unwrap_or(config.max_header_bytes);
+        config.reqmod_hold_back = table
+            .reqmod_hold_back_bytes
+            .unwrap_or(config.reqmod_hold_back);
+        config.respmod_hold_back = table
+            .respmod_hold_back_bytes
+            .unwrap_or(config.respmod_hold_back);
+        config.header_timeout = table
+            .header_timeout_secs
+            .map_or(config.header_timeout, secs);
+        config.body_timeout = table.body_timeout_secs.map_or(config.body_timeout, secs);
+        config.shutdown_grace = table
+            .shutdown_grace_secs
+            .map_or(config.shutdown_grace, secs);
+        (config.response_cache_entries, config.response_cache_ttl) = file.response_cache();
+        config.tls =
+            crate::tls::CertStore::configured(table.tls_cert.as_deref(), table.tls_key.as_deref())?;
+        config.validate()?;
+        Ok(config)
+    }
+
     /// Checks values a client would otherwise trip over.
     pub fn validate(&self) -> Result<(), Error> {
         if ![403, 451].contains(&self.block_status) {

@@ -422,10 +422,9 @@ pub fn read_body(path: &Path, sha256: &[u8; 32]) -> Result<Vec<u8>, Error> {
     use sha2::Digest as _;
     let body = std::fs::read(path).map_err(|e| Error::io(path, e))?;
     if sha2::Sha256::digest(&body).as_slice() != sha256 {
-        return Err(Error::Signature(format!(
-            "{} does not have the SHA-256 its manifest names",
-            path.display()
-        )));
+        return Err(Error::Digest {
+            path: path.to_path_buf(),
+        });
     }
     Ok(body)
 }
@@ -491,5 +490,24 @@ impl Staged {
             info: self.info,
             instance: Mutex::new(Some(self.instance)),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_body_that_is_not_the_one_named_is_a_digest_error_not_a_signature_error() {
+        use sha2::Digest as _;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("x.body");
+        std::fs::write(&path, b"the body").unwrap();
+        let right: [u8; 32] = sha2::Sha256::digest(b"the body").into();
+        assert_eq!(read_body(&path, &right).unwrap(), b"the body");
+        std::fs::write(&path, b"the bodY").unwrap();
+        let e = read_body(&path, &right).unwrap_err();
+        assert!(matches!(&e, Error::Digest { path: p } if p == &path), "{e}");
+        assert!(e.to_string().contains("x.body"), "{e}");
     }
 }

@@ -16,11 +16,12 @@ pub fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), Error> {
 }
 
 /// [`write_atomically`] with the contents written by `fill` (e.g. piece by piece from a
-/// guest); if `fill` fails, nothing is left behind and `path` is untouched.
-pub fn write_atomically_with(
+/// guest), which may fail with an error of the caller's own; if it does, nothing is left
+/// behind and `path` is untouched.
+pub fn write_atomically_with<E: From<Error>>(
     path: &Path,
-    fill: impl FnOnce(&mut File) -> Result<(), Error>,
-) -> Result<(), Error> {
+    fill: impl FnOnce(&mut File) -> Result<(), E>,
+) -> Result<(), E> {
     let dir = match path.parent() {
         Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
         _ => PathBuf::from("."),
@@ -36,15 +37,15 @@ pub fn write_atomically_with(
     ));
     std::fs::create_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
     let result = File::create(&tmp)
-        .map_err(|e| Error::io(&tmp, e))
+        .map_err(|e| E::from(Error::io(&tmp, e)))
         .and_then(|mut file| {
             fill(&mut file)?;
-            file.sync_all().map_err(|e| Error::io(&tmp, e))
+            file.sync_all().map_err(|e| Error::io(&tmp, e).into())
         })
         .and_then(|()| {
             std::fs::rename(&tmp, path)
                 .and_then(|()| File::open(&dir)?.sync_all())
-                .map_err(|e| Error::io(path, e))
+                .map_err(|e| Error::io(path, e).into())
         });
     if result.is_err() {
         let _ = std::fs::remove_file(&tmp);

@@ -25,6 +25,8 @@ use crate::inspect::{
 };
 use crate::{Error, Hit};
 
+pub mod job;
+
 /// One file to scan.
 #[derive(Clone, Debug)]
 pub struct Target {
@@ -72,6 +74,14 @@ pub enum Event<'a> {
         path: &'a Path,
         /// Why.
         error: &'a Error,
+    },
+    /// The files to scan are listed ([`job::run`] reports this once, before the rest):
+    /// how many, how many bytes in all.
+    Listed {
+        /// Files listed.
+        files: u64,
+        /// Their sizes, summed.
+        bytes: u64,
     },
     /// A file was scanned (clean or not); `bytes` were read from it.
     Scanned {

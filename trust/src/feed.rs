@@ -12,7 +12,7 @@ use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine as _;
 use serde::{Deserialize, Serialize};
 
-use crate::trust::{PublicKey, SecretKey};
+use crate::keys::{PublicKey, SecretKey};
 use crate::Error;
 
 /// Largest root or manifest file a host reads: metadata is small, and a hostile server
@@ -24,7 +24,7 @@ pub const ROOT_TYPE: &str = "application/vnd.hashgate.root+json";
 pub const MANIFEST_TYPE: &str = "application/vnd.hashgate.manifest+json";
 
 fn feed_error(m: impl Into<String>) -> Error {
-    Error::Feed(m.into())
+    Error::Document(m.into())
 }
 
 /// A signed document as it is stored and served.

@@ -1,0 +1,166 @@
+//! A whole scan as `hashgate scan` runs it: the files listed, the filter verified and
+//! loaded on a thread of its own while the first files are already hashed, every file
+//! decided under the scan's policy (report, never block), and the totals.
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, OnceLock};
+
+use super::{list_files, scan_while_loading, Event, Summary};
+use crate::enforce::{Action, AllowList, AuditLog, Enforcer, Metrics, Policy};
+use crate::inspect::{Limits, Uninspectable};
+use crate::trust::PublicKey;
+use crate::{Error, FilterEngine, FilterInfo, Runtime};
+
+/// What to scan, against what, how.
+pub struct Job<'a> {
+    /// Files and directories, as named on the command line ([`list_files`]).
+    pub paths: &'a [PathBuf],
+    /// The signed filter snapshot.
+    pub filter: &'a Path,
+    /// The key it must be signed with.
+    pub key: &'a PublicKey,
+    /// The guest runtime to load it into.
+    pub runtime: Arc<Runtime>,
+    /// The inspection pipeline's bounds (archives on or off among them).
+    pub limits: Limits,
+    /// What an object that cannot be inspected counts as.
+    pub uninspectable: Uninspectable,
+    /// Exact digests never reported.
+    pub allow_list: Option<&'a Path>,
+    /// Where every hit is also recorded (fsynced), if anywhere.
+    pub audit_log: Option<&'a Path>,
+    /// Hashing threads.
+    pub threads: usize,
+}
+
+/// Why a scan could not be run at all (a file that cannot be scanned is an
+/// [`Event::Error`] and a count in the [`Summary`], not this).
+#[derive(Debug, thiserror::Error)]
+pub enum JobError {
+    /// Occurs when the filter cannot be read, verified or loaded, or changes on disk
+    /// while the scan starts.
+    #[error("{}", filter_message(path, error))]
+    Filter {
+        /// The filter file.
+        path: PathBuf,
+        /// What went wrong.
+        error: Error,
+    },
+    /// Occurs when the allow-list or the audit log cannot be opened.
+    #[error(transparent)]
+    Setup(Error),
+}
+
+fn filter_message(path: &Path, error: &Error) -> String {
+    match error {
+        // Already names the file.
+        Error::Io { .. } => error.to_string(),
+        _ => format!("loading {}: {error}", path.display()),
+    }
+}
+
+/// What a finished scan found, and with which filter.
+#[derive(Debug)]
+pub struct Finished {
+    /// The totals (listing errors included in `errors`).
+    pub summary: Summary,
+    /// The filter it was decided with.
+    pub filter: FilterInfo,
+}
+
+/// Runs `job`, reporting each finding to `on_event` as it is made: first one
+/// [`Event::Listed`], then the rest from the hashing threads.
+pub fn run(job: &Job<'_>, on_event: &(dyn Fn(Event<'_>) + Sync)) -> Result<Finished, JobError> {
+    let failed = |error| JobError::Filter {
+        path: job.filter.to_path_buf(),
+        error,
+    };
+    // Which digests to compute, from the header alone: the signature is checked (and
+    // the filter loaded) meanwhile, and nothing is decided before it is.
+    let algorithms = describe(&job.runtime, job.filter)
+        .map_err(failed)?
+        .algorithms;
+    let loading: OnceLock<Result<Enforcer, JobError>> = OnceLock::new();
+    let load = || {
+        // Set even if loading panics: the scanning threads wait for it.
+        let loaded = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            let engine =
+                FilterEngine::open(job.runtime.clone(), job.filter, job.key).map_err(failed)?;
+            if engine.info().algorithms != algorithms {
+                return Err(failed(Error::Load(
+                    "the file changed while the scan started".into(),
+                )));
+            }
+            if let Some(warning) = crate::serve::expiry_warning(engine.info()) {
+                eprintln!("{warning}");
+            }
+            enforcer(engine, job).map_err(JobError::Setup)
+        }))
+        .unwrap_or_else(|_| {
+            Err(failed(Error::Load(
+                "loading the filter failed unexpectedly".into(),
+            )))
+        });
+        let _ = loading.set(loaded);
+    };
+    let mut listing_errors = 0u64;
+    let targets = list_files(job.paths, &mut |path, error| {
+        listing_errors += 1;
+        on_event(Event::Error { path, error });
+    });
+    on_event(Event::Listed {
+        files: targets.len() as u64,
+        bytes: targets.iter().map(|t| t.size).sum(),
+    });
+    let mut summary = std::thread::scope(|s| {
+        s.spawn(load);
+        scan_while_loading(
+            &algorithms,
+            &job.limits,
+            &|| loading.wait().as_ref().ok(),
+            &targets,
+            job.threads,
+            on_event,
+        )
+    });
+    let enforcer = loading
+        .into_inner()
+        .expect("the loader always sets the result")?;
+    summary.errors += listing_errors;
+    Ok(Finished {
+        summary,
+        filter: enforcer.filter().info().clone(),
+    })
+}
+
+/// The scan's verdict core: hits are reported (monitored), never blocked; the
+/// allow-list and the `uninspectable` policy apply.
+fn enforcer(engine: FilterEngine, job: &Job<'_>) -> Result<Enforcer, Error> {
+    let policy = Policy {
+        default_action: Action::Monitor,
+        uninspectable: job.uninspectable,
+        allow: job
+            .allow_list
+            .map(AllowList::read)
+            .transpose()?
+            .unwrap_or_default(),
+        ..Policy::default()
+    };
+    let audit = job.audit_log.map(AuditLog::open).transpose()?;
+    Ok(Enforcer::new(engine, policy, audit, Metrics::new()))
+}
+
+/// What `filter` says it is, from its header alone (unverified).
+pub fn describe(runtime: &Runtime, filter: &Path) -> Result<FilterInfo, Error> {
+    use std::io::Read as _;
+    // The header and the most section records a snapshot can have.
+    const HEAD_MAX: u64 = 176 + 48 * 64;
+    let mut head = Vec::new();
+    std::fs::File::open(filter)
+        .and_then(|f| f.take(HEAD_MAX).read_to_end(&mut head))
+        .map_err(|e| Error::Io {
+            path: filter.to_path_buf(),
+            error: e,
+        })?;
+    runtime.describe(&head)
+}

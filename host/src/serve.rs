@@ -1,0 +1,336 @@
+//! Server assembly: from one resolved [`FileConfig`] (the file with the command line's
+//! flags laid over it, [`FileConfig::overlay`]) to a running front-end. What the gateway
+//! and the ICAP server share is done here once: the verdict core (a fixed filter or a
+//! followed feed, the policy, the audit log, confirmation), the serving threads, the
+//! admin listener, `SIGHUP` and `SIGTERM`, and the ready line.
+//!
+//! A server announces itself on stderr with a banner for people, then one line for
+//! programs, last, once every listener is bound:
+//!
+//! ```text
+//! ready {"server":"gateway","listen":"http://127.0.0.1:8080","admin":"http://127.0.0.1:9090","series":"nl-example","version":7}
+//! ```
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::config::FileConfig;
+use crate::enforce::{AllowList, AuditLog, Enforcer, Metrics, Policy};
+use crate::feed::{Feed, FeedConfig, Update};
+use crate::gateway::{self, Gateway};
+use crate::icap::{IcapConfig, IcapServer};
+use crate::listener::Listener;
+use crate::tls::CertStore;
+use crate::trust::PublicKey;
+use crate::{Error, FilterEngine, FilterInfo, Limits, Runtime};
+
+/// A front-end, its settings resolved.
+#[derive(Clone, Debug)]
+pub enum Front {
+    /// The upload gateway (`hashgate gateway`).
+    Gateway(Box<gateway::Config>),
+    /// The ICAP server (`hashgate icap`).
+    Icap(Box<IcapConfig>),
+}
+
+impl Front {
+    /// The gateway `file` describes ([`gateway::Config::resolve`]).
+    pub fn gateway(file: &FileConfig) -> Result<Front, Error> {
+        Ok(Front::Gateway(Box::new(gateway::Config::resolve(file)?)))
+    }
+
+    /// The ICAP server `file` describes ([`IcapConfig::resolve`]).
+    pub fn icap(file: &FileConfig) -> Result<Front, Error> {
+        Ok(Front::Icap(Box::new(IcapConfig::resolve(file)?)))
+    }
+
+    /// The name in banners and the ready line.
+    fn name(&self) -> &'static str {
+        match self {
+            Front::Gateway(_) => "gateway",
+            Front::Icap(_) => "icap",
+        }
+    }
+
+    /// The address clients connect to (defaults: 127.0.0.1:8080, 127.0.0.1:1344).
+    fn listen(&self, file: &FileConfig) -> String {
+        match self {
+            Front::Gateway(_) => file.listen.clone(),
+            Front::Icap(_) => file.icap.as_ref().and_then(|t| t.listen.clone()),
+        }
+        .unwrap_or_else(|| match self {
+            Front::Gateway(_) => "127.0.0.1:8080".into(),
+            Front::Icap(_) => "127.0.0.1:1344".into(),
+        })
+    }
+
+    fn tls(&self) -> Option<Arc<CertStore>> {
+        match self {
+            Front::Gateway(c) => c.tls.clone(),
+            Front::Icap(c) => c.tls.clone(),
+        }
+    }
+
+    fn scheme(&self) -> &'static str {
+        match (self, self.tls().is_some()) {
+            (Front::Gateway(_), false) => "http",
+            (Front::Gateway(_), true) => "https",
+            (Front::Icap(_), false) => "icap",
+            (Front::Icap(_), true) => "icaps",
+        }
+    }
+}
+
+/// What [`run`] does once everything is loaded.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Mode {
+    /// Serve until `SIGTERM` or Ctrl-C.
+    Serve,
+    /// Check the configuration, the filter and the keys, say what would be served, and
+    /// return (`--check-config`, like `nginx -t`).
+    Check,
+}
+
+/// Runs `front` under `file`'s filter, policy and listeners, on a control-plane runtime
+/// of its own (requests are served on threads of their own: [`crate::listener`]).
+/// Returns when the server has shut down, or at once in [`Mode::Check`].
+pub fn run(front: Front, file: &FileConfig, mode: Mode) -> Result<(), Error> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| Error::Serve(format!("starting the async runtime: {e}")))?;
+    runtime.block_on(run_async(front, file, mode))
+}
+
+async fn run_async(front: Front, file: &FileConfig, mode: Mode) -> Result<(), Error> {
+    let listen = front.listen(file);
+    let (enforcer, feed) = enforcer(file).await?;
+    let tls = front.tls();
+    let (scheme, name) = (front.scheme(), front.name());
+    let server = match front {
+        Front::Gateway(config) => Server::Gateway(Gateway::new(*config, enforcer.clone())?),
+        Front::Icap(config) => Server::Icap(IcapServer::new(*config, enforcer.clone())?),
+    };
+    let filter = enforcer.filter();
+    let info = filter.info();
+    if mode == Mode::Check {
+        eprintln!(
+            "configuration ok: would serve {listen} enforcing {} v{} ({} entries){}",
+            info.series,
+            info.version,
+            info.entries,
+            if feed.is_some() {
+                ", following its feed"
+            } else {
+                ""
+            }
+        );
+        return Ok(());
+    }
+    if let Some(feed) = feed {
+        tokio::spawn(feed.run(enforcer.clone()));
+    }
+    let listener = Listener::bind(&listen, workers(file)?)?;
+    let address = listener
+        .local_addr()
+        .map_err(|e| Error::Serve(format!("listening on {listen}: {e}")))?;
+    let admin = start_admin(file, &enforcer).await?;
+    tokio::spawn(on_hangup(enforcer.clone(), tls));
+    let services = if name == "icap" {
+        " (/reqmod, /respmod)"
+    } else {
+        ""
+    };
+    eprintln!(
+        "hashgate {name} on {scheme}://{address}{services} enforcing {} v{} ({} entries)",
+        info.series, info.version, info.entries
+    );
+    let ready = serde_json::json!({
+        "server": name,
+        "listen": format!("{scheme}://{address}"),
+        "admin": admin.map(|a| format!("http://{a}")),
+        "series": info.series,
+        "version": info.version,
+    });
+    eprintln!("ready {ready}");
+    drop(filter);
+    match server {
+        Server::Gateway(g) => g.serve(listener, shutdown_signal()).await,
+        Server::Icap(i) => i.serve(listener, shutdown_signal()).await,
+    }
+}
+
+enum Server {
+    Gateway(Arc<Gateway>),
+    Icap(Arc<IcapServer>),
+}
+
+/// Serving threads: `workers`, or one per core.
+fn workers(file: &FileConfig) -> Result<usize, Error> {
+    match file.workers {
+        Some(0) => Err(Error::Config("workers must be at least 1".into())),
+        Some(n) => Ok(n),
+        None => Ok(crate::listener::default_cores()),
+    }
+}
+
+/// The verified filter (a fixed snapshot, or the feed's accepted version), policy, audit
+/// log, confirmation and metrics `file` describes; and the feed to keep following, if
+/// any.
+pub async fn enforcer(file: &FileConfig) -> Result<(Arc<Enforcer>, Option<Feed>), Error> {
+    let (engine, feed) = match &file.feed {
+        Some(url) => {
+            let (engine, feed) = follow(url, file).await?;
+            (engine, Some(feed))
+        }
+        None => {
+            let filter = file.filter.as_ref().ok_or_else(|| {
+                Error::Config(
+                    "--filter or --feed (or `filter` or `feed` in the config file) is required"
+                        .into(),
+                )
+            })?;
+            let public_key = file.public_key.as_ref().ok_or_else(|| {
+                Error::Config("--pub (or `pub` in the config file) is required".into())
+            })?;
+            let key = PublicKey::read(public_key)?;
+            let runtime = Arc::new(Runtime::new(Limits::default())?);
+            let engine = FilterEngine::open(runtime, filter, &key)?;
+            if let Some(warning) = expiry_warning(engine.info()) {
+                eprintln!("{warning}");
+            }
+            (engine, None)
+        }
+    };
+    let mut policy = Policy::default();
+    if let Some(actions) = &file.actions {
+        let mut actions = actions.clone();
+        if let Some(default) = actions.remove("default") {
+            policy.default_action = default;
+        }
+        policy.actions = actions;
+    }
+    policy.on_failure = file.on_guest_failure.unwrap_or_default();
+    policy.uninspectable = file.uninspectable.unwrap_or_default();
+    if let Some(path) = &file.allow_list {
+        policy.allow = AllowList::read(path)?;
+    }
+    let audit = file.audit_log.as_deref().map(AuditLog::open).transpose()?;
+    let mut enforcer = Enforcer::new(engine, policy, audit, Metrics::new());
+    if let Some(rules) = file.confirm.clone() {
+        enforcer = enforcer.with_confirmation(rules)?;
+    }
+    let enforcer = Arc::new(enforcer);
+    if let Some(m) = feed.as_ref().and_then(Feed::accepted) {
+        enforcer.metrics().set_fresh_until(m.expires);
+    }
+    Ok((enforcer, feed))
+}
+
+/// The warning to print for a filter past its expiry, if it is: it is still enforced,
+/// but may miss newly listed files.
+pub fn expiry_warning(info: &FilterInfo) -> Option<String> {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    info.is_expired(now).then(|| {
+        let ago = humantime::format_duration(Duration::from_secs(now - info.expires));
+        format!(
+            "WARNING: filter {} version {} EXPIRED {ago} ago. It is still enforced, but it \
+             may miss newly listed files: fetch a current filter from your authority.",
+            info.series, info.version
+        )
+    })
+}
+
+/// Opens the feed: resumes the version persisted in the state directory, or fetches the
+/// first one (and fails if it cannot: a server without a filter cannot decide).
+async fn follow(url: &str, file: &FileConfig) -> Result<(FilterEngine, Feed), Error> {
+    let root = file.root.clone().ok_or_else(|| {
+        Error::Config("--feed needs --root (or `root` in the config file)".into())
+    })?;
+    let config = FeedConfig {
+        url: url.to_string(),
+        root,
+        state_dir: file
+            .state_dir
+            .clone()
+            .unwrap_or_else(|| "hashgate-state".into()),
+        poll: Duration::from_secs(file.feed_poll_secs.unwrap_or(300)),
+        timeout: Duration::from_secs(file.feed_timeout_secs.unwrap_or(60)),
+        ca: file.feed_ca.clone(),
+    };
+    let mut feed = Feed::new(config, Limits::default())?;
+    if let Some(engine) = feed.resume()? {
+        let info = engine.info();
+        eprintln!(
+            "feed: resumed {} version {} from the state directory",
+            info.series, info.version
+        );
+        return Ok((engine, feed));
+    }
+    match feed.update().await {
+        Ok(Update::Applied(applied)) => Ok((applied.engine, feed)),
+        Ok(_) => Err(Error::Feed("the feed gave no filter".into())),
+        Err(e) => Err(Error::Feed(format!(
+            "fetching the first filter from the feed: {}",
+            e.error
+        ))),
+    }
+}
+
+/// Starts the admin listener if one is configured, announcing its address on stderr.
+async fn start_admin(
+    file: &FileConfig,
+    enforcer: &Arc<Enforcer>,
+) -> Result<Option<std::net::SocketAddr>, Error> {
+    let Some(addr) = &file.admin else {
+        return Ok(None);
+    };
+    let failed = |e: std::io::Error| Error::Serve(format!("admin listener on {addr}: {e}"));
+    let listener = tokio::net::TcpListener::bind(addr).await.map_err(failed)?;
+    let local = listener.local_addr().map_err(failed)?;
+    eprintln!("admin on http://{local} (/metrics, /healthz, /readyz)");
+    tokio::spawn(crate::admin::serve_admin(listener, enforcer.clone()));
+    Ok(Some(local))
+}
+
+/// On every SIGHUP: reopens the audit and report logs (logrotate renamed them) and
+/// rereads the TLS certificate, if one is served (a bad new one is logged and the old
+/// one stays in use; connections already up keep the one they started with).
+async fn on_hangup(enforcer: Arc<Enforcer>, tls: Option<Arc<CertStore>>) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let Ok(mut hup) = signal(SignalKind::hangup()) else {
+        tracing::error!(
+            "cannot install the SIGHUP handler; log reopening and certificate reload are off"
+        );
+        return;
+    };
+    while hup.recv().await.is_some() {
+        enforcer.reopen_logs();
+        let Some(store) = &tls else { continue };
+        match store.reload() {
+            Ok(()) => eprintln!("TLS certificate reloaded"),
+            Err(e) => {
+                tracing::error!(error = %e, "TLS certificate reload failed; keeping the old one")
+            }
+        }
+    }
+}
+
+/// Resolves on SIGTERM or Ctrl-C (or never, if neither can be listened for: logged).
+pub async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = match signal(SignalKind::terminate()) {
+        Ok(term) => term,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot install the SIGTERM handler");
+            let _ = tokio::signal::ctrl_c().await;
+            return;
+        }
+    };
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
+}
