@@ -65,11 +65,11 @@ enum Command {
     },
     /// Run the inline upload gateway: a streaming reverse proxy (or embedded store) that
     /// refuses listed uploads with 451 before they are stored complete.
-    Gateway(Box<GatewayArgs>),
+    Gateway(Box<crate::gateway::GatewayArgs>),
     /// Run an ICAP server (RFC 3507) for an existing proxy such as Squid: REQMOD at
     /// icap://ADDR/reqmod, RESPMOD at icap://ADDR/respmod; listed bodies are refused with
     /// an encapsulated 451.
-    Icap(Box<IcapArgs>),
+    Icap(Box<crate::icap::IcapArgs>),
     /// Upload the canary file through a running gateway: exit 0 if it was blocked, 1 if
     /// it was let through, 2 on error.
     Selftest {
@@ -120,129 +120,6 @@ struct BuildArgs {
     /// Digest lists: [algorithm:]hex[,category] per line, or ClamAV .hdb/.hsb files.
     #[arg(required = true)]
     lists: Vec<PathBuf>,
-}
-
-/// What every serving front-end (gateway, ICAP server) needs to enforce: the filter, the
-/// policy, the audit log, the admin listener.
-#[derive(clap::Args, Debug, Default)]
-pub struct EnforceArgs {
-    /// TOML configuration file (see README.md); flags override it.
-    #[arg(long)]
-    pub config: Option<PathBuf>,
-    /// The signed filter snapshot.
-    #[arg(long)]
-    pub filter: Option<PathBuf>,
-    /// The authority's public key.
-    #[arg(long = "pub")]
-    pub public_key: Option<PathBuf>,
-    /// Follow the authority's feed at this manifest URL instead of a fixed --filter
-    /// (needs --root; see docs/PROTOCOL.md).
-    #[arg(long, conflicts_with_all = ["filter", "public_key"])]
-    pub feed: Option<String>,
-    /// The authority's root of trust for --feed (a root file from `hashgate root`).
-    #[arg(long)]
-    pub root: Option<PathBuf>,
-    /// Where the feed's accepted version is kept across restarts.
-    #[arg(long)]
-    pub state_dir: Option<PathBuf>,
-    /// How often to poll the feed (the manifest's minimum interval wins if longer).
-    #[arg(long, value_parser = humantime::parse_duration)]
-    pub feed_poll: Option<Duration>,
-    /// A private CA (PEM) to trust for an https feed.
-    #[arg(long)]
-    pub feed_ca: Option<PathBuf>,
-    /// Deadline of one feed download.
-    #[arg(long, value_parser = humantime::parse_duration)]
-    pub feed_timeout: Option<Duration>,
-    /// Confirm filter hits with the authority's range API at this URL (blocking still
-    /// acts on the filter hit; quarantine and reports wait for confirmation; the
-    /// `[confirm]` table of the config file sets each).
-    #[arg(long)]
-    pub confirm: Option<String>,
-    /// File holding the bearer token for --confirm.
-    #[arg(long, requires = "confirm")]
-    pub confirm_token_file: Option<PathBuf>,
-    /// Admin listener address (/metrics, /healthz, /readyz).
-    #[arg(long)]
-    pub admin: Option<String>,
-    /// Serving threads, each with its own event loop (default: one per core, or
-    /// HASHGATE_WORKER_THREADS).
-    #[arg(long)]
-    pub workers: Option<usize>,
-    /// Audit log (JSON lines, fsynced per record).
-    #[arg(long)]
-    pub audit_log: Option<PathBuf>,
-    /// Allow-list of exact digests that override hits.
-    #[arg(long)]
-    pub allow_list: Option<PathBuf>,
-    /// Only audit and count hits, never block (same as `actions.default = "monitor"`).
-    #[arg(long)]
-    pub monitor: bool,
-}
-
-#[derive(clap::Args, Debug)]
-pub struct GatewayArgs {
-    /// Client listener address.
-    #[arg(long)]
-    pub listen: Option<String>,
-    /// Origin base URL, e.g. http://127.0.0.1:9000 or https://storage.example
-    #[arg(long, conflicts_with = "store")]
-    pub origin: Option<String>,
-    /// Embedded store directory (the default backend when no origin is given).
-    #[arg(long)]
-    pub store: Option<PathBuf>,
-    /// Serve https with this PEM certificate chain (reloaded on SIGHUP).
-    #[arg(long, requires = "tls_key")]
-    pub tls_cert: Option<PathBuf>,
-    /// The PEM private key of --tls-cert.
-    #[arg(long, requires = "tls_cert")]
-    pub tls_key: Option<PathBuf>,
-    /// A private CA (PEM) to trust for an https origin, besides the platform's roots.
-    #[arg(long)]
-    pub origin_ca: Option<PathBuf>,
-    /// Inspect GET responses from the origin too (CDN cache fill, downloads).
-    #[arg(long)]
-    pub scan_responses: bool,
-    /// S3 origin: spool multipart-upload parts here and check the whole object before
-    /// forwarding CompleteMultipartUpload.
-    #[arg(long)]
-    pub s3_spool: Option<PathBuf>,
-    /// Keep a copy of every blocked upload here (evidence; never served).
-    #[arg(long)]
-    pub quarantine: Option<PathBuf>,
-    /// Check the configuration, the filter and the keys, say what would be served, and
-    /// exit (0: fine, 2: what is wrong), like `nginx -t`.
-    #[arg(long)]
-    pub check_config: bool,
-    #[command(flatten)]
-    pub enforce: EnforceArgs,
-}
-
-#[derive(clap::Args, Debug)]
-pub struct IcapArgs {
-    /// ICAP listener address (default 127.0.0.1:1344; services /reqmod and /respmod).
-    #[arg(long)]
-    pub listen: Option<String>,
-    /// HTTP status of the refusal sent for a listed body: 451 (default) or 403.
-    #[arg(long)]
-    pub block_status: Option<u16>,
-    /// Serve ICAPS (ICAP over TLS; port 11344 by convention) with this PEM certificate
-    /// chain (reloaded on SIGHUP).
-    #[arg(long, requires = "tls_key")]
-    pub tls_cert: Option<PathBuf>,
-    /// The PEM private key of --tls-cert.
-    #[arg(long, requires = "tls_cert")]
-    pub tls_key: Option<PathBuf>,
-    /// Preview size advertised to clients, in bytes (default 32768; Squid stalls on a
-    /// preview as large as its 64 KiB body buffer).
-    #[arg(long)]
-    pub preview: Option<usize>,
-    /// Check the configuration, the filter and the keys, say what would be served, and
-    /// exit (0: fine, 2: what is wrong), like `nginx -t`.
-    #[arg(long)]
-    pub check_config: bool,
-    #[command(flatten)]
-    pub enforce: EnforceArgs,
 }
 
 #[derive(clap::Args, Debug)]
@@ -327,17 +204,6 @@ pub fn keygen(out: &Path, force: bool) -> Result<(PathBuf, PathBuf)> {
     Ok((keys.secret, keys.public))
 }
 
-/// Unix seconds now, or `SOURCE_DATE_EPOCH` when set (reproducible builds).
-pub fn creation_time() -> Result<u64> {
-    match std::env::var("SOURCE_DATE_EPOCH") {
-        Ok(v) => v
-            .trim()
-            .parse()
-            .with_context(|| format!("SOURCE_DATE_EPOCH={v:?} is not a number of seconds")),
-        Err(_) => Ok(now()),
-    }
-}
-
 fn now() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -361,7 +227,7 @@ fn time_text(t: u64) -> String {
 
 fn build_cmd(args: BuildArgs) -> Result<()> {
     let key = SecretKey::read(&args.key)?;
-    let created = creation_time()?;
+    let created = hashgate_authority::creation_time()?;
     // Checked before anything is written: a validity no date can express is a mistake.
     let expires = created
         .checked_add(args.expires.as_secs().max(1))

@@ -34,7 +34,8 @@ pub fn run(dir: Option<PathBuf>, listen: &str, scan_only: bool) -> Result<ExitCo
 
     println!("1. The authority makes a signing key pair.");
     let key_base = dir.join("demo-authority");
-    let (secret_path, public_path) = crate::cli::keygen(&key_base, true)?;
+    let keys = hashgate_authority::keys::generate(&key_base, true)?;
+    let (secret_path, public_path) = (keys.secret, keys.public);
     let key = SecretKey::read(&secret_path)?;
 
     println!("\n2. Sample files are made: two will be listed, the rest are clean.");

@@ -7,8 +7,47 @@ use anyhow::{Context, Result};
 use hashgate_host::config::FileConfig;
 use hashgate_host::serve::Front;
 
-use crate::cli::GatewayArgs;
-use crate::serve;
+use std::path::PathBuf;
+
+use crate::serve::{self, EnforceArgs};
+
+#[derive(clap::Args, Debug)]
+pub struct GatewayArgs {
+    /// Client listener address.
+    #[arg(long)]
+    pub listen: Option<String>,
+    /// Origin base URL, e.g. http://127.0.0.1:9000 or https://storage.example
+    #[arg(long, conflicts_with = "store")]
+    pub origin: Option<String>,
+    /// Embedded store directory (the default backend when no origin is given).
+    #[arg(long)]
+    pub store: Option<PathBuf>,
+    /// Serve https with this PEM certificate chain (reloaded on SIGHUP).
+    #[arg(long, requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// The PEM private key of --tls-cert.
+    #[arg(long, requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+    /// A private CA (PEM) to trust for an https origin, besides the platform's roots.
+    #[arg(long)]
+    pub origin_ca: Option<PathBuf>,
+    /// Inspect GET responses from the origin too (CDN cache fill, downloads).
+    #[arg(long)]
+    pub scan_responses: bool,
+    /// S3 origin: spool multipart-upload parts here and check the whole object before
+    /// forwarding CompleteMultipartUpload.
+    #[arg(long)]
+    pub s3_spool: Option<PathBuf>,
+    /// Keep a copy of every blocked upload here (evidence; never served).
+    #[arg(long)]
+    pub quarantine: Option<PathBuf>,
+    /// Check the configuration, the filter and the keys, say what would be served, and
+    /// exit (0: fine, 2: what is wrong), like `nginx -t`.
+    #[arg(long)]
+    pub check_config: bool,
+    #[command(flatten)]
+    pub enforce: EnforceArgs,
+}
 
 pub fn run(args: GatewayArgs) -> Result<()> {
     let flags = FileConfig {

@@ -207,7 +207,7 @@ pub fn run(args: PublishArgs) -> Result<()> {
         fp_rate: args.fp_rate,
         root: args.root,
         keys,
-        now: crate::cli::creation_time()?,
+        now: hashgate_authority::creation_time()?,
         manifest_lifetime: args.expires.as_secs(),
         snapshot_lifetime: args.snapshot_expires.as_secs(),
         min_poll_seconds: args.min_poll.as_secs(),

@@ -32,3 +32,18 @@ pub use hashgate_guest::BuildParams;
 pub fn canary_content() -> &'static [u8] {
     hashgate_guest::canary::CONTENT
 }
+
+/// The creation time to write: `SOURCE_DATE_EPOCH` when set (reproducible builds: the
+/// same inputs give byte-identical files), else now, in Unix seconds.
+pub fn creation_time() -> Result<u64, Error> {
+    match std::env::var("SOURCE_DATE_EPOCH") {
+        Ok(v) => v.trim().parse().map_err(|_| {
+            Error::Config(format!(
+                "SOURCE_DATE_EPOCH={v:?} is not a number of seconds"
+            ))
+        }),
+        Err(_) => Ok(std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs())),
+    }
+}
