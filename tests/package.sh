@@ -56,6 +56,10 @@ getent passwd hashgate >/dev/null || fail "no hashgate user"
 for d in /var/lib/hashgate/gateway /var/log/hashgate /var/cache/hashgate/gateway; do
   [ "$(stat -c %U "$d")" = hashgate ] || fail "$d is not the hashgate user's"
 done
+# The configs may hold secrets: the services' group reads them, no one else does.
+for f in /etc/hashgate/gateway.toml /etc/hashgate/icap.toml; do
+  [ "$(stat -c '%a %U %G' "$f")" = "640 root hashgate" ] || fail "$f is $(stat -c '%a %U %G' "$f")"
+done
 
 echo "package test: systemd-analyze verify"
 out=$(systemd-analyze verify /lib/systemd/system/hashgate-gateway.service \

@@ -212,7 +212,7 @@ impl FileConfig {
     /// (`actions`: `--monitor` is `actions = { default = "monitor" }`), except
     /// `[icap]`, merged key by key, and `[confirm]`, of which `over` sets only the URL
     /// and the token file. What `over` names replaces what excludes it in the file: a
-    /// filter a feed and a feed the filter and key; an origin the store and a store the
+    /// filter a feed, and a feed the filter and key; an origin the store and a store the
     /// origin; so that what the command line names is what is used.
     ///
     /// ```
@@ -230,7 +230,7 @@ impl FileConfig {
     /// assert!(merged.feed.is_none() && merged.filter.is_some());
     /// ```
     pub fn overlay(mut self, over: FileConfig) -> FileConfig {
-        if over.filter.is_some() || over.public_key.is_some() {
+        if over.filter.is_some() {
             self.feed = None;
         }
         if over.feed.is_some() {
@@ -360,6 +360,15 @@ mod tests {
             ..Default::default()
         });
         assert!(merged.filter.is_none() && merged.public_key.is_none());
+        assert!(merged.feed.is_some());
+    }
+
+    #[test]
+    fn a_key_flag_alone_keeps_the_configured_feed() {
+        let merged = parse(r#"feed = "https://feed/manifest.json""#).overlay(FileConfig {
+            public_key: Some("/a.pub".into()),
+            ..Default::default()
+        });
         assert!(merged.feed.is_some());
     }
 
