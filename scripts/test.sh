@@ -30,6 +30,7 @@ command -v systemd-analyze >/dev/null 2>&1 || need+=(systemd)
 command -v logrotate >/dev/null 2>&1 || [ -x /usr/sbin/logrotate ] || need+=(logrotate)
 command -v adduser >/dev/null 2>&1 || [ -x /usr/sbin/adduser ] || need+=(adduser)
 command -v setpriv >/dev/null 2>&1 || need+=(util-linux)
+command -v strace >/dev/null 2>&1 || need+=(strace)
 # The S3 tests drive boto3 and the AWS CLI (PyPI) against s3s-fs (crates.io; ~4 min to build on 2 cores).
 # One pip run, pinned, so that boto3 and the AWS CLI get botocore versions that agree.
 { python3 -c 'import boto3' 2>/dev/null && command -v aws >/dev/null 2>&1; } ||

@@ -8,6 +8,8 @@
 #     no new privileges), serves from the installed configs: the gateway refuses the
 #     canary and audits it, the ICAP server answers OPTIONS;
 #   - logrotate rotates the audit log and SIGHUP makes the gateway write to the new one;
+#   - every system call the gateway makes meanwhile (strace) is one the units'
+#     SystemCallFilter allows, so the filter cannot kill it in production;
 #   - `dpkg -r` and `dpkg -P` leave the state and the audit behind.
 # Servers are not started by systemd here (no systemd runs in this container), so the
 # units' sandboxing itself is what `systemd-analyze verify` checks, not what is run.
@@ -96,10 +98,14 @@ grep -q "configuration ok" "$work/check.out" || fail "gateway: $(cat "$work/chec
 "${as_unit[@]}" /usr/bin/hashgate icap --config /etc/hashgate/icap.toml --check-config \
   >"$work/check.out" 2>&1 || fail "icap --check-config: $(cat "$work/check.out")"
 
-echo "package test: the gateway from /etc/hashgate/gateway.toml"
-"${as_unit[@]}" /usr/bin/hashgate gateway --config /etc/hashgate/gateway.toml 2>"$work/gateway.log" &
+echo "package test: the gateway from /etc/hashgate/gateway.toml (under strace)"
+strace -f -qq -o "$work/syscalls" "${as_unit[@]}" /usr/bin/hashgate gateway \
+  --config /etc/hashgate/gateway.toml 2>"$work/gateway.log" &
 pids+=($!)
-gateway=$!
+# The gateway itself (strace's child) gets the signals.
+gateway_pid() { pgrep -u hashgate -f 'hashgate gateway --config /etc/hashgate/gateway.toml'; }
+wait_for "the gateway's process" eval 'gateway_pid >/dev/null'
+gateway=$(gateway_pid)
 wait_for "the gateway's ready line" grep -q "^hashgate gateway on http://0.0.0.0:8080" "$work/gateway.log"
 audit=/var/log/hashgate/gateway-audit.jsonl
 /usr/bin/hashgate selftest http://127.0.0.1:8080/selftest >"$work/selftest.out" 2>&1 ||
@@ -120,6 +126,56 @@ reopened() {
 }
 wait_for "an audit record in the new $audit" reopened
 kill -0 "$gateway" || fail "the gateway died on SIGHUP"
+# A clean upload too (the configured origin is not there: a 502, after inspection).
+head -c 300000 /dev/urandom >"$work/clean.bin"
+code=$(curl -s -o /dev/null -w '%{http_code}' -T "$work/clean.bin" http://127.0.0.1:8080/clean.bin)
+[ "$code" = 502 ] || fail "a clean upload to the absent origin got $code"
+
+echo "package test: every system call made is allowed by the units' SystemCallFilter"
+kill "$gateway"
+wait_for "the gateway to exit" bash -c "! kill -0 $gateway 2>/dev/null"
+python3 - "$work/syscalls" /lib/systemd/system/hashgate-gateway.service <<'PY' || fail "system calls outside the filter"
+import re, subprocess, sys
+# Every group systemd knows, expanded (groups name groups).
+groups, current = {}, None
+for line in subprocess.run(["systemd-analyze", "syscall-filter"], capture_output=True,
+                           text=True, check=True).stdout.splitlines():
+    word = line.strip()
+    if not word or word.startswith("#"):
+        continue
+    if not line.startswith(" "):
+        current = groups.setdefault(word, [])
+    else:
+        current.append(word)
+def expand(name, seen=()):
+    if not name.startswith("@"):
+        return {name}
+    out = set()
+    for member in groups[name]:
+        if member not in seen:
+            out |= expand(member, seen + (name,))
+    return out
+allowed = set()
+for line in open(sys.argv[2]):
+    if line.startswith("SystemCallFilter="):
+        spec = line.split("=", 1)[1].strip()
+        deny = spec.startswith("~")
+        names = set().union(*(expand(n) for n in spec.lstrip("~").split()))
+        allowed = allowed - names if deny else allowed | names
+# What strace shows before setpriv's exec of the binary is setpriv's own (it drops the
+# privileges the unit never has); the gateway's calls start at that execve.
+made, started = set(), False
+for line in open(sys.argv[1]):
+    started = started or 'execve("/usr/bin/hashgate"' in line
+    m = re.match(r"\d+\s+([a-z0-9_]+)\(", line)
+    if started and m:
+        made.add(m.group(1))
+outside = sorted(made - allowed)
+print(f"{len(made)} distinct system calls made, {len(allowed)} allowed")
+if outside:
+    print("not allowed:", " ".join(outside))
+    sys.exit(1)
+PY
 
 echo "package test: the ICAP server from /etc/hashgate/icap.toml"
 "${as_unit[@]}" /usr/bin/hashgate icap --config /etc/hashgate/icap.toml 2>"$work/icap.log" &
@@ -131,7 +187,7 @@ IFS= read -r -t 10 status <&3 || fail "no answer to OPTIONS"
 exec 3>&-
 [[ "$status" == "ICAP/1.0 200"* ]] || fail "OPTIONS answered: $status"
 
-for p in "${pids[@]}"; do kill "$p"; wait "$p" 2>/dev/null || true; done
+for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; wait "$p" 2>/dev/null || true; done
 pids=()
 
 echo "package test: dpkg -r, dpkg -P"
