@@ -6,10 +6,10 @@
 #   - `systemd-analyze verify` accepts both units, and they carry the hardening;
 #   - the installed binary, run as the units run it (the hashgate user, no capabilities,
 #     no new privileges), serves from the installed configs: the gateway refuses the
-#     canary and audits it, the ICAP server answers OPTIONS;
+#     canary and audits it, the ICAP server answers OPTIONS and refuses the canary;
 #   - logrotate rotates the audit log and SIGHUP makes the gateway write to the new one;
-#   - every system call the gateway makes meanwhile (strace) is one the units'
-#     SystemCallFilter allows, so the filter cannot kill it in production;
+#   - every system call the gateway and the ICAP server make meanwhile (strace) is one
+#     their unit's SystemCallFilter allows, so the filter cannot kill them in production;
 #   - `dpkg -r` and `dpkg -P` leave the state and the audit behind.
 # Servers are not started by systemd here (no systemd runs in this container), so the
 # units' sandboxing itself is what `systemd-analyze verify` checks, not what is run.
@@ -85,6 +85,53 @@ head -c 32 /dev/urandom | sha256sum | cut -d' ' -f1 >"$work/list.txt"
 install -m 0644 "$work/f.hgf" /var/lib/hashgate/filter.hgf
 install -m 0644 "$work/authority.pub" /etc/hashgate/authority.pub
 
+# Whether every system call in the strace log $1, from the traced binary's execve on, is
+# one unit $2's SystemCallFilter lines allow.
+check_syscalls() {
+  python3 - "$1" "/lib/systemd/system/$2.service" <<'PY' || fail "$2: system calls outside its SystemCallFilter"
+import re, subprocess, sys
+# Every group systemd knows, expanded (groups name groups).
+groups, current = {}, None
+for line in subprocess.run(["systemd-analyze", "syscall-filter"], capture_output=True,
+                           text=True, check=True).stdout.splitlines():
+    word = line.strip()
+    if not word or word.startswith("#"):
+        continue
+    if not line.startswith(" "):
+        current = groups.setdefault(word, [])
+    else:
+        current.append(word)
+def expand(name, seen=()):
+    if not name.startswith("@"):
+        return {name}
+    out = set()
+    for member in groups[name]:
+        if member not in seen:
+            out |= expand(member, seen + (name,))
+    return out
+allowed = set()
+for line in open(sys.argv[2]):
+    if line.startswith("SystemCallFilter="):
+        spec = line.split("=", 1)[1].strip()
+        deny = spec.startswith("~")
+        names = set().union(*(expand(n) for n in spec.lstrip("~").split()))
+        allowed = allowed - names if deny else allowed | names
+# What strace shows before setpriv's exec of the binary is setpriv's own (it drops the
+# privileges the unit never has); the gateway's calls start at that execve.
+made, started = set(), False
+for line in open(sys.argv[1]):
+    started = started or 'execve("/usr/bin/hashgate"' in line
+    m = re.match(r"\d+\s+([a-z0-9_]+)\(", line)
+    if started and m:
+        made.add(m.group(1))
+outside = sorted(made - allowed)
+print(f"{len(made)} distinct system calls made, {len(allowed)} allowed")
+if outside:
+    print("not allowed:", " ".join(outside))
+    sys.exit(1)
+PY
+}
+
 # As the units run it: the hashgate user, no capabilities at all, no new privileges.
 # (An array, not a function: a function run with & would be a subshell, and signals
 # meant for the server would go to it.)
@@ -134,51 +181,11 @@ code=$(curl -s -o /dev/null -w '%{http_code}' -T "$work/clean.bin" http://127.0.
 echo "package test: every system call made is allowed by the units' SystemCallFilter"
 kill "$gateway"
 wait_for "the gateway to exit" bash -c "! kill -0 $gateway 2>/dev/null"
-python3 - "$work/syscalls" /lib/systemd/system/hashgate-gateway.service <<'PY' || fail "system calls outside the filter"
-import re, subprocess, sys
-# Every group systemd knows, expanded (groups name groups).
-groups, current = {}, None
-for line in subprocess.run(["systemd-analyze", "syscall-filter"], capture_output=True,
-                           text=True, check=True).stdout.splitlines():
-    word = line.strip()
-    if not word or word.startswith("#"):
-        continue
-    if not line.startswith(" "):
-        current = groups.setdefault(word, [])
-    else:
-        current.append(word)
-def expand(name, seen=()):
-    if not name.startswith("@"):
-        return {name}
-    out = set()
-    for member in groups[name]:
-        if member not in seen:
-            out |= expand(member, seen + (name,))
-    return out
-allowed = set()
-for line in open(sys.argv[2]):
-    if line.startswith("SystemCallFilter="):
-        spec = line.split("=", 1)[1].strip()
-        deny = spec.startswith("~")
-        names = set().union(*(expand(n) for n in spec.lstrip("~").split()))
-        allowed = allowed - names if deny else allowed | names
-# What strace shows before setpriv's exec of the binary is setpriv's own (it drops the
-# privileges the unit never has); the gateway's calls start at that execve.
-made, started = set(), False
-for line in open(sys.argv[1]):
-    started = started or 'execve("/usr/bin/hashgate"' in line
-    m = re.match(r"\d+\s+([a-z0-9_]+)\(", line)
-    if started and m:
-        made.add(m.group(1))
-outside = sorted(made - allowed)
-print(f"{len(made)} distinct system calls made, {len(allowed)} allowed")
-if outside:
-    print("not allowed:", " ".join(outside))
-    sys.exit(1)
-PY
+check_syscalls "$work/syscalls" hashgate-gateway
 
-echo "package test: the ICAP server from /etc/hashgate/icap.toml"
-"${as_unit[@]}" /usr/bin/hashgate icap --config /etc/hashgate/icap.toml 2>"$work/icap.log" &
+echo "package test: the ICAP server from /etc/hashgate/icap.toml (under strace)"
+strace -f -qq -o "$work/icap-syscalls" "${as_unit[@]}" /usr/bin/hashgate icap \
+  --config /etc/hashgate/icap.toml 2>"$work/icap.log" &
 pids+=($!)
 wait_for "the ICAP server's ready line" grep -q "^hashgate icap on icap://127.0.0.1:1344" "$work/icap.log"
 exec 3<>/dev/tcp/127.0.0.1/1344
@@ -186,6 +193,23 @@ printf 'OPTIONS icap://127.0.0.1:1344/reqmod ICAP/1.0\r\nHost: 127.0.0.1\r\nEnca
 IFS= read -r -t 10 status <&3 || fail "no answer to OPTIONS"
 exec 3>&-
 [[ "$status" == "ICAP/1.0 200"* ]] || fail "OPTIONS answered: $status"
+# A REQMOD of the canary: refused, in an encapsulated 451.
+/usr/bin/hashgate canary --out "$work/canary.txt" >/dev/null 2>&1
+len=$(stat -c %s "$work/canary.txt")
+http=$(printf 'PUT http://origin.example/c.txt HTTP/1.1\r\nHost: origin.example\r\nContent-Length: %d\r\n\r\n' "$len")
+exec 3<>/dev/tcp/127.0.0.1/1344
+{
+  printf 'REQMOD icap://127.0.0.1:1344/reqmod ICAP/1.0\r\nHost: 127.0.0.1\r\nAllow: 204\r\n'
+  printf 'Encapsulated: req-hdr=0, req-body=%d\r\n\r\n%s' "${#http}" "$http"
+  printf '%x\r\n' "$len"; cat "$work/canary.txt"; printf '\r\n0\r\n\r\n'
+} >&3
+answer=$(timeout 10 head -c 300 <&3 || true)
+exec 3>&-
+grep -q "HTTP/1.1 451" <<<"$answer" || fail "REQMOD of the canary answered: $answer"
+icap_pid=$(pgrep -u hashgate -f 'hashgate icap --config /etc/hashgate/icap.toml')
+kill "$icap_pid"
+wait_for "the ICAP server to exit" bash -c "! kill -0 $icap_pid 2>/dev/null"
+check_syscalls "$work/icap-syscalls" hashgate-icap
 
 for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; wait "$p" 2>/dev/null || true; done
 pids=()
