@@ -924,10 +924,13 @@ fn check_config_validates_without_serving() {
     filter[mid] ^= 1;
     std::fs::write(s.path("f.hgf"), filter).unwrap();
     let out = s.gateway_run(&["--check-config", "--store", store.to_str().unwrap()]);
-    assert_eq!(
-        out.status.code(),
-        Some(2),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    // The error names the file that failed, once.
+    let named = s.path("f.hgf").display().to_string();
+    assert!(
+        stderr.contains(&format!("loading {named}: signature check failed")),
+        "{stderr}"
     );
+    assert_eq!(stderr.matches(&named).count(), 1, "{stderr}");
 }

@@ -37,6 +37,15 @@ pub enum Error {
         /// The file.
         path: PathBuf,
     },
+    /// Occurs when the filter snapshot a configuration names cannot be verified or
+    /// loaded (a file that cannot be read is an [`Error::Io`], which names it already).
+    #[error("loading {}: {error}", path.display())]
+    Filter {
+        /// The snapshot file.
+        path: PathBuf,
+        /// Why.
+        error: Box<Error>,
+    },
     /// Occurs when the guest refuses a snapshot (malformed, unsupported, corrupt).
     #[error("the filter guest refused the snapshot: {0}")]
     Load(String),
@@ -85,6 +94,18 @@ impl From<hashgate_trust::Error> for Error {
 }
 
 impl Error {
+    /// `error`, met loading the filter at `path`, as it is reported: an [`Error::Io`]
+    /// names the file already, anything else becomes an [`Error::Filter`].
+    pub(crate) fn loading(path: &std::path::Path, error: Error) -> Error {
+        match error {
+            e @ Error::Io { .. } => e,
+            e => Error::Filter {
+                path: path.to_path_buf(),
+                error: Box::new(e),
+            },
+        }
+    }
+
     pub(crate) fn io(path: impl Into<PathBuf>, source: io::Error) -> Error {
         Error::Io {
             path: path.into(),

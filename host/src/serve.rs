@@ -195,7 +195,8 @@ pub async fn enforcer(file: &FileConfig) -> Result<(Arc<Enforcer>, Option<Feed>)
             })?;
             let key = PublicKey::read(public_key)?;
             let runtime = Arc::new(Runtime::new(Limits::default())?);
-            let engine = FilterEngine::open(runtime, filter, &key)?;
+            let engine =
+                FilterEngine::open(runtime, filter, &key).map_err(|e| Error::loading(filter, e))?;
             if let Some(warning) = expiry_warning(engine.info()) {
                 eprintln!("{warning}");
             }

@@ -38,25 +38,12 @@ pub struct Job<'a> {
 #[derive(Debug, thiserror::Error)]
 pub enum JobError {
     /// Occurs when the filter cannot be read, verified or loaded, or changes on disk
-    /// while the scan starts.
-    #[error("{}", filter_message(path, error))]
-    Filter {
-        /// The filter file.
-        path: PathBuf,
-        /// What went wrong.
-        error: Error,
-    },
+    /// while the scan starts ([`Error::Io`] or [`Error::Filter`], naming the file).
+    #[error(transparent)]
+    Filter(Error),
     /// Occurs when the allow-list or the audit log cannot be opened.
     #[error(transparent)]
     Setup(Error),
-}
-
-fn filter_message(path: &Path, error: &Error) -> String {
-    match error {
-        // Already names the file.
-        Error::Io { .. } => error.to_string(),
-        _ => format!("loading {}: {error}", path.display()),
-    }
 }
 
 /// What a finished scan found, and with which filter.
@@ -71,10 +58,7 @@ pub struct Finished {
 /// Runs `job`, reporting each finding to `on_event` as it is made: first one
 /// [`Event::Listed`], then the rest from the hashing threads.
 pub fn run(job: &Job<'_>, on_event: &(dyn Fn(Event<'_>) + Sync)) -> Result<Finished, JobError> {
-    let failed = |error| JobError::Filter {
-        path: job.filter.to_path_buf(),
-        error,
-    };
+    let failed = |error| JobError::Filter(Error::loading(job.filter, error));
     // Which digests to compute, from the header alone: the signature is checked (and
     // the filter loaded) meanwhile, and nothing is decided before it is.
     let algorithms = describe(&job.runtime, job.filter)
