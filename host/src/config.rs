@@ -273,11 +273,17 @@ impl FileConfig {
     }
 
     /// The response-report cache both front-ends keep (entries, how long one is
-    /// trusted): `response_cache_entries`, `response_cache_secs`.
-    pub fn response_cache(&self) -> (usize, std::time::Duration) {
+    /// trusted): `response_cache_entries`, `response_cache_secs`, each over the
+    /// front-end's default given.
+    pub fn response_cache(
+        &self,
+        entries: usize,
+        ttl: std::time::Duration,
+    ) -> (usize, std::time::Duration) {
         (
-            self.response_cache_entries.unwrap_or(10_000),
-            std::time::Duration::from_secs(self.response_cache_secs.unwrap_or(300)),
+            self.response_cache_entries.unwrap_or(entries),
+            self.response_cache_secs
+                .map_or(ttl, std::time::Duration::from_secs),
         )
     }
 

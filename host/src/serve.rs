@@ -22,7 +22,7 @@ use crate::icap::{IcapConfig, IcapServer};
 use crate::listener::Listener;
 use crate::tls::CertStore;
 use crate::trust::PublicKey;
-use crate::{Error, FilterEngine, FilterInfo, Limits, Runtime};
+use crate::{Error, FilterEngine, Limits, Runtime};
 
 /// A front-end, its settings resolved.
 #[derive(Clone, Debug)]
@@ -197,7 +197,7 @@ pub async fn enforcer(file: &FileConfig) -> Result<(Arc<Enforcer>, Option<Feed>)
             let runtime = Arc::new(Runtime::new(Limits::default())?);
             let engine =
                 FilterEngine::open(runtime, filter, &key).map_err(|e| Error::loading(filter, e))?;
-            if let Some(warning) = expiry_warning(engine.info()) {
+            if let Some(warning) = engine.info().expiry_warning() {
                 eprintln!("{warning}");
             }
             (engine, None)
@@ -226,22 +226,6 @@ pub async fn enforcer(file: &FileConfig) -> Result<(Arc<Enforcer>, Option<Feed>)
         enforcer.metrics().set_fresh_until(m.expires);
     }
     Ok((enforcer, feed))
-}
-
-/// The warning to print for a filter past its expiry, if it is: it is still enforced,
-/// but may miss newly listed files.
-pub fn expiry_warning(info: &FilterInfo) -> Option<String> {
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs());
-    info.is_expired(now).then(|| {
-        let ago = humantime::format_duration(Duration::from_secs(now - info.expires));
-        format!(
-            "WARNING: filter {} version {} EXPIRED {ago} ago. It is still enforced, but it \
-             may miss newly listed files: fetch a current filter from your authority.",
-            info.series, info.version
-        )
-    })
 }
 
 /// Opens the feed: resumes the version persisted in the state directory, or fetches the

@@ -115,7 +115,8 @@ impl Config {
         config.response_buffer_bytes = file
             .response_buffer_bytes
             .unwrap_or(config.response_buffer_bytes);
-        (config.response_cache_entries, config.response_cache_ttl) = file.response_cache();
+        (config.response_cache_entries, config.response_cache_ttl) =
+            file.response_cache(config.response_cache_entries, config.response_cache_ttl);
         config.s3_spool = file.s3_spool_dir.clone();
         if let Some(dir) = &config.s3_spool {
             if !matches!(config.backend, Backend::Origin(_)) {

@@ -130,7 +130,8 @@ impl IcapConfig {
         config.shutdown_grace = table
             .shutdown_grace_secs
             .map_or(config.shutdown_grace, secs);
-        (config.response_cache_entries, config.response_cache_ttl) = file.response_cache();
+        (config.response_cache_entries, config.response_cache_ttl) =
+            file.response_cache(config.response_cache_entries, config.response_cache_ttl);
         config.tls =
             crate::tls::CertStore::configured(table.tls_cert.as_deref(), table.tls_key.as_deref())?;
         config.validate()?;

@@ -126,4 +126,21 @@ impl FilterInfo {
     pub fn is_expired(&self, now: u64) -> bool {
         now >= self.expires
     }
+
+    /// The warning to print for a filter past its expiry now, if it is: it is still
+    /// enforced, but may miss newly listed files.
+    pub fn expiry_warning(&self) -> Option<String> {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        self.is_expired(now).then(|| {
+            let ago =
+                humantime::format_duration(std::time::Duration::from_secs(now - self.expires));
+            format!(
+                "WARNING: filter {} version {} EXPIRED {ago} ago. It is still enforced, but it \
+                 may miss newly listed files: fetch a current filter from your authority.",
+                self.series, self.version
+            )
+        })
+    }
 }

@@ -75,7 +75,7 @@ pub fn run(job: &Job<'_>, on_event: &(dyn Fn(Event<'_>) + Sync)) -> Result<Finis
                     "the file changed while the scan started".into(),
                 )));
             }
-            if let Some(warning) = crate::serve::expiry_warning(engine.info()) {
+            if let Some(warning) = engine.info().expiry_warning() {
                 eprintln!("{warning}");
             }
             enforcer(engine, job).map_err(JobError::Setup)
@@ -142,9 +142,6 @@ pub fn describe(runtime: &Runtime, filter: &Path) -> Result<FilterInfo, Error> {
     let mut head = Vec::new();
     std::fs::File::open(filter)
         .and_then(|f| f.take(HEAD_MAX).read_to_end(&mut head))
-        .map_err(|e| Error::Io {
-            path: filter.to_path_buf(),
-            error: e,
-        })?;
+        .map_err(|e| Error::io(filter, e))?;
     runtime.describe(&head)
 }
