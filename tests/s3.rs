@@ -29,30 +29,37 @@ fn s3s_fs() -> PathBuf {
 
 /// s3s-fs on a free port, storing under `root`.
 fn s3_server(root: &Path) -> (Killed, u16) {
-    std::fs::create_dir_all(root).unwrap();
     for _ in 0..5 {
         let port = free_port();
-        let child = Command::new(s3s_fs())
-            .args(["--host", "127.0.0.1", "--port", &port.to_string()])
-            .args(["--access-key", ACCESS_KEY, "--secret-key", SECRET_KEY])
-            .arg(root)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("s3s-fs must be installed (scripts/test.sh installs it)");
-        let mut child = Killed(child);
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err()
-            && child.0.try_wait().unwrap().is_none()
-            && Instant::now() < deadline
-        {
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        if child.0.try_wait().unwrap().is_none() {
-            return (child, port);
+        if let Some(server) = s3_server_at(root, port, &[]) {
+            return (server, port);
         }
     }
     panic!("s3s-fs did not start");
+}
+
+/// s3s-fs on `port`, storing under `root`, also taking virtual-hosted-style requests
+/// for `domains`; `None` if it did not start (the port was taken meanwhile).
+fn s3_server_at(root: &Path, port: u16, domains: &[String]) -> Option<Killed> {
+    std::fs::create_dir_all(root).unwrap();
+    let child = Command::new(s3s_fs())
+        .args(["--host", "127.0.0.1", "--port", &port.to_string()])
+        .args(domains.iter().flat_map(|d| ["--domain", d]))
+        .args(["--access-key", ACCESS_KEY, "--secret-key", SECRET_KEY])
+        .arg(root)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("s3s-fs must be installed (scripts/test.sh installs it)");
+    let mut child = Killed(child);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err()
+        && child.0.try_wait().unwrap().is_none()
+        && Instant::now() < deadline
+    {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    child.0.try_wait().unwrap().is_none().then_some(child)
 }
 
 /// One boto3 operation through `endpoint`; what the client script printed.
@@ -62,11 +69,23 @@ fn s3(endpoint: &str, op: &str, args: &[&str]) -> String {
 
 /// [`s3`], trusting the CA bundle `ca` for https endpoints.
 fn s3_with(endpoint: &str, op: &str, args: &[&str], ca: Option<&Path>) -> String {
+    s3_client(endpoint, op, args, ca, "path")
+}
+
+/// One boto3 operation, buckets addressed `addressing` style (`path` or `virtual`).
+fn s3_client(
+    endpoint: &str,
+    op: &str,
+    args: &[&str],
+    ca: Option<&Path>,
+    addressing: &str,
+) -> String {
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/s3_client.py");
     let out = Command::new("python3")
         .arg(script)
         .args([endpoint, "bucket", op])
         .args(args)
+        .env("HG_ADDRESSING", addressing)
         .env("AWS_ACCESS_KEY_ID", ACCESS_KEY)
         .env("AWS_SECRET_ACCESS_KEY", SECRET_KEY)
         .env("AWS_EC2_METADATA_DISABLED", "true")
@@ -92,7 +111,7 @@ fn boto3_uploads_through_the_gateway_listed_objects_never_become_visible() {
     let config = s.path("s3.toml");
     std::fs::write(
         &config,
-        format!("[s3_abort]\naccess_key = \"{ACCESS_KEY}\"\nsecret_key = \"{SECRET_KEY}\"\n"),
+        format!("[s3]\naccess_key = \"{ACCESS_KEY}\"\nsecret_key = \"{SECRET_KEY}\"\n"),
     )
     .unwrap();
     let (_gw, port, _) = s.gateway(
@@ -249,4 +268,232 @@ fn boto3_and_the_aws_cli_over_https_send_aws_chunked_and_the_gateway_decodes_it(
     let audit = std::fs::read_to_string(s.path("audit.log")).unwrap();
     let record: serde_json::Value = serde_json::from_str(audit.lines().next().unwrap()).unwrap();
     assert_eq!(record["size"], std::fs::metadata(&s.listed).unwrap().len());
+}
+
+/// A gateway in S3 mode with the `[s3]` credentials in front of a fresh s3s-fs, its bucket
+/// made; the two endpoints and the s3s-fs root.
+struct Store {
+    _s3: Killed,
+    _gw: Killed,
+    gw: String,
+    direct: String,
+    root: PathBuf,
+    spool: PathBuf,
+}
+
+impl Store {
+    /// With `virtual_hosts`, s3s-fs also takes virtual-hosted-style requests
+    /// (`bucket.localhost:PORT`) and both endpoints are named `localhost`.
+    fn new(s: &Setup, name: &str, credentials: bool, virtual_hosts: bool) -> Store {
+        let root = s.path(&format!("{name}-root"));
+        let spool = s.path(&format!("{name}-spool"));
+        let config = s.path(&format!("{name}.toml"));
+        let table = format!("[s3]\naccess_key = \"{ACCESS_KEY}\"\nsecret_key = \"{SECRET_KEY}\"\n");
+        std::fs::write(&config, if credentials { table.as_str() } else { "" }).unwrap();
+        // The store is told the gateway's port (its domain names carry it), so the
+        // gateway starts first, towards the store's port.
+        let s3_port = free_port();
+        let (gw, port, _) = s.gateway(
+            &["--origin", &format!("http://127.0.0.1:{s3_port}")],
+            &[
+                "--s3-spool",
+                spool.to_str().unwrap(),
+                "--config",
+                config.to_str().unwrap(),
+            ],
+        );
+        let domains: Vec<String> = match virtual_hosts {
+            true => vec![format!("localhost:{port}"), format!("localhost:{s3_port}")],
+            false => vec![],
+        };
+        let server = s3_server_at(&root, s3_port, &domains).expect("s3s-fs did not start");
+        let host = if virtual_hosts {
+            "localhost"
+        } else {
+            "127.0.0.1"
+        };
+        let store = Store {
+            _s3: server,
+            _gw: gw,
+            gw: format!("http://{host}:{port}"),
+            direct: format!("http://{host}:{s3_port}"),
+            root,
+            spool,
+        };
+        assert_eq!(s3(&store.direct, "mkbucket", &[]), "200");
+        store
+    }
+
+    /// The keys the bucket holds, asked of the store itself.
+    fn keys(&self) -> String {
+        s3(&self.direct, "list", &[])
+    }
+
+    /// Uploads still incomplete at the store (s3s-fs keeps their parts as
+    /// `.upload_id-<id>.part-<n>`).
+    fn parts_left(&self) -> Vec<PathBuf> {
+        files_under(&self.root)
+            .into_iter()
+            .filter(|p| p.to_string_lossy().contains(".upload_id-"))
+            .collect()
+    }
+}
+
+fn arg(p: &Path) -> String {
+    p.to_str().unwrap().to_string()
+}
+
+#[test]
+fn s3_pieces_whose_bytes_never_pass_the_gateway_are_read_and_checked() {
+    let s = Setup::new();
+    let files = s.filter_listing("f.hgf", 2, &[("big-listed.bin", 12 << 20)]);
+    let listed = std::fs::read(&files[1]).unwrap();
+    let (half1, half2) = listed.split_at(6 << 20);
+    let junk = std::fs::read(&s.big_clean).unwrap()[..6 << 20].to_vec();
+    let mut half1_plus = half1.to_vec();
+    half1_plus.extend_from_slice(&junk[..1 << 20]);
+    for (name, bytes) in [
+        ("half1", half1),
+        ("half2", half2),
+        ("half1-plus", &half1_plus[..]),
+        ("junk", &junk[..]),
+    ] {
+        std::fs::write(s.path(name), bytes).unwrap();
+    }
+    let store = Store::new(&s, "s3", true, false);
+    let (gw, direct) = (&store.gw, &store.direct);
+    let file = |n: &str| arg(&s.path(n));
+    // Stored before the gateway stood in front, or before the file was listed: straight
+    // to the store.
+    for (key, path) in [
+        ("half1", file("half1")),
+        ("half2", file("half2")),
+        ("half1-plus", file("half1-plus")),
+        ("old-listed", arg(&files[1])),
+    ] {
+        assert_eq!(s3(direct, "put", &[key, &path]), "200");
+    }
+    let script = |key: &str, steps: &[&str]| {
+        let mut args = vec![key];
+        args.extend_from_slice(steps);
+        s3(gw, "script", &args)
+    };
+    let up = |n: u32, name: &str| format!("up:{n}:{}", file(name));
+    let range = format!("cp:1:half1-plus:0-{}", (6 << 20) - 1);
+
+    // Two clean objects, each half of the listed file, copied into one: each copy passes,
+    // the completion does not.
+    assert_eq!(
+        script("k1", &["cp:1:half1", "cp:2:half2", "done"]),
+        "200 200 451"
+    );
+    // A range of a clean object, and an uploaded part.
+    assert_eq!(
+        script("k2", &[&range, &up(2, "half2"), "done"]),
+        "200 200 451"
+    );
+    // A copy of a listed object stored before it was listed.
+    assert_eq!(s3(gw, "copy", &["k3", "old-listed"]), "451");
+    // A clean copy goes through, intact.
+    assert_eq!(s3(gw, "copy", &["k4", "half1"]), "200");
+    assert_eq!(s3(direct, "get", &["k4", &file("got-k4")]), "200");
+    assert_eq!(std::fs::read(s.path("got-k4")).unwrap(), half1);
+    // The completion sent as POST ?partNumber=1&uploadId=...: still a completion.
+    assert_eq!(
+        script("k5", &[&up(1, "half1"), &up(2, "half2"), "done-odd"]),
+        "200 200 451"
+    );
+    // A part uploaded again: the later one counts, both ways.
+    assert_eq!(
+        script(
+            "k6",
+            &[&up(1, "junk"), &up(1, "half1"), &up(2, "half2"), "done"]
+        ),
+        "200 200 200 451"
+    );
+    assert_eq!(
+        script(
+            "k7",
+            &[&up(1, "half1"), &up(1, "junk"), &up(2, "half2"), "done"]
+        ),
+        "200 200 200 200"
+    );
+    assert_eq!(s3(direct, "get", &["k7", &file("got-k7")]), "200");
+    assert_eq!(
+        std::fs::read(s.path("got-k7")).unwrap(),
+        [&junk[..], half2].concat()
+    );
+    // Parts uploaded out of order, completed in order.
+    assert_eq!(
+        script("k8", &[&up(2, "half2"), &up(1, "half1"), "done"]),
+        "200 200 451"
+    );
+    // A completion naming an ETag the gateway did not see for a part: not completed.
+    assert_eq!(
+        script("k9", &[&up(1, "junk"), &up(2, "half2"), "badetag:1"]),
+        "200 200 503"
+    );
+
+    assert_eq!(store.keys(), "half1 half1-plus half2 k4 k7 old-listed");
+    // Every refused upload was aborted by the gateway (k9's refusal was no verdict: the
+    // client still holds its upload).
+    assert_eq!(store.parts_left().len(), 2, "{:?}", store.parts_left());
+    let audit = std::fs::read_to_string(s.path("audit.log")).unwrap();
+    let blocked: Vec<String> = audit
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .filter(|r| r["action"] == "block")
+        .map(|r| r["path"].as_str().unwrap().to_string())
+        .collect();
+    for key in ["k1", "k2", "k3", "k5", "k6", "k8"] {
+        assert!(
+            blocked.contains(&format!("/bucket/{key}")),
+            "{key}: {blocked:?}"
+        );
+    }
+
+    // Without credentials of its own the gateway cannot read a source: no copy passes.
+    let bare = Store::new(&s, "bare", false, false);
+    assert_eq!(s3(&bare.direct, "put", &["half1", &file("half1")]), "200");
+    assert_eq!(s3(&bare.gw, "copy", &["c", "half1"]), "503");
+    assert_eq!(bare.keys(), "half1");
+}
+
+#[test]
+fn s3_requests_stores_may_read_differently_are_refused_unforwarded() {
+    let s = Setup::new();
+    let files = s.filter_listing("f.hgf", 2, &[("big-listed.bin", 12 << 20)]);
+    let store = Store::new(&s, "s3", true, true);
+    let gw = &store.gw;
+    assert_eq!(s3(gw, "put", &["k", &arg(&s.clean)]), "200");
+    for query in [
+        "uploadId=x&uploadId=y",
+        "upload%49d=x",
+        "uploadid=x",
+        "partNumber=1;uploadId=x",
+        "uploads&uploadId=x",
+    ] {
+        assert_eq!(s3(gw, "raw", &["POST", "k", query]), "400", "POST ?{query}");
+    }
+    for query in [
+        "uploadId=x",
+        "partNumber=1",
+        "partNumber=01&uploadId=x",
+        "partNumber=1&partNumber=2&uploadId=x",
+        "acl&partNumber=1&uploadId=x",
+    ] {
+        assert_eq!(s3(gw, "raw", &["PUT", "k", query]), "400", "PUT ?{query}");
+    }
+    let header = |h: &str| s3(gw, "raw", &["PUT", "k2", "", h]);
+    assert_eq!(header("x-amz-copy-source:bucket"), "400");
+    assert_eq!(header("Content-Range:bytes 0-3/10"), "400");
+    // Nothing of it reached the store.
+    assert_eq!(store.keys(), "k");
+
+    // Virtual-hosted style (bucket.localhost): a listed upload is refused and its parts
+    // aborted at the right address.
+    let out = s3_client(gw, "mpu-raw", &["v", &arg(&files[1])], None, "virtual");
+    assert_eq!(out, "451");
+    assert!(store.parts_left().is_empty(), "{:?}", store.parts_left());
+    assert!(files_under(&store.spool).is_empty());
 }

@@ -7,10 +7,19 @@ of the operation (or the keys, for `list`), and never a traceback for an S3 erro
 OPs: mkbucket | put KEY FILE | mpu KEY FILE (multipart upload, 5 MiB parts, 4 in
 parallel, as `upload_file` does; it aborts the upload itself if completing fails) |
 mpu-raw KEY FILE (the same with the low-level calls, one part after another, and no abort
-on failure) | get KEY OUT | list
+on failure) | get KEY OUT | list | copy KEY SOURCE_KEY (CopyObject) |
+script KEY STEP... (one multipart upload, step by step, printing each step's status):
+  up:N:FILE (UploadPart), cp:N:SOURCE_KEY[:FIRST-LAST] (UploadPartCopy), done (complete
+  with the latest ETag of every part, ascending), done-odd (the same completion sent as
+  POST ?partNumber=1&uploadId=...), badetag:N (complete naming another ETag for part N) |
+raw METHOD KEY QUERY [HEADER:VALUE...] (a signed request with an empty body)
+
+With HG_ADDRESSING=virtual, buckets are addressed virtual-hosted style
+(bucket.localhost; localhost and its subdomains resolve to 127.0.0.1 here).
 """
 
 import os
+import socket
 import sys
 
 import boto3
@@ -19,14 +28,110 @@ from botocore.config import Config
 from botocore.exceptions import ClientError
 
 
+def status(call):
+    """The HTTP status of one call: 200, or the error's."""
+    try:
+        call()
+        return 200
+    except ClientError as e:
+        return e.response["ResponseMetadata"]["HTTPStatusCode"]
+
+
+def script(s3, bucket, key, steps):
+    upload = s3.create_multipart_upload(Bucket=bucket, Key=key)["UploadId"]
+    etags = {}
+    out = []
+
+    def complete(parts):
+        s3.complete_multipart_upload(
+            Bucket=bucket, Key=key, UploadId=upload, MultipartUpload={"Parts": parts}
+        )
+
+    def listed(swap=None):
+        return [
+            {"PartNumber": n, "ETag": '"%032x"' % 0 if n == swap else etags[n]}
+            for n in sorted(etags)
+        ]
+
+    for step in steps:
+        kind, _, rest = step.partition(":")
+        if kind == "up":
+            n, path = rest.split(":", 1)
+
+            def up(n=int(n), path=path):
+                with open(path, "rb") as f:
+                    r = s3.upload_part(
+                        Bucket=bucket, Key=key, UploadId=upload, PartNumber=n, Body=f.read()
+                    )
+                etags[n] = r["ETag"]
+
+            out.append(status(up))
+        elif kind == "cp":
+            n, source, *span = rest.split(":")
+            extra = {"CopySourceRange": "bytes=" + span[0]} if span else {}
+
+            def cp(n=int(n), source=source, extra=extra):
+                r = s3.upload_part_copy(
+                    Bucket=bucket,
+                    Key=key,
+                    UploadId=upload,
+                    PartNumber=n,
+                    CopySource={"Bucket": bucket, "Key": source},
+                    **extra,
+                )
+                etags[n] = r["CopyPartResult"]["ETag"]
+
+            out.append(status(cp))
+        elif kind == "done":
+            out.append(status(lambda: complete(listed())))
+        elif kind == "done-odd":
+
+            def odd(request, **_):
+                request.url = request.url.replace("?uploadId=", "?partNumber=1&uploadId=")
+
+            s3.meta.events.register("before-sign.s3.CompleteMultipartUpload", odd)
+            out.append(status(lambda: complete(listed())))
+            s3.meta.events.unregister("before-sign.s3.CompleteMultipartUpload", odd)
+        elif kind == "badetag":
+            out.append(status(lambda: complete(listed(swap=int(rest)))))
+        else:
+            raise SystemExit(f"unknown step {step}")
+    print(" ".join(map(str, out)))
+
+
+def raw(s3, endpoint, bucket, method, key, query, headers):
+    from botocore.auth import S3SigV4Auth
+    from botocore.awsrequest import AWSRequest
+
+    request = AWSRequest(
+        method=method,
+        url=f"{endpoint}/{bucket}/{key}?{query}",
+        data=b"",
+        headers=dict(h.split(":", 1) for h in headers),
+    )
+    S3SigV4Auth(s3._request_signer._credentials, "s3", "us-east-1").add_auth(request)
+    response = s3._endpoint.http_session.send(request.prepare())
+    print(response.status_code)
+
+
 def main():
     endpoint, bucket, op, *args = sys.argv[1:]
+    addressing = os.environ.get("HG_ADDRESSING", "path")
+    # localhost and its subdomains (virtual-hosted buckets) are the servers' 127.0.0.1.
+    resolve = socket.getaddrinfo
+
+    def local(host, *rest, **kw):
+        if isinstance(host, str) and (host == "localhost" or host.endswith(".localhost")):
+            host = "127.0.0.1"
+        return resolve(host, *rest, **kw)
+
+    socket.getaddrinfo = local
     s3 = boto3.client(
         "s3",
         endpoint_url=endpoint,
         region_name="us-east-1",
         config=Config(
-            s3={"addressing_style": "path"},
+            s3={"addressing_style": addressing},
             retries={"max_attempts": 1, "mode": "standard"},
         ),
     )
@@ -77,6 +182,15 @@ def main():
             with open(out, "wb") as f:
                 f.write(body)
             print(200)
+        elif op == "copy":
+            key, source = args
+            s3.copy_object(Bucket=bucket, Key=key, CopySource={"Bucket": bucket, "Key": source})
+            print(200)
+        elif op == "script":
+            script(s3, bucket, args[0], args[1:])
+        elif op == "raw":
+            method, key, query, *headers = args
+            raw(s3, endpoint, bucket, method, key, query, headers)
         elif op == "list":
             listed = s3.list_objects_v2(Bucket=bucket).get("Contents", [])
             print(" ".join(sorted(o["Key"] for o in listed)))

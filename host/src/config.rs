@@ -93,8 +93,10 @@ pub struct FileConfig {
     pub inspect: Option<InspectFileConfig>,
     /// `[uninspectable]`: what an object that cannot be inspected does, per kind.
     pub uninspectable: Option<crate::inspect::Uninspectable>,
-    /// S3 mode: credentials to abort refused multipart uploads with.
-    pub s3_abort: Option<S3AbortConfig>,
+    /// S3 mode: the gateway's own credentials (`[s3]`; `[s3_abort]` is its old name),
+    /// to read copy sources and abort refused uploads with.
+    #[serde(alias = "s3_abort")]
+    pub s3: Option<S3Config>,
 }
 
 /// The `[inspect]` table: bounds on the inspection pipeline ([`crate::inspect::Limits`];
@@ -153,11 +155,12 @@ impl InspectFileConfig {
     }
 }
 
-/// The `[s3_abort]` table.
+/// The `[s3]` table: the gateway's own S3 credentials.
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct S3AbortConfig {
-    /// Access key id (it needs `s3:AbortMultipartUpload`, nothing more).
+pub struct S3Config {
+    /// Access key id (it needs `s3:GetObject`, `s3:AbortMultipartUpload` and
+    /// `s3:DeleteObject`, nothing more).
     pub access_key: String,
     /// Secret access key.
     pub secret_key: String,
@@ -248,7 +251,7 @@ impl FileConfig {
             origin_timeout_secs, max_connections, shutdown_grace_secs, tls_cert, tls_key,
             origin_ca, scan_responses, response_buffer_bytes, response_cache_entries,
             response_cache_secs, s3_spool_dir, quarantine_dir, on_guest_failure, actions,
-            inspect, uninspectable, s3_abort);
+            inspect, uninspectable, s3);
         self.confirm = match (self.confirm, over.confirm) {
             (Some(mut mine), Some(theirs)) => {
                 mine.url = theirs.url;

@@ -48,8 +48,9 @@ pub struct Config {
     pub quarantine: Option<PathBuf>,
     /// S3 mode: where multipart-upload parts are spooled until their completion is checked.
     pub s3_spool: Option<PathBuf>,
-    /// S3 mode: credentials to abort refused multipart uploads with, if any.
-    pub s3_abort: Option<super::s3::AbortCredentials>,
+    /// S3 mode: the gateway's own credentials, to read copy sources and abort refused
+    /// uploads with, if any.
+    pub s3: Option<super::s3::S3Credentials>,
     /// Serve https with this (reloadable) certificate.
     pub tls: Option<std::sync::Arc<crate::tls::CertStore>>,
     /// A private CA to trust for an https origin, besides the platform's roots.
@@ -76,7 +77,7 @@ impl Config {
             response_cache_ttl: Duration::from_secs(300),
             quarantine: None,
             s3_spool: None,
-            s3_abort: None,
+            s3: None,
             tls: None,
             origin_ca: None,
             inspect: Default::default(),
@@ -126,15 +127,13 @@ impl Config {
             }
             create_dir(dir)?;
         }
-        config.s3_abort = file.s3_abort.as_ref().map(|a| super::s3::AbortCredentials {
+        config.s3 = file.s3.as_ref().map(|a| super::s3::S3Credentials {
             access_key: a.access_key.clone(),
             secret_key: a.secret_key.clone(),
             region: a.region.clone().unwrap_or_else(|| "us-east-1".into()),
         });
-        if config.s3_abort.is_some() && config.s3_spool.is_none() {
-            return Err(Error::Config(
-                "[s3_abort] needs s3_spool_dir (S3 mode)".into(),
-            ));
+        if config.s3.is_some() && config.s3_spool.is_none() {
+            return Err(Error::Config("[s3] needs s3_spool_dir (S3 mode)".into()));
         }
         config.quarantine = file.quarantine_dir.clone();
         if let Some(dir) = &config.quarantine {

@@ -43,6 +43,18 @@ impl Copy {
         Copy { temp, kept, file }
     }
 
+    /// Starts a copy written to `temp`, kept wherever [`Copy::keep_as`] says.
+    pub async fn temp(temp: PathBuf) -> Copy {
+        let kept = temp.clone();
+        Copy::at(temp, kept).await
+    }
+
+    /// Keeps the copy as `kept` (see [`Copy::keep`]).
+    pub async fn keep_as(mut self, kept: PathBuf) {
+        self.kept = kept;
+        self.keep().await;
+    }
+
     /// Appends the next frame.
     pub async fn write(&mut self, data: &Bytes) {
         let Some(file) = &mut self.file else { return };

@@ -37,7 +37,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 
 pub use body::GatewayBody;
 pub use config::{Backend, Config};
-pub use s3::AbortCredentials;
+pub use s3::S3Credentials;
 
 use crate::enforce::{Context, Enforcer, Outcome, ReportDecision};
 use crate::listener::{Core, Listener};
@@ -54,6 +54,8 @@ pub struct Gateway {
     connector: OriginConnector,
     client: Client<OriginConnector, GatewayBody>,
     responses: Arc<crate::inspect::cache::DigestCache>,
+    /// S3 mode: the part spool, shared by every serving thread.
+    spool: Option<Arc<s3::Spool>>,
     tls: Option<tokio_rustls::TlsAcceptor>,
 }
 
@@ -76,12 +78,17 @@ impl Gateway {
         let tls = config.tls.as_ref().map(|store| {
             tokio_rustls::TlsAcceptor::from(store.server_config(&[b"h2", b"http/1.1"]))
         });
+        let spool = config
+            .s3_spool
+            .as_deref()
+            .map(|dir| Arc::new(s3::Spool::open(dir)));
         Ok(Arc::new(Gateway {
             client: pool(&connector),
             connector,
             config: Arc::new(config),
             enforcer,
             responses,
+            spool,
             tls,
         }))
     }
@@ -94,6 +101,7 @@ impl Gateway {
             client: pool(&self.connector),
             connector: self.connector.clone(),
             responses: self.responses.clone(),
+            spool: self.spool.clone(),
             tls: self.tls.clone(),
         }
     }
@@ -214,9 +222,9 @@ impl Gateway {
             .inspect_methods
             .iter()
             .any(|m| m.eq_ignore_ascii_case(req.method().as_str()));
-        let s3_op = match (&self.config.s3_spool, &self.config.backend) {
-            (Some(_), Backend::Origin(_)) => s3::Op::of(req.method(), req.uri().query()),
-            _ => s3::Op::Other,
+        let s3_op = match &self.spool {
+            Some(_) => s3::Op::of(req.method(), req.uri().query(), req.headers()),
+            None => Ok(s3::Op::Other),
         };
         let response = match &self.config.backend {
             // Refusals close the connection: nothing after this head is read as a request.
@@ -225,8 +233,25 @@ impl Gateway {
                 &ctx,
                 "both Content-Length and Transfer-Encoding",
             ),
+            // A partial write lands on bytes the gateway has not seen (and some WebDAV
+            // servers take it): the whole object cannot be checked.
+            _ if inspected && req.headers().contains_key(hyper::header::CONTENT_RANGE) => self
+                .refusal(
+                    StatusCode::BAD_REQUEST,
+                    &ctx,
+                    "Content-Range on an upload (a partial write) cannot be checked",
+                ),
             Backend::Store(dir) => store::handle(self, dir, req, &ctx, inspected).await,
-            Backend::Origin(_) if s3_op != s3::Op::Other => self.s3(s3_op, req, &ctx).await,
+            Backend::Origin(_) if s3_op.is_err() => {
+                let why = s3_op.err().map(|e| e.to_string()).unwrap_or_default();
+                tracing::info!(request_id = %ctx.request_id, why, "S3 request not classifiable");
+                self.refusal(StatusCode::BAD_REQUEST, &ctx, &why)
+            }
+            Backend::Origin(_) if s3_op.as_ref().is_ok_and(|op| *op != s3::Op::Other) => {
+                let spool = self.spool.as_ref().expect("S3 mode");
+                let op = s3_op.unwrap_or(s3::Op::Other);
+                s3::handle(self, spool, op, req, &ctx).await
+            }
             Backend::Origin(_) if inspected => upload::inspect(self, req, &ctx, None).await,
             Backend::Origin(_) if self.config.scan_responses && req.method() == Method::GET => {
                 response::scan(self, req, &ctx).await
@@ -274,29 +299,6 @@ impl Gateway {
         self.enforcer
             .decide_report_confirmed(filter, ctx, report)
             .await
-    }
-
-    /// A multipart-upload request to an S3 origin: parts are inspected and spooled,
-    /// completions held until the whole object is checked, aborts forget the spool.
-    async fn s3(&self, op: s3::Op, req: Request<Incoming>, ctx: &Context) -> Response<GatewayBody> {
-        let spool = self
-            .config
-            .s3_spool
-            .as_deref()
-            .expect("checked by the caller");
-        match op {
-            s3::Op::UploadPart { upload, number } => {
-                let aws = shapes::Shape::of(req.headers()).is_ok_and(|s| s.aws_chunked.is_some());
-                let copy = s3::part_copy(spool, &upload, number, aws).await;
-                upload::inspect(self, req, ctx, copy).await
-            }
-            s3::Op::Complete { upload } => s3::complete(self, req, ctx, spool, &upload).await,
-            s3::Op::Abort { upload } => {
-                s3::forget(spool, &upload).await;
-                upload::pass_through(self, req).await
-            }
-            s3::Op::Other => upload::inspect(self, req, ctx, None).await,
-        }
     }
 
     /// A quarantine copy for this request, if a quarantine directory is configured.

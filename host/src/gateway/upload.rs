@@ -12,6 +12,7 @@ use tokio::task::{JoinError, JoinHandle};
 
 use super::body::{BodySender, ChannelBody, GatewayBody, Upload};
 use super::copy::Copy;
+use super::s3::PartCopy;
 use super::shapes::{Objects, Shape};
 use super::{Backend, Gateway};
 use crate::enforce::{Context, Outcome};
@@ -70,7 +71,7 @@ pub async fn inspect(
     gw: &Gateway,
     req: Request<Incoming>,
     ctx: &Context,
-    mut spool: Option<Copy>,
+    mut spool: Option<PartCopy>,
 ) -> Response<GatewayBody> {
     let (mut parts, incoming) = req.into_parts();
     let declared = content_length(&parts.headers);
@@ -100,7 +101,7 @@ pub async fn inspect(
             Ok(None) => break,
             Err(cut) => {
                 // Nothing reaches the origin complete.
-                give_up(tx, upstream, [copy, spool]).await;
+                give_up(tx, upstream, copy, spool).await;
                 return gw.cut(&cut, ctx);
             }
         };
@@ -119,24 +120,27 @@ pub async fn inspect(
             }
         }
         if let Err(why) = objects.update(&data).await {
-            give_up(tx, upstream, [copy, spool]).await;
+            give_up(tx, upstream, copy, spool).await;
             return gw.malformed(ctx, &why.to_string());
         }
-        for copy in [&mut copy, &mut spool].into_iter().flatten() {
+        if let Some(copy) = &mut copy {
             copy.write(&data).await;
+        }
+        if let Some(spool) = &mut spool {
+            spool.write(&data).await;
         }
     }
     let objects = match objects.finish().await {
         Ok(objects) => objects,
         Err(why) => {
-            give_up(tx, upstream, [copy, spool]).await;
+            give_up(tx, upstream, copy, spool).await;
             return gw.body_error(ctx, &why);
         }
     };
     let decision = gw.decide_with_copy(&filter, ctx, &objects, copy).await;
     match decision.outcome {
         Outcome::Block | Outcome::Unavailable => {
-            give_up(tx, upstream, [spool, None]).await;
+            give_up(tx, upstream, None, spool).await;
             gw.refused_report(&decision, ctx)
         }
         Outcome::Pass | Outcome::Monitor => {
@@ -148,11 +152,7 @@ pub async fn inspect(
             drop(tx);
             let response = relay(gw, upstream).await;
             if let Some(spool) = spool {
-                if response.status().is_success() {
-                    spool.keep().await;
-                } else {
-                    spool.discard().await;
-                }
+                spool.settle(response.status(), response.headers()).await;
             }
             response
         }
@@ -175,10 +175,13 @@ async fn handed_over(tx: &BodySender) {
 
 /// Ends an upload that will not complete: the upstream request aborted (nothing reaches
 /// the origin complete) and the copies of its body (quarantine, S3 spool) deleted.
-async fn give_up(tx: BodySender, upstream: Upstream, copies: [Option<Copy>; 2]) {
+async fn give_up(tx: BodySender, upstream: Upstream, copy: Option<Copy>, spool: Option<PartCopy>) {
     abort(tx, upstream).await;
-    for copy in copies.into_iter().flatten() {
+    if let Some(copy) = copy {
         copy.discard().await;
+    }
+    if let Some(spool) = spool {
+        spool.discard().await;
     }
 }
 

@@ -1,0 +1,284 @@
+//! `CompleteMultipartUpload`: its body read as strictly as a store reads it, and the
+//! spooled parts it names read back, in its order, as one object.
+
+use std::io::Read;
+
+use bytes::{Bytes, BytesMut};
+use quick_xml::events::Event;
+
+use super::spool::{Spool, Unvouched};
+use crate::inspect::{AwsChunkedDecoder, Envelope, InspectError, Limits, Report};
+use crate::Algorithm;
+
+/// One part a completion names.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Listed {
+    /// The part number.
+    pub number: u32,
+    /// The ETag the client says the part has, if it says one.
+    pub etag: Option<String>,
+}
+
+/// Occurs when a `CompleteMultipartUpload` body is not one a store reads the same way
+/// every time: what is wrong with it, for the client's 400.
+#[derive(Debug, thiserror::Error)]
+#[error("completion body: {0}")]
+pub struct BadCompletion(String);
+
+fn bad(why: impl Into<String>) -> BadCompletion {
+    BadCompletion(why.into())
+}
+
+/// The fields a `<Part>` may hold (S3's `CompletedPart`).
+const PART_FIELDS: [&str; 7] = [
+    "PartNumber",
+    "ETag",
+    "ChecksumCRC32",
+    "ChecksumCRC32C",
+    "ChecksumCRC64NVME",
+    "ChecksumSHA1",
+    "ChecksumSHA256",
+];
+
+/// The parts a completion body lists, in order. Refused: anything but
+/// `<CompleteMultipartUpload>` holding `<Part>`s of [`PART_FIELDS`] (no document type,
+/// comments, CDATA, processing instructions or prefixed names: readers differ on them),
+/// a field twice in one part, a part without a number, and numbers that do not rise
+/// (S3 refuses those too, `InvalidPartOrder`).
+pub fn parts(xml: &[u8]) -> Result<Vec<Listed>, BadCompletion> {
+    let mut reader = quick_xml::Reader::from_reader(xml);
+    let mut path: Vec<String> = Vec::new();
+    let mut listed = Vec::new();
+    let mut fields: Vec<(String, String)> = Vec::new();
+    let mut text = String::new();
+    let mut seen_root = false;
+    let mut buf = Vec::new();
+    loop {
+        let event = reader
+            .read_event_into(&mut buf)
+            .map_err(|e| bad(format!("not XML: {e}")))?;
+        match event {
+            Event::Decl(_) if !seen_root && path.is_empty() => {}
+            Event::Start(e) => {
+                let name = std::str::from_utf8(e.name().as_ref())
+                    .map_err(|_| bad("a name is not UTF-8"))?
+                    .to_string();
+                match (path.len(), name.as_str()) {
+                    (0, "CompleteMultipartUpload") if !seen_root => seen_root = true,
+                    (1, "Part") => fields.clear(),
+                    (2, field) if PART_FIELDS.contains(&field) => text.clear(),
+                    _ => return Err(bad(format!("unexpected element <{name}>"))),
+                }
+                if !path.is_empty() && e.attributes().next().is_some() {
+                    return Err(bad(format!("attributes on <{name}>")));
+                }
+                path.push(name);
+            }
+            Event::Empty(_) if path.is_empty() && !seen_root => {
+                return Err(bad("it lists no parts"));
+            }
+            Event::End(_) => {
+                let name = path.pop().unwrap_or_default();
+                match path.len() {
+                    2 => {
+                        if fields.iter().any(|(f, _)| *f == name) {
+                            return Err(bad(format!("<{name}> twice in one part")));
+                        }
+                        fields.push((name, std::mem::take(&mut text)));
+                    }
+                    1 => listed.push(part(&fields)?),
+                    _ => {}
+                }
+            }
+            Event::Text(t) => {
+                let t = t.decode().map_err(|_| bad("text is not UTF-8"))?;
+                if path.len() == 3 {
+                    text.push_str(&t);
+                } else if !t.trim().is_empty() {
+                    return Err(bad("text outside a part's fields"));
+                }
+            }
+            Event::GeneralRef(r) if path.len() == 3 => {
+                let c = match r.resolve_char_ref() {
+                    Ok(Some(c)) => c,
+                    _ => match &*r.decode().map_err(|_| bad("a reference is not UTF-8"))? {
+                        "quot" => '"',
+                        "amp" => '&',
+                        "apos" => '\'',
+                        "lt" => '<',
+                        "gt" => '>',
+                        other => return Err(bad(format!("unknown entity &{other};"))),
+                    },
+                };
+                text.push(c);
+            }
+            Event::Eof if seen_root && path.is_empty() => break,
+            Event::Eof => return Err(bad("it ends early")),
+            other => return Err(bad(format!("unexpected {other:?}"))),
+        }
+        buf.clear();
+    }
+    if listed.is_empty() {
+        return Err(bad("it lists no parts"));
+    }
+    if listed.windows(2).any(|w| w[0].number >= w[1].number) {
+        return Err(bad("part numbers do not rise"));
+    }
+    Ok(listed)
+}
+
+fn part(fields: &[(String, String)]) -> Result<Listed, BadCompletion> {
+    let field = |name: &str| fields.iter().find(|(f, _)| f == name).map(|(_, v)| v);
+    let number = field("PartNumber").ok_or_else(|| bad("a part without a PartNumber"))?;
+    let number = number
+        .trim()
+        .parse()
+        .ok()
+        .filter(|n| (1..=10_000).contains(n))
+        .ok_or_else(|| bad(format!("bad PartNumber {number:?}")))?;
+    Ok(Listed {
+        number,
+        etag: field("ETag").map(|e| e.trim().to_string()),
+    })
+}
+
+/// Why the parts of an upload cannot be checked as one object (the completion is then
+/// refused with 503, not forwarded).
+#[derive(Debug, thiserror::Error)]
+pub enum AssemblyError {
+    /// Occurs when the spool cannot vouch for a part the completion names.
+    #[error(transparent)]
+    Unvouched(#[from] Unvouched),
+    /// Occurs when a spooled part cannot be read.
+    #[error("reading a spooled part: {0}")]
+    Io(#[from] std::io::Error),
+    /// Occurs when the inspection of the assembled parts fails.
+    #[error("inspecting the parts: {0}")]
+    Inspect(InspectError),
+    /// Occurs when the blocking task that reads the parts panicked or was cancelled.
+    #[error("the assembly task failed: {0}")]
+    Task(String),
+}
+
+/// Inspects the spooled parts `listed` names, in its order, as one object (a zip
+/// uploaded in parts is opened like any other).
+pub fn inspect(
+    spool: &Spool,
+    upload: &str,
+    listed: &[Listed],
+    algorithms: &[Algorithm],
+    limits: &Limits,
+) -> Result<Report, AssemblyError> {
+    let mut files = Vec::with_capacity(listed.len());
+    let mut total = 0;
+    for part in listed {
+        let spooled = spool.vouch(upload, part.number, part.etag.as_deref())?;
+        let file = std::fs::File::open(&spooled.path)?;
+        total += file.metadata()?.len();
+        files.push((file, spooled.aws.then(AwsChunkedDecoder::default)));
+    }
+    let mut parts = Parts {
+        files: files.into(),
+        pending: Bytes::new(),
+        buf: vec![0u8; 1 << 20],
+    };
+    crate::inspect::inspect_reader(
+        &mut parts,
+        &Envelope::default(),
+        algorithms,
+        limits,
+        Some(total),
+    )
+    .map_err(AssemblyError::Inspect)
+}
+
+/// The spooled parts read one after the other, aws-chunked ones decoded.
+struct Parts {
+    files: std::collections::VecDeque<(std::fs::File, Option<AwsChunkedDecoder>)>,
+    pending: Bytes,
+    buf: Vec<u8>,
+}
+
+impl Read for Parts {
+    fn read(&mut self, out: &mut [u8]) -> std::io::Result<usize> {
+        if out.is_empty() {
+            return Ok(0);
+        }
+        while self.pending.is_empty() {
+            let Some((file, decoder)) = self.files.front_mut() else {
+                return Ok(0);
+            };
+            let Some(d) = decoder else {
+                // Raw parts go straight into the caller's buffer: no copy of our own.
+                match file.read(out)? {
+                    0 => {
+                        self.files.pop_front();
+                        continue;
+                    }
+                    n => return Ok(n),
+                }
+            };
+            let n = file.read(&mut self.buf)?;
+            if n == 0 {
+                d.finish().map_err(std::io::Error::other)?;
+                self.files.pop_front();
+                continue;
+            }
+            let data = Bytes::copy_from_slice(&self.buf[..n]);
+            let mut joined = BytesMut::new();
+            for piece in d.push(&data).map_err(std::io::Error::other)? {
+                joined.extend_from_slice(&piece);
+            }
+            self.pending = joined.freeze();
+        }
+        let n = out.len().min(self.pending.len());
+        out[..n].copy_from_slice(&self.pending.split_to(n));
+        Ok(n)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn completion_bodies_give_their_parts_in_order() {
+        let xml = b"<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<CompleteMultipartUpload xmlns=\"http://s3.amazonaws.com/doc/2006-03-01/\"><Part><ETag>&quot;a&quot;</ETag><PartNumber>1</PartNumber></Part><Part><PartNumber> 2 </PartNumber><ChecksumCRC32>x==</ChecksumCRC32></Part></CompleteMultipartUpload>";
+        assert_eq!(
+            parts(xml).unwrap(),
+            [
+                Listed {
+                    number: 1,
+                    etag: Some("\"a\"".into())
+                },
+                Listed {
+                    number: 2,
+                    etag: None
+                }
+            ]
+        );
+    }
+
+    #[test]
+    fn completion_bodies_readers_may_differ_on_are_refused() {
+        for xml in [
+            "<CompleteMultipartUpload/>",
+            "<CompleteMultipartUpload></CompleteMultipartUpload>",
+            "<CompleteMultipartUpload><Part><PartNumber>x</PartNumber></Part></CompleteMultipartUpload>",
+            "<CompleteMultipartUpload><Part><PartNumber>1</Part></CompleteMultipartUpload>",
+            "<CompleteMultipartUpload><Part><PartNumber>2</PartNumber></Part><Part><PartNumber>1</PartNumber></Part></CompleteMultipartUpload>",
+            "<CompleteMultipartUpload><Part><PartNumber>1</PartNumber></Part><Part><PartNumber>1</PartNumber></Part></CompleteMultipartUpload>",
+            "<CompleteMultipartUpload><Part><PartNumber>1</PartNumber><PartNumber>2</PartNumber></Part></CompleteMultipartUpload>",
+            "<CompleteMultipartUpload><Part><!-- c --><PartNumber>1</PartNumber></Part></CompleteMultipartUpload>",
+            "<CompleteMultipartUpload><Part><PartNumber><![CDATA[1]]></PartNumber></Part></CompleteMultipartUpload>",
+            "<!DOCTYPE x [<!ENTITY n \"1\">]><CompleteMultipartUpload><Part><PartNumber>&n;</PartNumber></Part></CompleteMultipartUpload>",
+            "<s3:CompleteMultipartUpload><s3:Part><s3:PartNumber>1</s3:PartNumber></s3:Part></s3:CompleteMultipartUpload>",
+            "<CompleteMultipartUpload><Part><PartNumber>1</PartNumber><Size>5</Size></Part></CompleteMultipartUpload>",
+            "<CompleteMultipartUpload><Part><PartNumber>1</PartNumber></Part></CompleteMultipartUpload><CompleteMultipartUpload/>",
+            "<CompleteMultipartUpload><Part><PartNumber>1</PartNumber></Part>",
+            "<CompleteMultipartUpload>junk<Part><PartNumber>1</PartNumber></Part></CompleteMultipartUpload>",
+        ] {
+            assert!(parts(xml.as_bytes()).is_err(), "{xml}");
+        }
+    }
+}
