@@ -11,7 +11,8 @@ on failure) | get KEY OUT | list | copy KEY SOURCE_KEY (CopyObject) |
 script KEY STEP... (one multipart upload, step by step, printing each step's status):
   up:N:FILE (UploadPart), cp:N:SOURCE_KEY[:FIRST-LAST] (UploadPartCopy), done (complete
   with the latest ETag of every part, ascending), done-odd (the same completion sent as
-  POST ?partNumber=1&uploadId=...), badetag:N (complete naming another ETag for part N) |
+  POST ?partNumber=1&uploadId=...), badetag:N (complete naming another ETag for part N),
+  overlap:N:SLOW:FAST (part N sent twice at once, SLOW trickling, FAST while it does) |
 raw METHOD KEY QUERY [HEADER:VALUE...] (a signed request with an empty body)
 
 With HG_ADDRESSING=virtual, buckets are addressed virtual-hosted style
@@ -82,6 +83,9 @@ def script(s3, bucket, key, steps):
                 etags[n] = r["CopyPartResult"]["ETag"]
 
             out.append(status(cp))
+        elif kind == "overlap":
+            n, slow, fast = rest.split(":")
+            out.extend(overlap(s3, bucket, key, upload, int(n), slow, fast, etags))
         elif kind == "done":
             out.append(status(lambda: complete(listed())))
         elif kind == "done-odd":
@@ -97,6 +101,62 @@ def script(s3, bucket, key, steps):
         else:
             raise SystemExit(f"unknown step {step}")
     print(" ".join(map(str, out)))
+
+
+def overlap(s3, bucket, key, upload, n, slow, fast, etags):
+    """Part n sent twice at once: `slow` trickling in first, `fast` while it does. The
+    statuses of the fast one and then the slow one; the part's ETag is the slow one's."""
+    import http.client
+    import threading
+    import time
+    from urllib.parse import urlsplit
+
+    from botocore.auth import S3SigV4Auth
+    from botocore.awsrequest import AWSRequest
+
+    with open(slow, "rb") as f:
+        body = f.read()
+    url = s3.meta.endpoint_url + f"/{bucket}/{key}?partNumber={n}&uploadId={upload}"
+    request = AWSRequest(
+        method="PUT",
+        url=url,
+        data=body,
+        headers={"Content-Length": str(len(body))},
+    )
+    S3SigV4Auth(s3._request_signer._credentials, "s3", "us-east-1").add_auth(request)
+    target = urlsplit(url)
+    started = threading.Event()
+    answer = {}
+
+    def send():
+        connection = http.client.HTTPConnection(target.hostname, target.port)
+        connection.putrequest("PUT", f"{target.path}?{target.query}", skip_host=True)
+        for name, value in request.headers.items():
+            connection.putheader(name, value)
+        connection.putheader("Host", target.netloc)
+        connection.endheaders()
+        step = 256 * 1024
+        for i in range(0, len(body), step):
+            connection.send(body[i : i + step])
+            started.set()
+            time.sleep(0.05)
+        response = connection.getresponse()
+        answer["status"] = response.status
+        answer["etag"] = response.getheader("ETag")
+
+    thread = threading.Thread(target=send)
+    thread.start()
+    started.wait()
+    time.sleep(0.2)
+
+    def up():
+        with open(fast, "rb") as f:
+            s3.upload_part(Bucket=bucket, Key=key, UploadId=upload, PartNumber=n, Body=f.read())
+
+    first = status(up)
+    thread.join()
+    etags[n] = answer.get("etag")
+    return [first, answer.get("status")]
 
 
 def raw(s3, endpoint, bucket, method, key, query, headers):
