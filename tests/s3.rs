@@ -510,3 +510,166 @@ fn s3_requests_stores_may_read_differently_are_refused_unforwarded() {
     assert!(store.parts_left().is_empty(), "{:?}", store.parts_left());
     assert!(files_under(&store.spool).is_empty());
 }
+
+/// HAProxy (from Debian's package) on a free port, balancing over `gateways` by upload
+/// id, as README "Fleets" says to.
+fn haproxy(dir: &Path, gateways: &[u16]) -> (Killed, u16) {
+    for _ in 0..5 {
+        let port = free_port();
+        let servers: String = gateways
+            .iter()
+            .enumerate()
+            .map(|(i, p)| {
+                format!("    server g{i} 127.0.0.1:{p} check inter 200ms fall 1 rise 1\n")
+            })
+            .collect();
+        let config = dir.join("haproxy.cfg");
+        std::fs::write(
+            &config,
+            format!(
+                "global\n    maxconn 256\ndefaults\n    mode http\n    timeout connect 5s\n    timeout client 60s\n    timeout server 60s\n    retries 0\nfrontend s3\n    bind 127.0.0.1:{port}\n    http-request return status 200 content-type text/plain lf-string \"%[nbsrv(gateways)]\" if {{ path /hg-servers-up }}\n    default_backend gateways\nbackend gateways\n    balance url_param uploadId\n    hash-type consistent\n{servers}"
+            ),
+        )
+        .unwrap();
+        let haproxy = ["/usr/sbin/haproxy", "haproxy"]
+            .into_iter()
+            .find(|p| Path::new(p).exists())
+            .unwrap_or("haproxy");
+        let child = Command::new(haproxy)
+            .args(["-db", "-f"])
+            .arg(&config)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("haproxy must be installed (scripts/test.sh installs it)");
+        let mut child = Killed(child);
+        wait_until(Duration::from_secs(10), || {
+            std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+                || child.0.try_wait().unwrap().is_some()
+        });
+        if child.0.try_wait().unwrap().is_none() {
+            return (child, port);
+        }
+    }
+    panic!("haproxy did not start");
+}
+
+/// How many gateways HAProxy counts as up (its health checks).
+fn servers_up(port: u16) -> usize {
+    use std::io::{Read, Write};
+    let Ok(mut c) = std::net::TcpStream::connect(("127.0.0.1", port)) else {
+        return 0;
+    };
+    let _ = c.write_all(b"GET /hg-servers-up HTTP/1.0\r\n\r\n");
+    let mut answer = String::new();
+    let _ = c.read_to_string(&mut answer);
+    answer
+        .rsplit("\r\n\r\n")
+        .next()
+        .and_then(|n| n.trim().parse().ok())
+        .unwrap_or(0)
+}
+
+#[test]
+fn three_gateways_behind_haproxy_check_parallel_multipart_uploads_and_survive_restarts() {
+    let s = Setup::new();
+    let files = s.filter_listing("f.hgf", 2, &[("big-listed.bin", 12 << 20)]);
+    let (_s3, s3_port) = s3_server(&s.path("s3-root"));
+    let config = s.path("s3.toml");
+    std::fs::write(
+        &config,
+        format!("[s3]\naccess_key = \"{ACCESS_KEY}\"\nsecret_key = \"{SECRET_KEY}\"\n"),
+    )
+    .unwrap();
+    let origin = format!("http://127.0.0.1:{s3_port}");
+    let start = |i: usize, listen: &str| {
+        let spool = s.path(&format!("spool-{i}"));
+        s.gateway_at(
+            listen,
+            &["--origin", &origin],
+            &[
+                "--s3-spool",
+                spool.to_str().unwrap(),
+                "--config",
+                config.to_str().unwrap(),
+            ],
+        )
+    };
+    let mut gateways: Vec<(Killed, u16)> = (0..3)
+        .map(|i| {
+            let (child, port, _) = start(i, "127.0.0.1:0");
+            (child, port)
+        })
+        .collect();
+    let ports: Vec<u16> = gateways.iter().map(|g| g.1).collect();
+    let (_lb, lb_port) = haproxy(s.dir.path(), &ports);
+    assert!(wait_until(Duration::from_secs(10), || servers_up(lb_port) == 3));
+    let lb = format!("http://127.0.0.1:{lb_port}");
+    assert_eq!(s3(&lb, "mkbucket", &[]), "200");
+
+    // boto3's upload_file, 5 MiB parts on 8 threads: each upload's parts and completion
+    // reach one gateway, which checks the whole object.
+    assert_eq!(s3(&lb, "mpu", &["listed", &arg(&files[1])]), "451");
+    assert_eq!(s3(&lb, "mpu", &["clean", &arg(&s.big_clean)]), "200");
+
+    // Parts sent, then every gateway restarted (a rolling restart, all at once): the
+    // spools are reloaded and the completions checked as before.
+    let listed = std::fs::read(&files[1]).unwrap();
+    let (half1, half2) = listed.split_at(6 << 20);
+    std::fs::write(s.path("half1"), half1).unwrap();
+    std::fs::write(s.path("half2"), half2).unwrap();
+    let uploads: Vec<(String, String)> = ["r-listed", "r-clean"]
+        .iter()
+        .map(|key| (key.to_string(), s3(&lb, "create", &[key])))
+        .collect();
+    let mut completions = Vec::new();
+    for (key, upload) in &uploads {
+        let second = if key == "r-listed" {
+            arg(&s.path("half2"))
+        } else {
+            arg(&s.clean)
+        };
+        let mut parts = vec![key.clone(), upload.clone()];
+        for (n, file) in [("1", arg(&s.path("half1"))), ("2", second)] {
+            let out = s3(&lb, "part", &[key, upload, n, &file]);
+            let (status, etag) = out.split_once(' ').unwrap();
+            assert_eq!(status, "200");
+            parts.push(format!("{n}={etag}"));
+        }
+        completions.push(parts);
+    }
+    for (i, gateway) in gateways.iter_mut().enumerate() {
+        let port = gateway.1;
+        drop(std::mem::replace(
+            &mut gateway.0,
+            Killed(Command::new("true").spawn().unwrap()),
+        ));
+        let (child, again, _) = start(i, &format!("127.0.0.1:{port}"));
+        assert_eq!(again, port);
+        gateway.0 = child;
+    }
+    // Each upload's id hashes to its gateway only while all three are up.
+    assert!(wait_until(Duration::from_secs(10), || servers_up(lb_port) == 3));
+    let complete = |parts: &[String]| {
+        let args: Vec<&str> = parts.iter().map(String::as_str).collect();
+        s3(&lb, "complete", &args)
+    };
+    assert_eq!(complete(&completions[0]), "451");
+    assert_eq!(complete(&completions[1]), "200");
+
+    let direct = format!("http://127.0.0.1:{s3_port}");
+    assert_eq!(s3(&direct, "list", &[]), "clean r-clean");
+    assert_eq!(s3(&direct, "get", &["clean", &arg(&s.path("got"))]), "200");
+    assert_eq!(
+        std::fs::read(s.path("got")).unwrap(),
+        std::fs::read(&s.big_clean).unwrap()
+    );
+    assert_eq!(
+        s3(&direct, "get", &["r-clean", &arg(&s.path("got-r"))]),
+        "200"
+    );
+    assert_eq!(
+        std::fs::read(s.path("got-r")).unwrap(),
+        [half1, &std::fs::read(&s.clean).unwrap()[..]].concat()
+    );
+}

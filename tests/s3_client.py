@@ -13,7 +13,11 @@ script KEY STEP... (one multipart upload, step by step, printing each step's sta
   with the latest ETag of every part, ascending), done-odd (the same completion sent as
   POST ?partNumber=1&uploadId=...), badetag:N (complete naming another ETag for part N),
   overlap:N:SLOW:FAST (part N sent twice at once, SLOW trickling, FAST while it does) |
-raw METHOD KEY QUERY [HEADER:VALUE...] (a signed request with an empty body)
+raw METHOD KEY QUERY [HEADER:VALUE...] (a signed request with an empty body) |
+create KEY (prints the upload id) | part KEY UPLOAD N FILE (prints the status and ETag) |
+complete KEY UPLOAD N=ETAG...
+
+HG_THREADS sets mpu's parallel parts (default 8).
 
 With HG_ADDRESSING=virtual, buckets are addressed virtual-hosted style
 (bucket.localhost; localhost and its subdomains resolve to 127.0.0.1 here).
@@ -217,7 +221,9 @@ def main():
             key, path = args
             mib = 1024 * 1024
             config = TransferConfig(
-                multipart_threshold=5 * mib, multipart_chunksize=5 * mib, max_concurrency=4
+                multipart_threshold=5 * mib,
+                multipart_chunksize=5 * mib,
+                max_concurrency=int(os.environ.get("HG_THREADS", "8")),
             )
             s3.upload_file(path, bucket, key, Config=config)
             print(200)
@@ -248,6 +254,24 @@ def main():
             print(200)
         elif op == "script":
             script(s3, bucket, args[0], args[1:])
+        elif op == "create":
+            print(s3.create_multipart_upload(Bucket=bucket, Key=args[0])["UploadId"])
+        elif op == "part":
+            key, upload, n, path = args
+            with open(path, "rb") as f:
+                r = s3.upload_part(
+                    Bucket=bucket, Key=key, UploadId=upload, PartNumber=int(n), Body=f.read()
+                )
+            print(200, r["ETag"])
+        elif op == "complete":
+            key, upload, *parts = args
+            parts = [
+                {"PartNumber": int(n), "ETag": e} for n, e in (p.split("=", 1) for p in parts)
+            ]
+            s3.complete_multipart_upload(
+                Bucket=bucket, Key=key, UploadId=upload, MultipartUpload={"Parts": parts}
+            )
+            print(200)
         elif op == "raw":
             method, key, query, *headers = args
             raw(s3, endpoint, bucket, method, key, query, headers)

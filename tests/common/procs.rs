@@ -325,6 +325,11 @@ pub fn rss_kb(pid: u32) -> u64 {
 impl Setup {
     /// `hashgate gateway` with an admin listener and an audit log, `backend` and `extra` flags.
     pub fn gateway(&self, backend: &[&str], extra: &[&str]) -> (Killed, u16, u16) {
+        self.gateway_at("127.0.0.1:0", backend, extra)
+    }
+
+    /// [`Setup::gateway`] listening on `listen` (a restarted gateway takes its old port).
+    pub fn gateway_at(&self, listen: &str, backend: &[&str], extra: &[&str]) -> (Killed, u16, u16) {
         let mut args = vec![
             "gateway",
             "--filter",
@@ -332,7 +337,7 @@ impl Setup {
             "--pub",
             self.path("k.pub").to_str().unwrap().to_owned().leak(),
             "--listen",
-            "127.0.0.1:0",
+            listen.to_owned().leak(),
             "--admin",
             "127.0.0.1:0",
             "--audit-log",
