@@ -39,6 +39,9 @@ command -v strace >/dev/null 2>&1 || need+=(strace)
   pip install -q boto3==1.44.8 awscli==1.46.3
 command -v s3s-fs >/dev/null 2>&1 || [ -x "$HOME/.cargo/bin/s3s-fs" ] ||
   cargo install --locked --quiet --features binary s3s-fs@0.14.1
+# The tus tests drive @tus/server and tus-js-client (npm, pinned by tests/tus/package-lock.json)
+# on the machine's Node.js (>= 20.19; Debian 12's nodejs is too old for @tus/server 2).
+command -v node >/dev/null 2>&1 || { echo "the tus tests need Node.js >= 20.19 and npm" >&2; exit 1; }
 if [ ${#need[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ]; then
     apt-get update -qq
@@ -47,6 +50,12 @@ if [ ${#need[@]} -gt 0 ]; then
     echo "the tests need: ${need[*]} (apt-get install ${need[*]})" >&2
     exit 1
   fi
+fi
+
+if ! cmp -s tests/tus/package-lock.json target/tus-node/package-lock.json 2>/dev/null; then
+  mkdir -p target/tus-node
+  cp tests/tus/package.json tests/tus/package-lock.json target/tus-node/
+  (cd target/tus-node && npm ci --no-audit --no-fund --silent)
 fi
 
 cargo fmt --all -- --check

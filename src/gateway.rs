@@ -38,6 +38,10 @@ pub struct GatewayArgs {
     /// forwarding CompleteMultipartUpload.
     #[arg(long)]
     pub s3_spool: Option<PathBuf>,
+    /// tus origin: spool resumable-upload pieces here and check the whole upload before
+    /// forwarding the request that completes it.
+    #[arg(long)]
+    pub tus_spool: Option<PathBuf>,
     /// Keep a copy of every blocked upload here (evidence; never served).
     #[arg(long)]
     pub quarantine: Option<PathBuf>,
@@ -59,6 +63,7 @@ pub fn run(args: GatewayArgs) -> Result<()> {
         origin_ca: args.origin_ca,
         scan_responses: args.scan_responses.then_some(true),
         s3_spool_dir: args.s3_spool,
+        tus_spool_dir: args.tus_spool,
         quarantine_dir: args.quarantine,
         ..FileConfig::default()
     };

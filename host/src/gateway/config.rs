@@ -48,6 +48,8 @@ pub struct Config {
     pub quarantine: Option<PathBuf>,
     /// S3 mode: where multipart-upload parts are spooled until their completion is checked.
     pub s3_spool: Option<PathBuf>,
+    /// tus mode: where resumable-upload pieces are spooled until the upload is checked.
+    pub tus_spool: Option<PathBuf>,
     /// S3 mode: the gateway's own credentials, to read copy sources and abort refused
     /// uploads with, if any.
     pub s3: Option<super::s3::S3Credentials>,
@@ -77,6 +79,7 @@ impl Config {
             response_cache_ttl: Duration::from_secs(300),
             quarantine: None,
             s3_spool: None,
+            tus_spool: None,
             s3: None,
             tls: None,
             origin_ca: None,
@@ -123,6 +126,15 @@ impl Config {
             if !matches!(config.backend, Backend::Origin(_)) {
                 return Err(Error::Config(
                     "S3 spooling (s3_spool_dir, --s3-spool) needs an S3 origin".into(),
+                ));
+            }
+            create_dir(dir)?;
+        }
+        config.tus_spool = file.tus_spool_dir.clone();
+        if let Some(dir) = &config.tus_spool {
+            if !matches!(config.backend, Backend::Origin(_)) {
+                return Err(Error::Config(
+                    "tus spooling (tus_spool_dir, --tus-spool) needs a tus origin".into(),
                 ));
             }
             create_dir(dir)?;

@@ -13,6 +13,7 @@
 //!
 //! Memory per upload is bounded by a few frames. Everything else is proxied untouched.
 
+mod assembly;
 mod body;
 mod config;
 mod copy;
@@ -21,6 +22,7 @@ mod response;
 mod s3;
 mod shapes;
 mod store;
+mod tus;
 mod upload;
 
 use std::convert::Infallible;
@@ -56,6 +58,8 @@ pub struct Gateway {
     responses: Arc<crate::inspect::cache::DigestCache>,
     /// S3 mode: the part spool, shared by every serving thread.
     spool: Option<Arc<s3::Spool>>,
+    /// tus mode: the piece spool, shared by every serving thread.
+    tus: Option<Arc<tus::Uploads>>,
     tls: Option<tokio_rustls::TlsAcceptor>,
 }
 
@@ -82,6 +86,10 @@ impl Gateway {
             .s3_spool
             .as_deref()
             .map(|dir| Arc::new(s3::Spool::open(dir)));
+        let tus = config
+            .tus_spool
+            .as_deref()
+            .map(|dir| Arc::new(tus::Uploads::open(dir)));
         Ok(Arc::new(Gateway {
             client: pool(&connector),
             connector,
@@ -89,6 +97,7 @@ impl Gateway {
             enforcer,
             responses,
             spool,
+            tus,
             tls,
         }))
     }
@@ -102,6 +111,7 @@ impl Gateway {
             connector: self.connector.clone(),
             responses: self.responses.clone(),
             spool: self.spool.clone(),
+            tus: self.tus.clone(),
             tls: self.tls.clone(),
         }
     }
@@ -242,6 +252,10 @@ impl Gateway {
                     "Content-Range on an upload (a partial write) cannot be checked",
                 ),
             Backend::Store(dir) => store::handle(self, dir, req, &ctx, inspected).await,
+            Backend::Origin(_) if self.tus.is_some() && tus::is_tus(req.headers()) => {
+                let uploads = self.tus.as_ref().expect("tus mode");
+                tus::handle(self, uploads, req, &ctx).await
+            }
             Backend::Origin(_) if s3_op.is_err() => {
                 let why = s3_op.err().map(|e| e.to_string()).unwrap_or_default();
                 tracing::info!(request_id = %ctx.request_id, why, "S3 request not classifiable");

@@ -14,6 +14,7 @@ use super::body::{BodySender, ChannelBody, GatewayBody, Upload};
 use super::copy::Copy;
 use super::s3::PartCopy;
 use super::shapes::{Objects, Shape};
+use super::tus::PieceCopy;
 use super::{Backend, Gateway};
 use crate::enforce::{Context, Outcome};
 use crate::inspect::HoldBack;
@@ -71,7 +72,7 @@ pub async fn inspect(
     gw: &Gateway,
     req: Request<Incoming>,
     ctx: &Context,
-    mut spool: Option<PartCopy>,
+    mut spool: Option<BodySpool>,
 ) -> Response<GatewayBody> {
     let (mut parts, incoming) = req.into_parts();
     let declared = content_length(&parts.headers);
@@ -159,6 +160,44 @@ pub async fn inspect(
     }
 }
 
+/// The spool copy of a body that is one piece of a larger object.
+pub enum BodySpool {
+    /// An S3 part, kept under its ETag if the origin stored it.
+    S3(PartCopy),
+    /// A tus piece, kept whatever became of the request (the origin keeps what it got).
+    Tus(PieceCopy),
+}
+
+impl BodySpool {
+    async fn write(&mut self, data: &bytes::Bytes) {
+        match self {
+            BodySpool::S3(copy) => copy.write(data).await,
+            BodySpool::Tus(copy) => copy.write(data).await,
+        }
+    }
+
+    /// After the origin's answer.
+    async fn settle(self, status: StatusCode, headers: &HeaderMap) {
+        match self {
+            BodySpool::S3(copy) => copy.settle(status, headers).await,
+            BodySpool::Tus(copy) => {
+                let location = headers
+                    .get(hyper::header::LOCATION)
+                    .and_then(|l| l.to_str().ok());
+                copy.keep(location.filter(|_| status.is_success())).await
+            }
+        }
+    }
+
+    /// When the request did not complete.
+    async fn discard(self) {
+        match self {
+            BodySpool::S3(copy) => copy.discard().await,
+            BodySpool::Tus(copy) => copy.keep(None).await,
+        }
+    }
+}
+
 /// Yields until the origin's connection has taken every frame sent to it (it writes them
 /// as it takes them), a few turns at most: the origin then takes the bytes in on another
 /// core while this task hashes them. The first frame takes two turns (the request task
@@ -175,7 +214,7 @@ async fn handed_over(tx: &BodySender) {
 
 /// Ends an upload that will not complete: the upstream request aborted (nothing reaches
 /// the origin complete) and the copies of its body (quarantine, S3 spool) deleted.
-async fn give_up(tx: BodySender, upstream: Upstream, copy: Option<Copy>, spool: Option<PartCopy>) {
+async fn give_up(tx: BodySender, upstream: Upstream, copy: Option<Copy>, spool: Option<BodySpool>) {
     abort(tx, upstream).await;
     if let Some(copy) = copy {
         copy.discard().await;

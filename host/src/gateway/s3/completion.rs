@@ -1,13 +1,11 @@
 //! `CompleteMultipartUpload`: its body read as strictly as a store reads it, and the
 //! spooled parts it names read back, in its order, as one object.
 
-use std::io::Read;
-
-use bytes::{Bytes, BytesMut};
 use quick_xml::events::Event;
 
+use super::super::assembly::Piece;
 use super::spool::{Spool, Unvouched};
-use crate::inspect::{AwsChunkedDecoder, Envelope, InspectError, Limits, Report};
+use crate::inspect::{Limits, Report};
 use crate::Algorithm;
 
 /// One part a completion names.
@@ -149,12 +147,9 @@ pub enum AssemblyError {
     /// Occurs when the spool cannot vouch for a part the completion names.
     #[error(transparent)]
     Unvouched(#[from] Unvouched),
-    /// Occurs when a spooled part cannot be read.
-    #[error("reading a spooled part: {0}")]
-    Io(#[from] std::io::Error),
-    /// Occurs when the inspection of the assembled parts fails.
-    #[error("inspecting the parts: {0}")]
-    Inspect(InspectError),
+    /// Occurs when the parts cannot be read back or inspected.
+    #[error(transparent)]
+    Assembly(#[from] super::super::assembly::AssemblyError),
     /// Occurs when the blocking task that reads the parts panicked or was cancelled.
     #[error("the assembly task failed: {0}")]
     Task(String),
@@ -169,72 +164,18 @@ pub fn inspect(
     algorithms: &[Algorithm],
     limits: &Limits,
 ) -> Result<Report, AssemblyError> {
-    let mut files = Vec::with_capacity(listed.len());
-    let mut total = 0;
+    let mut pieces = Vec::with_capacity(listed.len());
     for part in listed {
         let spooled = spool.vouch(upload, part.number, part.etag.as_deref())?;
-        let file = std::fs::File::open(&spooled.path)?;
-        total += file.metadata()?.len();
-        files.push((file, spooled.aws.then(AwsChunkedDecoder::default)));
+        pieces.push(Piece {
+            path: spooled.path,
+            aws_chunked: spooled.aws,
+            length: None,
+        });
     }
-    let mut parts = Parts {
-        files: files.into(),
-        pending: Bytes::new(),
-        buf: vec![0u8; 1 << 20],
-    };
-    crate::inspect::inspect_reader(
-        &mut parts,
-        &Envelope::default(),
-        algorithms,
-        limits,
-        Some(total),
-    )
-    .map_err(AssemblyError::Inspect)
-}
-
-/// The spooled parts read one after the other, aws-chunked ones decoded.
-struct Parts {
-    files: std::collections::VecDeque<(std::fs::File, Option<AwsChunkedDecoder>)>,
-    pending: Bytes,
-    buf: Vec<u8>,
-}
-
-impl Read for Parts {
-    fn read(&mut self, out: &mut [u8]) -> std::io::Result<usize> {
-        if out.is_empty() {
-            return Ok(0);
-        }
-        while self.pending.is_empty() {
-            let Some((file, decoder)) = self.files.front_mut() else {
-                return Ok(0);
-            };
-            let Some(d) = decoder else {
-                // Raw parts go straight into the caller's buffer: no copy of our own.
-                match file.read(out)? {
-                    0 => {
-                        self.files.pop_front();
-                        continue;
-                    }
-                    n => return Ok(n),
-                }
-            };
-            let n = file.read(&mut self.buf)?;
-            if n == 0 {
-                d.finish().map_err(std::io::Error::other)?;
-                self.files.pop_front();
-                continue;
-            }
-            let data = Bytes::copy_from_slice(&self.buf[..n]);
-            let mut joined = BytesMut::new();
-            for piece in d.push(&data).map_err(std::io::Error::other)? {
-                joined.extend_from_slice(&piece);
-            }
-            self.pending = joined.freeze();
-        }
-        let n = out.len().min(self.pending.len());
-        out[..n].copy_from_slice(&self.pending.split_to(n));
-        Ok(n)
-    }
+    Ok(super::super::assembly::inspect(
+        &pieces, algorithms, limits,
+    )?)
 }
 
 #[cfg(test)]

@@ -60,7 +60,7 @@ pub async fn handle(
                 Err(why) => return busy(gw, ctx, &why),
             };
             let copy = turn.copy(aws).await;
-            super::upload::inspect(gw, req, ctx, Some(copy)).await
+            super::upload::inspect(gw, req, ctx, Some(super::upload::BodySpool::S3(copy))).await
         }
         Op::UploadPartCopy {
             upload,

@@ -1,0 +1,158 @@
+//! tus through the gateway: a real tus server (@tus/server with @tus/file-store) and a
+//! real client (tus-js-client), both from npm on the machine's Node.js (scripts/test.sh
+//! installs them), the gateway in tus mode (`--tus-spool`) between them.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use common::procs::*;
+
+/// Where the npm packages are (scripts/test.sh installs them into target/tus-node).
+fn modules() -> PathBuf {
+    match std::env::var_os("HG_TUS_MODULES") {
+        Some(dir) => dir.into(),
+        None => Path::new(env!("CARGO_MANIFEST_DIR")).join("target/tus-node/node_modules"),
+    }
+}
+
+fn script(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/tus")
+        .join(name)
+}
+
+/// The tus server, storing under `dir`, and its port.
+fn tus_server(dir: &Path) -> (Killed, u16) {
+    std::fs::create_dir_all(dir).unwrap();
+    let (child, port, _, _) = spawn_logged(
+        Command::new("node")
+            .arg(script("server.mjs"))
+            .arg(dir)
+            .env("HG_TUS_MODULES", modules()),
+    );
+    (child, port)
+}
+
+/// One tus-js-client upload of `file` to `endpoint` in `chunk`-byte PATCHes; its line.
+fn client(endpoint: &str, file: &Path, chunk: usize, mode: &[&str], with_creation: bool) -> String {
+    let out = Command::new("node")
+        .arg(script("client.mjs"))
+        .arg(endpoint)
+        .arg(file)
+        .arg(chunk.to_string())
+        .args(mode)
+        .env("HG_TUS_MODULES", modules())
+        .env(
+            "HG_TUS_WITH_CREATION",
+            if with_creation { "1" } else { "0" },
+        )
+        .output()
+        .expect("node with tus-js-client (scripts/test.sh installs it)");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+/// The uploads the tus server holds (file-store keeps `<id>` and `<id>.json`).
+fn stored(dir: &Path) -> Vec<Vec<u8>> {
+    let mut files: Vec<PathBuf> = files_under(dir)
+        .into_iter()
+        .filter(|p| p.extension().is_none())
+        .collect();
+    files.sort();
+    files.iter().map(|p| std::fs::read(p).unwrap()).collect()
+}
+
+#[test]
+fn tus_uploads_in_pieces_are_checked_as_the_file_they_make() {
+    let s = Setup::new();
+    let store = s.path("tus-files");
+    let (_tus, tus_port) = tus_server(&store);
+    let spool = s.path("tus-spool");
+    let (_gw, port, _) = s.gateway(
+        &["--origin", &format!("http://127.0.0.1:{tus_port}")],
+        &["--tus-spool", spool.to_str().unwrap()],
+    );
+    let endpoint = format!("http://127.0.0.1:{port}/files/");
+    let listed = std::fs::read(&s.listed).unwrap();
+    let fifth = listed.len().div_ceil(5);
+    let mut clean = std::fs::read(&s.big_clean).unwrap();
+    clean.truncate(listed.len());
+    std::fs::write(s.path("clean-3m"), &clean).unwrap();
+    let failed = |line: &str, status: u16| line.starts_with(&format!("failed {status} "));
+
+    // The listed file in five PATCHes: refused at the fifth, and terminated.
+    let out = client(&endpoint, &s.listed, fifth, &[], false);
+    assert!(failed(&out, 451), "{out}");
+    // The first chunk riding on the creation (creation-with-upload).
+    let out = client(&endpoint, &s.listed, fifth, &[], true);
+    assert!(failed(&out, 451), "{out}");
+    // In one PATCH.
+    let out = client(&endpoint, &s.listed, listed.len(), &[], false);
+    assert!(failed(&out, 451), "{out}");
+    assert!(stored(&store).is_empty(), "a refused upload stayed");
+
+    // A connection dropped after two chunks, then resumed: still the whole file.
+    let out = client(
+        &endpoint,
+        &s.listed,
+        fifth,
+        &[&(2 * fifth).to_string()],
+        false,
+    );
+    let url = out.strip_prefix("stopped ").expect(&out).to_string();
+    let out = client(&endpoint, &s.listed, fifth, &["resume", &url], false);
+    assert!(failed(&out, 451), "{out}");
+    assert!(stored(&store).is_empty(), "a refused upload stayed");
+
+    // Clean uploads, in pieces, resumed, and with the creation: intact.
+    let out = client(&endpoint, &s.path("clean-3m"), fifth, &[], false);
+    assert!(out.starts_with("done "), "{out}");
+    let out = client(
+        &endpoint,
+        &s.path("clean-3m"),
+        fifth,
+        &[&fifth.to_string()],
+        true,
+    );
+    let url = out.strip_prefix("stopped ").expect(&out).to_string();
+    let out = client(
+        &endpoint,
+        &s.path("clean-3m"),
+        fifth,
+        &["resume", &url],
+        false,
+    );
+    assert!(out.starts_with("done "), "{out}");
+    assert_eq!(stored(&store), [clean.clone(), clean.clone()]);
+
+    // An upload begun straight at the origin cannot be completed through the gateway:
+    // it did not see the first pieces.
+    let direct = format!("http://127.0.0.1:{tus_port}/files/");
+    let out = client(
+        &direct,
+        &s.listed,
+        fifth,
+        &[&(2 * fifth).to_string()],
+        false,
+    );
+    let url = out.strip_prefix("stopped ").expect(&out).to_string();
+    let through = url.replace(&tus_port.to_string(), &port.to_string());
+    let out = client(&endpoint, &s.listed, fifth, &["resume", &through], false);
+    assert!(failed(&out, 503), "{out}");
+
+    let audit = std::fs::read_to_string(s.path("audit.log")).unwrap();
+    let blocks = audit
+        .lines()
+        .filter(|l| l.contains("\"action\":\"block\""))
+        .count();
+    assert!(blocks >= 4, "{audit}");
+    // Refused and completed uploads leave nothing spooled (the unvouched one stays
+    // until it is terminated).
+    assert!(files_under(&spool).len() <= 2, "{:?}", files_under(&spool));
+}
