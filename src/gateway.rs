@@ -42,6 +42,10 @@ pub struct GatewayArgs {
     /// forwarding the request that completes it.
     #[arg(long)]
     pub tus_spool: Option<PathBuf>,
+    /// Nextcloud/ownCloud origin: spool chunked-upload (v2) chunks here and check the
+    /// whole file before forwarding the MOVE that assembles it.
+    #[arg(long)]
+    pub nextcloud_spool: Option<PathBuf>,
     /// Keep a copy of every blocked upload here (evidence; never served).
     #[arg(long)]
     pub quarantine: Option<PathBuf>,
@@ -64,6 +68,7 @@ pub fn run(args: GatewayArgs) -> Result<()> {
         scan_responses: args.scan_responses.then_some(true),
         s3_spool_dir: args.s3_spool,
         tus_spool_dir: args.tus_spool,
+        nextcloud_spool_dir: args.nextcloud_spool,
         quarantine_dir: args.quarantine,
         ..FileConfig::default()
     };

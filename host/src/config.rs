@@ -83,6 +83,8 @@ pub struct FileConfig {
     pub s3_spool_dir: Option<PathBuf>,
     /// tus mode: directory where resumable-upload pieces are spooled until completion.
     pub tus_spool_dir: Option<PathBuf>,
+    /// Nextcloud mode: directory where chunked-upload chunks are spooled until assembly.
+    pub nextcloud_spool_dir: Option<PathBuf>,
     /// Directory for copies of blocked uploads (evidence), never served.
     pub quarantine_dir: Option<PathBuf>,
     /// `fail_closed` (default) or `fail_open`.
@@ -252,7 +254,7 @@ impl FileConfig {
             inspect_methods, max_body_bytes, header_timeout_secs, body_timeout_secs,
             origin_timeout_secs, max_connections, shutdown_grace_secs, tls_cert, tls_key,
             origin_ca, scan_responses, response_buffer_bytes, response_cache_entries,
-            response_cache_secs, s3_spool_dir, tus_spool_dir, quarantine_dir, on_guest_failure, actions,
+            response_cache_secs, s3_spool_dir, tus_spool_dir, nextcloud_spool_dir, quarantine_dir, on_guest_failure, actions,
             inspect, uninspectable, s3);
         self.confirm = match (self.confirm, over.confirm) {
             (Some(mut mine), Some(theirs)) => {

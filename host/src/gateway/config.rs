@@ -50,6 +50,8 @@ pub struct Config {
     pub s3_spool: Option<PathBuf>,
     /// tus mode: where resumable-upload pieces are spooled until the upload is checked.
     pub tus_spool: Option<PathBuf>,
+    /// Nextcloud mode: where chunked-upload chunks are spooled until the file is checked.
+    pub nextcloud_spool: Option<PathBuf>,
     /// S3 mode: the gateway's own credentials, to read copy sources and abort refused
     /// uploads with, if any.
     pub s3: Option<super::s3::S3Credentials>,
@@ -80,6 +82,7 @@ impl Config {
             quarantine: None,
             s3_spool: None,
             tus_spool: None,
+            nextcloud_spool: None,
             s3: None,
             tls: None,
             origin_ca: None,
@@ -131,13 +134,23 @@ impl Config {
             create_dir(dir)?;
         }
         config.tus_spool = file.tus_spool_dir.clone();
-        if let Some(dir) = &config.tus_spool {
-            if !matches!(config.backend, Backend::Origin(_)) {
-                return Err(Error::Config(
-                    "tus spooling (tus_spool_dir, --tus-spool) needs a tus origin".into(),
-                ));
+        config.nextcloud_spool = file.nextcloud_spool_dir.clone();
+        for (dir, what) in [
+            (
+                &config.tus_spool,
+                "tus spooling (tus_spool_dir, --tus-spool) needs a tus origin",
+            ),
+            (
+                &config.nextcloud_spool,
+                "chunk spooling (nextcloud_spool_dir, --nextcloud-spool) needs a Nextcloud origin",
+            ),
+        ] {
+            if let Some(dir) = dir {
+                if !matches!(config.backend, Backend::Origin(_)) {
+                    return Err(Error::Config(what.into()));
+                }
+                create_dir(dir)?;
             }
-            create_dir(dir)?;
         }
         config.s3 = file.s3.as_ref().map(|a| super::s3::S3Credentials {
             access_key: a.access_key.clone(),

@@ -18,6 +18,7 @@ mod body;
 mod config;
 mod copy;
 mod framing;
+mod nextcloud;
 mod response;
 mod s3;
 mod shapes;
@@ -60,6 +61,8 @@ pub struct Gateway {
     spool: Option<Arc<s3::Spool>>,
     /// tus mode: the piece spool, shared by every serving thread.
     tus: Option<Arc<tus::Uploads>>,
+    /// Nextcloud mode: the chunk spool, shared by every serving thread.
+    nextcloud: Option<Arc<s3::Spool>>,
     tls: Option<tokio_rustls::TlsAcceptor>,
 }
 
@@ -90,6 +93,10 @@ impl Gateway {
             .tus_spool
             .as_deref()
             .map(|dir| Arc::new(tus::Uploads::open(dir)));
+        let nextcloud = config
+            .nextcloud_spool
+            .as_deref()
+            .map(|dir| Arc::new(s3::Spool::open(dir)));
         Ok(Arc::new(Gateway {
             client: pool(&connector),
             connector,
@@ -98,6 +105,7 @@ impl Gateway {
             responses,
             spool,
             tus,
+            nextcloud,
             tls,
         }))
     }
@@ -112,6 +120,7 @@ impl Gateway {
             responses: self.responses.clone(),
             spool: self.spool.clone(),
             tus: self.tus.clone(),
+            nextcloud: self.nextcloud.clone(),
             tls: self.tls.clone(),
         }
     }
@@ -236,6 +245,10 @@ impl Gateway {
             Some(_) => s3::Op::of(req.method(), req.uri().query(), req.headers()),
             None => Ok(s3::Op::Other),
         };
+        let chunking = match &self.nextcloud {
+            Some(_) => nextcloud::Op::of(req.method(), req.uri().path(), req.headers()),
+            None => Ok(nextcloud::Op::Other),
+        };
         let response = match &self.config.backend {
             // Refusals close the connection: nothing after this head is read as a request.
             _ if ambiguous => self.refusal(
@@ -252,6 +265,19 @@ impl Gateway {
                     "Content-Range on an upload (a partial write) cannot be checked",
                 ),
             Backend::Store(dir) => store::handle(self, dir, req, &ctx, inspected).await,
+            Backend::Origin(_) if chunking.is_err() => {
+                let why = chunking.err().map(|e| e.to_string()).unwrap_or_default();
+                self.malformed(&ctx, &why)
+            }
+            Backend::Origin(_)
+                if chunking
+                    .as_ref()
+                    .is_ok_and(|op| *op != nextcloud::Op::Other) =>
+            {
+                let spool = self.nextcloud.as_ref().expect("Nextcloud mode");
+                let op = chunking.unwrap_or(nextcloud::Op::Other);
+                nextcloud::handle(self, spool, op, req, &ctx).await
+            }
             Backend::Origin(_) if self.tus.is_some() && tus::is_tus(req.headers()) => {
                 let uploads = self.tus.as_ref().expect("tus mode");
                 tus::handle(self, uploads, req, &ctx).await

@@ -7,7 +7,7 @@ use std::io;
 use http_body_util::BodyExt;
 use hyper::body::{Body as _, Incoming};
 use hyper::header::{HeaderMap, HeaderName, HeaderValue};
-use hyper::{Request, Response, StatusCode, Uri};
+use hyper::{Method, Request, Response, StatusCode, Uri};
 use tokio::task::{JoinError, JoinHandle};
 
 use super::body::{BodySender, ChannelBody, GatewayBody, Upload};
@@ -166,12 +166,14 @@ pub enum BodySpool {
     S3(PartCopy),
     /// A tus piece, kept whatever became of the request (the origin keeps what it got).
     Tus(PieceCopy),
+    /// A Nextcloud chunk, kept if the origin stored it.
+    Chunk(PartCopy),
 }
 
 impl BodySpool {
     async fn write(&mut self, data: &bytes::Bytes) {
         match self {
-            BodySpool::S3(copy) => copy.write(data).await,
+            BodySpool::S3(copy) | BodySpool::Chunk(copy) => copy.write(data).await,
             BodySpool::Tus(copy) => copy.write(data).await,
         }
     }
@@ -180,6 +182,7 @@ impl BodySpool {
     async fn settle(self, status: StatusCode, headers: &HeaderMap) {
         match self {
             BodySpool::S3(copy) => copy.settle(status, headers).await,
+            BodySpool::Chunk(copy) => copy.settle_unbound(status).await,
             BodySpool::Tus(copy) => {
                 let location = headers
                     .get(hyper::header::LOCATION)
@@ -192,7 +195,7 @@ impl BodySpool {
     /// When the request did not complete.
     async fn discard(self) {
         match self {
-            BodySpool::S3(copy) => copy.discard().await,
+            BodySpool::S3(copy) | BodySpool::Chunk(copy) => copy.discard().await,
             BodySpool::Tus(copy) => copy.keep(None).await,
         }
     }
@@ -345,6 +348,45 @@ pub(super) fn upstream_request(
     Ok(request)
 }
 
+/// The client's headers for a request of the gateway's own about the same upload (its
+/// credentials, `Tus-Resumable`; nothing about a body).
+pub(super) fn credentials(headers: &HeaderMap) -> HeaderMap {
+    let mut kept = headers.clone();
+    for name in [
+        "content-length",
+        "content-type",
+        "content-encoding",
+        "transfer-encoding",
+        "upload-offset",
+        "upload-length",
+        "upload-concat",
+        "upload-metadata",
+        "upload-checksum",
+        "expect",
+    ] {
+        kept.remove(name);
+    }
+    kept
+}
+
+/// A request of the gateway's own to the origin, `method` on `path` with `headers`.
+#[allow(clippy::result_large_err)]
+pub(super) fn own_request(
+    gw: &Gateway,
+    method: Method,
+    path: &str,
+    headers: HeaderMap,
+) -> Result<Request<GatewayBody>, Response<GatewayBody>> {
+    let (mut parts, ()) = Request::builder()
+        .method(method)
+        .uri(path)
+        .body(())
+        .map_err(|_| plain(StatusCode::BAD_REQUEST, "bad upload URL\n"))?
+        .into_parts();
+    parts.headers = headers;
+    upstream_request(gw, &mut parts, super::body::full(bytes::Bytes::new()))
+}
+
 fn strip_hop_by_hop(headers: &mut HeaderMap<HeaderValue>) {
     let named: Vec<HeaderName> = headers
         .get_all(hyper::header::CONNECTION)
@@ -362,8 +404,15 @@ fn strip_hop_by_hop(headers: &mut HeaderMap<HeaderValue>) {
 }
 
 pub(super) fn content_length(headers: &HeaderMap<HeaderValue>) -> Option<u64> {
-    headers
-        .get(hyper::header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse().ok())
+    content_length_named(headers, "content-length")
+}
+
+/// A length header's value (`Content-Length`, `OC-Total-Length`), if it is one number.
+pub(super) fn content_length_named(headers: &HeaderMap<HeaderValue>, name: &str) -> Option<u64> {
+    let mut values = headers.get_all(name).iter();
+    let value = values.next()?;
+    if values.next().is_some() {
+        return None;
+    }
+    value.to_str().ok().and_then(|v| v.parse().ok())
 }

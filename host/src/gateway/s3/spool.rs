@@ -148,6 +148,44 @@ impl Spool {
         let _ = tokio::fs::remove_dir_all(self.upload_dir(upload)).await;
     }
 
+    /// The numbers of the parts spooled for `upload`, ascending (a store that assembles
+    /// whatever parts it holds, such as Nextcloud's chunking, needs them all).
+    pub fn numbers(&self, upload: &str) -> std::io::Result<Vec<u32>> {
+        let mut numbers = Vec::new();
+        match std::fs::read_dir(self.upload_dir(upload)) {
+            Ok(entries) => {
+                for entry in entries {
+                    let name = entry?.file_name().to_string_lossy().into_owned();
+                    if let Some(n) = name.strip_prefix("part-").and_then(|r| r.get(..5)) {
+                        numbers.extend(n.parse::<u32>().ok());
+                    }
+                }
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e),
+        }
+        numbers.sort_unstable();
+        numbers.dedup();
+        Ok(numbers)
+    }
+
+    /// Records that `upload`'s parts are named with `width` digits, or says whether they
+    /// already are (names of one width sort by number; `1` and `01` would be two parts
+    /// to the store and one here).
+    pub async fn same_width(&self, upload: &str, width: usize) -> std::io::Result<bool> {
+        let dir = self.upload_dir(upload);
+        tokio::fs::create_dir_all(&dir).await?;
+        let mut entries = tokio::fs::read_dir(&dir).await?;
+        while let Some(entry) = entries.next_entry().await? {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if let Some(w) = name.strip_prefix("width-") {
+                return Ok(w == width.to_string());
+            }
+        }
+        tokio::fs::write(dir.join(format!("width-{width}")), b"").await?;
+        Ok(true)
+    }
+
     /// The spooled part `number` of `upload`, if it was kept under `etag` (any ETag, if
     /// the completion names none).
     pub fn vouch(
@@ -288,6 +326,15 @@ impl PartCopy {
         match etag {
             Some(etag) if status.is_success() => self.keep(&etag).await,
             _ => self.discard().await,
+        }
+    }
+
+    /// Keeps the copy if the origin stored the part (a 2xx), whatever ETag it gave (for
+    /// stores whose completion names no ETags).
+    pub async fn settle_unbound(self, status: StatusCode) {
+        match status.is_success() {
+            true => self.keep("").await,
+            false => self.discard().await,
         }
     }
 

@@ -40,7 +40,9 @@ pub use pieces::{PieceCopy, Uploads};
 
 use super::assembly::{self, Piece};
 use super::body::{full, ChannelBody, GatewayBody, Upload};
-use super::upload::{self, content_length, fetch, relay, sent, upstream_request};
+use super::upload::{
+    self, content_length, credentials, fetch, own_request, relay, sent, upstream_request,
+};
 use super::Gateway;
 use crate::enforce::{Context, Outcome};
 
@@ -95,45 +97,6 @@ fn number(headers: &HeaderMap, name: &str) -> Result<Option<u64>, String> {
             .map(Some)
             .ok_or_else(|| format!("{name} is not a number")),
     }
-}
-
-/// The client's headers for a request of the gateway's own about the same upload (its
-/// credentials and `Tus-Resumable`, nothing about a body).
-fn credentials(headers: &HeaderMap) -> HeaderMap {
-    let mut kept = headers.clone();
-    for name in [
-        "content-length",
-        "content-type",
-        "content-encoding",
-        "transfer-encoding",
-        "upload-offset",
-        "upload-length",
-        "upload-concat",
-        "upload-metadata",
-        "upload-checksum",
-        "expect",
-    ] {
-        kept.remove(name);
-    }
-    kept
-}
-
-/// A request of the gateway's own to the origin, `method` on `path` with `headers`.
-#[allow(clippy::result_large_err)]
-fn own_request(
-    gw: &Gateway,
-    method: Method,
-    path: &str,
-    headers: HeaderMap,
-) -> Result<Request<GatewayBody>, Response<GatewayBody>> {
-    let (mut parts, ()) = Request::builder()
-        .method(method)
-        .uri(path)
-        .body(())
-        .map_err(|_| upload::plain(StatusCode::BAD_REQUEST, "bad upload URL\n"))?
-        .into_parts();
-    parts.headers = headers;
-    upstream_request(gw, &mut parts, full(bytes::Bytes::new()))
 }
 
 /// Where an upload stands at the origin.
