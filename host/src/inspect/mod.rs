@@ -68,6 +68,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 pub use aws_chunked::{AwsChunkedDecoder, AwsChunkedError};
+pub use digester::Digester;
 pub use envelope::{Coding, Envelope, EnvelopeError};
 pub use holdback::HoldBack;
 pub use stream::Inspection;

@@ -316,6 +316,7 @@ pub async fn part(
         Ok(turn) => turn,
         Err(busy) => return super::busy(gw, ctx, &busy),
     };
+    spool.hash_with(&gw.enforcer.filter().info().algorithms);
     let mut copy = turn.copy(false).await;
     let target = Target::source(gw, source);
     let read = match read(

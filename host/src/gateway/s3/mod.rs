@@ -59,6 +59,7 @@ pub async fn handle(
                 Ok(turn) => turn,
                 Err(why) => return busy(gw, ctx, &why),
             };
+            spool.hash_with(&gw.enforcer.filter().info().algorithms);
             let copy = turn.copy(aws).await;
             super::upload::inspect(gw, req, ctx, Some(super::upload::BodySpool::S3(copy))).await
         }
@@ -117,12 +118,33 @@ async fn complete(
     let filter = gw.enforcer.filter();
     let algorithms = filter.info().algorithms.clone();
     let limits = gw.config.inspect.clone();
-    let (task_spool, task_upload) = (spool.clone(), upload.to_string());
-    let hashed = tokio::task::spawn_blocking(move || {
-        completion::inspect(&task_spool, &task_upload, &listed, &algorithms, &limits)
-    })
-    .await
-    .unwrap_or_else(|e| Err(completion::AssemblyError::Task(e.to_string())));
+    // Parts 1, 2, … were hashed while later ones arrived: only the rest is hashed now.
+    let numbered: Vec<(u32, Option<String>)> =
+        listed.iter().map(|l| (l.number, l.etag.clone())).collect();
+    let ahead = spool
+        .report_ahead(upload, &numbered)
+        .await
+        .filter(|report| {
+            report.nodes.last().is_some_and(|root| {
+                algorithms
+                    .iter()
+                    .all(|a| root.digests.iter().any(|d| d.algorithm == *a))
+            })
+        });
+    let hashed = match ahead {
+        Some(report) => {
+            tracing::debug!(request_id = %ctx.request_id, upload, "the parts were hashed ahead");
+            Ok(report)
+        }
+        None => {
+            let (task_spool, task_upload) = (spool.clone(), upload.to_string());
+            tokio::task::spawn_blocking(move || {
+                completion::inspect(&task_spool, &task_upload, &listed, &algorithms, &limits)
+            })
+            .await
+            .unwrap_or_else(|e| Err(completion::AssemblyError::Task(e.to_string())))
+        }
+    };
     let object = match hashed {
         Ok(object) => object,
         Err(why) => {

@@ -30,11 +30,57 @@ use hyper::StatusCode;
 use sha2::Digest as _;
 
 use super::super::copy::Copy;
+use crate::hashing::ObjectHasher;
+use crate::inspect::Report;
+
+/// Feeds the file at `path` to `hashers`, each on a blocking thread of its own (never
+/// the serving thread; several cores when they are free, as they are once the last
+/// parts are in); its length.
+async fn feed(hashers: &mut Vec<ObjectHasher>, path: &Path) -> std::io::Result<u64> {
+    let tasks: Vec<_> = std::mem::take(hashers)
+        .into_iter()
+        .map(|mut hasher| {
+            let path = path.to_path_buf();
+            tokio::task::spawn_blocking(move || {
+                let read = (|| -> std::io::Result<u64> {
+                    let mut file = std::fs::File::open(&path)?;
+                    let mut buf = vec![0u8; 1 << 20];
+                    let mut total = 0;
+                    loop {
+                        let n = std::io::Read::read(&mut file, &mut buf)?;
+                        if n == 0 {
+                            return Ok(total);
+                        }
+                        hasher.update(&buf[..n]);
+                        total += n as u64;
+                    }
+                })();
+                (hasher, read)
+            })
+        })
+        .collect();
+    let mut length = None;
+    for task in tasks {
+        let (hasher, read) = task.await.map_err(std::io::Error::other)?;
+        hashers.push(hasher);
+        let n = read?;
+        if length.is_some_and(|l| l != n) {
+            return Err(std::io::Error::other(
+                "the part changed while it was hashed",
+            ));
+        }
+        length = Some(n);
+    }
+    Ok(length.unwrap_or(0))
+}
 
 /// The spool directory and the turns of the parts in flight.
 pub struct Spool {
     dir: PathBuf,
     flight: Mutex<HashMap<String, Flight>>,
+    ahead: Mutex<HashMap<String, Arc<tokio::sync::Mutex<AheadSlot>>>>,
+    /// The algorithms of the filter in force when the last part arrived.
+    algorithms: Mutex<Vec<crate::Algorithm>>,
 }
 
 #[derive(Default)]
@@ -48,6 +94,28 @@ struct Flight {
 #[derive(Debug, thiserror::Error)]
 #[error("another request for this {0} is in flight")]
 pub struct Busy(&'static str);
+
+/// The hash of an upload's parts 1, 2, … as far as they are spooled, computed while later
+/// parts still arrive, so a completion listing exactly those parts needs to hash only the
+/// rest. Only for objects the pipeline would hash as one plain object (no container
+/// magic at the start, no aws-chunked framing); anything else is assembled whole at
+/// completion. A completion uses it only if every part it names is the very version that
+/// was hashed.
+struct Ahead {
+    /// One per algorithm (so that each can have a core).
+    hashers: Vec<ObjectHasher>,
+    /// The spool file names of the parts hashed, in order.
+    fed: Vec<String>,
+    size: u64,
+}
+
+/// An upload's [`Ahead`], and whether it can be had at all.
+#[derive(Default)]
+struct AheadSlot {
+    ahead: Option<Ahead>,
+    /// The object is not plain, or hashing ahead failed: completions assemble whole.
+    unusable: bool,
+}
 
 /// One part as spooled: where, and whether it is aws-chunked framed.
 #[derive(Debug)]
@@ -95,6 +163,8 @@ impl Spool {
         Spool {
             dir: dir.to_path_buf(),
             flight: Mutex::new(HashMap::new()),
+            ahead: Mutex::new(HashMap::new()),
+            algorithms: Mutex::new(Vec::new()),
         }
     }
 
@@ -120,6 +190,7 @@ impl Spool {
                 return Err(Busy("part number"));
             }
         }
+        self.slots().entry(upload.to_string()).or_default();
         let turn = PartTurn {
             spool: self.clone(),
             upload: upload.to_string(),
@@ -145,7 +216,140 @@ impl Spool {
 
     /// Forgets an upload's spooled parts.
     pub async fn forget(&self, upload: &str) {
+        self.slots().remove(upload);
         let _ = tokio::fs::remove_dir_all(self.upload_dir(upload)).await;
+    }
+
+    fn slots(
+        &self,
+    ) -> std::sync::MutexGuard<'_, HashMap<String, Arc<tokio::sync::Mutex<AheadSlot>>>> {
+        self.ahead.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The upload's slot, made by its first part ([`Spool::begin_part`]) and dropped by
+    /// [`Spool::forget`].
+    fn slot(&self, upload: &str) -> Option<Arc<tokio::sync::Mutex<AheadSlot>>> {
+        self.slots().get(upload).cloned()
+    }
+
+    /// The only spooled version of part `number`: its file name and whether it is
+    /// aws-chunked framed.
+    fn only_version(&self, upload: &str, number: u32) -> Option<(String, bool)> {
+        let spooled = self.vouch(upload, number, None).ok()?;
+        let name = spooled.path.file_name()?.to_string_lossy().into_owned();
+        Some((name, spooled.aws))
+    }
+
+    /// Hashes `upload`'s next parts ahead, as far as they are spooled without a gap.
+    async fn hash_ahead(&self, upload: &str) {
+        let Some(slot) = self.slot(upload) else {
+            return;
+        };
+        let mut slot = slot.lock().await;
+        if slot.unusable {
+            return;
+        }
+        loop {
+            let next = slot.ahead.as_ref().map_or(1, |a| a.fed.len() as u32 + 1);
+            let Some((name, aws)) = self.only_version(upload, next) else {
+                return;
+            };
+            let path = self.upload_dir(upload).join(&name);
+            if aws {
+                slot.unusable = true;
+                slot.ahead = None;
+                return;
+            }
+            if slot.ahead.is_none() {
+                let mut start = vec![0u8; crate::inspect::PREFIX_LEN];
+                let plain = match std::fs::File::open(&path).and_then(|mut f| {
+                    let n = std::io::Read::read(&mut f, &mut start)?;
+                    Ok(n)
+                }) {
+                    Ok(n) => crate::inspect::is_plain(&start[..n]),
+                    Err(_) => false,
+                };
+                if !plain {
+                    slot.unusable = true;
+                    return;
+                }
+                let algorithms = self
+                    .algorithms
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .clone();
+                slot.ahead = Some(Ahead {
+                    hashers: algorithms
+                        .iter()
+                        .map(|a| ObjectHasher::new(&[*a]))
+                        .collect(),
+                    fed: Vec::new(),
+                    size: 0,
+                });
+            }
+            let ahead = slot.ahead.as_mut().expect("made above");
+            match feed(&mut ahead.hashers, &path).await {
+                Ok(n) => {
+                    ahead.size += n;
+                    ahead.fed.push(name);
+                }
+                Err(_) => {
+                    // The part was replaced meanwhile (its file gone): start over at
+                    // completion.
+                    slot.unusable = true;
+                    slot.ahead = None;
+                    return;
+                }
+            }
+        }
+    }
+
+    /// The report of `upload`'s object made of parts `numbers` (1, 2, … in order), from
+    /// the hash computed ahead, if that hash is of exactly those versions; `None` when
+    /// the completion must assemble the object whole.
+    pub async fn report_ahead(
+        &self,
+        upload: &str,
+        listed: &[(u32, Option<String>)],
+    ) -> Option<Report> {
+        let slot = self.slot(upload)?;
+        let mut slot = slot.lock().await;
+        // Whatever happens to this completion, the hash is not taken up again.
+        slot.unusable = true;
+        let mut ahead = slot.ahead.take()?;
+        if listed
+            .iter()
+            .enumerate()
+            .any(|(i, (n, _))| *n != i as u32 + 1)
+            || listed.len() < ahead.fed.len()
+        {
+            return None;
+        }
+        for (i, (number, etag)) in listed.iter().enumerate() {
+            let spooled = self.vouch(upload, *number, etag.as_deref()).ok()?;
+            let name = spooled.path.file_name()?.to_string_lossy().into_owned();
+            match ahead.fed.get(i) {
+                Some(fed) if *fed == name => {}
+                Some(_) => return None,
+                None if spooled.aws => return None,
+                None => {
+                    ahead.size += feed(&mut ahead.hashers, &spooled.path).await.ok()?;
+                    ahead.fed.push(name);
+                }
+            }
+        }
+        let mut digests: Vec<_> = ahead
+            .hashers
+            .into_iter()
+            .flat_map(ObjectHasher::finish)
+            .collect();
+        digests.sort_by_key(|d| crate::Algorithm::ALL.iter().position(|a| *a == d.algorithm));
+        Some(Report::plain(ahead.size, digests))
+    }
+
+    /// Sets the algorithms parts are hashed ahead with (the current filter's).
+    pub fn hash_with(&self, algorithms: &[crate::Algorithm]) {
+        *self.algorithms.lock().unwrap_or_else(|e| e.into_inner()) = algorithms.to_vec();
     }
 
     /// The numbers of the parts spooled for `upload`, ascending (a store that assembles
@@ -214,8 +418,9 @@ impl Spool {
             [one] => one,
             _ => return Err(Unvouched::Twice(number)),
         };
-        let mut fields = name[prefix.len()..].split('.');
-        let (Some(bound), Some(kind)) = (fields.next(), fields.next()) else {
+        // part-NNNNN.<ETag hash>.<version>.<raw|aws>
+        let fields: Vec<&str> = name[prefix.len()..].split('.').collect();
+        let [bound, _version, kind] = fields[..] else {
             return Err(Unvouched::Unseen(number));
         };
         if etag.is_some_and(|etag| etag_name(etag) != bound) {
@@ -340,10 +545,20 @@ impl PartCopy {
 
     /// Keeps the copy under `etag`.
     pub async fn keep(self, etag: &str) {
+        // Each version is named apart: two versions with one ETag (an MD5 collision)
+        // are still two versions to the prefix hash (see `Ahead`).
         let kind = if self.aws { "aws" } else { "raw" };
-        let name = format!("part-{:05}.{}.{kind}", self.turn.number, etag_name(etag));
+        let version = uuid::Uuid::new_v4().simple();
+        let name = format!(
+            "part-{:05}.{}.{version}.{kind}",
+            self.turn.number,
+            etag_name(etag)
+        );
         let kept = self.turn.spool.upload_dir(&self.turn.upload).join(name);
         self.copy.keep_as(kept).await;
+        let spool = self.turn.spool.clone();
+        let upload = self.turn.upload.clone();
+        tokio::spawn(async move { spool.hash_ahead(&upload).await });
     }
 
     /// Deletes the copy: the part counts as unseen.
