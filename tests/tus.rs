@@ -74,10 +74,15 @@ fn tus_uploads_in_pieces_are_checked_as_the_file_they_make() {
     let store = s.path("tus-files");
     let (_tus, tus_port) = tus_server(&store);
     let spool = s.path("tus-spool");
-    let (_gw, port, _) = s.gateway(
-        &["--origin", &format!("http://127.0.0.1:{tus_port}")],
-        &["--tus-spool", spool.to_str().unwrap()],
-    );
+    let origin = format!("http://127.0.0.1:{tus_port}");
+    let start = |listen: &str| {
+        s.gateway_at(
+            listen,
+            &["--origin", &origin],
+            &["--tus-spool", spool.to_str().unwrap()],
+        )
+    };
+    let (gw, port, _) = start("127.0.0.1:0");
     let endpoint = format!("http://127.0.0.1:{port}/files/");
     let listed = std::fs::read(&s.listed).unwrap();
     let fifth = listed.len().div_ceil(5);
@@ -106,6 +111,23 @@ fn tus_uploads_in_pieces_are_checked_as_the_file_they_make() {
         false,
     );
     let url = out.strip_prefix("stopped ").expect(&out).to_string();
+    let out = client(&endpoint, &s.listed, fifth, &["resume", &url], false);
+    assert!(failed(&out, 451), "{out}");
+    assert!(stored(&store).is_empty(), "a refused upload stayed");
+
+    // The gateway restarted between two chunks: the spool is reloaded, the upload still
+    // checked whole.
+    let out = client(
+        &endpoint,
+        &s.listed,
+        fifth,
+        &[&(3 * fifth).to_string()],
+        false,
+    );
+    let url = out.strip_prefix("stopped ").expect(&out).to_string();
+    drop(gw);
+    let (_gw, again, _) = start(&format!("127.0.0.1:{port}"));
+    assert_eq!(again, port);
     let out = client(&endpoint, &s.listed, fifth, &["resume", &url], false);
     assert!(failed(&out, 451), "{out}");
     assert!(stored(&store).is_empty(), "a refused upload stayed");
@@ -151,7 +173,7 @@ fn tus_uploads_in_pieces_are_checked_as_the_file_they_make() {
         .lines()
         .filter(|l| l.contains("\"action\":\"block\""))
         .count();
-    assert!(blocks >= 4, "{audit}");
+    assert!(blocks >= 5, "{audit}");
     // Refused and completed uploads leave nothing spooled (the unvouched one stays
     // until it is terminated).
     assert!(files_under(&spool).len() <= 2, "{:?}", files_under(&spool));
