@@ -213,6 +213,7 @@ pub async fn handle(
                     return gw.refusal(StatusCode::SERVICE_UNAVAILABLE, ctx, &why.to_string())
                 }
             };
+            spool.hash_with(&gw.enforcer.filter().info().algorithms);
             let copy = turn.copy(false).await;
             upload::inspect(gw, req, ctx, Some(BodySpool::Chunk(copy))).await
         }
@@ -255,7 +256,7 @@ async fn assemble(
     };
     let mut pieces = Vec::with_capacity(numbers.len());
     let mut size = 0;
-    for number in numbers {
+    for &number in &numbers {
         match spool.vouch(upload, number, None) {
             Ok(spooled) => {
                 size += std::fs::metadata(&spooled.path).map_or(0, |m| m.len());
@@ -274,11 +275,18 @@ async fn assemble(
     let filter = gw.enforcer.filter();
     let algorithms = filter.info().algorithms.clone();
     let limits = gw.config.inspect.clone();
-    let report =
-        tokio::task::spawn_blocking(move || assembly::inspect(&pieces, &algorithms, &limits))
-            .await
-            .map_err(|e| e.to_string())
-            .and_then(|r| r.map_err(|e| e.to_string()));
+    // Chunks 1, 2, … were hashed while later ones arrived (as for S3 parts).
+    let numbered: Vec<(u32, Option<String>)> = numbers.iter().map(|n| (*n, None)).collect();
+    let ahead = spool.report_ahead(upload, &numbered, &algorithms).await;
+    let report = match ahead {
+        Some(report) => Ok(report),
+        None => {
+            tokio::task::spawn_blocking(move || assembly::inspect(&pieces, &algorithms, &limits))
+                .await
+                .map_err(|e| e.to_string())
+                .and_then(|r| r.map_err(|e| e.to_string()))
+        }
+    };
     let report = match report {
         Ok(r) => r,
         Err(why) => return unvouched(&why),

@@ -121,16 +121,7 @@ async fn complete(
     // Parts 1, 2, … were hashed while later ones arrived: only the rest is hashed now.
     let numbered: Vec<(u32, Option<String>)> =
         listed.iter().map(|l| (l.number, l.etag.clone())).collect();
-    let ahead = spool
-        .report_ahead(upload, &numbered)
-        .await
-        .filter(|report| {
-            report.nodes.last().is_some_and(|root| {
-                algorithms
-                    .iter()
-                    .all(|a| root.digests.iter().any(|d| d.algorithm == *a))
-            })
-        });
+    let ahead = spool.report_ahead(upload, &numbered, &algorithms).await;
     let hashed = match ahead {
         Some(report) => {
             tracing::debug!(request_id = %ctx.request_id, upload, "the parts were hashed ahead");

@@ -304,13 +304,15 @@ impl Spool {
         }
     }
 
-    /// The report of `upload`'s object made of parts `numbers` (1, 2, … in order), from
-    /// the hash computed ahead, if that hash is of exactly those versions; `None` when
-    /// the completion must assemble the object whole.
+    /// The report of `upload`'s object made of the `listed` parts (numbers 1, 2, … in
+    /// order, with the ETags a completion names), from the hash computed ahead, if that
+    /// hash is of exactly those versions and has every one of `algorithms` (a filter
+    /// swapped meanwhile may want more); `None` when the object must be assembled whole.
     pub async fn report_ahead(
         &self,
         upload: &str,
         listed: &[(u32, Option<String>)],
+        algorithms: &[crate::Algorithm],
     ) -> Option<Report> {
         let slot = self.slot(upload)?;
         let mut slot = slot.lock().await;
@@ -343,6 +345,12 @@ impl Spool {
             .into_iter()
             .flat_map(ObjectHasher::finish)
             .collect();
+        if !algorithms
+            .iter()
+            .all(|a| digests.iter().any(|d| d.algorithm == *a))
+        {
+            return None;
+        }
         digests.sort_by_key(|d| crate::Algorithm::ALL.iter().position(|a| *a == d.algorithm));
         Some(Report::plain(ahead.size, digests))
     }

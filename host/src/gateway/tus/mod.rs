@@ -163,12 +163,25 @@ async fn terminate(gw: &Gateway, headers: &HeaderMap, path: &str, ctx: &Context)
     }
 }
 
-async fn patch(
+/// What a `PATCH` is, once checked against where its upload stands.
+struct Patch {
+    turn: pieces::Turn,
+    path: String,
+    client: HeaderMap,
+    stands: State,
+    offset: u64,
+    size: u64,
+    completing: bool,
+}
+
+/// Checks a `PATCH` against where its upload stands; the answer if it goes no further.
+#[allow(clippy::result_large_err)]
+async fn prepare(
     gw: &Gateway,
     uploads: &Arc<Uploads>,
-    req: Request<Incoming>,
+    req: &Request<Incoming>,
     ctx: &Context,
-) -> Response<GatewayBody> {
+) -> Result<Patch, Response<GatewayBody>> {
     let path = req.uri().path().to_string();
     let headers = req.headers();
     let (offset, declared_length) = match (
@@ -176,55 +189,98 @@ async fn patch(
         number(headers, "upload-length"),
     ) {
         (Ok(Some(o)), Ok(l)) => (o, l),
-        (Ok(None), _) => return gw.malformed(ctx, "a tus PATCH without Upload-Offset"),
-        (Err(why), _) | (_, Err(why)) => return gw.malformed(ctx, &why),
+        (Ok(None), _) => return Err(gw.malformed(ctx, "a tus PATCH without Upload-Offset")),
+        (Err(why), _) | (_, Err(why)) => return Err(gw.malformed(ctx, &why)),
     };
     let Some(size) = content_length(headers) else {
-        return gw.refusal(
+        return Err(gw.refusal(
             StatusCode::LENGTH_REQUIRED,
             ctx,
             "a tus PATCH needs a Content-Length (whether it completes the upload must be known)",
-        );
+        ));
     };
-    let turn = match uploads.begin(&path) {
-        Ok(turn) => turn,
-        Err(why) => return gw.refusal(StatusCode::LOCKED, ctx, &why.to_string()),
-    };
-    let client = req.headers().clone();
-    let stands = match state(gw, &client, &path, ctx).await {
-        Ok(s) => s,
-        Err(answer) => return answer,
-    };
+    let turn = uploads
+        .begin(&path)
+        .map_err(|why| gw.refusal(StatusCode::LOCKED, ctx, &why.to_string()))?;
+    let client = headers.clone();
+    let stands = state(gw, &client, &path, ctx).await?;
     if offset != stands.offset {
-        return gw.refusal(
+        return Err(gw.refusal(
             StatusCode::CONFLICT,
             ctx,
             &format!(
                 "Upload-Offset is not where the upload stands ({})",
                 stands.offset
             ),
-        );
+        ));
     }
-    let covered = match turn.reconcile(offset) {
-        Ok(c) => c,
-        Err(e) => {
-            tracing::error!(request_id = %ctx.request_id, error = %e, "the tus spool cannot be read");
-            return gw.refusal(
-                StatusCode::SERVICE_UNAVAILABLE,
-                ctx,
-                "the upload cannot be checked",
-            );
-        }
-    };
+    let covered = turn.reconcile(offset).map_err(|e| {
+        tracing::error!(request_id = %ctx.request_id, error = %e, "the tus spool cannot be read");
+        gw.refusal(
+            StatusCode::SERVICE_UNAVAILABLE,
+            ctx,
+            "the upload cannot be checked",
+        )
+    })?;
     let length = stands.length.or(declared_length);
     if length.is_some_and(|l| offset + size > l) {
-        return gw.refusal(
+        return Err(gw.refusal(
             StatusCode::PAYLOAD_TOO_LARGE,
             ctx,
             "the PATCH goes past Upload-Length",
-        );
+        ));
     }
     let completing = length == Some(offset + size);
+    if completing && offset > 0 && covered < offset {
+        tracing::warn!(request_id = %ctx.request_id, path, covered, offset, "a tus upload's earlier pieces were not seen here");
+        return Err(gw.refusal(
+            StatusCode::SERVICE_UNAVAILABLE,
+            ctx,
+            "this gateway did not see the upload's earlier pieces; not completing it",
+        ));
+    }
+    Ok(Patch {
+        turn,
+        path,
+        client,
+        stands,
+        offset,
+        size,
+        completing,
+    })
+}
+
+/// Reads a refused request's body (up to its declared length and `max_body_bytes`) so
+/// that the client, still sending, gets the answer rather than a reset connection.
+async fn drained(gw: &Gateway, req: Request<Incoming>) {
+    let limit = content_length(req.headers())
+        .unwrap_or(0)
+        .min(gw.config.max_body);
+    let mut reader = Upload::new(req.into_body(), gw.config.body_timeout, limit);
+    while let Ok(Some(_)) = reader.next().await {}
+}
+
+async fn patch(
+    gw: &Gateway,
+    uploads: &Arc<Uploads>,
+    req: Request<Incoming>,
+    ctx: &Context,
+) -> Response<GatewayBody> {
+    let Patch {
+        turn,
+        path,
+        client,
+        stands,
+        offset,
+        size,
+        completing,
+    } = match prepare(gw, uploads, &req, ctx).await {
+        Ok(patch) => patch,
+        Err(answer) => {
+            drained(gw, req).await;
+            return answer;
+        }
+    };
     if !completing || offset == 0 {
         // Not the end (or the whole upload in one body): inspected as it streams.
         let piece = turn.piece(offset).await;
@@ -236,14 +292,6 @@ async fn patch(
             uploads.forget(&path).await;
         }
         return response;
-    }
-    if covered < offset {
-        tracing::warn!(request_id = %ctx.request_id, path, covered, offset, "a tus upload's earlier pieces were not seen here");
-        return gw.refusal(
-            StatusCode::SERVICE_UNAVAILABLE,
-            ctx,
-            "this gateway did not see the upload's earlier pieces; not completing it",
-        );
     }
     // The completing piece: read whole, the upload checked from its pieces, then sent on.
     let (mut parts, body) = req.into_parts();
