@@ -57,6 +57,10 @@ enum Command {
     },
     /// Scan files and directories against a filter. Exit 0: no hits; 1: hits; 2: error.
     Scan(ScanArgs),
+    /// Check every object a catalog records (by the gateway or `scan --catalog`)
+    /// against a filter, without reading a byte of them. Exit 0: no hits; 1: hits;
+    /// 2: error.
+    Recheck(RecheckArgs),
     /// Write the canary file: harmless, listed in every filter, for end-to-end tests.
     Canary {
         /// Where to write it.
@@ -151,9 +155,34 @@ struct ScanArgs {
     /// A config file whose `[inspect]` and `[uninspectable]` tables apply.
     #[arg(long)]
     config: Option<PathBuf>,
+    /// Incremental scan with this catalog (SQLite; created if missing): files whose
+    /// inode, size and times are as recorded are not read again, every file read is
+    /// recorded, rows of files gone are dropped.
+    #[arg(long)]
+    catalog: Option<PathBuf>,
+    /// Digests the catalog records, comma-separated (a later list may hold any).
+    #[arg(long, value_delimiter = ',', default_value = "md5,sha1,sha256")]
+    catalog_algorithms: Vec<String>,
     /// Files and directories to scan.
     #[arg(required = true)]
     paths: Vec<PathBuf>,
+}
+
+/// `hashgate recheck`.
+#[derive(clap::Args, Debug)]
+pub struct RecheckArgs {
+    /// The catalog (SQLite).
+    #[arg(long)]
+    catalog: PathBuf,
+    /// The signed filter snapshot.
+    #[arg(long)]
+    filter: PathBuf,
+    /// The authority's public key.
+    #[arg(long = "pub")]
+    public_key: PathBuf,
+    /// Print JSON lines instead of text.
+    #[arg(long)]
+    json: bool,
 }
 
 /// Runs the parsed command.
@@ -170,6 +199,7 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
             file,
         } => inspect_cmd(public_key.as_deref(), json, &file),
         Command::Scan(args) => scan_cmd(args),
+        Command::Recheck(args) => recheck_cmd(args),
         Command::Canary { out } => {
             std::fs::write(&out, hashgate_guest_canary())
                 .with_context(|| format!("writing {}", out.display()))?;
@@ -372,6 +402,8 @@ fn scan_cmd(args: ScanArgs) -> Result<ExitCode> {
         threads: args
             .threads
             .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get())),
+        catalog: args.catalog.as_deref(),
+        catalog_algorithms: algorithms(&args.catalog_algorithms)?,
     };
     let json = args.json;
     let out = Mutex::new(std::io::stdout());
@@ -415,25 +447,146 @@ fn scan_cmd(args: ScanArgs) -> Result<ExitCode> {
     if let Some(bar) = progress.get() {
         bar.finish_and_clear();
     }
-    let scan::job::Finished { summary, filter } = finished?;
+    let scan::job::Finished {
+        mut summary,
+        filter,
+        catalog,
+    } = finished?;
+    if let Some(Err(e)) = &catalog {
+        summary.errors += 1;
+        emit(error_line(
+            json,
+            args.catalog.as_deref().unwrap_or(Path::new("")),
+            &e.to_string(),
+        ));
+    }
     let elapsed = started.elapsed().as_secs_f64();
     if json {
         emit(
             serde_json::json!({"type": "summary", "files": summary.files, "bytes": summary.bytes,
                 "hits": summary.hits, "canaries": summary.canaries, "errors": summary.errors,
-                "uninspectable": summary.uninspectable,
+                "uninspectable": summary.uninspectable, "from_catalog": summary.from_catalog,
                 "seconds": elapsed, "filter": {"series": filter.series, "version": filter.version}})
             .to_string(),
         );
     } else {
+        let reused = if args.catalog.is_some() {
+            format!(" ({} from the catalog)", summary.from_catalog)
+        } else {
+            String::new()
+        };
         emit(format!(
-            "scanned {} files, {} bytes in {elapsed:.2}s with filter {} v{}: {} hit, {} canary, {} error, {} uninspectable",
+            "scanned {} files{reused}, {} bytes in {elapsed:.2}s with filter {} v{}: {} hit, {} canary, {} error, {} uninspectable",
             summary.files, summary.bytes, filter.series, filter.version, summary.hits, summary.canaries, summary.errors, summary.uninspectable
         ));
     }
     Ok(if summary.hits > 0 {
         ExitCode::from(1)
     } else if summary.errors > 0 || summary.uninspectable > 0 {
+        ExitCode::from(2)
+    } else {
+        ExitCode::SUCCESS
+    })
+}
+
+/// Algorithm names (`md5`, `sha1`, `sha256`) as algorithms.
+fn algorithms(names: &[String]) -> Result<Vec<hashgate_host::Algorithm>> {
+    names
+        .iter()
+        .map(|name| {
+            hashgate_host::Algorithm::ALL
+                .into_iter()
+                .find(|a| a.name() == name.trim())
+                .ok_or_else(|| {
+                    anyhow::anyhow!("unknown digest algorithm {name:?} (md5, sha1, sha256)")
+                })
+        })
+        .collect()
+}
+
+fn recheck_cmd(args: RecheckArgs) -> Result<ExitCode> {
+    use hashgate_host::catalog::{self, Catalog};
+    let key = PublicKey::read(&args.public_key)?;
+    let runtime = Arc::new(guest_runtime(None)?);
+    let engine = hashgate_host::FilterEngine::open(runtime, &args.filter, &key)
+        .map_err(|e| hashgate_host::Error::loading(&args.filter, e))?;
+    if !args.catalog.exists() {
+        anyhow::bail!("{}: no such catalog", args.catalog.display());
+    }
+    let db = Catalog::open(&args.catalog)?;
+    let json = args.json;
+    let mut hits = 0u64;
+    let mut on_hit = |hit: catalog::RetroHit| {
+        use std::os::unix::ffi::OsStrExt as _;
+        let real: Vec<&hashgate_host::Hit> = hit.hits.iter().filter(|h| !h.is_canary()).collect();
+        if real.is_empty() {
+            return;
+        }
+        hits += 1;
+        let path = Path::new(std::ffi::OsStr::from_bytes(&hit.key));
+        for h in real {
+            let digest = hex::encode(&h.bytes);
+            let line = if json {
+                json_line(
+                    path,
+                    serde_json::json!({"type": "hit", "kind": hit.kind.name(),
+                    "member": hit.member, "layers": hit.layers, "size": hit.size,
+                    "algorithm": h.algorithm.name(), "digest": digest, "category": h.category,
+                    "stored": hit.stored, "etag": hit.etag,
+                    "passed_by": hit.passed_by.as_ref().map(|(s, v)| serde_json::json!({"series": s, "version": v}))}),
+                )
+            } else {
+                format!(
+                    "HIT     {} {}  {}:{digest}  category {}  recorded {}{}",
+                    hit.kind.name(),
+                    object_name(path, hit.member.as_deref()),
+                    h.algorithm,
+                    h.category.as_deref().unwrap_or("-"),
+                    hit.stored,
+                    hit.passed_by
+                        .as_ref()
+                        .map_or(String::new(), |(s, v)| format!("  passed by {s} v{v}")),
+                )
+            };
+            println!("{line}");
+        }
+    };
+    let started = std::time::Instant::now();
+    let done = catalog::recheck(&db, &engine, &mut on_hit, &|| true)?;
+    let info = engine.info();
+    let unchecked: Vec<String> = done
+        .unchecked
+        .iter()
+        .map(|(a, n)| format!("{n} without {}", a.name()))
+        .collect();
+    let elapsed = started.elapsed().as_secs_f64();
+    if json {
+        println!(
+            "{}",
+            serde_json::json!({"type": "summary", "objects": done.objects, "members": done.members,
+                "digests": done.digests, "hits": hits, "seconds": elapsed,
+                "unchecked": done.unchecked.iter().map(|(a, n)| (a.name(), n)).collect::<std::collections::BTreeMap<_, _>>(),
+                "filter": {"series": info.series, "version": info.version}})
+        );
+    } else {
+        println!(
+            "rechecked {} objects and {} members ({} digests) in {elapsed:.2}s with filter {} v{}: {hits} hit{}",
+            done.objects,
+            done.members,
+            done.digests,
+            info.series,
+            info.version,
+            if unchecked.is_empty() {
+                String::new()
+            } else {
+                format!("; not checked: {}", unchecked.join(", "))
+            }
+        );
+    }
+    // Rows that could not be checked for an algorithm the filter holds: not clean.
+    Ok(if hits > 0 {
+        ExitCode::from(1)
+    } else if !done.unchecked.is_empty() {
         ExitCode::from(2)
     } else {
         ExitCode::SUCCESS

@@ -91,6 +91,8 @@ pub fn run(dir: Option<PathBuf>, listen: &str, scan_only: bool) -> Result<ExitCo
         allow_list: None,
         audit_log: None,
         threads: 2,
+        catalog: None,
+        catalog_algorithms: Vec::new(),
     };
     let summary = scan::job::run(&job, &|event| match event {
         Event::Hit { path, hits, .. } => {

@@ -159,6 +159,26 @@ impl wit::Guest for Component {
             verdict_of(filter, &digests)
         })
     }
+
+    fn check_packed(
+        algorithm: wit::Algorithm,
+        packed: Vec<u8>,
+    ) -> Result<Vec<wit::Hit>, wit::CheckError> {
+        FILTER.with(|f| {
+            let guard = f.borrow();
+            let filter = guard.as_ref().ok_or(wit::CheckError::NoFilter)?;
+            let hits = filter
+                .check_packed(from_wit_algorithm(algorithm), &packed)
+                .map_err(|e| wit::CheckError::BadDigest(e.to_string()))?;
+            Ok(hits
+                .into_iter()
+                .map(|(digest, section)| wit::Hit {
+                    digest: digest as u32,
+                    section: section as u32,
+                })
+                .collect())
+        })
+    }
 }
 
 /// The `scanner` resource: hashes raw bytes in the guest (the portable path).

@@ -238,6 +238,55 @@ impl Filter {
         Ok(hits)
     }
 
+    /// Like [`Filter::check_indexed`] for many digests of one algorithm packed back to
+    /// back (a catalog re-check): each hit names the digest's index in `packed` and the
+    /// matching section.
+    ///
+    /// ```
+    /// # use hashgate_guest::{Algorithm, BuildParams, FilterBuilder, Filter, SectionSpec};
+    /// let params = BuildParams::new("example", 1, 1_700_000_000, 1_700_604_800, 1e-6);
+    /// let spec = SectionSpec { algorithm: Algorithm::Md5, category: None, entries: 1 };
+    /// let mut builder = FilterBuilder::new(&params, &[spec])?;
+    /// builder.insert(Algorithm::Md5, None, &[7; 16])?;
+    /// let filter = Filter::parse(builder.finish()?)?;
+    /// let packed = [[0u8; 16], [7; 16], [1; 16]].concat();
+    /// assert_eq!(filter.check_packed(Algorithm::Md5, &packed)?, [(1, 0)]);
+    /// assert!(filter.check_packed(Algorithm::Md5, &packed[..20]).is_err());
+    /// # Ok::<(), hashgate_guest::Error>(())
+    /// ```
+    pub fn check_packed(
+        &self,
+        algorithm: Algorithm,
+        packed: &[u8],
+    ) -> Result<Vec<(usize, usize)>, Error> {
+        let width = algorithm.digest_len();
+        if !packed.len().is_multiple_of(width) {
+            return Err(Error::DigestLength {
+                algorithm: algorithm.name(),
+                len: packed.len() % width,
+            });
+        }
+        let sections: Vec<(usize, &Section)> = self
+            .sections
+            .iter()
+            .enumerate()
+            .filter(|(_, s)| s.algorithm == algorithm)
+            .collect();
+        let mut hits = Vec::new();
+        if sections.is_empty() {
+            return Ok(hits);
+        }
+        for (d, digest) in packed.chunks_exact(width).enumerate() {
+            let probe = Probe::new(&self.header.salt, algorithm, digest);
+            for &(s, section) in &sections {
+                if self.section_contains(section, &probe) {
+                    hits.push((d, s));
+                }
+            }
+        }
+        Ok(hits)
+    }
+
     fn section_contains(&self, section: &Section, probe: &Probe) -> bool {
         let bitmap = self.bitmap(section);
         probe

@@ -96,7 +96,7 @@ impl From<hashgate_trust::Error> for Error {
 impl Error {
     /// `error`, met loading the filter at `path`, as it is reported: an [`Error::Io`]
     /// names the file already, anything else becomes an [`Error::Filter`].
-    pub(crate) fn loading(path: &std::path::Path, error: Error) -> Error {
+    pub fn loading(path: &std::path::Path, error: Error) -> Error {
         match error {
             e @ Error::Io { .. } => e,
             e => Error::Filter {

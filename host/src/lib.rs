@@ -23,6 +23,7 @@
 #![deny(missing_docs)]
 
 pub mod admin;
+pub mod catalog;
 pub mod config;
 pub mod enforce;
 mod error;

@@ -124,6 +124,26 @@ impl Layer {
         }
     }
 
+    /// The layer named `name` (see [`Layer::name`]).
+    pub fn from_name(name: &str) -> Option<Layer> {
+        [
+            Layer::Gzip,
+            Layer::Deflate,
+            Layer::Brotli,
+            Layer::Zstd,
+            Layer::Bzip2,
+            Layer::Xz,
+            Layer::Base64,
+            Layer::QuotedPrintable,
+            Layer::Multipart,
+            Layer::Zip,
+            Layer::Tar,
+            Layer::SevenZ,
+        ]
+        .into_iter()
+        .find(|l| l.name() == name)
+    }
+
     /// Whether the layer splits its input into members (an archive or a multipart body)
     /// rather than decoding it into one stream. Only these count towards
     /// [`Limits::max_depth`].
@@ -172,7 +192,7 @@ fn member_label(member: &[String]) -> Option<String> {
     (!member.is_empty()).then(|| member.join("!"))
 }
 
-fn layers_label(layers: &[Layer]) -> String {
+pub(crate) fn layers_label(layers: &[Layer]) -> String {
     let mut label = String::new();
     for layer in layers {
         label.push_str(layer.name());
@@ -226,6 +246,19 @@ pub enum ProblemKind {
 }
 
 impl ProblemKind {
+    /// The kind named `name` (see [`ProblemKind::name`]).
+    pub fn from_name(name: &str) -> Option<ProblemKind> {
+        [
+            ProblemKind::Encrypted,
+            ProblemKind::Malformed,
+            ProblemKind::Limit,
+            ProblemKind::Unsupported,
+            ProblemKind::Partial,
+        ]
+        .into_iter()
+        .find(|k| k.name() == name)
+    }
+
     /// Its name in config, audit records and metrics.
     pub fn name(self) -> &'static str {
         match self {

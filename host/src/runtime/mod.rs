@@ -252,6 +252,20 @@ impl Instance {
         result.map_err(check_error)
     }
 
+    fn check_packed(
+        &mut self,
+        algorithm: crate::Algorithm,
+        packed: &[u8],
+    ) -> Result<Vec<wit::Hit>, Error> {
+        self.store.set_epoch_deadline(self.load_deadline);
+        let result = self
+            .guest
+            .hashgate_filter_filter()
+            .call_check_packed(&mut self.store, algorithm, packed)
+            .map_err(trapped)?;
+        result.map_err(check_error)
+    }
+
     fn scan_bytes(
         &mut self,
         chunks: &mut dyn Iterator<Item = &[u8]>,
@@ -367,6 +381,33 @@ impl FilterEngine {
     pub fn check(&self, digests: &[Digest], size: u64) -> Result<Verdict, Error> {
         let verdict = self.with_instance(|i| i.check(digests, size))?;
         Verdict::resolve(verdict, digests, &self.info)
+    }
+
+    /// Which of many digests of one `algorithm`, packed back to back, are listed: one
+    /// guest call for all of them (a catalog re-check). Each hit is a digest's index in
+    /// `packed` and the category of the section it matched.
+    pub fn check_packed(
+        &self,
+        algorithm: crate::Algorithm,
+        packed: &[u8],
+    ) -> Result<Vec<(usize, Option<String>)>, Error> {
+        let width = algorithm.digest_len();
+        let hits = self.with_instance(|i| i.check_packed(algorithm, packed))?;
+        hits.into_iter()
+            .map(|h| {
+                let index = h.digest as usize;
+                let section = self.info.sections.get(h.section as usize);
+                match section {
+                    Some(s) if (index + 1) * width <= packed.len() => {
+                        Ok((index, s.category.clone()))
+                    }
+                    _ => Err(Error::Check(format!(
+                        "the guest named digest {} / section {} that do not exist",
+                        h.digest, h.section
+                    ))),
+                }
+            })
+            .collect()
     }
 
     /// The verdict for raw bytes, hashed inside the guest (the portable path).

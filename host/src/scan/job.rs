@@ -5,7 +5,8 @@
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, OnceLock};
 
-use super::{list_files, scan_while_loading, Event, Summary};
+use super::{list_files, scan_while_loading, Event, ScanCatalog, Summary};
+use crate::catalog::Catalog;
 use crate::enforce::{Action, AllowList, AuditLog, Enforcer, Metrics, Policy};
 use crate::inspect::{Limits, Uninspectable};
 use crate::trust::PublicKey;
@@ -31,6 +32,12 @@ pub struct Job<'a> {
     pub audit_log: Option<&'a Path>,
     /// Hashing threads.
     pub threads: usize,
+    /// The catalog of an incremental scan (`scan --catalog`), if any: files whose
+    /// record stands are not read, every file read is recorded, rows of files gone
+    /// from the scanned paths are dropped.
+    pub catalog: Option<&'a Path>,
+    /// The digests the catalog records (those the filter holds are hashed anyway).
+    pub catalog_algorithms: Vec<crate::Algorithm>,
 }
 
 /// Why a scan could not be run at all (a file that cannot be scanned is an
@@ -44,6 +51,11 @@ pub enum JobError {
     /// Occurs when the allow-list or the audit log cannot be opened.
     #[error(transparent)]
     Setup(Error),
+    /// Occurs when the catalog cannot be opened, read or written. A write that fails
+    /// after the scan ran is reported with its findings: they stand, the record does
+    /// not.
+    #[error(transparent)]
+    Catalog(#[from] crate::catalog::CatalogError),
 }
 
 /// What a finished scan found, and with which filter.
@@ -53,6 +65,9 @@ pub struct Finished {
     pub summary: Summary,
     /// The filter it was decided with.
     pub filter: FilterInfo,
+    /// For an incremental scan: rows of files gone that were dropped, or why the
+    /// catalog could not be brought up to date (the findings stand all the same).
+    pub catalog: Option<Result<u64, crate::catalog::CatalogError>>,
 }
 
 /// Runs `job`, reporting each finding to `on_event` as it is made: first one
@@ -96,6 +111,15 @@ pub fn run(job: &Job<'_>, on_event: &(dyn Fn(Event<'_>) + Sync)) -> Result<Finis
         files: targets.len() as u64,
         bytes: targets.iter().map(|t| t.size).sum(),
     });
+    let roots: Vec<PathBuf> = job.paths.iter().map(|p| absolute(p)).collect();
+    let catalog = match job.catalog {
+        Some(path) => Some(ScanCatalog::new(
+            Catalog::open(path)?,
+            &roots,
+            job.catalog_algorithms.clone(),
+        )?),
+        None => None,
+    };
     let mut summary = std::thread::scope(|s| {
         s.spawn(load);
         scan_while_loading(
@@ -104,9 +128,13 @@ pub fn run(job: &Job<'_>, on_event: &(dyn Fn(Event<'_>) + Sync)) -> Result<Finis
             &|| loading.wait().as_ref().ok(),
             &targets,
             job.threads,
+            catalog.as_ref(),
             on_event,
         )
     });
+    // A listing that failed somewhere may have missed files that are still there:
+    // their rows are kept.
+    let catalog = catalog.map(|c| c.finish(&roots, listing_errors == 0));
     let enforcer = loading
         .into_inner()
         .expect("the loader always sets the result")?;
@@ -114,7 +142,12 @@ pub fn run(job: &Job<'_>, on_event: &(dyn Fn(Event<'_>) + Sync)) -> Result<Finis
     Ok(Finished {
         summary,
         filter: enforcer.filter().info().clone(),
+        catalog,
     })
+}
+
+fn absolute(path: &Path) -> PathBuf {
+    std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf())
 }
 
 /// The scan's verdict core: hits are reported (monitored), never blocked; the

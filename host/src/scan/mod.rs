@@ -16,6 +16,9 @@ use std::io::Read as _;
 use std::ops::ControlFlow;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::Mutex;
+
+use crate::catalog::{self, FileStamp};
 
 use crate::enforce::{Context, Enforcer, Outcome};
 use crate::hashing::lanes::Engine;
@@ -105,6 +108,9 @@ pub struct Summary {
     pub errors: u64,
     /// Files with parts that could not be inspected and that the policy blocks.
     pub uninspectable: u64,
+    /// Files not read because the catalog's record of them stands (`scan --catalog`:
+    /// same inode, size and times); counted in `files`, not in `bytes`.
+    pub from_catalog: u64,
 }
 
 /// Lists the regular files under `paths`. A path named is taken as named: a symbolic link
@@ -177,8 +183,106 @@ pub fn scan(
         &|| Some(enforcer),
         targets,
         threads,
+        None,
         on_event,
     )
+}
+
+/// What an incremental scan (`scan --catalog`) knows and writes: the rows recorded by
+/// earlier scans, and the catalog to record this one's files in.
+pub struct ScanCatalog {
+    previous: std::collections::HashMap<Vec<u8>, catalog::Entry>,
+    keep: Vec<crate::Algorithm>,
+    writer: Mutex<catalog::Catalog>,
+    pending: Mutex<Vec<catalog::Entry>>,
+    present: Mutex<std::collections::HashSet<Vec<u8>>>,
+    failed: Mutex<Option<catalog::CatalogError>>,
+}
+
+/// Rows a scan writes per transaction.
+const CATALOG_BATCH: usize = 1000;
+
+impl ScanCatalog {
+    /// Reads what `catalog` holds for files under `roots` (absolute), to record the
+    /// digests of `keep` (those the filter needs are hashed anyway).
+    pub fn new(
+        catalog: catalog::Catalog,
+        roots: &[PathBuf],
+        keep: Vec<crate::Algorithm>,
+    ) -> Result<ScanCatalog, catalog::CatalogError> {
+        Ok(ScanCatalog {
+            previous: catalog.files_under(roots)?,
+            keep,
+            writer: Mutex::new(catalog),
+            pending: Mutex::new(Vec::new()),
+            present: Mutex::new(Default::default()),
+            failed: Mutex::new(None),
+        })
+    }
+
+    /// The algorithms the catalog records.
+    pub fn algorithms(&self) -> &[crate::Algorithm] {
+        &self.keep
+    }
+
+    /// The recorded report of `path`, if its stamp is `stamp` and the record holds
+    /// every digest of `algorithms`.
+    fn reuse(
+        &self,
+        key: &[u8],
+        stamp: &FileStamp,
+        algorithms: &[crate::Algorithm],
+    ) -> Option<Report> {
+        self.present
+            .lock()
+            .expect("not poisoned")
+            .insert(key.to_vec());
+        let entry = self.previous.get(key)?;
+        (entry.stamp.as_ref() == Some(stamp) && entry.covers(algorithms)).then(|| entry.report())
+    }
+
+    fn record(&self, key: Vec<u8>, stamp: FileStamp, report: &Report) {
+        let mut entry = catalog::Entry::of_report(catalog::Kind::File, key, report, &self.keep);
+        entry.stamp = Some(stamp);
+        let full = {
+            let mut pending = self.pending.lock().expect("not poisoned");
+            pending.push(entry);
+            (pending.len() >= CATALOG_BATCH).then(|| std::mem::take(&mut *pending))
+        };
+        if let Some(batch) = full {
+            self.write(&batch);
+        }
+    }
+
+    fn write(&self, batch: &[catalog::Entry]) {
+        if let Err(e) = self.writer.lock().expect("not poisoned").put(batch) {
+            self.failed.lock().expect("not poisoned").get_or_insert(e);
+        }
+    }
+
+    /// Writes what is pending and drops the rows of files under `roots` that this scan
+    /// did not see (they are gone). Returns how many rows were dropped, or the first
+    /// error any write met.
+    pub fn finish(self, roots: &[PathBuf], drop_gone: bool) -> Result<u64, catalog::CatalogError> {
+        let pending = std::mem::take(&mut *self.pending.lock().expect("not poisoned"));
+        self.write(&pending);
+        if let Some(e) = self.failed.into_inner().expect("not poisoned") {
+            return Err(e);
+        }
+        let mut writer = self.writer.into_inner().expect("not poisoned");
+        if !drop_gone {
+            return Ok(0);
+        }
+        let present = self.present.into_inner().expect("not poisoned");
+        writer.retain_files(roots, &present)
+    }
+}
+
+/// The catalog key of a file: its absolute path's bytes.
+pub fn catalog_key(path: &Path) -> Vec<u8> {
+    use std::os::unix::ffi::OsStrExt;
+    let absolute = std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf());
+    absolute.as_os_str().as_bytes().to_vec()
 }
 
 /// [`scan`] with the verdict core possibly still loading: files are hashed for
@@ -186,16 +290,30 @@ pub fn scan(
 /// it is there). Loading a 54 MB filter (verify, copy into the guest, validate) then runs
 /// on another core while the first files are hashed, instead of before them. If
 /// `enforcer` gives `None` (the filter failed to load) the threads stop; the caller
-/// reports why.
+/// reports why. With a `catalog`, a file whose record stands is decided from it without
+/// being read, and every file read is recorded (with the catalog's algorithms too).
 pub fn scan_while_loading<'e>(
     algorithms: &[crate::Algorithm],
     limits: &Limits,
     enforcer: &(dyn Fn() -> Option<&'e Enforcer> + Sync),
     targets: &[Target],
     threads: usize,
+    catalog: Option<&ScanCatalog>,
     on_event: &(dyn Fn(Event<'_>) + Sync),
 ) -> Summary {
+    let mut hashed: Vec<crate::Algorithm> = algorithms.to_vec();
+    if let Some(catalog) = catalog {
+        for a in catalog.algorithms() {
+            if !hashed.contains(a) {
+                hashed.push(*a);
+            }
+        }
+        hashed.sort_by_key(|a| crate::Algorithm::ALL.iter().position(|x| x == a));
+    }
+    let algorithms = &hashed[..];
     let scan = Scan {
+        catalog,
+        needed: algorithms,
         algorithms,
         limits,
         enforcer,
@@ -210,7 +328,7 @@ pub fn scan_while_loading<'e>(
             s.spawn(|| scan.work());
         }
     });
-    let [files, bytes, hits, canaries, errors, uninspectable] =
+    let [files, bytes, hits, canaries, errors, uninspectable, from_catalog] =
         scan.totals.map(AtomicU64::into_inner);
     Summary {
         files,
@@ -219,6 +337,7 @@ pub fn scan_while_loading<'e>(
         canaries,
         errors,
         uninspectable,
+        from_catalog,
     }
 }
 
@@ -231,6 +350,10 @@ const SPLIT_FROM: u64 = 1 << 20;
 
 /// One scan's shared state: the cursor into the targets and the totals.
 struct Scan<'s, 'e> {
+    /// The catalog of an incremental scan.
+    catalog: Option<&'s ScanCatalog>,
+    /// What a record must hold to stand in for reading the file.
+    needed: &'s [crate::Algorithm],
     algorithms: &'s [crate::Algorithm],
     limits: &'s Limits,
     enforcer: &'s (dyn Fn() -> Option<&'e Enforcer> + Sync),
@@ -238,8 +361,8 @@ struct Scan<'s, 'e> {
     threads: usize,
     on_event: &'s (dyn Fn(Event<'_>) + Sync),
     next: AtomicUsize,
-    /// Files, bytes, hits, canaries, errors, uninspectable.
-    totals: [AtomicU64; 6],
+    /// Files, bytes, hits, canaries, errors, uninspectable, from the catalog.
+    totals: [AtomicU64; 7],
 }
 
 /// A plain file being hashed in a worker's batch.
@@ -283,12 +406,18 @@ impl<'s> Scan<'s, '_> {
                     break;
                 };
                 let path = target.path.as_path();
+                if let Some(flow) = self.decide_recorded(path) {
+                    if flow.is_break() {
+                        return;
+                    }
+                    continue;
+                }
                 let alone = batch.is_empty() && i + 1 >= self.targets.len();
                 let buf = spare.pop().unwrap_or_else(|| vec![0; CHUNK]);
                 let opened = match open(path, buf) {
                     Ok(opened) => opened,
                     Err(error) => {
-                        if self.conclude(path, Err(error)).is_break() {
+                        if self.conclude(path, Err(error), true).is_break() {
                             return;
                         }
                         continue;
@@ -315,7 +444,7 @@ impl<'s> Scan<'s, '_> {
                     // A walk stopped by a limit reads less than the whole file.
                     .and_then(|r| unchanged(path, &file, before, None).map(|()| r));
                     spare.push(buf);
-                    self.conclude(path, inspected)
+                    self.settle(path, before, inspected)
                 } else if alone && target.size >= SPLIT_FROM {
                     let mut input = prefix.chain(&mut file);
                     let hashed = split::hash_reader(&mut input, self.algorithms, self.threads)
@@ -325,7 +454,7 @@ impl<'s> Scan<'s, '_> {
                             Ok(Report::plain(len, digests))
                         });
                     spare.push(buf);
-                    self.conclude(path, hashed)
+                    self.settle(path, before, hashed)
                 } else {
                     batch.push(InFlight {
                         path,
@@ -372,7 +501,10 @@ impl<'s> Scan<'s, '_> {
             for (i, e) in failed.into_iter().rev() {
                 let f = batch.swap_remove(i);
                 spare.push(f.buf);
-                if self.conclude(f.path, Err(Error::io(f.path, e))).is_break() {
+                if self
+                    .conclude(f.path, Err(Error::io(f.path, e)), true)
+                    .is_break()
+                {
                     return;
                 }
             }
@@ -387,16 +519,46 @@ impl<'s> Scan<'s, '_> {
                 let len = f.hasher.len();
                 let report = unchanged(f.path, &f.file, f.before, Some(len))
                     .map(|()| Report::plain(len, f.hasher.finish()));
-                if self.conclude(f.path, report).is_break() {
+                if self.settle(f.path, f.before, report).is_break() {
                     return;
                 }
             }
         }
     }
 
+    /// For an incremental scan: decides on `path` from its catalog record if that
+    /// stands (same inode, size and times; every digest needed), without reading it.
+    /// `None` when the file must be read.
+    fn decide_recorded(&self, path: &Path) -> Option<ControlFlow<()>> {
+        let catalog = self.catalog?;
+        let stamp = std::fs::metadata(path).ok().map(|m| FileStamp::of(&m))?;
+        let report = catalog.reuse(&catalog_key(path), &stamp, self.needed)?;
+        self.totals[6].fetch_add(1, Ordering::Relaxed);
+        Some(self.conclude(path, Ok(report), false))
+    }
+
+    /// Records a file read (an incremental scan), then decides on it.
+    fn settle(
+        &self,
+        path: &Path,
+        before: Stamp,
+        inspected: Result<Report, Error>,
+    ) -> ControlFlow<()> {
+        if let (Some(catalog), Ok(report)) = (self.catalog, &inspected) {
+            catalog.record(catalog_key(path), before.file, report);
+        }
+        self.conclude(path, inspected, true)
+    }
+
     /// Decides on one file's inspection and reports it; breaks when there is no
-    /// verdict core (the filter failed to load).
-    fn conclude(&self, path: &Path, inspected: Result<Report, Error>) -> ControlFlow<()> {
+    /// verdict core (the filter failed to load). `read`: whether its bytes were read
+    /// now (not taken from the catalog).
+    fn conclude(
+        &self,
+        path: &Path,
+        inspected: Result<Report, Error>,
+        read: bool,
+    ) -> ControlFlow<()> {
         let totals = &self.totals;
         let on_event = self.on_event;
         let Some(enforcer) = (self.enforcer)() else {
@@ -421,7 +583,11 @@ impl<'s> Scan<'s, '_> {
             ..Context::default()
         };
         let decision = enforcer.decide_report(&filter, &ctx, &report);
-        let bytes = report.root().map_or(0, |r| r.size);
+        let bytes = if read {
+            report.root().map_or(0, |r| r.size)
+        } else {
+            0
+        };
         if decision.outcome == Outcome::Unavailable {
             totals[4].fetch_add(1, Ordering::Relaxed);
             let error = Error::GuestTrap("no verdict for this file (see the log)".into());
@@ -495,6 +661,8 @@ fn open(path: &Path, mut buf: Vec<u8>) -> Result<Opened, Error> {
 struct Stamp {
     len: u64,
     modified: Option<std::time::SystemTime>,
+    /// What the catalog records of it.
+    file: FileStamp,
 }
 
 impl Stamp {
@@ -503,6 +671,7 @@ impl Stamp {
         Ok(Stamp {
             len: m.len(),
             modified: m.modified().ok(),
+            file: FileStamp::of(&m),
         })
     }
 }

@@ -1,0 +1,221 @@
+//! Re-checking: every recorded digest against a filter, thousands per guest call.
+
+use std::collections::HashMap;
+
+use rusqlite::params;
+
+use super::{digests_of, layers_of, Catalog, CatalogError, Kind};
+use crate::{Algorithm, Error, FilterEngine, Hit};
+
+/// Rows read per batch: each batch is one guest call per algorithm.
+const BATCH: usize = 8192;
+
+/// A stored object, or a member of one, that the filter lists now.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RetroHit {
+    /// What kind of row.
+    pub kind: Kind,
+    /// Its key: the file's path, the object's request path.
+    pub key: Vec<u8>,
+    /// The member that hit (names joined with `!`), if not the object itself.
+    pub member: Option<String>,
+    /// Its layers (`zip>file`), if not the object itself.
+    pub layers: Option<String>,
+    /// Its size (decoded, for a member).
+    pub size: u64,
+    /// When the object was recorded, Unix seconds.
+    pub stored: i64,
+    /// The filter series and version that let it through, if one did.
+    pub passed_by: Option<(String, u64)>,
+    /// The origin's ETag for it, if it gave one.
+    pub etag: Option<String>,
+    /// The digests that hit.
+    pub hits: Vec<Hit>,
+}
+
+/// What a re-check went over.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Recheck {
+    /// Objects checked.
+    pub objects: u64,
+    /// Members checked.
+    pub members: u64,
+    /// Digests checked.
+    pub digests: u64,
+    /// Rows (objects and members) that lack a digest of an algorithm the filter holds,
+    /// by algorithm: recorded before it was configured, so not checked for it.
+    pub unchecked: Vec<(Algorithm, u64)>,
+}
+
+/// Occurs when a re-check cannot finish.
+#[derive(Debug, thiserror::Error)]
+pub enum RecheckError {
+    /// The catalog could not be read.
+    #[error(transparent)]
+    Catalog(#[from] CatalogError),
+    /// The filter guest failed (trapped, refused a batch).
+    #[error(transparent)]
+    Filter(#[from] Error),
+}
+
+/// One row of a batch: where its digests are, and how to name it if it hits.
+struct Row {
+    object: i64,
+    member: Option<(String, String)>,
+    size: u64,
+    digests: Vec<crate::Digest>,
+}
+
+/// Checks every row of `catalog` against `filter`, calling `on_hit` for each object or
+/// member that hits (in no particular order), and returns what it went over.
+/// `keep_going` is asked between batches; when it says no, the re-check stops early
+/// (a newer filter arrived) and returns what it did.
+pub fn recheck(
+    catalog: &Catalog,
+    filter: &FilterEngine,
+    on_hit: &mut dyn FnMut(RetroHit),
+    keep_going: &dyn Fn() -> bool,
+) -> Result<Recheck, RecheckError> {
+    let algorithms = filter.info().algorithms.clone();
+    let mut done = Recheck::default();
+    let mut unchecked: HashMap<Algorithm, u64> = HashMap::new();
+    let conn = catalog.connection();
+    let failed = |e| catalog.failed(e);
+    for members in [false, true] {
+        let sql = if members {
+            "SELECT object, member, layers, size, md5, sha1, sha256, rowid FROM members
+             WHERE rowid > ?1 ORDER BY rowid LIMIT ?2"
+        } else {
+            "SELECT id, NULL, NULL, size, md5, sha1, sha256, id FROM objects
+             WHERE id > ?1 ORDER BY id LIMIT ?2"
+        };
+        let mut stmt = conn.prepare(sql).map_err(failed)?;
+        let mut after = 0i64;
+        loop {
+            if !keep_going() {
+                return Ok(finish(done, unchecked));
+            }
+            let mut rows = Vec::with_capacity(BATCH);
+            let mut last = None;
+            let mut query = stmt.query(params![after, BATCH as i64]).map_err(failed)?;
+            while let Some(row) = query.next().map_err(failed)? {
+                let member: Option<String> = row.get(1).map_err(failed)?;
+                let layers: Option<String> = row.get(2).map_err(failed)?;
+                rows.push(Row {
+                    object: row.get(0).map_err(failed)?,
+                    member: member.zip(layers),
+                    size: row.get::<_, i64>(3).map_err(failed)? as u64,
+                    digests: digests_of(row, 4).map_err(failed)?,
+                });
+                last = Some(row.get::<_, i64>(7).map_err(failed)?);
+            }
+            drop(query);
+            let Some(last) = last else { break };
+            after = last;
+            if members {
+                done.members += rows.len() as u64;
+            } else {
+                done.objects += rows.len() as u64;
+            }
+            let hits = check_batch(filter, &algorithms, &rows, &mut unchecked, &mut done)?;
+            for (index, hits) in hits {
+                on_hit(named(catalog, &rows[index], hits)?);
+            }
+        }
+    }
+    Ok(finish(done, unchecked))
+}
+
+fn finish(mut done: Recheck, unchecked: HashMap<Algorithm, u64>) -> Recheck {
+    let mut unchecked: Vec<(Algorithm, u64)> = unchecked.into_iter().collect();
+    unchecked.sort_by_key(|(a, _)| Algorithm::ALL.iter().position(|x| x == a));
+    done.unchecked = unchecked;
+    done
+}
+
+/// One guest call per algorithm for the whole batch; the hits by row.
+fn check_batch(
+    filter: &FilterEngine,
+    algorithms: &[Algorithm],
+    rows: &[Row],
+    unchecked: &mut HashMap<Algorithm, u64>,
+    done: &mut Recheck,
+) -> Result<Vec<(usize, Vec<Hit>)>, Error> {
+    let mut by_row: HashMap<usize, Vec<Hit>> = HashMap::new();
+    for &algorithm in algorithms {
+        let width = algorithm.digest_len();
+        let mut packed = Vec::with_capacity(rows.len() * width);
+        // Which row each packed digest is of.
+        let mut owners = Vec::with_capacity(rows.len());
+        for (i, row) in rows.iter().enumerate() {
+            match row.digests.iter().find(|d| d.algorithm == algorithm) {
+                Some(d) if d.bytes.len() == width => {
+                    packed.extend_from_slice(&d.bytes);
+                    owners.push(i);
+                }
+                _ => *unchecked.entry(algorithm).or_default() += 1,
+            }
+        }
+        if owners.is_empty() {
+            continue;
+        }
+        done.digests += owners.len() as u64;
+        for (index, category) in filter.check_packed(algorithm, &packed)? {
+            let bytes = packed[index * width..(index + 1) * width].to_vec();
+            by_row.entry(owners[index]).or_default().push(Hit {
+                algorithm,
+                bytes,
+                category,
+            });
+        }
+    }
+    let mut hits: Vec<(usize, Vec<Hit>)> = by_row.into_iter().collect();
+    hits.sort_by_key(|(i, _)| *i);
+    Ok(hits)
+}
+
+/// A hit row with its object's key and record.
+fn named(catalog: &Catalog, row: &Row, hits: Vec<Hit>) -> Result<RetroHit, CatalogError> {
+    let conn = catalog.connection();
+    let (kind, key, size, stored, etag, series, version) = conn
+        .query_row(
+            "SELECT o.kind, o.key, o.size, o.stored, o.etag, f.series, f.version
+             FROM objects o LEFT JOIN filters f ON f.id = o.passed_by WHERE o.id = ?1",
+            [row.object],
+            |r| {
+                Ok((
+                    r.get::<_, i64>(0)?,
+                    r.get::<_, Vec<u8>>(1)?,
+                    r.get::<_, i64>(2)?,
+                    r.get::<_, i64>(3)?,
+                    r.get::<_, Option<String>>(4)?,
+                    r.get::<_, Option<String>>(5)?,
+                    r.get::<_, Option<i64>>(6)?,
+                ))
+            },
+        )
+        .map_err(|e| catalog.failed(e))?;
+    let (member, layers) = match &row.member {
+        Some((names, layers)) => {
+            let names: Vec<String> = serde_json::from_str(names).unwrap_or_default();
+            let layers = crate::inspect::layers_label(&layers_of(layers));
+            ((!names.is_empty()).then(|| names.join("!")), Some(layers))
+        }
+        None => (None, None),
+    };
+    Ok(RetroHit {
+        kind: Kind::of(kind),
+        key,
+        member,
+        layers,
+        size: if row.member.is_some() {
+            row.size
+        } else {
+            size as u64
+        },
+        stored,
+        passed_by: series.zip(version.map(|v| v as u64)),
+        etag,
+        hits,
+    })
+}

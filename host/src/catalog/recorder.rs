@@ -1,0 +1,167 @@
+//! Catalog writes from a server: never on a serving thread, never holding up an answer.
+//!
+//! A front-end hands each stored object to [`Recorder::record`], which puts it on a
+//! bounded queue and returns at once. One thread of its own takes what is queued and
+//! writes it in batches, one transaction each. When the queue is full (the disk is slow)
+//! or a batch cannot be written (the disk is full, the file is corrupt), the rows are
+//! counted as lost, logged, and the catalog is *degraded* until a batch is written
+//! again: uploads go on, and nothing is dropped without a count.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::mpsc::{self, Receiver, SyncSender, TrySendError};
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::{Catalog, Entry, Kind};
+
+/// Rows written per transaction, at most.
+const BATCH: usize = 512;
+
+/// What a recorder has done since it started.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RecorderStats {
+    /// Rows written (and removed).
+    pub written: u64,
+    /// Rows lost because the queue was full.
+    pub dropped: u64,
+    /// Rows lost because their batch could not be written.
+    pub failed: u64,
+    /// Whether the last batch failed, or rows were dropped since the last one written.
+    pub degraded: bool,
+}
+
+enum Op {
+    Put(Box<Entry>),
+    Remove(Kind, Vec<u8>),
+    /// Answered once everything queued before it is written (tests, shutdown).
+    Flush(mpsc::Sender<()>),
+}
+
+#[derive(Default)]
+struct Counts {
+    written: AtomicU64,
+    dropped: AtomicU64,
+    failed: AtomicU64,
+    degraded: AtomicBool,
+}
+
+/// The writer of one catalog: a bounded queue and the thread that drains it.
+pub struct Recorder {
+    tx: SyncSender<Op>,
+    counts: Arc<Counts>,
+}
+
+impl Recorder {
+    /// Starts writing to `catalog` on a thread of its own, with room for `capacity`
+    /// rows in the queue.
+    pub fn start(catalog: Catalog, capacity: usize) -> Recorder {
+        let (tx, rx) = mpsc::sync_channel(capacity.max(1));
+        let counts = Arc::new(Counts::default());
+        let thread_counts = counts.clone();
+        std::thread::Builder::new()
+            .name("hashgate-catalog".into())
+            .spawn(move || write_loop(catalog, rx, &thread_counts))
+            .expect("spawning the catalog thread");
+        Recorder { tx, counts }
+    }
+
+    /// Queues `entry` (replacing any row of its kind and key). Never blocks: when the
+    /// queue is full the row is counted as dropped.
+    pub fn record(&self, entry: Entry) {
+        self.send(Op::Put(Box::new(entry)));
+    }
+
+    /// Queues the removal of the row of `kind` and `key` (a `DELETE`).
+    pub fn remove(&self, kind: Kind, key: Vec<u8>) {
+        self.send(Op::Remove(kind, key));
+    }
+
+    fn send(&self, op: Op) {
+        match self.tx.try_send(op) {
+            Ok(()) => {}
+            Err(TrySendError::Full(_)) | Err(TrySendError::Disconnected(_)) => {
+                let dropped = self.counts.dropped.fetch_add(1, Ordering::Relaxed) + 1;
+                self.counts.degraded.store(true, Ordering::Relaxed);
+                // One line per power of two: a long outage does not flood the log.
+                if dropped.is_power_of_two() {
+                    tracing::error!(
+                        dropped,
+                        "catalog queue full: rows not recorded (counted in /metrics)"
+                    );
+                }
+            }
+        }
+    }
+
+    /// Waits until everything queued so far is written (or failed), up to `timeout`.
+    /// Returns whether it was.
+    pub fn flush(&self, timeout: Duration) -> bool {
+        let (tx, rx) = mpsc::channel();
+        if self.tx.send(Op::Flush(tx)).is_err() {
+            return false;
+        }
+        rx.recv_timeout(timeout).is_ok()
+    }
+
+    /// What it has done so far.
+    pub fn stats(&self) -> RecorderStats {
+        RecorderStats {
+            written: self.counts.written.load(Ordering::Relaxed),
+            dropped: self.counts.dropped.load(Ordering::Relaxed),
+            failed: self.counts.failed.load(Ordering::Relaxed),
+            degraded: self.counts.degraded.load(Ordering::Relaxed),
+        }
+    }
+}
+
+fn write_loop(mut catalog: Catalog, rx: Receiver<Op>, counts: &Counts) {
+    while let Ok(first) = rx.recv() {
+        let mut ops = vec![first];
+        while ops.len() < BATCH {
+            match rx.try_recv() {
+                Ok(op) => ops.push(op),
+                Err(_) => break,
+            }
+        }
+        let mut puts = Vec::new();
+        let mut flushes = Vec::new();
+        let mut rows = 0u64;
+        let mut failed = None;
+        for op in ops {
+            match op {
+                Op::Put(entry) => {
+                    rows += 1;
+                    puts.push(*entry);
+                }
+                Op::Remove(kind, key) => {
+                    // Earlier puts first: a PUT then a DELETE of one key leaves no row.
+                    if let Err(e) = catalog.put(&std::mem::take(&mut puts)) {
+                        failed = Some(e);
+                    }
+                    rows += 1;
+                    if let Err(e) = catalog.remove(kind, &key) {
+                        failed = Some(e);
+                    }
+                }
+                Op::Flush(done) => flushes.push(done),
+            }
+        }
+        if let Err(e) = catalog.put(&puts) {
+            failed = Some(e);
+        }
+        match failed {
+            None => {
+                counts.written.fetch_add(rows, Ordering::Relaxed);
+                counts.degraded.store(false, Ordering::Relaxed);
+            }
+            Some(e) => {
+                counts.failed.fetch_add(rows, Ordering::Relaxed);
+                counts.degraded.store(true, Ordering::Relaxed);
+                tracing::error!(error = %e, rows, "catalog write failed: rows not recorded (counted in /metrics)");
+            }
+        }
+        for done in flushes {
+            let _ = done.send(());
+        }
+    }
+}
