@@ -49,6 +49,10 @@ pub struct GatewayArgs {
     /// Keep a copy of every blocked upload here (evidence; never served).
     #[arg(long)]
     pub quarantine: Option<PathBuf>,
+    /// Record every object let through in this digest catalog (SQLite) and re-check
+    /// them all on each filter the feed brings (`[catalog]` for the rest).
+    #[arg(long)]
+    pub catalog: Option<PathBuf>,
     /// Check the configuration, the filter and the keys, say what would be served, and
     /// exit (0: fine, 2: what is wrong), like `nginx -t`.
     #[arg(long)]
@@ -70,6 +74,12 @@ pub fn run(args: GatewayArgs) -> Result<()> {
         tus_spool_dir: args.tus_spool,
         nextcloud_spool_dir: args.nextcloud_spool,
         quarantine_dir: args.quarantine,
+        catalog: args
+            .catalog
+            .map(|path| hashgate_host::config::CatalogFileConfig {
+                path: Some(path),
+                ..Default::default()
+            }),
         ..FileConfig::default()
     };
     let settings = serve::settings(&args.enforce, flags)?;

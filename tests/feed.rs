@@ -812,3 +812,181 @@ fn the_icap_server_follows_a_feed_too() {
     a.publish_listing("x.bin");
     wait_version(admin, 2);
 }
+
+/// Appends the SHA-256 of `bytes` to the authority's list.
+fn list_bytes(a: &Authority, bytes: &[u8]) {
+    let mut list = std::fs::read_to_string(a.s.path("list.txt")).unwrap();
+    list.push_str(&format!("{},test-cat\n", sha256_hex(bytes)));
+    std::fs::write(a.s.path("list.txt"), list).unwrap();
+}
+
+/// A gateway following `a`'s feed with a catalog whose re-check `action`s, in front of
+/// `backend` (`--store DIR` or `--origin URL`); its audit log is `audit-{state}.log`.
+fn catalog_gateway(
+    a: &Authority,
+    state: &str,
+    action: &str,
+    backend: [&str; 2],
+) -> (Killed, u16, u16) {
+    let config = a.s.path(&format!("{state}.toml"));
+    std::fs::write(&config, format!("[catalog]\naction = \"{action}\"\n")).unwrap();
+    let url = format!("http://127.0.0.1:{}/manifest.json", a.port);
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_hashgate"));
+    cmd.args(["gateway", "--config", config.to_str().unwrap()])
+        .args(["--feed", &url, "--root", &a.p("root.json")])
+        .args(["--state-dir", &a.p(state), "--feed-poll", "1s"])
+        .args(["--catalog", &a.p(&format!("{state}/catalog.db"))])
+        .args(["--audit-log", &a.p(&format!("audit-{state}.log"))])
+        .args(backend)
+        .args(["--listen", "127.0.0.1:0", "--admin", "127.0.0.1:0"]);
+    spawn_listening(&mut cmd)
+}
+
+/// The audit log's `retroactive` records.
+fn retroactive(a: &Authority, state: &str) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(a.s.path(&format!("audit-{state}.log")))
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|r| r["evidence"] == "retroactive")
+        .collect()
+}
+
+fn random_file(a: &Authority, name: &str, size: usize) -> (PathBuf, Vec<u8>) {
+    let mut bytes = vec![0u8; size];
+    rand::thread_rng().fill_bytes(&mut bytes);
+    let path = a.s.path(name);
+    std::fs::write(&path, &bytes).unwrap();
+    (path, bytes)
+}
+
+#[test]
+fn objects_stored_before_they_were_listed_are_found_by_the_re_check_and_deleted() {
+    use std::io::Write as _;
+    let a = Authority::new(1);
+    let store = a.p("store-retro");
+    let (_gw, port, admin) = catalog_gateway(&a, "retro", "delete", ["--store", &store]);
+    let (early, early_bytes) = random_file(&a, "early.bin", 300_000);
+    let (kept, _) = random_file(&a, "kept.bin", 20_000);
+    // A zip holding a file that is listed later: the member is recorded too.
+    let (_, inner) = random_file(&a, "inner.bin", 5_000);
+    let mut zip = zip::ZipWriter::new(std::io::Cursor::new(Vec::new()));
+    zip.start_file("photos/inner.bin", zip::write::SimpleFileOptions::default())
+        .unwrap();
+    zip.write_all(&inner).unwrap();
+    let zipped = a.s.path("bundle.zip");
+    std::fs::write(&zipped, zip.finish().unwrap().into_inner()).unwrap();
+    for file in [&early, &kept, &zipped] {
+        assert_eq!(put(port, file), 201, "clean when stored");
+    }
+    // Uploaded and deleted again before the listing: nothing to find.
+    let (gone, gone_bytes) = random_file(&a, "gone.bin", 1000);
+    assert_eq!(put(port, &gone), 201);
+    assert_eq!(
+        curl(&["-X", "DELETE", &format!("http://127.0.0.1:{port}/gone.bin")]),
+        204
+    );
+
+    list_bytes(&a, &early_bytes);
+    list_bytes(&a, &inner);
+    list_bytes(&a, &gone_bytes);
+    a.publish();
+    wait_version(admin, 2);
+    assert!(
+        wait_until(Duration::from_secs(20), || retroactive(&a, "retro").len()
+            >= 2),
+        "no retroactive records: {:?}",
+        retroactive(&a, "retro")
+    );
+    let records = retroactive(&a, "retro");
+    let paths: std::collections::BTreeSet<&str> = records
+        .iter()
+        .map(|r| r["path"].as_str().unwrap())
+        .collect();
+    assert_eq!(paths, ["/bundle.zip", "/early.bin"].into_iter().collect());
+    for r in &records {
+        assert_eq!(r["action"], "delete", "{r}");
+        assert_eq!(r["filter_version"], 2);
+        assert_eq!(r["stored"]["passed_by"]["version"], 1, "{r}");
+        assert!(r["stored"]["time"].as_i64().unwrap() > 1_700_000_000);
+    }
+    let member = records.iter().find(|r| r["path"] == "/bundle.zip").unwrap();
+    assert_eq!(member["part"], "photos/inner.bin");
+    assert!(!Path::new(&store).join("early.bin").exists(), "deleted");
+    assert!(!Path::new(&store).join("bundle.zip").exists(), "deleted");
+    assert!(
+        Path::new(&store).join("kept.bin").exists(),
+        "a clean object stays"
+    );
+    assert_eq!(
+        metric(admin, "hashgate_retroactive_hits_total{action=\"delete\"}"),
+        2.0
+    );
+    assert!(
+        wait_until(Duration::from_secs(5), || metric(
+            admin,
+            "hashgate_rechecks_total{outcome=\"done\"}"
+        ) >= 1.0),
+        "the re-check is counted"
+    );
+    // What is listed now is refused at upload as ever.
+    assert_eq!(put(port, &early), 451);
+}
+
+#[test]
+fn a_re_check_reports_objects_at_an_nginx_origin_and_deletes_them_when_told() {
+    let a = Authority::new(1);
+    let origin = Setup::new();
+    let (_nginx, nport, root) = origin.nginx();
+    let url = format!("http://127.0.0.1:{nport}");
+    let (_report, rport, _) = catalog_gateway(&a, "report", "report", ["--origin", &url]);
+    let (_delete, dport, dadmin) = catalog_gateway(&a, "delete", "delete", ["--origin", &url]);
+    let (first, first_bytes) = random_file(&a, "first.bin", 100_000);
+    let (second, second_bytes) = random_file(&a, "second.bin", 100_000);
+    assert_eq!(
+        curl_put(
+            &first,
+            &format!("http://127.0.0.1:{rport}/r/first.bin"),
+            &[]
+        ),
+        201
+    );
+    assert_eq!(
+        curl_put(
+            &second,
+            &format!("http://127.0.0.1:{dport}/d/second.bin"),
+            &[]
+        ),
+        201
+    );
+    list_bytes(&a, &first_bytes);
+    list_bytes(&a, &second_bytes);
+    a.publish();
+    assert!(
+        wait_until(Duration::from_secs(30), || {
+            retroactive(&a, "report").len() == 1 && retroactive(&a, "delete").len() == 1
+        }),
+        "report: {:?}, delete: {:?}",
+        retroactive(&a, "report"),
+        retroactive(&a, "delete")
+    );
+    assert_eq!(retroactive(&a, "report")[0]["action"], "report");
+    assert_eq!(retroactive(&a, "report")[0]["path"], "/r/first.bin");
+    assert_eq!(retroactive(&a, "delete")[0]["action"], "delete");
+    assert!(root.join("r/first.bin").exists(), "report leaves it");
+    assert!(
+        !root.join("d/second.bin").exists(),
+        "delete removes it at the origin"
+    );
+    // A catalog row is removed once its object is deleted: the next filter finds nothing
+    // more to delete.
+    let (_, third) = random_file(&a, "third.bin", 10);
+    list_bytes(&a, &third);
+    a.publish();
+    wait_version(dadmin, 3);
+    assert!(wait_until(Duration::from_secs(10), || metric(
+        dadmin,
+        "hashgate_rechecks_total{outcome=\"done\"}"
+    ) >= 2.0));
+    assert_eq!(retroactive(&a, "delete").len(), 1);
+}

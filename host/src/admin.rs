@@ -47,6 +47,12 @@ fn answer(enforcer: &Enforcer, path: &str) -> Response<Full<Bytes>> {
             "text/plain",
             "stale: the enforced filter has expired (still enforcing it)\n".to_string(),
         ),
+        // Uploads are still served and checked: ready, but say what is lost.
+        "/readyz" if metrics.catalog_is_degraded() => (
+            StatusCode::OK,
+            "text/plain",
+            "ready; catalog degraded: stored objects are not all being recorded (see hashgate_catalog_rows)\n".to_string(),
+        ),
         "/readyz" => (StatusCode::OK, "text/plain", "ready\n".to_string()),
         _ => (
             StatusCode::NOT_FOUND,

@@ -101,6 +101,59 @@ pub struct FileConfig {
     /// to read copy sources and abort refused uploads with.
     #[serde(alias = "s3_abort")]
     pub s3: Option<S3Config>,
+    /// `[catalog]`: record what is stored and re-check it on every filter swap.
+    pub catalog: Option<CatalogFileConfig>,
+}
+
+/// The `[catalog]` table: the digest catalog ([`crate::catalog`]).
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CatalogFileConfig {
+    /// The SQLite file (created if missing).
+    pub path: Option<PathBuf>,
+    /// Digests recorded, besides those the filter holds (default all three: a later
+    /// list may hold any).
+    pub algorithms: Option<Vec<String>>,
+    /// What a stored object a new filter lists gets: `report` (default: an audit
+    /// record and a metric) or `delete` (also deleted at the origin or in the store).
+    pub action: Option<RetroAction>,
+    /// Rows queued for writing, at most (default 65536); past it rows are dropped
+    /// and counted.
+    pub queue: Option<usize>,
+}
+
+/// What a catalog re-check does to a stored object a new filter lists.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RetroAction {
+    /// An audit record (`evidence: "retroactive"`) and a metric.
+    #[default]
+    Report,
+    /// Those, and a `DELETE` of the object (S3-signed with `[s3]` where the origin is
+    /// S3), or its removal from the embedded store.
+    Delete,
+}
+
+impl CatalogFileConfig {
+    /// The algorithms named, checked.
+    pub fn algorithms(&self) -> Result<Vec<crate::Algorithm>, Error> {
+        let Some(names) = &self.algorithms else {
+            return Ok(crate::Algorithm::ALL.to_vec());
+        };
+        names
+            .iter()
+            .map(|name| {
+                crate::Algorithm::ALL
+                    .into_iter()
+                    .find(|a| a.name() == name)
+                    .ok_or_else(|| {
+                        Error::Config(format!(
+                            "[catalog] algorithms: unknown digest algorithm {name:?} (md5, sha1, sha256)"
+                        ))
+                    })
+            })
+            .collect()
+    }
 }
 
 /// The `[inspect]` table: bounds on the inspection pipeline ([`crate::inspect::Limits`];
@@ -256,6 +309,13 @@ impl FileConfig {
             origin_ca, scan_responses, response_buffer_bytes, response_cache_entries,
             response_cache_secs, s3_spool_dir, tus_spool_dir, nextcloud_spool_dir, quarantine_dir, on_guest_failure, actions,
             inspect, uninspectable, s3);
+        self.catalog = match (self.catalog, over.catalog) {
+            (Some(mut mine), Some(theirs)) => {
+                take!(mine, theirs: path, algorithms, action, queue);
+                Some(mine)
+            }
+            (mine, theirs) => theirs.or(mine),
+        };
         self.confirm = match (self.confirm, over.confirm) {
             (Some(mut mine), Some(theirs)) => {
                 mine.url = theirs.url;

@@ -69,6 +69,9 @@ pub enum Error {
     /// stays in force.
     #[error("feed: {0}")]
     Feed(String),
+    /// Occurs when the digest catalog cannot be opened, read or written.
+    #[error(transparent)]
+    Catalog(#[from] crate::catalog::CatalogError),
     /// Occurs when a configuration file or value is invalid.
     #[error("configuration: {0}")]
     Config(String),

@@ -121,6 +121,9 @@ pub struct Entry {
     pub key: Vec<u8>,
     /// Its size in bytes, as stored.
     pub size: u64,
+    /// For an object: the `Host` it was stored under (an S3 origin routes
+    /// virtual-hosted buckets on it).
+    pub host: Option<String>,
     /// The origin's ETag or version id for it, when the origin gave one.
     pub etag: Option<String>,
     /// When it was recorded, Unix seconds.
@@ -144,6 +147,7 @@ impl Entry {
             kind,
             key,
             size,
+            host: None,
             etag: None,
             stored: now(),
             passed_by: None,
@@ -261,6 +265,7 @@ const MIGRATIONS: &[&str] = &[
         size INTEGER NOT NULL,
         stored INTEGER NOT NULL,
         passed_by INTEGER,
+        host TEXT,
         etag TEXT,
         dev INTEGER, ino INTEGER, mtime INTEGER, ctime INTEGER,
         md5 BLOB, sha1 BLOB, sha256 BLOB,
@@ -402,7 +407,7 @@ impl Catalog {
             .conn
             .prepare_cached(
                 "SELECT o.id, o.key, o.size, o.stored, f.series, f.version, o.etag,
-                        o.dev, o.ino, o.mtime, o.ctime, o.md5, o.sha1, o.sha256, o.problems
+                        o.dev, o.ino, o.mtime, o.ctime, o.md5, o.sha1, o.sha256, o.problems, o.host
                  FROM objects o LEFT JOIN filters f ON f.id = o.passed_by
                  WHERE o.kind = 0 AND (o.key = ?1 OR (o.key >= ?2 AND o.key < ?3))",
             )
@@ -461,7 +466,7 @@ impl Catalog {
             .conn
             .query_row(
                 "SELECT o.id, o.key, o.size, o.stored, f.series, f.version, o.etag,
-                        o.dev, o.ino, o.mtime, o.ctime, o.md5, o.sha1, o.sha256, o.problems
+                        o.dev, o.ino, o.mtime, o.ctime, o.md5, o.sha1, o.sha256, o.problems, o.host
                  FROM objects o LEFT JOIN filters f ON f.id = o.passed_by
                  WHERE o.kind = ?1 AND o.key = ?2",
                 params![kind.code(), key],
@@ -529,8 +534,8 @@ fn put_all(
 ) -> rusqlite::Result<()> {
     let mut insert = tx.prepare_cached(
         "INSERT INTO objects (kind, key, size, stored, passed_by, etag, dev, ino, mtime, ctime,
-                              md5, sha1, sha256, problems)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)",
+                              md5, sha1, sha256, problems, host)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)",
     )?;
     let mut member = tx.prepare_cached(
         "INSERT INTO members (object, member, layers, size, md5, sha1, sha256)
@@ -559,6 +564,7 @@ fn put_all(
             digest_of(&entry.digests, Algorithm::Sha1),
             digest_of(&entry.digests, Algorithm::Sha256),
             problems,
+            entry.host,
         ])?;
         let id = tx.last_insert_rowid();
         for node in &entry.members {
@@ -672,7 +678,7 @@ fn digests_of(row: &rusqlite::Row<'_>, first: usize) -> rusqlite::Result<Vec<Dig
 }
 
 /// An entry from a row of `key, size, stored, series, version, etag, dev, ino, mtime,
-/// ctime, md5, sha1, sha256, problems` starting at column `first` (members not read).
+/// ctime, md5, sha1, sha256, problems, host` starting at column `first` (members not read).
 fn row_entry(row: &rusqlite::Row<'_>, kind: Kind, first: usize) -> rusqlite::Result<Entry> {
     let c = |i: usize| first + i;
     let series: Option<String> = row.get(c(3))?;
@@ -691,6 +697,7 @@ fn row_entry(row: &rusqlite::Row<'_>, kind: Kind, first: usize) -> rusqlite::Res
     let problems: Option<String> = row.get(c(13))?;
     Ok(Entry {
         kind,
+        host: row.get(c(14))?,
         key: row.get(c(0))?,
         size: row.get::<_, i64>(c(1))? as u64,
         stored: row.get(c(2))?,

@@ -29,6 +29,8 @@ pub struct RetroHit {
     pub passed_by: Option<(String, u64)>,
     /// The origin's ETag for it, if it gave one.
     pub etag: Option<String>,
+    /// The `Host` an object was stored under.
+    pub host: Option<String>,
     /// The digests that hit.
     pub hits: Vec<Hit>,
 }
@@ -177,9 +179,9 @@ fn check_batch(
 /// A hit row with its object's key and record.
 fn named(catalog: &Catalog, row: &Row, hits: Vec<Hit>) -> Result<RetroHit, CatalogError> {
     let conn = catalog.connection();
-    let (kind, key, size, stored, etag, series, version) = conn
+    let (kind, key, size, stored, etag, series, version, host) = conn
         .query_row(
-            "SELECT o.kind, o.key, o.size, o.stored, o.etag, f.series, f.version
+            "SELECT o.kind, o.key, o.size, o.stored, o.etag, f.series, f.version, o.host
              FROM objects o LEFT JOIN filters f ON f.id = o.passed_by WHERE o.id = ?1",
             [row.object],
             |r| {
@@ -191,6 +193,7 @@ fn named(catalog: &Catalog, row: &Row, hits: Vec<Hit>) -> Result<RetroHit, Catal
                     r.get::<_, Option<String>>(4)?,
                     r.get::<_, Option<String>>(5)?,
                     r.get::<_, Option<i64>>(6)?,
+                    r.get::<_, Option<String>>(7)?,
                 ))
             },
         )
@@ -216,6 +219,7 @@ fn named(catalog: &Catalog, row: &Row, hits: Vec<Hit>) -> Result<RetroHit, Catal
         stored,
         passed_by: series.zip(version.map(|v| v as u64)),
         etag,
+        host,
         hits,
     })
 }

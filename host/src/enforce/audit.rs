@@ -63,7 +63,8 @@ pub struct AuditRecord {
     /// Whether the hit is the canary file.
     pub canary: bool,
     /// What the hit rests on: `filter-hit` (probable, not sent for confirmation),
-    /// `confirmed`, `not-listed` (a false positive) or `confirmation-unavailable`.
+    /// `confirmed`, `not-listed` (a false positive), `confirmation-unavailable`, or
+    /// `retroactive` (a stored object a later filter lists, found by a catalog re-check).
     pub evidence: Option<&'static str>,
     /// Filter series.
     pub filter_series: String,
@@ -75,6 +76,10 @@ pub struct AuditRecord {
     /// The quarantine copy of the blocked body, if one was kept.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub quarantine: Option<String>,
+    /// For a `retroactive` record: when the object was stored (Unix seconds) and the
+    /// filter that let it through.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub stored: Option<serde_json::Value>,
 }
 
 impl AuditRecord {
@@ -111,6 +116,7 @@ impl AuditRecord {
             filter_version: version,
             action: action.to_string(),
             quarantine: ctx.quarantine.clone().filter(|_| action == "block"),
+            stored: None,
         }
     }
 }

@@ -68,6 +68,12 @@ pub struct Metrics {
     feed_apply_seconds: Gauge<f64, std::sync::atomic::AtomicU64>,
     feed_manifest_expires: Gauge,
     feed_last_success: Gauge,
+    catalog_rows: Family<OutcomeLabel, Gauge>,
+    catalog_degraded: Gauge,
+    retroactive_hits: Family<ActionLabel, Counter>,
+    rechecks: Family<OutcomeLabel, Counter>,
+    recheck_seconds: Gauge<f64, std::sync::atomic::AtomicU64>,
+    recheck_rows: Gauge,
 }
 
 impl Default for Metrics {
@@ -113,6 +119,12 @@ impl Metrics {
             feed_apply_seconds: Gauge::default(),
             feed_manifest_expires: Gauge::default(),
             feed_last_success: Gauge::default(),
+            catalog_rows: Family::default(),
+            catalog_degraded: Gauge::default(),
+            retroactive_hits: Family::default(),
+            rechecks: Family::default(),
+            recheck_seconds: Gauge::default(),
+            recheck_rows: Gauge::default(),
             registry: Registry::default(),
         };
         registry.register("requests", "Requests by outcome", m.requests.clone());
@@ -213,7 +225,78 @@ impl Metrics {
             "When (Unix seconds) the feed was last polled successfully",
             m.feed_last_success.clone(),
         );
+        registry.register(
+            "catalog_rows",
+            "Catalog rows since start, by result: written, dropped (queue full), failed (write error)",
+            m.catalog_rows.clone(),
+        );
+        registry.register(
+            "catalog_degraded",
+            "1 while catalog rows are being lost (queue full, or the last write failed)",
+            m.catalog_degraded.clone(),
+        );
+        registry.register(
+            "retroactive_hits",
+            "Stored objects a newer filter lists, found by a catalog re-check, by action",
+            m.retroactive_hits.clone(),
+        );
+        registry.register(
+            "rechecks",
+            "Catalog re-checks by outcome: done, stopped (a newer filter came), failed",
+            m.rechecks.clone(),
+        );
+        registry.register(
+            "recheck_seconds",
+            "Seconds the last catalog re-check took",
+            m.recheck_seconds.clone(),
+        );
+        registry.register(
+            "recheck_rows",
+            "Objects and members the last catalog re-check went over",
+            m.recheck_rows.clone(),
+        );
         Metrics { registry, ..m }
+    }
+
+    /// Sets the catalog recorder's counts.
+    pub fn set_catalog(&self, stats: &crate::catalog::RecorderStats) {
+        for (result, n) in [
+            ("written", stats.written),
+            ("dropped", stats.dropped),
+            ("failed", stats.failed),
+        ] {
+            self.catalog_rows
+                .get_or_create(&OutcomeLabel {
+                    outcome: result.into(),
+                })
+                .set(n as i64);
+        }
+        self.catalog_degraded.set(stats.degraded as i64);
+    }
+
+    /// Whether the catalog is losing rows (for `/readyz`).
+    pub fn catalog_is_degraded(&self) -> bool {
+        self.catalog_degraded.get() != 0
+    }
+
+    /// Counts a stored object found listed by a re-check, by the action taken.
+    pub fn count_retroactive(&self, action: &str) {
+        self.retroactive_hits
+            .get_or_create(&ActionLabel {
+                action: action.into(),
+            })
+            .inc();
+    }
+
+    /// Counts a finished re-check: its outcome, time and rows.
+    pub fn count_recheck(&self, outcome: &str, took: Duration, rows: u64) {
+        self.rechecks
+            .get_or_create(&OutcomeLabel {
+                outcome: outcome.into(),
+            })
+            .inc();
+        self.recheck_seconds.set(took.as_secs_f64());
+        self.recheck_rows.set(rows as i64);
     }
 
     /// Counts one feed poll by its outcome (`applied`, `fresher`, `unchanged`, `failed`).

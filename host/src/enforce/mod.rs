@@ -220,6 +220,8 @@ pub struct Context {
 /// one set of metrics.
 pub struct Enforcer {
     filter: ArcSwap<FilterEngine>,
+    /// Counts filter swaps, for whoever re-checks stored objects on each.
+    swaps: tokio::sync::watch::Sender<u64>,
     policy: Policy,
     audit: Option<AuditLog>,
     metrics: Metrics,
@@ -244,6 +246,7 @@ impl Enforcer {
         metrics.set_filter(engine.info());
         Enforcer {
             filter: ArcSwap::from_pointee(engine),
+            swaps: tokio::sync::watch::Sender::new(0),
             policy,
             audit,
             metrics,
@@ -279,7 +282,28 @@ impl Enforcer {
     /// returns the one it replaces (objects already under way keep it until they end).
     pub fn swap_filter(&self, engine: FilterEngine) -> Arc<FilterEngine> {
         self.metrics.set_filter(engine.info());
-        self.filter.swap(Arc::new(engine))
+        let old = self.filter.swap(Arc::new(engine));
+        self.swaps.send_modify(|n| *n += 1);
+        old
+    }
+
+    /// Changes each time [`Enforcer::swap_filter`] puts a new filter in force (the
+    /// catalog's background re-check waits on it).
+    pub fn swaps(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.swaps.subscribe()
+    }
+
+    /// Whether the allow-list exempts `hit`'s digest.
+    pub fn allowed(&self, hit: &Hit) -> bool {
+        self.policy.allow.contains(hit.algorithm, &hit.bytes)
+    }
+
+    /// Appends `record` (a stored object found listed by a re-check) to the audit log
+    /// and waits until it is durable.
+    pub async fn audit_record(&self, record: &AuditRecord) {
+        let mut pending = Pending::default();
+        self.write(self.audit.as_ref(), record, &mut pending);
+        self.wait(pending).await;
     }
 
     /// Makes the audit log and the confirmation report log reopen their paths (after

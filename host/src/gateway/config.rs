@@ -61,6 +61,22 @@ pub struct Config {
     pub origin_ca: Option<PathBuf>,
     /// The inspection pipeline's bounds.
     pub inspect: std::sync::Arc<crate::inspect::Limits>,
+    /// The digest catalog, if one is kept.
+    pub catalog: Option<CatalogSettings>,
+}
+
+/// The gateway's digest catalog ([`crate::catalog`]): where, what it records, what a
+/// re-check does.
+#[derive(Clone, Debug)]
+pub struct CatalogSettings {
+    /// The SQLite file.
+    pub path: PathBuf,
+    /// Digests recorded (hashed besides the filter's own).
+    pub algorithms: Vec<crate::Algorithm>,
+    /// What a stored object a new filter lists gets.
+    pub action: crate::config::RetroAction,
+    /// Rows queued for writing, at most.
+    pub queue: usize,
 }
 
 impl Config {
@@ -87,6 +103,7 @@ impl Config {
             tls: None,
             origin_ca: None,
             inspect: Default::default(),
+            catalog: None,
         }
     }
 
@@ -174,6 +191,20 @@ impl Config {
             }
         }
         config.origin_ca = file.origin_ca.clone();
+        if let Some(table) = &file.catalog {
+            let path = table.path.clone().unwrap_or_else(|| {
+                file.state_dir
+                    .clone()
+                    .unwrap_or_else(|| "hashgate-state".into())
+                    .join("catalog.db")
+            });
+            config.catalog = Some(CatalogSettings {
+                path,
+                algorithms: table.algorithms()?,
+                action: table.action.unwrap_or_default(),
+                queue: table.queue.unwrap_or(65536).max(1),
+            });
+        }
         config.tls =
             crate::tls::CertStore::configured(file.tls_cert.as_deref(), file.tls_key.as_deref())?;
         Ok(config)

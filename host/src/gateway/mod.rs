@@ -20,6 +20,7 @@ mod copy;
 mod framing;
 mod nextcloud;
 mod response;
+mod retro;
 mod s3;
 mod shapes;
 mod store;
@@ -63,6 +64,8 @@ pub struct Gateway {
     tus: Option<Arc<tus::Uploads>>,
     /// Nextcloud mode: the chunk spool, shared by every serving thread.
     nextcloud: Option<Arc<s3::Spool>>,
+    /// The digest catalog's writer, if a catalog is kept.
+    catalog: Option<Arc<crate::catalog::Recorder>>,
     tls: Option<tokio_rustls::TlsAcceptor>,
 }
 
@@ -97,7 +100,9 @@ impl Gateway {
             .nextcloud_spool
             .as_deref()
             .map(|dir| Arc::new(s3::Spool::open(dir)));
+        let catalog = config.catalog.as_ref().map(retro::recorder).transpose()?;
         Ok(Arc::new(Gateway {
+            catalog,
             client: pool(&connector),
             connector,
             config: Arc::new(config),
@@ -121,6 +126,7 @@ impl Gateway {
             spool: self.spool.clone(),
             tus: self.tus.clone(),
             nextcloud: self.nextcloud.clone(),
+            catalog: self.catalog.clone(),
             tls: self.tls.clone(),
         }
     }
@@ -139,6 +145,7 @@ impl Gateway {
         shutdown: impl std::future::Future<Output = ()>,
     ) -> Result<(), Error> {
         let max = self.config.max_connections;
+        tokio::spawn(retro::follow(self.clone()));
         crate::listener::on_cores(listener, max, shutdown, move |core| {
             Arc::new(self.for_core()).serve_core(core)
         })
@@ -236,6 +243,9 @@ impl Gateway {
             path: req.uri().path().to_string(),
             ..Context::default()
         };
+        // An object deleted (not an S3 upload aborted, `DELETE ?uploadId=`): its
+        // catalog row goes too.
+        let deletes = req.method() == Method::DELETE && req.uri().query().is_none();
         let inspected = self
             .config
             .inspect_methods
@@ -305,6 +315,9 @@ impl Gateway {
             _ => "passed",
         };
         self.enforcer.metrics().count_request(outcome);
+        if deletes && response.status().is_success() {
+            self.record_removed(&ctx);
+        }
         let mut response = response;
         if let Ok(id) = ctx.request_id.parse() {
             response.headers_mut().insert("x-request-id", id);

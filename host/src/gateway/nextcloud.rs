@@ -213,7 +213,7 @@ pub async fn handle(
                     return gw.refusal(StatusCode::SERVICE_UNAVAILABLE, ctx, &why.to_string())
                 }
             };
-            spool.hash_with(&gw.enforcer.filter().info().algorithms);
+            spool.hash_with(&gw.algorithms(&gw.enforcer.filter()));
             let copy = turn.copy(false).await;
             upload::inspect(gw, req, ctx, Some(BodySpool::Chunk(copy))).await
         }
@@ -273,7 +273,7 @@ async fn assemble(
         return unvouched("the chunks seen do not add up to OC-Total-Length");
     }
     let filter = gw.enforcer.filter();
-    let algorithms = filter.info().algorithms.clone();
+    let algorithms = gw.algorithms(&filter).into_owned();
     let limits = gw.config.inspect.clone();
     // Chunks 1, 2, … were hashed while later ones arrived (as for S3 parts).
     let numbered: Vec<(u32, Option<String>)> = numbers.iter().map(|n| (*n, None)).collect();

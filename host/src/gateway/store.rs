@@ -44,7 +44,7 @@ pub async fn handle(
 
 /// Maps a request path to a file under `root`, refusing anything that could leave it:
 /// `..`, `.`, empty keys, NUL bytes, backslashes, and names that start with the temp dir.
-fn object_path(root: &Path, uri_path: &str) -> Option<PathBuf> {
+pub(super) fn object_path(root: &Path, uri_path: &str) -> Option<PathBuf> {
     let key = uri_path.trim_start_matches('/');
     if key.is_empty() || key.ends_with('/') || key.contains(['\0', '\\']) {
         return None;
@@ -103,12 +103,12 @@ async fn put(
         None
     };
     let filter = gw.enforcer.filter();
-    let algorithms = &filter.info().algorithms;
+    let algorithms = gw.algorithms(&filter);
     let result = receive(
         gw,
         &temp,
         req.into_body(),
-        (shape, algorithms),
+        (shape, &algorithms),
         &mut copy,
         ctx,
     )
@@ -145,7 +145,10 @@ async fn put(
         Ok::<_, io::Error>(())
     };
     match publish.await {
-        Ok(()) => status(StatusCode::CREATED),
+        Ok(()) => {
+            gw.record_stored(ctx, &objects, None, &filter);
+            status(StatusCode::CREATED)
+        }
         Err(e) => {
             let _ = tokio::fs::remove_file(&temp).await;
             server_error(&e)

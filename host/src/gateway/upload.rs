@@ -90,8 +90,8 @@ pub async fn inspect(
     };
     let upstream: Upstream = tokio::spawn(gw.client.request(upstream_req));
     let filter = gw.enforcer.filter();
-    let algorithms = &filter.info().algorithms;
-    let mut objects = Objects::new(shape, algorithms, gw.config.inspect.clone(), declared);
+    let algorithms = gw.algorithms(&filter);
+    let mut objects = Objects::new(shape, &algorithms, gw.config.inspect.clone(), declared);
     let mut holdback = HoldBack::new(incoming.size_hint().exact(), HoldBack::TAIL);
     let mut origin_open = true;
     let mut copy = gw.quarantine_copy(ctx).await;
@@ -152,8 +152,13 @@ pub async fn inspect(
             }
             drop(tx);
             let response = relay(gw, upstream).await;
-            if let Some(spool) = spool {
-                spool.settle(response.status(), response.headers()).await;
+            match spool {
+                Some(spool) => spool.settle(response.status(), response.headers()).await,
+                // A whole object, stored: recorded (a piece is recorded with its whole).
+                None if response.status().is_success() => {
+                    gw.record_stored(ctx, &objects, Some(response.headers()), &filter)
+                }
+                None => {}
             }
             response
         }

@@ -177,7 +177,7 @@ async fn read(
     let filter = gw.enforcer.filter();
     let mut objects = Objects::new(
         shape,
-        &filter.info().algorithms,
+        &gw.algorithms(&filter),
         gw.config.inspect.clone(),
         length,
     );
@@ -316,7 +316,7 @@ pub async fn part(
         Ok(turn) => turn,
         Err(busy) => return super::busy(gw, ctx, &busy),
     };
-    spool.hash_with(&gw.enforcer.filter().info().algorithms);
+    spool.hash_with(&gw.algorithms(&gw.enforcer.filter()));
     let mut copy = turn.copy(false).await;
     let target = Target::source(gw, source);
     let read = match read(
@@ -418,6 +418,7 @@ pub async fn object(
             || bare(c).eq_ignore_ascii_case(&read.md5)
     });
     if same {
+        gw.record_stored(ctx, &read.report, None, &filter);
         return Response::from_parts(head, full(result));
     }
     // The origin copied something else than was read: check what it made.

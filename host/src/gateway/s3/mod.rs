@@ -33,7 +33,7 @@ use hyper::body::Incoming;
 use hyper::{Request, Response, StatusCode};
 
 pub use ops::Op;
-pub use origin::S3Credentials;
+pub use origin::{send, S3Credentials, Target};
 pub use spool::{PartCopy, Spool};
 
 use super::body::{full, GatewayBody, Upload};
@@ -59,7 +59,7 @@ pub async fn handle(
                 Ok(turn) => turn,
                 Err(why) => return busy(gw, ctx, &why),
             };
-            spool.hash_with(&gw.enforcer.filter().info().algorithms);
+            spool.hash_with(&gw.algorithms(&gw.enforcer.filter()));
             let copy = turn.copy(aws).await;
             super::upload::inspect(gw, req, ctx, Some(super::upload::BodySpool::S3(copy))).await
         }
@@ -116,7 +116,7 @@ async fn complete(
         Err(why) => return gw.malformed(ctx, &why.to_string()),
     };
     let filter = gw.enforcer.filter();
-    let algorithms = filter.info().algorithms.clone();
+    let algorithms = gw.algorithms(&filter).into_owned();
     let limits = gw.config.inspect.clone();
     // Parts 1, 2, … were hashed while later ones arrived: only the rest is hashed now.
     let numbered: Vec<(u32, Option<String>)> =
@@ -163,6 +163,7 @@ async fn complete(
             };
             if response.status().is_success() {
                 spool.forget(upload).await;
+                gw.record_stored(ctx, &object, Some(response.headers()), &filter);
             }
             response
         }

@@ -374,7 +374,7 @@ async fn decide(
     pieces: Vec<Piece>,
 ) -> Result<crate::enforce::ReportDecision, Response<GatewayBody>> {
     let filter = gw.enforcer.filter();
-    let algorithms = filter.info().algorithms.clone();
+    let algorithms = gw.algorithms(&filter).into_owned();
     let limits = gw.config.inspect.clone();
     let report =
         tokio::task::spawn_blocking(move || assembly::inspect(&pieces, &algorithms, &limits))

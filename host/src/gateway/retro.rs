@@ -1,0 +1,298 @@
+//! Retroactive enforcement: the gateway's side of the digest catalog
+//! ([`crate::catalog`]).
+//!
+//! * **Record** — when an object is stored (the origin answered 2xx to an inspected
+//!   upload, an S3 completion or copy, or the embedded store published it), its
+//!   digests and those of every member go to the catalog's [`Recorder`]: a bounded queue
+//!   and a thread of its own, so the answer never waits for the disk. A `DELETE` that
+//!   succeeded removes the row; a re-upload replaces it.
+//! * **Re-check** — every time the feed swaps in a new filter, every row is checked
+//!   against it on a low-priority thread ([`crate::catalog::recheck`], thousands of
+//!   digests per guest call). A newer swap stops it and starts it again. Each stored
+//!   object found listed gets an audit record (`evidence: "retroactive"`, with when it was
+//!   stored and by which filter it was passed), a metric, and the configured action:
+//!   `report`, or `delete` (a `DELETE` to the origin, S3-signed with `[s3]` in S3 mode;
+//!   or removal from the embedded store).
+
+use std::borrow::Cow;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use hyper::header::HeaderMap;
+use hyper::Method;
+
+use super::{Backend, Gateway};
+use crate::catalog::{self, Catalog, Entry, Kind, Recorder, RetroHit};
+use crate::config::RetroAction;
+use crate::enforce::{AuditRecord, Context};
+use crate::inspect::Report;
+use crate::{Algorithm, FilterEngine};
+
+/// Opens the catalog `settings` name and starts its recorder.
+pub(super) fn recorder(
+    settings: &super::config::CatalogSettings,
+) -> Result<Arc<Recorder>, crate::Error> {
+    let catalog = Catalog::open(&settings.path)?;
+    Ok(Arc::new(Recorder::start(catalog, settings.queue)))
+}
+
+impl Gateway {
+    /// The digests to compute for an object decided by `filter`: the filter's, and
+    /// the catalog's if one is kept (a later list may hold any).
+    pub(super) fn algorithms<'f>(&self, filter: &'f FilterEngine) -> Cow<'f, [Algorithm]> {
+        let own = &filter.info().algorithms;
+        let Some(settings) = &self.config.catalog else {
+            return Cow::Borrowed(own);
+        };
+        if settings.algorithms.iter().all(|a| own.contains(a)) {
+            return Cow::Borrowed(own);
+        }
+        let mut all: Vec<Algorithm> = Algorithm::ALL
+            .into_iter()
+            .filter(|a| own.contains(a) || settings.algorithms.contains(a))
+            .collect();
+        all.dedup();
+        Cow::Owned(all)
+    }
+
+    /// Records an object stored under `ctx`'s host and path, as `report` found it,
+    /// passed by `filter`; `headers` are the origin's (its ETag).
+    pub(super) fn record_stored(
+        &self,
+        ctx: &Context,
+        report: &Report,
+        headers: Option<&HeaderMap>,
+        filter: &FilterEngine,
+    ) {
+        let (Some(recorder), Some(settings)) = (&self.catalog, &self.config.catalog) else {
+            return;
+        };
+        let key = ctx.path.as_bytes().to_vec();
+        let mut entry = Entry::of_report(Kind::Object, key, report, &settings.algorithms);
+        entry.host = Some(ctx.host.clone()).filter(|h| !h.is_empty());
+        entry.etag = headers
+            .and_then(|h| h.get(hyper::header::ETAG))
+            .and_then(|e| e.to_str().ok())
+            .map(str::to_string);
+        let info = filter.info();
+        entry.passed_by = Some((info.series.clone(), info.version));
+        recorder.record(entry);
+    }
+
+    /// Forgets the object at `ctx`'s path (a `DELETE` succeeded).
+    pub(super) fn record_removed(&self, ctx: &Context) {
+        if let Some(recorder) = &self.catalog {
+            recorder.remove(Kind::Object, ctx.path.as_bytes().to_vec());
+        }
+    }
+}
+
+/// Follows the filter swaps of `gw`'s verdict core, re-checking the catalog on each,
+/// and keeps the catalog metrics current. Returns at once if no catalog is kept.
+pub(super) async fn follow(gw: Arc<Gateway>) {
+    let (Some(settings), Some(recorder)) = (gw.config.catalog.clone(), gw.catalog.clone()) else {
+        return;
+    };
+    let metrics_gw = gw.clone();
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        loop {
+            tick.tick().await;
+            metrics_gw.enforcer.metrics().set_catalog(&recorder.stats());
+        }
+    });
+    let mut swaps = gw.enforcer.swaps();
+    while swaps.changed().await.is_ok() {
+        swaps.borrow_and_update();
+        let filter = gw.enforcer.filter();
+        let started = Instant::now();
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let (path, newer) = (settings.path.clone(), swaps.clone());
+        let task_filter = filter.clone();
+        let spawned = std::thread::Builder::new()
+            .name("hashgate-recheck".into())
+            .spawn(move || {
+                lower_priority();
+                let mut hits = Vec::new();
+                let done = Catalog::open(&path)
+                    .map_err(catalog::RecheckError::from)
+                    .and_then(|catalog| {
+                        catalog::recheck(&catalog, &task_filter, &mut |h| hits.push(h), &|| {
+                            !newer.has_changed().unwrap_or(true)
+                        })
+                    });
+                let _ = tx.send(done.map(|d| (d, hits)));
+            });
+        if let Err(e) = spawned {
+            tracing::error!(error = %e, "cannot start the catalog re-check");
+            continue;
+        }
+        let metrics = gw.enforcer.metrics();
+        let info = filter.info();
+        match rx.await {
+            Ok(Ok((done, hits))) => {
+                let stopped = swaps.has_changed().unwrap_or(false);
+                let rows = done.objects + done.members;
+                let mut acted = std::collections::HashSet::new();
+                for hit in hits {
+                    act(&gw, &filter, settings.action, hit, &mut acted).await;
+                }
+                let outcome = if stopped { "stopped" } else { "done" };
+                metrics.count_recheck(outcome, started.elapsed(), rows);
+                tracing::info!(
+                    series = %info.series,
+                    version = info.version,
+                    objects = done.objects,
+                    members = done.members,
+                    listed = acted.len(),
+                    outcome,
+                    seconds = started.elapsed().as_secs_f64(),
+                    "catalog re-checked"
+                );
+                for (algorithm, n) in done.unchecked {
+                    tracing::warn!(
+                        algorithm = algorithm.name(),
+                        rows = n,
+                        "catalog rows recorded without this algorithm were not checked for it"
+                    );
+                }
+            }
+            Ok(Err(e)) => {
+                metrics.count_recheck("failed", started.elapsed(), 0);
+                tracing::error!(error = %e, "the catalog re-check failed");
+            }
+            Err(_) => {
+                metrics.count_recheck("failed", started.elapsed(), 0);
+                tracing::error!("the catalog re-check thread died");
+            }
+        }
+    }
+}
+
+/// A re-check competes with uploads for the cores: it yields to them.
+fn lower_priority() {
+    // SAFETY: setpriority on this thread's own id (Linux applies nice per thread).
+    unsafe {
+        let tid = libc::syscall(libc::SYS_gettid) as libc::id_t;
+        libc::setpriority(libc::PRIO_PROCESS, tid, 19);
+    }
+}
+
+/// Reports (and, if configured, deletes) one stored object a re-check found listed;
+/// `acted` holds the keys already deleted (an archive with two listed members is
+/// deleted once).
+async fn act(
+    gw: &Gateway,
+    filter: &FilterEngine,
+    action: RetroAction,
+    hit: RetroHit,
+    acted: &mut std::collections::HashSet<Vec<u8>>,
+) {
+    let enforcer = &gw.enforcer;
+    let listed: Vec<&crate::Hit> = hit
+        .hits
+        .iter()
+        .filter(|h| !h.is_canary() && !enforcer.allowed(h))
+        .collect();
+    if listed.is_empty() {
+        return;
+    }
+    let name = match (action, hit.kind) {
+        (RetroAction::Delete, Kind::Object) if !acted.contains(&hit.key) => {
+            match delete(gw, &hit).await {
+                Ok(()) => "delete",
+                Err(why) => {
+                    tracing::error!(key = %String::from_utf8_lossy(&hit.key), why, "deleting a stored object a new filter lists failed");
+                    "delete-failed"
+                }
+            }
+        }
+        (RetroAction::Delete, Kind::Object) => "delete",
+        _ => "report",
+    };
+    acted.insert(hit.key.clone());
+    if name == "delete" {
+        if let Some(recorder) = &gw.catalog {
+            recorder.remove(Kind::Object, hit.key.clone());
+        }
+    }
+    let ctx = Context {
+        request_id: uuid::Uuid::new_v4().to_string(),
+        method: "RECHECK".into(),
+        host: hit.host.clone().unwrap_or_default(),
+        path: String::from_utf8_lossy(&hit.key).into_owned(),
+        part: hit.member.clone(),
+        layers: hit.layers.clone(),
+        ..Context::default()
+    };
+    let info = filter.info();
+    for h in listed {
+        enforcer.metrics().count_retroactive(name);
+        let mut record =
+            AuditRecord::new(&ctx, hit.size, Some(h), name, &info.series, info.version);
+        record.evidence = Some("retroactive");
+        record.stored = Some(serde_json::json!({
+            "time": hit.stored,
+            "kind": hit.kind.name(),
+            "etag": hit.etag,
+            "passed_by": hit.passed_by.as_ref().map(|(s, v)| serde_json::json!({"series": s, "version": v})),
+        }));
+        tracing::warn!(
+            key = %ctx.path,
+            member = ?hit.member,
+            action = name,
+            "a stored object is listed by the new filter"
+        );
+        enforcer.audit_record(&record).await;
+    }
+}
+
+/// Deletes the stored object `hit` names: from the embedded store, or with a `DELETE`
+/// to the origin (S3-signed in S3 mode with `[s3]`).
+async fn delete(gw: &Gateway, hit: &RetroHit) -> Result<(), String> {
+    let key = String::from_utf8_lossy(&hit.key).into_owned();
+    match &gw.config.backend {
+        Backend::Store(root) => {
+            let path = super::store::object_path(root, &key).ok_or("not a store key")?;
+            match tokio::fs::remove_file(&path).await {
+                Ok(()) => Ok(()),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+                Err(e) => Err(e.to_string()),
+            }
+        }
+        Backend::Origin(_) => {
+            let host = hit.host.clone().unwrap_or_default();
+            let response = match (&gw.config.s3, &gw.spool) {
+                (Some(credentials), Some(_)) => {
+                    let target = super::s3::Target {
+                        host,
+                        path_and_query: key.clone(),
+                    };
+                    super::s3::send(gw, credentials, Method::DELETE, &target, &[])
+                        .await
+                        .map_err(|e| e.to_string())?
+                }
+                _ => {
+                    let mut headers = HeaderMap::new();
+                    if let Ok(value) = host.parse() {
+                        headers.insert(hyper::header::HOST, value);
+                    }
+                    let request = super::upload::own_request(gw, Method::DELETE, &key, headers)
+                        .map_err(|_| "cannot build the DELETE".to_string())?;
+                    let sent = gw.client.request(request);
+                    match tokio::time::timeout(gw.config.origin_timeout, sent).await {
+                        Ok(result) => result.map_err(|e| e.to_string())?,
+                        Err(_) => return Err("the origin did not answer in time".into()),
+                    }
+                }
+            };
+            let status = response.status();
+            // Gone already is what was wanted.
+            if status.is_success() || status == hyper::StatusCode::NOT_FOUND {
+                Ok(())
+            } else {
+                Err(format!("the origin answered {status}"))
+            }
+        }
+    }
+}
