@@ -12,7 +12,9 @@
 #         TLS=1, FILTERS="f.hgf f256.hgf": an MD5 + SHA-1 + SHA-256 filter, as authorities
 #         ship them, then SHA-256 only; either alone with FILTERS=f.hgf or FILTERS=f256.hgf,
 #         HITS="1 50": also run every point with that percentage of uploads listed, each
-#         hit audited to a file on disk (fsynced before the 451), under the mixed filter)
+#         hit audited to a file on disk (fsynced before the 451), under the mixed filter;
+#         B_ARGS="...": extra flags for B only, e.g. HASHGATE_A=target/release/hashgate
+#         B_ARGS="--catalog /tmp/cat.db" for this build with and without the catalog)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ENTRIES=${ENTRIES:-1000000}
@@ -79,7 +81,7 @@ for run in $FILTERS; do
   "$HASHGATE_A" gateway --filter "$work/$filter" --pub "$work/k.pub" --listen "127.0.0.1:$a" \
     "${tls_args[@]}" "${audit_a[@]}" --origin "http://127.0.0.1:$sink" 2>>"$work/gateways.err" & a_pid=$!; pids+=($a_pid)
   "$hg" gateway --filter "$work/$filter" --pub "$work/k.pub" --listen "127.0.0.1:$b" \
-    "${tls_args[@]}" "${audit_b[@]}" --origin "http://127.0.0.1:$sink" 2>>"$work/gateways.err" & b_pid=$!; pids+=($b_pid)
+    "${tls_args[@]}" "${audit_b[@]}" ${B_ARGS:-} --origin "http://127.0.0.1:$sink" 2>>"$work/gateways.err" & b_pid=$!; pids+=($b_pid)
   wait_port "$a"; wait_port "$b"
   echo "== filter: $label"
   printf '%-8s %-4s %-6s | %9s %9s %9s | %6s %6s | %s\n' size conc round nginx A B A/nginx B/nginx "CPU us/request: nginx A B"

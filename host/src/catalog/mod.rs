@@ -382,15 +382,18 @@ impl Catalog {
         roots: &[PathBuf],
         present: &std::collections::HashSet<Vec<u8>>,
     ) -> Result<u64, CatalogError> {
-        let rows = self.files_under(roots)?;
-        let gone: Vec<&Vec<u8>> = rows.keys().filter(|k| !present.contains(*k)).collect();
+        let gone: Vec<Vec<u8>> = self
+            .file_keys_under(roots)?
+            .into_iter()
+            .filter(|k| !present.contains(k))
+            .collect();
         let tx = self.conn.transaction().map_err(|e| CatalogError::Sqlite {
             path: self.path.clone(),
             error: e,
         })?;
         let mut removed = 0;
         for key in gone {
-            removed += remove_row(&tx, Kind::File, key).map_err(|e| CatalogError::Sqlite {
+            removed += remove_row(&tx, Kind::File, &key).map_err(|e| CatalogError::Sqlite {
                 path: self.path.clone(),
                 error: e,
             })? as u64;
@@ -399,9 +402,30 @@ impl Catalog {
         Ok(removed)
     }
 
+    /// The keys of the recorded files under `roots` (absolute paths).
+    fn file_keys_under(&self, roots: &[PathBuf]) -> Result<Vec<Vec<u8>>, CatalogError> {
+        let mut stmt = self
+            .conn
+            .prepare_cached(
+                "SELECT key FROM objects
+                 WHERE kind = 0 AND (key = ?1 OR (key >= ?2 AND key < ?3))",
+            )
+            .map_err(|e| self.failed(e))?;
+        let mut keys = Vec::new();
+        for root in roots {
+            let (root, below, end) = key_range(root);
+            let rows = stmt
+                .query_map(params![root, below, end], |row| row.get(0))
+                .map_err(|e| self.failed(e))?;
+            for key in rows {
+                keys.push(key.map_err(|e| self.failed(e))?);
+            }
+        }
+        Ok(keys)
+    }
+
     /// The recorded files under `roots` (absolute paths), by key.
     pub fn files_under(&self, roots: &[PathBuf]) -> Result<HashMap<Vec<u8>, Entry>, CatalogError> {
-        use std::os::unix::ffi::OsStrExt;
         let mut found = HashMap::new();
         let mut stmt = self
             .conn
@@ -414,15 +438,7 @@ impl Catalog {
             .map_err(|e| self.failed(e))?;
         let mut ids = Vec::new();
         for root in roots {
-            let root = root.as_os_str().as_bytes().to_vec();
-            let mut below = root.clone();
-            if !below.ends_with(b"/") {
-                below.push(b'/');
-            }
-            // Keys from `below` up to (not including) `below` with its last byte, `/`,
-            // raised to `0`: everything that starts with `below`.
-            let mut end = below.clone();
-            *end.last_mut().expect("not empty") = b'0';
+            let (root, below, end) = key_range(root);
             let rows = stmt
                 .query_map(params![root, below, end], |row| {
                     Ok((row.get::<_, i64>(0)?, row_entry(row, Kind::File, 1)?))
@@ -495,6 +511,21 @@ impl Catalog {
     pub(crate) fn connection(&self) -> &Connection {
         &self.conn
     }
+}
+
+/// The keys of `root` itself and of everything below it: `root`, and the range from
+/// `root/` up to (not including) `root0` (`/` raised by one): everything that starts
+/// with `root/`.
+fn key_range(root: &Path) -> (Vec<u8>, Vec<u8>, Vec<u8>) {
+    use std::os::unix::ffi::OsStrExt;
+    let root = root.as_os_str().as_bytes().to_vec();
+    let mut below = root.clone();
+    if !below.ends_with(b"/") {
+        below.push(b'/');
+    }
+    let mut end = below.clone();
+    *end.last_mut().expect("not empty") = b'0';
+    (root, below, end)
 }
 
 enum Migration {
