@@ -436,7 +436,16 @@ impl Catalog {
                  WHERE o.kind = 0 AND (o.key = ?1 OR (o.key >= ?2 AND o.key < ?3))",
             )
             .map_err(|e| self.failed(e))?;
-        let mut ids = Vec::new();
+        // Members of the same rows in one query, not one per row.
+        let mut members = self
+            .conn
+            .prepare_cached(
+                "SELECT m.member, m.layers, m.size, m.md5, m.sha1, m.sha256, m.object
+                 FROM members m JOIN objects o ON o.id = m.object
+                 WHERE o.kind = 0 AND (o.key = ?1 OR (o.key >= ?2 AND o.key < ?3))",
+            )
+            .map_err(|e| self.failed(e))?;
+        let mut keys: HashMap<i64, Vec<u8>> = HashMap::new();
         for root in roots {
             let (root, below, end) = key_range(root);
             let rows = stmt
@@ -444,25 +453,28 @@ impl Catalog {
                     Ok((row.get::<_, i64>(0)?, row_entry(row, Kind::File, 1)?))
                 })
                 .map_err(|e| self.failed(e))?;
+            // Rows met under an earlier root (roots may nest) have their members.
+            let mut fresh = std::collections::HashSet::new();
             for row in rows {
                 let (id, entry) = row.map_err(|e| self.failed(e))?;
-                ids.push((id, entry.key.clone()));
-                found.insert(entry.key.clone(), entry);
+                if keys.insert(id, entry.key.clone()).is_none() {
+                    fresh.insert(id);
+                    found.insert(entry.key.clone(), entry);
+                }
             }
-        }
-        let mut members = self
-            .conn
-            .prepare_cached(
-                "SELECT member, layers, size, md5, sha1, sha256 FROM members WHERE object = ?1",
-            )
-            .map_err(|e| self.failed(e))?;
-        for (id, key) in ids {
             let rows = members
-                .query_map([id], member_node)
+                .query_map(params![root, below, end], |row| {
+                    Ok((row.get::<_, i64>(6)?, member_node(row)?))
+                })
                 .map_err(|e| self.failed(e))?;
-            let entry = found.get_mut(&key).expect("just inserted");
-            for node in rows {
-                entry.members.push(node.map_err(|e| self.failed(e))?);
+            for row in rows {
+                let (id, node) = row.map_err(|e| self.failed(e))?;
+                if !fresh.contains(&id) {
+                    continue;
+                }
+                if let Some(entry) = keys.get(&id).and_then(|k| found.get_mut(k)) {
+                    entry.members.push(node);
+                }
             }
         }
         Ok(found)

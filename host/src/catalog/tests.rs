@@ -83,6 +83,12 @@ fn files_under_a_root_are_found_and_the_gone_ones_dropped() {
         3,
         "/srv0/c and /srvx are not under /srv"
     );
+    // Nested roots: each row once, its members once.
+    catalog.put(&[full_entry()]).unwrap();
+    let found = catalog
+        .files_under(&["/srv".into(), "/srv/".into(), "/srv/a.zip".into()])
+        .unwrap();
+    assert_eq!(found[&b"/srv/a.zip".to_vec()], full_entry_as_put(&catalog));
     assert!(catalog.remove(Kind::File, b"/srv/a").unwrap());
     assert!(!catalog.remove(Kind::File, b"/srv/a").unwrap());
 }
@@ -194,3 +200,8 @@ fn a_full_queue_drops_rows_and_counts_them() {
 }
 
 use std::time::Duration;
+
+/// `full_entry()` as the catalog holds it (its recorded time).
+fn full_entry_as_put(catalog: &Catalog) -> Entry {
+    catalog.get(Kind::File, b"/srv/a.zip").unwrap().unwrap()
+}

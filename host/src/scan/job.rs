@@ -134,7 +134,7 @@ pub fn run(job: &Job<'_>, on_event: &(dyn Fn(Event<'_>) + Sync)) -> Result<Finis
     });
     // A listing that failed somewhere may have missed files that are still there:
     // their rows are kept.
-    let catalog = catalog.map(|c| c.finish(&roots, listing_errors == 0));
+    let catalog = catalog.map(|c| c.finish(&roots, &targets, listing_errors == 0));
     let enforcer = loading
         .into_inner()
         .expect("the loader always sets the result")?;

@@ -37,6 +37,9 @@ pub struct Target {
     pub path: PathBuf,
     /// Its size when listed.
     pub size: u64,
+    /// Its identity and times when listed (an incremental scan compares them with the
+    /// catalog's record), if they could be read.
+    pub stamp: Option<FileStamp>,
 }
 
 /// What the scan reports as it goes.
@@ -126,6 +129,7 @@ pub fn list_files(paths: &[PathBuf], on_error: &mut dyn FnMut(&Path, &Error)) ->
                 targets.push(Target {
                     path: root.clone(),
                     size: m.len(),
+                    stamp: Some(FileStamp::of(&m)),
                 });
                 continue;
             }
@@ -149,10 +153,11 @@ pub fn list_files(paths: &[PathBuf], on_error: &mut dyn FnMut(&Path, &Error)) ->
         for entry in walk {
             match entry {
                 Ok(entry) if entry.file_type().is_file() => {
-                    let size = entry.metadata().map(|m| m.len()).unwrap_or(0);
+                    let metadata = entry.metadata().ok();
                     targets.push(Target {
+                        size: metadata.as_ref().map_or(0, |m| m.len()),
+                        stamp: metadata.as_ref().map(FileStamp::of),
                         path: entry.into_path(),
-                        size,
                     });
                 }
                 Ok(_) => {}
@@ -195,8 +200,9 @@ pub struct ScanCatalog {
     keep: Vec<crate::Algorithm>,
     writer: Mutex<catalog::Catalog>,
     pending: Mutex<Vec<catalog::Entry>>,
-    present: Mutex<std::collections::HashSet<Vec<u8>>>,
     failed: Mutex<Option<catalog::CatalogError>>,
+    /// The working directory, for the keys of relative paths.
+    cwd: PathBuf,
 }
 
 /// Rows a scan writes per transaction.
@@ -215,8 +221,8 @@ impl ScanCatalog {
             keep,
             writer: Mutex::new(catalog),
             pending: Mutex::new(Vec::new()),
-            present: Mutex::new(Default::default()),
             failed: Mutex::new(None),
+            cwd: std::env::current_dir().unwrap_or_default(),
         })
     }
 
@@ -233,10 +239,6 @@ impl ScanCatalog {
         stamp: &FileStamp,
         algorithms: &[crate::Algorithm],
     ) -> Option<Report> {
-        self.present
-            .lock()
-            .expect("not poisoned")
-            .insert(key.to_vec());
         let entry = self.previous.get(key)?;
         (entry.stamp.as_ref() == Some(stamp) && entry.covers(algorithms)).then(|| entry.report())
     }
@@ -260,12 +262,29 @@ impl ScanCatalog {
         }
     }
 
-    /// Writes what is pending and drops the rows of files under `roots` that this scan
-    /// did not see (they are gone). Returns how many rows were dropped, or the first
-    /// error any write met.
-    pub fn finish(self, roots: &[PathBuf], drop_gone: bool) -> Result<u64, catalog::CatalogError> {
+    /// The catalog key of a file: its absolute path's bytes.
+    pub fn key(&self, path: &Path) -> Vec<u8> {
+        use std::os::unix::ffi::OsStrExt;
+        if path.is_absolute() {
+            return path.as_os_str().as_bytes().to_vec();
+        }
+        let absolute =
+            std::path::absolute(self.cwd.join(path)).unwrap_or_else(|_| path.to_path_buf());
+        absolute.as_os_str().as_bytes().to_vec()
+    }
+
+    /// Writes what is pending and drops the rows of files under `roots` that are not
+    /// among `targets` (they are gone). Returns how many rows were dropped, or the
+    /// first error any write met.
+    pub fn finish(
+        self,
+        roots: &[PathBuf],
+        targets: &[Target],
+        drop_gone: bool,
+    ) -> Result<u64, catalog::CatalogError> {
         let pending = std::mem::take(&mut *self.pending.lock().expect("not poisoned"));
         self.write(&pending);
+        let present = targets.iter().map(|t| self.key(&t.path)).collect();
         if let Some(e) = self.failed.into_inner().expect("not poisoned") {
             return Err(e);
         }
@@ -273,16 +292,8 @@ impl ScanCatalog {
         if !drop_gone {
             return Ok(0);
         }
-        let present = self.present.into_inner().expect("not poisoned");
         writer.retain_files(roots, &present)
     }
-}
-
-/// The catalog key of a file: its absolute path's bytes.
-pub fn catalog_key(path: &Path) -> Vec<u8> {
-    use std::os::unix::ffi::OsStrExt;
-    let absolute = std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf());
-    absolute.as_os_str().as_bytes().to_vec()
 }
 
 /// [`scan`] with the verdict core possibly still loading: files are hashed for
@@ -406,7 +417,7 @@ impl<'s> Scan<'s, '_> {
                     break;
                 };
                 let path = target.path.as_path();
-                if let Some(flow) = self.decide_recorded(path) {
+                if let Some(flow) = self.decide_recorded(target) {
                     if flow.is_break() {
                         return;
                     }
@@ -529,10 +540,10 @@ impl<'s> Scan<'s, '_> {
     /// For an incremental scan: decides on `path` from its catalog record if that
     /// stands (same inode, size and times; every digest needed), without reading it.
     /// `None` when the file must be read.
-    fn decide_recorded(&self, path: &Path) -> Option<ControlFlow<()>> {
+    fn decide_recorded(&self, target: &Target) -> Option<ControlFlow<()>> {
         let catalog = self.catalog?;
-        let stamp = std::fs::metadata(path).ok().map(|m| FileStamp::of(&m))?;
-        let report = catalog.reuse(&catalog_key(path), &stamp, self.needed)?;
+        let path = target.path.as_path();
+        let report = catalog.reuse(&catalog.key(path), target.stamp.as_ref()?, self.needed)?;
         self.totals[6].fetch_add(1, Ordering::Relaxed);
         Some(self.conclude(path, Ok(report), false))
     }
@@ -545,7 +556,7 @@ impl<'s> Scan<'s, '_> {
         inspected: Result<Report, Error>,
     ) -> ControlFlow<()> {
         if let (Some(catalog), Ok(report)) = (self.catalog, &inspected) {
-            catalog.record(catalog_key(path), before.file, report);
+            catalog.record(catalog.key(path), before.file, report);
         }
         self.conclude(path, inspected, true)
     }
