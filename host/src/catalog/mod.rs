@@ -576,40 +576,51 @@ fn put_all(
     entries: &[Entry],
 ) -> rusqlite::Result<()> {
     let mut insert = tx.prepare_cached(
+        // One statement whether the row is new or replaced (a re-upload): the row keeps
+        // its id, its old members go below.
         "INSERT INTO objects (kind, key, size, stored, passed_by, etag, dev, ino, mtime, ctime,
                               md5, sha1, sha256, problems, host)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)",
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)
+         ON CONFLICT (kind, key) DO UPDATE SET size = excluded.size, stored = excluded.stored,
+             passed_by = excluded.passed_by, etag = excluded.etag, dev = excluded.dev,
+             ino = excluded.ino, mtime = excluded.mtime, ctime = excluded.ctime,
+             md5 = excluded.md5, sha1 = excluded.sha1, sha256 = excluded.sha256,
+             problems = excluded.problems, host = excluded.host
+         RETURNING id",
     )?;
+    let mut old_members = tx.prepare_cached("DELETE FROM members WHERE object = ?1")?;
     let mut member = tx.prepare_cached(
         "INSERT INTO members (object, member, layers, size, md5, sha1, sha256)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
     )?;
     for entry in entries {
-        remove_row(tx, entry.kind, &entry.key)?;
         let passed_by = match &entry.passed_by {
             Some((series, version)) => Some(filter_id(tx, filters, series, *version)?),
             None => None,
         };
         let stamp = entry.stamp;
         let problems = (!entry.problems.is_empty()).then(|| problems_json(&entry.problems));
-        insert.execute(params![
-            entry.kind.code(),
-            entry.key,
-            entry.size as i64,
-            entry.stored,
-            passed_by,
-            entry.etag,
-            stamp.map(|s| s.dev as i64),
-            stamp.map(|s| s.ino as i64),
-            stamp.map(|s| s.mtime),
-            stamp.map(|s| s.ctime),
-            digest_of(&entry.digests, Algorithm::Md5),
-            digest_of(&entry.digests, Algorithm::Sha1),
-            digest_of(&entry.digests, Algorithm::Sha256),
-            problems,
-            entry.host,
-        ])?;
-        let id = tx.last_insert_rowid();
+        let id: i64 = insert.query_row(
+            params![
+                entry.kind.code(),
+                entry.key,
+                entry.size as i64,
+                entry.stored,
+                passed_by,
+                entry.etag,
+                stamp.map(|s| s.dev as i64),
+                stamp.map(|s| s.ino as i64),
+                stamp.map(|s| s.mtime),
+                stamp.map(|s| s.ctime),
+                digest_of(&entry.digests, Algorithm::Md5),
+                digest_of(&entry.digests, Algorithm::Sha1),
+                digest_of(&entry.digests, Algorithm::Sha256),
+                problems,
+                entry.host,
+            ],
+            |r| r.get(0),
+        )?;
+        old_members.execute([id])?;
         for node in &entry.members {
             let names = serde_json::to_string(&node.member).expect("strings serialize");
             member.execute(params![

@@ -16,6 +16,8 @@ use super::{Catalog, Entry, Kind};
 
 /// Rows written per transaction, at most.
 const BATCH: usize = 512;
+/// How long the writer gathers rows for one transaction, at most.
+const GATHER: Duration = Duration::from_millis(20);
 
 /// What a recorder has done since it started.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -116,6 +118,13 @@ impl Recorder {
 
 fn write_loop(mut catalog: Catalog, rx: Receiver<Op>, counts: &Counts) {
     while let Ok(first) = rx.recv() {
+        // Gather for a moment: one transaction per row costs more than the row (a WAL
+        // write and a commit each); a batch makes it a small fraction.
+        // Sleeping rather than waiting on the queue: a sender then never has to wake
+        // this thread (a futex wake per row would cost the serving threads more).
+        if !matches!(first, Op::Flush(_)) {
+            std::thread::sleep(GATHER);
+        }
         let mut ops = vec![first];
         while ops.len() < BATCH {
             match rx.try_recv() {
