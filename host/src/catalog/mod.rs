@@ -352,6 +352,9 @@ impl Catalog {
     /// Records `entries` in one transaction, each replacing any row of the same kind
     /// and key (a re-upload, a file read again).
     pub fn put(&mut self, entries: &[Entry]) -> Result<(), CatalogError> {
+        if entries.is_empty() {
+            return Ok(());
+        }
         let tx = self.conn.transaction().map_err(|e| CatalogError::Sqlite {
             path: self.path.clone(),
             error: e,

@@ -2,12 +2,35 @@
 //! order and inspected as one body: what S3 multipart completions and tus uploads share.
 
 use std::io::Read;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use bytes::{Bytes, BytesMut};
 
 use crate::inspect::{AwsChunkedDecoder, Envelope, InspectError, Limits, Report};
 use crate::Algorithm;
+
+/// Clears a spool directory (one subdirectory per upload) of the copies a crash left
+/// unfinished: files still named with a leading dot, never renamed into place.
+pub fn clear_unfinished(dir: &Path) {
+    for upload in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        for entry in std::fs::read_dir(upload.path())
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
+            if entry.file_name().to_string_lossy().starts_with('.') {
+                let _ = std::fs::remove_file(entry.path());
+            }
+        }
+    }
+}
+
+/// The directory of one upload under a spool `dir`, named by a hash: upload ids and
+/// URLs are client-chosen text.
+pub fn upload_dir(dir: &Path, upload: &str) -> PathBuf {
+    use sha2::Digest as _;
+    dir.join(hex::encode(sha2::Sha256::digest(upload.as_bytes())))
+}
 
 /// One spooled piece of an object.
 #[derive(Debug)]

@@ -85,7 +85,7 @@ pub enum Refused {
 
 /// `path` percent-decoded, with empty and `.` segments dropped and `..` applied.
 fn plain(path: &str) -> String {
-    let decoded = percent_decode(path);
+    let decoded = crate::inspect::percent_decode(path);
     let mut segments: Vec<&str> = Vec::new();
     for segment in decoded.split('/') {
         match segment {
@@ -105,28 +105,6 @@ fn plain(path: &str) -> String {
         out.push('/');
     }
     out
-}
-
-fn percent_decode(text: &str) -> String {
-    let bytes = text.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        let hex = bytes
-            .get(i + 1..i + 3)
-            .and_then(|h| std::str::from_utf8(h).ok());
-        match (bytes[i], hex.and_then(|h| u8::from_str_radix(h, 16).ok())) {
-            (b'%', Some(b)) => {
-                out.push(b);
-                i += 3;
-            }
-            (b, _) => {
-                out.push(b);
-                i += 1;
-            }
-        }
-    }
-    String::from_utf8_lossy(&out).into_owned()
 }
 
 impl Op {

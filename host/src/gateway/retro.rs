@@ -47,12 +47,12 @@ impl Gateway {
         if settings.algorithms.iter().all(|a| own.contains(a)) {
             return Cow::Borrowed(own);
         }
-        let mut all: Vec<Algorithm> = Algorithm::ALL
-            .into_iter()
-            .filter(|a| own.contains(a) || settings.algorithms.contains(a))
-            .collect();
-        all.dedup();
-        Cow::Owned(all)
+        Cow::Owned(
+            Algorithm::ALL
+                .into_iter()
+                .filter(|a| own.contains(a) || settings.algorithms.contains(a))
+                .collect(),
+        )
     }
 
     /// Records an object stored under `ctx`'s host and path, as `report` found it,

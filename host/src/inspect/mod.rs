@@ -71,6 +71,7 @@ pub use aws_chunked::{AwsChunkedDecoder, AwsChunkedError};
 pub use digester::Digester;
 pub use envelope::{Coding, Envelope, EnvelopeError};
 pub use holdback::HoldBack;
+pub(crate) use multipart::percent_decode;
 pub use stream::Inspection;
 
 use crate::{Algorithm, Digest};

@@ -57,7 +57,9 @@ impl PartHead {
     }
 }
 
-fn percent_decode(text: &str) -> String {
+/// `%XX` escapes undone (a `%` not followed by two hex digits kept as it is; `+` is not
+/// a space here), the bytes read as UTF-8 with invalid sequences replaced.
+pub(crate) fn percent_decode(text: &str) -> String {
     let bytes = text.as_bytes();
     let mut out = Vec::with_capacity(bytes.len());
     let mut i = 0;

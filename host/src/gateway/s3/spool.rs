@@ -149,17 +149,7 @@ pub enum Unvouched {
 impl Spool {
     /// The spool in `dir`, cleared of copies a crash left unfinished.
     pub fn open(dir: &Path) -> Spool {
-        for upload in std::fs::read_dir(dir).into_iter().flatten().flatten() {
-            for entry in std::fs::read_dir(upload.path())
-                .into_iter()
-                .flatten()
-                .flatten()
-            {
-                if entry.file_name().to_string_lossy().starts_with('.') {
-                    let _ = std::fs::remove_file(entry.path());
-                }
-            }
-        }
+        super::super::assembly::clear_unfinished(dir);
         Spool {
             dir: dir.to_path_buf(),
             flight: Mutex::new(HashMap::new()),
@@ -170,8 +160,7 @@ impl Spool {
 
     /// The directory of one upload (named by a hash: upload ids are client-chosen text).
     fn upload_dir(&self, upload: &str) -> PathBuf {
-        self.dir
-            .join(hex::encode(sha2::Sha256::digest(upload.as_bytes())))
+        super::super::assembly::upload_dir(&self.dir, upload)
     }
 
     fn flights(&self) -> std::sync::MutexGuard<'_, HashMap<String, Flight>> {

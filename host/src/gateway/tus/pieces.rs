@@ -15,7 +15,6 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
-use sha2::Digest as _;
 
 use super::super::assembly::Piece;
 use super::super::copy::Copy;
@@ -35,17 +34,7 @@ pub struct Locked;
 impl Uploads {
     /// The spool in `dir`, cleared of copies a crash left unfinished.
     pub fn open(dir: &Path) -> Uploads {
-        for upload in std::fs::read_dir(dir).into_iter().flatten().flatten() {
-            for entry in std::fs::read_dir(upload.path())
-                .into_iter()
-                .flatten()
-                .flatten()
-            {
-                if entry.file_name().to_string_lossy().starts_with('.') {
-                    let _ = std::fs::remove_file(entry.path());
-                }
-            }
-        }
+        super::super::assembly::clear_unfinished(dir);
         Uploads {
             dir: dir.to_path_buf(),
             busy: Mutex::new(HashSet::new()),
@@ -53,8 +42,7 @@ impl Uploads {
     }
 
     fn upload_dir(&self, upload: &str) -> PathBuf {
-        self.dir
-            .join(hex::encode(sha2::Sha256::digest(upload.as_bytes())))
+        super::super::assembly::upload_dir(&self.dir, upload)
     }
 
     /// Takes the turn of `upload` (its URL path).
