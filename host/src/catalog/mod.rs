@@ -51,9 +51,13 @@ pub enum Kind {
     /// A file at rest that `scan` read; the key is its absolute path (bytes, as the
     /// file system has them).
     File,
-    /// An object the gateway let through; the key is the request path (and query) it
-    /// was stored under, at the origin or in the embedded store.
+    /// An object the gateway let through; the key is the request path it was stored
+    /// under, at the origin or in the embedded store.
     Object,
+    /// An upload the gateway let through to a place the origin chose (a form `POST`):
+    /// the key is the request path and the request id, so each is a row of its own. A
+    /// re-check reports it; it cannot be deleted, as its place is not known.
+    Posted,
 }
 
 impl Kind {
@@ -61,14 +65,15 @@ impl Kind {
         match self {
             Kind::File => 0,
             Kind::Object => 1,
+            Kind::Posted => 2,
         }
     }
 
     fn of(code: i64) -> Kind {
-        if code == 0 {
-            Kind::File
-        } else {
-            Kind::Object
+        match code {
+            0 => Kind::File,
+            2 => Kind::Posted,
+            _ => Kind::Object,
         }
     }
 
@@ -77,6 +82,7 @@ impl Kind {
         match self {
             Kind::File => "file",
             Kind::Object => "object",
+            Kind::Posted => "posted",
         }
     }
 }

@@ -67,8 +67,9 @@ impl Gateway {
         let (Some(recorder), Some(settings)) = (&self.catalog, &self.config.catalog) else {
             return;
         };
-        let key = ctx.path.as_bytes().to_vec();
-        let mut entry = Entry::of_report(Kind::Object, key, report, &settings.algorithms);
+        let in_store = matches!(self.config.backend, Backend::Store(_));
+        let (kind, key) = row_key(in_store, ctx);
+        let mut entry = Entry::of_report(kind, key, report, &settings.algorithms);
         entry.host = Some(ctx.host.clone()).filter(|h| !h.is_empty());
         entry.etag = headers
             .and_then(|h| h.get(hyper::header::ETAG))
@@ -84,6 +85,20 @@ impl Gateway {
         if let Some(recorder) = &self.catalog {
             recorder.remove(Kind::Object, ctx.path.as_bytes().to_vec());
         }
+    }
+}
+
+/// The catalog row of an upload stored under `ctx`: a `PUT` (or anything the embedded
+/// store writes, which stores under the path) is the object at its path, and a later
+/// one replaces it; anything else sent to an origin (a form `POST`) is stored where the
+/// origin chooses, so each is a row of its own, never one that the next upload to the
+/// same URL would replace.
+fn row_key(in_store: bool, ctx: &Context) -> (Kind, Vec<u8>) {
+    if in_store || ctx.method == "PUT" {
+        (Kind::Object, ctx.path.as_bytes().to_vec())
+    } else {
+        let key = format!("{} {}", ctx.path, ctx.request_id);
+        (Kind::Posted, key.into_bytes())
     }
 }
 
@@ -294,5 +309,35 @@ async fn delete(gw: &Gateway, hit: &RetroHit) -> Result<(), String> {
                 Err(format!("the origin answered {status}"))
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn uploads_to_a_place_the_origin_chooses_are_rows_of_their_own() {
+        let ctx = |method: &str, id: &str| Context {
+            method: method.into(),
+            path: "/upload".into(),
+            request_id: id.into(),
+            ..Context::default()
+        };
+        assert_eq!(
+            row_key(false, &ctx("PUT", "a")),
+            (Kind::Object, b"/upload".to_vec())
+        );
+        assert_eq!(
+            row_key(true, &ctx("POST", "a")),
+            (Kind::Object, b"/upload".to_vec())
+        );
+        let first = row_key(false, &ctx("POST", "a"));
+        let second = row_key(false, &ctx("POST", "b"));
+        assert_eq!(first.0, Kind::Posted);
+        assert_ne!(
+            first.1, second.1,
+            "a second form upload does not replace the first"
+        );
     }
 }
