@@ -59,7 +59,7 @@ if ! cmp -s tests/tus/package-lock.json target/tus-node/package-lock.json 2>/dev
 fi
 
 cargo fmt --all -- --check
-cargo clippy --release --all-targets --locked -- -D warnings
+cargo clippy --release --workspace --all-targets --locked -- -D warnings
 # Benches are built (not run) so they cannot rot; run them with `cargo bench`.
 cargo bench --locked --workspace --no-run
 

@@ -155,11 +155,11 @@ struct ScanArgs {
     /// A config file whose `[inspect]` and `[uninspectable]` tables apply.
     #[arg(long)]
     config: Option<PathBuf>,
-    /// Incremental scan with this catalog (SQLite; created if missing): files whose
-    /// inode, size and times are as recorded are not read again, every file read is
-    /// recorded, rows of files gone are dropped.
+    /// Incremental scan with this catalog (a SQLite file, created if missing, or a
+    /// `postgres://` URL): files whose inode, size and times are as recorded are not
+    /// read again, every file read is recorded, rows of files gone are dropped.
     #[arg(long)]
-    catalog: Option<PathBuf>,
+    catalog: Option<hashgate_host::catalog::Location>,
     /// Digests the catalog records, comma-separated (a later list may hold any).
     #[arg(long, value_delimiter = ',', default_value = "md5,sha1,sha256")]
     catalog_algorithms: Vec<String>,
@@ -171,9 +171,9 @@ struct ScanArgs {
 /// `hashgate recheck`.
 #[derive(clap::Args, Debug)]
 pub struct RecheckArgs {
-    /// The catalog (SQLite).
+    /// The catalog: a SQLite file, or a `postgres://` URL.
     #[arg(long)]
-    catalog: PathBuf,
+    catalog: hashgate_host::catalog::Location,
     /// The signed filter snapshot.
     #[arg(long)]
     filter: PathBuf,
@@ -402,7 +402,7 @@ fn scan_cmd(args: ScanArgs) -> Result<ExitCode> {
         threads: args
             .threads
             .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get())),
-        catalog: args.catalog.as_deref(),
+        catalog: args.catalog.as_ref(),
         catalog_algorithms: algorithms(&args.catalog_algorithms)?,
     };
     let json = args.json;
@@ -454,11 +454,12 @@ fn scan_cmd(args: ScanArgs) -> Result<ExitCode> {
     } = finished?;
     if let Some(Err(e)) = &catalog {
         summary.errors += 1;
-        emit(error_line(
-            json,
-            args.catalog.as_deref().unwrap_or(Path::new("")),
-            &e.to_string(),
-        ));
+        let location = args
+            .catalog
+            .as_ref()
+            .map(|c| c.to_string())
+            .unwrap_or_default();
+        emit(error_line(json, Path::new(&location), &e.to_string()));
     }
     let elapsed = started.elapsed().as_secs_f64();
     if json {
@@ -510,10 +511,12 @@ fn recheck_cmd(args: RecheckArgs) -> Result<ExitCode> {
     let runtime = Arc::new(guest_runtime(None)?);
     let engine = hashgate_host::FilterEngine::open(runtime, &args.filter, &key)
         .map_err(|e| hashgate_host::Error::loading(&args.filter, e))?;
-    if !args.catalog.exists() {
-        anyhow::bail!("{}: no such catalog", args.catalog.display());
+    if let catalog::Location::File(path) = &args.catalog {
+        if !path.exists() {
+            anyhow::bail!("{}: no such catalog", path.display());
+        }
     }
-    let db = Catalog::open(&args.catalog)?;
+    let mut db = Catalog::at(&args.catalog)?;
     let json = args.json;
     let mut hits = 0u64;
     let mut on_hit = |hit: catalog::RetroHit| {
@@ -552,7 +555,7 @@ fn recheck_cmd(args: RecheckArgs) -> Result<ExitCode> {
         }
     };
     let started = std::time::Instant::now();
-    let done = catalog::recheck(&db, &engine, &mut on_hit, &|| true)?;
+    let done = catalog::recheck(&mut db, &engine, &mut on_hit, &|| true)?;
     let info = engine.info();
     let unchecked: Vec<String> = done
         .unchecked

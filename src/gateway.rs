@@ -49,10 +49,11 @@ pub struct GatewayArgs {
     /// Keep a copy of every blocked upload here (evidence; never served).
     #[arg(long)]
     pub quarantine: Option<PathBuf>,
-    /// Record every object let through in this digest catalog (SQLite) and re-check
-    /// them all on each filter the feed brings (`[catalog]` for the rest).
+    /// Record every object let through in this digest catalog (a SQLite file, or a
+    /// `postgres://` URL that a fleet shares) and re-check them all on each filter the
+    /// feed brings (`[catalog]` for the rest).
     #[arg(long)]
-    pub catalog: Option<PathBuf>,
+    pub catalog: Option<hashgate_host::catalog::Location>,
     /// Check the configuration, the filter and the keys, say what would be served, and
     /// exit (0: fine, 2: what is wrong), like `nginx -t`.
     #[arg(long)]

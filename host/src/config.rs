@@ -109,8 +109,10 @@ pub struct FileConfig {
 #[derive(Clone, Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct CatalogFileConfig {
-    /// The SQLite file (created if missing).
-    pub path: Option<PathBuf>,
+    /// The SQLite file (created if missing; default `catalog.db` in the state
+    /// directory), or a `postgres://` URL: one catalog shared by a fleet of gateways.
+    #[serde(alias = "url")]
+    pub path: Option<crate::catalog::Location>,
     /// Digests recorded, besides those the filter holds (default all three: a later
     /// list may hold any).
     pub algorithms: Option<Vec<String>>,

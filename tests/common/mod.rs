@@ -79,6 +79,7 @@ pub fn host_digest(a: Algorithm, bytes: &[u8]) -> hashgate_host::Digest {
         bytes: bytes.to_vec(),
     }
 }
+pub mod postgres;
 pub mod procs;
 
 /// A component importing one function, made with wasm-encoder.

@@ -10,12 +10,20 @@
 //! incremental scan takes the recorded digests of files whose inode, size and times have
 //! not changed.
 //!
-//! The catalog is SQLite (through rusqlite, its bundled SQLite) in WAL mode: one file in
-//! the state directory, readers (a re-check) beside the one writer, transactions that
-//! survive a crash, a schema versioned by `PRAGMA user_version`. (redb, the other
-//! embedded candidate, has no second process reading while one writes, and no SQL for an
-//! operator's own questions.) Rows are compact: the object's own digests sit in its row;
-//! members, rarer, in a table of their own.
+//! Two stores hold it, behind one [`Catalog`]:
+//! * **SQLite** (through rusqlite, its bundled SQLite), the default: one file in the
+//!   state directory, in WAL mode (a re-check reads beside the one writer),
+//!   transactions that survive a crash, a schema versioned by `PRAGMA user_version`.
+//!   (redb, the other embedded candidate, has no second process reading while one
+//!   writes, and no SQL for an operator's own questions.)
+//! * **PostgreSQL** (through the `postgres` client), for fleets: one catalog shared by
+//!   every gateway behind a balancer, in a schema of its own (`hashgate`), versioned in
+//!   `hashgate.schema_version` and migrated under an advisory lock (gateways starting
+//!   together migrate once). Each filter version is re-checked by one gateway of the
+//!   fleet ([`Catalog::claim_recheck`]).
+//!
+//! Rows are compact: the object's own digests sit in its row; members, rarer, in a
+//! table of their own.
 //!
 //! ```
 //! use hashgate_host::catalog::{Catalog, Entry, Kind};
@@ -31,13 +39,13 @@
 //! assert_eq!(catalog.count().unwrap(), 0);
 //! ```
 
+mod postgresql;
 mod recheck;
 mod recorder;
+mod sqlite;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-
-use rusqlite::{params, Connection, OptionalExtension};
 
 pub use recheck::{recheck, Recheck, RecheckError, RetroHit};
 pub use recorder::{Recorder, RecorderStats};
@@ -229,6 +237,80 @@ pub(crate) fn now() -> i64 {
         .map_or(0, |d| d.as_secs() as i64)
 }
 
+/// Where a catalog is: a SQLite file (the default, one gateway or one scanning host),
+/// or a PostgreSQL database that a fleet of gateways shares.
+///
+/// ```
+/// use hashgate_host::catalog::Location;
+///
+/// let file = Location::from("/var/lib/hashgate/catalog.db");
+/// assert!(matches!(file, Location::File(_)));
+/// let shared = Location::from("postgres://hashgate:secret@db.example/hashgate");
+/// assert!(matches!(shared, Location::Postgres(_)));
+/// // Named in logs and errors without its password.
+/// assert_eq!(shared.to_string(), "postgres://hashgate:***@db.example/hashgate");
+/// ```
+#[derive(Clone, PartialEq, Eq, serde::Deserialize)]
+#[serde(from = "PathBuf")]
+pub enum Location {
+    /// A SQLite file, created (with its directory) if missing.
+    File(PathBuf),
+    /// A PostgreSQL connection URL (`postgres://` or `postgresql://`; libpq's
+    /// key-value form is not taken, to keep file names unambiguous).
+    Postgres(String),
+}
+
+impl From<&str> for Location {
+    fn from(s: &str) -> Location {
+        if s.starts_with("postgres://") || s.starts_with("postgresql://") {
+            Location::Postgres(s.to_string())
+        } else {
+            Location::File(PathBuf::from(s))
+        }
+    }
+}
+
+impl From<PathBuf> for Location {
+    fn from(path: PathBuf) -> Location {
+        match path.to_str() {
+            Some(s) => Location::from(s),
+            None => Location::File(path),
+        }
+    }
+}
+
+impl std::str::FromStr for Location {
+    type Err = std::convert::Infallible;
+    fn from_str(s: &str) -> Result<Location, Self::Err> {
+        Ok(Location::from(s))
+    }
+}
+
+impl Location {
+    /// Checks what can be checked without opening it: a PostgreSQL URL parses.
+    pub fn check(&self) -> Result<(), CatalogError> {
+        match self {
+            Location::File(_) => Ok(()),
+            Location::Postgres(url) => postgresql::check(url),
+        }
+    }
+}
+
+impl std::fmt::Display for Location {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Location::File(path) => write!(f, "{}", path.display()),
+            Location::Postgres(url) => f.write_str(&postgresql::redacted(url)),
+        }
+    }
+}
+
+impl std::fmt::Debug for Location {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{self}")
+    }
+}
+
 /// Occurs when the catalog cannot be opened, migrated, read or written.
 #[derive(Debug, thiserror::Error)]
 pub enum CatalogError {
@@ -241,147 +323,151 @@ pub enum CatalogError {
         /// What SQLite said.
         error: rusqlite::Error,
     },
+    /// Occurs when PostgreSQL fails: the server cannot be reached or refuses the login,
+    /// the connection breaks, or a statement fails (the disk is full, a role lacks a
+    /// grant).
+    #[error("catalog {location}: {error}")]
+    Postgres {
+        /// The database, named without its password.
+        location: String,
+        /// What the client or the server said.
+        error: ::postgres::Error,
+    },
     /// Occurs when the catalog was written by a newer hashgate (its schema version is
     /// past the newest this build knows): nothing is changed.
-    #[error("catalog {}: schema version {found} is newer than this hashgate knows ({known})", path.display())]
+    #[error(
+        "catalog {location}: schema version {found} is newer than this hashgate knows ({known})"
+    )]
     NewerSchema {
-        /// The catalog file.
-        path: PathBuf,
-        /// The version in the file.
+        /// The catalog, named without a password.
+        location: String,
+        /// The version it holds.
         found: i64,
         /// The newest this build knows.
         known: i64,
     },
 }
 
-/// The schema, one migration per version: the `n`th entry takes `user_version` from
-/// `n` to `n + 1`. Released migrations are never edited, only appended to.
-const MIGRATIONS: &[&str] = &[
-    // 1: objects with their own digests, members apart, the filters that passed them.
-    "CREATE TABLE filters (
-        id INTEGER PRIMARY KEY,
-        series TEXT NOT NULL,
-        version INTEGER NOT NULL,
-        UNIQUE (series, version)
-    );
-    CREATE TABLE objects (
-        id INTEGER PRIMARY KEY,
-        kind INTEGER NOT NULL,
-        key BLOB NOT NULL,
-        size INTEGER NOT NULL,
-        stored INTEGER NOT NULL,
-        passed_by INTEGER,
-        host TEXT,
-        etag TEXT,
-        dev INTEGER, ino INTEGER, mtime INTEGER, ctime INTEGER,
-        md5 BLOB, sha1 BLOB, sha256 BLOB,
-        problems TEXT,
-        UNIQUE (kind, key)
-    );
-    CREATE TABLE members (
-        object INTEGER NOT NULL,
-        member TEXT NOT NULL,
-        layers TEXT NOT NULL,
-        size INTEGER NOT NULL,
-        md5 BLOB, sha1 BLOB, sha256 BLOB
-    );
-    CREATE INDEX members_object ON members (object);",
-];
+impl CatalogError {
+    /// Whether the catalog is worth reconnecting to: its connection broke (the
+    /// server went away), as opposed to a statement failing on a live connection.
+    fn lost_connection(&self) -> bool {
+        match self {
+            CatalogError::Postgres { error, .. } => {
+                error.is_closed() || error.as_db_error().is_none()
+            }
+            CatalogError::Sqlite { .. } | CatalogError::NewerSchema { .. } => false,
+        }
+    }
+}
 
-/// A catalog file, open. One writer at a time (the [`Recorder`] or a scan); readers
-/// ([`recheck`]) open their own.
+/// One row a re-check reads: an object's own digests, or a member's.
+pub(crate) struct DigestRow {
+    /// The row's place in its table (re-checks page by it).
+    pub position: i64,
+    /// The object it is, or is a member of.
+    pub object: i64,
+    /// For a member: its names (JSON) and layers, as stored.
+    pub member: Option<(String, String)>,
+    /// Its size.
+    pub size: u64,
+    /// Its digests.
+    pub digests: Vec<Digest>,
+}
+
+/// What names an object a re-check found listed.
+pub(crate) struct ObjectRecord {
+    pub kind: Kind,
+    pub key: Vec<u8>,
+    pub size: u64,
+    pub stored: i64,
+    pub etag: Option<String>,
+    pub passed_by: Option<(String, u64)>,
+    pub host: Option<String>,
+}
+
+/// Whether a re-check of one filter version is this catalog user's to run
+/// ([`Catalog::claim_recheck`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Claim {
+    /// Run it, then [`Catalog::end_recheck`].
+    Run,
+    /// Another gateway sharing the catalog has run it to the end already.
+    Done,
+    /// Another gateway is running it now: ask again later.
+    Busy,
+}
+
+enum Store {
+    Sqlite(sqlite::Store),
+    Postgres(Box<postgresql::Store>),
+}
+
+/// One statement for both stores: `each!(self, s => s.method(args))`.
+macro_rules! each {
+    ($self:ident, $s:ident => $call:expr) => {
+        match &mut $self.store {
+            Store::Sqlite($s) => $call,
+            Store::Postgres($s) => $call,
+        }
+    };
+}
+
+/// A catalog, open. One writer at a time per process (the [`Recorder`] or a scan);
+/// readers ([`recheck`]) open their own. Several gateways may share one PostgreSQL
+/// catalog.
 pub struct Catalog {
-    path: PathBuf,
-    conn: Connection,
-    /// Filter ids by series and version, as written.
-    filters: HashMap<(String, u64), i64>,
+    location: Location,
+    store: Store,
 }
 
 impl std::fmt::Debug for Catalog {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Catalog").field("path", &self.path).finish()
+        f.debug_struct("Catalog")
+            .field("location", &self.location)
+            .finish()
     }
 }
 
 impl Catalog {
-    /// Opens the catalog at `path`, creating it (and its directory) if need be, and
-    /// brings its schema up to date.
+    /// Opens the SQLite catalog at `path`, creating it (and its directory) if need be,
+    /// and brings its schema up to date.
     pub fn open(path: &Path) -> Result<Catalog, CatalogError> {
-        let failed = |error| CatalogError::Sqlite {
-            path: path.to_path_buf(),
-            error,
+        Catalog::at(&Location::File(path.to_path_buf()))
+    }
+
+    /// Opens (or connects to) the catalog at `location` and brings its schema up to
+    /// date. A PostgreSQL catalog must not be opened on a thread that runs async tasks
+    /// (its client blocks on a runtime of its own).
+    pub fn at(location: &Location) -> Result<Catalog, CatalogError> {
+        let store = match location {
+            Location::File(path) => Store::Sqlite(sqlite::Store::open(path)?),
+            Location::Postgres(url) => Store::Postgres(Box::new(postgresql::Store::connect(url)?)),
         };
-        if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
-            std::fs::create_dir_all(parent).map_err(|e| {
-                failed(rusqlite::Error::SqliteFailure(
-                    rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_CANTOPEN),
-                    Some(format!("creating {}: {e}", parent.display())),
-                ))
-            })?;
-        }
-        let mut conn = Connection::open(path).map_err(failed)?;
-        conn.busy_timeout(std::time::Duration::from_secs(10))
-            .map_err(failed)?;
-        // WAL: a re-check reads while the recorder writes. NORMAL: a crash loses at
-        // most the last transactions, never the file.
-        conn.pragma_update(None, "journal_mode", "WAL")
-            .map_err(failed)?;
-        conn.pragma_update(None, "synchronous", "NORMAL")
-            .map_err(failed)?;
-        migrate(&mut conn).map_err(|e| match e {
-            Migration::Sqlite(e) => failed(e),
-            Migration::Newer(found) => CatalogError::NewerSchema {
-                path: path.to_path_buf(),
-                found,
-                known: MIGRATIONS.len() as i64,
-            },
-        })?;
         Ok(Catalog {
-            path: path.to_path_buf(),
-            conn,
-            filters: HashMap::new(),
+            location: location.clone(),
+            store,
         })
     }
 
-    /// The catalog's file.
-    pub fn path(&self) -> &Path {
-        &self.path
-    }
-
-    fn failed(&self, error: rusqlite::Error) -> CatalogError {
-        CatalogError::Sqlite {
-            path: self.path.clone(),
-            error,
-        }
+    /// Where the catalog is.
+    pub fn location(&self) -> &Location {
+        &self.location
     }
 
     /// Records `entries` in one transaction, each replacing any row of the same kind
-    /// and key (a re-upload, a file read again).
+    /// and key (a re-upload, a file read again; of two in `entries`, the later).
     pub fn put(&mut self, entries: &[Entry]) -> Result<(), CatalogError> {
         if entries.is_empty() {
             return Ok(());
         }
-        let tx = self.conn.transaction().map_err(|e| CatalogError::Sqlite {
-            path: self.path.clone(),
-            error: e,
-        })?;
-        let result = put_all(&tx, &mut self.filters, entries).and_then(|()| tx.commit());
-        result.map_err(|e| {
-            // Ids cached in the rolled-back transaction may not exist.
-            self.filters.clear();
-            self.failed(e)
-        })
+        each!(self, s => s.put(entries))
     }
 
     /// Removes the row of `kind` and `key`, if there is one (a `DELETE` through the
     /// gateway). Returns whether there was.
     pub fn remove(&mut self, kind: Kind, key: &[u8]) -> Result<bool, CatalogError> {
-        let tx = self.conn.transaction().map_err(|e| CatalogError::Sqlite {
-            path: self.path.clone(),
-            error: e,
-        })?;
-        let removed = remove_row(&tx, kind, key).and_then(|n| tx.commit().map(|()| n));
-        removed.map_err(|e| self.failed(e))
+        each!(self, s => s.remove(kind, key))
     }
 
     /// Removes the rows of files under `roots` that are not in `present` (a scan drops
@@ -391,146 +477,75 @@ impl Catalog {
         roots: &[PathBuf],
         present: &std::collections::HashSet<Vec<u8>>,
     ) -> Result<u64, CatalogError> {
-        let gone: Vec<Vec<u8>> = self
-            .file_keys_under(roots)?
+        let gone: Vec<Vec<u8>> = each!(self, s => s.file_keys_under(roots))?
             .into_iter()
             .filter(|k| !present.contains(k))
             .collect();
-        let tx = self.conn.transaction().map_err(|e| CatalogError::Sqlite {
-            path: self.path.clone(),
-            error: e,
-        })?;
-        let mut removed = 0;
-        for key in gone {
-            removed += remove_row(&tx, Kind::File, &key).map_err(|e| CatalogError::Sqlite {
-                path: self.path.clone(),
-                error: e,
-            })? as u64;
+        if gone.is_empty() {
+            return Ok(0);
         }
-        tx.commit().map_err(|e| self.failed(e))?;
-        Ok(removed)
+        each!(self, s => s.remove_files(&gone))
     }
 
-    /// The keys of the recorded files under `roots` (absolute paths).
-    fn file_keys_under(&self, roots: &[PathBuf]) -> Result<Vec<Vec<u8>>, CatalogError> {
-        let mut stmt = self
-            .conn
-            .prepare_cached(
-                "SELECT key FROM objects
-                 WHERE kind = 0 AND (key = ?1 OR (key >= ?2 AND key < ?3))",
-            )
-            .map_err(|e| self.failed(e))?;
-        let mut keys = Vec::new();
-        for root in roots {
-            let (root, below, end) = key_range(root);
-            let rows = stmt
-                .query_map(params![root, below, end], |row| row.get(0))
-                .map_err(|e| self.failed(e))?;
-            for key in rows {
-                keys.push(key.map_err(|e| self.failed(e))?);
-            }
-        }
-        Ok(keys)
-    }
-
-    /// The recorded files under `roots` (absolute paths), by key.
-    pub fn files_under(&self, roots: &[PathBuf]) -> Result<HashMap<Vec<u8>, Entry>, CatalogError> {
-        let mut found = HashMap::new();
-        let mut stmt = self
-            .conn
-            .prepare_cached(
-                "SELECT o.id, o.key, o.size, o.stored, f.series, f.version, o.etag,
-                        o.dev, o.ino, o.mtime, o.ctime, o.md5, o.sha1, o.sha256, o.problems, o.host
-                 FROM objects o LEFT JOIN filters f ON f.id = o.passed_by
-                 WHERE o.kind = 0 AND (o.key = ?1 OR (o.key >= ?2 AND o.key < ?3))",
-            )
-            .map_err(|e| self.failed(e))?;
-        // Members of the same rows in one query, not one per row.
-        let mut members = self
-            .conn
-            .prepare_cached(
-                "SELECT m.member, m.layers, m.size, m.md5, m.sha1, m.sha256, m.object
-                 FROM members m JOIN objects o ON o.id = m.object
-                 WHERE o.kind = 0 AND (o.key = ?1 OR (o.key >= ?2 AND o.key < ?3))",
-            )
-            .map_err(|e| self.failed(e))?;
-        let mut keys: HashMap<i64, Vec<u8>> = HashMap::new();
-        for root in roots {
-            let (root, below, end) = key_range(root);
-            let rows = stmt
-                .query_map(params![root, below, end], |row| {
-                    Ok((row.get::<_, i64>(0)?, row_entry(row, Kind::File, 1)?))
-                })
-                .map_err(|e| self.failed(e))?;
-            // Rows met under an earlier root (roots may nest) have their members.
-            let mut fresh = std::collections::HashSet::new();
-            for row in rows {
-                let (id, entry) = row.map_err(|e| self.failed(e))?;
-                if keys.insert(id, entry.key.clone()).is_none() {
-                    fresh.insert(id);
-                    found.insert(entry.key.clone(), entry);
-                }
-            }
-            let rows = members
-                .query_map(params![root, below, end], |row| {
-                    Ok((row.get::<_, i64>(6)?, member_node(row)?))
-                })
-                .map_err(|e| self.failed(e))?;
-            for row in rows {
-                let (id, node) = row.map_err(|e| self.failed(e))?;
-                if !fresh.contains(&id) {
-                    continue;
-                }
-                if let Some(entry) = keys.get(&id).and_then(|k| found.get_mut(k)) {
-                    entry.members.push(node);
-                }
-            }
-        }
-        Ok(found)
+    /// The recorded files under `roots` (absolute paths), by key, with their members.
+    pub fn files_under(
+        &mut self,
+        roots: &[PathBuf],
+    ) -> Result<HashMap<Vec<u8>, Entry>, CatalogError> {
+        each!(self, s => s.files_under(roots))
     }
 
     /// The rows there are.
-    pub fn count(&self) -> Result<u64, CatalogError> {
-        self.conn
-            .query_row("SELECT count(*) FROM objects", [], |r| r.get::<_, i64>(0))
-            .map(|n| n as u64)
-            .map_err(|e| self.failed(e))
+    pub fn count(&mut self) -> Result<u64, CatalogError> {
+        each!(self, s => s.count())
     }
 
     /// The row of `kind` and `key`, if any, with its members.
-    pub fn get(&self, kind: Kind, key: &[u8]) -> Result<Option<Entry>, CatalogError> {
-        let row = self
-            .conn
-            .query_row(
-                "SELECT o.id, o.key, o.size, o.stored, f.series, f.version, o.etag,
-                        o.dev, o.ino, o.mtime, o.ctime, o.md5, o.sha1, o.sha256, o.problems, o.host
-                 FROM objects o LEFT JOIN filters f ON f.id = o.passed_by
-                 WHERE o.kind = ?1 AND o.key = ?2",
-                params![kind.code(), key],
-                |row| Ok((row.get::<_, i64>(0)?, row_entry(row, kind, 1)?)),
-            )
-            .optional()
-            .map_err(|e| self.failed(e))?;
-        let Some((id, mut entry)) = row else {
-            return Ok(None);
-        };
-        let mut stmt = self
-            .conn
-            .prepare_cached(
-                "SELECT member, layers, size, md5, sha1, sha256 FROM members WHERE object = ?1",
-            )
-            .map_err(|e| self.failed(e))?;
-        let rows = stmt
-            .query_map([id], member_node)
-            .map_err(|e| self.failed(e))?;
-        for node in rows {
-            entry.members.push(node.map_err(|e| self.failed(e))?);
-        }
-        Ok(Some(entry))
+    pub fn get(&mut self, kind: Kind, key: &[u8]) -> Result<Option<Entry>, CatalogError> {
+        each!(self, s => s.get(kind, key))
     }
 
-    pub(crate) fn connection(&self) -> &Connection {
-        &self.conn
+    /// Asks whether the re-check of filter `series` `version` is this caller's to run.
+    /// A fleet sharing a PostgreSQL catalog runs each re-check once: the first gateway
+    /// to ask holds it (a session lock, so a gateway that dies lets the next one take
+    /// it over) until [`Catalog::end_recheck`]. A SQLite catalog has one gateway, and
+    /// answers [`Claim::Done`] only for a version it has re-checked already.
+    pub fn claim_recheck(&mut self, series: &str, version: u64) -> Result<Claim, CatalogError> {
+        each!(self, s => s.claim_recheck(series, version))
+    }
+
+    /// Ends a re-check this caller claimed: records it as done when `finished` (every
+    /// row checked and every hit acted on), and lets it go.
+    pub fn end_recheck(
+        &mut self,
+        series: &str,
+        version: u64,
+        finished: bool,
+    ) -> Result<(), CatalogError> {
+        each!(self, s => s.end_recheck(series, version, finished))
+    }
+
+    /// Up to `limit` rows of objects (or of members) past `after`, in order.
+    pub(crate) fn digest_rows(
+        &mut self,
+        members: bool,
+        after: i64,
+        limit: usize,
+    ) -> Result<Vec<DigestRow>, CatalogError> {
+        each!(self, s => s.digest_rows(members, after, limit))
+    }
+
+    /// The record of object `id`.
+    pub(crate) fn object(&mut self, id: i64) -> Result<ObjectRecord, CatalogError> {
+        each!(self, s => s.object(id))
+    }
+
+    #[cfg(test)]
+    pub(crate) fn connection(&self) -> &rusqlite::Connection {
+        match &self.store {
+            Store::Sqlite(s) => s.connection(),
+            Store::Postgres(_) => panic!("not a SQLite catalog"),
+        }
     }
 }
 
@@ -549,29 +564,6 @@ fn key_range(root: &Path) -> (Vec<u8>, Vec<u8>, Vec<u8>) {
     (root, below, end)
 }
 
-enum Migration {
-    Sqlite(rusqlite::Error),
-    Newer(i64),
-}
-
-fn migrate(conn: &mut Connection) -> Result<(), Migration> {
-    let tx = conn
-        .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
-        .map_err(Migration::Sqlite)?;
-    let version: i64 = tx
-        .query_row("PRAGMA user_version", [], |r| r.get(0))
-        .map_err(Migration::Sqlite)?;
-    if version > MIGRATIONS.len() as i64 {
-        return Err(Migration::Newer(version));
-    }
-    for (n, sql) in MIGRATIONS.iter().enumerate().skip(version as usize) {
-        tx.execute_batch(sql).map_err(Migration::Sqlite)?;
-        tx.pragma_update(None, "user_version", n as i64 + 1)
-            .map_err(Migration::Sqlite)?;
-    }
-    tx.commit().map_err(Migration::Sqlite)
-}
-
 fn digest_of(digests: &[Digest], algorithm: Algorithm) -> Option<&[u8]> {
     digests
         .iter()
@@ -579,108 +571,45 @@ fn digest_of(digests: &[Digest], algorithm: Algorithm) -> Option<&[u8]> {
         .map(|d| d.bytes.as_slice())
 }
 
-fn put_all(
-    tx: &rusqlite::Transaction<'_>,
-    filters: &mut HashMap<(String, u64), i64>,
-    entries: &[Entry],
-) -> rusqlite::Result<()> {
-    let mut insert = tx.prepare_cached(
-        // One statement whether the row is new or replaced (a re-upload): the row keeps
-        // its id, its old members go below.
-        "INSERT INTO objects (kind, key, size, stored, passed_by, etag, dev, ino, mtime, ctime,
-                              md5, sha1, sha256, problems, host)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)
-         ON CONFLICT (kind, key) DO UPDATE SET size = excluded.size, stored = excluded.stored,
-             passed_by = excluded.passed_by, etag = excluded.etag, dev = excluded.dev,
-             ino = excluded.ino, mtime = excluded.mtime, ctime = excluded.ctime,
-             md5 = excluded.md5, sha1 = excluded.sha1, sha256 = excluded.sha256,
-             problems = excluded.problems, host = excluded.host
-         RETURNING id",
-    )?;
-    let mut old_members = tx.prepare_cached("DELETE FROM members WHERE object = ?1")?;
-    let mut member = tx.prepare_cached(
-        "INSERT INTO members (object, member, layers, size, md5, sha1, sha256)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
-    )?;
-    for entry in entries {
-        let passed_by = match &entry.passed_by {
-            Some((series, version)) => Some(filter_id(tx, filters, series, *version)?),
-            None => None,
-        };
-        let stamp = entry.stamp;
-        let problems = (!entry.problems.is_empty()).then(|| problems_json(&entry.problems));
-        let id: i64 = insert.query_row(
-            params![
-                entry.kind.code(),
-                entry.key,
-                entry.size as i64,
-                entry.stored,
-                passed_by,
-                entry.etag,
-                stamp.map(|s| s.dev as i64),
-                stamp.map(|s| s.ino as i64),
-                stamp.map(|s| s.mtime),
-                stamp.map(|s| s.ctime),
-                digest_of(&entry.digests, Algorithm::Md5),
-                digest_of(&entry.digests, Algorithm::Sha1),
-                digest_of(&entry.digests, Algorithm::Sha256),
-                problems,
-                entry.host,
-            ],
-            |r| r.get(0),
-        )?;
-        old_members.execute([id])?;
-        for node in &entry.members {
-            let names = serde_json::to_string(&node.member).expect("strings serialize");
-            member.execute(params![
-                id,
-                names,
-                crate::inspect::layers_label(&node.layers),
-                node.size as i64,
-                digest_of(&node.digests, Algorithm::Md5),
-                digest_of(&node.digests, Algorithm::Sha1),
-                digest_of(&node.digests, Algorithm::Sha256),
-            ])?;
-        }
-    }
-    Ok(())
+/// Digests from the `md5`, `sha1`, `sha256` columns (each possibly null).
+fn digests_from(columns: [Option<Vec<u8>>; 3]) -> Vec<Digest> {
+    [Algorithm::Md5, Algorithm::Sha1, Algorithm::Sha256]
+        .into_iter()
+        .zip(columns)
+        .filter_map(|(algorithm, bytes)| {
+            Some(Digest {
+                algorithm,
+                bytes: bytes?,
+            })
+        })
+        .collect()
 }
 
-fn filter_id(
-    tx: &rusqlite::Transaction<'_>,
-    filters: &mut HashMap<(String, u64), i64>,
-    series: &str,
-    version: u64,
-) -> rusqlite::Result<i64> {
-    if let Some(id) = filters.get(&(series.to_string(), version)) {
-        return Ok(*id);
-    }
-    tx.execute(
-        "INSERT OR IGNORE INTO filters (series, version) VALUES (?1, ?2)",
-        params![series, version as i64],
-    )?;
-    let id = tx.query_row(
-        "SELECT id FROM filters WHERE series = ?1 AND version = ?2",
-        params![series, version as i64],
-        |r| r.get(0),
-    )?;
-    filters.insert((series.to_string(), version), id);
-    Ok(id)
+/// The members' names as stored (JSON).
+fn member_names(node: &Node) -> String {
+    serde_json::to_string(&node.member).expect("strings serialize")
 }
 
-fn remove_row(tx: &rusqlite::Transaction<'_>, kind: Kind, key: &[u8]) -> rusqlite::Result<bool> {
-    let id: Option<i64> = tx
-        .prepare_cached("SELECT id FROM objects WHERE kind = ?1 AND key = ?2")?
-        .query_row(params![kind.code(), key], |r| r.get(0))
-        .optional()?;
-    let Some(id) = id else {
-        return Ok(false);
-    };
-    tx.prepare_cached("DELETE FROM members WHERE object = ?1")?
-        .execute([id])?;
-    tx.prepare_cached("DELETE FROM objects WHERE id = ?1")?
-        .execute([id])?;
-    Ok(true)
+/// A member node from its stored columns.
+fn member_of(names: &str, layers: &str, size: i64, digests: Vec<Digest>) -> Node {
+    Node {
+        member: serde_json::from_str(names).unwrap_or_default(),
+        layers: layers_of(layers),
+        size: size as u64,
+        digests,
+    }
+}
+
+/// Of entries with the same kind and key, the last (it replaces the others).
+fn last_of_each(entries: &[Entry]) -> Vec<&Entry> {
+    let mut seen = std::collections::HashSet::new();
+    let mut kept: Vec<&Entry> = entries
+        .iter()
+        .rev()
+        .filter(|e| seen.insert((e.kind, e.key.as_slice())))
+        .collect();
+    kept.reverse();
+    kept
 }
 
 /// Problems as JSON: `[{"kind":…,"member":[…],"layers":"…","detail":"…"}]`.
@@ -727,62 +656,58 @@ fn layers_of(label: &str) -> Vec<Layer> {
         .collect()
 }
 
-fn digests_of(row: &rusqlite::Row<'_>, first: usize) -> rusqlite::Result<Vec<Digest>> {
-    let mut digests = Vec::new();
-    for (i, algorithm) in [Algorithm::Md5, Algorithm::Sha1, Algorithm::Sha256]
-        .into_iter()
-        .enumerate()
-    {
-        if let Some(bytes) = row.get::<_, Option<Vec<u8>>>(first + i)? {
-            digests.push(Digest { algorithm, bytes });
+/// An object row's columns, as either store reads them (members apart).
+struct Columns {
+    key: Vec<u8>,
+    size: i64,
+    stored: i64,
+    series: Option<String>,
+    version: Option<i64>,
+    etag: Option<String>,
+    dev: Option<i64>,
+    ino: Option<i64>,
+    mtime: Option<i64>,
+    ctime: Option<i64>,
+    digests: [Option<Vec<u8>>; 3],
+    problems: Option<String>,
+    host: Option<String>,
+}
+
+/// The columns every object query selects, in [`Columns`]' order, from `objects o`
+/// joined with `filters f`.
+const OBJECT_COLUMNS: &str = "o.key, o.size, o.stored, f.series, f.version, o.etag, o.dev, \
+     o.ino, o.mtime, o.ctime, o.md5, o.sha1, o.sha256, o.problems, o.host";
+
+impl Columns {
+    fn entry(self, kind: Kind) -> Entry {
+        let stamp = match (self.dev, self.ino, self.mtime, self.ctime) {
+            (Some(dev), Some(ino), Some(mtime), Some(ctime)) => Some(FileStamp {
+                dev: dev as u64,
+                ino: ino as u64,
+                size: self.size as u64,
+                mtime,
+                ctime,
+            }),
+            _ => None,
+        };
+        Entry {
+            kind,
+            key: self.key,
+            size: self.size as u64,
+            host: self.host,
+            etag: self.etag,
+            stored: self.stored,
+            passed_by: self.series.zip(self.version.map(|v| v as u64)),
+            stamp,
+            digests: digests_from(self.digests),
+            members: Vec::new(),
+            problems: self
+                .problems
+                .as_deref()
+                .map(problems_of)
+                .unwrap_or_default(),
         }
     }
-    Ok(digests)
-}
-
-/// An entry from a row of `key, size, stored, series, version, etag, dev, ino, mtime,
-/// ctime, md5, sha1, sha256, problems, host` starting at column `first` (members not read).
-fn row_entry(row: &rusqlite::Row<'_>, kind: Kind, first: usize) -> rusqlite::Result<Entry> {
-    let c = |i: usize| first + i;
-    let series: Option<String> = row.get(c(3))?;
-    let version: Option<i64> = row.get(c(4))?;
-    let dev: Option<i64> = row.get(c(6))?;
-    let stamp = match dev {
-        Some(dev) => Some(FileStamp {
-            dev: dev as u64,
-            ino: row.get::<_, i64>(c(7))? as u64,
-            size: row.get::<_, i64>(c(1))? as u64,
-            mtime: row.get(c(8))?,
-            ctime: row.get(c(9))?,
-        }),
-        None => None,
-    };
-    let problems: Option<String> = row.get(c(13))?;
-    Ok(Entry {
-        kind,
-        host: row.get(c(14))?,
-        key: row.get(c(0))?,
-        size: row.get::<_, i64>(c(1))? as u64,
-        stored: row.get(c(2))?,
-        passed_by: series.zip(version.map(|v| v as u64)),
-        etag: row.get(c(5))?,
-        stamp,
-        digests: digests_of(row, c(10))?,
-        members: Vec::new(),
-        problems: problems.as_deref().map(problems_of).unwrap_or_default(),
-    })
-}
-
-/// A member node from a row of `member, layers, size, md5, sha1, sha256`.
-fn member_node(row: &rusqlite::Row<'_>) -> rusqlite::Result<Node> {
-    let names: String = row.get(0)?;
-    let layers: String = row.get(1)?;
-    Ok(Node {
-        member: serde_json::from_str(&names).unwrap_or_default(),
-        layers: layers_of(&layers),
-        size: row.get::<_, i64>(2)? as u64,
-        digests: digests_of(row, 3)?,
-    })
 }
 
 #[cfg(test)]

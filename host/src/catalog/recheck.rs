@@ -2,9 +2,7 @@
 
 use std::collections::HashMap;
 
-use rusqlite::params;
-
-use super::{digests_of, layers_of, Catalog, CatalogError, Kind};
+use super::{layers_of, Catalog, CatalogError, DigestRow, Kind};
 use crate::{Algorithm, Error, FilterEngine, Hit};
 
 /// Rows read per batch: each batch is one guest call per algorithm.
@@ -47,6 +45,8 @@ pub struct Recheck {
     /// Rows (objects and members) that lack a digest of an algorithm the filter holds,
     /// by algorithm: recorded before it was configured, so not checked for it.
     pub unchecked: Vec<(Algorithm, u64)>,
+    /// Whether it stopped before the end (`keep_going` said no).
+    pub stopped: bool,
 }
 
 /// Occurs when a re-check cannot finish.
@@ -60,20 +60,12 @@ pub enum RecheckError {
     Filter(#[from] Error),
 }
 
-/// One row of a batch: where its digests are, and how to name it if it hits.
-struct Row {
-    object: i64,
-    member: Option<(String, String)>,
-    size: u64,
-    digests: Vec<crate::Digest>,
-}
-
 /// Checks every row of `catalog` against `filter`, calling `on_hit` for each object or
 /// member that hits (in no particular order), and returns what it went over.
 /// `keep_going` is asked between batches; when it says no, the re-check stops early
 /// (a newer filter arrived) and returns what it did.
 pub fn recheck(
-    catalog: &Catalog,
+    catalog: &mut Catalog,
     filter: &FilterEngine,
     on_hit: &mut dyn FnMut(RetroHit),
     keep_going: &dyn Fn() -> bool,
@@ -81,39 +73,16 @@ pub fn recheck(
     let algorithms = filter.info().algorithms.clone();
     let mut done = Recheck::default();
     let mut unchecked: HashMap<Algorithm, u64> = HashMap::new();
-    let conn = catalog.connection();
-    let failed = |e| catalog.failed(e);
     for members in [false, true] {
-        let sql = if members {
-            "SELECT object, member, layers, size, md5, sha1, sha256, rowid FROM members
-             WHERE rowid > ?1 ORDER BY rowid LIMIT ?2"
-        } else {
-            "SELECT id, NULL, NULL, size, md5, sha1, sha256, id FROM objects
-             WHERE id > ?1 ORDER BY id LIMIT ?2"
-        };
-        let mut stmt = conn.prepare(sql).map_err(failed)?;
         let mut after = 0i64;
         loop {
             if !keep_going() {
+                done.stopped = true;
                 return Ok(finish(done, unchecked));
             }
-            let mut rows = Vec::with_capacity(BATCH);
-            let mut last = None;
-            let mut query = stmt.query(params![after, BATCH as i64]).map_err(failed)?;
-            while let Some(row) = query.next().map_err(failed)? {
-                let member: Option<String> = row.get(1).map_err(failed)?;
-                let layers: Option<String> = row.get(2).map_err(failed)?;
-                rows.push(Row {
-                    object: row.get(0).map_err(failed)?,
-                    member: member.zip(layers),
-                    size: row.get::<_, i64>(3).map_err(failed)? as u64,
-                    digests: digests_of(row, 4).map_err(failed)?,
-                });
-                last = Some(row.get::<_, i64>(7).map_err(failed)?);
-            }
-            drop(query);
-            let Some(last) = last else { break };
-            after = last;
+            let rows = catalog.digest_rows(members, after, BATCH)?;
+            let Some(last) = rows.last() else { break };
+            after = last.position;
             if members {
                 done.members += rows.len() as u64;
             } else {
@@ -139,7 +108,7 @@ fn finish(mut done: Recheck, unchecked: HashMap<Algorithm, u64>) -> Recheck {
 fn check_batch(
     filter: &FilterEngine,
     algorithms: &[Algorithm],
-    rows: &[Row],
+    rows: &[DigestRow],
     unchecked: &mut HashMap<Algorithm, u64>,
     done: &mut Recheck,
 ) -> Result<Vec<(usize, Vec<Hit>)>, Error> {
@@ -177,27 +146,8 @@ fn check_batch(
 }
 
 /// A hit row with its object's key and record.
-fn named(catalog: &Catalog, row: &Row, hits: Vec<Hit>) -> Result<RetroHit, CatalogError> {
-    let conn = catalog.connection();
-    let (kind, key, size, stored, etag, series, version, host) = conn
-        .query_row(
-            "SELECT o.kind, o.key, o.size, o.stored, o.etag, f.series, f.version, o.host
-             FROM objects o LEFT JOIN filters f ON f.id = o.passed_by WHERE o.id = ?1",
-            [row.object],
-            |r| {
-                Ok((
-                    r.get::<_, i64>(0)?,
-                    r.get::<_, Vec<u8>>(1)?,
-                    r.get::<_, i64>(2)?,
-                    r.get::<_, i64>(3)?,
-                    r.get::<_, Option<String>>(4)?,
-                    r.get::<_, Option<String>>(5)?,
-                    r.get::<_, Option<i64>>(6)?,
-                    r.get::<_, Option<String>>(7)?,
-                ))
-            },
-        )
-        .map_err(|e| catalog.failed(e))?;
+fn named(catalog: &mut Catalog, row: &DigestRow, hits: Vec<Hit>) -> Result<RetroHit, CatalogError> {
+    let object = catalog.object(row.object)?;
     let (member, layers) = match &row.member {
         Some((names, layers)) => {
             let names: Vec<String> = serde_json::from_str(names).unwrap_or_default();
@@ -207,19 +157,19 @@ fn named(catalog: &Catalog, row: &Row, hits: Vec<Hit>) -> Result<RetroHit, Catal
         None => (None, None),
     };
     Ok(RetroHit {
-        kind: Kind::of(kind),
-        key,
+        kind: object.kind,
+        key: object.key,
         member,
         layers,
         size: if row.member.is_some() {
             row.size
         } else {
-            size as u64
+            object.size
         },
-        stored,
-        passed_by: series.zip(version.map(|v| v as u64)),
-        etag,
-        host,
+        stored: object.stored,
+        passed_by: object.passed_by,
+        etag: object.etag,
+        host: object.host,
         hits,
     })
 }

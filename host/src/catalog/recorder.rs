@@ -5,19 +5,23 @@
 //! writes it in batches, one transaction each. When the queue is full (the disk is slow)
 //! or a batch cannot be written (the disk is full, the file is corrupt), the rows are
 //! counted as lost, logged, and the catalog is *degraded* until a batch is written
-//! again: uploads go on, and nothing is dropped without a count.
+//! again: uploads go on, and nothing is dropped without a count. A catalog whose
+//! connection broke (PostgreSQL restarted, the network between) is connected to again,
+//! at most once a second, and the rows of the batches in between are counted as lost.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::{self, Receiver, SyncSender, TrySendError};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use super::{Catalog, Entry, Kind};
+use super::{Catalog, CatalogError, Entry, Kind, Location};
 
 /// Rows written per transaction, at most.
 const BATCH: usize = 512;
 /// How long the writer gathers rows for one transaction, at most.
 const GATHER: Duration = Duration::from_millis(20);
+/// How often a lost catalog is connected to again, at most.
+const RECONNECT: Duration = Duration::from_secs(1);
 
 /// What a recorder has done since it started.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -57,12 +61,31 @@ impl Recorder {
     /// Starts writing to `catalog` on a thread of its own, with room for `capacity`
     /// rows in the queue.
     pub fn start(catalog: Catalog, capacity: usize) -> Recorder {
+        Recorder::spawn(catalog.location().clone(), Some(catalog), capacity)
+    }
+
+    /// Starts writing to the catalog at `location`, connecting to it on the writer's
+    /// thread (a PostgreSQL server that is down when a gateway starts leaves the
+    /// catalog degraded, not the gateway stopped).
+    pub fn connecting(location: Location, capacity: usize) -> Recorder {
+        Recorder::spawn(location, None, capacity)
+    }
+
+    fn spawn(location: Location, catalog: Option<Catalog>, capacity: usize) -> Recorder {
         let (tx, rx) = mpsc::sync_channel(capacity.max(1));
         let counts = Arc::new(Counts::default());
         let thread_counts = counts.clone();
+        // Degraded until the first batch is written, if not connected yet.
+        counts.degraded.store(catalog.is_none(), Ordering::Relaxed);
+        let writer = Writer {
+            location,
+            catalog,
+            next_attempt: Instant::now(),
+            failures: 0,
+        };
         std::thread::Builder::new()
             .name("hashgate-catalog".into())
-            .spawn(move || write_loop(catalog, rx, &thread_counts))
+            .spawn(move || write_loop(writer, rx, &thread_counts))
             .expect("spawning the catalog thread");
         Recorder { tx, counts }
     }
@@ -116,7 +139,60 @@ impl Recorder {
     }
 }
 
-fn write_loop(mut catalog: Catalog, rx: Receiver<Op>, counts: &Counts) {
+/// The writer thread's catalog: connected, or to be connected again.
+struct Writer {
+    location: Location,
+    catalog: Option<Catalog>,
+    /// When connecting may be tried again.
+    next_attempt: Instant,
+    /// Batches failed in a row.
+    failures: u64,
+}
+
+/// Why a batch was not written.
+enum Failure {
+    /// The catalog failed.
+    Catalog(CatalogError),
+    /// Not connected, and too soon to try again.
+    Waiting,
+}
+
+impl Writer {
+    /// The catalog, connected to again if it was lost and it is time to try.
+    fn catalog(&mut self) -> Result<&mut Catalog, Failure> {
+        if self.catalog.is_none() {
+            if Instant::now() < self.next_attempt {
+                return Err(Failure::Waiting);
+            }
+            self.next_attempt = Instant::now() + RECONNECT;
+            self.catalog = Some(Catalog::at(&self.location).map_err(Failure::Catalog)?);
+            tracing::info!(catalog = %self.location, "catalog connected");
+        }
+        Ok(self.catalog.as_mut().expect("just connected"))
+    }
+
+    /// Writes `ops` in order (each removal after the puts queued before it).
+    fn apply(&mut self, ops: Vec<Op>) -> Result<(), Failure> {
+        let catalog = self.catalog()?;
+        let mut puts = Vec::new();
+        for op in ops {
+            match op {
+                Op::Put(entry) => puts.push(*entry),
+                Op::Remove(kind, key) => {
+                    // Earlier puts first: a PUT then a DELETE of one key leaves no row.
+                    catalog
+                        .put(&std::mem::take(&mut puts))
+                        .map_err(Failure::Catalog)?;
+                    catalog.remove(kind, &key).map_err(Failure::Catalog)?;
+                }
+                Op::Flush(_) => {}
+            }
+        }
+        catalog.put(&puts).map_err(Failure::Catalog)
+    }
+}
+
+fn write_loop(mut writer: Writer, rx: Receiver<Op>, counts: &Counts) {
     while let Ok(first) = rx.recv() {
         // Gather for a moment: one transaction per row costs more than the row (a WAL
         // write and a commit each); a batch makes it a small fraction.
@@ -132,41 +208,37 @@ fn write_loop(mut catalog: Catalog, rx: Receiver<Op>, counts: &Counts) {
                 Err(_) => break,
             }
         }
-        let mut puts = Vec::new();
         let mut flushes = Vec::new();
         let mut rows = 0u64;
-        let mut failed = None;
-        for op in ops {
+        for op in &mut ops {
             match op {
-                Op::Put(entry) => {
-                    rows += 1;
-                    puts.push(*entry);
-                }
-                Op::Remove(kind, key) => {
-                    // Earlier puts first: a PUT then a DELETE of one key leaves no row.
-                    if let Err(e) = catalog.put(&std::mem::take(&mut puts)) {
-                        failed = Some(e);
-                    }
-                    rows += 1;
-                    if let Err(e) = catalog.remove(kind, &key) {
-                        failed = Some(e);
-                    }
-                }
-                Op::Flush(done) => flushes.push(done),
+                Op::Flush(done) => flushes.push(done.clone()),
+                Op::Put(_) | Op::Remove(..) => rows += 1,
             }
         }
-        if let Err(e) = catalog.put(&puts) {
-            failed = Some(e);
-        }
-        match failed {
-            None => {
+        match writer.apply(ops) {
+            Ok(()) => {
                 counts.written.fetch_add(rows, Ordering::Relaxed);
                 counts.degraded.store(false, Ordering::Relaxed);
+                if writer.failures > 0 {
+                    tracing::info!(failed_batches = writer.failures, "catalog writes recovered");
+                }
+                writer.failures = 0;
             }
-            Some(e) => {
+            Err(failure) => {
                 counts.failed.fetch_add(rows, Ordering::Relaxed);
                 counts.degraded.store(true, Ordering::Relaxed);
-                tracing::error!(error = %e, rows, "catalog write failed: rows not recorded (counted in /metrics)");
+                writer.failures += 1;
+                if let Failure::Catalog(e) = &failure {
+                    if e.lost_connection() {
+                        writer.catalog = None;
+                    }
+                    // One line per power of two: a long outage does not flood the log.
+                    if writer.failures.is_power_of_two() {
+                        tracing::error!(error = %e, rows, failed_batches = writer.failures,
+                            "catalog write failed: rows not recorded (counted in /metrics)");
+                    }
+                }
             }
         }
         for done in flushes {

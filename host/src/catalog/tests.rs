@@ -1,5 +1,6 @@
 use super::*;
 use crate::inspect::{Layer, Node, Problem, ProblemKind};
+use rusqlite::Connection;
 
 fn digests(seed: u8) -> Vec<Digest> {
     Algorithm::ALL
@@ -88,7 +89,10 @@ fn files_under_a_root_are_found_and_the_gone_ones_dropped() {
     let found = catalog
         .files_under(&["/srv".into(), "/srv/".into(), "/srv/a.zip".into()])
         .unwrap();
-    assert_eq!(found[&b"/srv/a.zip".to_vec()], full_entry_as_put(&catalog));
+    assert_eq!(
+        found[&b"/srv/a.zip".to_vec()],
+        full_entry_as_put(&mut catalog)
+    );
     assert!(catalog.remove(Kind::File, b"/srv/a").unwrap());
     assert!(!catalog.remove(Kind::File, b"/srv/a").unwrap());
 }
@@ -137,7 +141,7 @@ fn the_recorder_writes_in_the_background_and_counts_what_it_loses() {
     let stats = recorder.stats();
     assert_eq!((stats.written, stats.dropped, stats.failed), (101, 0, 0));
     assert!(!stats.degraded);
-    let reader = Catalog::open(&path).unwrap();
+    let mut reader = Catalog::open(&path).unwrap();
     assert_eq!(reader.count().unwrap(), 99);
 
     // The database made read-only under it: the batch fails, is counted, and the
@@ -202,6 +206,6 @@ fn a_full_queue_drops_rows_and_counts_them() {
 use std::time::Duration;
 
 /// `full_entry()` as the catalog holds it (its recorded time).
-fn full_entry_as_put(catalog: &Catalog) -> Entry {
+fn full_entry_as_put(catalog: &mut Catalog) -> Entry {
     catalog.get(Kind::File, b"/srv/a.zip").unwrap().unwrap()
 }

@@ -69,8 +69,8 @@ pub struct Config {
 /// re-check does.
 #[derive(Clone, Debug)]
 pub struct CatalogSettings {
-    /// The SQLite file.
-    pub path: PathBuf,
+    /// The SQLite file or the PostgreSQL database.
+    pub location: crate::catalog::Location,
     /// Digests recorded (hashed besides the filter's own).
     pub algorithms: Vec<crate::Algorithm>,
     /// What a stored object a new filter lists gets.
@@ -192,14 +192,13 @@ impl Config {
         }
         config.origin_ca = file.origin_ca.clone();
         if let Some(table) = &file.catalog {
-            let path = table.path.clone().unwrap_or_else(|| {
-                file.state_dir
-                    .clone()
-                    .unwrap_or_else(|| "hashgate-state".into())
-                    .join("catalog.db")
+            let location = table.path.clone().unwrap_or_else(|| {
+                let dir = file.state_dir.clone();
+                let dir = dir.unwrap_or_else(|| "hashgate-state".into());
+                crate::catalog::Location::File(dir.join("catalog.db"))
             });
             config.catalog = Some(CatalogSettings {
-                path,
+                location,
                 algorithms: table.algorithms()?,
                 action: table.action.unwrap_or_default(),
                 queue: table.queue.unwrap_or(65536).max(1),

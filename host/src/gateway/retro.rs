@@ -22,18 +22,24 @@ use hyper::header::HeaderMap;
 use hyper::Method;
 
 use super::{Backend, Gateway};
-use crate::catalog::{self, Catalog, Entry, Kind, Recorder, RetroHit};
+use crate::catalog::{self, Catalog, Claim, Entry, Kind, Location, Recheck, Recorder, RetroHit};
 use crate::config::RetroAction;
 use crate::enforce::{AuditRecord, Context};
 use crate::inspect::Report;
 use crate::{Algorithm, FilterEngine};
 
-/// Opens the catalog `settings` name and starts its recorder.
+/// Opens the catalog `settings` name and starts its recorder. A SQLite file that cannot
+/// be opened stops the gateway from starting (a mistake in its configuration); a
+/// PostgreSQL server is connected to on the recorder's thread, so one that is down
+/// leaves the catalog degraded and the gateway serving.
 pub(super) fn recorder(
     settings: &super::config::CatalogSettings,
 ) -> Result<Arc<Recorder>, crate::Error> {
-    let catalog = Catalog::open(&settings.path)?;
-    Ok(Arc::new(Recorder::start(catalog, settings.queue)))
+    settings.location.check()?;
+    Ok(Arc::new(match &settings.location {
+        Location::File(path) => Recorder::start(Catalog::open(path)?, settings.queue),
+        Location::Postgres(_) => Recorder::connecting(settings.location.clone(), settings.queue),
+    }))
 }
 
 impl Gateway {
@@ -122,22 +128,11 @@ pub(super) async fn follow(gw: Arc<Gateway>) {
         let filter = gw.enforcer.filter();
         let started = Instant::now();
         let (tx, rx) = tokio::sync::oneshot::channel();
-        let (path, newer) = (settings.path.clone(), swaps.clone());
+        let (location, newer) = (settings.location.clone(), swaps.clone());
         let task_filter = filter.clone();
         let spawned = std::thread::Builder::new()
             .name("hashgate-recheck".into())
-            .spawn(move || {
-                lower_priority();
-                let mut hits = Vec::new();
-                let done = Catalog::open(&path)
-                    .map_err(catalog::RecheckError::from)
-                    .and_then(|catalog| {
-                        catalog::recheck(&catalog, &task_filter, &mut |h| hits.push(h), &|| {
-                            !newer.has_changed().unwrap_or(true)
-                        })
-                    });
-                let _ = tx.send(done.map(|d| (d, hits)));
-            });
+            .spawn(move || recheck_thread(&location, &task_filter, &newer, tx));
         if let Err(e) = spawned {
             tracing::error!(error = %e, "cannot start the catalog re-check");
             continue;
@@ -145,21 +140,23 @@ pub(super) async fn follow(gw: Arc<Gateway>) {
         let metrics = gw.enforcer.metrics();
         let info = filter.info();
         match rx.await {
-            Ok(Ok((done, hits))) => {
-                let stopped = swaps.has_changed().unwrap_or(false);
+            Ok(Ok(Rechecked::Ran { done, hits, acted })) => {
                 let rows = done.objects + done.members;
-                let mut acted = std::collections::HashSet::new();
+                let mut listed = std::collections::HashSet::new();
                 for hit in hits {
-                    act(&gw, &filter, settings.action, hit, &mut acted).await;
+                    act(&gw, &filter, settings.action, hit, &mut listed).await;
                 }
-                let outcome = if stopped { "stopped" } else { "done" };
+                // Recorded as done (no other gateway of a fleet runs it again) once
+                // every row was checked and every hit acted on.
+                let _ = acted.send(!done.stopped);
+                let outcome = if done.stopped { "stopped" } else { "done" };
                 metrics.count_recheck(outcome, started.elapsed(), rows);
                 tracing::info!(
                     series = %info.series,
                     version = info.version,
                     objects = done.objects,
                     members = done.members,
-                    listed = acted.len(),
+                    listed = listed.len(),
                     outcome,
                     seconds = started.elapsed().as_secs_f64(),
                     "catalog re-checked"
@@ -172,6 +169,17 @@ pub(super) async fn follow(gw: Arc<Gateway>) {
                     );
                 }
             }
+            Ok(Ok(Rechecked::Elsewhere)) => {
+                metrics.count_recheck("elsewhere", started.elapsed(), 0);
+                tracing::info!(
+                    series = %info.series,
+                    version = info.version,
+                    "catalog re-checked by another gateway sharing it"
+                );
+            }
+            Ok(Ok(Rechecked::Superseded)) => {
+                metrics.count_recheck("stopped", started.elapsed(), 0);
+            }
             Ok(Err(e)) => {
                 metrics.count_recheck("failed", started.elapsed(), 0);
                 tracing::error!(error = %e, "the catalog re-check failed");
@@ -181,6 +189,81 @@ pub(super) async fn follow(gw: Arc<Gateway>) {
                 tracing::error!("the catalog re-check thread died");
             }
         }
+    }
+}
+
+/// What a re-check thread found.
+enum Rechecked {
+    /// It ran (to the end, or stopped by a newer filter): the hits to act on, and where
+    /// to say whether they all were (the re-check is then recorded as done).
+    Ran {
+        done: Recheck,
+        hits: Vec<RetroHit>,
+        acted: std::sync::mpsc::Sender<bool>,
+    },
+    /// Another gateway sharing the catalog has re-checked this filter version.
+    Elsewhere,
+    /// A newer filter came while another gateway held the re-check.
+    Superseded,
+}
+
+/// How often a gateway asks again for a re-check another one holds.
+const CLAIM_RETRY: Duration = Duration::from_secs(1);
+
+/// Re-checks the catalog at `location` against `filter` on this (low-priority) thread,
+/// unless another gateway sharing it does; stops when `newer` sees another swap.
+fn recheck_thread(
+    location: &Location,
+    filter: &FilterEngine,
+    newer: &tokio::sync::watch::Receiver<u64>,
+    tx: tokio::sync::oneshot::Sender<Result<Rechecked, catalog::RecheckError>>,
+) {
+    lower_priority();
+    let superseded = || newer.has_changed().unwrap_or(true);
+    let info = filter.info();
+    let claimed = (|| {
+        let mut catalog = Catalog::at(location)?;
+        loop {
+            match catalog.claim_recheck(&info.series, info.version)? {
+                Claim::Run => return Ok(Some(catalog)),
+                Claim::Done => return Ok(None),
+                Claim::Busy if superseded() => return Err(None),
+                Claim::Busy => std::thread::sleep(CLAIM_RETRY),
+            }
+        }
+    })();
+    let mut catalog = match claimed {
+        Ok(Some(catalog)) => catalog,
+        Ok(None) => {
+            let _ = tx.send(Ok(Rechecked::Elsewhere));
+            return;
+        }
+        Err(None) => {
+            let _ = tx.send(Ok(Rechecked::Superseded));
+            return;
+        }
+        Err(Some(e)) => {
+            let _ = tx.send(Err(catalog::RecheckError::from(e)));
+            return;
+        }
+    };
+    let mut hits = Vec::new();
+    let done = catalog::recheck(&mut catalog, filter, &mut |h| hits.push(h), &|| {
+        !superseded()
+    });
+    let finished = match done {
+        Ok(done) => {
+            let (acted, answer) = std::sync::mpsc::channel();
+            let _ = tx.send(Ok(Rechecked::Ran { done, hits, acted }));
+            answer.recv().unwrap_or(false)
+        }
+        Err(e) => {
+            let _ = tx.send(Err(e));
+            false
+        }
+    };
+    if let Err(e) = catalog.end_recheck(&info.series, info.version, finished) {
+        tracing::error!(error = %e, "cannot record the catalog re-check");
     }
 }
 

@@ -338,10 +338,10 @@ mod tests {
 
     use crate::inspect::tests::Trickle;
 
-    fn split(
-        body: &[u8],
-        piece: usize,
-    ) -> io::Result<(Vec<u8>, Vec<(PartHead, Vec<u8>)>, Vec<u8>)> {
+    /// A body split: its preamble, its parts (head and bytes), its epilogue.
+    type Split = (Vec<u8>, Vec<(PartHead, Vec<u8>)>, Vec<u8>);
+
+    fn split(body: &[u8], piece: usize) -> io::Result<Split> {
         let mut s = Splitter::new(Trickle(body, piece), "XyZ");
         let mut preamble = Vec::new();
         s.body().read_to_end(&mut preamble)?;

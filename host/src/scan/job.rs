@@ -35,7 +35,7 @@ pub struct Job<'a> {
     /// The catalog of an incremental scan (`scan --catalog`), if any: files whose
     /// record stands are not read, every file read is recorded, rows of files gone
     /// from the scanned paths are dropped.
-    pub catalog: Option<&'a Path>,
+    pub catalog: Option<&'a crate::catalog::Location>,
     /// The digests the catalog records (those the filter holds are hashed anyway).
     pub catalog_algorithms: Vec<crate::Algorithm>,
 }
@@ -113,8 +113,8 @@ pub fn run(job: &Job<'_>, on_event: &(dyn Fn(Event<'_>) + Sync)) -> Result<Finis
     });
     let roots: Vec<PathBuf> = job.paths.iter().map(|p| absolute(p)).collect();
     let catalog = match job.catalog {
-        Some(path) => Some(ScanCatalog::new(
-            Catalog::open(path)?,
+        Some(location) => Some(ScanCatalog::new(
+            Catalog::at(location)?,
             &roots,
             job.catalog_algorithms.clone(),
         )?),

@@ -212,7 +212,7 @@ impl ScanCatalog {
     /// Reads what `catalog` holds for files under `roots` (absolute), to record the
     /// digests of `keep` (those the filter needs are hashed anyway).
     pub fn new(
-        catalog: catalog::Catalog,
+        mut catalog: catalog::Catalog,
         roots: &[PathBuf],
         keep: Vec<crate::Algorithm>,
     ) -> Result<ScanCatalog, catalog::CatalogError> {
