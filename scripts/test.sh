@@ -20,6 +20,8 @@ command -v curl >/dev/null 2>&1 || need+=(curl)
 command -v squid >/dev/null 2>&1 || [ -x /usr/sbin/squid ] || need+=(squid)
 # The fleet test puts three gateways behind HAProxy (tests/s3.rs).
 command -v haproxy >/dev/null 2>&1 || [ -x /usr/sbin/haproxy ] || need+=(haproxy)
+# The catalog tests start PostgreSQL servers of their own (tests/common/postgres.rs).
+compgen -G '/usr/lib/postgresql/*/bin/postgres' >/dev/null || need+=(postgresql)
 # The inspection tests wrap files with the tools users have (tests/inspect.rs).
 command -v zip >/dev/null 2>&1 || need+=(zip)
 command -v xz >/dev/null 2>&1 || need+=(xz-utils)

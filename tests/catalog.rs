@@ -367,3 +367,233 @@ fn an_unreachable_postgres_catalog_is_a_clear_error_that_keeps_its_password() {
         );
     }
 }
+
+/// The catalog's stores through the library: PostgreSQL holds what SQLite holds, and
+/// what only a shared catalog needs (migrating once, one re-check per fleet,
+/// reconnecting).
+mod stores {
+    use std::collections::HashSet;
+    use std::path::PathBuf;
+    use std::time::Duration;
+
+    use hashgate_host::catalog::Recorder;
+    use hashgate_host::catalog::{Catalog, CatalogError, Claim, Entry, FileStamp, Kind, Location};
+    use hashgate_host::inspect::{Layer, Node, Problem, ProblemKind};
+    use hashgate_host::{Algorithm, Digest};
+
+    use crate::common::postgres::Postgres;
+    use crate::common::procs::wait_until;
+
+    fn digests(seed: u8) -> Vec<Digest> {
+        Algorithm::ALL
+            .iter()
+            .map(|&algorithm| Digest {
+                algorithm,
+                bytes: vec![seed; algorithm.digest_len()],
+            })
+            .collect()
+    }
+
+    fn file(key: &[u8], seed: u8) -> Entry {
+        let mut entry = Entry::object(Kind::File, key.to_vec(), 100, digests(seed));
+        entry.etag = Some("\"abc\"".into());
+        entry.passed_by = Some(("nl-example".into(), 7));
+        entry.stamp = Some(FileStamp {
+            dev: u64::MAX,
+            ino: 2,
+            size: 100,
+            mtime: -3,
+            ctime: 4,
+        });
+        entry.members = vec![
+            Node {
+                member: vec!["photos/a.jpg".into(), "inner\n\u{0}name".into()],
+                layers: vec![Layer::Zip, Layer::Gzip],
+                size: 40,
+                digests: digests(seed.wrapping_add(1)),
+            },
+            Node {
+                member: vec!["b.txt".into()],
+                layers: vec![Layer::Zip],
+                size: 1,
+                digests: digests(seed.wrapping_add(2))[2..].to_vec(),
+            },
+        ];
+        entry.problems = vec![Problem {
+            kind: ProblemKind::Encrypted,
+            member: vec!["secret.txt".into()],
+            layers: vec![Layer::Zip],
+            detail: "encrypted member".into(),
+        }];
+        entry
+    }
+
+    /// The same steps on `catalog`; what it answered, for comparing stores.
+    fn exercise(catalog: &mut Catalog) -> Vec<String> {
+        let mut seen = Vec::new();
+        let long = [b"/srv/".as_slice(), &vec![b'x'; 9000]].concat();
+        let entries = [
+            file(b"/srv/a.zip", 1),
+            file(b"/srv/sub/b.zip", 3),
+            file(b"/srv0/not-under", 5),
+            file(&long, 7),
+            Entry::object(Kind::Object, b"/srv/a.zip".to_vec(), 9, digests(9)),
+        ];
+        catalog.put(&entries).unwrap();
+        for entry in &entries {
+            let got = catalog.get(entry.kind, &entry.key).unwrap();
+            assert_eq!(got.as_ref(), Some(entry), "reads back as written");
+        }
+        seen.push(format!("count {}", catalog.count().unwrap()));
+        // A re-put replaces the row and its members; of two in one batch, the later.
+        let mut again = Entry::object(Kind::File, b"/srv/a.zip".to_vec(), 5, digests(11));
+        again.stored = entries[0].stored;
+        catalog
+            .put(&[file(b"/srv/a.zip", 13), again.clone()])
+            .unwrap();
+        assert_eq!(catalog.get(Kind::File, b"/srv/a.zip").unwrap(), Some(again));
+        let mut under: Vec<Vec<u8>> = catalog
+            .files_under(&[PathBuf::from("/srv"), PathBuf::from("/srv/sub")])
+            .unwrap()
+            .into_keys()
+            .collect();
+        under.sort();
+        seen.push(format!(
+            "under {:?}",
+            under.iter().map(|k| k.len()).collect::<Vec<_>>()
+        ));
+        assert_eq!(under.len(), 3, "not /srv0/…, the long key is under /srv");
+        let present: HashSet<Vec<u8>> = [b"/srv/a.zip".to_vec()].into_iter().collect();
+        seen.push(format!(
+            "dropped {}",
+            catalog
+                .retain_files(&[PathBuf::from("/srv")], &present)
+                .unwrap()
+        ));
+        assert_eq!(catalog.get(Kind::File, &long).unwrap(), None);
+        assert!(catalog.remove(Kind::Object, b"/srv/a.zip").unwrap());
+        assert!(!catalog.remove(Kind::Object, b"/srv/a.zip").unwrap());
+        seen.push(format!("count {}", catalog.count().unwrap()));
+        seen
+    }
+
+    #[test]
+    fn a_postgres_catalog_holds_what_a_sqlite_one_holds() {
+        let postgres = Postgres::start();
+        let dir = tempfile::tempdir().unwrap();
+        let mut sqlite = Catalog::open(&dir.path().join("catalog.db")).unwrap();
+        let mut shared = Catalog::at(&Location::from(postgres.url().as_str())).unwrap();
+        let expected = exercise(&mut sqlite);
+        assert_eq!(
+            expected,
+            ["count 5", "under [10, 14, 9005]", "dropped 2", "count 2"]
+        );
+        assert_eq!(exercise(&mut shared), expected);
+    }
+
+    #[test]
+    fn a_fleet_migrates_once_and_re_checks_each_version_once() {
+        let postgres = Postgres::start();
+        let location = Location::from(postgres.new_database("fleet").as_str());
+        // Gateways starting together: one migrates, the others find it done.
+        let opened: Vec<Catalog> = std::thread::scope(|s| {
+            let starts: Vec<_> = (0..4).map(|_| s.spawn(|| Catalog::at(&location))).collect();
+            starts
+                .into_iter()
+                .map(|t| t.join().unwrap().unwrap())
+                .collect()
+        });
+        assert_eq!(
+            postgres
+                .psql_in("fleet", "SELECT version FROM hashgate.schema_version")
+                .as_deref(),
+            Some("1")
+        );
+        let [mut a, mut b, ..] = <[Catalog; 4]>::try_from(opened).unwrap();
+        assert_eq!(a.claim_recheck("nl", 2).unwrap(), Claim::Run);
+        assert_eq!(b.claim_recheck("nl", 2).unwrap(), Claim::Busy);
+        a.end_recheck("nl", 2, true).unwrap();
+        assert_eq!(b.claim_recheck("nl", 2).unwrap(), Claim::Done);
+        // A gateway that dies while it re-checks lets another take it over.
+        assert_eq!(a.claim_recheck("nl", 3).unwrap(), Claim::Run);
+        assert_eq!(b.claim_recheck("nl", 3).unwrap(), Claim::Busy);
+        drop(a);
+        assert!(wait_until(Duration::from_secs(10), || b
+            .claim_recheck("nl", 3)
+            .unwrap()
+            == Claim::Run));
+        // Stopped early (a newer filter came): not recorded as done.
+        b.end_recheck("nl", 3, false).unwrap();
+        assert_eq!(b.claim_recheck("nl", 3).unwrap(), Claim::Run);
+    }
+
+    #[test]
+    fn a_postgres_catalog_from_a_newer_hashgate_is_refused_untouched() {
+        let postgres = Postgres::start();
+        let location = Location::from(postgres.url().as_str());
+        drop(Catalog::at(&location).unwrap());
+        postgres
+            .psql("UPDATE hashgate.schema_version SET version = 99")
+            .unwrap();
+        let err = Catalog::at(&location).unwrap_err();
+        assert!(
+            matches!(err, CatalogError::NewerSchema { found: 99, .. }),
+            "{err}"
+        );
+        assert_eq!(
+            postgres
+                .psql("SELECT version FROM hashgate.schema_version")
+                .as_deref(),
+            Some("99")
+        );
+    }
+
+    #[test]
+    fn the_recorder_counts_what_a_stopped_postgres_loses_and_reconnects() {
+        let mut postgres = Postgres::start();
+        let location = Location::from(postgres.url().as_str());
+        let recorder = Recorder::connecting(location.clone(), 1000);
+        let put = |i: u32| {
+            let key = format!("/k/{i}").into_bytes();
+            recorder.record(Entry::object(Kind::Object, key, 1, digests(i as u8)));
+        };
+        for i in 0..10 {
+            put(i);
+        }
+        assert!(recorder.flush(Duration::from_secs(20)));
+        let stats = recorder.stats();
+        assert_eq!(
+            (stats.written, stats.failed, stats.degraded),
+            (10, 0, false)
+        );
+
+        postgres.stop();
+        for i in 10..15 {
+            put(i);
+        }
+        assert!(recorder.flush(Duration::from_secs(20)));
+        let stats = recorder.stats();
+        assert_eq!((stats.written, stats.failed), (10, 5), "{stats:?}");
+        assert!(stats.degraded);
+
+        postgres.restart();
+        let mut i = 15;
+        assert!(
+            wait_until(Duration::from_secs(20), || {
+                put(i);
+                i += 1;
+                recorder.flush(Duration::from_secs(10)) && !recorder.stats().degraded
+            }),
+            "{:?}",
+            recorder.stats()
+        );
+        let stats = recorder.stats();
+        assert_eq!(
+            stats.written + stats.failed,
+            i as u64,
+            "every row counted: {stats:?}"
+        );
+        let mut reader = Catalog::at(&location).unwrap();
+        assert_eq!(reader.count().unwrap(), stats.written);
+    }
+}
