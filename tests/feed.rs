@@ -828,6 +828,18 @@ fn catalog_gateway(
     action: &str,
     backend: [&str; 2],
 ) -> (Killed, u16, u16) {
+    let catalog = a.p(&format!("{state}/catalog.db"));
+    catalog_gateway_at(a, state, action, &catalog, backend)
+}
+
+/// [`catalog_gateway`] with the catalog at `catalog` (a file or a `postgres://` URL).
+fn catalog_gateway_at(
+    a: &Authority,
+    state: &str,
+    action: &str,
+    catalog: &str,
+    backend: [&str; 2],
+) -> (Killed, u16, u16) {
     let config = a.s.path(&format!("{state}.toml"));
     std::fs::write(&config, format!("[catalog]\naction = \"{action}\"\n")).unwrap();
     let url = format!("http://127.0.0.1:{}/manifest.json", a.port);
@@ -835,7 +847,7 @@ fn catalog_gateway(
     cmd.args(["gateway", "--config", config.to_str().unwrap()])
         .args(["--feed", &url, "--root", &a.p("root.json")])
         .args(["--state-dir", &a.p(state), "--feed-poll", "1s"])
-        .args(["--catalog", &a.p(&format!("{state}/catalog.db"))])
+        .args(["--catalog", catalog])
         .args(["--audit-log", &a.p(&format!("audit-{state}.log"))])
         .args(backend)
         .args(["--listen", "127.0.0.1:0", "--admin", "127.0.0.1:0"]);
@@ -989,4 +1001,140 @@ fn a_re_check_reports_objects_at_an_nginx_origin_and_deletes_them_when_told() {
         "hashgate_rechecks_total{outcome=\"done\"}"
     ) >= 2.0));
     assert_eq!(retroactive(&a, "delete").len(), 1);
+}
+
+#[test]
+fn two_gateways_sharing_a_postgres_catalog_re_check_each_filter_once() {
+    let postgres = common::postgres::Postgres::start();
+    let catalog = postgres.url();
+    let a = Authority::new(1);
+    let origin = Setup::new();
+    let (_nginx, nport, root) = origin.nginx();
+    let url = format!("http://127.0.0.1:{nport}");
+    let (_one, port1, admin1) =
+        catalog_gateway_at(&a, "one", "delete", &catalog, ["--origin", &url]);
+    let (_two, port2, admin2) =
+        catalog_gateway_at(&a, "two", "delete", &catalog, ["--origin", &url]);
+    let (first, first_bytes) = random_file(&a, "first.bin", 100_000);
+    let (second, second_bytes) = random_file(&a, "second.bin", 100_000);
+    let (gone, gone_bytes) = random_file(&a, "gone.bin", 1000);
+    let at = |port: u16, name: &str| format!("http://127.0.0.1:{port}/f/{name}");
+    assert_eq!(curl_put(&first, &at(port1, "first.bin"), &[]), 201);
+    assert_eq!(curl_put(&second, &at(port2, "second.bin"), &[]), 201);
+    assert_eq!(curl_put(&gone, &at(port1, "gone.bin"), &[]), 201);
+    let rows = || postgres.psql("SELECT count(*) FROM hashgate.objects");
+    assert!(
+        wait_until(Duration::from_secs(10), || rows().as_deref() == Some("3")),
+        "both gateways record in the one catalog: {:?}",
+        rows()
+    );
+    // Deleted through the other gateway: the row goes all the same.
+    assert_eq!(curl(&["-X", "DELETE", &at(port2, "gone.bin")]), 204);
+    assert!(wait_until(Duration::from_secs(10), || rows().as_deref() == Some("2")));
+
+    list_bytes(&a, &first_bytes);
+    list_bytes(&a, &second_bytes);
+    list_bytes(&a, &gone_bytes);
+    a.publish();
+    let outcome = |outcome: &str| {
+        let series = format!("hashgate_rechecks_total{{outcome=\"{outcome}\"}}");
+        metric(admin1, &series) + metric(admin2, &series)
+    };
+    assert!(
+        wait_until(Duration::from_secs(30), || outcome("done") == 1.0
+            && outcome("elsewhere") == 1.0),
+        "one gateway re-checks, the other finds it done: done {}, elsewhere {}",
+        outcome("done"),
+        outcome("elsewhere")
+    );
+    let records: Vec<serde_json::Value> = [retroactive(&a, "one"), retroactive(&a, "two")].concat();
+    let mut paths: Vec<&str> = records
+        .iter()
+        .map(|r| r["path"].as_str().unwrap())
+        .collect();
+    paths.sort();
+    assert_eq!(
+        paths,
+        ["/f/first.bin", "/f/second.bin"],
+        "each once: {records:?}"
+    );
+    assert!(
+        records.iter().all(|r| r["action"] == "delete"),
+        "{records:?}"
+    );
+    assert!(!root.join("f/first.bin").exists(), "deleted at the origin");
+    assert!(!root.join("f/second.bin").exists(), "deleted at the origin");
+    assert!(wait_until(Duration::from_secs(10), || rows().as_deref() == Some("0")));
+}
+
+#[test]
+fn uploads_are_answered_while_the_postgres_catalog_is_down_and_recorded_once_it_is_back() {
+    let mut postgres = common::postgres::Postgres::start();
+    let catalog = postgres.url();
+    let a = Authority::new(1);
+    let store = a.p("store-down");
+    let (_gw, port, admin) =
+        catalog_gateway_at(&a, "down", "report", &catalog, ["--store", &store]);
+    let written = || metric(admin, "hashgate_catalog_rows{outcome=\"written\"}");
+    let failed = || metric(admin, "hashgate_catalog_rows{outcome=\"failed\"}");
+    let degraded = || metric(admin, "hashgate_catalog_degraded");
+    let ready = || {
+        let out = Command::new("curl")
+            .args(["-s", &format!("http://127.0.0.1:{admin}/readyz")])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let (before, _) = random_file(&a, "before.bin", 10_000);
+    assert_eq!(put(port, &before), 201);
+    assert!(wait_until(Duration::from_secs(10), || written() == 1.0));
+
+    postgres.stop();
+    let (during, _) = random_file(&a, "during.bin", 10_000);
+    let started = Instant::now();
+    assert_eq!(put(port, &during), 201, "answered with the catalog down");
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "and not held up"
+    );
+    assert!(
+        wait_until(Duration::from_secs(10), || failed() >= 1.0
+            && degraded() == 1.0),
+        "the gap is counted: failed {}, degraded {}",
+        failed(),
+        degraded()
+    );
+    assert!(ready().contains("catalog degraded"), "{}", ready());
+
+    postgres.restart();
+    let mut n = 0;
+    assert!(
+        wait_until(Duration::from_secs(20), || {
+            n += 1;
+            let (after, _) = random_file(&a, &format!("after{n}.bin"), 1000);
+            put(port, &after) == 201 && {
+                std::thread::sleep(Duration::from_millis(200));
+                degraded() == 0.0
+            }
+        }),
+        "recovered: written {}, failed {}",
+        written(),
+        failed()
+    );
+    assert!(!ready().contains("degraded"), "{}", ready());
+    let recorded = postgres
+        .psql(
+            "SELECT string_agg(convert_from(key, 'UTF8'), ' ' ORDER BY key) FROM hashgate.objects",
+        )
+        .unwrap();
+    assert!(recorded.contains("/before.bin"), "{recorded}");
+    assert!(
+        !recorded.contains("/during.bin"),
+        "lost, and counted: {recorded}"
+    );
+    assert_eq!(
+        written() + failed(),
+        1.0 + 1.0 + n as f64,
+        "every row counted"
+    );
 }
