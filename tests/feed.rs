@@ -829,7 +829,7 @@ fn catalog_gateway(
     backend: [&str; 2],
 ) -> (Killed, u16, u16) {
     let catalog = a.p(&format!("{state}/catalog.db"));
-    catalog_gateway_at(a, state, action, &catalog, backend)
+    catalog_gateway_at(a, state, action, &catalog, &backend)
 }
 
 /// [`catalog_gateway`] with the catalog at `catalog` (a file or a `postgres://` URL).
@@ -838,7 +838,7 @@ fn catalog_gateway_at(
     state: &str,
     action: &str,
     catalog: &str,
-    backend: [&str; 2],
+    backend: &[&str],
 ) -> (Killed, u16, u16) {
     let config = a.s.path(&format!("{state}.toml"));
     std::fs::write(&config, format!("[catalog]\naction = \"{action}\"\n")).unwrap();
@@ -1012,9 +1012,9 @@ fn two_gateways_sharing_a_postgres_catalog_re_check_each_filter_once() {
     let (_nginx, nport, root) = origin.nginx();
     let url = format!("http://127.0.0.1:{nport}");
     let (_one, port1, admin1) =
-        catalog_gateway_at(&a, "one", "delete", &catalog, ["--origin", &url]);
+        catalog_gateway_at(&a, "one", "delete", &catalog, &["--origin", &url]);
     let (_two, port2, admin2) =
-        catalog_gateway_at(&a, "two", "delete", &catalog, ["--origin", &url]);
+        catalog_gateway_at(&a, "two", "delete", &catalog, &["--origin", &url]);
     let (first, first_bytes) = random_file(&a, "first.bin", 100_000);
     let (second, second_bytes) = random_file(&a, "second.bin", 100_000);
     let (gone, gone_bytes) = random_file(&a, "gone.bin", 1000);
@@ -1074,7 +1074,7 @@ fn uploads_are_answered_while_the_postgres_catalog_is_down_and_recorded_once_it_
     let a = Authority::new(1);
     let store = a.p("store-down");
     let (_gw, port, admin) =
-        catalog_gateway_at(&a, "down", "report", &catalog, ["--store", &store]);
+        catalog_gateway_at(&a, "down", "report", &catalog, &["--store", &store]);
     let written = || metric(admin, "hashgate_catalog_rows{outcome=\"written\"}");
     let failed = || metric(admin, "hashgate_catalog_rows{outcome=\"failed\"}");
     let degraded = || metric(admin, "hashgate_catalog_degraded");
@@ -1136,5 +1136,118 @@ fn uploads_are_answered_while_the_postgres_catalog_is_down_and_recorded_once_it_
         written() + failed(),
         1.0 + 1.0 + n as f64,
         "every row counted"
+    );
+}
+
+#[test]
+fn a_re_check_quarantines_what_a_new_filter_lists_then_deletes_it_at_the_origin() {
+    use std::io::Write as _;
+    let a = Authority::new(1);
+    let origin = Setup::new();
+    let (_nginx, nport, root) = origin.nginx();
+    let url = format!("http://127.0.0.1:{nport}");
+    let quarantine = a.p("quarantine-retro");
+    std::fs::create_dir_all(&quarantine).unwrap();
+    let catalog = a.p("q/catalog.db");
+    let backend = ["--origin", &url, "--quarantine", &quarantine];
+    let (_gw, port, _) = catalog_gateway_at(&a, "q", "quarantine", &catalog, &backend);
+    let (early, early_bytes) = random_file(&a, "early.bin", 300_000);
+    let (kept, _) = random_file(&a, "kept.bin", 2_000);
+    let (_, inner) = random_file(&a, "inner.bin", 5_000);
+    let mut zip = zip::ZipWriter::new(std::io::Cursor::new(Vec::new()));
+    zip.start_file("a/inner.bin", zip::write::SimpleFileOptions::default())
+        .unwrap();
+    zip.write_all(&inner).unwrap();
+    let zip_bytes = zip.finish().unwrap().into_inner();
+    let zipped = a.s.path("bundle.zip");
+    std::fs::write(&zipped, &zip_bytes).unwrap();
+    for file in [&early, &kept, &zipped] {
+        assert_eq!(put(port, file), 201);
+    }
+    list_bytes(&a, &early_bytes);
+    list_bytes(&a, &inner);
+    a.publish();
+    assert!(
+        wait_until(Duration::from_secs(30), || retroactive(&a, "q").len() == 2),
+        "{:?}",
+        retroactive(&a, "q")
+    );
+    let records = retroactive(&a, "q");
+    let mut copies = Vec::new();
+    for r in &records {
+        assert_eq!(r["action"], "quarantine", "{r}");
+        let copy = r["quarantine"].as_str().expect("names its copy");
+        assert!(copy.starts_with(&quarantine), "{copy}");
+        copies.push(std::fs::read(copy).unwrap());
+    }
+    copies.sort();
+    let mut expected = vec![early_bytes, zip_bytes];
+    expected.sort();
+    assert_eq!(copies, expected, "the copies are the objects, whole");
+    assert!(!root.join("early.bin").exists(), "deleted once copied");
+    assert!(!root.join("bundle.zip").exists(), "deleted once copied");
+    assert!(root.join("kept.bin").exists(), "a clean object stays");
+}
+
+#[test]
+fn an_object_that_cannot_be_quarantined_is_left_in_place() {
+    let a = Authority::new(1);
+    let store = a.p("store-noq");
+    let quarantine = a.p("quarantine-gone");
+    std::fs::create_dir_all(&quarantine).unwrap();
+    let catalog = a.p("noq/catalog.db");
+    let backend = ["--store", &store, "--quarantine", &quarantine];
+    let (_gw, port, admin) = catalog_gateway_at(&a, "noq", "quarantine", &catalog, &backend);
+    let (early, early_bytes) = random_file(&a, "early.bin", 10_000);
+    assert_eq!(put(port, &early), 201);
+    // The quarantine directory is gone (an unmounted disk): no evidence can be kept.
+    std::fs::remove_dir_all(&quarantine).unwrap();
+    list_bytes(&a, &early_bytes);
+    a.publish();
+    assert!(
+        wait_until(Duration::from_secs(30), || retroactive(&a, "noq").len()
+            == 1),
+        "{:?}",
+        retroactive(&a, "noq")
+    );
+    assert_eq!(retroactive(&a, "noq")[0]["action"], "quarantine-failed");
+    assert_eq!(
+        metric(
+            admin,
+            "hashgate_retroactive_hits_total{action=\"quarantine-failed\"}"
+        ),
+        1.0
+    );
+    assert!(
+        Path::new(&store).join("early.bin").exists(),
+        "not deleted without its copy"
+    );
+}
+
+#[test]
+fn a_quarantine_action_without_a_quarantine_directory_is_refused_at_start() {
+    let a = Authority::new(1);
+    let config = a.s.path("noqdir.toml");
+    std::fs::write(&config, "[catalog]\naction = \"quarantine\"\n").unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_hashgate"))
+        .args([
+            "gateway",
+            "--check-config",
+            "--config",
+            config.to_str().unwrap(),
+        ])
+        .args(["--filter", &a.p("f.hgf"), "--pub", &a.p("k.pub")])
+        .args([
+            "--store",
+            &a.p("store-x"),
+            "--catalog",
+            &a.p("x/catalog.db"),
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("needs quarantine_dir"),
+        "{out:?}"
     );
 }

@@ -117,7 +117,8 @@ pub struct CatalogFileConfig {
     /// list may hold any).
     pub algorithms: Option<Vec<String>>,
     /// What a stored object a new filter lists gets: `report` (default: an audit
-    /// record and a metric) or `delete` (also deleted at the origin or in the store).
+    /// record and a metric), `quarantine` (also copied to `quarantine_dir`, then deleted)
+    /// or `delete` (also deleted at the origin or in the store).
     pub action: Option<RetroAction>,
     /// Rows queued for writing, at most (default 65536); past it rows are dropped
     /// and counted.
@@ -134,6 +135,10 @@ pub enum RetroAction {
     /// Those, and a `DELETE` of the object (S3-signed with `[s3]` where the origin is
     /// S3), or its removal from the embedded store.
     Delete,
+    /// Those of `delete`, after the object is read back (a signed `GET`, or from the
+    /// store) into the quarantine directory as evidence; an object that cannot be
+    /// copied whole is not deleted.
+    Quarantine,
 }
 
 impl CatalogFileConfig {

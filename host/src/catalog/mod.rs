@@ -333,6 +333,9 @@ pub enum CatalogError {
         /// What the client or the server said.
         error: ::postgres::Error,
     },
+    /// Occurs when a thread to read the catalog cannot be started.
+    #[error("cannot start a catalog thread: {0}")]
+    Thread(String),
     /// Occurs when the catalog was written by a newer hashgate (its schema version is
     /// past the newest this build knows): nothing is changed.
     #[error(
@@ -356,7 +359,9 @@ impl CatalogError {
             CatalogError::Postgres { error, .. } => {
                 error.is_closed() || error.as_db_error().is_none()
             }
-            CatalogError::Sqlite { .. } | CatalogError::NewerSchema { .. } => false,
+            CatalogError::Sqlite { .. }
+            | CatalogError::NewerSchema { .. }
+            | CatalogError::Thread(_) => false,
         }
     }
 }

@@ -1,6 +1,7 @@
 //! Re-checking: every recorded digest against a filter, thousands per guest call.
 
 use std::collections::HashMap;
+use std::sync::mpsc;
 
 use super::{layers_of, Catalog, CatalogError, DigestRow, Kind};
 use crate::{Algorithm, Error, FilterEngine, Hit};
@@ -64,6 +65,10 @@ pub enum RecheckError {
 /// member that hits (in no particular order), and returns what it went over.
 /// `keep_going` is asked between batches; when it says no, the re-check stops early
 /// (a newer filter arrived) and returns what it did.
+///
+/// Rows are read on a thread of their own, through a connection of its own, a batch
+/// ahead of the guest's checks: reading and checking take about as long each, and a
+/// machine that re-checks has a core for each.
 pub fn recheck(
     catalog: &mut Catalog,
     filter: &FilterEngine,
@@ -71,30 +76,78 @@ pub fn recheck(
     keep_going: &dyn Fn() -> bool,
 ) -> Result<Recheck, RecheckError> {
     let algorithms = filter.info().algorithms.clone();
+    let location = catalog.location().clone();
     let mut done = Recheck::default();
     let mut unchecked: HashMap<Algorithm, u64> = HashMap::new();
+    std::thread::scope(|scope| {
+        let (tx, rx) = mpsc::sync_channel(READ_AHEAD);
+        let reader = std::thread::Builder::new()
+            .name("hashgate-recheck-read".into())
+            .spawn_scoped(scope, move || read_rows(&location, &tx))
+            .map_err(|e| RecheckError::Catalog(CatalogError::Thread(e.to_string())))?;
+        let checked = (|| -> Result<(), RecheckError> {
+            for batch in &rx {
+                if !keep_going() {
+                    done.stopped = true;
+                    return Ok(());
+                }
+                let (members, rows) = batch?;
+                if members {
+                    done.members += rows.len() as u64;
+                } else {
+                    done.objects += rows.len() as u64;
+                }
+                let hits = check_batch(filter, &algorithms, &rows, &mut unchecked, &mut done)?;
+                for (index, hits) in hits {
+                    on_hit(named(catalog, &rows[index], hits)?);
+                }
+            }
+            // Every batch read: asked once more, so a re-check that a newer filter
+            // overtook in its last batch is not taken for finished.
+            done.stopped = !keep_going();
+            Ok(())
+        })();
+        // The reader stops at its next send once the receiver is gone.
+        drop(rx);
+        let _ = reader.join();
+        checked
+    })?;
+    Ok(finish(done, unchecked))
+}
+
+/// Batches read ahead of the checks.
+const READ_AHEAD: usize = 2;
+
+/// One batch the reader sends: whether it is of members, and its rows.
+type Batch = Result<(bool, Vec<DigestRow>), CatalogError>;
+
+/// Reads every object row, then every member row, in batches, into `tx`, until done,
+/// failed, or nobody listens.
+fn read_rows(location: &super::Location, tx: &mpsc::SyncSender<Batch>) {
+    let mut catalog = match Catalog::at(location) {
+        Ok(catalog) => catalog,
+        Err(e) => {
+            let _ = tx.send(Err(e));
+            return;
+        }
+    };
     for members in [false, true] {
         let mut after = 0i64;
         loop {
-            if !keep_going() {
-                done.stopped = true;
-                return Ok(finish(done, unchecked));
-            }
-            let rows = catalog.digest_rows(members, after, BATCH)?;
+            let rows = match catalog.digest_rows(members, after, BATCH) {
+                Ok(rows) => rows,
+                Err(e) => {
+                    let _ = tx.send(Err(e));
+                    return;
+                }
+            };
             let Some(last) = rows.last() else { break };
             after = last.position;
-            if members {
-                done.members += rows.len() as u64;
-            } else {
-                done.objects += rows.len() as u64;
-            }
-            let hits = check_batch(filter, &algorithms, &rows, &mut unchecked, &mut done)?;
-            for (index, hits) in hits {
-                on_hit(named(catalog, &rows[index], hits)?);
+            if tx.send(Ok((members, rows))).is_err() {
+                return;
             }
         }
     }
-    Ok(finish(done, unchecked))
 }
 
 fn finish(mut done: Recheck, unchecked: HashMap<Algorithm, u64>) -> Recheck {

@@ -197,10 +197,16 @@ impl Config {
                 let dir = dir.unwrap_or_else(|| "hashgate-state".into());
                 crate::catalog::Location::File(dir.join("catalog.db"))
             });
+            let action = table.action.unwrap_or_default();
+            if action == crate::config::RetroAction::Quarantine && config.quarantine.is_none() {
+                return Err(Error::Config(
+                    "[catalog] action = \"quarantine\" needs quarantine_dir".into(),
+                ));
+            }
             config.catalog = Some(CatalogSettings {
                 location,
                 algorithms: table.algorithms()?,
-                action: table.action.unwrap_or_default(),
+                action,
                 queue: table.queue.unwrap_or(65536).max(1),
             });
         }

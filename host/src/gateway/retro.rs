@@ -295,21 +295,38 @@ async fn act(
     if listed.is_empty() {
         return;
     }
+    let mut quarantined = None;
     let name = match (action, hit.kind) {
-        (RetroAction::Delete, Kind::Object) if !acted.contains(&hit.key) => {
-            match delete(gw, &hit).await {
-                Ok(()) => "delete",
-                Err(why) => {
-                    tracing::error!(key = %String::from_utf8_lossy(&hit.key), why, "deleting a stored object a new filter lists failed");
-                    "delete-failed"
+        (RetroAction::Report, _) | (_, Kind::File | Kind::Posted) => "report",
+        // An archive with two listed members is acted on once.
+        (RetroAction::Delete, Kind::Object) if acted.contains(&hit.key) => "delete",
+        (RetroAction::Quarantine, Kind::Object) if acted.contains(&hit.key) => "quarantine",
+        (RetroAction::Delete, Kind::Object) => match delete(gw, &hit).await {
+            Ok(()) => "delete",
+            Err(why) => {
+                tracing::error!(key = %String::from_utf8_lossy(&hit.key), why, "deleting a stored object a new filter lists failed");
+                "delete-failed"
+            }
+        },
+        (RetroAction::Quarantine, Kind::Object) => match quarantine(gw, &hit).await {
+            Ok(path) => {
+                quarantined = path;
+                match delete(gw, &hit).await {
+                    Ok(()) => "quarantine",
+                    Err(why) => {
+                        tracing::error!(key = %String::from_utf8_lossy(&hit.key), why, "deleting a quarantined object failed");
+                        "quarantine-failed"
+                    }
                 }
             }
-        }
-        (RetroAction::Delete, Kind::Object) => "delete",
-        _ => "report",
+            Err(why) => {
+                tracing::error!(key = %String::from_utf8_lossy(&hit.key), why, "quarantining a stored object a new filter lists failed: left in place");
+                "quarantine-failed"
+            }
+        },
     };
     acted.insert(hit.key.clone());
-    if name == "delete" {
+    if name == "delete" || name == "quarantine" {
         if let Some(recorder) = &gw.catalog {
             recorder.remove(Kind::Object, hit.key.clone());
         }
@@ -329,6 +346,7 @@ async fn act(
         let mut record =
             AuditRecord::new(&ctx, hit.size, Some(h), name, &info.series, info.version);
         record.evidence = Some("retroactive");
+        record.quarantine = quarantined.clone();
         record.stored = Some(serde_json::json!({
             "time": hit.stored,
             "kind": hit.kind.name(),
@@ -342,6 +360,113 @@ async fn act(
             "a stored object is listed by the new filter"
         );
         enforcer.audit_record(&record).await;
+    }
+}
+
+/// Copies the stored object `hit` names into the quarantine directory, whole and
+/// fsynced, as `<request id>.body`: read from the embedded store, or with a `GET` to the
+/// origin (S3-signed in S3 mode with `[s3]`). Returns its path, or `None` when the
+/// object is gone already.
+async fn quarantine(gw: &Gateway, hit: &RetroHit) -> Result<Option<String>, String> {
+    use http_body_util::BodyExt as _;
+    use tokio::io::AsyncReadExt as _;
+    let dir = gw.config.quarantine.as_ref().ok_or("no quarantine_dir")?;
+    let key = String::from_utf8_lossy(&hit.key).into_owned();
+    let mut copy = super::copy::Copy::start(dir, &uuid::Uuid::new_v4().to_string()).await;
+    let mut copied = 0u64;
+    match &gw.config.backend {
+        Backend::Store(root) => {
+            let path = super::store::object_path(root, &key).ok_or("not a store key")?;
+            let mut file = match tokio::fs::File::open(&path).await {
+                Ok(file) => file,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                    copy.discard().await;
+                    return Ok(None);
+                }
+                Err(e) => return Err(e.to_string()),
+            };
+            let mut buf = vec![0u8; 1 << 16];
+            loop {
+                let n = file.read(&mut buf).await.map_err(|e| e.to_string())?;
+                if n == 0 {
+                    break;
+                }
+                copied += n as u64;
+                copy.write(&bytes::Bytes::copy_from_slice(&buf[..n])).await;
+            }
+        }
+        Backend::Origin(_) => {
+            let response = origin_request(gw, hit, Method::GET).await?;
+            let status = response.status();
+            if status == hyper::StatusCode::NOT_FOUND {
+                copy.discard().await;
+                return Ok(None);
+            }
+            if !status.is_success() {
+                copy.discard().await;
+                return Err(format!("the origin answered {status} to the GET"));
+            }
+            let mut body = response.into_body();
+            while let Some(frame) = body.frame().await {
+                let frame = frame.map_err(|e| e.to_string())?;
+                if let Ok(data) = frame.into_data() {
+                    copied += data.len() as u64;
+                    copy.write(&data).await;
+                }
+            }
+        }
+    }
+    // The evidence is kept before anything is deleted: a copy that failed, or is not
+    // the object recorded (its size changed), leaves the object where it is.
+    if copied != hit.size && hit.member.is_none() {
+        copy.discard().await;
+        return Err(format!(
+            "read {copied} bytes of an object recorded with {}",
+            hit.size
+        ));
+    }
+    let Some(path) = copy.path() else {
+        return Err("the quarantine copy could not be written".into());
+    };
+    copy.keep().await;
+    if tokio::fs::metadata(&path).await.is_err() {
+        return Err("the quarantine copy could not be kept".into());
+    }
+    Ok(Some(path))
+}
+
+/// Sends `method` for the stored object `hit` names to the origin: S3-signed in S3 mode
+/// with `[s3]`, else with the `Host` it was stored under.
+async fn origin_request(
+    gw: &Gateway,
+    hit: &RetroHit,
+    method: Method,
+) -> Result<hyper::Response<hyper::body::Incoming>, String> {
+    let key = String::from_utf8_lossy(&hit.key).into_owned();
+    let host = hit.host.clone().unwrap_or_default();
+    match (&gw.config.s3, &gw.spool) {
+        (Some(credentials), Some(_)) => {
+            let target = super::s3::Target {
+                host,
+                path_and_query: key,
+            };
+            super::s3::send(gw, credentials, method, &target, &[])
+                .await
+                .map_err(|e| e.to_string())
+        }
+        _ => {
+            let mut headers = HeaderMap::new();
+            if let Ok(value) = host.parse() {
+                headers.insert(hyper::header::HOST, value);
+            }
+            let request = super::upload::own_request(gw, method, &key, headers)
+                .map_err(|_| "cannot build the request".to_string())?;
+            let sent = gw.client.request(request);
+            match tokio::time::timeout(gw.config.origin_timeout, sent).await {
+                Ok(result) => result.map_err(|e| e.to_string()),
+                Err(_) => Err("the origin did not answer in time".into()),
+            }
+        }
     }
 }
 
@@ -359,31 +484,7 @@ async fn delete(gw: &Gateway, hit: &RetroHit) -> Result<(), String> {
             }
         }
         Backend::Origin(_) => {
-            let host = hit.host.clone().unwrap_or_default();
-            let response = match (&gw.config.s3, &gw.spool) {
-                (Some(credentials), Some(_)) => {
-                    let target = super::s3::Target {
-                        host,
-                        path_and_query: key.clone(),
-                    };
-                    super::s3::send(gw, credentials, Method::DELETE, &target, &[])
-                        .await
-                        .map_err(|e| e.to_string())?
-                }
-                _ => {
-                    let mut headers = HeaderMap::new();
-                    if let Ok(value) = host.parse() {
-                        headers.insert(hyper::header::HOST, value);
-                    }
-                    let request = super::upload::own_request(gw, Method::DELETE, &key, headers)
-                        .map_err(|_| "cannot build the DELETE".to_string())?;
-                    let sent = gw.client.request(request);
-                    match tokio::time::timeout(gw.config.origin_timeout, sent).await {
-                        Ok(result) => result.map_err(|e| e.to_string())?,
-                        Err(_) => return Err("the origin did not answer in time".into()),
-                    }
-                }
-            };
+            let response = origin_request(gw, hit, Method::DELETE).await?;
             let status = response.status();
             // Gone already is what was wanted.
             if status.is_success() || status == hyper::StatusCode::NOT_FOUND {
