@@ -183,7 +183,8 @@ fn agree_with_a_full_scan(
     let objects = tree(&root, seed, files);
     let mut authority = Authority::new(dir);
     let key = authority.key();
-    let catalog = Some(catalog);
+    let db = catalog;
+    let catalog = Some(db);
 
     // Stored before anything was listed: recorded clean.
     let before = authority.filter(&[]);
@@ -202,7 +203,7 @@ fn agree_with_a_full_scan(
     let expected = hits(&full);
     prop_assert!(!expected.is_empty());
 
-    let rechecked = recheck(&after, &key, catalog.unwrap());
+    let rechecked = recheck(&after, &key, db);
     prop_assert_eq!(rechecked.status.code(), Some(1), "{:?}", rechecked);
     prop_assert_eq!(&hits(&rechecked), &expected);
 
@@ -226,7 +227,7 @@ fn agree_with_a_full_scan(
     prop_assert_eq!(incremental.status.code(), full.status.code());
     prop_assert_eq!(&summary(&incremental)["from_catalog"], files as u64 - 2);
     // The removed file's row is gone: the re-check now agrees with the full scan.
-    let rechecked = recheck(&after, &key, catalog.unwrap());
+    let rechecked = recheck(&after, &key, db);
     prop_assert_eq!(&hits(&rechecked), &hits(&full));
     Ok(())
 }
