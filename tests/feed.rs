@@ -840,8 +840,20 @@ fn catalog_gateway_at(
     catalog: &str,
     backend: &[&str],
 ) -> (Killed, u16, u16) {
+    let toml = format!("[catalog]\naction = \"{action}\"\n");
+    catalog_gateway_conf(a, state, &toml, catalog, backend)
+}
+
+/// [`catalog_gateway_at`] with the config file `toml`.
+fn catalog_gateway_conf(
+    a: &Authority,
+    state: &str,
+    toml: &str,
+    catalog: &str,
+    backend: &[&str],
+) -> (Killed, u16, u16) {
     let config = a.s.path(&format!("{state}.toml"));
-    std::fs::write(&config, format!("[catalog]\naction = \"{action}\"\n")).unwrap();
+    std::fs::write(&config, toml).unwrap();
     let url = format!("http://127.0.0.1:{}/manifest.json", a.port);
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_hashgate"));
     cmd.args(["gateway", "--config", config.to_str().unwrap()])
@@ -1249,5 +1261,66 @@ fn a_quarantine_action_without_a_quarantine_directory_is_refused_at_start() {
     assert!(
         String::from_utf8_lossy(&out.stderr).contains("needs quarantine_dir"),
         "{out:?}"
+    );
+}
+
+#[test]
+fn with_confirmation_a_re_check_acts_only_on_what_the_authority_confirms() {
+    let a = Authority::new(1);
+    let store = a.p("store-conf");
+    let quarantine = a.p("quarantine-conf");
+    std::fs::create_dir_all(&quarantine).unwrap();
+    let (early, early_bytes) = random_file(&a, "early.bin", 10_000);
+    let (wrong, wrong_bytes) = random_file(&a, "wrong.bin", 10_000);
+    // The authority's own list holds `early` only: `wrong` in the filter is a false
+    // positive, as when a popular file is listed by mistake.
+    std::fs::write(
+        a.s.path("confirm-list.txt"),
+        format!("{},test-cat\n", sha256_hex(&early_bytes)),
+    )
+    .unwrap();
+    std::fs::write(a.s.path("confirm-tokens.txt"), "token-1\n").unwrap();
+    std::fs::write(a.s.path("confirm-token"), "token-1\n").unwrap();
+    let (_confirmer, cport, _) = spawn_listening(
+        Command::new(env!("CARGO_BIN_EXE_hashgate"))
+            .args(["authority", "serve", "--list", &a.p("confirm-list.txt")])
+            .args([
+                "--tokens",
+                &a.p("confirm-tokens.txt"),
+                "--listen",
+                "127.0.0.1:0",
+            ]),
+    );
+    let toml = format!(
+        "[confirm]\nurl = \"http://127.0.0.1:{cport}\"\ntoken_file = {:?}\nquarantine = \"confirmed\"\n\n[catalog]\naction = \"quarantine\"\n",
+        a.p("confirm-token")
+    );
+    let catalog = a.p("conf/catalog.db");
+    let backend = ["--store", &store, "--quarantine", &quarantine];
+    let (_gw, port, _) = catalog_gateway_conf(&a, "conf", &toml, &catalog, &backend);
+    assert_eq!(put(port, &early), 201);
+    assert_eq!(put(port, &wrong), 201);
+    list_bytes(&a, &early_bytes);
+    list_bytes(&a, &wrong_bytes);
+    a.publish();
+    assert!(
+        wait_until(Duration::from_secs(30), || retroactive(&a, "conf").len()
+            == 2),
+        "{:?}",
+        retroactive(&a, "conf")
+    );
+    let records = retroactive(&a, "conf");
+    let of = |path: &str| records.iter().find(|r| r["path"] == path).unwrap().clone();
+    assert_eq!(of("/early.bin")["action"], "quarantine", "{records:?}");
+    assert_eq!(of("/early.bin")["confirmation"], "confirmed");
+    assert_eq!(of("/wrong.bin")["action"], "report", "{records:?}");
+    assert_eq!(of("/wrong.bin")["confirmation"], "not-listed");
+    assert!(
+        !Path::new(&store).join("early.bin").exists(),
+        "confirmed: quarantined"
+    );
+    assert!(
+        Path::new(&store).join("wrong.bin").exists(),
+        "a false positive stays where it is"
     );
 }

@@ -66,6 +66,11 @@ pub struct AuditRecord {
     /// `confirmed`, `not-listed` (a false positive), `confirmation-unavailable`, or
     /// `retroactive` (a stored object a later filter lists, found by a catalog re-check).
     pub evidence: Option<&'static str>,
+    /// For a `retroactive` record, when confirmation is configured: what the authority
+    /// said of the digest before the re-check acted (`confirmed`, `not-listed`,
+    /// `confirmation-unavailable`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub confirmation: Option<&'static str>,
     /// Filter series.
     pub filter_series: String,
     /// Filter version.
@@ -112,6 +117,7 @@ impl AuditRecord {
             category: hit.and_then(|h| h.category.clone()),
             canary: hit.is_some_and(|h| h.is_canary()),
             evidence: hit.map(|_| "filter-hit"),
+            confirmation: None,
             filter_series: series.to_string(),
             filter_version: version,
             action: action.to_string(),

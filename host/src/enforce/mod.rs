@@ -271,6 +271,23 @@ impl Enforcer {
         Ok(self)
     }
 
+    /// What confirmation says of `hit` before a re-check acts on a stored object: its
+    /// evidence (`None` when confirmation is not configured or asks about nothing),
+    /// and whether an action that `needs` what the `[confirm]` rules say is taken on it
+    /// (a `delete` needs what blocking does, a `quarantine` what quarantine does).
+    pub async fn confirm_stored(
+        &self,
+        hit: &Hit,
+        needs: fn(&ConfirmConfig) -> confirm::Needs,
+    ) -> (Option<Evidence>, bool) {
+        let Some(c) = self.confirm.as_ref().filter(|c| c.rules.asks()) else {
+            return (None, true);
+        };
+        let evidence = c.confirmer.confirm(hit.algorithm, &hit.bytes).await;
+        self.metrics.count_confirmation(evidence.label());
+        (Some(evidence), c.rules.takes(needs(&c.rules), evidence))
+    }
+
     /// The filter in force now. A front-end takes it when an object's first byte
     /// arrives, hashes for its algorithms, and decides with it: an object is judged by
     /// the filter it started under even if a new one is swapped in meanwhile.

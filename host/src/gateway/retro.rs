@@ -295,6 +295,22 @@ async fn act(
     if listed.is_empty() {
         return;
     }
+    // With confirmation configured, the authority is asked before anything is deleted:
+    // an action is taken when one listed digest meets what it needs; else the object is
+    // only reported.
+    let needs: fn(&crate::enforce::confirm::ConfirmConfig) -> crate::enforce::confirm::Needs =
+        match action {
+            RetroAction::Quarantine => |r| r.quarantine,
+            RetroAction::Delete | RetroAction::Report => |r| r.block,
+        };
+    let mut evidence = Vec::with_capacity(listed.len());
+    let mut taken = false;
+    for h in &listed {
+        let (e, takes) = enforcer.confirm_stored(h, needs).await;
+        evidence.push(e);
+        taken |= takes;
+    }
+    let action = if taken { action } else { RetroAction::Report };
     let mut quarantined = None;
     let name = match (action, hit.kind) {
         (RetroAction::Report, _) | (_, Kind::File | Kind::Posted) => "report",
@@ -341,11 +357,12 @@ async fn act(
         ..Context::default()
     };
     let info = filter.info();
-    for h in listed {
+    for (h, e) in listed.into_iter().zip(evidence) {
         enforcer.metrics().count_retroactive(name);
         let mut record =
             AuditRecord::new(&ctx, hit.size, Some(h), name, &info.series, info.version);
         record.evidence = Some("retroactive");
+        record.confirmation = e.map(|e| e.label());
         record.quarantine = quarantined.clone();
         record.stored = Some(serde_json::json!({
             "time": hit.stored,
