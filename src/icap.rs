@@ -28,6 +28,11 @@ pub struct IcapArgs {
     /// preview as large as its 64 KiB body buffer).
     #[arg(long)]
     pub preview: Option<usize>,
+    /// Record every upload passed (REQMOD `PUT` and `POST`) in this digest catalog (a
+    /// SQLite file, or a `postgres://` URL) and report those each new filter from the
+    /// feed lists (`[catalog]` for the rest).
+    #[arg(long)]
+    pub catalog: Option<hashgate_host::catalog::Location>,
     /// Check the configuration, the filter and the keys, say what would be served, and
     /// exit (0: fine, 2: what is wrong), like `nginx -t`.
     #[arg(long)]
@@ -46,6 +51,12 @@ pub fn run(args: IcapArgs) -> Result<()> {
             tls_key: args.tls_key,
             ..IcapFileConfig::default()
         }),
+        catalog: args
+            .catalog
+            .map(|path| hashgate_host::config::CatalogFileConfig {
+                path: Some(path),
+                ..Default::default()
+            }),
         ..FileConfig::default()
     };
     let settings = serve::settings(&args.enforce, flags)?;

@@ -1324,3 +1324,77 @@ fn with_confirmation_a_re_check_acts_only_on_what_the_authority_confirms() {
         "a false positive stays where it is"
     );
 }
+
+#[test]
+fn an_icap_server_records_what_squid_passes_and_reports_it_once_listed() {
+    let a = Authority::new(1);
+    let origin = Setup::new();
+    let (_nginx, nport, root) = origin.nginx();
+    let url = format!("http://127.0.0.1:{}/manifest.json", a.port);
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_hashgate"));
+    cmd.args(["icap", "--feed", &url, "--root", &a.p("root.json")])
+        .args(["--state-dir", &a.p("icap"), "--feed-poll", "1s"])
+        .args(["--catalog", &a.p("icap/catalog.db")])
+        .args(["--audit-log", &a.p("audit-icap.log")])
+        .args(["--listen", "127.0.0.1:0", "--admin", "127.0.0.1:0"]);
+    let (_icap, iport, admin) = spawn_listening(&mut cmd);
+    let (_squid, proxy) = origin.squid(iport);
+    let (early, early_bytes) = random_file(&a, "early.bin", 200_000);
+    let (kept, _) = random_file(&a, "kept.bin", 3_000);
+    let at = |name: &str| format!("http://127.0.0.1:{nport}/up/{name}");
+    for (file, name) in [(&early, "early.bin"), (&kept, "kept.bin")] {
+        let (status, _, _) =
+            common::squid::curl_via(proxy, &["-T", file.to_str().unwrap()], &at(name));
+        assert_eq!(status, 201, "clean when stored");
+    }
+    list_bytes(&a, &early_bytes);
+    a.publish();
+    assert!(
+        wait_until(Duration::from_secs(30), || retroactive(&a, "icap").len()
+            == 1),
+        "{:?}",
+        retroactive(&a, "icap")
+    );
+    let record = &retroactive(&a, "icap")[0];
+    assert_eq!(record["path"], "/up/early.bin", "{record}");
+    assert_eq!(record["host"], format!("127.0.0.1:{nport}"), "{record}");
+    assert_eq!(record["action"], "report");
+    assert_eq!(record["stored"]["passed_by"]["version"], 1, "{record}");
+    assert!(
+        root.join("up/early.bin").exists(),
+        "the ICAP server only reports"
+    );
+    assert_eq!(
+        metric(admin, "hashgate_retroactive_hits_total{action=\"report\"}"),
+        1.0
+    );
+    // Listed now: refused at upload as ever (past Squid's 204 window the echo is cut
+    // short and Squid answers with its own error).
+    let (status, _, _) =
+        common::squid::curl_via(proxy, &["-T", early.to_str().unwrap()], &at("again.bin"));
+    assert!(status == 451 || status >= 500, "{status}");
+    assert!(!root.join("up/again.bin").exists());
+}
+
+#[test]
+fn an_icap_server_refuses_a_re_check_action_it_cannot_take() {
+    let a = Authority::new(1);
+    let config = a.s.path("icap-delete.toml");
+    std::fs::write(&config, "[catalog]\naction = \"delete\"\n").unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_hashgate"))
+        .args([
+            "icap",
+            "--check-config",
+            "--config",
+            config.to_str().unwrap(),
+        ])
+        .args(["--filter", &a.p("f.hgf"), "--pub", &a.p("k.pub")])
+        .args(["--catalog", &a.p("y/catalog.db")])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("can only report"),
+        "{out:?}"
+    );
+}

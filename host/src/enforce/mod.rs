@@ -7,6 +7,7 @@ pub mod audit;
 pub mod confirm;
 pub mod metrics;
 pub mod policy;
+pub mod retro;
 
 use std::borrow::Cow;
 use std::sync::Arc;

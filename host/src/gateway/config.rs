@@ -62,21 +62,7 @@ pub struct Config {
     /// The inspection pipeline's bounds.
     pub inspect: std::sync::Arc<crate::inspect::Limits>,
     /// The digest catalog, if one is kept.
-    pub catalog: Option<CatalogSettings>,
-}
-
-/// The gateway's digest catalog ([`crate::catalog`]): where, what it records, what a
-/// re-check does.
-#[derive(Clone, Debug)]
-pub struct CatalogSettings {
-    /// The SQLite file or the PostgreSQL database.
-    pub location: crate::catalog::Location,
-    /// Digests recorded (hashed besides the filter's own).
-    pub algorithms: Vec<crate::Algorithm>,
-    /// What a stored object a new filter lists gets.
-    pub action: crate::config::RetroAction,
-    /// Rows queued for writing, at most.
-    pub queue: usize,
+    pub catalog: Option<crate::enforce::retro::CatalogSettings>,
 }
 
 impl Config {
@@ -191,24 +177,15 @@ impl Config {
             }
         }
         config.origin_ca = file.origin_ca.clone();
-        if let Some(table) = &file.catalog {
-            let location = table.path.clone().unwrap_or_else(|| {
-                let dir = file.state_dir.clone();
-                let dir = dir.unwrap_or_else(|| "hashgate-state".into());
-                crate::catalog::Location::File(dir.join("catalog.db"))
-            });
-            let action = table.action.unwrap_or_default();
-            if action == crate::config::RetroAction::Quarantine && config.quarantine.is_none() {
+        config.catalog = crate::enforce::retro::CatalogSettings::resolve(file)?;
+        if let Some(catalog) = &config.catalog {
+            if catalog.action == crate::config::RetroAction::Quarantine
+                && config.quarantine.is_none()
+            {
                 return Err(Error::Config(
                     "[catalog] action = \"quarantine\" needs quarantine_dir".into(),
                 ));
             }
-            config.catalog = Some(CatalogSettings {
-                location,
-                algorithms: table.algorithms()?,
-                action,
-                queue: table.queue.unwrap_or(65536).max(1),
-            });
         }
         config.tls =
             crate::tls::CertStore::configured(file.tls_cert.as_deref(), file.tls_key.as_deref())?;

@@ -100,7 +100,11 @@ impl Gateway {
             .nextcloud_spool
             .as_deref()
             .map(|dir| Arc::new(s3::Spool::open(dir)));
-        let catalog = config.catalog.as_ref().map(retro::recorder).transpose()?;
+        let catalog = config
+            .catalog
+            .as_ref()
+            .map(crate::enforce::retro::recorder)
+            .transpose()?;
         Ok(Arc::new(Gateway {
             catalog,
             client: pool(&connector),

@@ -78,6 +78,10 @@ pub struct IcapConfig {
     pub response_cache_entries: usize,
     /// How long such a report is kept.
     pub response_cache_ttl: Duration,
+    /// The digest catalog, if one is kept: every upload passed (REQMOD `PUT` and `POST`)
+    /// is recorded, and each new filter re-checks them all. The ICAP server does not
+    /// reach the storage, so a re-check can only report.
+    pub catalog: Option<crate::enforce::retro::CatalogSettings>,
 }
 
 impl Default for IcapConfig {
@@ -98,6 +102,7 @@ impl Default for IcapConfig {
             inspect: Default::default(),
             response_cache_entries: 10_000,
             response_cache_ttl: Duration::from_secs(300),
+            catalog: None,
         }
     }
 }
@@ -134,6 +139,7 @@ impl IcapConfig {
             file.response_cache(config.response_cache_entries, config.response_cache_ttl);
         config.tls =
             crate::tls::CertStore::configured(table.tls_cert.as_deref(), table.tls_key.as_deref())?;
+        config.catalog = crate::enforce::retro::CatalogSettings::resolve(file)?;
         config.validate()?;
         Ok(config)
     }
@@ -151,6 +157,13 @@ impl IcapConfig {
                 "icap max_connections must be > 0 and max_header_bytes >= 1024".into(),
             ));
         }
+        if let Some(catalog) = &self.catalog {
+            if catalog.action != crate::config::RetroAction::Report {
+                return Err(Error::Config(
+                    "[catalog] action: the ICAP server can only report (it does not reach the storage; a gateway can quarantine or delete)".into(),
+                ));
+            }
+        }
         Ok(())
     }
 }
@@ -162,6 +175,8 @@ pub struct IcapServer {
     enforcer: Arc<Enforcer>,
     /// Responses seen whole (see [`IcapConfig::response_cache_entries`]).
     responses: crate::inspect::cache::DigestCache,
+    /// The digest catalog's writer, if a catalog is kept.
+    catalog: Option<Arc<crate::catalog::Recorder>>,
     in_flight: AtomicUsize,
     idle: Notify,
 }
@@ -178,8 +193,14 @@ impl IcapServer {
             config.response_cache_entries,
             config.response_cache_ttl,
         );
+        let catalog = config
+            .catalog
+            .as_ref()
+            .map(crate::enforce::retro::recorder)
+            .transpose()?;
         Ok(Arc::new(IcapServer {
             tls,
+            catalog,
             config,
             enforcer,
             responses,
@@ -201,6 +222,14 @@ impl IcapServer {
         listener: Listener,
         shutdown: impl std::future::Future<Output = ()>,
     ) -> Result<(), Error> {
+        if let (Some(settings), Some(recorder)) = (&self.config.catalog, &self.catalog) {
+            tokio::spawn(crate::enforce::retro::follow(
+                self.enforcer.clone(),
+                settings.clone(),
+                recorder.clone(),
+                Arc::new(Reported),
+            ));
+        }
         let max = self.config.max_connections;
         crate::listener::on_cores(listener, max, shutdown, move |core| {
             self.clone().serve_core(core)
@@ -248,6 +277,26 @@ impl IcapServer {
     fn begin(&self) -> InFlight<'_> {
         self.in_flight.fetch_add(1, Ordering::SeqCst);
         InFlight(self)
+    }
+}
+
+/// The ICAP server as a re-check's remedy: it does not reach the storage behind the
+/// proxy, so it reports (its configuration refuses any other action).
+struct Reported;
+
+impl crate::enforce::retro::Remedy for Reported {
+    fn delete<'a>(
+        &'a self,
+        _: &'a crate::catalog::RetroHit,
+    ) -> crate::enforce::retro::BoxFuture<'a, Result<(), String>> {
+        Box::pin(async { Err("the ICAP server does not reach the storage".to_string()) })
+    }
+
+    fn quarantine<'a>(
+        &'a self,
+        _: &'a crate::catalog::RetroHit,
+    ) -> crate::enforce::retro::BoxFuture<'a, Result<Option<String>, String>> {
+        Box::pin(async { Err("the ICAP server does not reach the storage".to_string()) })
     }
 }
 

@@ -347,12 +347,8 @@ impl Connection<'_> {
             Ok(envelope) => (envelope, None),
             Err(e) => (Envelope::default(), Some(e)),
         };
-        let mut digester = Inspection::new(
-            envelope,
-            &filter.info().algorithms,
-            config.inspect.clone(),
-            None,
-        );
+        let algorithms = crate::enforce::retro::algorithms(config.catalog.as_ref(), &filter);
+        let mut digester = Inspection::new(envelope, &algorithms, config.inspect.clone(), None);
         let mut held: Vec<Bytes> = Vec::new();
         if let Some(preview) = head.header("preview") {
             let announced: usize = preview
@@ -639,10 +635,24 @@ async fn decide(
     if let Some(shown) = shown {
         shown.judge(server, &mut report);
     }
-    server
+    let decision = server
         .enforcer
         .decide_report_confirmed(filter, ctx, &report)
-        .await
+        .await;
+    // An upload let through (REQMOD: no response shown) is recorded as the origin will
+    // store it; whether the origin then took it, an ICAP server never learns.
+    let passed = matches!(decision.outcome, Outcome::Pass | Outcome::Monitor);
+    if let (true, None, Some(recorder), Some(settings)) =
+        (passed, shown, &server.catalog, &server.config.catalog)
+    {
+        if ctx.method == "PUT" || ctx.method == "POST" {
+            let row = crate::enforce::retro::row_key(false, ctx);
+            let entry =
+                crate::enforce::retro::stored_entry(settings, row, ctx, &report, None, filter);
+            recorder.record(entry);
+        }
+    }
+    decision
 }
 
 /// What a RESPMOD response head says about the object it carries: whether it is the

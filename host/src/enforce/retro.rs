@@ -1,0 +1,453 @@
+//! Retroactive enforcement: what every front-end that keeps a digest catalog
+//! ([`crate::catalog`]) shares.
+//!
+//! * **Record** — a front-end records each object it lets through ([`stored_entry`],
+//!   [`row_key`]) on its [`Recorder`] (a bounded queue and a thread of its own, so an
+//!   answer never waits for the catalog), hashing the catalog's algorithms besides the
+//!   filter's ([`algorithms`]).
+//! * **Re-check** — [`follow`] waits for every filter swap of the verdict core and
+//!   checks every row against the new filter on a low-priority thread
+//!   ([`crate::catalog::recheck`], thousands of digests per guest call); a newer swap
+//!   stops it and starts it again; in a fleet sharing a PostgreSQL catalog, one gateway
+//!   re-checks each version. Each stored object found listed gets an audit record
+//!   (`evidence: "retroactive"`, when it was stored and by which filter it was passed),
+//!   a metric, and the configured [`RetroAction`], as far as `[confirm]` allows: the
+//!   front-end's [`Remedy`] quarantines or deletes it where it is stored.
+
+use std::borrow::Cow;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use super::{AuditRecord, Context, Enforcer};
+use crate::catalog::{self, Catalog, Claim, Entry, Kind, Location, Recheck, Recorder, RetroHit};
+use crate::config::{FileConfig, RetroAction};
+use crate::inspect::Report;
+use crate::{Algorithm, Error, FilterEngine};
+
+/// A front-end's digest catalog: where, what it records, what a re-check does.
+#[derive(Clone, Debug)]
+pub struct CatalogSettings {
+    /// The SQLite file or the PostgreSQL database.
+    pub location: Location,
+    /// Digests recorded (hashed besides the filter's own).
+    pub algorithms: Vec<Algorithm>,
+    /// What a stored object a new filter lists gets.
+    pub action: RetroAction,
+    /// Rows queued for writing, at most.
+    pub queue: usize,
+}
+
+impl CatalogSettings {
+    /// The settings of `file`'s `[catalog]` table, if it has one; the catalog defaults
+    /// to `catalog.db` in the state directory.
+    pub fn resolve(file: &FileConfig) -> Result<Option<CatalogSettings>, Error> {
+        let Some(table) = &file.catalog else {
+            return Ok(None);
+        };
+        let location = table.path.clone().unwrap_or_else(|| {
+            let dir = file.state_dir.clone();
+            let dir = dir.unwrap_or_else(|| "hashgate-state".into());
+            Location::File(dir.join("catalog.db"))
+        });
+        location.check()?;
+        Ok(Some(CatalogSettings {
+            location,
+            algorithms: table.algorithms()?,
+            action: table.action.unwrap_or_default(),
+            queue: table.queue.unwrap_or(65536).max(1),
+        }))
+    }
+}
+
+/// Opens the catalog `settings` name and starts its recorder. A SQLite file that cannot
+/// be opened stops the front-end from starting (a mistake in its configuration); a
+/// PostgreSQL server is connected to on the recorder's thread, so one that is down
+/// leaves the catalog degraded and the front-end serving.
+pub fn recorder(settings: &CatalogSettings) -> Result<Arc<Recorder>, Error> {
+    Ok(Arc::new(match &settings.location {
+        Location::File(path) => Recorder::start(Catalog::open(path)?, settings.queue),
+        Location::Postgres(_) => Recorder::connecting(settings.location.clone(), settings.queue),
+    }))
+}
+
+/// The digests to compute for an object decided by `filter`: the filter's, and the
+/// catalog's if one is kept (a later list may hold any).
+pub fn algorithms<'f>(
+    catalog: Option<&CatalogSettings>,
+    filter: &'f FilterEngine,
+) -> Cow<'f, [Algorithm]> {
+    let own = &filter.info().algorithms;
+    let Some(settings) = catalog else {
+        return Cow::Borrowed(own);
+    };
+    if settings.algorithms.iter().all(|a| own.contains(a)) {
+        return Cow::Borrowed(own);
+    }
+    Cow::Owned(
+        Algorithm::ALL
+            .into_iter()
+            .filter(|a| own.contains(a) || settings.algorithms.contains(a))
+            .collect(),
+    )
+}
+
+/// The row of an object stored under `key`, as `report` found it, passed by `filter`,
+/// with the digests `settings` records; `etag` is the origin's, if it gave one.
+pub fn stored_entry(
+    settings: &CatalogSettings,
+    (kind, key): (Kind, Vec<u8>),
+    ctx: &Context,
+    report: &Report,
+    etag: Option<String>,
+    filter: &FilterEngine,
+) -> Entry {
+    let mut entry = Entry::of_report(kind, key, report, &settings.algorithms);
+    entry.host = Some(ctx.host.clone()).filter(|h| !h.is_empty());
+    entry.etag = etag;
+    let info = filter.info();
+    entry.passed_by = Some((info.series.clone(), info.version));
+    entry
+}
+
+/// The catalog row of an upload stored under `ctx`: a `PUT` (or anything the embedded
+/// store writes, which stores under the path) is the object at its path, and a later
+/// one replaces it; anything else sent to an origin (a form `POST`) is stored where the
+/// origin chooses, so each is a row of its own, never one that the next upload to the
+/// same URL would replace.
+pub fn row_key(in_store: bool, ctx: &Context) -> (Kind, Vec<u8>) {
+    if in_store || ctx.method == "PUT" {
+        (Kind::Object, ctx.path.as_bytes().to_vec())
+    } else {
+        let key = format!("{} {}", ctx.path, ctx.request_id);
+        (Kind::Posted, key.into_bytes())
+    }
+}
+
+/// A boxed future a [`Remedy`] returns (a trait object's methods cannot be `async`).
+pub type BoxFuture<'a, T> = std::pin::Pin<Box<dyn std::future::Future<Output = T> + Send + 'a>>;
+
+/// What a front-end does to a stored object a re-check found listed, beyond the audit
+/// record every one gets: where the object is stored is the front-end's to know.
+pub trait Remedy: Send + Sync {
+    /// Deletes the object `hit` names. Gone already counts as done.
+    fn delete<'a>(&'a self, hit: &'a RetroHit) -> BoxFuture<'a, Result<(), String>>;
+    /// Copies the object `hit` names, whole and fsynced, into the quarantine directory:
+    /// its path there, or `None` when it is gone already. An error leaves it in place.
+    fn quarantine<'a>(&'a self, hit: &'a RetroHit)
+        -> BoxFuture<'a, Result<Option<String>, String>>;
+}
+
+/// Follows the filter swaps of `enforcer`, re-checking the catalog `settings` name on
+/// each and acting on what it finds through `remedy`, and keeps the catalog metrics
+/// (from `recorder`) current. Runs until the verdict core is dropped.
+pub async fn follow(
+    enforcer: Arc<Enforcer>,
+    settings: CatalogSettings,
+    recorder: Arc<Recorder>,
+    remedy: Arc<dyn Remedy>,
+) {
+    let metrics_enforcer = enforcer.clone();
+    let metrics_recorder = recorder.clone();
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        loop {
+            tick.tick().await;
+            metrics_enforcer
+                .metrics()
+                .set_catalog(&metrics_recorder.stats());
+        }
+    });
+    let mut swaps = enforcer.swaps();
+    while swaps.changed().await.is_ok() {
+        swaps.borrow_and_update();
+        let filter = enforcer.filter();
+        let started = Instant::now();
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let (location, newer) = (settings.location.clone(), swaps.clone());
+        let task_filter = filter.clone();
+        let spawned = std::thread::Builder::new()
+            .name("hashgate-recheck".into())
+            .spawn(move || recheck_thread(&location, &task_filter, &newer, tx));
+        if let Err(e) = spawned {
+            tracing::error!(error = %e, "cannot start the catalog re-check");
+            continue;
+        }
+        let metrics = enforcer.metrics();
+        let info = filter.info();
+        match rx.await {
+            Ok(Ok(Rechecked::Ran { done, hits, acted })) => {
+                let rows = done.objects + done.members;
+                let mut listed = std::collections::HashSet::new();
+                for hit in hits {
+                    act(
+                        &enforcer,
+                        &recorder,
+                        &*remedy,
+                        &filter,
+                        settings.action,
+                        hit,
+                        &mut listed,
+                    )
+                    .await;
+                }
+                // Recorded as done (no other gateway of a fleet runs it again) once
+                // every row was checked and every hit acted on.
+                let _ = acted.send(!done.stopped);
+                let outcome = if done.stopped { "stopped" } else { "done" };
+                metrics.count_recheck(outcome, started.elapsed(), rows);
+                tracing::info!(
+                    series = %info.series,
+                    version = info.version,
+                    objects = done.objects,
+                    members = done.members,
+                    listed = listed.len(),
+                    outcome,
+                    seconds = started.elapsed().as_secs_f64(),
+                    "catalog re-checked"
+                );
+                for (algorithm, n) in done.unchecked {
+                    tracing::warn!(
+                        algorithm = algorithm.name(),
+                        rows = n,
+                        "catalog rows recorded without this algorithm were not checked for it"
+                    );
+                }
+            }
+            Ok(Ok(Rechecked::Elsewhere)) => {
+                metrics.count_recheck("elsewhere", started.elapsed(), 0);
+                tracing::info!(
+                    series = %info.series,
+                    version = info.version,
+                    "catalog re-checked by another gateway sharing it"
+                );
+            }
+            Ok(Ok(Rechecked::Superseded)) => {
+                metrics.count_recheck("stopped", started.elapsed(), 0);
+            }
+            Ok(Err(e)) => {
+                metrics.count_recheck("failed", started.elapsed(), 0);
+                tracing::error!(error = %e, "the catalog re-check failed");
+            }
+            Err(_) => {
+                metrics.count_recheck("failed", started.elapsed(), 0);
+                tracing::error!("the catalog re-check thread died");
+            }
+        }
+    }
+}
+
+/// What a re-check thread found.
+enum Rechecked {
+    /// It ran (to the end, or stopped by a newer filter): the hits to act on, and where
+    /// to say whether they all were (the re-check is then recorded as done).
+    Ran {
+        done: Recheck,
+        hits: Vec<RetroHit>,
+        acted: std::sync::mpsc::Sender<bool>,
+    },
+    /// Another gateway sharing the catalog has re-checked this filter version.
+    Elsewhere,
+    /// A newer filter came while another gateway held the re-check.
+    Superseded,
+}
+
+/// How often a gateway asks again for a re-check another one holds.
+const CLAIM_RETRY: Duration = Duration::from_secs(1);
+
+/// Re-checks the catalog at `location` against `filter` on this (low-priority) thread,
+/// unless another gateway sharing it does; stops when `newer` sees another swap.
+fn recheck_thread(
+    location: &Location,
+    filter: &FilterEngine,
+    newer: &tokio::sync::watch::Receiver<u64>,
+    tx: tokio::sync::oneshot::Sender<Result<Rechecked, catalog::RecheckError>>,
+) {
+    lower_priority();
+    let superseded = || newer.has_changed().unwrap_or(true);
+    let info = filter.info();
+    let claimed = (|| {
+        let mut catalog = Catalog::at(location)?;
+        loop {
+            match catalog.claim_recheck(&info.series, info.version)? {
+                Claim::Run => return Ok(Some(catalog)),
+                Claim::Done => return Ok(None),
+                Claim::Busy if superseded() => return Err(None),
+                Claim::Busy => std::thread::sleep(CLAIM_RETRY),
+            }
+        }
+    })();
+    let mut catalog = match claimed {
+        Ok(Some(catalog)) => catalog,
+        Ok(None) => {
+            let _ = tx.send(Ok(Rechecked::Elsewhere));
+            return;
+        }
+        Err(None) => {
+            let _ = tx.send(Ok(Rechecked::Superseded));
+            return;
+        }
+        Err(Some(e)) => {
+            let _ = tx.send(Err(catalog::RecheckError::from(e)));
+            return;
+        }
+    };
+    let mut hits = Vec::new();
+    let done = catalog::recheck(&mut catalog, filter, &mut |h| hits.push(h), &|| {
+        !superseded()
+    });
+    let finished = match done {
+        Ok(done) => {
+            let (acted, answer) = std::sync::mpsc::channel();
+            let _ = tx.send(Ok(Rechecked::Ran { done, hits, acted }));
+            answer.recv().unwrap_or(false)
+        }
+        Err(e) => {
+            let _ = tx.send(Err(e));
+            false
+        }
+    };
+    if let Err(e) = catalog.end_recheck(&info.series, info.version, finished) {
+        tracing::error!(error = %e, "cannot record the catalog re-check");
+    }
+}
+
+/// A re-check competes with uploads for the cores: it yields to them.
+fn lower_priority() {
+    // SAFETY: setpriority on this thread's own id (Linux applies nice per thread).
+    unsafe {
+        let tid = libc::syscall(libc::SYS_gettid) as libc::id_t;
+        libc::setpriority(libc::PRIO_PROCESS, tid, 19);
+    }
+}
+
+/// Reports (and, as configured and confirmed, quarantines or deletes) one stored object
+/// a re-check found listed; `acted` holds the keys already acted on (an archive with two
+/// listed members is acted on once).
+async fn act(
+    enforcer: &Enforcer,
+    recorder: &Recorder,
+    remedy: &dyn Remedy,
+    filter: &FilterEngine,
+    action: RetroAction,
+    hit: RetroHit,
+    acted: &mut std::collections::HashSet<Vec<u8>>,
+) {
+    let listed: Vec<&crate::Hit> = hit
+        .hits
+        .iter()
+        .filter(|h| !h.is_canary() && !enforcer.allowed(h))
+        .collect();
+    if listed.is_empty() {
+        return;
+    }
+    // With confirmation configured, the authority is asked before anything is deleted:
+    // an action is taken when one listed digest meets what it needs; else the object is
+    // only reported.
+    let needs: fn(&super::confirm::ConfirmConfig) -> super::confirm::Needs = match action {
+        RetroAction::Quarantine => |r| r.quarantine,
+        RetroAction::Delete | RetroAction::Report => |r| r.block,
+    };
+    let mut evidence = Vec::with_capacity(listed.len());
+    let mut taken = false;
+    for h in &listed {
+        let (e, takes) = enforcer.confirm_stored(h, needs).await;
+        evidence.push(e);
+        taken |= takes;
+    }
+    let action = if taken { action } else { RetroAction::Report };
+    let mut quarantined = None;
+    let name = match (action, hit.kind) {
+        (RetroAction::Report, _) | (_, Kind::File | Kind::Posted) => "report",
+        // An archive with two listed members is acted on once.
+        (RetroAction::Delete, Kind::Object) if acted.contains(&hit.key) => "delete",
+        (RetroAction::Quarantine, Kind::Object) if acted.contains(&hit.key) => "quarantine",
+        (RetroAction::Delete, Kind::Object) => match remedy.delete(&hit).await {
+            Ok(()) => "delete",
+            Err(why) => {
+                tracing::error!(key = %String::from_utf8_lossy(&hit.key), why, "deleting a stored object a new filter lists failed");
+                "delete-failed"
+            }
+        },
+        (RetroAction::Quarantine, Kind::Object) => match remedy.quarantine(&hit).await {
+            Ok(path) => {
+                quarantined = path;
+                match remedy.delete(&hit).await {
+                    Ok(()) => "quarantine",
+                    Err(why) => {
+                        tracing::error!(key = %String::from_utf8_lossy(&hit.key), why, "deleting a quarantined object failed");
+                        "quarantine-failed"
+                    }
+                }
+            }
+            Err(why) => {
+                tracing::error!(key = %String::from_utf8_lossy(&hit.key), why, "quarantining a stored object a new filter lists failed: left in place");
+                "quarantine-failed"
+            }
+        },
+    };
+    acted.insert(hit.key.clone());
+    if name == "delete" || name == "quarantine" {
+        recorder.remove(Kind::Object, hit.key.clone());
+    }
+    let ctx = Context {
+        request_id: uuid::Uuid::new_v4().to_string(),
+        method: "RECHECK".into(),
+        host: hit.host.clone().unwrap_or_default(),
+        path: String::from_utf8_lossy(&hit.key).into_owned(),
+        part: hit.member.clone(),
+        layers: hit.layers.clone(),
+        ..Context::default()
+    };
+    let info = filter.info();
+    for (h, e) in listed.into_iter().zip(evidence) {
+        enforcer.metrics().count_retroactive(name);
+        let mut record =
+            AuditRecord::new(&ctx, hit.size, Some(h), name, &info.series, info.version);
+        record.evidence = Some("retroactive");
+        record.confirmation = e.map(|e| e.label());
+        record.quarantine = quarantined.clone();
+        record.stored = Some(serde_json::json!({
+            "time": hit.stored,
+            "kind": hit.kind.name(),
+            "etag": hit.etag,
+            "passed_by": hit.passed_by.as_ref().map(|(s, v)| serde_json::json!({"series": s, "version": v})),
+        }));
+        tracing::warn!(
+            key = %ctx.path,
+            member = ?hit.member,
+            action = name,
+            "a stored object is listed by the new filter"
+        );
+        enforcer.audit_record(&record).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn uploads_to_a_place_the_origin_chooses_are_rows_of_their_own() {
+        let ctx = |method: &str, id: &str| Context {
+            method: method.into(),
+            path: "/upload".into(),
+            request_id: id.into(),
+            ..Context::default()
+        };
+        assert_eq!(
+            row_key(false, &ctx("PUT", "a")),
+            (Kind::Object, b"/upload".to_vec())
+        );
+        assert_eq!(
+            row_key(true, &ctx("POST", "a")),
+            (Kind::Object, b"/upload".to_vec())
+        );
+        let first = row_key(false, &ctx("POST", "a"));
+        let second = row_key(false, &ctx("POST", "b"));
+        assert_eq!(first.0, Kind::Posted);
+        assert_ne!(
+            first.1, second.1,
+            "a second form upload does not replace the first"
+        );
+    }
+}
