@@ -7,6 +7,7 @@ mod common;
 
 use std::path::Path;
 use std::process::Command;
+use std::time::Duration;
 
 use common::procs::*;
 
@@ -167,4 +168,42 @@ fn nextcloud_chunked_uploads_are_checked_as_the_file_they_make() {
         400
     );
     assert!(!files.join("sneaky.bin").exists());
+}
+
+#[test]
+fn a_nextcloud_chunked_upload_is_recorded_in_the_catalog_at_its_destination() {
+    let s = Setup::new();
+    let root = s.path("cloud");
+    let (_origin, origin_port) = origin(&root);
+    let catalog = s.path("state/catalog.db");
+    let (_gw, port, _) = s.gateway(
+        &["--origin", &format!("http://127.0.0.1:{origin_port}")],
+        &[
+            "--nextcloud-spool",
+            s.path("chunks").to_str().unwrap(),
+            "--catalog",
+            catalog.to_str().unwrap(),
+        ],
+    );
+    let gw = format!("http://127.0.0.1:{port}");
+    let mut clean = std::fs::read(&s.big_clean).unwrap();
+    clean.truncate(2 << 20);
+    std::fs::write(s.path("clean.dat"), &clean).unwrap();
+    let statuses = chunked(
+        &gw,
+        "u1",
+        &s.path("clean.dat"),
+        1 << 20,
+        |n| format!("{n:05}"),
+        "c.dat",
+    );
+    assert_eq!(statuses.last(), Some(&201), "{statuses:?}");
+    let expected = ["/remote.php/dav/files/alice/c.dat".to_string()];
+    assert!(
+        wait_until(Duration::from_secs(10), || s
+            .recorded_at(&catalog, &[&s.path("clean.dat")])
+            == expected),
+        "{:?}",
+        s.recorded_at(&catalog, &[&s.path("clean.dat")])
+    );
 }

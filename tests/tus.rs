@@ -6,6 +6,7 @@ mod common;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::time::Duration;
 
 use common::procs::*;
 
@@ -177,4 +178,49 @@ fn tus_uploads_in_pieces_are_checked_as_the_file_they_make() {
     // Refused and completed uploads leave nothing spooled (the unvouched one stays
     // until it is terminated).
     assert!(files_under(&spool).len() <= 2, "{:?}", files_under(&spool));
+}
+
+#[test]
+fn a_tus_upload_in_pieces_is_recorded_in_the_catalog_at_its_url() {
+    let s = Setup::new();
+    let store = s.path("tus-files");
+    let (_tus, tus_port) = tus_server(&store);
+    let catalog = s.path("state/catalog.db");
+    let (_gw, port, _) = s.gateway(
+        &["--origin", &format!("http://127.0.0.1:{tus_port}")],
+        &[
+            "--tus-spool",
+            s.path("tus-spool").to_str().unwrap(),
+            "--catalog",
+            catalog.to_str().unwrap(),
+        ],
+    );
+    let mut clean = std::fs::read(&s.big_clean).unwrap();
+    clean.truncate(1 << 20);
+    std::fs::write(s.path("clean-1m"), &clean).unwrap();
+    let endpoint = format!("http://127.0.0.1:{port}/files/");
+    let file = s.path("clean-1m");
+    // In four PATCHes, in one, and whole in its creation (creation-with-upload).
+    let mut paths: Vec<String> = [
+        (clean.len().div_ceil(4), false),
+        (clean.len(), false),
+        (clean.len(), true),
+    ]
+    .into_iter()
+    .map(|(chunk, with_creation)| {
+        let out = client(&endpoint, &file, chunk, &[], with_creation);
+        let url = out.strip_prefix("done ").expect(&out).to_string();
+        url.parse::<hyper::Uri>()
+            .map_or(url.clone(), |u| u.path().to_string())
+    })
+    .collect();
+    paths.sort();
+    // Stored once whole, at its URL (where a re-check would delete it).
+    assert!(
+        wait_until(Duration::from_secs(10), || s
+            .recorded_at(&catalog, &[&file])
+            == paths),
+        "{:?}, uploaded to {paths:?}",
+        s.recorded_at(&catalog, &[&file])
+    );
 }

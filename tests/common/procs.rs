@@ -408,6 +408,50 @@ impl Setup {
     }
 }
 
+impl Setup {
+    /// The paths `hashgate recheck` names in `catalog` with a filter listing `files`:
+    /// where the catalog says those files are stored.
+    pub fn recorded_at(&self, catalog: &Path, files: &[&Path]) -> Vec<String> {
+        let list: String = files
+            .iter()
+            .map(|f| format!("{},recorded\n", sha256_hex(&std::fs::read(f).unwrap())))
+            .collect();
+        std::fs::write(self.path("recorded.txt"), list).unwrap();
+        let filter = self.path("recorded.hgf");
+        let built = hashgate(&[
+            "build",
+            "--key",
+            self.path("k.key").to_str().unwrap(),
+            "--series",
+            "recorded",
+            "--version",
+            "1",
+            "--out",
+            filter.to_str().unwrap(),
+            self.path("recorded.txt").to_str().unwrap(),
+        ]);
+        assert!(built.status.success(), "{built:?}");
+        let out = hashgate(&[
+            "recheck",
+            "--json",
+            "--catalog",
+            catalog.to_str().unwrap(),
+            "--filter",
+            filter.to_str().unwrap(),
+            "--pub",
+            self.path("k.pub").to_str().unwrap(),
+        ]);
+        let mut paths: Vec<String> = String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .filter(|v| v["type"] == "hit")
+            .filter_map(|v| v["path"].as_str().map(str::to_string))
+            .collect();
+        paths.sort();
+        paths
+    }
+}
+
 /// Hex SHA-256 of `bytes`.
 pub fn sha256_hex(bytes: &[u8]) -> String {
     let mut h = hashgate_host::hashing::ObjectHasher::new(&[hashgate_host::Algorithm::Sha256]);

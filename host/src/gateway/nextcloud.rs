@@ -284,9 +284,21 @@ async fn assemble(
         spool.forget(upload).await;
         return gw.refused_report(&decision, ctx);
     }
+    // The assembled file is stored at the MOVE's destination.
+    let destination = req
+        .headers()
+        .get("destination")
+        .and_then(|d| d.to_str().ok())
+        .map(|d| {
+            d.parse::<hyper::Uri>()
+                .map_or(d.to_string(), |u| u.path().to_string())
+        });
     let response = upload::pass_through(gw, req).await;
     if response.status().is_success() {
         spool.forget(upload).await;
+        if let Some(destination) = destination {
+            gw.record_assembled(ctx, &destination, &report, &filter);
+        }
     }
     response
 }

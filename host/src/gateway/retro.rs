@@ -48,6 +48,24 @@ impl Gateway {
         ));
     }
 
+    /// Records an object a protocol assembled at the origin's `key` (a tus upload's
+    /// URL, a Nextcloud chunked upload's destination), as `report` found it.
+    pub(super) fn record_assembled(
+        &self,
+        ctx: &Context,
+        key: &str,
+        report: &Report,
+        filter: &FilterEngine,
+    ) {
+        let (Some(recorder), Some(settings)) = (&self.catalog, &self.config.catalog) else {
+            return;
+        };
+        let row = (Kind::Object, key.as_bytes().to_vec());
+        recorder.record(retro::stored_entry(
+            settings, row, ctx, report, None, filter,
+        ));
+    }
+
     /// Forgets the object at `ctx`'s path (a `DELETE` succeeded).
     pub(super) fn record_removed(&self, ctx: &Context) {
         if let Some(recorder) = &self.catalog {

@@ -153,7 +153,13 @@ pub async fn inspect(
             drop(tx);
             let response = relay(gw, upstream).await;
             match spool {
-                Some(spool) => spool.settle(response.status(), response.headers()).await,
+                Some(spool) => {
+                    let whole = spool.whole_at(&ctx.path, response.status(), response.headers());
+                    spool.settle(response.status(), response.headers()).await;
+                    if let Some(key) = whole {
+                        gw.record_assembled(ctx, &key, &objects, &filter);
+                    }
+                }
                 // A whole object, stored: recorded (a piece is recorded with its whole).
                 None if response.status().is_success() => {
                     gw.record_stored(ctx, &objects, Some(response.headers()), &filter)
@@ -169,17 +175,51 @@ pub async fn inspect(
 pub enum BodySpool {
     /// An S3 part, kept under its ETag if the origin stored it.
     S3(PartCopy),
-    /// A tus piece, kept whatever became of the request (the origin keeps what it got).
-    Tus(PieceCopy),
+    /// A tus piece, kept whatever became of the request (the origin keeps what it got);
+    /// where the upload is stored if this piece is all of it.
+    Tus(PieceCopy, Whole),
     /// A Nextcloud chunk, kept if the origin stored it.
     Chunk(PartCopy),
+    /// No copy: the body is a whole tus upload (its creation carried all of it).
+    TusCreation,
+}
+
+/// Whether a tus body is a whole upload, and so recorded once the origin stored it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Whole {
+    /// A piece of a larger one: recorded with its whole.
+    No,
+    /// All of it, at the request's URL (a `PATCH` from offset 0 to the end).
+    Here,
 }
 
 impl BodySpool {
     async fn write(&mut self, data: &bytes::Bytes) {
         match self {
             BodySpool::S3(copy) | BodySpool::Chunk(copy) => copy.write(data).await,
-            BodySpool::Tus(copy) => copy.write(data).await,
+            BodySpool::Tus(copy, _) => copy.write(data).await,
+            BodySpool::TusCreation => {}
+        }
+    }
+
+    /// Where the origin stored the whole object this body is, if it is one and the
+    /// origin answered `status` (2xx) with `headers`: the request's `path`, or the new
+    /// upload's `Location`.
+    fn whole_at(&self, path: &str, status: StatusCode, headers: &HeaderMap) -> Option<String> {
+        if !status.is_success() {
+            return None;
+        }
+        match self {
+            BodySpool::Tus(_, Whole::Here) => Some(path.to_string()),
+            BodySpool::TusCreation => {
+                let location = headers.get(hyper::header::LOCATION)?.to_str().ok()?;
+                Some(
+                    location
+                        .parse::<hyper::Uri>()
+                        .map_or(location.to_string(), |u| u.path().to_string()),
+                )
+            }
+            BodySpool::Tus(_, Whole::No) | BodySpool::S3(_) | BodySpool::Chunk(_) => None,
         }
     }
 
@@ -188,12 +228,13 @@ impl BodySpool {
         match self {
             BodySpool::S3(copy) => copy.settle(status, headers).await,
             BodySpool::Chunk(copy) => copy.settle_unbound(status).await,
-            BodySpool::Tus(copy) => {
+            BodySpool::Tus(copy, _) => {
                 let location = headers
                     .get(hyper::header::LOCATION)
                     .and_then(|l| l.to_str().ok());
                 copy.keep(location.filter(|_| status.is_success())).await
             }
+            BodySpool::TusCreation => {}
         }
     }
 
@@ -201,7 +242,8 @@ impl BodySpool {
     async fn discard(self) {
         match self {
             BodySpool::S3(copy) | BodySpool::Chunk(copy) => copy.discard().await,
-            BodySpool::Tus(copy) => copy.keep(None).await,
+            BodySpool::Tus(copy, _) => copy.keep(None).await,
+            BodySpool::TusCreation => {}
         }
     }
 }

@@ -284,7 +284,13 @@ async fn patch(
     if !completing || offset == 0 {
         // Not the end (or the whole upload in one body): inspected as it streams.
         let piece = turn.piece(offset).await;
-        let response = upload::inspect(gw, req, ctx, Some(upload::BodySpool::Tus(piece))).await;
+        let whole = if completing && !stands.partial {
+            upload::Whole::Here
+        } else {
+            upload::Whole::No
+        };
+        let spool = upload::BodySpool::Tus(piece, whole);
+        let response = upload::inspect(gw, req, ctx, Some(spool)).await;
         if response.status() == StatusCode::UNAVAILABLE_FOR_LEGAL_REASONS {
             terminate(gw, &client, &path, ctx).await;
             uploads.forget(&path).await;
@@ -335,7 +341,7 @@ async fn patch(
         aws_chunked: false,
         length: Some(size),
     });
-    let decision = match decide(gw, ctx, pieces).await {
+    let (decision, report, filter) = match decide(gw, ctx, pieces).await {
         Ok(d) => d,
         Err(answer) => return answer,
     };
@@ -361,9 +367,18 @@ async fn patch(
     };
     if response.status().is_success() && !stands.partial {
         uploads.forget(&path).await;
+        // The whole upload, stored at its URL (a tus server deletes it there).
+        gw.record_assembled(ctx, &path, &report, &filter);
     }
     response
 }
+
+/// What [`decide`] found: the decision, the report it rests on, the filter that made it.
+type Decided = (
+    crate::enforce::ReportDecision,
+    crate::inspect::Report,
+    std::sync::Arc<crate::FilterEngine>,
+);
 
 /// Inspects an upload from its pieces and decides on it; the answer to send if that
 /// fails (503: nothing unchecked passes).
@@ -372,7 +387,7 @@ async fn decide(
     gw: &Gateway,
     ctx: &Context,
     pieces: Vec<Piece>,
-) -> Result<crate::enforce::ReportDecision, Response<GatewayBody>> {
+) -> Result<Decided, Response<GatewayBody>> {
     let filter = gw.enforcer.filter();
     let algorithms = gw.algorithms(&filter).into_owned();
     let limits = gw.config.inspect.clone();
@@ -382,7 +397,7 @@ async fn decide(
             .map_err(|e| e.to_string())
             .and_then(|r| r.map_err(|e| e.to_string()));
     match report {
-        Ok(report) => Ok(gw.decide(&filter, ctx, &report).await),
+        Ok(report) => Ok((gw.decide(&filter, ctx, &report).await, report, filter)),
         Err(why) => {
             tracing::error!(request_id = %ctx.request_id, why, "a tus upload cannot be inspected");
             Err(gw.refusal(
@@ -452,11 +467,20 @@ async fn create(
         return upload::pass_through(gw, req).await;
     }
     if length.is_some() && length == declared {
-        // The whole upload in its creation.
-        return upload::inspect(gw, req, ctx, None).await;
+        // The whole upload in its creation (recorded at its new URL, unless it is a
+        // partial upload that a concatenation will be made of).
+        let spool =
+            (!headers.contains_key("upload-concat")).then_some(upload::BodySpool::TusCreation);
+        return upload::inspect(gw, req, ctx, spool).await;
     }
     let piece = uploads.unnamed().await;
-    upload::inspect(gw, req, ctx, Some(upload::BodySpool::Tus(piece))).await
+    upload::inspect(
+        gw,
+        req,
+        ctx,
+        Some(upload::BodySpool::Tus(piece, upload::Whole::No)),
+    )
+    .await
 }
 
 /// A final upload (`Upload-Concat: final;/files/a /files/b`): the partial uploads it
@@ -519,7 +543,7 @@ async fn concatenation(
         }
         turns.push(turn);
     }
-    let decision = match decide(gw, ctx, pieces).await {
+    let (decision, report, filter) = match decide(gw, ctx, pieces).await {
         Ok(d) => d,
         Err(answer) => return answer,
     };
@@ -530,5 +554,18 @@ async fn concatenation(
         }
         return gw.refused_report(&decision, ctx);
     }
-    upload::pass_through(gw, req).await
+    let response = upload::pass_through(gw, req).await;
+    // The concatenation is a new upload, at the URL the server answers with.
+    let stored = response
+        .headers()
+        .get(hyper::header::LOCATION)
+        .and_then(|l| l.to_str().ok())
+        .map(|l| {
+            l.parse::<hyper::Uri>()
+                .map_or(l.to_string(), |u| u.path().to_string())
+        });
+    if let (true, Some(key)) = (response.status().is_success(), stored) {
+        gw.record_assembled(ctx, &key, &report, &filter);
+    }
+    response
 }
