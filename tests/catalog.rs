@@ -311,15 +311,21 @@ fn a_catalog_recorded_without_an_algorithm_is_not_called_clean_for_it() {
     assert_eq!(summary(&out)["from_catalog"], 0);
 }
 
+/// A tree of one file in `dir`, a key and a filter that lists nothing in it.
+fn one_file(dir: &Path) -> (PathBuf, String, String) {
+    let root = dir.join("data");
+    std::fs::create_dir_all(&root).unwrap();
+    std::fs::write(root.join("a.bin"), b"x").unwrap();
+    let mut authority = Authority::new(dir);
+    let key = authority.key();
+    let filter = authority.filter(&[]);
+    (root, key, filter)
+}
+
 #[test]
 fn a_corrupt_or_missing_catalog_is_a_clear_error() {
     let dir = tempfile::tempdir().unwrap();
-    let root = dir.path().join("data");
-    std::fs::create_dir_all(&root).unwrap();
-    std::fs::write(root.join("a.bin"), b"x").unwrap();
-    let mut authority = Authority::new(dir.path());
-    let key = authority.key();
-    let filter = authority.filter(&[]);
+    let (root, key, filter) = one_file(dir.path());
     let catalog = dir.path().join("catalog.db");
     std::fs::write(&catalog, vec![0x5a; 8192]).unwrap();
     let out = scan(&filter, &key, &root, catalog.to_str());
@@ -343,12 +349,7 @@ fn a_corrupt_or_missing_catalog_is_a_clear_error() {
 #[test]
 fn an_unreachable_postgres_catalog_is_a_clear_error_that_keeps_its_password() {
     let dir = tempfile::tempdir().unwrap();
-    let root = dir.path().join("data");
-    std::fs::create_dir_all(&root).unwrap();
-    std::fs::write(root.join("a.bin"), b"x").unwrap();
-    let mut authority = Authority::new(dir.path());
-    let key = authority.key();
-    let filter = authority.filter(&[]);
+    let (root, key, filter) = one_file(dir.path());
     // Nothing listens there.
     let port = common::procs::free_port();
     let url = format!("postgres://hashgate:sekrit-pw@127.0.0.1:{port}/catalog");

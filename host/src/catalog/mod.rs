@@ -497,7 +497,27 @@ impl Catalog {
         &mut self,
         roots: &[PathBuf],
     ) -> Result<HashMap<Vec<u8>, Entry>, CatalogError> {
-        each!(self, s => s.files_under(roots))
+        let mut found = HashMap::new();
+        let mut keys: HashMap<i64, Vec<u8>> = HashMap::new();
+        for root in roots {
+            // Rows met under an earlier root (roots may nest) have their members.
+            let mut fresh = std::collections::HashSet::new();
+            for (id, entry) in each!(self, s => s.file_rows(root))? {
+                if keys.insert(id, entry.key.clone()).is_none() {
+                    fresh.insert(id);
+                    found.insert(entry.key.clone(), entry);
+                }
+            }
+            for (id, node) in each!(self, s => s.file_members(root))? {
+                if !fresh.contains(&id) {
+                    continue;
+                }
+                if let Some(entry) = keys.get(&id).and_then(|k| found.get_mut(k)) {
+                    entry.members.push(node);
+                }
+            }
+        }
+        Ok(found)
     }
 
     /// The rows there are.

@@ -11,7 +11,7 @@
 //! the database is not built in (see README "Catalog").
 
 use std::collections::HashMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use postgres::{Client, NoTls, Statement};
@@ -282,60 +282,50 @@ impl Store {
         Ok(keys)
     }
 
-    pub(super) fn files_under(
-        &mut self,
-        roots: &[PathBuf],
-    ) -> Result<HashMap<Vec<u8>, Entry>, CatalogError> {
-        let mut found = HashMap::new();
-        let mut keys: HashMap<i64, Vec<u8>> = HashMap::new();
-        for root in roots {
-            let (root, below, end) = key_range(root);
-            let rows = self
-                .client
-                .query(
-                    &format!(
-                        "SELECT o.id, {OBJECT_COLUMNS}
-                         FROM hashgate.objects o LEFT JOIN hashgate.filters f ON f.id = o.passed_by
-                         WHERE o.kind = 0 AND {UNDER}"
-                    ),
-                    &[&root, &below, &end],
-                )
-                .map_err(|e| self.failed(e))?;
-            // Rows met under an earlier root (roots may nest) have their members.
-            let mut fresh = std::collections::HashSet::new();
-            for row in rows {
-                let id: i64 = row.try_get(0).map_err(|e| self.failed(e))?;
-                let entry = columns(&row, 1)
-                    .map_err(|e| self.failed(e))?
-                    .entry(Kind::File);
-                if keys.insert(id, entry.key.clone()).is_none() {
-                    fresh.insert(id);
-                    found.insert(entry.key.clone(), entry);
-                }
-            }
-            let rows = self
-                .client
-                .query(
-                    &format!(
-                        "SELECT m.member, m.layers, m.size, m.md5, m.sha1, m.sha256, m.object
-                         FROM hashgate.members m JOIN hashgate.objects o ON o.id = m.object
-                         WHERE o.kind = 0 AND {UNDER}"
-                    ),
-                    &[&root, &below, &end],
-                )
-                .map_err(|e| self.failed(e))?;
-            for row in rows {
-                let id: i64 = row.try_get(6).map_err(|e| self.failed(e))?;
-                if !fresh.contains(&id) {
-                    continue;
-                }
-                let node = member_node(&row).map_err(|e| self.failed(e))?;
-                if let Some(entry) = keys.get(&id).and_then(|k| found.get_mut(k)) {
-                    entry.members.push(node);
-                }
-            }
-        }
-        Ok(found)
+    /// The recorded files at or under `root`, by row id.
+    pub(super) fn file_rows(&mut self, root: &Path) -> Result<Vec<(i64, Entry)>, CatalogError> {
+        let (root, below, end) = key_range(root);
+        let rows = self
+            .client
+            .query(
+                &format!(
+                    "SELECT o.id, {OBJECT_COLUMNS}
+                     FROM hashgate.objects o LEFT JOIN hashgate.filters f ON f.id = o.passed_by
+                     WHERE o.kind = 0 AND {UNDER}"
+                ),
+                &[&root, &below, &end],
+            )
+            .map_err(|e| self.failed(e))?;
+        let read = |row: &postgres::Row| -> Result<(i64, Entry), postgres::Error> {
+            Ok((row.try_get(0)?, columns(row, 1)?.entry(Kind::File)))
+        };
+        rows.iter()
+            .map(read)
+            .collect::<Result<_, _>>()
+            .map_err(|e| self.failed(e))
+    }
+
+    /// The members of the files at or under `root`, by their object's row id.
+    pub(super) fn file_members(&mut self, root: &Path) -> Result<Vec<(i64, Node)>, CatalogError> {
+        let (root, below, end) = key_range(root);
+        let rows = self
+            .client
+            .query(
+                &format!(
+                    "SELECT m.member, m.layers, m.size, m.md5, m.sha1, m.sha256, m.object
+                     FROM hashgate.members m JOIN hashgate.objects o ON o.id = m.object
+                     WHERE o.kind = 0 AND {UNDER}"
+                ),
+                &[&root, &below, &end],
+            )
+            .map_err(|e| self.failed(e))?;
+        let read = |row: &postgres::Row| -> Result<(i64, Node), postgres::Error> {
+            Ok((row.try_get(6)?, member_node(row)?))
+        };
+        rows.iter()
+            .map(read)
+            .collect::<Result<_, _>>()
+            .map_err(|e| self.failed(e))
     }
 
     pub(super) fn count(&mut self) -> Result<u64, CatalogError> {

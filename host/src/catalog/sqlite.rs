@@ -168,11 +168,8 @@ impl Store {
         Ok(keys)
     }
 
-    pub(super) fn files_under(
-        &mut self,
-        roots: &[PathBuf],
-    ) -> Result<HashMap<Vec<u8>, Entry>, CatalogError> {
-        let mut found = HashMap::new();
+    /// The recorded files at or under `root`, by row id.
+    pub(super) fn file_rows(&mut self, root: &Path) -> Result<Vec<(i64, Entry)>, CatalogError> {
         let mut stmt = self
             .conn
             .prepare_cached(&format!(
@@ -181,8 +178,19 @@ impl Store {
                  WHERE o.kind = 0 AND (o.key = ?1 OR (o.key >= ?2 AND o.key < ?3))"
             ))
             .map_err(|e| self.failed(e))?;
-        // Members of the same rows in one query, not one per row.
-        let mut members = self
+        let (root, below, end) = key_range(root);
+        let rows = stmt
+            .query_map(params![root, below, end], |row| {
+                Ok((row.get::<_, i64>(0)?, columns(row, 1)?.entry(Kind::File)))
+            })
+            .map_err(|e| self.failed(e))?;
+        rows.collect::<Result<_, _>>().map_err(|e| self.failed(e))
+    }
+
+    /// The members of the files at or under `root`, by their object's row id (one
+    /// query for all, not one per file).
+    pub(super) fn file_members(&mut self, root: &Path) -> Result<Vec<(i64, Node)>, CatalogError> {
+        let mut stmt = self
             .conn
             .prepare_cached(
                 "SELECT m.member, m.layers, m.size, m.md5, m.sha1, m.sha256, m.object
@@ -190,39 +198,13 @@ impl Store {
                  WHERE o.kind = 0 AND (o.key = ?1 OR (o.key >= ?2 AND o.key < ?3))",
             )
             .map_err(|e| self.failed(e))?;
-        let mut keys: HashMap<i64, Vec<u8>> = HashMap::new();
-        for root in roots {
-            let (root, below, end) = key_range(root);
-            let rows = stmt
-                .query_map(params![root, below, end], |row| {
-                    Ok((row.get::<_, i64>(0)?, columns(row, 1)?.entry(Kind::File)))
-                })
-                .map_err(|e| self.failed(e))?;
-            // Rows met under an earlier root (roots may nest) have their members.
-            let mut fresh = std::collections::HashSet::new();
-            for row in rows {
-                let (id, entry) = row.map_err(|e| self.failed(e))?;
-                if keys.insert(id, entry.key.clone()).is_none() {
-                    fresh.insert(id);
-                    found.insert(entry.key.clone(), entry);
-                }
-            }
-            let rows = members
-                .query_map(params![root, below, end], |row| {
-                    Ok((row.get::<_, i64>(6)?, member_node(row)?))
-                })
-                .map_err(|e| self.failed(e))?;
-            for row in rows {
-                let (id, node) = row.map_err(|e| self.failed(e))?;
-                if !fresh.contains(&id) {
-                    continue;
-                }
-                if let Some(entry) = keys.get(&id).and_then(|k| found.get_mut(k)) {
-                    entry.members.push(node);
-                }
-            }
-        }
-        Ok(found)
+        let (root, below, end) = key_range(root);
+        let rows = stmt
+            .query_map(params![root, below, end], |row| {
+                Ok((row.get::<_, i64>(6)?, member_node(row)?))
+            })
+            .map_err(|e| self.failed(e))?;
+        rows.collect::<Result<_, _>>().map_err(|e| self.failed(e))
     }
 
     pub(super) fn count(&mut self) -> Result<u64, CatalogError> {
