@@ -1015,6 +1015,74 @@ fn a_re_check_reports_objects_at_an_nginx_origin_and_deletes_them_when_told() {
     assert_eq!(retroactive(&a, "delete").len(), 1);
 }
 
+/// A row can be stale (its object replaced since, under another spelling of its path or
+/// around the gateway): a re-check reads the object back and acts only on the bytes it
+/// recorded.
+#[test]
+fn a_re_check_leaves_alone_a_clean_object_that_replaced_a_listed_one() {
+    let a = Authority::new(1);
+    let origin = Setup::new();
+    let (_nginx, nport, root) = origin.nginx();
+    let url = format!("http://127.0.0.1:{nport}");
+    let (_gw, port, admin) = catalog_gateway(&a, "stale", "delete", ["--origin", &url]);
+    let (early, early_bytes) = random_file(&a, "early.bin", 50_000);
+    let (clean, clean_bytes) = random_file(&a, "clean.bin", 50_000);
+    let (gone, gone_bytes) = random_file(&a, "gone.bin", 1_000);
+    let (kept, kept_bytes) = random_file(&a, "kept.bin", 1_000);
+    let at = |path: &str| format!("http://127.0.0.1:{port}{path}");
+    // nginx decodes `%61` to `a`: two spellings of one file, two rows of the catalog.
+    assert_eq!(curl_put(&early, &at("/s/%61.bin"), &[]), 201);
+    let replaced = curl_put(&clean, &at("/s/a.bin"), &[]);
+    assert!((200..300).contains(&replaced), "{replaced}");
+    assert_eq!(std::fs::read(root.join("s/a.bin")).unwrap(), clean_bytes);
+    // One removed at the origin, around the gateway; one still stored as recorded.
+    assert_eq!(curl_put(&gone, &at("/s/gone.bin"), &[]), 201);
+    std::fs::remove_file(root.join("s/gone.bin")).unwrap();
+    assert_eq!(curl_put(&kept, &at("/s/kept.bin"), &[]), 201);
+
+    for bytes in [&early_bytes, &gone_bytes, &kept_bytes] {
+        list_bytes(&a, bytes);
+    }
+    a.publish();
+    assert!(
+        wait_until(Duration::from_secs(30), || retroactive(&a, "stale").len()
+            == 3),
+        "{:?}",
+        retroactive(&a, "stale")
+    );
+    let records = retroactive(&a, "stale");
+    let action = |path: &str| {
+        let r = records.iter().find(|r| r["path"] == path);
+        r.unwrap_or_else(|| panic!("no record of {path}: {records:?}"))["action"].clone()
+    };
+    assert_eq!(action("/s/%61.bin"), "replaced");
+    assert_eq!(action("/s/gone.bin"), "gone");
+    assert_eq!(action("/s/kept.bin"), "delete");
+    assert_eq!(
+        std::fs::read(root.join("s/a.bin")).unwrap(),
+        clean_bytes,
+        "the clean object that took the listed one's place stays"
+    );
+    assert!(
+        !root.join("s/kept.bin").exists(),
+        "what is still listed goes"
+    );
+    for outcome in ["replaced", "gone", "delete"] {
+        let series = format!("hashgate_retroactive_hits_total{{action=\"{outcome}\"}}");
+        assert_eq!(metric(admin, &series), 1.0, "{series}");
+    }
+    // The stale rows are gone with the deleted one: the next filter finds nothing more.
+    let (_, other) = random_file(&a, "other.bin", 10);
+    list_bytes(&a, &other);
+    a.publish();
+    wait_version(admin, 3);
+    assert!(wait_until(Duration::from_secs(10), || metric(
+        admin,
+        "hashgate_rechecks_total{outcome=\"done\"}"
+    ) >= 2.0));
+    assert_eq!(retroactive(&a, "stale").len(), 3);
+}
+
 #[test]
 fn two_gateways_sharing_a_postgres_catalog_re_check_each_filter_once() {
     let postgres = common::postgres::Postgres::start();

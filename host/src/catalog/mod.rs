@@ -389,6 +389,7 @@ pub(crate) struct ObjectRecord {
     pub etag: Option<String>,
     pub passed_by: Option<(String, u64)>,
     pub host: Option<String>,
+    pub digests: Vec<Digest>,
 }
 
 /// Whether a re-check of one filter version is this catalog user's to run
@@ -597,7 +598,7 @@ fn digest_of(digests: &[Digest], algorithm: Algorithm) -> Option<&[u8]> {
 }
 
 /// Digests from the `md5`, `sha1`, `sha256` columns (each possibly null).
-fn digests_from(columns: [Option<Vec<u8>>; 3]) -> Vec<Digest> {
+pub(crate) fn digests_from(columns: [Option<Vec<u8>>; 3]) -> Vec<Digest> {
     [Algorithm::Md5, Algorithm::Sha1, Algorithm::Sha256]
         .into_iter()
         .zip(columns)

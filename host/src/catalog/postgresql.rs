@@ -459,7 +459,8 @@ impl Store {
         let row = self
             .client
             .query_one(
-                "SELECT o.kind, o.key, o.size, o.stored, o.etag, f.series, f.version, o.host
+                "SELECT o.kind, o.key, o.size, o.stored, o.etag, f.series, f.version, o.host,
+                        o.md5, o.sha1, o.sha256
                  FROM hashgate.objects o LEFT JOIN hashgate.filters f ON f.id = o.passed_by
                  WHERE o.id = $1",
                 &[&id],
@@ -476,6 +477,7 @@ impl Store {
                 etag: row.try_get(4)?,
                 passed_by: series.zip(version.map(|v| v as u64)),
                 host: row.try_get(7)?,
+                digests: super::digests_from([row.try_get(8)?, row.try_get(9)?, row.try_get(10)?]),
             })
         };
         read().map_err(|e| self.failed(e))

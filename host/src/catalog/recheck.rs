@@ -4,7 +4,7 @@ use std::collections::HashMap;
 use std::sync::mpsc;
 
 use super::{layers_of, Catalog, CatalogError, DigestRow, Kind};
-use crate::{Algorithm, Error, FilterEngine, Hit};
+use crate::{Algorithm, Digest, Error, FilterEngine, Hit};
 
 /// Rows read per batch: each batch is one guest call per algorithm.
 const BATCH: usize = 8192;
@@ -32,6 +32,10 @@ pub struct RetroHit {
     pub host: Option<String>,
     /// The digests that hit.
     pub hits: Vec<Hit>,
+    /// The object's own recorded digests (of the archive, for a member): what a remedy
+    /// compares the bytes stored under its key with before it acts, since something else
+    /// may be stored there now.
+    pub object: Vec<Digest>,
 }
 
 /// What a re-check went over.
@@ -224,5 +228,6 @@ fn named(catalog: &mut Catalog, row: &DigestRow, hits: Vec<Hit>) -> Result<Retro
         etag: object.etag,
         host: object.host,
         hits,
+        object: object.digests,
     })
 }

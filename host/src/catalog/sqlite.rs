@@ -318,7 +318,8 @@ impl Store {
     pub(super) fn object(&mut self, id: i64) -> Result<ObjectRecord, CatalogError> {
         self.conn
             .query_row(
-                "SELECT o.kind, o.key, o.size, o.stored, o.etag, f.series, f.version, o.host
+                "SELECT o.kind, o.key, o.size, o.stored, o.etag, f.series, f.version, o.host,
+                        o.md5, o.sha1, o.sha256
                  FROM objects o LEFT JOIN filters f ON f.id = o.passed_by WHERE o.id = ?1",
                 [id],
                 |r| {
@@ -332,6 +333,7 @@ impl Store {
                         etag: r.get(4)?,
                         passed_by: series.zip(version.map(|v| v as u64)),
                         host: r.get(7)?,
+                        digests: super::digests_from([r.get(8)?, r.get(9)?, r.get(10)?]),
                     })
                 },
             )

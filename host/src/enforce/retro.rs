@@ -128,13 +128,40 @@ pub type BoxFuture<'a, T> = std::pin::Pin<Box<dyn std::future::Future<Output = T
 
 /// What a front-end does to a stored object a re-check found listed, beyond the audit
 /// record every one gets: where the object is stored is the front-end's to know.
+///
+/// A row can be stale: the object may have been replaced under its key since, through
+/// another spelling of the path, another protocol, or around the gateway. So a remedy
+/// reads the object back and acts only when its bytes are still the ones recorded
+/// ([`RetroHit::object`]); a clean object that took a listed one's place is left alone.
 pub trait Remedy: Send + Sync {
-    /// Deletes the object `hit` names. Gone already counts as done.
-    fn delete<'a>(&'a self, hit: &'a RetroHit) -> BoxFuture<'a, Result<(), String>>;
-    /// Copies the object `hit` names, whole and fsynced, into the quarantine directory:
-    /// its path there, or `None` when it is gone already. An error leaves it in place.
-    fn quarantine<'a>(&'a self, hit: &'a RetroHit)
-        -> BoxFuture<'a, Result<Option<String>, String>>;
+    /// Deletes the object `hit` names, if it is still the one recorded.
+    fn delete<'a>(&'a self, hit: &'a RetroHit) -> BoxFuture<'a, Result<Removal, String>>;
+    /// Copies the object `hit` names, whole and fsynced, into the quarantine directory,
+    /// then deletes it, if it is still the one recorded. An error leaves it in place.
+    fn quarantine<'a>(&'a self, hit: &'a RetroHit) -> BoxFuture<'a, Result<Removal, String>>;
+}
+
+/// What a [`Remedy`] did with a stored object.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Removal {
+    /// It was read back, found to be the object recorded, and deleted (after its copy
+    /// was kept at `quarantine`, when quarantined).
+    Removed {
+        /// Where the quarantine copy was kept.
+        quarantine: Option<String>,
+    },
+    /// Nothing is stored under its key any more.
+    Gone,
+    /// Something else is stored under its key now: left alone.
+    Replaced,
+}
+
+/// Which of `recorded`'s digests a read-back compares (the cheapest to hash that was
+/// recorded), if any.
+pub fn readback_digest(recorded: &[crate::Digest]) -> Option<&crate::Digest> {
+    [Algorithm::Sha256, Algorithm::Sha1, Algorithm::Md5]
+        .iter()
+        .find_map(|a| recorded.iter().find(|d| d.algorithm == *a))
 }
 
 /// Follows the filter swaps of `enforcer`, re-checking the catalog `settings` name on
@@ -177,7 +204,7 @@ pub async fn follow(
         match rx.await {
             Ok(Ok(Rechecked::Ran { done, hits, acted })) => {
                 let rows = done.objects + done.members;
-                let mut listed = std::collections::HashSet::new();
+                let mut listed = std::collections::HashMap::new();
                 for hit in hits {
                     act(
                         &enforcer,
@@ -330,7 +357,7 @@ async fn act(
     filter: &FilterEngine,
     action: RetroAction,
     hit: RetroHit,
-    acted: &mut std::collections::HashSet<Vec<u8>>,
+    acted: &mut std::collections::HashMap<Vec<u8>, (&'static str, Option<String>)>,
 ) {
     let listed: Vec<&crate::Hit> = hit
         .hits
@@ -355,38 +382,36 @@ async fn act(
         taken |= takes;
     }
     let action = if taken { action } else { RetroAction::Report };
-    let mut quarantined = None;
-    let name = match (action, hit.kind) {
-        (RetroAction::Report, _) | (_, Kind::File | Kind::Posted) => "report",
+    let key = String::from_utf8_lossy(&hit.key).into_owned();
+    let failed = |what: &str, why: String| {
+        tracing::error!(
+            key,
+            why,
+            "{what} a stored object a new filter lists failed: left in place"
+        );
+    };
+    let (name, quarantined) = match (action, hit.kind) {
+        (RetroAction::Report, _) | (_, Kind::File | Kind::Posted) => ("report", None),
         // An archive with two listed members is acted on once.
-        (RetroAction::Delete, Kind::Object) if acted.contains(&hit.key) => "delete",
-        (RetroAction::Quarantine, Kind::Object) if acted.contains(&hit.key) => "quarantine",
+        (_, Kind::Object) if acted.contains_key(&hit.key) => acted[&hit.key].clone(),
         (RetroAction::Delete, Kind::Object) => match remedy.delete(&hit).await {
-            Ok(()) => "delete",
+            Ok(removal) => outcome("delete", removal),
             Err(why) => {
-                tracing::error!(key = %String::from_utf8_lossy(&hit.key), why, "deleting a stored object a new filter lists failed");
-                "delete-failed"
+                failed("deleting", why);
+                ("delete-failed", None)
             }
         },
         (RetroAction::Quarantine, Kind::Object) => match remedy.quarantine(&hit).await {
-            Ok(path) => {
-                quarantined = path;
-                match remedy.delete(&hit).await {
-                    Ok(()) => "quarantine",
-                    Err(why) => {
-                        tracing::error!(key = %String::from_utf8_lossy(&hit.key), why, "deleting a quarantined object failed");
-                        "quarantine-failed"
-                    }
-                }
-            }
+            Ok(removal) => outcome("quarantine", removal),
             Err(why) => {
-                tracing::error!(key = %String::from_utf8_lossy(&hit.key), why, "quarantining a stored object a new filter lists failed: left in place");
-                "quarantine-failed"
+                failed("quarantining", why);
+                ("quarantine-failed", None)
             }
         },
     };
-    acted.insert(hit.key.clone());
-    if name == "delete" || name == "quarantine" {
+    acted.insert(hit.key.clone(), (name, quarantined.clone()));
+    // The row no longer describes what is stored under its key.
+    if matches!(name, "delete" | "quarantine" | "gone" | "replaced") {
         recorder.remove(Kind::Object, hit.key.clone());
     }
     let ctx = Context {
@@ -419,6 +444,16 @@ async fn act(
             "a stored object is listed by the new filter"
         );
         enforcer.audit_record(&record).await;
+    }
+}
+
+/// The audit action for a `removal` by `action` (`delete` or `quarantine`), and the
+/// quarantine copy's path.
+fn outcome(action: &'static str, removal: Removal) -> (&'static str, Option<String>) {
+    match removal {
+        Removal::Removed { quarantine } => (action, quarantine),
+        Removal::Gone => ("gone", None),
+        Removal::Replaced => ("replaced", None),
     }
 }
 

@@ -3,7 +3,8 @@
 //! 2xx to an inspected upload, an S3 completion or copy, or the embedded store published
 //! it), forgets those a `DELETE` removed, and is the [`Remedy`] a re-check acts through:
 //! removal from the embedded store, or a `DELETE` to the origin (S3-signed with `[s3]`
-//! in S3 mode), after a copy into the quarantine directory when told.
+//! in S3 mode), after a copy into the quarantine directory when told; in either case
+//! only once the object, read back, is found to be still the one recorded.
 
 use std::borrow::Cow;
 use std::sync::Arc;
@@ -13,8 +14,9 @@ use hyper::Method;
 
 use super::{Backend, Gateway};
 use crate::catalog::{Kind, RetroHit};
-use crate::enforce::retro::{self, BoxFuture, Remedy};
+use crate::enforce::retro::{self, BoxFuture, Remedy, Removal};
 use crate::enforce::Context;
+use crate::hashing::ObjectHasher;
 use crate::inspect::Report;
 use crate::{Algorithm, FilterEngine};
 
@@ -89,38 +91,78 @@ pub(super) async fn follow(gw: Arc<Gateway>) {
 struct Stored(Arc<Gateway>);
 
 impl Remedy for Stored {
-    fn delete<'a>(&'a self, hit: &'a RetroHit) -> BoxFuture<'a, Result<(), String>> {
-        Box::pin(delete(&self.0, hit))
+    fn delete<'a>(&'a self, hit: &'a RetroHit) -> BoxFuture<'a, Result<Removal, String>> {
+        Box::pin(remove(&self.0, hit, None))
     }
 
-    fn quarantine<'a>(
-        &'a self,
-        hit: &'a RetroHit,
-    ) -> BoxFuture<'a, Result<Option<String>, String>> {
-        Box::pin(quarantine(&self.0, hit))
+    fn quarantine<'a>(&'a self, hit: &'a RetroHit) -> BoxFuture<'a, Result<Removal, String>> {
+        Box::pin(async move {
+            let dir = self
+                .0
+                .config
+                .quarantine
+                .as_ref()
+                .ok_or("no quarantine_dir")?;
+            let copy = super::copy::Copy::start(dir, &uuid::Uuid::new_v4().to_string()).await;
+            remove(&self.0, hit, Some(copy)).await
+        })
     }
 }
 
-/// Copies the stored object `hit` names into the quarantine directory, whole and
-/// fsynced, as `<request id>.body`: read from the embedded store, or with a `GET` to the
-/// origin (S3-signed in S3 mode with `[s3]`). Returns its path, or `None` when the
-/// object is gone already.
-async fn quarantine(gw: &Gateway, hit: &RetroHit) -> Result<Option<String>, String> {
+/// Reads the object `hit` names back (into `copy` too, when quarantining) and, if it is
+/// still the object recorded, keeps the copy and deletes the object.
+async fn remove(
+    gw: &Gateway,
+    hit: &RetroHit,
+    mut copy: Option<super::copy::Copy>,
+) -> Result<Removal, String> {
+    let found = read_back(gw, hit, copy.as_mut()).await;
+    if !matches!(found, Ok(Removal::Removed { .. })) {
+        if let Some(copy) = copy {
+            copy.discard().await;
+        }
+        return found;
+    }
+    // The evidence is kept before anything is deleted: a copy that failed leaves the
+    // object where it is.
+    let mut quarantine = None;
+    if let Some(copy) = copy {
+        let path = copy
+            .path()
+            .ok_or("the quarantine copy could not be written")?;
+        copy.keep().await;
+        if tokio::fs::metadata(&path).await.is_err() {
+            return Err("the quarantine copy could not be kept".into());
+        }
+        quarantine = Some(path);
+    }
+    delete(gw, hit).await?;
+    Ok(Removal::Removed { quarantine })
+}
+
+/// Reads the object stored under `hit`'s key, whole, from the embedded store or with a
+/// `GET` to the origin (S3-signed in S3 mode with `[s3]`), writing it to `copy`, and
+/// compares its digest with the one recorded: `Removed` (not yet: it may be) when it is
+/// the same object, `Gone` or `Replaced` otherwise.
+async fn read_back(
+    gw: &Gateway,
+    hit: &RetroHit,
+    copy: Option<&mut super::copy::Copy>,
+) -> Result<Removal, String> {
     use http_body_util::BodyExt as _;
     use tokio::io::AsyncReadExt as _;
-    let dir = gw.config.quarantine.as_ref().ok_or("no quarantine_dir")?;
+    let recorded = retro::readback_digest(&hit.object).ok_or("no digest of it was recorded")?;
+    let mut sink = Readback {
+        hasher: ObjectHasher::new(&[recorded.algorithm]),
+        copy,
+    };
     let key = String::from_utf8_lossy(&hit.key).into_owned();
-    let mut copy = super::copy::Copy::start(dir, &uuid::Uuid::new_v4().to_string()).await;
-    let mut copied = 0u64;
     match &gw.config.backend {
         Backend::Store(root) => {
             let path = super::store::object_path(root, &key).ok_or("not a store key")?;
             let mut file = match tokio::fs::File::open(&path).await {
                 Ok(file) => file,
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                    copy.discard().await;
-                    return Ok(None);
-                }
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Removal::Gone),
                 Err(e) => return Err(e.to_string()),
             };
             let mut buf = vec![0u8; 1 << 16];
@@ -129,48 +171,47 @@ async fn quarantine(gw: &Gateway, hit: &RetroHit) -> Result<Option<String>, Stri
                 if n == 0 {
                     break;
                 }
-                copied += n as u64;
-                copy.write(&bytes::Bytes::copy_from_slice(&buf[..n])).await;
+                sink.take(bytes::Bytes::copy_from_slice(&buf[..n])).await;
             }
         }
         Backend::Origin(_) => {
             let response = origin_request(gw, hit, Method::GET).await?;
             let status = response.status();
             if status == hyper::StatusCode::NOT_FOUND {
-                copy.discard().await;
-                return Ok(None);
+                return Ok(Removal::Gone);
             }
             if !status.is_success() {
-                copy.discard().await;
                 return Err(format!("the origin answered {status} to the GET"));
             }
             let mut body = response.into_body();
             while let Some(frame) = body.frame().await {
                 let frame = frame.map_err(|e| e.to_string())?;
                 if let Ok(data) = frame.into_data() {
-                    copied += data.len() as u64;
-                    copy.write(&data).await;
+                    sink.take(data).await;
                 }
             }
         }
     }
-    // The evidence is kept before anything is deleted: a copy that failed, or is not
-    // the object recorded (its size changed), leaves the object where it is.
-    if copied != hit.size && hit.member.is_none() {
-        copy.discard().await;
-        return Err(format!(
-            "read {copied} bytes of an object recorded with {}",
-            hit.size
-        ));
+    let read = sink.hasher.finish();
+    if read.first().map(|d| &d.bytes) == Some(&recorded.bytes) {
+        Ok(Removal::Removed { quarantine: None })
+    } else {
+        Ok(Removal::Replaced)
     }
-    let Some(path) = copy.path() else {
-        return Err("the quarantine copy could not be written".into());
-    };
-    copy.keep().await;
-    if tokio::fs::metadata(&path).await.is_err() {
-        return Err("the quarantine copy could not be kept".into());
+}
+/// Where the bytes read back go: hashed, and copied when quarantining.
+struct Readback<'c> {
+    hasher: ObjectHasher,
+    copy: Option<&'c mut super::copy::Copy>,
+}
+
+impl Readback<'_> {
+    async fn take(&mut self, data: bytes::Bytes) {
+        self.hasher.update(&data);
+        if let Some(copy) = self.copy.as_deref_mut() {
+            copy.write(&data).await;
+        }
     }
-    Ok(Some(path))
 }
 
 /// Sends `method` for the stored object `hit` names to the origin: S3-signed in S3 mode
@@ -209,7 +250,7 @@ async fn origin_request(
 }
 
 /// Deletes the stored object `hit` names: from the embedded store, or with a `DELETE`
-/// to the origin (S3-signed in S3 mode with `[s3]`).
+/// to the origin (S3-signed in S3 mode with `[s3]`). Gone already is what was wanted.
 async fn delete(gw: &Gateway, hit: &RetroHit) -> Result<(), String> {
     let key = String::from_utf8_lossy(&hit.key).into_owned();
     match &gw.config.backend {
@@ -224,7 +265,6 @@ async fn delete(gw: &Gateway, hit: &RetroHit) -> Result<(), String> {
         Backend::Origin(_) => {
             let response = origin_request(gw, hit, Method::DELETE).await?;
             let status = response.status();
-            // Gone already is what was wanted.
             if status.is_success() || status == hyper::StatusCode::NOT_FOUND {
                 Ok(())
             } else {

@@ -288,14 +288,14 @@ impl crate::enforce::retro::Remedy for Reported {
     fn delete<'a>(
         &'a self,
         _: &'a crate::catalog::RetroHit,
-    ) -> crate::enforce::retro::BoxFuture<'a, Result<(), String>> {
+    ) -> crate::enforce::retro::BoxFuture<'a, Result<crate::enforce::retro::Removal, String>> {
         Box::pin(async { Err("the ICAP server does not reach the storage".to_string()) })
     }
 
     fn quarantine<'a>(
         &'a self,
         _: &'a crate::catalog::RetroHit,
-    ) -> crate::enforce::retro::BoxFuture<'a, Result<Option<String>, String>> {
+    ) -> crate::enforce::retro::BoxFuture<'a, Result<crate::enforce::retro::Removal, String>> {
         Box::pin(async { Err("the ICAP server does not reach the storage".to_string()) })
     }
 }
