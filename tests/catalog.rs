@@ -473,6 +473,36 @@ mod stores {
                 .unwrap()
         ));
         assert_eq!(catalog.get(Kind::File, &long).unwrap(), None);
+        // A WebDAV MOVE or COPY: the rows follow, a collection's rows with it.
+        let object = |key: &[u8], seed| Entry {
+            kind: Kind::Object,
+            ..file(key, seed)
+        };
+        let (x, y) = (object(b"/d/x", 20), object(b"/d/sub/y", 21));
+        catalog.put(&[x.clone(), y, object(b"/d0", 22)]).unwrap();
+        seen.push(format!(
+            "moved {}",
+            catalog.relocate(b"/d/", b"/e", false).unwrap()
+        ));
+        assert_eq!(catalog.get(Kind::Object, b"/d/x").unwrap(), None);
+        let moved = catalog.get(Kind::Object, b"/e/x").unwrap();
+        let expected = Entry {
+            key: b"/e/x".to_vec(),
+            ..x
+        };
+        assert_eq!(moved, Some(expected), "moved with its members");
+        assert!(catalog.get(Kind::Object, b"/e/sub/y").unwrap().is_some());
+        assert!(
+            catalog.get(Kind::Object, b"/d0").unwrap().is_some(),
+            "not under /d"
+        );
+        seen.push(format!(
+            "copied {}",
+            catalog.relocate(b"/e/x", b"/f/x", true).unwrap()
+        ));
+        for key in [b"/e/x".as_slice(), b"/f/x", b"/e/sub/y", b"/d0"] {
+            assert!(catalog.remove(Kind::Object, key).unwrap(), "{key:?}");
+        }
         assert!(catalog.remove(Kind::Object, b"/srv/a.zip").unwrap());
         assert!(!catalog.remove(Kind::Object, b"/srv/a.zip").unwrap());
         seen.push(format!("count {}", catalog.count().unwrap()));
@@ -488,7 +518,14 @@ mod stores {
         let expected = exercise(&mut sqlite);
         assert_eq!(
             expected,
-            ["count 5", "under [10, 14, 9005]", "dropped 2", "count 2"]
+            [
+                "count 5",
+                "under [10, 14, 9005]",
+                "dropped 2",
+                "moved 2",
+                "copied 1",
+                "count 2"
+            ]
         );
         assert_eq!(exercise(&mut shared), expected);
     }

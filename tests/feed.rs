@@ -1083,6 +1083,67 @@ fn a_re_check_leaves_alone_a_clean_object_that_replaced_a_listed_one() {
     assert_eq!(retroactive(&a, "stale").len(), 3);
 }
 
+/// A WebDAV `MOVE` or `COPY` through the gateway: the origin moves the bytes, the
+/// catalog's rows follow them, so a re-check finds them where they are now.
+#[test]
+fn objects_moved_or_copied_at_the_origin_are_found_where_they_are_now() {
+    let a = Authority::new(1);
+    let origin = Setup::new();
+    let (_nginx, nport, root) = origin.nginx();
+    let url = format!("http://127.0.0.1:{nport}");
+    let (_gw, port, _) = catalog_gateway(&a, "moves", "delete", ["--origin", &url]);
+    let (x, x_bytes) = random_file(&a, "x.bin", 20_000);
+    let (y, y_bytes) = random_file(&a, "y.bin", 20_000);
+    let at = |path: &str| format!("http://127.0.0.1:{port}{path}");
+    assert_eq!(curl_put(&x, &at("/m/a/x.bin"), &[]), 201);
+    assert_eq!(curl_put(&y, &at("/m/y.bin"), &[]), 201);
+    for collection in ["/n/", "/c/"] {
+        assert_eq!(curl(&["-X", "MKCOL", &at(collection)]), 201);
+    }
+    let relocate = |method: &str, from: &str, to: &str| {
+        let destination = format!("Destination: {to}");
+        curl(&["-X", method, "-H", &destination, &at(from)])
+    };
+    // A collection, a file, then a copy of the moved file.
+    // (nginx answers 201 or 204.)
+    for (method, from, to) in [
+        ("MOVE", "/m/a/", "/n/a/".to_string()),
+        ("MOVE", "/m/y.bin", "/n/y.bin".to_string()),
+        ("COPY", "/n/y.bin", at("/c/y.bin")),
+    ] {
+        let status = relocate(method, from, &to);
+        assert!((200..300).contains(&status), "{method} {from}: {status}");
+    }
+    assert!(root.join("n/a/x.bin").exists() && root.join("c/y.bin").exists());
+
+    list_bytes(&a, &x_bytes);
+    list_bytes(&a, &y_bytes);
+    a.publish();
+    assert!(
+        wait_until(Duration::from_secs(30), || retroactive(&a, "moves").len()
+            == 3),
+        "{:?}",
+        retroactive(&a, "moves")
+    );
+    let records = retroactive(&a, "moves");
+    let mut found: Vec<(&str, &str)> = records
+        .iter()
+        .map(|r| (r["path"].as_str().unwrap(), r["action"].as_str().unwrap()))
+        .collect();
+    found.sort();
+    assert_eq!(
+        found,
+        [
+            ("/c/y.bin", "delete"),
+            ("/n/a/x.bin", "delete"),
+            ("/n/y.bin", "delete")
+        ]
+    );
+    for gone in ["n/a/x.bin", "n/y.bin", "c/y.bin"] {
+        assert!(!root.join(gone).exists(), "{gone} deleted");
+    }
+}
+
 #[test]
 fn two_gateways_sharing_a_postgres_catalog_re_check_each_filter_once() {
     let postgres = common::postgres::Postgres::start();

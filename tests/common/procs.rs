@@ -205,8 +205,8 @@ http {{
     }
 }
 
-/// nginx's `location /` for an origin that stores PUTs (WebDAV).
-const DAV: &str = "dav_methods PUT DELETE; create_full_put_path on;";
+/// nginx's `location /` for an origin that stores PUTs and moves and copies them (WebDAV).
+const DAV: &str = "dav_methods PUT DELETE MKCOL COPY MOVE; create_full_put_path on;";
 
 /// Starts a server (gateway, ICAP server, demo) that binds port 0 and reads the ports it
 /// announces on stderr: no port is chosen here, so parallel tests cannot collide.

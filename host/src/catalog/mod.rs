@@ -476,6 +476,39 @@ impl Catalog {
         each!(self, s => s.remove(kind, key))
     }
 
+    /// Gives the object rows at `from`, and under it when it is a collection (`from/…`),
+    /// the same place under `to`: a WebDAV `MOVE` (`keep` false) or `COPY` (`keep` true)
+    /// the origin carried out. Rows already at the destination are replaced. Returns
+    /// how many rows it gave a new place.
+    pub fn relocate(&mut self, from: &[u8], to: &[u8], keep: bool) -> Result<u64, CatalogError> {
+        use std::os::unix::ffi::OsStrExt as _;
+        let trim = |key: &[u8]| -> Vec<u8> {
+            let mut key = key.to_vec();
+            while key.len() > 1 && key.ends_with(b"/") {
+                key.pop();
+            }
+            key
+        };
+        let (from, to) = (trim(from), trim(to));
+        let root = PathBuf::from(std::ffi::OsStr::from_bytes(&from));
+        let keys = each!(self, s => s.keys_under(Kind::Object, &[root]))?;
+        let mut moved = Vec::with_capacity(keys.len());
+        for key in &keys {
+            let Some(mut entry) = self.get(Kind::Object, key)? else {
+                continue;
+            };
+            entry.key = [to.as_slice(), &key[from.len()..]].concat();
+            moved.push(entry);
+        }
+        self.put(&moved)?;
+        if !keep {
+            for key in &keys {
+                self.remove(Kind::Object, key)?;
+            }
+        }
+        Ok(moved.len() as u64)
+    }
+
     /// Removes the rows of files under `roots` that are not in `present` (a scan drops
     /// the rows of files that are gone). Returns how many were removed.
     pub fn retain_files(
@@ -483,7 +516,7 @@ impl Catalog {
         roots: &[PathBuf],
         present: &std::collections::HashSet<Vec<u8>>,
     ) -> Result<u64, CatalogError> {
-        let gone: Vec<Vec<u8>> = each!(self, s => s.file_keys_under(roots))?
+        let gone: Vec<Vec<u8>> = each!(self, s => s.keys_under(Kind::File, roots))?
             .into_iter()
             .filter(|k| !present.contains(k))
             .collect();

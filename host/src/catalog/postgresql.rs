@@ -261,8 +261,9 @@ impl Store {
             .map_err(|e| self.failed(e))
     }
 
-    pub(super) fn file_keys_under(
+    pub(super) fn keys_under(
         &mut self,
+        kind: Kind,
         roots: &[PathBuf],
     ) -> Result<Vec<Vec<u8>>, CatalogError> {
         let mut keys = Vec::new();
@@ -271,8 +272,8 @@ impl Store {
             let rows = self
                 .client
                 .query(
-                    &format!("SELECT o.key FROM hashgate.objects o WHERE o.kind = 0 AND {UNDER}"),
-                    &[&root, &below, &end],
+                    &format!("SELECT o.key FROM hashgate.objects o WHERE o.kind = $4 AND {UNDER}"),
+                    &[&root, &below, &end, &(kind.code() as i16)],
                 )
                 .map_err(|e| self.failed(e))?;
             for row in rows {

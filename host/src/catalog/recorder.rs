@@ -39,6 +39,8 @@ pub struct RecorderStats {
 enum Op {
     Put(Box<Entry>),
     Remove(Kind, Vec<u8>),
+    /// [`Catalog::relocate`]: from, to, whether the source stays.
+    Relocate(Vec<u8>, Vec<u8>, bool),
     /// Answered once everything queued before it is written (tests, shutdown).
     Flush(mpsc::Sender<()>),
 }
@@ -99,6 +101,12 @@ impl Recorder {
     /// Queues the removal of the row of `kind` and `key` (a `DELETE`).
     pub fn remove(&self, kind: Kind, key: Vec<u8>) {
         self.send(Op::Remove(kind, key));
+    }
+
+    /// Queues giving the rows at and under `from` the same place under `to`
+    /// ([`Catalog::relocate`]: a WebDAV `MOVE`, or a `COPY` when `keep`).
+    pub fn relocate(&self, from: Vec<u8>, to: Vec<u8>, keep: bool) {
+        self.send(Op::Relocate(from, to, keep));
     }
 
     fn send(&self, op: Op) {
@@ -185,6 +193,14 @@ impl Writer {
                         .map_err(Failure::Catalog)?;
                     catalog.remove(kind, &key).map_err(Failure::Catalog)?;
                 }
+                Op::Relocate(from, to, keep) => {
+                    catalog
+                        .put(&std::mem::take(&mut puts))
+                        .map_err(Failure::Catalog)?;
+                    catalog
+                        .relocate(&from, &to, keep)
+                        .map_err(Failure::Catalog)?;
+                }
                 Op::Flush(_) => {}
             }
         }
@@ -213,7 +229,7 @@ fn write_loop(mut writer: Writer, rx: Receiver<Op>, counts: &Counts) {
         for op in &mut ops {
             match op {
                 Op::Flush(done) => flushes.push(done.clone()),
-                Op::Put(_) | Op::Remove(..) => rows += 1,
+                Op::Put(_) | Op::Remove(..) | Op::Relocate(..) => rows += 1,
             }
         }
         match writer.apply(ops) {

@@ -144,22 +144,23 @@ impl Store {
         Ok(removed)
     }
 
-    pub(super) fn file_keys_under(
+    pub(super) fn keys_under(
         &mut self,
+        kind: Kind,
         roots: &[PathBuf],
     ) -> Result<Vec<Vec<u8>>, CatalogError> {
         let mut stmt = self
             .conn
             .prepare_cached(
                 "SELECT key FROM objects
-                 WHERE kind = 0 AND (key = ?1 OR (key >= ?2 AND key < ?3))",
+                 WHERE kind = ?4 AND (key = ?1 OR (key >= ?2 AND key < ?3))",
             )
             .map_err(|e| self.failed(e))?;
         let mut keys = Vec::new();
         for root in roots {
             let (root, below, end) = key_range(root);
             let rows = stmt
-                .query_map(params![root, below, end], |row| row.get(0))
+                .query_map(params![root, below, end, kind.code()], |row| row.get(0))
                 .map_err(|e| self.failed(e))?;
             for key in rows {
                 keys.push(key.map_err(|e| self.failed(e))?);

@@ -250,6 +250,9 @@ impl Gateway {
         // An object deleted (not an S3 upload aborted, `DELETE ?uploadId=`): its
         // catalog row goes too.
         let deletes = req.method() == Method::DELETE && req.uri().query().is_none();
+        // A WebDAV `MOVE` or `COPY` the origin carries out: the rows follow the object
+        // (a Nextcloud chunked upload's `MOVE` is recorded as the assembly it is).
+        let mut relocates = retro::relocation(&req);
         let inspected = self
             .config
             .inspect_methods
@@ -290,6 +293,7 @@ impl Gateway {
             {
                 let spool = self.nextcloud.as_ref().expect("Nextcloud mode");
                 let op = chunking.unwrap_or(nextcloud::Op::Other);
+                relocates = None;
                 nextcloud::handle(self, spool, op, req, &ctx).await
             }
             Backend::Origin(_) if self.tus.is_some() && tus::is_tus(req.headers()) => {
@@ -321,6 +325,9 @@ impl Gateway {
         self.enforcer.metrics().count_request(outcome);
         if deletes && response.status().is_success() {
             self.record_removed(&ctx);
+        }
+        if let Some((to, keep)) = relocates.filter(|_| response.status().is_success()) {
+            self.record_relocated(&ctx, to, keep);
         }
         let mut response = response;
         if let Ok(id) = ctx.request_id.parse() {

@@ -68,12 +68,33 @@ impl Gateway {
         ));
     }
 
+    /// Gives the rows at `ctx`'s path a place at `to` as well (`keep`: a `COPY`) or
+    /// instead (a `MOVE`), once the origin has done so.
+    pub(super) fn record_relocated(&self, ctx: &Context, to: Vec<u8>, keep: bool) {
+        if let Some(recorder) = &self.catalog {
+            recorder.relocate(ctx.path.as_bytes().to_vec(), to, keep);
+        }
+    }
+
     /// Forgets the object at `ctx`'s path (a `DELETE` succeeded).
     pub(super) fn record_removed(&self, ctx: &Context) {
         if let Some(recorder) = &self.catalog {
             recorder.remove(Kind::Object, ctx.path.as_bytes().to_vec());
         }
     }
+}
+
+/// The destination path of a WebDAV `MOVE` or `COPY` (its `Destination`, an absolute
+/// URI or a path, as sent), and whether the source stays (a `COPY`).
+pub(super) fn relocation<B>(req: &hyper::Request<B>) -> Option<(Vec<u8>, bool)> {
+    let keep = match req.method().as_str() {
+        "MOVE" => false,
+        "COPY" => true,
+        _ => return None,
+    };
+    let destination = req.headers().get("destination")?.to_str().ok()?;
+    let uri: hyper::Uri = destination.parse().ok()?;
+    Some((uri.path().as_bytes().to_vec(), keep))
 }
 
 /// Follows the filter swaps of `gw`'s verdict core, re-checking its catalog on each
