@@ -13,7 +13,7 @@
 # Gateway throughput with the catalog on and off: benches/ab.sh with HASHGATE_A set to
 # this build and B_ARGS="--catalog DIR/catalog.db".
 # Usage: benches/catalog.sh  (env: ROWS=10000000 ENTRIES=10000000 FILES=100000
-#        FILE_BYTES=16384 TREE_ENTRIES=1000000 ROUNDS=3 PARTS=sqlite,postgres,tree)
+#        FILE_BYTES=16384 TREE_ENTRIES=1000000 ROUNDS=3 PARTS=sqlite,postgres,tree COLD=0)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROWS=${ROWS:-10000000}
@@ -136,6 +136,9 @@ for i in range(n):
         f.write(os.urandom(size))
 PY
 scan_s() { # extra args...
+  # COLD=1 (root): each scan starts with the page cache dropped, as after a reboot or
+  # on a tree larger than memory.
+  if [ "${COLD:-0}" = 1 ]; then sync; echo 3 > /proc/sys/vm/drop_caches; fi
   local start; start=$(date +%s.%N)
   "$hg" scan --filter "$work/f.hgf" --pub "$work/k.pub" "$@" "$work/tree" > "$work/scan.out"
   echo "$(date +%s.%N) - $start" | bc -l

@@ -520,10 +520,16 @@ impl Catalog {
             .into_iter()
             .filter(|k| !present.contains(k))
             .collect();
-        if gone.is_empty() {
+        self.remove_files(&gone)
+    }
+
+    /// Removes the rows of the files at `keys` (gone since they were recorded).
+    /// Returns how many there were.
+    pub fn remove_files(&mut self, keys: &[Vec<u8>]) -> Result<u64, CatalogError> {
+        if keys.is_empty() {
             return Ok(0);
         }
-        each!(self, s => s.remove_files(&gone))
+        each!(self, s => s.remove_files(keys))
     }
 
     /// The recorded files under `roots` (absolute paths), by key, with their members.

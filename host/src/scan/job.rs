@@ -102,27 +102,38 @@ pub fn run(job: &Job<'_>, on_event: &(dyn Fn(Event<'_>) + Sync)) -> Result<Finis
         });
         let _ = loading.set(loaded);
     };
-    let mut listing_errors = 0u64;
-    let targets = list_files(job.paths, &mut |path, error| {
-        listing_errors += 1;
-        on_event(Event::Error { path, error });
-    });
-    on_event(Event::Listed {
-        files: targets.len() as u64,
-        bytes: targets.iter().map(|t| t.size).sum(),
-    });
+    // The filter loads, the catalog's rows are read and the files are listed at once:
+    // for an unchanged tree each takes about as long as deciding on it.
     let roots: Vec<PathBuf> = job.paths.iter().map(|p| absolute(p)).collect();
-    let catalog = match job.catalog {
-        Some(location) => Some(ScanCatalog::new(
-            Catalog::at(location)?,
+    let read_catalog = || -> Result<Option<ScanCatalog>, JobError> {
+        let Some(location) = job.catalog else {
+            return Ok(None);
+        };
+        let catalog = Catalog::at(location)?;
+        Ok(Some(ScanCatalog::new(
+            catalog,
             &roots,
             job.catalog_algorithms.clone(),
-        )?),
-        None => None,
+        )?))
     };
-    let mut summary = std::thread::scope(|s| {
+    let mut listing_errors = 0u64;
+    let (targets, catalog, mut summary) = std::thread::scope(|s| {
         s.spawn(load);
-        scan_while_loading(
+        let reading = s.spawn(read_catalog);
+        let targets = list_files(job.paths, &mut |path, error| {
+            listing_errors += 1;
+            on_event(Event::Error { path, error });
+        });
+        on_event(Event::Listed {
+            files: targets.len() as u64,
+            bytes: targets.iter().map(|t| t.size).sum(),
+        });
+        let catalog = reading.join().unwrap_or_else(|_| {
+            Err(JobError::Catalog(crate::catalog::CatalogError::Thread(
+                "reading the catalog failed unexpectedly".into(),
+            )))
+        })?;
+        let summary = scan_while_loading(
             &algorithms,
             &job.limits,
             &|| loading.wait().as_ref().ok(),
@@ -130,11 +141,12 @@ pub fn run(job: &Job<'_>, on_event: &(dyn Fn(Event<'_>) + Sync)) -> Result<Finis
             job.threads,
             catalog.as_ref(),
             on_event,
-        )
-    });
+        );
+        Ok::<_, JobError>((targets, catalog, summary))
+    })?;
     // A listing that failed somewhere may have missed files that are still there:
     // their rows are kept.
-    let catalog = catalog.map(|c| c.finish(&roots, &targets, listing_errors == 0));
+    let catalog = catalog.map(|c| c.finish(&targets, listing_errors == 0));
     let enforcer = loading
         .into_inner()
         .expect("the loader always sets the result")?;

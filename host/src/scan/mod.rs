@@ -231,16 +231,16 @@ impl ScanCatalog {
         &self.keep
     }
 
-    /// The recorded report of `path`, if its stamp is `stamp` and the record holds
-    /// every digest of `algorithms`.
+    /// The record of `path`, if its stamp is `stamp` and it holds every digest of
+    /// `algorithms`.
     fn reuse(
         &self,
         key: &[u8],
         stamp: &FileStamp,
         algorithms: &[crate::Algorithm],
-    ) -> Option<Report> {
+    ) -> Option<&catalog::Entry> {
         let entry = self.previous.get(key)?;
-        (entry.stamp.as_ref() == Some(stamp) && entry.covers(algorithms)).then(|| entry.report())
+        (entry.stamp.as_ref() == Some(stamp) && entry.covers(algorithms)).then_some(entry)
     }
 
     fn record(&self, key: Vec<u8>, stamp: FileStamp, report: &Report) {
@@ -273,18 +273,14 @@ impl ScanCatalog {
         absolute.as_os_str().as_bytes().to_vec()
     }
 
-    /// Writes what is pending and drops the rows of files under `roots` that are not
+    /// Writes what is pending and drops the rows of files under the scan's roots that are not
     /// among `targets` (they are gone). Returns how many rows were dropped, or the
     /// first error any write met.
-    pub fn finish(
-        self,
-        roots: &[PathBuf],
-        targets: &[Target],
-        drop_gone: bool,
-    ) -> Result<u64, catalog::CatalogError> {
+    pub fn finish(self, targets: &[Target], drop_gone: bool) -> Result<u64, catalog::CatalogError> {
         let pending = std::mem::take(&mut *self.pending.lock().expect("not poisoned"));
         self.write(&pending);
-        let present = targets.iter().map(|t| self.key(&t.path)).collect();
+        let present: std::collections::HashSet<Vec<u8>> =
+            targets.iter().map(|t| self.key(&t.path)).collect();
         if let Some(e) = self.failed.into_inner().expect("not poisoned") {
             return Err(e);
         }
@@ -292,7 +288,14 @@ impl ScanCatalog {
         if !drop_gone {
             return Ok(0);
         }
-        writer.retain_files(roots, &present)
+        // The rows under the roots were read when the scan began (`previous`); files
+        // recorded since by this scan are among `targets`.
+        let gone: Vec<Vec<u8>> = self
+            .previous
+            .into_keys()
+            .filter(|k| !present.contains(k))
+            .collect();
+        writer.remove_files(&gone)
     }
 }
 
@@ -359,6 +362,9 @@ const CHUNK: usize = 64 * 1024;
 /// size on (below it, starting threads costs more than it saves).
 const SPLIT_FROM: u64 = 1 << 20;
 
+/// Files taken from the catalog decided per batched check.
+const RECORDED_BATCH: usize = 4096;
+
 /// One scan's shared state: the cursor into the targets and the totals.
 struct Scan<'s, 'e> {
     /// The catalog of an incremental scan.
@@ -410,6 +416,8 @@ impl<'s> Scan<'s, '_> {
         let mut batch: Vec<InFlight<'s>> = Vec::with_capacity(lanes);
         // Buffers of files done, for the next ones (no allocation or zeroing per file).
         let mut spare: Vec<Vec<u8>> = Vec::with_capacity(lanes);
+        // Files taken from the catalog, decided a batch at a time.
+        let mut recorded: Vec<(&'s Path, &'s catalog::Entry)> = Vec::with_capacity(RECORDED_BATCH);
         loop {
             while batch.len() < lanes {
                 let i = self.next.fetch_add(1, Ordering::Relaxed);
@@ -417,8 +425,11 @@ impl<'s> Scan<'s, '_> {
                     break;
                 };
                 let path = target.path.as_path();
-                if let Some(flow) = self.decide_recorded(target) {
-                    if flow.is_break() {
+                if let Some(report) = self.recorded(target) {
+                    recorded.push((path, report));
+                    if recorded.len() >= RECORDED_BATCH
+                        && self.decide_recorded(&mut recorded).is_break()
+                    {
                         return;
                     }
                     continue;
@@ -483,6 +494,7 @@ impl<'s> Scan<'s, '_> {
                 }
             }
             if batch.is_empty() {
+                let _ = self.decide_recorded(&mut recorded);
                 return;
             }
             // One pass: a chunk more of every file, hashed side by side.
@@ -537,15 +549,69 @@ impl<'s> Scan<'s, '_> {
         }
     }
 
-    /// For an incremental scan: decides on `path` from its catalog record if that
-    /// stands (same inode, size and times; every digest needed), without reading it.
-    /// `None` when the file must be read.
-    fn decide_recorded(&self, target: &Target) -> Option<ControlFlow<()>> {
+    /// For an incremental scan: the catalog's record of `target`, if it stands (same
+    /// inode, size and times; every digest needed), so that it is not read.
+    fn recorded(&self, target: &Target) -> Option<&'s catalog::Entry> {
         let catalog = self.catalog?;
         let path = target.path.as_path();
         let report = catalog.reuse(&catalog.key(path), target.stamp.as_ref()?, self.needed)?;
         self.totals[6].fetch_add(1, Ordering::Relaxed);
-        Some(self.conclude(path, Ok(report), false))
+        Some(report)
+    }
+
+    /// Decides on files taken from the catalog, emptying `recorded`: their digests are
+    /// checked a batch at a time (one guest call per algorithm, not one per file), and
+    /// only a file with a hit or a problem goes through [`Scan::conclude`]; a clean one
+    /// is counted as `conclude` would count it. Should a batched check fail, every file
+    /// goes through `conclude`.
+    fn decide_recorded(&self, recorded: &mut Vec<(&Path, &catalog::Entry)>) -> ControlFlow<()> {
+        let Some(enforcer) = (self.enforcer)() else {
+            return ControlFlow::Break(());
+        };
+        let filter = enforcer.filter();
+        // Whether each file needs `conclude`: a hit, a problem, a digest not as wide
+        // as its algorithm's.
+        let mut needs: Vec<bool> = recorded
+            .iter()
+            .map(|(_, e)| !e.problems.is_empty())
+            .collect();
+        let checked = (|| -> Result<(), Error> {
+            for &algorithm in &filter.info().algorithms {
+                let width = algorithm.digest_len();
+                let (mut packed, mut owners) = (Vec::new(), Vec::new());
+                for (i, (_, entry)) in recorded.iter().enumerate() {
+                    let nodes = std::iter::once(&entry.digests)
+                        .chain(entry.members.iter().map(|m| &m.digests));
+                    for digests in nodes {
+                        match digests.iter().find(|d| d.algorithm == algorithm) {
+                            Some(d) if d.bytes.len() == width => {
+                                packed.extend_from_slice(&d.bytes);
+                                owners.push(i);
+                            }
+                            _ => needs[i] = true,
+                        }
+                    }
+                }
+                for (index, _) in filter.check_packed(algorithm, &packed)? {
+                    needs[owners[index]] = true;
+                }
+            }
+            Ok(())
+        })();
+        if let Err(e) = &checked {
+            tracing::warn!(error = %e, "a batched check failed: deciding file by file");
+        }
+        for ((path, entry), needs) in recorded.drain(..).zip(needs) {
+            if needs || checked.is_err() {
+                if self.conclude(path, Ok(entry.report()), false).is_break() {
+                    return ControlFlow::Break(());
+                }
+            } else {
+                self.totals[0].fetch_add(1, Ordering::Relaxed);
+                (self.on_event)(Event::Scanned { bytes: 0 });
+            }
+        }
+        ControlFlow::Continue(())
     }
 
     /// Records a file read (an incremental scan), then decides on it.
