@@ -384,7 +384,7 @@ mod stores {
     use hashgate_host::{Algorithm, Digest};
 
     use crate::common::postgres::Postgres;
-    use crate::common::procs::wait_until;
+    use crate::common::procs::{wait_until, TestCa};
 
     fn digests(seed: u8) -> Vec<Digest> {
         Algorithm::ALL
@@ -528,6 +528,49 @@ mod stores {
             ]
         );
         assert_eq!(exercise(&mut shared), expected);
+    }
+
+    /// A catalog across a network: `sslmode=verify-full` encrypts the connection and
+    /// verifies the server against `sslrootcert`.
+    #[test]
+    fn a_postgres_catalog_over_tls_verifies_the_server() {
+        let dir = tempfile::tempdir().unwrap();
+        let ca = TestCa::new(dir.path());
+        let postgres = Postgres::start_tls(&ca);
+        let with = |query: &str| Location::from(format!("{}?{query}", postgres.url()).as_str());
+        let ca_pem = dir.path().join("ca.pem").display().to_string();
+        let verified = with(&format!("sslmode=verify-full&sslrootcert={ca_pem}"));
+        let mut catalog = Catalog::at(&verified).unwrap();
+        catalog.put(&[file(b"/over/tls", 1)]).unwrap();
+        assert!(catalog.get(Kind::File, b"/over/tls").unwrap().is_some());
+        let encrypted = "SELECT string_agg(s.ssl::text, ',') FROM pg_stat_ssl s \
+             JOIN pg_stat_activity a USING (pid) WHERE a.application_name = 'hashgate'";
+        assert_eq!(postgres.psql(encrypted).as_deref(), Some("true"));
+        drop(catalog);
+
+        // A server the given CA did not certify is refused, as is one no root vouches for.
+        let other = tempfile::tempdir().unwrap();
+        TestCa::new(other.path());
+        let other_pem = other.path().join("ca.pem").display().to_string();
+        for refused in [
+            with(&format!("sslmode=verify-full&sslrootcert={other_pem}")),
+            with("sslmode=require"),
+        ] {
+            let error = Catalog::at(&refused).expect_err("refused");
+            assert!(matches!(error, CatalogError::Postgres { .. }), "{error}");
+        }
+        // Settings that cannot be used are said so before connecting.
+        for (query, says) in [
+            (
+                "sslrootcert=/nonexistent/ca.pem&sslmode=verify-full",
+                "/nonexistent/ca.pem",
+            ),
+            (&format!("sslrootcert={ca_pem}") as &str, "without sslmode"),
+        ] {
+            let error = with(query).check().expect_err("refused");
+            assert!(matches!(error, CatalogError::Tls { .. }), "{error}");
+            assert!(error.to_string().contains(says), "{error}");
+        }
     }
 
     #[test]

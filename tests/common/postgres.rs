@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use super::procs::{free_port, wait_until};
+use super::procs::{free_port, wait_until, TestCa};
 
 /// The role and database the tests connect as and to.
 const USER: &str = "hashgate";
@@ -19,6 +19,8 @@ pub struct Postgres {
     /// The port it listens on (kept across a restart).
     pub port: u16,
     server: Option<Child>,
+    /// Its certificate and key, when it speaks TLS.
+    tls: Option<(PathBuf, PathBuf)>,
 }
 
 /// The newest installed server's binaries.
@@ -78,6 +80,16 @@ fn server_user() -> (u32, u32) {
 impl Postgres {
     /// A new cluster, started and accepting connections.
     pub fn start() -> Postgres {
+        Postgres::start_with(None)
+    }
+
+    /// [`Postgres::start`] with TLS on (`ssl = on`), its certificate for localhost and
+    /// 127.0.0.1 signed by `ca`.
+    pub fn start_tls(ca: &TestCa) -> Postgres {
+        Postgres::start_with(Some(ca))
+    }
+
+    fn start_with(ca: Option<&TestCa>) -> Postgres {
         let dir = tempfile::tempdir().unwrap();
         if is_root() {
             let (uid, gid) = server_user();
@@ -96,11 +108,25 @@ impl Postgres {
             "initdb: {}",
             String::from_utf8_lossy(&out.stderr)
         );
+        // The server reads its key only if no one else may (0600, its own user).
+        let tls = ca.map(|ca| {
+            let (cert, key) = ca.server(dir.path(), "postgres");
+            std::fs::set_permissions(&key, std::os::unix::fs::PermissionsExt::from_mode(0o600))
+                .unwrap();
+            if is_root() {
+                let (uid, gid) = server_user();
+                for file in [&cert, &key] {
+                    std::os::unix::fs::chown(file, Some(uid), Some(gid)).unwrap();
+                }
+            }
+            (cert, key)
+        });
         let mut postgres = Postgres {
             dir,
             bin,
             port: 0,
             server: None,
+            tls,
         };
         // A free port can be taken between the check and the bind: try another.
         for _ in 0..5 {
@@ -115,7 +141,17 @@ impl Postgres {
     /// Starts the server on its port; whether it accepts connections.
     fn run(&mut self) -> bool {
         let log = std::fs::File::create(self.dir.path().join("server.log")).unwrap();
-        let child = as_server_user(&self.bin.join("postgres"))
+        let mut server = as_server_user(&self.bin.join("postgres"));
+        if let Some((cert, key)) = &self.tls {
+            server.args(["-c", "ssl=on"]);
+            server
+                .arg("-c")
+                .arg(format!("ssl_cert_file={}", cert.display()));
+            server
+                .arg("-c")
+                .arg(format!("ssl_key_file={}", key.display()));
+        }
+        let child = server
             .arg("-D")
             .arg(self.dir.path().join("data"))
             .args(["-h", "127.0.0.1", "-p", &self.port.to_string()])

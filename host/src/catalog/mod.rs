@@ -333,6 +333,16 @@ pub enum CatalogError {
         /// What the client or the server said.
         error: ::postgres::Error,
     },
+    /// Occurs when a PostgreSQL URL's TLS settings cannot be used: its `sslrootcert` is
+    /// unreadable or holds no PEM certificate, no trust roots are found, or
+    /// `sslrootcert` is given without `sslmode=verify-full`.
+    #[error("catalog {location}: TLS: {reason}")]
+    Tls {
+        /// The database, named without its password.
+        location: String,
+        /// What is wrong.
+        reason: String,
+    },
     /// Occurs when a thread to read the catalog cannot be started.
     #[error("cannot start a catalog thread: {0}")]
     Thread(String),
@@ -360,6 +370,7 @@ impl CatalogError {
                 error.is_closed() || error.as_db_error().is_none()
             }
             CatalogError::Sqlite { .. }
+            | CatalogError::Tls { .. }
             | CatalogError::NewerSchema { .. }
             | CatalogError::Thread(_) => false,
         }

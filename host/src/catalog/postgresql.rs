@@ -113,12 +113,74 @@ pub(super) fn redacted(url: &str) -> String {
 
 /// Checks that `url` is one the client takes.
 pub(super) fn check(url: &str) -> Result<(), CatalogError> {
-    url.parse::<postgres::Config>()
-        .map(drop)
-        .map_err(|error| CatalogError::Postgres {
-            location: redacted(url),
-            error,
-        })
+    let (config, tls) = settings(url)?;
+    let remote = config.get_hosts().iter().any(|host| match host {
+        postgres::config::Host::Tcp(name) => !is_loopback(name),
+        postgres::config::Host::Unix(_) => false,
+    });
+    if remote && tls.is_none() {
+        tracing::warn!(
+            catalog = %redacted(url),
+            "the catalog's connection is not encrypted: add sslmode=verify-full to its URL"
+        );
+    }
+    Ok(())
+}
+
+fn is_loopback(host: &str) -> bool {
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    host == "localhost"
+        || host
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
+}
+
+/// The client settings of a catalog URL, and its TLS configuration if it asks for TLS.
+///
+/// libpq's `sslmode=require`, `verify-ca` and `verify-full` all encrypt the connection
+/// and verify the server's certificate and name (a catalog holds where every object is
+/// stored and what it hashed to: a server that cannot prove its name gets none of it),
+/// against the system's roots and the PEM certificates of `sslrootcert=FILE`, if given.
+/// `prefer` (the default) and `disable` connect in the clear. The client library knows
+/// neither `verify-*` nor `sslrootcert`, so they are taken out of the URL it parses.
+fn settings(url: &str) -> Result<(postgres::Config, Option<rustls::ClientConfig>), CatalogError> {
+    let location = redacted(url);
+    let (base, query) = url.split_once('?').unwrap_or((url, ""));
+    let (mut kept, mut tls, mut ca) = (Vec::new(), false, None);
+    for param in query.split('&').filter(|p| !p.is_empty()) {
+        match param.split_once('=') {
+            Some(("sslrootcert", path)) => ca = Some(crate::inspect::percent_decode(path)),
+            Some(("sslmode", "require" | "verify-ca" | "verify-full")) => {
+                tls = true;
+                kept.push("sslmode=require");
+            }
+            _ => kept.push(param),
+        }
+    }
+    let url = if kept.is_empty() {
+        base.to_string()
+    } else {
+        format!("{base}?{}", kept.join("&"))
+    };
+    let config: postgres::Config = url.parse().map_err(|error| CatalogError::Postgres {
+        location: location.clone(),
+        error,
+    })?;
+    if !tls {
+        if ca.is_some() {
+            return Err(CatalogError::Tls {
+                location,
+                reason: "sslrootcert without sslmode=verify-full (or require)".into(),
+            });
+        }
+        return Ok((config, None));
+    }
+    let roots = ca.as_deref().map(Path::new);
+    let client = crate::tls::client_config(roots).map_err(|e| CatalogError::Tls {
+        location,
+        reason: e.to_string(),
+    })?;
+    Ok((config, Some(client)))
 }
 
 /// A PostgreSQL catalog, connected.
@@ -139,14 +201,18 @@ impl Store {
             location: location.clone(),
             error,
         };
-        let mut config: postgres::Config = url.parse().map_err(failed)?;
+        let (mut config, tls) = settings(url)?;
         if config.get_connect_timeout().is_none() {
             config.connect_timeout(CONNECT_TIMEOUT);
         }
         if config.get_application_name().is_none() {
             config.application_name("hashgate");
         }
-        let mut client = config.connect(NoTls).map_err(failed)?;
+        let connected = match tls {
+            Some(tls) => config.connect(tokio_postgres_rustls::MakeRustlsConnect::new(tls)),
+            None => config.connect(NoTls),
+        };
+        let mut client = connected.map_err(failed)?;
         migrate(&mut client, &location)?;
         Ok(Store {
             location,
