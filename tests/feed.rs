@@ -252,6 +252,15 @@ fn downloads(admin: u16, kind: &str) -> f64 {
 }
 
 /// The status `/readyz` answers, as text (`200`, `503`).
+/// What `/readyz` answers (its body).
+fn readyz_says(admin: u16) -> String {
+    let out = Command::new("curl")
+        .args(["-s", &format!("http://127.0.0.1:{admin}/readyz")])
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
 fn readyz(admin: u16) -> String {
     let out = Command::new("curl")
         .args(["-s", "-o", "/dev/null", "-w", "%{http_code}"])
@@ -1219,13 +1228,7 @@ fn uploads_are_answered_while_the_postgres_catalog_is_down_and_recorded_once_it_
     let written = || metric(admin, "hashgate_catalog_rows{outcome=\"written\"}");
     let failed = || metric(admin, "hashgate_catalog_rows{outcome=\"failed\"}");
     let degraded = || metric(admin, "hashgate_catalog_degraded");
-    let ready = || {
-        let out = Command::new("curl")
-            .args(["-s", &format!("http://127.0.0.1:{admin}/readyz")])
-            .output()
-            .unwrap();
-        String::from_utf8_lossy(&out.stdout).into_owned()
-    };
+    let ready = || readyz_says(admin);
     let (before, _) = random_file(&a, "before.bin", 10_000);
     assert_eq!(put(port, &before), 201);
     assert!(wait_until(Duration::from_secs(10), || written() == 1.0));
@@ -1277,6 +1280,107 @@ fn uploads_are_answered_while_the_postgres_catalog_is_down_and_recorded_once_it_
         written() + failed(),
         1.0 + 1.0 + n as f64,
         "every row counted"
+    );
+}
+
+/// A small tmpfs mounted for one test (root: CI runs the tests as root), unmounted
+/// when dropped: a disk that really fills (`ENOSPC`).
+struct SmallDisk(PathBuf);
+
+impl SmallDisk {
+    fn mount(at: PathBuf, size: &str) -> SmallDisk {
+        std::fs::create_dir_all(&at).unwrap();
+        let out = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(&at)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "this test mounts a tmpfs and needs root (scripts/test.sh runs as root): {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        SmallDisk(at)
+    }
+
+    /// Writes a file until the disk is full; returns it.
+    fn fill(&self) -> PathBuf {
+        use std::io::Write as _;
+        let filler = self.0.join("filler");
+        let mut file = std::fs::File::create(&filler).unwrap();
+        let block = vec![0u8; 64 * 1024];
+        while file.write_all(&block).is_ok() {}
+        let _ = file.write_all(&[0]); // the last partial block
+        filler
+    }
+}
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+    }
+}
+
+#[test]
+fn uploads_are_answered_while_the_catalog_disk_is_full_and_recorded_once_it_has_room() {
+    let a = Authority::new(1);
+    let disk = SmallDisk::mount(a.s.path("catalog-disk"), "4m");
+    let catalog = disk.0.join("catalog.db").display().to_string();
+    let store = a.p("store-full");
+    let (_gw, port, admin) =
+        catalog_gateway_at(&a, "full", "report", &catalog, &["--store", &store]);
+    let written = || metric(admin, "hashgate_catalog_rows{outcome=\"written\"}");
+    let failed = || metric(admin, "hashgate_catalog_rows{outcome=\"failed\"}");
+    let degraded = || metric(admin, "hashgate_catalog_degraded");
+    let (before, _) = random_file(&a, "before.bin", 10_000);
+    assert_eq!(put(port, &before), 201);
+    assert!(wait_until(Duration::from_secs(10), || written() == 1.0));
+
+    let filler = disk.fill();
+    let mut n = 0;
+    assert!(
+        wait_until(Duration::from_secs(20), || {
+            n += 1;
+            let (during, _) = random_file(&a, &format!("during{n}.bin"), 1000);
+            assert_eq!(put(port, &during), 201, "answered with the disk full");
+            failed() >= 1.0 && degraded() == 1.0
+        }),
+        "the gap is counted: written {}, failed {}",
+        written(),
+        failed()
+    );
+    assert!(readyz_says(admin).contains("catalog degraded"));
+
+    std::fs::remove_file(&filler).unwrap();
+    let mut m = 0;
+    assert!(
+        wait_until(Duration::from_secs(20), || {
+            m += 1;
+            let (after, _) = random_file(&a, &format!("after{m}.bin"), 1000);
+            assert_eq!(put(port, &after), 201);
+            wait_until(Duration::from_secs(1), || degraded() == 0.0)
+        }),
+        "recovered: written {}, failed {}",
+        written(),
+        failed()
+    );
+    assert!(!readyz_says(admin).contains("degraded"));
+    assert!(
+        wait_until(Duration::from_secs(5), || {
+            written() + failed() == (1 + n + m) as f64
+        }),
+        "every row counted: written {}, failed {}, {} uploads",
+        written(),
+        failed(),
+        1 + n + m
+    );
+    let mut recorded = hashgate_host::catalog::Catalog::open(Path::new(&catalog)).unwrap();
+    let kind = hashgate_host::catalog::Kind::Object;
+    assert!(recorded.get(kind, b"/before.bin").unwrap().is_some());
+    let last = format!("/after{m}.bin");
+    assert!(
+        recorded.get(kind, last.as_bytes()).unwrap().is_some(),
+        "{last} recorded"
     );
 }
 

@@ -343,6 +343,17 @@ pub enum CatalogError {
         /// What is wrong.
         reason: String,
     },
+    /// Occurs when the row of a passing filter can be neither added to a PostgreSQL
+    /// catalog nor found in it (something removes rows of `hashgate.filters`).
+    #[error("catalog {location}: the row of filter {series} version {version} vanished")]
+    FilterRow {
+        /// The database, named without its password.
+        location: String,
+        /// The filter's series.
+        series: String,
+        /// Its version.
+        version: u64,
+    },
     /// Occurs when a thread to read the catalog cannot be started.
     #[error("cannot start a catalog thread: {0}")]
     Thread(String),
@@ -371,6 +382,7 @@ impl CatalogError {
             }
             CatalogError::Sqlite { .. }
             | CatalogError::Tls { .. }
+            | CatalogError::FilterRow { .. }
             | CatalogError::NewerSchema { .. }
             | CatalogError::Thread(_) => false,
         }

@@ -290,18 +290,32 @@ impl Store {
             return Ok(*id);
         }
         // Committed on its own: an id another gateway may also use is never rolled back.
-        let row = self
-            .client
-            .query_one(
-                "WITH added AS (
-                     INSERT INTO hashgate.filters (series, version) VALUES ($1, $2)
-                     ON CONFLICT DO NOTHING RETURNING id)
-                 SELECT id FROM added
-                 UNION ALL SELECT id FROM hashgate.filters WHERE series = $1 AND version = $2
-                 LIMIT 1",
-                &[&series, &(version as i64)],
-            )
-            .map_err(|e| self.failed(e))?;
+        // When another gateway inserts the same filter at the same moment, this
+        // statement neither inserts it nor sees it (its snapshot is older than the other
+        // insert): the next statement, with a newer snapshot, does.
+        let mut found = None;
+        for _ in 0..3 {
+            found = self
+                .client
+                .query_opt(
+                    "WITH added AS (
+                         INSERT INTO hashgate.filters (series, version) VALUES ($1, $2)
+                         ON CONFLICT DO NOTHING RETURNING id)
+                     SELECT id FROM added
+                     UNION ALL SELECT id FROM hashgate.filters WHERE series = $1 AND version = $2
+                     LIMIT 1",
+                    &[&series, &(version as i64)],
+                )
+                .map_err(|e| self.failed(e))?;
+            if found.is_some() {
+                break;
+            }
+        }
+        let row = found.ok_or_else(|| CatalogError::FilterRow {
+            location: self.location.clone(),
+            series: series.to_string(),
+            version,
+        })?;
         let id = row.try_get(0).map_err(|e| self.failed(e))?;
         self.filters.insert((series.to_string(), version), id);
         Ok(id)
