@@ -221,28 +221,6 @@ impl Authority {
     }
 }
 
-fn metrics(admin: u16) -> String {
-    let out = Command::new("curl")
-        .args(["-s", &format!("http://127.0.0.1:{admin}/metrics")])
-        .output()
-        .unwrap();
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-/// The value of the sample whose name and labels are exactly `series`, 0 if absent.
-fn metric(admin: u16, series: &str) -> f64 {
-    metrics(admin)
-        .lines()
-        .find_map(|l| {
-            l.strip_prefix(series)?
-                .strip_prefix(' ')?
-                .trim()
-                .parse()
-                .ok()
-        })
-        .unwrap_or(0.0)
-}
-
 /// Feed files of `kind` (delta, snapshot, guest) the gateway downloaded and used.
 fn downloads(admin: u16, kind: &str) -> f64 {
     metric(
@@ -322,7 +300,8 @@ fn two_gateways_follow_new_versions_and_uploads_during_the_swap_complete() {
         std::thread::spawn(move || curl_put(&file, &url, &["--limit-rate", rate]))
     })
     .collect();
-    std::thread::sleep(Duration::from_millis(300));
+    wait_in_flight(admin1, 2);
+    wait_in_flight(admin2, 1);
     a.publish();
     wait_version(admin1, 2);
     wait_version(admin2, 2);
@@ -1256,10 +1235,7 @@ fn uploads_are_answered_while_the_postgres_catalog_is_down_and_recorded_once_it_
         wait_until(Duration::from_secs(20), || {
             n += 1;
             let (after, _) = random_file(&a, &format!("after{n}.bin"), 1000);
-            put(port, &after) == 201 && {
-                std::thread::sleep(Duration::from_millis(200));
-                degraded() == 0.0
-            }
+            put(port, &after) == 201 && wait_until(Duration::from_secs(1), || degraded() == 0.0)
         }),
         "recovered: written {}, failed {}",
         written(),

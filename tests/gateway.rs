@@ -374,7 +374,7 @@ fn sigterm_lets_an_upload_in_flight_finish() {
     use std::io::{Read, Write};
     let s = Setup::new();
     let store = s.path("store");
-    let (gw, port, _) = s.gateway(&["--store", store.to_str().unwrap()], &[]);
+    let (gw, port, admin) = s.gateway(&["--store", store.to_str().unwrap()], &[]);
     let mut stream = TcpStream::connect(("127.0.0.1", port)).unwrap();
     write!(
         stream,
@@ -382,7 +382,7 @@ fn sigterm_lets_an_upload_in_flight_finish() {
     )
     .unwrap();
     stream.write_all(&[5u8; 10_000]).unwrap();
-    std::thread::sleep(Duration::from_millis(300));
+    wait_in_flight(admin, 1);
     let killed = Command::new("kill")
         .args(["-TERM", &gw.0.id().to_string()])
         .status()
@@ -492,6 +492,8 @@ fn slow_headers_are_cut_off_and_connections_are_capped() {
 
     // With one connection allowed, an idle one keeps a second client waiting...
     let idle = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    // A fixed wait: an accepted connection that sent nothing is not observable from
+    // outside (no request is in flight), and the kernel's accept queue hides it too.
     std::thread::sleep(Duration::from_millis(200));
     let blocked = Command::new("curl")
         .args([
@@ -524,7 +526,7 @@ fn every_serving_thread_decides_and_drains_on_sigterm() {
     let s = Setup::new();
     let (_nginx, origin_port, root) = s.nginx();
     let origin = format!("http://127.0.0.1:{origin_port}");
-    let (gw, port, _) = s.gateway(&["--origin", &origin], &["--workers", "3"]);
+    let (gw, port, admin) = s.gateway(&["--origin", &origin], &["--workers", "3"]);
     let pid = gw.0.id();
     let serving_threads = || -> Vec<String> {
         std::fs::read_dir(format!("/proc/{pid}/task"))
@@ -585,7 +587,7 @@ fn every_serving_thread_decides_and_drains_on_sigterm() {
             stream
         })
         .collect();
-    std::thread::sleep(Duration::from_millis(300));
+    wait_in_flight(admin, streams.len());
     assert!(Command::new("kill")
         .args(["-TERM", &pid.to_string()])
         .status()
@@ -754,6 +756,8 @@ fn a_known_length_upload_streams_to_the_origin_all_but_its_final_bytes() {
             format!("HTTP/1.1 {expect}")
         );
         if expect == "451" {
+            // A fixed wait: for something that must not happen (more bytes reaching the
+            // origin after the refusal).
             std::thread::sleep(Duration::from_millis(300));
             let got = received.load(Ordering::SeqCst) - before;
             assert!(

@@ -49,14 +49,6 @@ fn audit_records(s: &Setup) -> Vec<serde_json::Value> {
         .collect()
 }
 
-fn metrics(admin: u16) -> String {
-    let out = Command::new("curl")
-        .args(["-s", &format!("http://127.0.0.1:{admin}/metrics")])
-        .output()
-        .unwrap();
-    String::from_utf8(out.stdout).unwrap()
-}
-
 #[test]
 fn squid_with_hashgate_refuses_listed_uploads_and_downloads_and_passes_clean_ones() {
     let s = Setup::new();
@@ -953,13 +945,13 @@ fn policy_comes_from_the_shared_config_and_memory_stays_bounded() {
 fn sigterm_lets_a_transaction_in_flight_finish_and_refuses_new_ones() {
     let s = Setup::new();
     s.filter_listing("icap.hgf", 1, &[]);
-    let (mut icap, port, _) = s.icap("icap.hgf", &[]);
+    let (mut icap, port, admin) = s.icap("icap.hgf", &[]);
     let mut idle = Client::new(port);
     let mut c = Client::new(port);
     let body = random(200_000);
     c.send(&reqmod_head("Allow: 204\r\n"));
     c.send(&chunks(&body[..100_000], ""));
-    std::thread::sleep(Duration::from_millis(300));
+    wait_in_flight(admin, 1);
     let killed = Command::new("kill")
         .args(["-TERM", &icap.0.id().to_string()])
         .status()

@@ -58,7 +58,7 @@ fn https_clients_over_http1_and_h2_listed_refused_and_certificates_reload_live()
     let ca = TestCa::new(s.dir.path());
     let (cert, key) = ca.server(s.dir.path(), "first");
     let store = s.path("store");
-    let (gw, port, _) = s.gateway(
+    let (gw, port, admin) = s.gateway(
         &["--store", store.to_str().unwrap()],
         &[
             "--tls-cert",
@@ -114,7 +114,7 @@ fn https_clients_over_http1_and_h2_listed_refused_and_certificates_reload_live()
         .stdout(Stdio::piped())
         .spawn()
         .unwrap();
-    std::thread::sleep(Duration::from_millis(700));
+    wait_in_flight(admin, 1);
     let (new_cert, new_key) = ca.server(s.dir.path(), "second");
     std::fs::copy(&new_cert, &cert).unwrap();
     std::fs::copy(&new_key, &key).unwrap();
@@ -143,7 +143,10 @@ fn https_clients_over_http1_and_h2_listed_refused_and_certificates_reload_live()
         .args(["-HUP", &gw.0.id().to_string()])
         .status()
         .unwrap();
-    std::thread::sleep(Duration::from_millis(300));
+    let failed = "hashgate_tls_reloads_total{outcome=\"failed\"}";
+    assert!(wait_until(Duration::from_secs(10), || metric(
+        admin, failed
+    ) == 1.0));
     assert_eq!(served_cn(port, &ca_pem), "hashgate test second");
     let mut gw = gw;
     assert!(gw.0.try_wait().unwrap().is_none());

@@ -295,8 +295,12 @@ async fn on_hangup(enforcer: Arc<Enforcer>, tls: Option<Arc<CertStore>>) {
         enforcer.reopen_logs();
         let Some(store) = &tls else { continue };
         match store.reload() {
-            Ok(()) => eprintln!("TLS certificate reloaded"),
+            Ok(()) => {
+                enforcer.metrics().count_tls_reload("done");
+                eprintln!("TLS certificate reloaded");
+            }
             Err(e) => {
+                enforcer.metrics().count_tls_reload("failed");
                 tracing::error!(error = %e, "TLS certificate reload failed; keeping the old one")
             }
         }

@@ -208,6 +208,40 @@ http {{
 /// nginx's `location /` for an origin that stores PUTs and moves and copies them (WebDAV).
 const DAV: &str = "dav_methods PUT DELETE MKCOL COPY MOVE; create_full_put_path on;";
 
+/// A server's `/metrics` on its admin port.
+pub fn metrics(admin: u16) -> String {
+    let out = Command::new("curl")
+        .args(["-s", &format!("http://127.0.0.1:{admin}/metrics")])
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// The value of the sample whose name and labels are exactly `series`, 0 if absent.
+pub fn metric(admin: u16, series: &str) -> f64 {
+    metrics(admin)
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix(series)?
+                .strip_prefix(' ')?
+                .trim()
+                .parse()
+                .ok()
+        })
+        .unwrap_or(0.0)
+}
+
+/// Waits until the server with admin port `admin` is answering at least `n` requests
+/// (ICAP transactions): uploads under way, before a signal or a swap is sent.
+pub fn wait_in_flight(admin: u16, n: usize) {
+    let got = || metric(admin, "hashgate_requests_in_flight");
+    assert!(
+        wait_until(Duration::from_secs(20), || got() >= n as f64),
+        "{} requests in flight, not {n}",
+        got()
+    );
+}
+
 /// Starts a server (gateway, ICAP server, demo) that binds port 0 and reads the ports it
 /// announces on stderr: no port is chosen here, so parallel tests cannot collide.
 pub fn spawn_listening(command: &mut Command) -> (Killed, u16, u16) {

@@ -74,6 +74,8 @@ pub struct Metrics {
     rechecks: Family<OutcomeLabel, Counter>,
     recheck_seconds: Gauge<f64, std::sync::atomic::AtomicU64>,
     recheck_rows: Gauge,
+    in_flight: Gauge,
+    tls_reloads: Family<OutcomeLabel, Counter>,
 }
 
 impl Default for Metrics {
@@ -125,9 +127,21 @@ impl Metrics {
             rechecks: Family::default(),
             recheck_seconds: Gauge::default(),
             recheck_rows: Gauge::default(),
+            in_flight: Gauge::default(),
+            tls_reloads: Family::default(),
             registry: Registry::default(),
         };
         registry.register("requests", "Requests by outcome", m.requests.clone());
+        registry.register(
+            "requests_in_flight",
+            "Requests (ICAP transactions) being answered now",
+            m.in_flight.clone(),
+        );
+        registry.register(
+            "tls_reloads",
+            "TLS certificate reloads on SIGHUP, by outcome (done, failed: the old one kept)",
+            m.tls_reloads.clone(),
+        );
         registry.register(
             "icap_transactions",
             "ICAP transactions by method and answer",
@@ -416,6 +430,21 @@ impl Metrics {
             .inc();
     }
 
+    /// Counts a request (ICAP transaction) in flight until the guard is dropped.
+    pub fn in_flight(&self) -> InFlight {
+        self.in_flight.inc();
+        InFlight(self.in_flight.clone())
+    }
+
+    /// Counts a TLS certificate reload: `done`, or `failed` (the old one stays).
+    pub fn count_tls_reload(&self, outcome: &str) {
+        self.tls_reloads
+            .get_or_create(&OutcomeLabel {
+                outcome: outcome.into(),
+            })
+            .inc();
+    }
+
     /// Counts a finished request by its outcome (`pass`, `blocked`, `error`, ...).
     pub fn count_request(&self, outcome: &str) {
         if let Some(i) = REQUEST_OUTCOMES.iter().position(|o| *o == outcome) {
@@ -445,4 +474,14 @@ fn now() -> u64 {
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_secs())
         .unwrap_or(0)
+}
+
+/// A request counted in `hashgate_requests_in_flight` while this lives
+/// ([`Metrics::in_flight`]).
+pub struct InFlight(Gauge);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
 }

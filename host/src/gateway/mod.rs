@@ -233,6 +233,7 @@ impl Gateway {
         peer: SocketAddr,
         ambiguous: bool,
     ) -> Response<GatewayBody> {
+        let _in_flight = self.enforcer.metrics().in_flight();
         let ctx = Context {
             request_id: uuid::Uuid::new_v4().to_string(),
             client: peer.ip().to_string(),

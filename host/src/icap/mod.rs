@@ -276,7 +276,10 @@ impl IcapServer {
 
     fn begin(&self) -> InFlight<'_> {
         self.in_flight.fetch_add(1, Ordering::SeqCst);
-        InFlight(self)
+        InFlight {
+            server: self,
+            _counted: self.enforcer.metrics().in_flight(),
+        }
     }
 }
 
@@ -300,13 +303,17 @@ impl crate::enforce::retro::Remedy for Reported {
     }
 }
 
-/// Marks one transaction in flight until dropped (graceful shutdown waits for these).
-struct InFlight<'a>(&'a IcapServer);
+/// Marks one transaction in flight until dropped (graceful shutdown waits for these;
+/// `/metrics` shows them).
+struct InFlight<'a> {
+    server: &'a IcapServer,
+    _counted: crate::enforce::metrics::InFlight,
+}
 
 impl Drop for InFlight<'_> {
     fn drop(&mut self) {
-        if self.0.in_flight.fetch_sub(1, Ordering::SeqCst) == 1 {
-            self.0.idle.notify_waiters();
+        if self.server.in_flight.fetch_sub(1, Ordering::SeqCst) == 1 {
+            self.server.idle.notify_waiters();
         }
     }
 }
