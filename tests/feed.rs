@@ -1132,6 +1132,43 @@ fn objects_moved_or_copied_at_the_origin_are_found_where_they_are_now() {
     }
 }
 
+/// S3 mode: the read-back and the delete are requests signed with the gateway's `[s3]`
+/// key, to a real s3s-fs.
+#[test]
+fn a_re_check_deletes_at_an_s3_origin_with_signed_requests() {
+    use common::s3::{s3, s3_server, ACCESS_KEY, SECRET_KEY};
+    let a = Authority::new(1);
+    let (_s3, s3_port) = s3_server(&a.s.path("s3-root"));
+    let direct = format!("http://127.0.0.1:{s3_port}");
+    assert_eq!(s3(&direct, "mkbucket", &[]), "200");
+    let toml = format!(
+        "[catalog]\naction = \"delete\"\n[s3]\naccess_key = \"{ACCESS_KEY}\"\nsecret_key = \"{SECRET_KEY}\"\n"
+    );
+    let (catalog, spool) = (a.p("s3r/catalog.db"), a.p("s3r-spool"));
+    let backend = ["--origin", &direct, "--s3-spool", &spool];
+    let (_gw, port, _) = catalog_gateway_conf(&a, "s3r", &toml, &catalog, &backend);
+    let gw = format!("http://127.0.0.1:{port}");
+    let (early, early_bytes) = random_file(&a, "early.bin", 50_000);
+    let (kept, _) = random_file(&a, "kept.bin", 5_000);
+    for (key, file) in [("photos/early.bin", &early), ("kept.bin", &kept)] {
+        assert_eq!(s3(&gw, "put", &[key, file.to_str().unwrap()]), "200");
+    }
+    assert_eq!(s3(&direct, "list", &[]), "kept.bin photos/early.bin");
+
+    list_bytes(&a, &early_bytes);
+    a.publish();
+    assert!(
+        wait_until(Duration::from_secs(30), || retroactive(&a, "s3r").len()
+            == 1),
+        "{:?}",
+        retroactive(&a, "s3r")
+    );
+    let record = &retroactive(&a, "s3r")[0];
+    assert_eq!(record["action"], "delete", "{record}");
+    assert_eq!(record["path"], "/bucket/photos/early.bin");
+    assert_eq!(s3(&direct, "list", &[]), "kept.bin", "deleted at the store");
+}
+
 #[test]
 fn two_gateways_sharing_a_postgres_catalog_re_check_each_filter_once() {
     let postgres = common::postgres::Postgres::start();

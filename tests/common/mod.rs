@@ -81,6 +81,7 @@ pub fn host_digest(a: Algorithm, bytes: &[u8]) -> hashgate_host::Digest {
 }
 pub mod postgres;
 pub mod procs;
+pub mod s3;
 pub mod squid;
 
 /// A component importing one function, made with wasm-encoder.
