@@ -566,6 +566,11 @@ mod stores {
                 "/nonexistent/ca.pem",
             ),
             (&format!("sslrootcert={ca_pem}") as &str, "without sslmode"),
+            // Read as the client reads it: a later, percent-encoded `sslmode` stands.
+            (
+                &format!("sslmode=verify-full&sslrootcert={ca_pem}&sslm%6Fde=disable"),
+                "without sslmode",
+            ),
         ] {
             let error = with(query).check().expect_err("refused");
             assert!(matches!(error, CatalogError::Tls { .. }), "{error}");

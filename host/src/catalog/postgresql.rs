@@ -146,14 +146,16 @@ fn is_loopback(host: &str) -> bool {
 fn settings(url: &str) -> Result<(postgres::Config, Option<rustls::ClientConfig>), CatalogError> {
     let location = redacted(url);
     let (base, query) = url.split_once('?').unwrap_or((url, ""));
-    let (mut kept, mut tls, mut ca) = (Vec::new(), false, None);
+    // Read as the client reads it (names and values percent-decoded, the last of a
+    // name standing), and TLS taken from the mode the client parsed: a URL cannot ask
+    // us for TLS while telling the client otherwise.
+    let decode = crate::inspect::percent_decode;
+    let (mut kept, mut ca) = (Vec::new(), None);
     for param in query.split('&').filter(|p| !p.is_empty()) {
-        match param.split_once('=') {
-            Some(("sslrootcert", path)) => ca = Some(crate::inspect::percent_decode(path)),
-            Some(("sslmode", "require" | "verify-ca" | "verify-full")) => {
-                tls = true;
-                kept.push("sslmode=require");
-            }
+        let (name, value) = param.split_once('=').unwrap_or((param, ""));
+        match (decode(name).as_str(), decode(value).as_str()) {
+            ("sslrootcert", path) => ca = Some(path.to_string()),
+            ("sslmode", "verify-ca" | "verify-full") => kept.push("sslmode=require"),
             _ => kept.push(param),
         }
     }
@@ -166,7 +168,7 @@ fn settings(url: &str) -> Result<(postgres::Config, Option<rustls::ClientConfig>
         location: location.clone(),
         error,
     })?;
-    if !tls {
+    if config.get_ssl_mode() != postgres::config::SslMode::Require {
         if ca.is_some() {
             return Err(CatalogError::Tls {
                 location,
