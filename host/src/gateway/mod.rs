@@ -251,9 +251,6 @@ impl Gateway {
         // An object deleted (not an S3 upload aborted, `DELETE ?uploadId=`): its
         // catalog row goes too.
         let deletes = req.method() == Method::DELETE && req.uri().query().is_none();
-        // A WebDAV `MOVE` or `COPY` the origin carries out: the rows follow the object
-        // (a Nextcloud chunked upload's `MOVE` is recorded as the assembly it is).
-        let mut relocates = retro::relocation(&req);
         let inspected = self
             .config
             .inspect_methods
@@ -267,6 +264,13 @@ impl Gateway {
             Some(_) => nextcloud::Op::of(req.method(), req.uri().path(), req.headers()),
             None => Ok(nextcloud::Op::Other),
         };
+        // A WebDAV `MOVE` or `COPY` the origin carries out: the rows follow the object
+        // (a Nextcloud chunked upload's `MOVE` is recorded as the assembly it is).
+        let relocates = retro::relocation(&req).filter(|_| {
+            chunking
+                .as_ref()
+                .is_ok_and(|op| *op == nextcloud::Op::Other)
+        });
         let response = match &self.config.backend {
             // Refusals close the connection: nothing after this head is read as a request.
             _ if ambiguous => self.refusal(
@@ -294,7 +298,6 @@ impl Gateway {
             {
                 let spool = self.nextcloud.as_ref().expect("Nextcloud mode");
                 let op = chunking.unwrap_or(nextcloud::Op::Other);
-                relocates = None;
                 nextcloud::handle(self, spool, op, req, &ctx).await
             }
             Backend::Origin(_) if self.tus.is_some() && tus::is_tus(req.headers()) => {

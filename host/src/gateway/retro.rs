@@ -137,12 +137,12 @@ async fn remove(
     hit: &RetroHit,
     mut copy: Option<super::copy::Copy>,
 ) -> Result<Removal, String> {
-    let found = read_back(gw, hit, copy.as_mut()).await;
-    if !matches!(found, Ok(Removal::Removed { .. })) {
+    // Something else, nothing, or a failed read: nothing to remove.
+    if let Some(answer) = read_back(gw, hit, copy.as_mut()).await.transpose() {
         if let Some(copy) = copy {
             copy.discard().await;
         }
-        return found;
+        return answer;
     }
     // The evidence is kept before anything is deleted: a copy that failed leaves the
     // object where it is.
@@ -163,17 +163,17 @@ async fn remove(
 
 /// Reads the object stored under `hit`'s key, whole, from the embedded store or with a
 /// `GET` to the origin (S3-signed in S3 mode with `[s3]`), writing it to `copy`, and
-/// compares its digest with the one recorded: `Removed` (not yet: it may be) when it is
-/// the same object, `Gone` or `Replaced` otherwise.
+/// compares its digest with the one recorded: `None` when it is the object recorded,
+/// else why it is not to be removed (`Gone`, `Replaced`).
 async fn read_back(
     gw: &Gateway,
     hit: &RetroHit,
     copy: Option<&mut super::copy::Copy>,
-) -> Result<Removal, String> {
+) -> Result<Option<Removal>, String> {
     use http_body_util::BodyExt as _;
     use tokio::io::AsyncReadExt as _;
     let recorded = retro::readback_digest(&hit.object).ok_or("no digest of it was recorded")?;
-    let mut sink = Readback {
+    let mut sink = Sink {
         hasher: ObjectHasher::new(&[recorded.algorithm]),
         copy,
     };
@@ -183,7 +183,9 @@ async fn read_back(
             let path = super::store::object_path(root, &key).ok_or("not a store key")?;
             let mut file = match tokio::fs::File::open(&path).await {
                 Ok(file) => file,
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Removal::Gone),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                    return Ok(Some(Removal::Gone))
+                }
                 Err(e) => return Err(e.to_string()),
             };
             let mut buf = vec![0u8; 1 << 16];
@@ -199,7 +201,7 @@ async fn read_back(
             let response = origin_request(gw, hit, Method::GET).await?;
             let status = response.status();
             if status == hyper::StatusCode::NOT_FOUND {
-                return Ok(Removal::Gone);
+                return Ok(Some(Removal::Gone));
             }
             if !status.is_success() {
                 return Err(format!("the origin answered {status} to the GET"));
@@ -214,19 +216,16 @@ async fn read_back(
         }
     }
     let read = sink.hasher.finish();
-    if read.first().map(|d| &d.bytes) == Some(&recorded.bytes) {
-        Ok(Removal::Removed { quarantine: None })
-    } else {
-        Ok(Removal::Replaced)
-    }
+    let same = read.first().map(|d| &d.bytes) == Some(&recorded.bytes);
+    Ok((!same).then_some(Removal::Replaced))
 }
 /// Where the bytes read back go: hashed, and copied when quarantining.
-struct Readback<'c> {
+struct Sink<'c> {
     hasher: ObjectHasher,
     copy: Option<&'c mut super::copy::Copy>,
 }
 
-impl Readback<'_> {
+impl Sink<'_> {
     async fn take(&mut self, data: bytes::Bytes) {
         self.hasher.update(&data);
         if let Some(copy) = self.copy.as_deref_mut() {

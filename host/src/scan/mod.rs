@@ -273,9 +273,9 @@ impl ScanCatalog {
         absolute.as_os_str().as_bytes().to_vec()
     }
 
-    /// Writes what is pending and drops the rows of files under the scan's roots that are not
-    /// among `targets` (they are gone). Returns how many rows were dropped, or the
-    /// first error any write met.
+    /// Writes what is pending and drops the rows of files under the scan's roots that
+    /// are not among `targets` (they are gone). Returns how many rows were dropped, or
+    /// the first error any write met.
     pub fn finish(self, targets: &[Target], drop_gone: bool) -> Result<u64, catalog::CatalogError> {
         let pending = std::mem::take(&mut *self.pending.lock().expect("not poisoned"));
         self.write(&pending);
@@ -425,8 +425,8 @@ impl<'s> Scan<'s, '_> {
                     break;
                 };
                 let path = target.path.as_path();
-                if let Some(report) = self.recorded(target) {
-                    recorded.push((path, report));
+                if let Some(entry) = self.recorded(target) {
+                    recorded.push((path, entry));
                     if recorded.len() >= RECORDED_BATCH
                         && self.decide_recorded(&mut recorded).is_break()
                     {
@@ -554,9 +554,9 @@ impl<'s> Scan<'s, '_> {
     fn recorded(&self, target: &Target) -> Option<&'s catalog::Entry> {
         let catalog = self.catalog?;
         let path = target.path.as_path();
-        let report = catalog.reuse(&catalog.key(path), target.stamp.as_ref()?, self.needed)?;
+        let entry = catalog.reuse(&catalog.key(path), target.stamp.as_ref()?, self.needed)?;
         self.totals[6].fetch_add(1, Ordering::Relaxed);
-        Some(report)
+        Some(entry)
     }
 
     /// Decides on files taken from the catalog, emptying `recorded`: their digests are
