@@ -1103,6 +1103,9 @@ fn objects_moved_or_copied_at_the_origin_are_found_where_they_are_now() {
         assert!((200..300).contains(&status), "{method} {from}: {status}");
     }
     assert!(root.join("n/a/x.bin").exists() && root.join("c/y.bin").exists());
+    // A Destination the gateway cannot read is refused, not left to the origin to read.
+    assert_eq!(relocate("MOVE", "/n/y.bin", "/n/y 2.bin"), 400);
+    assert!(root.join("n/y.bin").exists(), "not moved");
 
     list_bytes(&a, &x_bytes);
     list_bytes(&a, &y_bytes);

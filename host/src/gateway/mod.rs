@@ -278,6 +278,7 @@ impl Gateway {
                 &ctx,
                 "both Content-Length and Transfer-Encoding",
             ),
+            _ if let Some(Err(why)) = relocates => self.refusal(StatusCode::BAD_REQUEST, &ctx, why),
             // A partial write lands on bytes the gateway has not seen (and some WebDAV
             // servers take it): the whole object cannot be checked.
             _ if inspected && req.headers().contains_key(hyper::header::CONTENT_RANGE) => self
@@ -330,7 +331,7 @@ impl Gateway {
         if deletes && response.status().is_success() {
             self.record_removed(&ctx);
         }
-        if let Some((to, keep)) = relocates.filter(|_| response.status().is_success()) {
+        if let Some(Ok((to, keep))) = relocates.filter(|_| response.status().is_success()) {
             self.record_relocated(&ctx, to, keep);
         }
         let mut response = response;

@@ -85,16 +85,27 @@ impl Gateway {
 }
 
 /// The destination path of a WebDAV `MOVE` or `COPY` (its `Destination`, an absolute
-/// URI or a path, as sent), and whether the source stays (a `COPY`).
-pub(super) fn relocation<B>(req: &hyper::Request<B>) -> Option<(Vec<u8>, bool)> {
+/// URI or a path, as sent), and whether the source stays (a `COPY`); `None` for other
+/// requests and for one without a `Destination` (the origin refuses it). A
+/// `Destination` this cannot read is an error: the origin may read it and move the
+/// object where the catalog would not follow.
+pub(super) fn relocation<B>(
+    req: &hyper::Request<B>,
+) -> Option<Result<(Vec<u8>, bool), &'static str>> {
     let keep = match req.method().as_str() {
         "MOVE" => false,
         "COPY" => true,
         _ => return None,
     };
-    let destination = req.headers().get("destination")?.to_str().ok()?;
-    let uri: hyper::Uri = destination.parse().ok()?;
-    Some((uri.path().as_bytes().to_vec(), keep))
+    let destination = req.headers().get("destination")?;
+    let uri = destination
+        .to_str()
+        .ok()
+        .and_then(|d| d.parse::<hyper::Uri>().ok());
+    Some(match uri {
+        Some(uri) => Ok((uri.path().as_bytes().to_vec(), keep)),
+        None => Err("a Destination the gateway cannot read"),
+    })
 }
 
 /// Follows the filter swaps of `gw`'s verdict core, re-checking its catalog on each
