@@ -181,6 +181,53 @@ fn tus_uploads_in_pieces_are_checked_as_the_file_they_make() {
 }
 
 #[test]
+fn an_abandoned_tus_upload_expires_from_the_spool_and_cannot_be_completed() {
+    let s = Setup::new();
+    let store = s.path("tus-files");
+    let (_tus, tus_port) = tus_server(&store);
+    let spool = s.path("tus-spool");
+    let (_gw, port, admin) = s.configured_gateway(&format!(
+        "origin = \"http://127.0.0.1:{tus_port}\"\ntus_spool_dir = {spool:?}\nspool_expire_secs = 2\n"
+    ));
+    let endpoint = format!("http://127.0.0.1:{port}/files/");
+    let listed = std::fs::read(&s.listed).unwrap();
+    let fifth = listed.len().div_ceil(5);
+
+    // Two chunks of the listed file, then the client goes away.
+    let out = client(
+        &endpoint,
+        &s.listed,
+        fifth,
+        &[&(2 * fifth).to_string()],
+        false,
+    );
+    let url = out.strip_prefix("stopped ").expect(&out).to_string();
+    assert!(!files_under(&spool).is_empty(), "the pieces are spooled");
+    const EXPIRED: &str = "hashgate_spool_expired_total{spool=\"tus\"}";
+    assert!(
+        wait_until(Duration::from_secs(30), || metric(admin, EXPIRED) >= 1.0),
+        "{}",
+        metrics(admin)
+    );
+    assert!(files_under(&spool).is_empty(), "{:?}", files_under(&spool));
+
+    // Resumed after expiry: the gateway no longer vouches for the first chunks.
+    let out = client(&endpoint, &s.listed, fifth, &["resume", &url], false);
+    assert!(out.starts_with("failed 503 "), "{out}");
+    assert!(
+        stored(&store).iter().all(|f| f.len() < listed.len()),
+        "the listed file was completed at the origin"
+    );
+
+    // Uploads under way are not abandoned ones: a clean upload in small, quick pieces
+    // completes while the sweeps go on.
+    let clean = s.path("clean-1m");
+    std::fs::write(&clean, &std::fs::read(&s.big_clean).unwrap()[..1 << 20]).unwrap();
+    let out = client(&endpoint, &clean, 64 << 10, &[], false);
+    assert!(out.starts_with("done "), "{out}");
+}
+
+#[test]
 fn a_tus_upload_in_pieces_is_recorded_in_the_catalog_at_its_url() {
     let s = Setup::new();
     let store = s.path("tus-files");

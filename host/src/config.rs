@@ -85,6 +85,9 @@ pub struct FileConfig {
     pub tus_spool_dir: Option<PathBuf>,
     /// Nextcloud mode: directory where chunked-upload chunks are spooled until assembly.
     pub nextcloud_spool_dir: Option<PathBuf>,
+    /// Seconds an upload in pieces may sit in a spool with nothing happening before it is
+    /// removed as abandoned (its completion is then refused); 7 days if not given.
+    pub spool_expire_secs: Option<u64>,
     /// Directory for copies of blocked uploads (evidence), never served.
     pub quarantine_dir: Option<PathBuf>,
     /// `fail_closed` (default) or `fail_open`.
@@ -314,7 +317,7 @@ impl FileConfig {
             inspect_methods, max_body_bytes, header_timeout_secs, body_timeout_secs,
             origin_timeout_secs, max_connections, shutdown_grace_secs, tls_cert, tls_key,
             origin_ca, scan_responses, response_buffer_bytes, response_cache_entries,
-            response_cache_secs, s3_spool_dir, tus_spool_dir, nextcloud_spool_dir, quarantine_dir, on_guest_failure, actions,
+            response_cache_secs, s3_spool_dir, tus_spool_dir, nextcloud_spool_dir, spool_expire_secs, quarantine_dir, on_guest_failure, actions,
             inspect, uninspectable, s3);
         self.catalog = match (self.catalog, over.catalog) {
             (Some(mut mine), Some(theirs)) => {

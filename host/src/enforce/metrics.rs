@@ -31,6 +31,11 @@ struct ProblemLabel {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct SpoolLabel {
+    spool: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct OutcomeLabel {
     outcome: String,
 }
@@ -76,6 +81,7 @@ pub struct Metrics {
     recheck_rows: Gauge,
     in_flight: Gauge,
     tls_reloads: Family<OutcomeLabel, Counter>,
+    spool_expired: Family<SpoolLabel, Counter>,
 }
 
 impl Default for Metrics {
@@ -129,6 +135,7 @@ impl Metrics {
             recheck_rows: Gauge::default(),
             in_flight: Gauge::default(),
             tls_reloads: Family::default(),
+            spool_expired: Family::default(),
             registry: Registry::default(),
         };
         registry.register("requests", "Requests by outcome", m.requests.clone());
@@ -141,6 +148,11 @@ impl Metrics {
             "tls_reloads",
             "TLS certificate reloads on SIGHUP, by outcome (done, failed: the old one kept)",
             m.tls_reloads.clone(),
+        );
+        registry.register(
+            "spool_expired",
+            "Abandoned uploads in pieces removed from a spool (s3, tus, nextcloud)",
+            m.spool_expired.clone(),
         );
         registry.register(
             "icap_transactions",
@@ -443,6 +455,15 @@ impl Metrics {
                 outcome: outcome.into(),
             })
             .inc();
+    }
+
+    /// Counts `n` abandoned uploads removed from the `spool` (`s3`, `tus`, `nextcloud`).
+    pub fn count_spool_expired(&self, spool: &str, n: u64) {
+        self.spool_expired
+            .get_or_create(&SpoolLabel {
+                spool: spool.into(),
+            })
+            .inc_by(n);
     }
 
     /// Counts a finished request by its outcome (`pass`, `blocked`, `error`, ...).

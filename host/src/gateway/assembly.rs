@@ -25,11 +25,80 @@ pub fn clear_unfinished(dir: &Path) {
     }
 }
 
-/// The directory of one upload under a spool `dir`, named by a hash: upload ids and
-/// URLs are client-chosen text.
-pub fn upload_dir(dir: &Path, upload: &str) -> PathBuf {
+/// The name of one upload's directory under a spool directory: a hash, since upload
+/// ids and URLs are client-chosen text.
+pub fn upload_dir_name(upload: &str) -> String {
     use sha2::Digest as _;
-    dir.join(hex::encode(sha2::Sha256::digest(upload.as_bytes())))
+    hex::encode(sha2::Sha256::digest(upload.as_bytes()))
+}
+
+/// The directory of one upload under a spool `dir` ([`upload_dir_name`]).
+pub fn upload_dir(dir: &Path, upload: &str) -> PathBuf {
+    dir.join(upload_dir_name(upload))
+}
+
+/// The prefix of an upload directory taken out of a spool to be removed.
+const RETIRED: &str = ".expired-";
+
+/// The upload directories under a spool `dir` in which nothing has changed for `idle`:
+/// neither the directory (a piece kept, renamed or dropped) nor any file in it (a piece
+/// still being written). Their names, which [`retire`] takes.
+pub fn idle_uploads(dir: &Path, idle: std::time::Duration) -> Vec<String> {
+    let quiet = |meta: &std::fs::Metadata| unchanged_for(meta, idle);
+    let mut names = Vec::new();
+    for upload in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let name = upload.file_name().to_string_lossy().into_owned();
+        if name.starts_with('.') || !upload.metadata().is_ok_and(|m| m.is_dir() && quiet(&m)) {
+            continue;
+        }
+        let entries = std::fs::read_dir(upload.path()).into_iter().flatten();
+        if entries
+            .flatten()
+            .all(|entry| entry.metadata().is_ok_and(|m| quiet(&m)))
+        {
+            names.push(name);
+        }
+    }
+    names
+}
+
+/// Whether the file or directory `meta` describes was last changed `idle` ago or more
+/// (a time in the future counts as now).
+fn unchanged_for(meta: &std::fs::Metadata, idle: std::time::Duration) -> bool {
+    meta.modified()
+        .is_ok_and(|t| t.elapsed().is_ok_and(|age| age >= idle))
+}
+
+/// Takes the upload directory `name` out of the spool `dir` (a rename, so that the
+/// caller can do it under its lock and no request of the upload finds half of it);
+/// [`clear_retired`] removes it.
+pub fn retire(dir: &Path, name: &str) -> std::io::Result<()> {
+    let to = format!("{RETIRED}{name}-{}", uuid::Uuid::new_v4());
+    std::fs::rename(dir.join(name), dir.join(to))
+}
+
+/// Removes from the spool `dir` what [`retire`] took out, and the copies of pieces not
+/// yet named by an upload (files with a leading dot at the top) in which nothing has
+/// changed for `idle`: a crash or a vanished client left them.
+pub fn clear_retired(dir: &Path, idle: std::time::Duration) {
+    for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let path = entry.path();
+        let removed = if name.starts_with(RETIRED) {
+            std::fs::remove_dir_all(&path)
+        } else if name.starts_with('.')
+            && entry
+                .metadata()
+                .is_ok_and(|m| m.is_file() && unchanged_for(&m, idle))
+        {
+            std::fs::remove_file(&path)
+        } else {
+            continue;
+        };
+        if let Err(e) = removed {
+            tracing::error!(path = %path.display(), error = %e, "cannot remove an expired upload from the spool");
+        }
+    }
 }
 
 /// One spooled piece of an object.
@@ -160,9 +229,74 @@ impl Read for Pieces {
     }
 }
 
+/// Sets the modification time of `path` and everything under it back by `by`, as if
+/// nothing had happened there since.
+#[cfg(test)]
+pub(crate) fn backdate(path: &Path, by: std::time::Duration) {
+    let then = std::time::SystemTime::now() - by;
+    if path.is_dir() {
+        for entry in std::fs::read_dir(path).unwrap().flatten() {
+            backdate(&entry.path(), by);
+        }
+    }
+    std::fs::File::open(path)
+        .unwrap()
+        .set_modified(then)
+        .unwrap();
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_uploads_untouched_for_the_whole_time_are_idle() {
+        let dir = tempfile::tempdir().unwrap();
+        let hour = std::time::Duration::from_secs(3600);
+        for upload in ["quiet", "writing", "new-piece"] {
+            std::fs::create_dir(dir.path().join(upload_dir_name(upload))).unwrap();
+            std::fs::write(upload_dir(dir.path(), upload).join("piece-0"), b"x").unwrap();
+        }
+        std::fs::write(dir.path().join(".new-left-by-a-crash"), b"x").unwrap();
+        std::fs::write(dir.path().join(".new-being-written"), b"x").unwrap();
+        backdate(dir.path(), 2 * hour);
+        // A piece still being written (its file changes, its directory does not).
+        std::fs::write(upload_dir(dir.path(), "writing").join(".piece-1"), b"x").unwrap();
+        backdate(&upload_dir(dir.path(), "writing"), 2 * hour);
+        std::fs::File::options()
+            .append(true)
+            .open(upload_dir(dir.path(), "writing").join(".piece-1"))
+            .unwrap()
+            .set_modified(std::time::SystemTime::now())
+            .unwrap();
+        // A piece just kept (the directory changes).
+        std::fs::write(upload_dir(dir.path(), "new-piece").join("piece-1"), b"x").unwrap();
+        std::fs::File::open(dir.path().join(".new-being-written"))
+            .unwrap()
+            .set_modified(std::time::SystemTime::now())
+            .unwrap();
+
+        let idle = idle_uploads(dir.path(), hour);
+        assert_eq!(idle, [upload_dir_name("quiet")]);
+        retire(dir.path(), &idle[0]).unwrap();
+        assert!(!upload_dir(dir.path(), "quiet").exists());
+        clear_retired(dir.path(), hour);
+        let mut left: Vec<String> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        left.sort();
+        let mut want = vec![
+            ".new-being-written".to_string(),
+            upload_dir_name("new-piece"),
+            upload_dir_name("writing"),
+        ];
+        want.sort();
+        assert_eq!(
+            left, want,
+            "the retired upload and the crash's copy are gone"
+        );
+    }
 
     #[test]
     fn pieces_are_read_in_order_each_cut_at_its_length() {

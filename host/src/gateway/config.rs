@@ -52,6 +52,9 @@ pub struct Config {
     pub tus_spool: Option<PathBuf>,
     /// Nextcloud mode: where chunked-upload chunks are spooled until the file is checked.
     pub nextcloud_spool: Option<PathBuf>,
+    /// How long an upload in pieces may sit in a spool untouched before it is removed as
+    /// abandoned.
+    pub spool_expiry: Duration,
     /// S3 mode: the gateway's own credentials, to read copy sources and abort refused
     /// uploads with, if any.
     pub s3: Option<super::s3::S3Credentials>,
@@ -85,6 +88,7 @@ impl Config {
             s3_spool: None,
             tus_spool: None,
             nextcloud_spool: None,
+            spool_expiry: Duration::from_secs(7 * 24 * 3600),
             s3: None,
             tls: None,
             origin_ca: None,
@@ -136,6 +140,10 @@ impl Config {
             }
             create_dir(dir)?;
         }
+        config.spool_expiry = match file.spool_expire_secs {
+            Some(0) => return Err(Error::Config("spool_expire_secs must be at least 1".into())),
+            v => v.map_or(config.spool_expiry, secs),
+        };
         config.tus_spool = file.tus_spool_dir.clone();
         config.nextcloud_spool = file.nextcloud_spool_dir.clone();
         for (dir, what) in [
@@ -243,6 +251,18 @@ mod tests {
             "origin = \"http://127.0.0.1:9000\"\n[s3_abort]\naccess_key = \"a\"\nsecret_key = \"b\"",
         );
         assert!(e.contains("s3_spool_dir"), "{e}");
+    }
+
+    #[test]
+    fn spools_expire_after_a_week_unless_told_otherwise() {
+        let origin = "origin = \"http://127.0.0.1:9000\"\n";
+        let config = Config::resolve(&file(origin)).unwrap();
+        assert_eq!(config.spool_expiry, Duration::from_secs(7 * 24 * 3600));
+        let config = Config::resolve(&file(&format!("{origin}spool_expire_secs = 60"))).unwrap();
+        assert_eq!(config.spool_expiry, Duration::from_secs(60));
+        // Zero would remove every upload between two of its pieces.
+        let e = refusal(&format!("{origin}spool_expire_secs = 0"));
+        assert!(e.contains("spool_expire_secs"), "{e}");
     }
 
     #[test]

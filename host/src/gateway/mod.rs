@@ -150,10 +150,46 @@ impl Gateway {
     ) -> Result<(), Error> {
         let max = self.config.max_connections;
         tokio::spawn(retro::follow(self.clone()));
+        tokio::spawn(self.clone().expire_spools());
         crate::listener::on_cores(listener, max, shutdown, move |core| {
             Arc::new(self.for_core()).serve_core(core)
         })
         .await
+    }
+
+    /// Removes abandoned uploads from the spools, once at start and then a few times per
+    /// `spool_expiry` (at most hourly), off the serving threads: without it a client
+    /// that starts uploads and never ends them fills the spool's disk.
+    async fn expire_spools(self: Arc<Self>) {
+        let idle = self.config.spool_expiry;
+        let every = (idle / 4).clamp(Duration::from_secs(1), Duration::from_secs(3600));
+        let mut ticks = tokio::time::interval(every);
+        loop {
+            ticks.tick().await;
+            let gw = self.clone();
+            let swept = tokio::task::spawn_blocking(move || {
+                [
+                    ("s3", gw.spool.as_ref().map(|s| s.expire(idle))),
+                    ("tus", gw.tus.as_ref().map(|s| s.expire(idle))),
+                    ("nextcloud", gw.nextcloud.as_ref().map(|s| s.expire(idle))),
+                ]
+            })
+            .await;
+            for (spool, expired) in swept.into_iter().flatten() {
+                let Some(expired) = expired.filter(|n| *n > 0) else {
+                    continue;
+                };
+                tracing::info!(
+                    spool,
+                    expired,
+                    idle_secs = idle.as_secs(),
+                    "removed abandoned uploads from the spool"
+                );
+                self.enforcer
+                    .metrics()
+                    .count_spool_expired(spool, expired as u64);
+            }
+        }
     }
 
     /// One serving thread's accept loop and its graceful end.

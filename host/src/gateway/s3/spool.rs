@@ -203,6 +203,43 @@ impl Spool {
         })
     }
 
+    /// Removes the uploads in which nothing has happened for `idle` (abandoned: the
+    /// client never completed or aborted them) and no request is in flight. A later
+    /// completion of one names parts this gateway no longer vouches for, and is refused.
+    /// Blocking. Returns how many were removed.
+    pub fn expire(&self, idle: std::time::Duration) -> usize {
+        use super::super::assembly::{clear_retired, idle_uploads, retire, upload_dir_name};
+        let idle_names = idle_uploads(&self.dir, idle);
+        let mut expired = HashSet::new();
+        {
+            // Under the turn lock, so that no part or completion starts on an upload
+            // while it is taken out.
+            let flights = self.flights();
+            let busy: HashSet<String> = flights.keys().map(|u| upload_dir_name(u)).collect();
+            for name in idle_names {
+                if busy.contains(&name) {
+                    continue;
+                }
+                match retire(&self.dir, &name) {
+                    Ok(()) => {
+                        expired.insert(name);
+                    }
+                    Err(e) => {
+                        tracing::error!(upload = %name, error = %e, "cannot expire an upload from the spool")
+                    }
+                }
+            }
+            // What is held in memory for an upload gone from the spool, or never in it.
+            self.slots().retain(|upload, _| {
+                let name = upload_dir_name(upload);
+                flights.contains_key(upload)
+                    || (!expired.contains(&name) && self.dir.join(&name).exists())
+            });
+        }
+        clear_retired(&self.dir, idle);
+        expired.len()
+    }
+
     /// Forgets an upload's spooled parts.
     pub async fn forget(&self, upload: &str) {
         self.slots().remove(upload);
@@ -561,5 +598,41 @@ impl PartCopy {
     /// Deletes the copy: the part counts as unseen.
     pub async fn discard(self) {
         self.copy.discard().await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Spools part `number` of `upload` under ETag `"e"`.
+    async fn part(spool: &Arc<Spool>, upload: &str, number: u32) {
+        let turn = spool.begin_part(upload, number).await.unwrap();
+        let mut copy = turn.copy(false).await;
+        copy.write(&Bytes::from_static(b"part")).await;
+        copy.keep("\"e\"").await;
+    }
+
+    #[tokio::test]
+    async fn abandoned_uploads_expire_unless_a_request_holds_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let spool = Arc::new(Spool::open(dir.path()));
+        part(&spool, "held", 1).await;
+        part(&spool, "left", 1).await;
+        let day = std::time::Duration::from_secs(86_400);
+        super::super::super::assembly::backdate(dir.path(), 2 * day);
+        assert_eq!(spool.expire(3 * day), 0, "not idle long enough");
+        // A part of "held" is being sent: its upload stays.
+        let turn = spool.begin_part("held", 2).await.unwrap();
+        assert_eq!(spool.expire(day), 1);
+        assert!(matches!(
+            spool.vouch("left", 1, Some("\"e\"")),
+            Err(Unvouched::Unseen(1))
+        ));
+        assert!(spool.slot("left").is_none(), "its memory is freed too");
+        assert!(spool.vouch("held", 1, Some("\"e\"")).is_ok());
+        drop(turn);
+        assert_eq!(spool.expire(day), 1, "then it expires too");
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
     }
 }

@@ -57,6 +57,31 @@ impl Uploads {
         })
     }
 
+    /// Removes the uploads in which nothing has happened for `idle` (abandoned: the
+    /// client neither finished nor terminated them) and no request is in flight. The
+    /// completion of one then finds a gap and is refused. Blocking. Returns how many
+    /// were removed.
+    pub fn expire(&self, idle: std::time::Duration) -> usize {
+        use super::super::assembly::{clear_retired, idle_uploads, retire, upload_dir_name};
+        let idle_names = idle_uploads(&self.dir, idle);
+        let mut expired = 0;
+        {
+            // Under the turn lock: no request of an upload starts while it is taken out.
+            let busy = self.busy.lock().unwrap_or_else(|e| e.into_inner());
+            let busy: HashSet<String> = busy.iter().map(|u| upload_dir_name(u)).collect();
+            for name in idle_names.iter().filter(|n| !busy.contains(*n)) {
+                match retire(&self.dir, name) {
+                    Ok(()) => expired += 1,
+                    Err(e) => {
+                        tracing::error!(upload = %name, error = %e, "cannot expire an upload from the spool")
+                    }
+                }
+            }
+        }
+        clear_retired(&self.dir, idle);
+        expired
+    }
+
     /// Forgets an upload's pieces.
     pub async fn forget(&self, upload: &str) {
         let _ = tokio::fs::remove_dir_all(self.upload_dir(upload)).await;
@@ -245,5 +270,33 @@ mod tests {
         assert_eq!(turn.reconcile(20).unwrap(), 7);
         drop(turn);
         assert!(uploads.begin("/files/a").is_ok());
+    }
+
+    #[tokio::test]
+    async fn abandoned_uploads_expire_unless_a_request_holds_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let uploads = Arc::new(Uploads::open(dir.path()));
+        for upload in ["/files/held", "/files/left"] {
+            let turn = uploads.begin(upload).unwrap();
+            let mut piece = turn.piece(0).await;
+            piece.write(&Bytes::from_static(b"hello")).await;
+            piece.keep(None).await;
+        }
+        let day = std::time::Duration::from_secs(86_400);
+        super::super::super::assembly::backdate(dir.path(), 2 * day);
+        assert_eq!(uploads.expire(3 * day), 0, "not idle long enough");
+        let held = uploads.begin("/files/held").unwrap();
+        assert_eq!(uploads.expire(day), 1);
+        // The expired upload's pieces are gone: its completion finds a gap.
+        let left = uploads.begin("/files/left").unwrap();
+        assert_eq!(left.reconcile(5).unwrap(), 0);
+        assert_eq!(
+            held.reconcile(5).unwrap(),
+            5,
+            "the held upload is untouched"
+        );
+        drop(held);
+        assert_eq!(uploads.expire(day), 1, "then it expires too");
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
     }
 }
