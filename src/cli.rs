@@ -526,7 +526,11 @@ fn recheck_cmd(args: RecheckArgs) -> Result<ExitCode> {
             return;
         }
         hits += 1;
-        let path = Path::new(std::ffi::OsStr::from_bytes(&hit.key));
+        // An object's key is its host and path (`retro::object_key`): in JSON, apart.
+        let whole = Path::new(std::ffi::OsStr::from_bytes(&hit.key));
+        let path = Path::new(std::ffi::OsStr::from_bytes(
+            hashgate_host::enforce::retro::key_path(hit.kind, &hit.key),
+        ));
         for h in real {
             let digest = hex::encode(&h.bytes);
             let line = if json {
@@ -535,14 +539,14 @@ fn recheck_cmd(args: RecheckArgs) -> Result<ExitCode> {
                     serde_json::json!({"type": "hit", "kind": hit.kind.name(),
                     "member": hit.member, "layers": hit.layers, "size": hit.size,
                     "algorithm": h.algorithm.name(), "digest": digest, "category": h.category,
-                    "stored": hit.stored, "etag": hit.etag,
+                    "host": hit.host, "stored": hit.stored, "etag": hit.etag,
                     "passed_by": hit.passed_by.as_ref().map(|(s, v)| serde_json::json!({"series": s, "version": v}))}),
                 )
             } else {
                 format!(
                     "HIT     {} {}  {}:{digest}  category {}  recorded {}{}",
                     hit.kind.name(),
-                    object_name(path, hit.member.as_deref()),
+                    object_name(whole, hit.member.as_deref()),
                     h.algorithm,
                     h.category.as_deref().unwrap_or("-"),
                     hit.stored,

@@ -1172,6 +1172,65 @@ fn a_re_check_deletes_at_an_s3_origin_with_signed_requests() {
     assert_eq!(s3(&direct, "list", &[]), "kept.bin", "deleted at the store");
 }
 
+/// S3 mode with virtual-hosted buckets: two buckets' objects at one key are two rows,
+/// so a clean upload to one bucket does not hide a listed object in another from the
+/// re-check.
+#[test]
+fn a_re_check_tells_virtual_hosted_buckets_apart() {
+    use common::s3::{s3_in, s3_server_at, ACCESS_KEY, SECRET_KEY};
+    let a = Authority::new(1);
+    let toml = format!(
+        "[catalog]\naction = \"delete\"\n[s3]\naccess_key = \"{ACCESS_KEY}\"\nsecret_key = \"{SECRET_KEY}\"\n"
+    );
+    let (catalog, spool) = (a.p("vh/catalog.db"), a.p("vh-spool"));
+    // The store is told the gateway's port (its domain names carry it): the gateway
+    // starts first, towards the store's port.
+    let s3_port = free_port();
+    let direct_url = format!("http://127.0.0.1:{s3_port}");
+    let backend = ["--origin", &direct_url, "--s3-spool", &spool];
+    let (_gw, port, _) = catalog_gateway_conf(&a, "vh", &toml, &catalog, &backend);
+    let domains = [format!("localhost:{port}"), format!("localhost:{s3_port}")];
+    let _s3 = s3_server_at(&a.s.path("vh-root"), s3_port, &domains).expect("s3s-fs");
+    let (gw, direct) = (
+        format!("http://localhost:{port}"),
+        format!("http://localhost:{s3_port}"),
+    );
+    let run = |bucket: &str, endpoint: &str, op: &str, args: &[&str]| {
+        s3_in(bucket, endpoint, op, args, None, "virtual")
+    };
+    let (early, early_bytes) = random_file(&a, "vh-early.bin", 40_000);
+    let (clean, _) = random_file(&a, "vh-clean.bin", 40_000);
+    for (bucket, file) in [("one", &early), ("two", &clean)] {
+        assert_eq!(run(bucket, &direct, "mkbucket", &[]), "200");
+        assert_eq!(
+            run(bucket, &gw, "put", &["same.bin", file.to_str().unwrap()]),
+            "200"
+        );
+    }
+
+    list_bytes(&a, &early_bytes);
+    a.publish();
+    assert!(
+        wait_until(Duration::from_secs(30), || retroactive(&a, "vh").len() == 1),
+        "the listed object is still found: {:?}",
+        retroactive(&a, "vh")
+    );
+    let record = &retroactive(&a, "vh")[0];
+    assert_eq!(record["action"], "delete", "{record}");
+    assert_eq!(record["path"], "/same.bin", "{record}");
+    assert_eq!(record["host"], format!("one.localhost:{port}"), "{record}");
+    assert_eq!(
+        run("one", &direct, "list", &[]),
+        "",
+        "deleted in its bucket"
+    );
+    assert_eq!(
+        run("two", &direct, "list", &[]),
+        "same.bin",
+        "the other bucket's stays"
+    );
+}
+
 #[test]
 fn two_gateways_sharing_a_postgres_catalog_re_check_each_filter_once() {
     let postgres = common::postgres::Postgres::start();

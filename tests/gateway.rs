@@ -938,3 +938,23 @@ fn check_config_validates_without_serving() {
     );
     assert_eq!(stderr.matches(&named).count(), 1, "{stderr}");
 }
+
+/// A `Host` with a path in it is refused, as nginx refuses it: origins route on the
+/// host, and the catalog keys objects by it.
+#[test]
+fn a_host_with_a_slash_in_it_is_refused_unforwarded() {
+    let s = Setup::new();
+    let (_nginx, origin_port, root) = s.nginx();
+    let origin = format!("http://127.0.0.1:{origin_port}");
+    let (_gw, port, _) = s.gateway(&["--origin", &origin], &[]);
+    let url = format!("http://127.0.0.1:{port}/up/x.bin");
+    let clean = s.clean.to_str().unwrap();
+    for host in ["a/b", "a\\b", "example.com/up"] {
+        let header = format!("Host: {host}");
+        assert_eq!(curl_put(&s.clean, &url, &["-H", &header]), 400, "{host}");
+    }
+    assert!(files_under(&root).is_empty(), "nothing reached the origin");
+    // An ordinary host is still an ordinary request.
+    let status = curl(&["-T", clean, "-H", "Host: example.com:8080", &url]);
+    assert_eq!(status, 201);
+}

@@ -126,6 +126,10 @@ pub struct CatalogFileConfig {
     /// Rows queued for writing, at most (default 65536); past it rows are dropped
     /// and counted.
     pub queue: Option<usize>,
+    /// Objects are told apart by `Host` as well as path (default false; always so in
+    /// S3 mode, where virtual-hosted buckets are hosts): for an origin that serves
+    /// several virtual hosts, whose `/index.html` are different objects.
+    pub by_host: Option<bool>,
 }
 
 /// What a catalog re-check does to a stored object a new filter lists.
@@ -321,7 +325,7 @@ impl FileConfig {
             inspect, uninspectable, s3);
         self.catalog = match (self.catalog, over.catalog) {
             (Some(mut mine), Some(theirs)) => {
-                take!(mine, theirs: path, algorithms, action, queue);
+                take!(mine, theirs: path, algorithms, action, queue, by_host);
                 Some(mine)
             }
             (mine, theirs) => theirs.or(mine),

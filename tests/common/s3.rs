@@ -76,10 +76,22 @@ pub fn s3_client(
     ca: Option<&Path>,
     addressing: &str,
 ) -> String {
+    s3_in("bucket", endpoint, op, args, ca, addressing)
+}
+
+/// [`s3_client`] on the bucket `bucket`.
+pub fn s3_in(
+    bucket: &str,
+    endpoint: &str,
+    op: &str,
+    args: &[&str],
+    ca: Option<&Path>,
+    addressing: &str,
+) -> String {
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/s3_client.py");
     let out = Command::new("python3")
         .arg(script)
-        .args([endpoint, "bucket", op])
+        .args([endpoint, bucket, op])
         .args(args)
         .env("HG_ADDRESSING", addressing)
         .env("AWS_ACCESS_KEY_ID", ACCESS_KEY)

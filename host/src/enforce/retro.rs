@@ -35,6 +35,8 @@ pub struct CatalogSettings {
     pub action: RetroAction,
     /// Rows queued for writing, at most.
     pub queue: usize,
+    /// Objects are keyed by host and path ([`object_key`]).
+    pub by_host: bool,
 }
 
 impl CatalogSettings {
@@ -55,6 +57,7 @@ impl CatalogSettings {
             algorithms: table.algorithms()?,
             action: table.action.unwrap_or_default(),
             queue: table.queue.unwrap_or(65536).max(1),
+            by_host: table.by_host.unwrap_or(false),
         }))
     }
 }
@@ -114,12 +117,40 @@ pub fn stored_entry(
 /// one replaces it; anything else sent to an origin (a form `POST`) is stored where the
 /// origin chooses, so each is a row of its own, never one that the next upload to the
 /// same URL would replace.
-pub fn row_key(in_store: bool, ctx: &Context) -> (Kind, Vec<u8>) {
+/// `by_host`: the origin serves several hosts ([`object_key`]).
+pub fn row_key(in_store: bool, by_host: bool, ctx: &Context) -> (Kind, Vec<u8>) {
+    let key = object_key(by_host && !in_store, &ctx.host, &ctx.path);
     if in_store || ctx.method == "PUT" {
-        (Kind::Object, ctx.path.as_bytes().to_vec())
+        (Kind::Object, key)
     } else {
-        let key = format!("{} {}", ctx.path, ctx.request_id);
-        (Kind::Posted, key.into_bytes())
+        let mut key = key;
+        key.extend_from_slice(format!(" {}", ctx.request_id).as_bytes());
+        (Kind::Posted, key)
+    }
+}
+
+/// The catalog key of the object at `path` under `host`. An origin that routes virtual
+/// hosts (or S3 virtual-hosted buckets) on the `Host` holds two objects at two hosts'
+/// `/index.html`, and their rows must not replace each other: with `by_host` the key
+/// is the host, in lower case, then the path. Otherwise (an origin with one namespace,
+/// which any `Host` reaches: a row must follow a `DELETE` or `MOVE` sent under another
+/// name) and for a request without a host, the key is the path alone. (A host never
+/// holds a `/`: the gateway refuses one that does, as nginx does.)
+pub fn object_key(by_host: bool, host: &str, path: &str) -> Vec<u8> {
+    if !by_host || host.is_empty() {
+        return path.as_bytes().to_vec();
+    }
+    let mut key = host.to_ascii_lowercase().into_bytes();
+    key.extend_from_slice(path.as_bytes());
+    key
+}
+
+/// The path part of the key of an object or posted row ([`object_key`]): from its
+/// first `/`. (A file's key is its path, whole.)
+pub fn key_path(kind: Kind, key: &[u8]) -> &[u8] {
+    match kind {
+        Kind::File => key,
+        Kind::Object | Kind::Posted => &key[key.iter().position(|b| *b == b'/').unwrap_or(0)..],
     }
 }
 
@@ -418,7 +449,7 @@ async fn act(
         request_id: uuid::Uuid::new_v4().to_string(),
         method: "RECHECK".into(),
         host: hit.host.clone().unwrap_or_default(),
-        path: String::from_utf8_lossy(&hit.key).into_owned(),
+        path: String::from_utf8_lossy(key_path(hit.kind, &hit.key)).into_owned(),
         part: hit.member.clone(),
         layers: hit.layers.clone(),
         ..Context::default()
@@ -470,19 +501,54 @@ mod tests {
             ..Context::default()
         };
         assert_eq!(
-            row_key(false, &ctx("PUT", "a")),
+            row_key(false, false, &ctx("PUT", "a")),
             (Kind::Object, b"/upload".to_vec())
         );
         assert_eq!(
-            row_key(true, &ctx("POST", "a")),
+            row_key(true, false, &ctx("POST", "a")),
             (Kind::Object, b"/upload".to_vec())
         );
-        let first = row_key(false, &ctx("POST", "a"));
-        let second = row_key(false, &ctx("POST", "b"));
+        let first = row_key(false, false, &ctx("POST", "a"));
+        let second = row_key(false, false, &ctx("POST", "b"));
         assert_eq!(first.0, Kind::Posted);
         assert_ne!(
             first.1, second.1,
             "a second form upload does not replace the first"
         );
+    }
+
+    #[test]
+    fn objects_of_two_hosts_are_two_rows() {
+        let ctx = |host: &str| Context {
+            method: "PUT".into(),
+            host: host.into(),
+            path: "/index.html".into(),
+            ..Context::default()
+        };
+        let a = row_key(false, true, &ctx("a.s3.example"));
+        let b = row_key(false, true, &ctx("b.s3.example"));
+        assert_ne!(a, b, "one bucket's upload does not replace another's row");
+        assert_eq!(a.1, b"a.s3.example/index.html");
+        assert_eq!(
+            row_key(false, true, &ctx("A.S3.example")),
+            a,
+            "hosts have no case"
+        );
+        assert_eq!(key_path(Kind::Object, &a.1), b"/index.html");
+        // One namespace: any name reaches the object. The embedded store has one;
+        // rows of old have no host.
+        assert_eq!(
+            row_key(false, false, &ctx("a.s3.example")).1,
+            b"/index.html"
+        );
+        assert_eq!(row_key(true, true, &ctx("a.s3.example")).1, b"/index.html");
+        assert_eq!(key_path(Kind::Object, b"/index.html"), b"/index.html");
+        let post = Context {
+            method: "POST".into(),
+            ..ctx("a")
+        };
+        let posted = row_key(false, true, &post);
+        assert!(key_path(Kind::Posted, &posted.1).starts_with(b"/index.html "));
+        assert_eq!(key_path(Kind::File, b"tree/a"), b"tree/a");
     }
 }

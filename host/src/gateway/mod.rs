@@ -278,7 +278,7 @@ impl Gateway {
                 .headers()
                 .get(hyper::header::HOST)
                 .and_then(|h| h.to_str().ok())
-                .or_else(|| req.uri().host())
+                .or_else(|| req.uri().authority().map(|a| a.as_str()))
                 .unwrap_or("")
                 .to_string(),
             path: req.uri().path().to_string(),
@@ -315,6 +315,11 @@ impl Gateway {
                 "both Content-Length and Transfer-Encoding",
             ),
             _ if let Some(Err(why)) = relocates => self.refusal(StatusCode::BAD_REQUEST, &ctx, why),
+            // A host with a path in it: nginx refuses it, others may route on a part of
+            // it, and the catalog keys objects by host and path.
+            _ if ctx.host.contains(['/', '\\']) => {
+                self.refusal(StatusCode::BAD_REQUEST, &ctx, "a Host with / or \\ in it")
+            }
             // A partial write lands on bytes the gateway has not seen (and some WebDAV
             // servers take it): the whole object cannot be checked.
             _ if inspected && req.headers().contains_key(hyper::header::CONTENT_RANGE) => self
@@ -367,8 +372,8 @@ impl Gateway {
         if deletes && response.status().is_success() {
             self.record_removed(&ctx);
         }
-        if let Some(Ok((to, keep))) = relocates.filter(|_| response.status().is_success()) {
-            self.record_relocated(&ctx, to, keep);
+        if let Some(Ok(to)) = relocates.filter(|_| response.status().is_success()) {
+            self.record_relocated(&ctx, &to);
         }
         let mut response = response;
         if let Ok(id) = ctx.request_id.parse() {

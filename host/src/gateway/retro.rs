@@ -44,7 +44,7 @@ impl Gateway {
             .and_then(|h| h.get(hyper::header::ETAG))
             .and_then(|e| e.to_str().ok())
             .map(str::to_string);
-        let row = retro::row_key(in_store, ctx);
+        let row = retro::row_key(in_store, self.by_host(), ctx);
         recorder.record(retro::stored_entry(
             settings, row, ctx, report, etag, filter,
         ));
@@ -62,36 +62,63 @@ impl Gateway {
         let (Some(recorder), Some(settings)) = (&self.catalog, &self.config.catalog) else {
             return;
         };
-        let row = (Kind::Object, key.as_bytes().to_vec());
+        let row = (Kind::Object, self.object_key(&ctx.host, key));
         recorder.record(retro::stored_entry(
             settings, row, ctx, report, None, filter,
         ));
     }
 
-    /// Gives the rows at `ctx`'s path a place at `to` as well (`keep`: a `COPY`) or
-    /// instead (a `MOVE`), once the origin has done so.
-    pub(super) fn record_relocated(&self, ctx: &Context, to: Vec<u8>, keep: bool) {
+    /// Whether the catalog tells objects apart by host ([`retro::object_key`]): if the
+    /// configuration says the origin serves several, and always in S3 mode (virtual-hosted
+    /// buckets are hosts); never for the embedded store (one namespace).
+    fn by_host(&self) -> bool {
+        let asked = self.config.catalog.as_ref().is_some_and(|c| c.by_host);
+        !matches!(self.config.backend, Backend::Store(_)) && (asked || self.spool.is_some())
+    }
+
+    /// The catalog key of the object at `path` under `host` ([`retro::object_key`]).
+    fn object_key(&self, host: &str, path: &str) -> Vec<u8> {
+        retro::object_key(self.by_host(), host, path)
+    }
+
+    /// Gives the rows at `ctx`'s host and path a place at `to` as well (`keep`: a
+    /// `COPY`) or instead (a `MOVE`), once the origin has done so.
+    pub(super) fn record_relocated(&self, ctx: &Context, to: &Relocation) {
         if let Some(recorder) = &self.catalog {
-            recorder.relocate(ctx.path.as_bytes().to_vec(), to, keep);
+            let host = to.host.as_deref().unwrap_or(&ctx.host);
+            recorder.relocate(
+                self.object_key(&ctx.host, &ctx.path),
+                self.object_key(host, &to.path),
+                to.keep,
+            );
         }
     }
 
-    /// Forgets the object at `ctx`'s path (a `DELETE` succeeded).
+    /// Forgets the object at `ctx`'s host and path (a `DELETE` succeeded).
     pub(super) fn record_removed(&self, ctx: &Context) {
         if let Some(recorder) = &self.catalog {
-            recorder.remove(Kind::Object, ctx.path.as_bytes().to_vec());
+            recorder.remove(Kind::Object, self.object_key(&ctx.host, &ctx.path));
         }
     }
 }
 
-/// The destination path of a WebDAV `MOVE` or `COPY` (its `Destination`, an absolute
-/// URI or a path, as sent), and whether the source stays (a `COPY`); `None` for other
-/// requests and for one without a `Destination` (the origin refuses it). A
-/// `Destination` this cannot read is an error: the origin may read it and move the
-/// object where the catalog would not follow.
-pub(super) fn relocation<B>(
-    req: &hyper::Request<B>,
-) -> Option<Result<(Vec<u8>, bool), &'static str>> {
+/// Where a WebDAV `MOVE` or `COPY` puts an object: its `Destination`, an absolute URI
+/// or a path, as sent.
+#[derive(Debug)]
+pub(super) struct Relocation {
+    /// The destination's host, when the `Destination` names one.
+    host: Option<String>,
+    /// The destination's path.
+    path: String,
+    /// The source stays (a `COPY`).
+    keep: bool,
+}
+
+/// Where a WebDAV `MOVE` or `COPY` puts its object; `None` for other requests and for
+/// one without a `Destination` (the origin refuses it). A `Destination` this cannot
+/// read is an error: the origin may read it and move the object where the catalog
+/// would not follow.
+pub(super) fn relocation<B>(req: &hyper::Request<B>) -> Option<Result<Relocation, &'static str>> {
     let keep = match req.method().as_str() {
         "MOVE" => false,
         "COPY" => true,
@@ -103,7 +130,11 @@ pub(super) fn relocation<B>(
         .ok()
         .and_then(|d| d.parse::<hyper::Uri>().ok());
     Some(match uri {
-        Some(uri) => Ok((uri.path().as_bytes().to_vec(), keep)),
+        Some(uri) => Ok(Relocation {
+            host: uri.authority().map(|a| a.as_str().to_string()),
+            path: uri.path().to_string(),
+            keep,
+        }),
         None => Err("a Destination the gateway cannot read"),
     })
 }
@@ -252,7 +283,7 @@ async fn origin_request(
     hit: &RetroHit,
     method: Method,
 ) -> Result<hyper::Response<hyper::body::Incoming>, String> {
-    let key = String::from_utf8_lossy(&hit.key).into_owned();
+    let key = String::from_utf8_lossy(retro::key_path(hit.kind, &hit.key)).into_owned();
     let host = hit.host.clone().unwrap_or_default();
     match (&gw.config.s3, &gw.spool) {
         (Some(credentials), Some(_)) => {

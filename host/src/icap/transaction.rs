@@ -646,7 +646,7 @@ async fn decide(
         (passed, shown, &server.catalog, &server.config.catalog)
     {
         if ctx.method == "PUT" || ctx.method == "POST" {
-            let row = crate::enforce::retro::row_key(false, ctx);
+            let row = crate::enforce::retro::row_key(false, settings.by_host, ctx);
             let entry =
                 crate::enforce::retro::stored_entry(settings, row, ctx, &report, None, filter);
             recorder.record(entry);
