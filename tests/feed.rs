@@ -1172,6 +1172,68 @@ fn a_re_check_deletes_at_an_s3_origin_with_signed_requests() {
     assert_eq!(s3(&direct, "list", &[]), "kept.bin", "deleted at the store");
 }
 
+/// S3 mode: a `DeleteObjects` through the gateway removes the rows of what the store
+/// deleted, and only those.
+#[test]
+fn delete_objects_removes_the_rows_of_what_the_store_deleted() {
+    use common::s3::{s3, s3_server, ACCESS_KEY, SECRET_KEY};
+    let a = Authority::new(1);
+    let (_s3, s3_port) = s3_server(&a.s.path("do-root"));
+    let direct = format!("http://127.0.0.1:{s3_port}");
+    assert_eq!(s3(&direct, "mkbucket", &[]), "200");
+    let toml = format!(
+        "[catalog]\naction = \"delete\"\n[s3]\naccess_key = \"{ACCESS_KEY}\"\nsecret_key = \"{SECRET_KEY}\"\n"
+    );
+    let (catalog, spool) = (a.p("do/catalog.db"), a.p("do-spool"));
+    let backend = ["--origin", &direct, "--s3-spool", &spool];
+    let (_gw, port, _) = catalog_gateway_conf(&a, "do", &toml, &catalog, &backend);
+    let gw = format!("http://127.0.0.1:{port}");
+    let (gone, gone_bytes) = random_file(&a, "do-gone.bin", 20_000);
+    let (kept, kept_bytes) = random_file(&a, "do-kept.bin", 20_000);
+    for (key, file) in [("photos/a b+c.bin", &gone), ("kept.bin", &kept)] {
+        assert_eq!(s3(&gw, "put", &[key, file.to_str().unwrap()]), "200");
+    }
+    let rows = || {
+        let out = Command::new("python3")
+            .args(["-c", "import sqlite3,sys; print(sqlite3.connect(sys.argv[1]).execute('SELECT count(*) FROM objects').fetchone()[0])"])
+            .arg(&catalog)
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    };
+    assert!(
+        wait_until(Duration::from_secs(10), || rows() == "2"),
+        "{}",
+        rows()
+    );
+    // One key deleted, one the store has not: only the first row goes.
+    assert_eq!(s3(&gw, "delete", &["photos/a b+c.bin", "never.bin"]), "200");
+    assert_eq!(s3(&direct, "list", &[]), "kept.bin");
+    assert!(
+        wait_until(Duration::from_secs(10), || rows() == "1"),
+        "{}",
+        rows()
+    );
+
+    list_bytes(&a, &gone_bytes);
+    list_bytes(&a, &kept_bytes);
+    a.publish();
+    assert!(
+        wait_until(Duration::from_secs(30), || !retroactive(&a, "do")
+            .is_empty()),
+        "{:?}",
+        retroactive(&a, "do")
+    );
+    let records = retroactive(&a, "do");
+    assert_eq!(
+        records.len(),
+        1,
+        "no record of the deleted object: {records:?}"
+    );
+    assert_eq!(records[0]["path"], "/bucket/kept.bin");
+    assert_eq!(records[0]["action"], "delete");
+}
+
 /// S3 mode with virtual-hosted buckets: two buckets' objects at one key are two rows,
 /// so a clean upload to one bucket does not hide a listed object in another from the
 /// re-check.

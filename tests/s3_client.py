@@ -8,6 +8,7 @@ OPs: mkbucket | put KEY FILE | mpu KEY FILE (multipart upload, 5 MiB parts, 4 in
 parallel, as `upload_file` does; it aborts the upload itself if completing fails) |
 mpu-raw KEY FILE (the same with the low-level calls, one part after another, and no abort
 on failure) | get KEY OUT | list | copy KEY SOURCE_KEY (CopyObject) |
+delete KEY... (DeleteObjects) |
 script KEY STEP... (one multipart upload, step by step, printing each step's status):
   up:N:FILE (UploadPart), cp:N:SOURCE_KEY[:FIRST-LAST] (UploadPartCopy), done (complete
   with the latest ETag of every part, ascending), done-odd (the same completion sent as
@@ -275,6 +276,10 @@ def main():
         elif op == "raw":
             method, key, query, *headers = args
             raw(s3, endpoint, bucket, method, key, query, headers)
+        elif op == "delete":
+            objects = [{"Key": k} for k in args]
+            s3.delete_objects(Bucket=bucket, Delete={"Objects": objects})
+            print(200)
         elif op == "list":
             listed = s3.list_objects_v2(Bucket=bucket).get("Contents", [])
             print(" ".join(sorted(o["Key"] for o in listed)))

@@ -94,6 +94,21 @@ impl Gateway {
         }
     }
 
+    /// Whether a digest catalog is kept.
+    pub(super) fn keeps_catalog(&self) -> bool {
+        self.catalog.is_some()
+    }
+
+    /// Forgets the objects at `paths` under `ctx`'s host (an S3 `DeleteObjects`
+    /// deleted them).
+    pub(super) fn record_deleted(&self, ctx: &Context, paths: impl Iterator<Item = String>) {
+        if let Some(recorder) = &self.catalog {
+            for path in paths {
+                recorder.remove(Kind::Object, self.object_key(&ctx.host, &path));
+            }
+        }
+    }
+
     /// Forgets the object at `ctx`'s host and path (a `DELETE` succeeded).
     pub(super) fn record_removed(&self, ctx: &Context) {
         if let Some(recorder) = &self.catalog {

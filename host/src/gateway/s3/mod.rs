@@ -16,7 +16,9 @@
 //!    object never becomes visible; the gateway then aborts the upload (with `[s3]`
 //!    credentials) so its parts are deleted at once;
 //! 3. `CopyObject` is forwarded only once the source has been read and passed;
-//! 4. `AbortMultipartUpload` and a completion forget the spool.
+//! 4. `AbortMultipartUpload` and a completion forget the spool;
+//! 5. `DeleteObjects` is passed on, and the catalog forgets what the store deleted
+//!    ([`deletes`]).
 //!
 //! A completion naming a part the gateway cannot vouch for (not seen: another gateway
 //! took it, a restart lost it, its upload failed; another ETag than the one the gateway
@@ -24,6 +26,7 @@
 
 mod completion;
 mod copies;
+mod deletes;
 mod ops;
 mod origin;
 mod spool;
@@ -74,6 +77,7 @@ pub async fn handle(
             spool.forget(&upload).await;
             super::upload::pass_through(gw, req).await
         }
+        Op::DeleteObjects => deletes::delete_objects(gw, req, ctx).await,
         Op::Other => super::upload::inspect(gw, req, ctx, None).await,
     }
 }

@@ -24,6 +24,7 @@
 //! | `PUT` | none of the routing names | yes | [`Op::CopyObject`] |
 //! | `POST` | `uploadId` (with or without `partNumber`) | - | [`Op::Complete`] |
 //! | `DELETE` | `uploadId` | - | [`Op::Abort`] |
+//! | `POST` | `delete` | - | [`Op::DeleteObjects`] |
 //! | anything else | | | [`Op::Other`]: proxied or inspected as any request |
 
 use hyper::header::HeaderMap;
@@ -64,6 +65,8 @@ pub enum Op {
         /// The upload id.
         upload: String,
     },
+    /// `POST ?delete`: several objects deleted at once.
+    DeleteObjects,
     /// Anything else.
     Other,
 }
@@ -102,7 +105,7 @@ pub enum Unclassifiable {
 }
 
 /// The query names S3 routes object requests on.
-const ROUTING: [&str; 9] = [
+const ROUTING: [&str; 10] = [
     "uploadId",
     "partNumber",
     "uploads",
@@ -112,6 +115,7 @@ const ROUTING: [&str; 9] = [
     "retention",
     "select",
     "restore",
+    "delete",
 ];
 
 /// The routing names present in a query, each with its value, checked for repeats and
@@ -236,6 +240,7 @@ impl Op {
         Ok(match (method, upload) {
             (&Method::POST, Some(upload)) => Op::Complete { upload },
             (&Method::DELETE, Some(upload)) => Op::Abort { upload },
+            (&Method::POST, None) if names.get("delete").is_some() => Op::DeleteObjects,
             _ => Op::Other,
         })
     }
