@@ -78,6 +78,8 @@ pub async fn handle(
             super::upload::pass_through(gw, req).await
         }
         Op::DeleteObjects => deletes::delete_objects(gw, req, ctx).await,
+        // Nothing is stored (the object comes in parts): not an upload to record.
+        Op::CreateUpload => super::upload::pass_through(gw, req).await,
         Op::Other => super::upload::inspect(gw, req, ctx, None).await,
     }
 }

@@ -25,6 +25,7 @@
 //! | `POST` | `uploadId` (with or without `partNumber`) | - | [`Op::Complete`] |
 //! | `DELETE` | `uploadId` | - | [`Op::Abort`] |
 //! | `POST` | `delete` | - | [`Op::DeleteObjects`] |
+//! | `POST` | `uploads` | - | [`Op::CreateUpload`] |
 //! | anything else | | | [`Op::Other`]: proxied or inspected as any request |
 
 use hyper::header::HeaderMap;
@@ -65,6 +66,8 @@ pub enum Op {
         /// The upload id.
         upload: String,
     },
+    /// `POST ?uploads`: a multipart upload begun (its body, if any, is stored nowhere).
+    CreateUpload,
     /// `POST ?delete`: several objects deleted at once.
     DeleteObjects,
     /// Anything else.
@@ -241,6 +244,7 @@ impl Op {
             (&Method::POST, Some(upload)) => Op::Complete { upload },
             (&Method::DELETE, Some(upload)) => Op::Abort { upload },
             (&Method::POST, None) if names.get("delete").is_some() => Op::DeleteObjects,
+            (&Method::POST, None) if names.get("uploads").is_some() => Op::CreateUpload,
             _ => Op::Other,
         })
     }
@@ -370,7 +374,9 @@ mod tests {
             op(Method::DELETE, "uploadId=x"),
             Ok(Op::Abort { upload: "x".into() })
         );
-        assert_eq!(op(Method::POST, "uploads"), Ok(Op::Other));
+        assert_eq!(op(Method::POST, "uploads"), Ok(Op::CreateUpload));
+        assert_eq!(op(Method::POST, "delete"), Ok(Op::DeleteObjects));
+        assert_eq!(op(Method::PUT, "delete"), Ok(Op::Other));
         assert_eq!(op(Method::PUT, "x-id=PutObject"), Ok(Op::Other));
         assert_eq!(op(Method::GET, "uploadId=x"), Ok(Op::Other));
         let source = CopySource {
