@@ -271,3 +271,104 @@ fn a_tus_upload_in_pieces_is_recorded_in_the_catalog_at_its_url() {
         s.recorded_at(&catalog, &[&file])
     );
 }
+
+/// The stand-in tus origin with the concatenation extension (tests/tus_origin.py:
+/// neither @tus/file-store nor @tus/s3-store implements it, and tusd cannot be
+/// installed here), storing under `root`, and its port.
+fn concatenating_origin(root: &Path) -> (Killed, u16) {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/tus_origin.py");
+    let (child, port, _, _) = spawn_logged(Command::new("python3").arg(script).arg(root));
+    (child, port)
+}
+
+/// One tus request by curl: its status and `Location`.
+fn tus_request(method: &str, url: &str, headers: &[String], body: Option<&Path>) -> (u16, String) {
+    let mut cmd = Command::new("curl");
+    cmd.args(["-s", "-o", "/dev/null", "-D", "-", "-X", method, url])
+        .args(["-H", "Tus-Resumable: 1.0.0"]);
+    for h in headers {
+        cmd.args(["-H", h]);
+    }
+    if let Some(file) = body {
+        cmd.args(["-H", "Content-Type: application/offset+octet-stream"])
+            .arg("--data-binary")
+            .arg(format!("@{}", file.display()));
+    }
+    let out = String::from_utf8_lossy(&cmd.output().unwrap().stdout).into_owned();
+    // The last head's status (a `100 Continue` may come first).
+    let status = out
+        .lines()
+        .rfind(|l| l.starts_with("HTTP/"))
+        .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
+        .unwrap_or(0);
+    let location = out
+        .lines()
+        .find_map(|l| {
+            let (name, value) = l.split_once(':')?;
+            name.eq_ignore_ascii_case("location")
+                .then(|| value.trim().to_string())
+        })
+        .unwrap_or_default();
+    (status, location)
+}
+
+#[test]
+fn a_concatenation_of_partial_uploads_is_checked_as_the_file_it_makes() {
+    let s = Setup::new();
+    let root = s.path("tus-concat");
+    let (_origin, origin_port) = concatenating_origin(&root);
+    let spool = s.path("tus-spool");
+    let (_gw, port, _) = s.gateway(
+        &["--origin", &format!("http://127.0.0.1:{origin_port}")],
+        &["--tus-spool", spool.to_str().unwrap()],
+    );
+    let endpoint = format!("http://127.0.0.1:{port}/files/");
+    let mut clean = std::fs::read(&s.big_clean).unwrap();
+    clean.truncate(1 << 20);
+    let listed = std::fs::read(&s.listed).unwrap();
+
+    // Each half a partial upload: the first whole in its creation, the second created
+    // empty and sent in one PATCH; then the final upload joining them.
+    let concatenate = |name: &str, bytes: &[u8]| -> (u16, String, [String; 2]) {
+        let half = bytes.len() / 2;
+        let (first, second) = (s.path(&format!("{name}.1")), s.path(&format!("{name}.2")));
+        std::fs::write(&first, &bytes[..half]).unwrap();
+        std::fs::write(&second, &bytes[half..]).unwrap();
+        let partial = |len: usize| {
+            vec![
+                "Upload-Concat: partial".into(),
+                format!("Upload-Length: {len}"),
+            ]
+        };
+        let (status, a) = tus_request("POST", &endpoint, &partial(half), Some(&first));
+        assert_eq!(status, 201, "{name}: the first partial upload");
+        let (status, b) = tus_request("POST", &endpoint, &partial(bytes.len() - half), None);
+        assert_eq!(status, 201, "{name}: the second partial upload");
+        let (status, _) = tus_request("PATCH", &b, &["Upload-Offset: 0".into()], Some(&second));
+        assert_eq!(status, 204, "{name}: the second partial's bytes");
+        let concat = format!("Upload-Concat: final;{a} {b}");
+        let (status, location) = tus_request("POST", &endpoint, &[concat], None);
+        (status, location, [a, b])
+    };
+
+    // The listed file, joined from two clean halves: refused, and the halves terminated.
+    let (status, _, partials) = concatenate("listed", &listed);
+    assert_eq!(status, 451);
+    for partial in &partials {
+        assert_eq!(
+            tus_request("HEAD", partial, &[], None).0,
+            404,
+            "{partial} terminated"
+        );
+    }
+
+    // A clean file: joined at the origin, intact.
+    let (status, location, _) = concatenate("clean", &clean);
+    assert_eq!(status, 201);
+    let joined = Command::new("curl")
+        .args(["-s", "-H", "Tus-Resumable: 1.0.0", &location])
+        .output()
+        .unwrap()
+        .stdout;
+    assert!(joined == clean, "the concatenation is the clean file");
+}

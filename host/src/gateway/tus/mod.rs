@@ -466,12 +466,11 @@ async fn create(
     if declared.unwrap_or(0) == 0 && !chunked {
         return upload::pass_through(gw, req).await;
     }
-    if length.is_some() && length == declared {
-        // The whole upload in its creation (recorded at its new URL, unless it is a
-        // partial upload that a concatenation will be made of).
-        let spool =
-            (!headers.contains_key("upload-concat")).then_some(upload::BodySpool::TusCreation);
-        return upload::inspect(gw, req, ctx, spool).await;
+    // The whole upload in its creation, recorded at its new URL. Not a partial upload:
+    // that is spooled below like any first piece, since the concatenation made of it
+    // reads it back (and it is recorded as part of that).
+    if length.is_some() && length == declared && !headers.contains_key("upload-concat") {
+        return upload::inspect(gw, req, ctx, Some(upload::BodySpool::TusCreation)).await;
     }
     let piece = uploads.unnamed().await;
     upload::inspect(
