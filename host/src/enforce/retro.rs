@@ -119,11 +119,10 @@ pub fn stored_entry(
 /// same URL would replace.
 /// `by_host`: the origin serves several hosts ([`object_key`]).
 pub fn row_key(in_store: bool, by_host: bool, ctx: &Context) -> (Kind, Vec<u8>) {
-    let key = object_key(by_host && !in_store, &ctx.host, &ctx.path);
+    let mut key = object_key(by_host && !in_store, &ctx.host, &ctx.path);
     if in_store || ctx.method == "PUT" {
         (Kind::Object, key)
     } else {
-        let mut key = key;
         key.extend_from_slice(format!(" {}", ctx.request_id).as_bytes());
         (Kind::Posted, key)
     }

@@ -69,12 +69,29 @@ fn unchanged_for(meta: &std::fs::Metadata, idle: std::time::Duration) -> bool {
         .is_ok_and(|t| t.elapsed().is_ok_and(|age| age >= idle))
 }
 
-/// Takes the upload directory `name` out of the spool `dir` (a rename, so that the
-/// caller can do it under its lock and no request of the upload finds half of it);
-/// [`clear_retired`] removes it.
-pub fn retire(dir: &Path, name: &str) -> std::io::Result<()> {
-    let to = format!("{RETIRED}{name}-{}", uuid::Uuid::new_v4());
-    std::fs::rename(dir.join(name), dir.join(to))
+/// Takes the upload directories `names` ([`idle_uploads`]) out of the spool `dir`, but
+/// for those of the `busy` uploads (ids or URLs, whose requests are in flight). Each is
+/// a rename, so that the caller can do it under the lock its requests start under and
+/// no request finds half an upload; [`clear_retired`] removes them. The names taken out.
+pub fn retire<'a>(
+    dir: &Path,
+    names: Vec<String>,
+    busy: impl Iterator<Item = &'a String>,
+) -> std::collections::HashSet<String> {
+    let busy: std::collections::HashSet<String> = busy.map(|u| upload_dir_name(u)).collect();
+    let mut retired = std::collections::HashSet::new();
+    for name in names.into_iter().filter(|n| !busy.contains(n)) {
+        let to = format!("{RETIRED}{name}-{}", uuid::Uuid::new_v4());
+        match std::fs::rename(dir.join(&name), dir.join(to)) {
+            Ok(()) => {
+                retired.insert(name);
+            }
+            Err(e) => {
+                tracing::error!(upload = %name, error = %e, "cannot expire an upload from the spool")
+            }
+        }
+    }
+    retired
 }
 
 /// Removes from the spool `dir` what [`retire`] took out, and the copies of pieces not
@@ -278,7 +295,7 @@ mod tests {
 
         let idle = idle_uploads(dir.path(), hour);
         assert_eq!(idle, [upload_dir_name("quiet")]);
-        retire(dir.path(), &idle[0]).unwrap();
+        assert_eq!(retire(dir.path(), idle, std::iter::empty()).len(), 1);
         assert!(!upload_dir(dir.path(), "quiet").exists());
         clear_retired(dir.path(), hour);
         let mut left: Vec<String> = std::fs::read_dir(dir.path())

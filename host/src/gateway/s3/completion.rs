@@ -97,18 +97,7 @@ pub fn parts(xml: &[u8]) -> Result<Vec<Listed>, BadCompletion> {
                 }
             }
             Event::GeneralRef(r) if path.len() == 3 => {
-                let c = match r.resolve_char_ref() {
-                    Ok(Some(c)) => c,
-                    _ => match &*r.decode().map_err(|_| bad("a reference is not UTF-8"))? {
-                        "quot" => '"',
-                        "amp" => '&',
-                        "apos" => '\'',
-                        "lt" => '<',
-                        "gt" => '>',
-                        other => return Err(bad(format!("unknown entity &{other};"))),
-                    },
-                };
-                text.push(c);
+                text.push(super::xml_reference(&r).map_err(bad)?);
             }
             Event::Eof if seen_root && path.is_empty() => break,
             Event::Eof => return Err(bad("it ends early")),

@@ -7,9 +7,9 @@
 //! request that differs from ours) keeps its row. A quiet request's answer names only
 //! the failures, so it removes nothing here; those rows, and rows of objects a client
 //! addressed by another spelling of their key, stay until a re-check finds the object
-//! gone. Nothing is ever forwarded or answered differently because of this.
+//! gone. The request is forwarded as it came, and the client gets the store's answer
+//! (or a 502 if that answer cannot be read whole).
 
-use bytes::Bytes;
 use http_body_util::BodyExt as _;
 use hyper::body::Incoming;
 use hyper::{Request, Response, StatusCode};
@@ -58,7 +58,7 @@ pub async fn delete_objects(
             tracing::warn!(request_id = %ctx.request_id, why, "a DeleteObjects answer not understood: no row removed");
         }
     }
-    Response::from_parts(parts, full(Bytes::clone(&answer)))
+    Response::from_parts(parts, full(answer))
 }
 
 /// A key as a path segment, percent-encoded as S3 clients encode it (every byte but
@@ -101,20 +101,7 @@ fn deleted_keys(xml: &[u8]) -> Result<Vec<String>, String> {
             Event::Text(t) if in_key(&path) => {
                 text.push_str(&t.decode().map_err(|e| e.to_string())?);
             }
-            Event::GeneralRef(r) if in_key(&path) => {
-                let c = match r.resolve_char_ref().map_err(|e| e.to_string())? {
-                    Some(c) => c,
-                    None => match &*r.decode().map_err(|e| e.to_string())? {
-                        "quot" => '"',
-                        "amp" => '&',
-                        "apos" => '\'',
-                        "lt" => '<',
-                        "gt" => '>',
-                        other => return Err(format!("unknown entity &{other};")),
-                    },
-                };
-                text.push(c);
-            }
+            Event::GeneralRef(r) if in_key(&path) => text.push(super::xml_reference(&r)?),
             Event::CData(c) if in_key(&path) => {
                 text.push_str(std::str::from_utf8(&c).map_err(|e| e.to_string())?);
             }

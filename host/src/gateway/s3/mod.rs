@@ -43,6 +43,25 @@ use super::body::{full, GatewayBody, Upload};
 use super::Gateway;
 use crate::enforce::{Context, Outcome};
 
+/// The character an XML reference stands for: a character reference or one of XML's
+/// five predefined entities (S3 documents declare no others).
+fn xml_reference(r: &quick_xml::events::BytesRef<'_>) -> Result<char, String> {
+    if let Some(c) = r.resolve_char_ref().map_err(|e| e.to_string())? {
+        return Ok(c);
+    }
+    match &*r
+        .decode()
+        .map_err(|_| "a reference is not UTF-8".to_string())?
+    {
+        "quot" => Ok('"'),
+        "amp" => Ok('&'),
+        "apos" => Ok('\''),
+        "lt" => Ok('<'),
+        "gt" => Ok('>'),
+        other => Err(format!("unknown entity &{other};")),
+    }
+}
+
 /// Largest `CompleteMultipartUpload` body accepted (10000 parts fit in well under this).
 const MAX_COMPLETION: u64 = 2 << 20;
 

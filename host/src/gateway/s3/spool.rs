@@ -210,32 +210,19 @@ impl Spool {
     pub fn expire(&self, idle: std::time::Duration) -> usize {
         use super::super::assembly::{clear_retired, idle_uploads, retire, upload_dir_name};
         let idle_names = idle_uploads(&self.dir, idle);
-        let mut expired = HashSet::new();
-        {
+        let expired = {
             // Under the turn lock, so that no part or completion starts on an upload
             // while it is taken out.
             let flights = self.flights();
-            let busy: HashSet<String> = flights.keys().map(|u| upload_dir_name(u)).collect();
-            for name in idle_names {
-                if busy.contains(&name) {
-                    continue;
-                }
-                match retire(&self.dir, &name) {
-                    Ok(()) => {
-                        expired.insert(name);
-                    }
-                    Err(e) => {
-                        tracing::error!(upload = %name, error = %e, "cannot expire an upload from the spool")
-                    }
-                }
-            }
+            let expired = retire(&self.dir, idle_names, flights.keys());
             // What is held in memory for an upload gone from the spool, or never in it.
             self.slots().retain(|upload, _| {
                 let name = upload_dir_name(upload);
                 flights.contains_key(upload)
                     || (!expired.contains(&name) && self.dir.join(&name).exists())
             });
-        }
+            expired
+        };
         clear_retired(&self.dir, idle);
         expired.len()
     }

@@ -62,22 +62,13 @@ impl Uploads {
     /// completion of one then finds a gap and is refused. Blocking. Returns how many
     /// were removed.
     pub fn expire(&self, idle: std::time::Duration) -> usize {
-        use super::super::assembly::{clear_retired, idle_uploads, retire, upload_dir_name};
+        use super::super::assembly::{clear_retired, idle_uploads, retire};
         let idle_names = idle_uploads(&self.dir, idle);
-        let mut expired = 0;
-        {
+        let expired = {
             // Under the turn lock: no request of an upload starts while it is taken out.
             let busy = self.busy.lock().unwrap_or_else(|e| e.into_inner());
-            let busy: HashSet<String> = busy.iter().map(|u| upload_dir_name(u)).collect();
-            for name in idle_names.iter().filter(|n| !busy.contains(*n)) {
-                match retire(&self.dir, name) {
-                    Ok(()) => expired += 1,
-                    Err(e) => {
-                        tracing::error!(upload = %name, error = %e, "cannot expire an upload from the spool")
-                    }
-                }
-            }
-        }
+            retire(&self.dir, idle_names, busy.iter()).len()
+        };
         clear_retired(&self.dir, idle);
         expired
     }
