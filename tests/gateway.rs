@@ -11,6 +11,57 @@ use std::time::{Duration, Instant};
 use common::procs::*;
 use rand::RngCore;
 
+/// An origin that routes on `Host` (nginx storing under `$host`) gets the host the
+/// client named, however it named it: `Host`, HTTP/2's `:authority` (no `Host` on the
+/// wire), or an absolute-form target, whose authority RFC 9112 puts before `Host`.
+#[test]
+fn the_origin_gets_the_host_the_client_named_over_http2_and_absolute_targets() {
+    let s = Setup::new();
+    let location = format!(
+        "dav_methods PUT; create_full_put_path on; root {}/$host;",
+        s.path("hosts").display()
+    );
+    let (_nginx, origin_port, _) = s.nginx_serving(None, &location, None);
+    let (_gw, port, _) = s.gateway(
+        &["--origin", &format!("http://127.0.0.1:{origin_port}")],
+        &[],
+    );
+    let url = |k: &str| format!("http://127.0.0.1:{port}/{k}");
+    let host = ["-H", "Host: files.example"];
+
+    assert_eq!(curl_put(&s.clean, &url("h1.bin"), &host), 201);
+    let h2 = [host.as_slice(), &["--http2-prior-knowledge"]].concat();
+    assert_eq!(curl_put(&s.clean, &url("h2.bin"), &h2), 201);
+    let absolute = [
+        "--request-target",
+        "http://files.example/absolute.bin",
+        "-H",
+        "Host: elsewhere.example",
+    ];
+    assert_eq!(curl_put(&s.clean, &url("ignored.bin"), &absolute), 201);
+    // A listed file is refused whichever way its host is named.
+    assert_eq!(curl_put(&s.listed, &url("h2-listed.bin"), &h2), 451);
+
+    let mut stored: Vec<String> = files_under(&s.path("hosts"))
+        .iter()
+        .map(|p| {
+            p.strip_prefix(s.path("hosts"))
+                .unwrap()
+                .display()
+                .to_string()
+        })
+        .collect();
+    stored.sort();
+    assert_eq!(
+        stored,
+        [
+            "files.example/absolute.bin",
+            "files.example/h1.bin",
+            "files.example/h2.bin"
+        ]
+    );
+}
+
 #[test]
 fn listed_uploads_never_reach_the_origin_and_clean_ones_arrive_intact() {
     let s = Setup::new();

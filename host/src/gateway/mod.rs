@@ -274,11 +274,7 @@ impl Gateway {
             request_id: uuid::Uuid::new_v4().to_string(),
             client: peer.ip().to_string(),
             method: req.method().to_string(),
-            host: req
-                .headers()
-                .get(hyper::header::HOST)
-                .and_then(|h| h.to_str().ok())
-                .or_else(|| req.uri().authority().map(|a| a.as_str()))
+            host: request_host(req.uri(), req.headers())
                 .unwrap_or("")
                 .to_string(),
             path: req.uri().path().to_string(),
@@ -508,6 +504,18 @@ impl Gateway {
             .refusal_body(status.as_u16(), reason, &ctx.request_id);
         json_refusal(status, body)
     }
+}
+
+/// The host a request names: the authority of its target when it has one (HTTP/2's
+/// `:authority`, an HTTP/1.1 absolute-form target, which RFC 9112 puts before `Host`),
+/// else its `Host`. The origin is sent this host ([`upload::upstream_request`]), so that
+/// it stores the object under the host the gateway checked and catalogued.
+fn request_host<'a>(uri: &'a hyper::Uri, headers: &'a hyper::HeaderMap) -> Option<&'a str> {
+    uri.authority().map(|a| a.as_str()).or_else(|| {
+        headers
+            .get(hyper::header::HOST)
+            .and_then(|h| h.to_str().ok())
+    })
 }
 
 fn json_refusal(status: StatusCode, body: String) -> Response<GatewayBody> {

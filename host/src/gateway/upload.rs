@@ -362,7 +362,8 @@ pub(super) fn plain(status: StatusCode, text: &'static str) -> Response<GatewayB
 
 /// The request to send to the origin for the client's request `parts`, with `body`: the
 /// same method and target on the origin's scheme and authority, and the client's headers
-/// (taken out of `parts`, not copied) minus the hop-by-hop ones.
+/// (taken out of `parts`, not copied) minus the hop-by-hop ones, with `Host` naming the
+/// target's authority when the client named one (HTTP/2, absolute form).
 // The error is the response to send instead: large, but built once per request.
 #[allow(clippy::result_large_err)]
 pub(super) fn upstream_request(
@@ -392,6 +393,15 @@ pub(super) fn upstream_request(
         .expect("valid request");
     *request.headers_mut() = std::mem::take(&mut parts.headers);
     strip_hop_by_hop(request.headers_mut());
+    // An HTTP/2 client names the host in `:authority`, not `Host`, and an absolute-form
+    // target's authority overrides `Host`; the origin gets the host the gateway checked,
+    // or hyper would name the origin's own authority, and an origin routing on `Host`
+    // (virtual hosts, virtual-hosted S3) would store the object under another host.
+    if let Some(authority) = parts.uri.authority() {
+        let host = hyper::header::HeaderValue::from_str(authority.as_str())
+            .map_err(|_| plain(StatusCode::BAD_REQUEST, "bad request authority\n"))?;
+        request.headers_mut().insert(hyper::header::HOST, host);
+    }
     Ok(request)
 }
 

@@ -49,12 +49,8 @@ impl Target {
     /// The object or upload a client's request names, as it named it: its `Host` and
     /// path, with `query` instead of its query.
     pub fn of_request(gw: &Gateway, parts: &hyper::http::request::Parts, query: &str) -> Target {
-        let host = parts
-            .headers
-            .get(hyper::header::HOST)
-            .and_then(|h| h.to_str().ok())
+        let host = super::super::request_host(&parts.uri, &parts.headers)
             .map(str::to_string)
-            .or_else(|| parts.uri.authority().map(|a| a.to_string()))
             .unwrap_or_else(|| {
                 origin(gw)
                     .authority()
