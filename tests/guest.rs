@@ -22,7 +22,7 @@ fn the_component_imports_nothing() {
         .exports(&engine)
         .map(|(name, _)| name.to_string())
         .collect();
-    assert_eq!(exports, ["hashgate:filter/filter@0.2.0"]);
+    assert_eq!(exports, ["hashgate:filter/filter@0.3.0"]);
     assert!(hashgate_host::runtime::component_imports(GUEST_COMPONENT)
         .unwrap()
         .is_empty());

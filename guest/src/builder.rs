@@ -1,8 +1,9 @@
 use sha2::{Digest, Sha256};
 
 use crate::canary;
-use crate::format::{self, Header, SectionHeader, MAX_HASHES, MAX_PAYLOAD};
+use crate::format::{self, Header, PdqSectionHeader, SectionHeader, MAX_HASHES, MAX_PAYLOAD};
 use crate::index::{set_bit, Probe};
+use crate::pdq;
 use crate::{Algorithm, Error};
 
 /// What a new snapshot says about itself.
@@ -24,6 +25,10 @@ pub struct BuildParams {
     /// a publisher passes the previous version's sizes so that the geometry, and with it
     /// every unchanged entry's bits, stays put and deltas stay small.
     pub min_bits: Vec<(Algorithm, Option<String>, u64)>,
+    /// The least slots to give a PDQ section (category), for the same reason.
+    pub min_pdq_slots: Vec<(Option<String>, u64)>,
+    /// The Hamming distance within which a picture matches a listed PDQ hash.
+    pub pdq_threshold: u8,
 }
 
 impl BuildParams {
@@ -43,6 +48,8 @@ impl BuildParams {
             fp_rate,
             salt,
             min_bits: Vec::new(),
+            min_pdq_slots: Vec::new(),
+            pdq_threshold: pdq::DEFAULT_THRESHOLD,
         }
     }
 }
@@ -56,6 +63,22 @@ pub struct SectionSpec {
     pub category: Option<String>,
     /// Entries that will be inserted (duplicates included).
     pub entries: u64,
+}
+
+/// How many PDQ hashes of one category a section must be sized for.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PdqSpec {
+    /// The category label, if any.
+    pub category: Option<String>,
+    /// Hashes that will be inserted (duplicates included).
+    pub entries: u64,
+}
+
+/// The slots the builder gives a PDQ section of `n` hashes: twice as many, rounded up to
+/// a multiple of 64, so that runs of taken slots stay short ([`pdq::layout`]) and a
+/// changed hash moves few others.
+pub fn pdq_slots(n: u64) -> u64 {
+    (2 * n).max(1).div_ceil(64) * 64
 }
 
 /// The number of hashes (k) that minimises false positives at rate `p`: `round(log2(1/p))`.
@@ -90,6 +113,8 @@ pub fn section_bits(n: u64, p: f64) -> u64 {
 pub struct FilterBuilder {
     header: Header,
     inserted: Vec<u64>,
+    /// Per PDQ section, the hashes inserted (laid out by `finish`).
+    pdq_hashes: Vec<Vec<[u8; pdq::HASH_LEN]>>,
     offsets: Vec<usize>,
     body: Vec<u8>,
     /// Bit positions (counted from the start of the payload) waiting to be set.
@@ -116,6 +141,34 @@ impl FilterBuilder {
     pub fn new_in(
         params: &BuildParams,
         specs: &[SectionSpec],
+        buffer: Vec<u8>,
+    ) -> Result<FilterBuilder, Error> {
+        FilterBuilder::with_pdq(params, specs, &[], buffer)
+    }
+
+    /// Like [`FilterBuilder::new_in`], with PDQ sections too (a format v2 snapshot when
+    /// `pdq_specs` holds any entries).
+    ///
+    /// ```
+    /// use hashgate_guest::{BuildParams, Filter, FilterBuilder, PdqSpec};
+    /// let params = BuildParams::new("example", 1, 1_700_000_000, 1_700_604_800, 1e-6);
+    /// let spec = PdqSpec { category: Some("csam".into()), entries: 1 };
+    /// let mut builder = FilterBuilder::with_pdq(&params, &[], &[spec], Vec::new())?;
+    /// let listed = [0x5a; 32];
+    /// builder.insert_pdq(Some("csam"), &listed)?;
+    /// let filter = Filter::parse(builder.finish()?)?;
+    /// let mut near = listed;
+    /// near[0] ^= 0b111; // three bits away
+    /// let matches = filter.check_pdq(&[near])?;
+    /// assert_eq!(matches.len(), 1);
+    /// assert_eq!((matches[0].distance, matches[0].listed), (3, listed));
+    /// assert!(filter.check_pdq(&[[0xa5; 32]])?.is_empty());
+    /// # Ok::<(), hashgate_guest::Error>(())
+    /// ```
+    pub fn with_pdq(
+        params: &BuildParams,
+        specs: &[SectionSpec],
+        pdq_specs: &[PdqSpec],
         mut buffer: Vec<u8>,
     ) -> Result<FilterBuilder, Error> {
         if !format::valid_series(&params.series) {
@@ -174,13 +227,56 @@ impl FilterBuilder {
         }
         merged.sort_by(|a, b| (a.algorithm, &a.category).cmp(&(b.algorithm, &b.category)));
         merged.dedup_by(|a, b| a.algorithm == b.algorithm && a.category == b.category);
-        if merged.len() > usize::from(format::MAX_SECTIONS) {
+        let mut pdq_merged: Vec<PdqSpec> = Vec::new();
+        for spec in pdq_specs {
+            if let Some(category) = &spec.category {
+                if !format::valid_category(category) || category == canary::CATEGORY {
+                    return Err(Error::InvalidParams(format!(
+                        "PDQ category {category:?} must be 1 to 24 of a-z 0-9 . _ -, not {:?}",
+                        canary::CATEGORY
+                    )));
+                }
+            }
+            if spec.entries == 0 {
+                continue;
+            }
+            match pdq_merged.iter_mut().find(|m| m.category == spec.category) {
+                Some(m) => m.entries += spec.entries,
+                None => pdq_merged.push(spec.clone()),
+            }
+        }
+        pdq_merged.sort_by(|a, b| a.category.cmp(&b.category));
+        if params.pdq_threshold > pdq::MAX_THRESHOLD {
+            return Err(Error::InvalidParams(format!(
+                "PDQ threshold {} exceeds {}",
+                params.pdq_threshold,
+                pdq::MAX_THRESHOLD
+            )));
+        }
+        if merged.len() + pdq_merged.len() > usize::from(format::MAX_SECTIONS) {
             return Err(Error::InvalidParams(format!(
                 "{} sections (algorithm × category) exceed the format's {}",
-                merged.len(),
+                merged.len() + pdq_merged.len(),
                 format::MAX_SECTIONS
             )));
         }
+        let pdq_sections: Vec<PdqSectionHeader> = pdq_merged
+            .iter()
+            .map(|s| PdqSectionHeader {
+                category: s.category.clone(),
+                entries: s.entries,
+                slots: pdq_slots(s.entries).max(
+                    params
+                        .min_pdq_slots
+                        .iter()
+                        .filter(|(c, _)| *c == s.category)
+                        .map(|&(_, slots)| slots)
+                        .max()
+                        .unwrap_or(0),
+                ),
+                threshold: params.pdq_threshold,
+            })
+            .collect();
 
         let hashes = optimal_hashes(params.fp_rate);
         let sections: Vec<SectionHeader> = merged
@@ -200,7 +296,11 @@ impl FilterBuilder {
                 ),
             })
             .collect();
-        let payload_len: u64 = sections.iter().map(SectionHeader::bitmap_len).sum();
+        let payload_len: u64 = sections.iter().map(SectionHeader::bitmap_len).sum::<u64>()
+            + pdq_sections
+                .iter()
+                .map(|s| s.slots * pdq::HASH_LEN as u64)
+                .sum::<u64>();
         if payload_len > MAX_PAYLOAD {
             return Err(Error::InvalidParams(format!(
                 "the filter would need {payload_len} bytes, over the format's {MAX_PAYLOAD}; \
@@ -212,12 +312,14 @@ impl FilterBuilder {
             version: params.version,
             created: params.created,
             expires: params.expires,
-            entries: sections.iter().map(|s| s.entries).sum(),
+            entries: sections.iter().map(|s| s.entries).sum::<u64>()
+                + pdq_sections.iter().map(|s| s.entries).sum::<u64>(),
             hashes,
             salt: params.salt,
             payload_len,
             payload_sha256: [0; 32],
             sections,
+            pdq: pdq_sections,
         };
         let mut offsets = Vec::with_capacity(header.sections.len());
         let mut offset = header.body_offset();
@@ -225,13 +327,19 @@ impl FilterBuilder {
             offsets.push(offset);
             offset += s.bitmap_len() as usize;
         }
+        let pdq_len: u64 = header
+            .pdq
+            .iter()
+            .map(|s| s.slots * pdq::HASH_LEN as u64)
+            .sum();
         buffer.clear();
-        buffer.resize(offset, 0);
+        buffer.resize(offset + pdq_len as usize, 0);
         // Pending positions cost 16 bytes each (with the scratch copy): keep them within a
         // quarter of the payload, and at most 16 MiB.
         let batch = (header.payload_len as usize / 64).clamp(1024, 1 << 20);
         let mut builder = FilterBuilder {
             inserted: vec![0; header.sections.len()],
+            pdq_hashes: vec![Vec::new(); header.pdq.len()],
             body: buffer,
             pending: Vec::with_capacity(batch + MAX_HASHES as usize),
             sorted: Vec::new(),
@@ -294,6 +402,34 @@ impl FilterBuilder {
         Ok(())
     }
 
+    /// Inserts one PDQ hash into the PDQ section of `category`. The zero hash (what PDQ
+    /// gives a picture it cannot hash) is refused: it marks an empty slot.
+    pub fn insert_pdq(
+        &mut self,
+        category: Option<&str>,
+        hash: &[u8; pdq::HASH_LEN],
+    ) -> Result<(), Error> {
+        if hash.iter().all(|&b| b == 0) {
+            return Err(Error::InvalidParams(
+                "the zero PDQ hash (a picture too small or flat to hash) cannot be listed".into(),
+            ));
+        }
+        let index = self
+            .header
+            .pdq
+            .iter()
+            .position(|s| s.category.as_deref() == category)
+            .ok_or_else(|| Error::NoSuchSection(format!("pdq {category:?}")))?;
+        if self.pdq_hashes[index].len() as u64 == self.header.pdq[index].entries {
+            return Err(Error::NoSuchSection(format!(
+                "pdq {category:?} was sized for {} entries",
+                self.header.pdq[index].entries
+            )));
+        }
+        self.pdq_hashes[index].push(*hash);
+        Ok(())
+    }
+
     /// Sets every pending bit: a counting sort by the position's top bits into 1024
     /// buckets, then each bucket's bits, whose bytes lie close together.
     fn flush(&mut self) {
@@ -351,6 +487,32 @@ impl FilterBuilder {
                     s.algorithm, s.category, s.entries
                 )));
             }
+        }
+        let mut offset = self.header.body_offset()
+            + self
+                .header
+                .sections
+                .iter()
+                .map(|s| s.bitmap_len() as usize)
+                .sum::<usize>();
+        for (s, hashes) in self.header.pdq.iter_mut().zip(&mut self.pdq_hashes) {
+            if hashes.len() as u64 != s.entries {
+                return Err(Error::NoSuchSection(format!(
+                    "pdq {:?} was sized for {} entries but got {}",
+                    s.category,
+                    s.entries,
+                    hashes.len()
+                )));
+            }
+            // A hash listed twice is one entry.
+            hashes.sort_unstable();
+            hashes.dedup();
+            self.header.entries -= s.entries - hashes.len() as u64;
+            s.entries = hashes.len() as u64;
+            let len = s.slots as usize * pdq::HASH_LEN;
+            let slots = pdq::layout(&self.header.salt, hashes, s.slots);
+            self.body[offset..offset + len].copy_from_slice(&slots);
+            offset += len;
         }
         let start = self.header.body_offset();
         self.header.payload_sha256 = Sha256::digest(&self.body[start..]).into();

@@ -71,6 +71,16 @@ fn info_of_header(h: &crate::Header) -> wit::FilterInfo {
                 bits: s.bits,
             })
             .collect(),
+        pdq_sections: h
+            .pdq
+            .iter()
+            .map(|s| wit::PdqSectionInfo {
+                category: s.category.clone(),
+                entries: s.entries,
+                slots: s.slots,
+                threshold: s.threshold,
+            })
+            .collect(),
     }
 }
 
@@ -157,6 +167,36 @@ impl wit::Guest for Component {
                 .map(|d| (from_wit_algorithm(d.algorithm), d.bytes.as_slice()))
                 .collect();
             verdict_of(filter, &digests)
+        })
+    }
+
+    fn check_pdq(hashes: Vec<Vec<u8>>) -> Result<Vec<wit::PdqHit>, wit::CheckError> {
+        let queries = hashes
+            .iter()
+            .map(|h| {
+                <[u8; crate::pdq::HASH_LEN]>::try_from(h.as_slice()).map_err(|_| {
+                    wit::CheckError::BadDigest(format!(
+                        "a PDQ hash cannot be {} bytes long",
+                        h.len()
+                    ))
+                })
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        FILTER.with(|f| {
+            let guard = f.borrow();
+            let filter = guard.as_ref().ok_or(wit::CheckError::NoFilter)?;
+            let hits = filter
+                .check_pdq(&queries)
+                .map_err(|e| wit::CheckError::BadDigest(e.to_string()))?;
+            Ok(hits
+                .into_iter()
+                .map(|h| wit::PdqHit {
+                    query: h.query as u32,
+                    section: h.section as u32,
+                    listed: h.listed.to_vec(),
+                    distance: h.distance,
+                })
+                .collect())
         })
     }
 

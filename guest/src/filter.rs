@@ -3,6 +3,7 @@ use sha2::{Digest, Sha256};
 use crate::delta::Delta;
 use crate::format::Header;
 use crate::index::{bit_is_set, Probe};
+use crate::pdq::{PdqIndex, HASH_LEN};
 use crate::{Algorithm, Error};
 
 /// A parsed, validated snapshot, ready to match digests.
@@ -14,6 +15,36 @@ pub struct Filter {
     header: Header,
     bytes: Vec<u8>,
     sections: Vec<Section>,
+    pdq: Vec<PdqSection>,
+}
+
+/// One PDQ section: where its slots live, and their index.
+#[derive(Debug)]
+pub struct PdqSection {
+    /// The section's category label.
+    pub category: Option<String>,
+    /// Listed hashes.
+    pub entries: u64,
+    /// Slots (listed hashes and empty ones).
+    pub slots: u64,
+    /// The match distance.
+    pub threshold: u8,
+    offset: usize,
+    len: usize,
+    index: PdqIndex,
+}
+
+/// A listed PDQ hash near a picture's.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PdqHit {
+    /// Index of the query (the picture's hash) in the list checked.
+    pub query: usize,
+    /// Index of the section in [`Filter::pdq_sections`].
+    pub section: usize,
+    /// The listed hash.
+    pub listed: [u8; HASH_LEN],
+    /// Bits in which it differs from the query.
+    pub distance: u32,
 }
 
 /// Where one section's bitmap lives in the snapshot.
@@ -47,11 +78,12 @@ impl Filter {
     /// the exact length, the payload's SHA-256, and that the unused bits at the end of
     /// each bitmap are zero.
     pub fn parse(bytes: Vec<u8>) -> Result<Filter, Error> {
-        let (header, sections) = Filter::validate(&bytes)?;
+        let (header, sections, pdq) = Filter::validate(&bytes)?;
         Ok(Filter {
             header,
             bytes,
             sections,
+            pdq,
         })
     }
 
@@ -85,9 +117,10 @@ impl Filter {
         self.bytes[..start].copy_from_slice(delta.head);
         // Validation checks the flipped payload against the SHA-256 in the new header.
         match Filter::validate(&self.bytes) {
-            Ok((header, sections)) => {
+            Ok((header, sections, pdq)) => {
                 self.header = header;
                 self.sections = sections;
+                self.pdq = pdq;
                 Ok(())
             }
             Err(e) => {
@@ -107,7 +140,8 @@ impl Filter {
     }
 
     /// Everything [`Filter::parse`] checks, on borrowed bytes.
-    fn validate(bytes: &[u8]) -> Result<(Header, Vec<Section>), Error> {
+    #[allow(clippy::type_complexity)]
+    fn validate(bytes: &[u8]) -> Result<(Header, Vec<Section>, Vec<PdqSection>), Error> {
         let header = Header::parse(bytes)?;
         let start = header.body_offset();
         let expected = start as u64 + header.payload_len;
@@ -154,7 +188,49 @@ impl Filter {
             });
             offset += len;
         }
-        Ok((header, sections))
+        let mut pdq = Vec::with_capacity(header.pdq.len());
+        for s in &header.pdq {
+            let len = s.slots as usize * HASH_LEN;
+            let index = PdqIndex::build(&bytes[offset..offset + len], s.entries, s.threshold)?;
+            pdq.push(PdqSection {
+                category: s.category.clone(),
+                entries: s.entries,
+                slots: s.slots,
+                threshold: s.threshold,
+                offset,
+                len,
+                index,
+            });
+            offset += len;
+        }
+        Ok((header, sections, pdq))
+    }
+
+    /// The PDQ sections, in payload order.
+    pub fn pdq_sections(&self) -> &[PdqSection] {
+        &self.pdq
+    }
+
+    /// The listed PDQ hashes within each section's threshold of each of `queries` (a
+    /// picture's hash, or its eight dihedral hashes), each listed hash once per query.
+    /// Empty when nothing is near, or the filter has no PDQ section.
+    pub fn check_pdq(&self, queries: &[[u8; HASH_LEN]]) -> Result<Vec<PdqHit>, Error> {
+        let mut hits = Vec::new();
+        for (q, query) in queries.iter().enumerate() {
+            for (s, section) in self.pdq.iter().enumerate() {
+                let slots = &self.bytes[section.offset..section.offset + section.len];
+                for m in section.index.find(slots, query) {
+                    let at = m.slot as usize * HASH_LEN;
+                    hits.push(PdqHit {
+                        query: q,
+                        section: s,
+                        listed: slots[at..at + HASH_LEN].try_into().expect("32 bytes"),
+                        distance: m.distance,
+                    });
+                }
+            }
+        }
+        Ok(hits)
     }
 
     /// The snapshot's header.

@@ -1,7 +1,9 @@
-//! The byte layout of a format v1 snapshot (`docs/FORMAT.md`).
+//! The byte layout of a snapshot (`docs/FORMAT.md`): format v1, and v2, which adds PDQ
+//! sections.
 //!
 //! A snapshot body is a fixed 176-byte header, `section_count` 48-byte section records,
-//! then the payload: each section's bitmap of `ceil(bits / 8)` bytes, in section order.
+//! then the payload: each section's bitmap of `ceil(bits / 8)` bytes, in section order,
+//! then each PDQ section's slots (`bits / 8` bytes, 32 per slot).
 //! All integers are little-endian. The signature trailer that follows the body in a
 //! `.hgf` file belongs to the host's envelope, not to this layout.
 
@@ -9,8 +11,10 @@ use crate::{Algorithm, Error};
 
 /// The first eight bytes of every snapshot.
 pub const MAGIC: [u8; 8] = *b"HASHGATE";
-/// The format version this crate reads and writes.
+/// The format version of a snapshot of digest sections only (every v1 reader reads it).
 pub const FORMAT_VERSION: u16 = 1;
+/// The format version of a snapshot with PDQ sections.
+pub const FORMAT_VERSION_PDQ: u16 = 2;
 /// Length of the fixed header.
 pub const HEADER_LEN: usize = 176;
 /// Length of one section record.
@@ -48,8 +52,24 @@ pub struct Header {
     pub payload_len: u64,
     /// SHA-256 of the payload.
     pub payload_sha256: [u8; 32],
-    /// The sections, in payload order.
+    /// The digest sections, in payload order.
     pub sections: Vec<SectionHeader>,
+    /// The PDQ sections (format v2), in payload order, after every digest section.
+    pub pdq: Vec<PdqSectionHeader>,
+}
+
+/// One PDQ section record: the perceptual hashes of one category, and how near a
+/// picture's hash must be to match.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PdqSectionHeader {
+    /// The category label, if the list gave one.
+    pub category: Option<String>,
+    /// Listed hashes (used slots).
+    pub entries: u64,
+    /// Slots of 32 bytes in the section's payload.
+    pub slots: u64,
+    /// A picture matches a listed hash within this Hamming distance.
+    pub threshold: u8,
 }
 
 /// One section record: the digests of one algorithm in one category.
@@ -145,7 +165,16 @@ fn padded_text(field: &'static str, raw: &[u8]) -> Result<String, Error> {
 impl Header {
     /// Length of the header plus section records, i.e. where the payload starts.
     pub fn body_offset(&self) -> usize {
-        HEADER_LEN + SECTION_LEN * self.sections.len()
+        HEADER_LEN + SECTION_LEN * (self.sections.len() + self.pdq.len())
+    }
+
+    /// The format version this header is written with: 2 if it has PDQ sections.
+    pub fn format_version(&self) -> u16 {
+        if self.pdq.is_empty() {
+            FORMAT_VERSION
+        } else {
+            FORMAT_VERSION_PDQ
+        }
     }
 
     /// Parses and validates the header and section records at the start of `bytes`.
@@ -158,7 +187,7 @@ impl Header {
             return Err(Error::BadMagic);
         }
         let format_version = r.u16("format_version")?;
-        if format_version != FORMAT_VERSION {
+        if format_version != FORMAT_VERSION && format_version != FORMAT_VERSION_PDQ {
             return Err(Error::UnsupportedVersion(format_version));
         }
         let section_count = r.u16("section_count")?;
@@ -169,7 +198,7 @@ impl Header {
             ));
         }
         if r.u32("flags")? != 0 {
-            return Err(invalid("flags", "must be zero in format v1"));
+            return Err(invalid("flags", "must be zero"));
         }
         let series = padded_text("series", r.take("series", MAX_SERIES_LEN)?)?;
         if !valid_series(&series) {
@@ -206,12 +235,26 @@ impl Header {
         let payload_sha256 = r.array::<32>("payload_sha256")?;
 
         let mut sections = Vec::with_capacity(usize::from(section_count));
+        let mut pdq: Vec<PdqSectionHeader> = Vec::new();
         let mut entry_sum: u64 = 0;
         let mut bitmap_sum: u64 = 0;
         for _ in 0..section_count {
             let code = r.u8("section.algorithm")?;
-            let algorithm = Algorithm::from_code(code)
-                .ok_or_else(|| invalid("section.algorithm", format!("unknown code {code}")))?;
+            let is_pdq = code == crate::pdq::CODE && format_version == FORMAT_VERSION_PDQ;
+            let algorithm =
+                if is_pdq {
+                    None
+                } else {
+                    Some(Algorithm::from_code(code).ok_or_else(|| {
+                        invalid("section.algorithm", format!("unknown code {code}"))
+                    })?)
+                };
+            if algorithm.is_some() && !pdq.is_empty() {
+                return Err(invalid(
+                    "section.algorithm",
+                    "a digest section after a PDQ section",
+                ));
+            }
             let category_len = usize::from(r.u8("section.category_len")?);
             if category_len > MAX_CATEGORY_LEN {
                 return Err(invalid(
@@ -219,8 +262,20 @@ impl Header {
                     format!("{category_len} exceeds {MAX_CATEGORY_LEN}"),
                 ));
             }
-            if r.take("section.reserved", 6)?.iter().any(|&b| b != 0) {
+            let reserved = r.take("section.reserved", 6)?;
+            let (threshold, reserved) = if is_pdq {
+                (reserved[0], &reserved[1..])
+            } else {
+                (0, reserved)
+            };
+            if reserved.iter().any(|&b| b != 0) {
                 return Err(invalid("section.reserved", "must be zero"));
+            }
+            if threshold > crate::pdq::MAX_THRESHOLD {
+                return Err(invalid(
+                    "section.threshold",
+                    format!("{threshold} exceeds {}", crate::pdq::MAX_THRESHOLD),
+                ));
             }
             let section_entries = r.u64("section.entries")?;
             let bits = r.u64("section.bits")?;
@@ -245,6 +300,37 @@ impl Header {
             if bits == 0 {
                 return Err(invalid("section.bits", "must not be zero"));
             }
+            let Some(algorithm) = algorithm else {
+                let slot_bits = 8 * crate::pdq::HASH_LEN as u64;
+                if !bits.is_multiple_of(slot_bits) {
+                    return Err(invalid(
+                        "section.bits",
+                        format!("{bits} is not a whole number of 256-bit slots"),
+                    ));
+                }
+                let slots = bits / slot_bits;
+                if section_entries == 0 || section_entries > slots {
+                    return Err(invalid(
+                        "section.entries",
+                        format!("{section_entries} is not in 1..={slots} (the section's slots)"),
+                    ));
+                }
+                if pdq.iter().any(|s| s.category == category) {
+                    return Err(invalid(
+                        "section",
+                        format!("two PDQ sections for {category:?}"),
+                    ));
+                }
+                entry_sum = entry_sum.saturating_add(section_entries);
+                bitmap_sum = bitmap_sum.saturating_add(bits / 8);
+                pdq.push(PdqSectionHeader {
+                    category,
+                    entries: section_entries,
+                    slots,
+                    threshold,
+                });
+                continue;
+            };
             if section_entries == 0 || section_entries > bits {
                 return Err(invalid(
                     "section.entries",
@@ -269,6 +355,12 @@ impl Header {
             bitmap_sum = bitmap_sum.saturating_add(section.bitmap_len());
             sections.push(section);
         }
+        if (format_version == FORMAT_VERSION_PDQ) == pdq.is_empty() {
+            return Err(invalid(
+                "format_version",
+                format!("{format_version}, but the snapshot has {} PDQ sections (version 2 if and only if it has any)", pdq.len()),
+            ));
+        }
         if entry_sum != entries {
             return Err(invalid(
                 "entries",
@@ -292,6 +384,7 @@ impl Header {
             payload_len,
             payload_sha256,
             sections,
+            pdq,
         })
     }
 
@@ -301,8 +394,8 @@ impl Header {
         assert_eq!(out.len(), self.body_offset(), "header buffer length");
         let mut w = Vec::with_capacity(out.len());
         w.extend_from_slice(&MAGIC);
-        w.extend_from_slice(&FORMAT_VERSION.to_le_bytes());
-        w.extend_from_slice(&(self.sections.len() as u16).to_le_bytes());
+        w.extend_from_slice(&self.format_version().to_le_bytes());
+        w.extend_from_slice(&((self.sections.len() + self.pdq.len()) as u16).to_le_bytes());
         w.extend_from_slice(&0u32.to_le_bytes());
         let mut series = [0u8; MAX_SERIES_LEN];
         series[..self.series.len()].copy_from_slice(self.series.as_bytes());
@@ -323,6 +416,18 @@ impl Header {
             w.extend_from_slice(&[0u8; 6]);
             w.extend_from_slice(&s.entries.to_le_bytes());
             w.extend_from_slice(&s.bits.to_le_bytes());
+            let mut category = [0u8; MAX_CATEGORY_LEN];
+            category[..label.len()].copy_from_slice(label.as_bytes());
+            w.extend_from_slice(&category);
+        }
+        for s in &self.pdq {
+            let label = s.category.as_deref().unwrap_or("");
+            w.push(crate::pdq::CODE);
+            w.push(label.len() as u8);
+            w.push(s.threshold);
+            w.extend_from_slice(&[0u8; 5]);
+            w.extend_from_slice(&s.entries.to_le_bytes());
+            w.extend_from_slice(&(s.slots * 8 * crate::pdq::HASH_LEN as u64).to_le_bytes());
             let mut category = [0u8; MAX_CATEGORY_LEN];
             category[..label.len()].copy_from_slice(label.as_bytes());
             w.extend_from_slice(&category);

@@ -1,4 +1,4 @@
-//! The hashgate filter: format v1 and matching.
+//! The hashgate filter: the format (v1, and v2 with PDQ sections) and matching.
 //!
 //! This crate is the authority's code that gateways run sandboxed. It is compiled two
 //! ways:
@@ -43,6 +43,7 @@ mod error;
 mod filter;
 pub mod format;
 pub mod index;
+pub mod pdq;
 mod scanner;
 
 #[cfg(target_arch = "wasm32")]
@@ -50,10 +51,10 @@ mod component;
 
 pub use algorithm::Algorithm;
 pub use builder::{
-    optimal_bits, optimal_hashes, section_bits, BuildParams, FilterBuilder, SectionSpec,
-    MIN_SECTION_BITS,
+    optimal_bits, optimal_hashes, pdq_slots, section_bits, BuildParams, FilterBuilder, PdqSpec,
+    SectionSpec, MIN_SECTION_BITS,
 };
 pub use error::Error;
-pub use filter::{Filter, Hit, Section};
-pub use format::{Header, SectionHeader};
+pub use filter::{Filter, Hit, PdqHit, PdqSection, Section};
+pub use format::{Header, PdqSectionHeader, SectionHeader};
 pub use scanner::ObjectDigests;

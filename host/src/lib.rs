@@ -33,6 +33,7 @@ pub mod hashing;
 pub mod icap;
 pub mod inspect;
 pub mod listener;
+pub mod perceptual;
 pub mod runtime;
 pub mod scan;
 pub mod serve;

@@ -252,6 +252,16 @@ impl Instance {
         result.map_err(check_error)
     }
 
+    fn check_pdq(&mut self, hashes: &[Vec<u8>]) -> Result<Vec<wit::PdqHit>, Error> {
+        self.store.set_epoch_deadline(self.call_deadline);
+        let result = self
+            .guest
+            .hashgate_filter_filter()
+            .call_check_pdq(&mut self.store, hashes)
+            .map_err(trapped)?;
+        result.map_err(check_error)
+    }
+
     fn check_packed(
         &mut self,
         algorithm: crate::Algorithm,
@@ -381,6 +391,41 @@ impl FilterEngine {
     pub fn check(&self, digests: &[Digest], size: u64) -> Result<Verdict, Error> {
         let verdict = self.with_instance(|i| i.check(digests, size))?;
         Verdict::resolve(verdict, digests, &self.info)
+    }
+
+    /// Which listed PDQ hashes are near `hashes`, one picture's hashes (its own first,
+    /// then its dihedral ones if computed). Empty when the filter has no PDQ section, at
+    /// the cost of no guest call.
+    pub fn check_pdq(
+        &self,
+        hashes: &[crate::perceptual::PdqHash],
+    ) -> Result<Vec<crate::runtime::types::PdqHit>, Error> {
+        if self.info.pdq_sections.is_empty() || hashes.is_empty() {
+            return Ok(Vec::new());
+        }
+        let queries: Vec<Vec<u8>> = hashes.iter().map(|h| h.0.to_vec()).collect();
+        let hits = self.with_instance(|i| i.check_pdq(&queries))?;
+        hits.into_iter()
+            .map(|h| {
+                let section = self.info.pdq_sections.get(h.section as usize);
+                let listed = <[u8; 32]>::try_from(h.listed.as_slice()).ok();
+                match (section, listed) {
+                    (Some(s), Some(listed)) if (h.query as usize) < hashes.len() => {
+                        Ok(crate::runtime::types::PdqHit {
+                            query: h.query as usize,
+                            listed: crate::perceptual::PdqHash(listed),
+                            distance: h.distance,
+                            category: s.category.clone(),
+                            threshold: s.threshold,
+                        })
+                    }
+                    _ => Err(Error::Check(format!(
+                        "the guest named PDQ query {} / section {} that do not exist",
+                        h.query, h.section
+                    ))),
+                }
+            })
+            .collect()
     }
 
     /// Which of many digests of one `algorithm`, packed back to back, are listed: one

@@ -5,7 +5,7 @@ use std::fmt;
 use std::str::FromStr;
 
 pub use super::bindings::exports::hashgate::filter::filter::{
-    Algorithm, Digest, FilterInfo, SectionInfo,
+    Algorithm, Digest, FilterInfo, PdqSectionInfo, SectionInfo,
 };
 
 use super::bindings::exports::hashgate::filter::filter as wit;
@@ -19,6 +19,23 @@ pub struct Hit {
     pub bytes: Vec<u8>,
     /// The category of the section that matched.
     pub category: Option<String>,
+}
+
+/// A listed PDQ hash near one of a picture's hashes: similarity, weaker evidence than a
+/// digest [`Hit`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PdqHit {
+    /// Which of the picture's hashes was near (0: the picture as it is; then its
+    /// dihedral transforms, in the order they were asked for).
+    pub query: usize,
+    /// The listed hash.
+    pub listed: crate::perceptual::PdqHash,
+    /// Bits in which they differ.
+    pub distance: u32,
+    /// The category of the section that matched.
+    pub category: Option<String>,
+    /// The section's match distance.
+    pub threshold: u8,
 }
 
 /// The verdict on one object.
