@@ -1768,3 +1768,53 @@ fn an_icap_server_refuses_a_re_check_action_it_cannot_take() {
         "{out:?}"
     );
 }
+
+/// PDQ lines in a published list: the first version with them is a full snapshot (format
+/// v2, a new section), the next that adds one hash is a delta of a few hundred bytes that
+/// the gateway applies in its guest, reaching exactly the published body; digest
+/// matching is unchanged beside them.
+#[test]
+fn pdq_lines_are_published_and_a_new_hash_travels_as_a_small_delta() {
+    let a = Authority::new(1);
+    let (_g, port, admin) = a.gateway("state", &[]);
+    let hashes: Vec<String> = (0..500)
+        .map(|_| {
+            let mut h = [0u8; 32];
+            rand::thread_rng().fill_bytes(&mut h);
+            hex::encode(h)
+        })
+        .collect();
+    let append = |lines: &[String]| {
+        let mut list = std::fs::read_to_string(a.s.path("list.txt")).unwrap();
+        for l in lines {
+            list.push_str(&format!("pdq:{l},pictures\n"));
+        }
+        std::fs::write(a.s.path("list.txt"), list).unwrap();
+    };
+    // A hash listed twice is one entry, as digests are.
+    append(&[&hashes[..499], &hashes[..1]].concat());
+    a.publish();
+    wait_version(admin, 2);
+    append(&hashes[499..]);
+    a.publish();
+    wait_version(admin, 3);
+
+    let m = a.manifest();
+    let delta = m
+        .deltas
+        .iter()
+        .find(|d| d.from == 2)
+        .expect("a delta from 2");
+    assert!(delta.file.length < 1_000, "{} bytes", delta.file.length);
+    assert!(downloads(admin, "delta") >= 1.0);
+    let file = std::fs::read(a.feed(&m.snapshot.path)).unwrap();
+    let body = std::fs::read(a.s.path(&format!("state/bodies/{}.body", m.state_sha256))).unwrap();
+    assert_eq!(body, file[..file.len() - 80]);
+    let filter = hashgate_guest::Filter::parse(body).unwrap();
+    assert_eq!(filter.pdq_sections().len(), 1);
+    assert_eq!(filter.header().format_version(), 2);
+    let last: [u8; 32] = hex::decode(&hashes[499]).unwrap().try_into().unwrap();
+    assert_eq!(filter.check_pdq(&[last]).unwrap().len(), 1);
+    // The digest entries still block.
+    assert_eq!(put(port, &a.s.path("listed.bin")), 451);
+}

@@ -4,10 +4,11 @@ use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
-use hashgate_guest::{Algorithm, BuildParams, FilterBuilder, SectionSpec};
+use hashgate_guest::{BuildParams, FilterBuilder, PdqSpec, SectionSpec};
 use hashgate_trust::keys::SecretKey;
 
-use crate::{list, Error};
+use crate::list::{self, Kind};
+use crate::Error;
 
 /// What to build.
 #[derive(Clone, Debug)]
@@ -24,32 +25,42 @@ pub struct Request {
 /// unsigned snapshot body. Reads every list twice, holding no list text in memory.
 pub fn build_body(request: &Request) -> Result<Vec<u8>, Error> {
     let default = request.default_category.as_deref();
-    let mut counts: BTreeMap<(Algorithm, Option<String>), u64> = BTreeMap::new();
+    let mut counts: BTreeMap<(Kind, Option<String>), u64> = BTreeMap::new();
     for path in &request.lists {
         list::read(path, default, &mut |entry| {
-            let key = (entry.algorithm, entry.category.map(str::to_string));
+            let key = (entry.kind, entry.category.map(str::to_string));
             *counts.entry(key).or_default() += 1;
             Ok(())
         })?;
     }
-    let specs: Vec<SectionSpec> = counts
-        .into_iter()
-        .map(|((algorithm, category), entries)| SectionSpec {
-            algorithm,
-            category,
-            entries,
-        })
-        .collect();
-    let mut builder = FilterBuilder::new_in(&request.params, &specs, large_buffer(&specs))?;
+    let mut specs: Vec<SectionSpec> = Vec::new();
+    let mut pdq_specs: Vec<PdqSpec> = Vec::new();
+    for ((kind, category), entries) in counts {
+        match kind {
+            Kind::Digest(algorithm) => specs.push(SectionSpec {
+                algorithm,
+                category,
+                entries,
+            }),
+            Kind::Pdq => pdq_specs.push(PdqSpec { category, entries }),
+        }
+    }
+    let buffer = large_buffer(&specs, &pdq_specs);
+    let mut builder = FilterBuilder::with_pdq(&request.params, &specs, &pdq_specs, buffer)?;
     for path in &request.lists {
         list::read(path, default, &mut |entry| {
-            builder
-                .insert(entry.algorithm, entry.category, entry.digest)
-                .map_err(|e| Error::List {
-                    path: path.clone(),
-                    line: 0,
-                    reason: format!("list changed while it was read: {e}"),
-                })
+            let inserted = match entry.kind {
+                Kind::Digest(algorithm) => builder.insert(algorithm, entry.category, entry.digest),
+                Kind::Pdq => {
+                    let hash = entry.digest.try_into().expect("a PDQ entry is 32 bytes");
+                    builder.insert_pdq(entry.category, hash)
+                }
+            };
+            inserted.map_err(|e| Error::List {
+                path: path.clone(),
+                line: 0,
+                reason: format!("list changed while it was read: {e}"),
+            })
         })?;
     }
     Ok(builder.finish()?)
@@ -68,9 +79,13 @@ pub fn build_signed(request: &Request, key: &SecretKey, out: &Path) -> Result<u6
 /// trailer. On Linux it is backed by transparent huge pages where the system allows
 /// them: inserting sets k random bits per digest all over the bitmap, and with 4 KiB
 /// pages most of that time goes to TLB misses.
-fn large_buffer(specs: &[SectionSpec]) -> Vec<u8> {
+fn large_buffer(specs: &[SectionSpec], pdq_specs: &[PdqSpec]) -> Vec<u8> {
     // An upper bound is enough: the builder sizes precisely, this only reserves.
-    let bits: u64 = specs.iter().map(|s| s.entries).sum::<u64>() * 64 + (1 << 20);
+    let pdq_bits: u64 = pdq_specs
+        .iter()
+        .map(|s| s.entries * 2 * 256 + 64 * 256)
+        .sum();
+    let bits: u64 = specs.iter().map(|s| s.entries).sum::<u64>() * 64 + pdq_bits + (1 << 20);
     let capacity = usize::try_from(bits / 8).unwrap_or(usize::MAX / 2);
     let buffer: Vec<u8> = Vec::with_capacity(capacity.min(4 << 30));
     #[cfg(target_os = "linux")]

@@ -68,7 +68,10 @@ impl RangeIndex {
         let mut digests: [Vec<Vec<u8>>; 3] = Default::default();
         for path in lists {
             list::read(path, None, &mut |entry| {
-                digests[slot(entry.algorithm)].push(entry.digest.to_vec());
+                // Confirmation is of exact digests; a PDQ match is confirmed by people.
+                if let list::Kind::Digest(algorithm) = entry.kind {
+                    digests[slot(algorithm)].push(entry.digest.to_vec());
+                }
                 Ok(())
             })?;
         }

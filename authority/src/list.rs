@@ -13,6 +13,14 @@
 //! (any case; a bare digest's algorithm follows from its length: 32 MD5, 40 SHA-1, 64
 //! SHA-256), and an optional `,category` (1 to 24 of `a-z 0-9 . _ -`).
 //!
+//! A perceptual hash takes the prefix `pdq:` (64 hex digits, as Meta's tools print it;
+//! the prefix is required, since 64 digits alone are a SHA-256). The all-zero hash, which
+//! PDQ gives pictures too flat to hash, cannot be listed:
+//!
+//! ```text
+//! pdq:f8f8f0cee0f4a84f06370a22038f63f0b36e2ed596621e1d33e6b39c4e9c9b22,csam
+//! ```
+//!
 //! The same files also take the checksum lines that tools print, so a list can be made
 //! with `sha256sum * > list`; the file name is ignored and the entry gets the default
 //! category:
@@ -44,12 +52,21 @@ use hashgate_guest::{format, Algorithm};
 
 use crate::Error;
 
+/// What an entry lists.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Kind {
+    /// A file, by its digest with this algorithm: matched exactly.
+    Digest(Algorithm),
+    /// A picture, by its 256-bit PDQ hash: matched within a Hamming distance.
+    Pdq,
+}
+
 /// One entry of a list.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Entry<'a> {
-    /// The digest's algorithm.
-    pub algorithm: Algorithm,
-    /// The digest's bytes.
+    /// What the bytes are.
+    pub kind: Kind,
+    /// The digest's or the PDQ hash's bytes.
     pub digest: &'a [u8],
     /// The entry's category, if the line or the default gives one.
     pub category: Option<&'a str>,
@@ -126,7 +143,7 @@ pub fn read(
                 let len = algorithm.digest_len();
                 if faster_hex::hex_decode(raw, &mut digest[..len]).is_ok() {
                     each(Entry {
-                        algorithm,
+                        kind: Kind::Digest(algorithm),
                         digest: &digest[..len],
                         category: default_category,
                     })?;
@@ -136,12 +153,15 @@ pub fn read(
             }
         }
         let text = std::str::from_utf8(raw).map_err(|_| bad("not UTF-8".into()))?;
-        let (algorithm, len, category) = match syntax {
+        let (kind, len, category) = match syntax {
             Syntax::Hashgate => parse_hashgate(text, &mut digest).map_err(bad)?,
-            Syntax::ClamAv => parse_clamav(text, &mut digest).map_err(bad)?,
+            Syntax::ClamAv => {
+                let (algorithm, len, category) = parse_clamav(text, &mut digest).map_err(bad)?;
+                (Kind::Digest(algorithm), len, category)
+            }
         };
         each(Entry {
-            algorithm,
+            kind,
             digest: &digest[..len],
             category: category.or(default_category),
         })?;
@@ -152,9 +172,9 @@ pub fn read(
 fn parse_hashgate<'a>(
     text: &'a str,
     digest: &mut [u8; 32],
-) -> Result<(Algorithm, usize, Option<&'a str>), String> {
+) -> Result<(Kind, usize, Option<&'a str>), String> {
     if let Some(checksum) = parse_checksum(text, digest) {
-        return checksum.map(|(algorithm, len)| (algorithm, len, None));
+        return checksum.map(|(algorithm, len)| (Kind::Digest(algorithm), len, None));
     }
     let (spec, category) = match text.split_once(',') {
         Some((spec, category)) => (spec.trim_end(), Some(category.trim())),
@@ -164,6 +184,21 @@ fn parse_hashgate<'a>(
         check_category(category)?;
     }
     let (named, hex) = match spec.split_once(':') {
+        Some((name, hex)) if name.trim().eq_ignore_ascii_case("pdq") => {
+            let hex = hex.trim();
+            if hex.len() != 64 {
+                return Err(format!("a PDQ hash has 64 hex digits, not {}", hex.len()));
+            }
+            faster_hex::hex_decode(hex.as_bytes(), &mut digest[..])
+                .map_err(|_| format!("{hex:?} is not a hex PDQ hash"))?;
+            if digest.iter().all(|&b| b == 0) {
+                return Err(
+                    "the all-zero PDQ hash is what every flat picture gets; it cannot be listed"
+                        .into(),
+                );
+            }
+            return Ok((Kind::Pdq, 32, category));
+        }
         Some((name, hex)) => (
             Some(
                 name.trim()
@@ -175,7 +210,7 @@ fn parse_hashgate<'a>(
         None => (None, spec),
     };
     let (algorithm, len) = parse_hex(hex, named, digest)?;
-    Ok((algorithm, len, category))
+    Ok((Kind::Digest(algorithm), len, category))
 }
 
 /// A checksum line as coreutils (`HEX  NAME`, `HEX *NAME`, `\\HEX  NAME`), a tab
@@ -287,9 +322,37 @@ fn parse_hex(
 mod tests {
     use super::*;
 
-    fn parse(line: &str) -> Result<(Algorithm, Vec<u8>, Option<String>), String> {
+    fn parse_kind(line: &str) -> Result<(Kind, Vec<u8>, Option<String>), String> {
         let mut d = [0u8; 32];
-        parse_hashgate(line, &mut d).map(|(a, n, c)| (a, d[..n].to_vec(), c.map(String::from)))
+        parse_hashgate(line, &mut d).map(|(k, n, c)| (k, d[..n].to_vec(), c.map(String::from)))
+    }
+
+    fn parse(line: &str) -> Result<(Algorithm, Vec<u8>, Option<String>), String> {
+        match parse_kind(line)? {
+            (Kind::Digest(a), d, c) => Ok((a, d, c)),
+            (Kind::Pdq, ..) => Err("a PDQ entry".into()),
+        }
+    }
+
+    #[test]
+    fn pdq_lines_need_their_prefix_and_a_hash_that_is_not_zero() {
+        let hex = "f8f8f0cee0f4a84f06370a22038f63f0b36e2ed596621e1d33e6b39c4e9c9b22";
+        let (k, d, c) = parse_kind(&format!("PDQ:{hex} , csam")).unwrap();
+        assert_eq!(
+            (k, hex::encode(d), c.as_deref()),
+            (Kind::Pdq, hex.to_string(), Some("csam"))
+        );
+        // Bare, 64 digits are a SHA-256.
+        assert_eq!(parse_kind(hex).unwrap().0, Kind::Digest(Algorithm::Sha256));
+        for bad in [
+            format!("pdq:{}", &hex[2..]),
+            format!("pdq:{hex}00"),
+            format!("pdq:{}zz", &hex[2..]),
+            format!("pdq:{}", "0".repeat(64)),
+            format!("pdq:{hex},Bad Label"),
+        ] {
+            assert!(parse_kind(&bad).is_err(), "{bad:?}");
+        }
     }
 
     #[test]

@@ -143,14 +143,19 @@ pub fn publish(p: &Publish) -> Result<Published, Error> {
         p.now + p.snapshot_lifetime.max(1),
         p.fp_rate,
     );
-    params.min_bits = match &prev_body {
-        Some(body) => Header::parse(body)?
+    if let Some(body) = &prev_body {
+        let header = Header::parse(body)?;
+        params.min_bits = header
             .sections
             .iter()
             .map(|s| (s.algorithm, s.category.clone(), s.bits))
-            .collect(),
-        None => Vec::new(),
-    };
+            .collect();
+        params.min_pdq_slots = header
+            .pdq
+            .iter()
+            .map(|s| (s.category.clone(), s.slots))
+            .collect();
+    }
     let request = Request {
         lists: p.lists.clone(),
         default_category: p.default_category.clone(),
@@ -160,7 +165,7 @@ pub fn publish(p: &Publish) -> Result<Published, Error> {
     if params.min_bits.is_empty() || geometry_grew(&body, prev_body.as_deref())? {
         // A section sized anew gets headroom, so that growth does not change the
         // geometry (and force full downloads) at every version.
-        params.min_bits = headroom_bits(&body, p.headroom, p.fp_rate)?;
+        (params.min_bits, params.min_pdq_slots) = headroom(&body, p.headroom, p.fp_rate)?;
         body = build_body(&Request { params, ..request })?;
     }
 
@@ -273,36 +278,71 @@ pub fn publish(p: &Publish) -> Result<Published, Error> {
     Ok(published)
 }
 
-/// Whether some section of `body` needs more bits than the previous version gave it.
+/// Whether some section of `body` needs more bits (or slots) than the previous version
+/// gave it.
 fn geometry_grew(body: &[u8], previous: Option<&[u8]>) -> Result<bool, Error> {
     let Some(previous) = previous else {
         return Ok(true);
     };
     let (new, old) = (Header::parse(body)?, Header::parse(previous)?);
-    let old: BTreeMap<_, _> = old
+    let old_bits: BTreeMap<_, _> = old
         .sections
         .iter()
         .map(|s| ((s.algorithm, s.category.clone()), s.bits))
         .collect();
+    let old_slots: BTreeMap<_, _> = old
+        .pdq
+        .iter()
+        .map(|s| (s.category.clone(), s.slots))
+        .collect();
     Ok(new
         .sections
         .iter()
-        .any(|s| old.get(&(s.algorithm, s.category.clone())) != Some(&s.bits)))
+        .any(|s| old_bits.get(&(s.algorithm, s.category.clone())) != Some(&s.bits))
+        || new
+            .pdq
+            .iter()
+            .any(|s| old_slots.get(&s.category) != Some(&s.slots)))
 }
 
-fn headroom_bits(
+/// The sizes to give the sections of `body` so that they take `headroom` more entries
+/// before the geometry has to change: bits per digest section, slots per PDQ section.
+#[allow(clippy::type_complexity)]
+fn headroom(
     body: &[u8],
     headroom: f64,
     fp_rate: f64,
-) -> Result<Vec<(hashgate_guest::Algorithm, Option<String>, u64)>, Error> {
-    Ok(Header::parse(body)?
+) -> Result<
+    (
+        Vec<(hashgate_guest::Algorithm, Option<String>, u64)>,
+        Vec<(Option<String>, u64)>,
+    ),
+    Error,
+> {
+    let header = Header::parse(body)?;
+    let room = |entries: u64| (entries as f64 * (1.0 + headroom.max(0.0))).ceil() as u64;
+    let bits = header
         .sections
         .iter()
         .map(|s| {
-            let room = (s.entries as f64 * (1.0 + headroom.max(0.0))).ceil() as u64;
-            (s.algorithm, s.category.clone(), section_bits(room, fp_rate))
+            (
+                s.algorithm,
+                s.category.clone(),
+                section_bits(room(s.entries), fp_rate),
+            )
         })
-        .collect())
+        .collect();
+    let slots = header
+        .pdq
+        .iter()
+        .map(|s| {
+            (
+                s.category.clone(),
+                hashgate_guest::pdq_slots(room(s.entries)),
+            )
+        })
+        .collect();
+    Ok((bits, slots))
 }
 
 /// Removes snapshots and deltas the manifest no longer names.
