@@ -1,11 +1,13 @@
 #!/usr/bin/env python3
-"""An independent reference reader of the hashgate filter format v1 (docs/FORMAT.md).
+"""An independent reference reader of the hashgate filter format v1 and v2 (docs/FORMAT.md).
 
 Written from the spec, sharing no code with the Rust implementation, so that the
 known-answer tests check the spec and not one implementation against itself.
 
     filter_ref.py probe SALT_HEX ALGORITHM DIGEST_HEX BITS K
     filter_ref.py check SNAPSHOT_FILE ALGORITHM DIGEST_HEX     (exit 0 hit, 1 clean)
+    filter_ref.py pdq SNAPSHOT_FILE PDQ_HEX       (prints "hit LABEL DISTANCE" per match;
+                                                   exit 0 hit, 1 none, 3 layout not the spec's)
 """
 import hashlib
 import struct
@@ -13,6 +15,7 @@ import sys
 
 MASK = (1 << 64) - 1
 CODES = {"md5": 1, "sha1": 2, "sha256": 3}
+PDQ = 4
 
 
 def rotl(x, b):
@@ -71,7 +74,7 @@ def parse(body):
     if body[:8] != b"HASHGATE":
         raise ValueError("bad magic")
     version, count, flags = struct.unpack_from("<HHI", body, 8)
-    if version != 1 or flags != 0 or not 1 <= count <= 64:
+    if version not in (1, 2) or flags != 0 or not 1 <= count <= 64:
         raise ValueError("bad version, flags or section count")
     k = struct.unpack_from("<I", body, 112)[0]
     salt = body[120:136]
@@ -82,16 +85,50 @@ def parse(body):
         raise ValueError("length disagrees with payload_len")
     if hashlib.sha256(body[start:]).digest() != payload_sha:
         raise ValueError("payload digest mismatch")
-    sections, offset = [], start
+    sections, pdq, offset = [], [], start
     for i in range(count):
         rec = body[176 + 48 * i:176 + 48 * (i + 1)]
         code, label_len = rec[0], rec[1]
         entries, bits = struct.unpack_from("<QQ", rec, 8)
         label = rec[24:24 + label_len].decode()
         nbytes = (bits + 7) // 8
-        sections.append((code, label, bits, body[offset:offset + nbytes]))
+        if code == PDQ and version == 2:
+            threshold = rec[2]
+            if bits % 256 or threshold > 63 or any(rec[3:8]):
+                raise ValueError("bad PDQ section record")
+            data = body[offset:offset + nbytes]
+            slots = [data[j:j + 32] for j in range(0, nbytes, 32)]
+            listed = [h for h in slots if any(h)]
+            if len(listed) != entries or len(set(listed)) != len(listed):
+                raise ValueError("PDQ entries disagree with the slots")
+            pdq.append((label, threshold, slots))
+        else:
+            if pdq or any(rec[2:8]):
+                raise ValueError("digest section after a PDQ section, or reserved bytes set")
+            sections.append((code, label, bits, body[offset:offset + nbytes]))
         offset += nbytes
-    return k, salt, sections
+    if (version == 2) != bool(pdq):
+        raise ValueError("version 2 if and only if there are PDQ sections")
+    return k, salt, sections, pdq
+
+
+def pdq_layout(salt, hashes, count):
+    """The slots the spec's writer gives `hashes` (distinct): by (home, bytes), each at
+    the first free slot from its home, the runs past the end wrapping to the start."""
+    def home(h):
+        lo = struct.unpack("<Q", siphash13_128(salt, bytes([PDQ]) + h)[:8])[0]
+        return (lo * count) >> 64
+    slots, overflow, nxt = [bytes(32)] * count, [], 0
+    for hm, h in sorted((home(h), h) for h in hashes):
+        at = max(hm, nxt)
+        if at >= count:
+            overflow.append(h)
+            continue
+        slots[at], nxt = h, at + 1
+    free = [i for i in range(count) if not any(slots[i])]
+    for h, at in zip(overflow, free):
+        slots[at] = h
+    return slots
 
 
 def main(argv):
@@ -104,7 +141,7 @@ def main(argv):
         data = open(argv[2], "rb").read()
         if data[-80:-72] == b"HGSIGv1\n":
             data = data[:-80]
-        k, salt, sections = parse(data)
+        k, salt, sections, _ = parse(data)
         code, digest = CODES[argv[3]], bytes.fromhex(argv[4])
         h1, h2, h3 = probe(salt, code, digest)
         hit = False
@@ -112,6 +149,23 @@ def main(argv):
             if s_code == code and all(bitmap[i // 8] & (1 << (i % 8)) for i in indices(h1, h2, h3, k, bits)):
                 print(f"hit {label or '-'}")
                 hit = True
+        return 0 if hit else 1
+    if argv[1] == "pdq":
+        data = open(argv[2], "rb").read()
+        if data[-80:-72] == b"HGSIGv1\n":
+            data = data[:-80]
+        _, salt, _, pdq = parse(data)
+        query = int(argv[3], 16)
+        hit = False
+        for label, threshold, slots in pdq:
+            if pdq_layout(salt, [h for h in slots if any(h)], len(slots)) != slots:
+                print(f"layout of {label or '-'} is not the spec's")
+                return 3
+            for h in slots:
+                d = bin(int.from_bytes(h, "big") ^ query).count("1")
+                if any(h) and d <= threshold:
+                    print(f"hit {label or '-'} {d}")
+                    hit = True
         return 0 if hit else 1
     print(__doc__)
     return 2
