@@ -61,6 +61,21 @@ enum Command {
     /// against a filter, without reading a byte of them. Exit 0: no hits; 1: hits;
     /// 2: error.
     Recheck(RecheckArgs),
+    /// Print the PDQ hash of each picture as a list line (`pdq:HEX[,category]`), for an
+    /// authority making a list from its reference pictures. Pictures of quality below
+    /// `--min-quality` are left out (Meta discards hashes of quality 49 or less). Exit 0:
+    /// every file hashed or left out; 2: some file is not a picture or does not decode.
+    Pdq {
+        /// Category for the lines.
+        #[arg(long)]
+        category: Option<String>,
+        /// Leave out pictures whose PDQ quality is below this (0 to 100).
+        #[arg(long, default_value_t = 50)]
+        min_quality: u8,
+        /// The pictures (JPEG, PNG, WebP, GIF, BMP, TIFF, recognised by their bytes).
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+    },
     /// Write the canary file: harmless, listed in every filter, for end-to-end tests.
     Canary {
         /// Where to write it.
@@ -185,6 +200,48 @@ pub struct RecheckArgs {
     json: bool,
 }
 
+/// `hashgate pdq`: one list line per picture on stdout, what was left out or failed on
+/// stderr.
+fn pdq_cmd(category: Option<&str>, min_quality: u8, files: &[PathBuf]) -> Result<ExitCode> {
+    use hashgate_host::perceptual::{hash_picture, Picture, PictureLimits};
+    if let Some(c) = category {
+        hashgate_authority::list::check_category(c).map_err(anyhow::Error::msg)?;
+    }
+    let suffix = category.map(|c| format!(",{c}")).unwrap_or_default();
+    let mut failed = false;
+    let mut out = std::io::stdout().lock();
+    for path in files {
+        let hashed = std::fs::read(path)
+            .map_err(anyhow::Error::from)
+            .and_then(|bytes| {
+                let picture = Picture::sniff(&bytes).context("not a picture this build decodes")?;
+                Ok(hash_picture(
+                    &bytes,
+                    picture,
+                    &PictureLimits::default(),
+                    false,
+                )?)
+            });
+        match hashed {
+            Ok(pdq) if pdq.quality < min_quality => eprintln!(
+                "{}: left out, quality {} is below {min_quality}",
+                path.display(),
+                pdq.quality
+            ),
+            Ok(pdq) => writeln!(out, "pdq:{}{suffix}", pdq.original().to_hex())?,
+            Err(e) => {
+                eprintln!("{}: {e:#}", path.display());
+                failed = true;
+            }
+        }
+    }
+    Ok(if failed {
+        ExitCode::from(2)
+    } else {
+        ExitCode::SUCCESS
+    })
+}
+
 /// Runs the parsed command.
 pub fn run(cli: Cli) -> Result<ExitCode> {
     match cli.command {
@@ -200,6 +257,11 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
         } => inspect_cmd(public_key.as_deref(), json, &file),
         Command::Scan(args) => scan_cmd(args),
         Command::Recheck(args) => recheck_cmd(args),
+        Command::Pdq {
+            category,
+            min_quality,
+            files,
+        } => pdq_cmd(category.as_deref(), min_quality, &files),
         Command::Canary { out } => {
             std::fs::write(&out, hashgate_guest_canary())
                 .with_context(|| format!("writing {}", out.display()))?;

@@ -268,3 +268,79 @@ fn the_component_matches_edited_pictures_against_a_pdq_snapshot_and_deltas_carry
     let engine = hashgate_host::FilterEngine::from_verified(runtime, target).unwrap();
     assert_eq!(engine.check_pdq(&[other]).unwrap()[0].distance, 0);
 }
+
+/// `hashgate pdq` makes list lines from pictures, leaves out the flat ones, names what is
+/// not a picture and exits 2 for it; `hashgate build` takes its output, and the snapshot
+/// finds an edit of a listed picture.
+#[test]
+fn hashgate_pdq_prints_list_lines_that_build_a_filter() {
+    let dir = tempfile::tempdir().unwrap();
+    let not_a_picture = dir.path().join("notes.txt");
+    std::fs::write(&not_a_picture, "not a picture").unwrap();
+    let run = |args: &[&std::ffi::OsStr]| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_hashgate"))
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    let orig = data().join("bridge-mods/aaa-orig.jpg");
+    let flat = data().join("misc-images/small.jpg");
+    let out = run(&[
+        "pdq".as_ref(),
+        "--category".as_ref(),
+        "pictures".as_ref(),
+        orig.as_os_str(),
+        flat.as_os_str(),
+        not_a_picture.as_os_str(),
+    ]);
+    let stdout = String::from_utf8(out.stdout).unwrap();
+    let stderr = String::from_utf8(out.stderr).unwrap();
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("small.jpg: left out, quality 0"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("notes.txt: not a picture"), "{stderr}");
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert_eq!(lines.len(), 1, "{stdout}");
+    let hex = lines[0]
+        .strip_prefix("pdq:")
+        .unwrap()
+        .strip_suffix(",pictures")
+        .unwrap();
+    let expected = reference()
+        .into_iter()
+        .find(|(p, _, _)| p == "bridge-mods/aaa-orig.jpg")
+        .unwrap()
+        .1;
+    assert!(PdqHash::from_hex(hex).unwrap().distance(&expected) <= 10);
+
+    let list = dir.path().join("pictures.txt");
+    std::fs::write(&list, &stdout).unwrap();
+    let key = dir.path().join("k");
+    assert!(run(&["keygen".as_ref(), "--out".as_ref(), key.as_os_str()])
+        .status
+        .success());
+    let snapshot = dir.path().join("f.hgf");
+    let built = run(&[
+        "build".as_ref(),
+        "--key".as_ref(),
+        key.with_extension("key").as_os_str(),
+        "--series".as_ref(),
+        "pictures".as_ref(),
+        "--version".as_ref(),
+        "1".as_ref(),
+        "--out".as_ref(),
+        snapshot.as_os_str(),
+        list.as_os_str(),
+    ]);
+    assert!(
+        built.status.success(),
+        "{}",
+        String::from_utf8_lossy(&built.stderr)
+    );
+    let file = std::fs::read(&snapshot).unwrap();
+    let filter = hashgate_guest::Filter::parse(file[..file.len() - 80].to_vec()).unwrap();
+    let edit = pdq_of("bridge-mods/blur-a-lot.jpg", false).original();
+    assert_eq!(filter.check_pdq(&[edit.0]).unwrap().len(), 1);
+}

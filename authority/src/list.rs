@@ -277,7 +277,9 @@ fn parse_clamav<'a>(
     Ok((algorithm, len, None))
 }
 
-fn check_category(category: &str) -> Result<(), String> {
+/// Whether `category` may label entries: 1 to 24 of `a-z 0-9 . _ -`, not `canary`; the
+/// error says why not.
+pub fn check_category(category: &str) -> Result<(), String> {
     if category == hashgate_guest::canary::CATEGORY {
         return Err(format!("category {category:?} is reserved for the canary"));
     }
