@@ -1,0 +1,99 @@
+//! Criterion benches for perceptual matching (docs/PERFORMANCE.md), each against a
+//! baseline measured in the same run:
+//!
+//! * `pdq-lookup/*`: one picture's hash against a PDQ section of
+//!   `HASHGATE_BENCH_PDQ_N` listed hashes (default 1,000,000), by the guest's
+//!   multi-index (`index-miss`: an unrelated picture, `index-hit`: 20 bits from a listed
+//!   one) against comparing it with every listed hash (`brute-force`);
+//! * `pdq-hash/*`: a 1,600 x 1,004 JPEG decoded (`decode`, the baseline) against decoded
+//!   and hashed (`decode+pdq`), and with the seven turned and mirrored hashes too
+//!   (`decode+pdq-dihedral`).
+
+use std::hint::black_box;
+
+use criterion::{criterion_group, criterion_main, Criterion};
+use hashgate_guest::{BuildParams, Filter, FilterBuilder, PdqSpec};
+use hashgate_host::perceptual::{decode, hash_picture, Picture, PictureLimits};
+use rand::{RngCore, SeedableRng};
+
+fn listed() -> usize {
+    std::env::var("HASHGATE_BENCH_PDQ_N")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1_000_000)
+}
+
+fn random_hashes(n: usize, seed: u64) -> Vec<[u8; 32]> {
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    (0..n)
+        .map(|_| {
+            let mut h = [0u8; 32];
+            rng.fill_bytes(&mut h);
+            h
+        })
+        .collect()
+}
+
+fn lookup(c: &mut Criterion) {
+    let hashes = random_hashes(listed(), 1);
+    let params = BuildParams::new("bench-pdq", 1, 1_700_000_000, 4_000_000_000, 1e-9);
+    let spec = PdqSpec {
+        category: None,
+        entries: hashes.len() as u64,
+    };
+    let mut builder = FilterBuilder::with_pdq(&params, &[], &[spec], Vec::new()).unwrap();
+    for h in &hashes {
+        builder.insert_pdq(None, h).unwrap();
+    }
+    let filter = Filter::parse(builder.finish().unwrap()).unwrap();
+    let miss = random_hashes(1, 2)[0];
+    let mut hit = hashes[hashes.len() / 2];
+    for bit in 0..20 {
+        hit[bit] ^= 1;
+    }
+    let mut group = c.benchmark_group("pdq-lookup");
+    group.bench_function("index-miss", |b| {
+        b.iter(|| filter.check_pdq(black_box(&[miss])).unwrap())
+    });
+    group.bench_function("index-hit", |b| {
+        b.iter(|| {
+            let found = filter.check_pdq(black_box(&[hit])).unwrap();
+            assert_eq!(found.len(), 1);
+            found
+        })
+    });
+    group.sample_size(10);
+    group.bench_function("brute-force", |b| {
+        b.iter(|| {
+            hashes
+                .iter()
+                .filter(|h| hashgate_guest::pdq::distance(&h[..], black_box(&miss)) <= 31)
+                .count()
+        })
+    });
+    group.finish();
+}
+
+fn hashing(c: &mut Criterion) {
+    let jpeg = std::fs::read(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/data/pdq/bridge-mods/aaa-orig.jpg"
+    ))
+    .unwrap();
+    let limits = PictureLimits::default();
+    let mut group = c.benchmark_group("pdq-hash");
+    group.sample_size(20);
+    group.bench_function("decode", |b| {
+        b.iter(|| decode(black_box(&jpeg), Picture::Jpeg, &limits).unwrap())
+    });
+    group.bench_function("decode+pdq", |b| {
+        b.iter(|| hash_picture(black_box(&jpeg), Picture::Jpeg, &limits, false).unwrap())
+    });
+    group.bench_function("decode+pdq-dihedral", |b| {
+        b.iter(|| hash_picture(black_box(&jpeg), Picture::Jpeg, &limits, true).unwrap())
+    });
+    group.finish();
+}
+
+criterion_group!(benches, lookup, hashing);
+criterion_main!(benches);
