@@ -33,6 +33,20 @@ fn kat_probe_and_indices() {
     assert_eq!(p.indices(4, 64).collect::<Vec<_>>(), [6, 38, 42, 19]);
 }
 
+/// The PDQ home slots `docs/FORMAT.md` gives (the reference reader computes the same).
+#[test]
+fn kat_pdq_home_slots() {
+    let bridge: [u8; 32] =
+        hex::decode("f8f8f0cee0f4a84f06370a22038f63f0b36e2ed596621e1d33e6b39c4e9c9b22")
+            .unwrap()
+            .try_into()
+            .unwrap();
+    assert_eq!(hashgate_guest::pdq::home(&KAT_SALT, &bridge, 1024), 460);
+    let mut one = [0u8; 32];
+    one[31] = 1;
+    assert_eq!(hashgate_guest::pdq::home(&KAT_SALT, &one, 64), 53);
+}
+
 #[test]
 fn domain_separation_by_algorithm() {
     // The same 16 bytes as an MD5 digest and as the start of a SHA-1 digest never share

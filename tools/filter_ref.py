@@ -6,6 +6,7 @@ known-answer tests check the spec and not one implementation against itself.
 
     filter_ref.py probe SALT_HEX ALGORITHM DIGEST_HEX BITS K
     filter_ref.py check SNAPSHOT_FILE ALGORITHM DIGEST_HEX     (exit 0 hit, 1 clean)
+    filter_ref.py home SALT_HEX PDQ_HEX SLOTS     (the home slot of a PDQ hash)
     filter_ref.py pdq SNAPSHOT_FILE PDQ_HEX       (prints "hit LABEL DISTANCE" per match;
                                                    exit 0 hit, 1 none, 3 layout not the spec's)
 """
@@ -112,12 +113,16 @@ def parse(body):
     return k, salt, sections, pdq
 
 
+def pdq_home(salt, h, count):
+    lo = struct.unpack("<Q", siphash13_128(salt, bytes([PDQ]) + h)[:8])[0]
+    return (lo * count) >> 64
+
+
 def pdq_layout(salt, hashes, count):
     """The slots the spec's writer gives `hashes` (distinct): by (home, bytes), each at
     the first free slot from its home, the runs past the end wrapping to the start."""
     def home(h):
-        lo = struct.unpack("<Q", siphash13_128(salt, bytes([PDQ]) + h)[:8])[0]
-        return (lo * count) >> 64
+        return pdq_home(salt, h, count)
     slots, overflow, nxt = [bytes(32)] * count, [], 0
     for hm, h in sorted((home(h), h) for h in hashes):
         at = max(hm, nxt)
@@ -150,6 +155,9 @@ def main(argv):
                 print(f"hit {label or '-'}")
                 hit = True
         return 0 if hit else 1
+    if argv[1] == "home":
+        print(pdq_home(bytes.fromhex(argv[2]), bytes.fromhex(argv[3]), int(argv[4])))
+        return 0
     if argv[1] == "pdq":
         data = open(argv[2], "rb").read()
         if data[-80:-72] == b"HGSIGv1\n":
