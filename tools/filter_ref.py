@@ -121,10 +121,8 @@ def pdq_home(salt, h, count):
 def pdq_layout(salt, hashes, count):
     """The slots the spec's writer gives `hashes` (distinct): by (home, bytes), each at
     the first free slot from its home, the runs past the end wrapping to the start."""
-    def home(h):
-        return pdq_home(salt, h, count)
     slots, overflow, nxt = [bytes(32)] * count, [], 0
-    for hm, h in sorted((home(h), h) for h in hashes):
+    for hm, h in sorted((pdq_home(salt, h, count), h) for h in hashes):
         at = max(hm, nxt)
         if at >= count:
             overflow.append(h)
@@ -136,6 +134,12 @@ def pdq_layout(salt, hashes, count):
     return slots
 
 
+def read_body(path):
+    """A snapshot file's body: the file without its signature trailer, if it has one."""
+    data = open(path, "rb").read()
+    return data[:-80] if data[-80:-72] == b"HGSIGv1\n" else data
+
+
 def main(argv):
     if argv[1] == "probe":
         salt, alg, digest = bytes.fromhex(argv[2]), argv[3], bytes.fromhex(argv[4])
@@ -143,10 +147,7 @@ def main(argv):
         print(f"{h1:016x} {h2:016x} {h3:016x}", *indices(h1, h2, h3, int(argv[6]), int(argv[5])))
         return 0
     if argv[1] == "check":
-        data = open(argv[2], "rb").read()
-        if data[-80:-72] == b"HGSIGv1\n":
-            data = data[:-80]
-        k, salt, sections, _ = parse(data)
+        k, salt, sections, _ = parse(read_body(argv[2]))
         code, digest = CODES[argv[3]], bytes.fromhex(argv[4])
         h1, h2, h3 = probe(salt, code, digest)
         hit = False
@@ -159,10 +160,7 @@ def main(argv):
         print(pdq_home(bytes.fromhex(argv[2]), bytes.fromhex(argv[3]), int(argv[4])))
         return 0
     if argv[1] == "pdq":
-        data = open(argv[2], "rb").read()
-        if data[-80:-72] == b"HGSIGv1\n":
-            data = data[:-80]
-        _, salt, _, pdq = parse(data)
+        _, salt, _, pdq = parse(read_body(argv[2]))
         query = int(argv[3], 16)
         hit = False
         for label, threshold, slots in pdq:
