@@ -23,7 +23,7 @@ const FEED_LOCATION: &str = r#"
 /// An authority with keys, a root, a list and a feed served by nginx.
 struct Authority {
     s: Setup,
-    nginx: Option<Killed>,
+    nginx: Option<Nginx>,
     port: u16,
     /// Manifest keys that sign each publication.
     keys: Vec<&'static str>,

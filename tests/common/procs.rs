@@ -2,7 +2,10 @@
 //! nginx-light, WebDAV PUT) as the origin, curl as the client; all on loopback. The
 //! test scripts install nginx and curl.
 
+use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
+use std::os::fd::AsRawFd;
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
@@ -115,46 +118,40 @@ impl Setup {
         self.dir.path().join(n)
     }
 
-    /// nginx with WebDAV PUT on a free port, serving `root`.
-    pub fn nginx(&self) -> (Killed, u16, PathBuf) {
+    /// nginx with WebDAV PUT on a port of its own, serving `root`.
+    pub fn nginx(&self) -> (Nginx, u16, PathBuf) {
         self.nginx_with(None)
     }
 
     /// nginx as [`Setup::nginx`], serving https with `tls` (certificate, key) if given.
-    pub fn nginx_with(&self, tls: Option<(&Path, &Path)>) -> (Killed, u16, PathBuf) {
-        // nginx needs a port number up front; another test may grab the same free port
-        // first, so try a few.
+    pub fn nginx_with(&self, tls: Option<(&Path, &Path)>) -> (Nginx, u16, PathBuf) {
         self.nginx_serving(tls, DAV, None)
     }
 
     /// nginx with `location` (the body of `location / { ... }`), on `port` if given (a
-    /// restart on the same address), else on a free one.
+    /// restart on the same address), else on a port the kernel picks.
+    ///
+    /// nginx cannot listen on port 0, so the test binds the socket and nginx inherits it
+    /// (its `NGINX` variable, as in a binary upgrade): no free port is guessed, so no
+    /// neighbour can take it between the guess and the bind.
     pub fn nginx_serving(
         &self,
         tls: Option<(&Path, &Path)>,
         location: &str,
         port: Option<u16>,
-    ) -> (Killed, u16, PathBuf) {
-        for _ in 0..5 {
-            if let Some(started) = self.try_nginx(port.unwrap_or_else(free_port), tls, location) {
-                return started;
-            }
-        }
-        panic!("nginx did not start (is nginx-light installed?)");
-    }
-
-    fn try_nginx(
-        &self,
-        port: u16,
-        tls: Option<(&Path, &Path)>,
-        location: &str,
-    ) -> Option<(Killed, u16, PathBuf)> {
+    ) -> (Nginx, u16, PathBuf) {
+        let listener = bind_loopback(port.unwrap_or(0));
+        let port = listener.local_addr().unwrap().port();
         let root = self.path("origin");
         let temp = self.path("nginx-temp");
         std::fs::create_dir_all(&root).unwrap();
         std::fs::create_dir_all(&temp).unwrap();
+        // A master process: with `master_process off`, nginx 1.22 dies of SIGSEGV taking
+        // over an inherited socket. `user` keeps root's workers able to write `root`
+        // (nginx ignores it, with a notice, when it does not run as root).
         let conf = format!(
-            "daemon off; master_process off; pid {pid}; error_log {err} info;
+            "daemon off; master_process on; worker_processes 1; user root root;
+pid {pid}; error_log {err} info;
 events {{ worker_connections 256; }}
 http {{
   access_log off;
@@ -182,26 +179,74 @@ http {{
             },
         );
         std::fs::write(self.path("nginx.conf"), conf).unwrap();
-        let child = Command::new("nginx")
+        let fd = listener.as_raw_fd();
+        let mut command = Command::new("nginx");
+        command
             .args(["-p", self.dir.path().to_str().unwrap(), "-c"])
             .arg(self.path("nginx.conf"))
-            .stderr(Stdio::null())
+            .env("NGINX", format!("{fd};"))
+            .stderr(Stdio::null());
+        // SAFETY: between fork and exec only fcntl, which is async-signal-safe, runs; it
+        // lets the child keep the listening socket that std opened close-on-exec.
+        unsafe {
+            command.pre_exec(move || {
+                if libc::fcntl(fd, libc::F_SETFD, 0) == -1 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        let child = command
             .spawn()
             .expect("nginx must be installed (scripts/test.sh installs nginx-light)");
-        let mut child = Killed(child);
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while TcpStream::connect(("127.0.0.1", port)).is_err() {
-            if Instant::now() > deadline {
-                return None;
-            }
-            std::thread::sleep(Duration::from_millis(50));
+        drop(listener);
+        let mut nginx = Nginx(child);
+        // Connections queue on the socket from the start; ready is when nginx answers one.
+        let ready = wait_until(Duration::from_secs(10), || {
+            assert!(
+                nginx.0.try_wait().unwrap().is_none(),
+                "nginx exited: {}",
+                std::fs::read_to_string(self.path("nginx.err")).unwrap_or_default()
+            );
+            answers_http(port)
+        });
+        assert!(ready, "nginx does not answer on {port}");
+        (nginx, port, root)
+    }
+}
+
+/// A listening socket on 127.0.0.1:`port` (0: the kernel picks). A given port may still be
+/// held by a server that is shutting down, so that is tried for a while.
+fn bind_loopback(port: u16) -> TcpListener {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        match TcpListener::bind(("127.0.0.1", port)) {
+            Ok(listener) => return listener,
+            Err(e) if Instant::now() > deadline => panic!("cannot bind 127.0.0.1:{port}: {e}"),
+            Err(_) => std::thread::sleep(Duration::from_millis(50)),
         }
-        // Something listens there; make sure it is our nginx, not a neighbour.
-        std::thread::sleep(Duration::from_millis(100));
-        if child.0.try_wait().unwrap().is_some() {
-            return None;
-        }
-        Some((child, port, root))
+    }
+}
+
+/// Whether something on `port` answers an HTTP request (any status, plain or TLS alert).
+fn answers_http(port: u16) -> bool {
+    let Ok(mut stream) = TcpStream::connect(("127.0.0.1", port)) else {
+        return false;
+    };
+    let _ = stream.set_read_timeout(Some(Duration::from_millis(500)));
+    let mut byte = [0u8; 1];
+    stream.write_all(b"HEAD / HTTP/1.0\r\n\r\n").is_ok() && matches!(stream.read(&mut byte), Ok(1))
+}
+
+/// An nginx master process: stopped with SIGTERM on drop, so that it takes its worker
+/// down with it (a killed master would leave the worker holding the port).
+pub struct Nginx(pub Child);
+
+impl Drop for Nginx {
+    fn drop(&mut self) {
+        // SAFETY: kill(2) on our own child's pid.
+        unsafe { libc::kill(self.0.id() as libc::pid_t, libc::SIGTERM) };
+        let _ = self.0.wait();
     }
 }
 
