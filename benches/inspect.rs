@@ -15,7 +15,7 @@ use std::hint::black_box;
 use std::io::{Cursor, Read, Write};
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
-use hashgate_host::inspect::{inspect_reader, Envelope, Limits};
+use hashgate_host::inspect::{inspect_reader, Envelope, Hashes, Limits};
 use hashgate_host::Algorithm;
 use rand::{RngCore, SeedableRng};
 use sha2::Digest as _;
@@ -70,7 +70,7 @@ fn pipeline(bytes: &[u8], algorithms: &[Algorithm]) -> usize {
     let report = inspect_reader(
         &mut Cursor::new(bytes),
         &Envelope::default(),
-        algorithms,
+        Hashes::digests(algorithms),
         &Limits::default(),
         Some(bytes.len() as u64),
     )

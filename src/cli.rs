@@ -671,6 +671,7 @@ fn event_line(json: bool, event: &Event<'_>) -> Vec<String> {
             layers,
             size,
             hits,
+            pdq,
         } => hits
             .iter()
             .map(|hit| {
@@ -693,6 +694,33 @@ fn event_line(json: bool, event: &Event<'_>) -> Vec<String> {
                     )
                 }
             })
+            .chain(pdq.iter().map(|m| {
+                let listed = m.hit.listed.to_hex();
+                if json {
+                    json_line(
+                        path,
+                        serde_json::json!({"type": "hit", "member": member,
+                        "layers": layers, "size": size,
+                        "algorithm": "pdq", "digest": listed, "category": m.hit.category,
+                        "pdq": {"hash": m.hash.to_hex(), "transform": m.transform.name(),
+                            "quality": m.quality, "distance": m.hit.distance,
+                            "threshold": m.hit.threshold}}),
+                    )
+                } else {
+                    format!(
+                        "HIT     {}  pdq:{listed}  category {}  distance {} quality {}{}{}",
+                        object_name(path, member),
+                        m.hit.category.as_deref().unwrap_or("-"),
+                        m.hit.distance,
+                        m.quality,
+                        match m.transform {
+                            hashgate_host::perceptual::Dihedral::Original => String::new(),
+                            t => format!(" ({})", t.name()),
+                        },
+                        layers.map_or(String::new(), |l| format!("  ({l}, {size} bytes)")),
+                    )
+                }
+            }))
             .collect(),
         Event::Uninspectable {
             path,

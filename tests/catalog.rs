@@ -413,12 +413,14 @@ mod stores {
                 layers: vec![Layer::Zip, Layer::Gzip],
                 size: 40,
                 digests: digests(seed.wrapping_add(1)),
+                picture: None,
             },
             Node {
                 member: vec!["b.txt".into()],
                 layers: vec![Layer::Zip],
                 size: 1,
                 digests: digests(seed.wrapping_add(2))[2..].to_vec(),
+                picture: None,
             },
         ];
         entry.problems = vec![Problem {

@@ -191,6 +191,16 @@ pub struct InspectFileConfig {
     pub decoder_memory_bytes: Option<u64>,
     /// Where zip archives are spooled.
     pub spool_dir: Option<PathBuf>,
+    /// PDQ-hash pictures when the filter holds PDQ hashes.
+    pub pictures: Option<bool>,
+    /// A picture larger than this (bytes) is not PDQ-hashed.
+    pub picture_max_bytes: Option<u64>,
+    /// A picture of more pixels than this is not PDQ-hashed.
+    pub picture_max_pixels: Option<u64>,
+    /// A picture wider or taller than this is not PDQ-hashed.
+    pub picture_max_side: Option<u32>,
+    /// Also hash a picture's rotations and mirror images (a turned copy matches).
+    pub dihedral: Option<bool>,
 }
 
 impl InspectFileConfig {
@@ -221,6 +231,23 @@ impl InspectFileConfig {
         }
         if let Some(v) = &self.spool_dir {
             l.spool_dir = Some(v.clone());
+        }
+        if self.pictures == Some(false) {
+            l.pictures = None;
+        }
+        if let Some(p) = &mut l.pictures {
+            if let Some(v) = self.picture_max_bytes {
+                p.max_bytes = v;
+            }
+            if let Some(v) = self.picture_max_pixels {
+                p.decode.max_pixels = v;
+            }
+            if let Some(v) = self.picture_max_side {
+                p.decode.max_dimension = v;
+            }
+            if let Some(v) = self.dihedral {
+                p.dihedral = v;
+            }
         }
         l
     }

@@ -211,6 +211,8 @@ impl Entry {
             layers: Vec::new(),
             size: self.size,
             digests: self.digests.clone(),
+            // The catalog records digests only (a PDQ filter reads pictures again).
+            picture: None,
         });
         Report {
             nodes,
@@ -685,6 +687,7 @@ fn member_of(names: &str, layers: &str, size: i64, digests: Vec<Digest>) -> Node
         layers: layers_of(layers),
         size: size as u64,
         digests,
+        picture: None,
     }
 }
 

@@ -28,6 +28,7 @@ fn full_entry() -> Entry {
         layers: vec![Layer::Zip, Layer::Gzip],
         size: 40,
         digests: digests(2),
+        picture: None,
     }];
     entry.problems = vec![Problem {
         kind: ProblemKind::Encrypted,

@@ -85,6 +85,11 @@ pub struct AuditRecord {
     /// filter that let it through.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub stored: Option<serde_json::Value>,
+    /// For a PDQ match (`algorithm` `pdq`, `digest` the listed hash): the picture's
+    /// hash that was near, its quality, the transform it was of (`original`, `rotate90`,
+    /// ...), the distance in bits and the section's match distance.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pdq: Option<serde_json::Value>,
 }
 
 impl AuditRecord {
@@ -123,6 +128,7 @@ impl AuditRecord {
             action: action.to_string(),
             quarantine: ctx.quarantine.clone().filter(|_| action == "block"),
             stored: None,
+            pdq: None,
         }
     }
 }

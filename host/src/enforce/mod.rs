@@ -15,7 +15,9 @@ use std::time::Instant;
 
 use arc_swap::ArcSwap;
 
-use crate::inspect::{Problem, Report, UninspectableAction};
+use crate::inspect::{PictureHash, Problem, Report, UninspectableAction};
+use crate::perceptual::{Dihedral, PdqHash};
+use crate::runtime::types::PdqHit;
 use crate::{Digest, Error, FilterEngine, Hit, Verdict};
 
 pub use audit::{AuditLog, AuditRecord, Ticket};
@@ -61,9 +63,35 @@ pub struct Decision {
     pub outcome: Outcome,
     /// The hits that led to it.
     pub hits: Vec<Hit>,
+    /// The PDQ matches that led to it (a picture near a listed one).
+    pub pdq: Vec<PdqMatch>,
     /// Whether a blocked object's quarantine copy is to be kept (a block whose evidence
     /// meets what quarantine needs).
     pub quarantine: bool,
+}
+
+/// A picture near a listed PDQ hash: the guest's match, and what the picture was.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PdqMatch {
+    /// The guest's match: the listed hash, the distance, the section's category.
+    pub hit: PdqHit,
+    /// The picture's hash that was near.
+    pub hash: PdqHash,
+    /// Which of the picture's transforms it is the hash of.
+    pub transform: Dihedral,
+    /// The picture's PDQ quality.
+    pub quality: u8,
+}
+
+impl Decision {
+    fn pass() -> Decision {
+        Decision {
+            outcome: Outcome::Pass,
+            hits: Vec::new(),
+            pdq: Vec::new(),
+            quarantine: false,
+        }
+    }
 }
 
 /// The decision on a whole inspection report.
@@ -132,12 +160,13 @@ impl ReportDecision {
         self.blocks_on_hits |= decision.outcome == Outcome::Block;
         self.outcome = self.outcome.clone().stricter(decision.outcome);
         self.quarantine |= decision.quarantine;
-        if !decision.hits.is_empty() {
+        if !decision.hits.is_empty() || !decision.pdq.is_empty() {
             self.hits.push(ReportHit {
                 member: ctx.part.clone(),
                 layers: ctx.layers.clone(),
                 size,
                 hits: decision.hits,
+                pdq: decision.pdq,
             });
         }
     }
@@ -171,6 +200,8 @@ pub struct ReportHit {
     pub size: u64,
     /// The hits.
     pub hits: Vec<Hit>,
+    /// The PDQ matches, if it is a picture near a listed one.
+    pub pdq: Vec<PdqMatch>,
 }
 
 fn refusal_value(
@@ -471,6 +502,11 @@ impl Enforcer {
             let decision =
                 self.decide_queued(filter, &node_ctx, &node.digests, node.size, &mut pending);
             verdict.add(&node_ctx, node.size, decision);
+            if let Some(picture) = &node.picture {
+                let decision =
+                    self.decide_picture(filter, &node_ctx, node.size, picture, &mut pending);
+                verdict.add(&node_ctx, node.size, decision);
+            }
         }
         self.decide_problems(filter, ctx, report, &mut verdict, &mut pending);
         self.wait_blocking(pending);
@@ -493,10 +529,98 @@ impl Enforcer {
                 .decide_confirmed_queued(filter, &node_ctx, &node.digests, node.size, &mut pending)
                 .await;
             verdict.add(&node_ctx, node.size, decision);
+            if let Some(picture) = &node.picture {
+                let decision =
+                    self.decide_picture(filter, &node_ctx, node.size, picture, &mut pending);
+                verdict.add(&node_ctx, node.size, decision);
+            }
         }
         self.decide_problems(filter, ctx, report, &mut verdict, &mut pending);
         self.wait(pending).await;
         verdict
+    }
+
+    /// Decides on a picture's PDQ: the listed hashes near it (allow-listed ones
+    /// removed) take their category's action, each audited with the distance, the
+    /// picture's quality and the transform that matched. A perceptual match is weaker
+    /// evidence than a digest and cannot be confirmed yet (the range API serves digests):
+    /// it never keeps a quarantine copy and is never reported to the authority. A
+    /// picture of quality below [`MIN_QUALITY`](crate::perceptual::pdq::MIN_QUALITY)
+    /// is not matched, as Meta advises.
+    fn decide_picture<'a>(
+        &'a self,
+        filter: &FilterEngine,
+        ctx: &Context,
+        size: u64,
+        picture: &PictureHash,
+        pending: &mut Pending<'a>,
+    ) -> Decision {
+        let pdq = &picture.pdq;
+        if pdq.quality < crate::perceptual::pdq::MIN_QUALITY {
+            return Decision::pass();
+        }
+        let hashes: Vec<PdqHash> = pdq.hashes.iter().map(|(_, h)| *h).collect();
+        let hits = match filter.check_pdq(&hashes) {
+            Ok(hits) => hits,
+            Err(e) => return self.unavailable(filter, ctx, size, &e, pending),
+        };
+        // One match per listed hash: the nearest of the picture's transforms.
+        let mut matches: Vec<PdqMatch> = Vec::new();
+        for hit in hits {
+            if self.policy.allow.contains_pdq(&hit.listed) {
+                continue;
+            }
+            let (transform, hash) = pdq.hashes[hit.query];
+            let m = PdqMatch {
+                hit,
+                hash,
+                transform,
+                quality: pdq.quality,
+            };
+            match matches.iter_mut().find(|o| o.hit.listed == m.hit.listed) {
+                Some(o) if o.hit.distance > m.hit.distance => *o = m,
+                Some(_) => {}
+                None => matches.push(m),
+            }
+        }
+        let mut outcome = Outcome::Pass;
+        for m in &matches {
+            let blocks = self.policy.action_for(m.hit.category.as_deref()) == Action::Block;
+            outcome = outcome.stricter(if blocks {
+                Outcome::Block
+            } else {
+                Outcome::Monitor
+            });
+        }
+        let action = match outcome {
+            Outcome::Block => "block",
+            _ => "monitor",
+        };
+        for m in &matches {
+            self.metrics.count_hit(action, false);
+            tracing::info!(request_id = %ctx.request_id, listed = %m.hit.listed.to_hex(),
+                distance = m.hit.distance, quality = m.quality, action, "PDQ match");
+            let mut record = self.record(filter, ctx, size, None, action);
+            record.algorithm = Some("pdq".into());
+            record.digest = Some(m.hit.listed.to_hex());
+            record.category = m.hit.category.clone();
+            record.evidence = Some("perceptual");
+            record.quarantine = None;
+            record.pdq = Some(serde_json::json!({
+                "hash": m.hash.to_hex(),
+                "transform": m.transform.name(),
+                "quality": m.quality,
+                "distance": m.hit.distance,
+                "threshold": m.hit.threshold,
+            }));
+            self.write(self.audit.as_ref(), &record, pending);
+        }
+        Decision {
+            outcome,
+            hits: Vec::new(),
+            pdq: matches,
+            quarantine: false,
+        }
     }
 
     fn decide_problems<'a>(
@@ -626,6 +750,7 @@ impl Enforcer {
         Decision {
             outcome,
             hits,
+            pdq: Vec::new(),
             quarantine,
         }
     }
@@ -652,6 +777,7 @@ impl Enforcer {
         Decision {
             outcome,
             hits: Vec::new(),
+            pdq: Vec::new(),
             quarantine: false,
         }
     }

@@ -67,14 +67,18 @@ impl Policy {
 #[derive(Clone, Debug, Default)]
 pub struct AllowList {
     digests: HashSet<(Algorithm, Vec<u8>)>,
+    /// Listed PDQ hashes never acted on (`pdq:HEX` lines).
+    pdq: HashSet<[u8; 32]>,
 }
 
 impl AllowList {
     /// Reads an allow-list: one `[algorithm:]hex` per line, `#` comments and blank lines
-    /// ignored (the digest-list syntax without categories).
+    /// ignored (the digest-list syntax without categories); `pdq:HEX` names a listed PDQ
+    /// hash whose matches are not acted on.
     pub fn read(path: &Path) -> Result<AllowList, Error> {
         let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
         let mut digests = HashSet::new();
+        let mut pdq = HashSet::new();
         for (n, line) in text.lines().enumerate() {
             let line = line.trim();
             if line.is_empty() || line.starts_with('#') {
@@ -82,6 +86,12 @@ impl AllowList {
             }
             let bad =
                 |reason: String| Error::Config(format!("{}:{}: {reason}", path.display(), n + 1));
+            if let Some(hex) = line.strip_prefix("pdq:") {
+                let hash = crate::perceptual::PdqHash::from_hex(hex.trim())
+                    .ok_or_else(|| bad("a PDQ hash is 64 hex digits".into()))?;
+                pdq.insert(hash.0);
+                continue;
+            }
             let (named, hex) = match line.split_once(':') {
                 Some((name, hex)) => (
                     Some(name.trim().parse::<Algorithm>().map_err(bad)?),
@@ -105,7 +115,12 @@ impl AllowList {
             }
             digests.insert((algorithm, bytes));
         }
-        Ok(AllowList { digests })
+        Ok(AllowList { digests, pdq })
+    }
+
+    /// Whether matches of the listed PDQ hash `listed` are allowed.
+    pub fn contains_pdq(&self, listed: &crate::perceptual::PdqHash) -> bool {
+        !self.pdq.is_empty() && self.pdq.contains(&listed.0)
     }
 
     /// Whether the digest is allowed.
@@ -113,13 +128,13 @@ impl AllowList {
         !self.digests.is_empty() && self.digests.contains(&(algorithm, digest.to_vec()))
     }
 
-    /// Number of digests.
+    /// Number of digests and PDQ hashes.
     pub fn len(&self) -> usize {
-        self.digests.len()
+        self.digests.len() + self.pdq.len()
     }
 
     /// Whether the list is empty.
     pub fn is_empty(&self) -> bool {
-        self.digests.is_empty()
+        self.digests.is_empty() && self.pdq.is_empty()
     }
 }

@@ -6,8 +6,8 @@ use std::path::{Path, PathBuf};
 
 use bytes::{Bytes, BytesMut};
 
+use crate::inspect::Hashes;
 use crate::inspect::{AwsChunkedDecoder, Envelope, InspectError, Limits, Report};
-use crate::Algorithm;
 
 /// Clears a spool directory (one subdirectory per upload) of the copies a crash left
 /// unfinished: files still named with a leading dot, never renamed into place.
@@ -143,7 +143,7 @@ pub enum AssemblyError {
 /// Inspects `pieces`, in order, as one object. Blocking: run it off the serving threads.
 pub fn inspect(
     pieces: &[Piece],
-    algorithms: &[Algorithm],
+    hashes: Hashes<'_>,
     limits: &Limits,
 ) -> Result<Report, AssemblyError> {
     let mut files = std::collections::VecDeque::with_capacity(pieces.len());
@@ -173,7 +173,7 @@ pub fn inspect(
     crate::inspect::inspect_reader(
         &mut reader,
         &Envelope::default(),
-        algorithms,
+        hashes,
         limits,
         Some(total),
     )
@@ -334,7 +334,12 @@ mod tests {
                 length: None,
             },
         ];
-        let report = inspect(&pieces, &[Algorithm::Sha256], &Limits::default()).unwrap();
+        let report = inspect(
+            &pieces,
+            Hashes::digests(&[crate::Algorithm::Sha256]),
+            &Limits::default(),
+        )
+        .unwrap();
         let whole = report.nodes.last().expect("the object");
         assert_eq!(whole.size, 11);
         // A piece shorter than its length is an error, never a shorter object.
@@ -343,6 +348,11 @@ mod tests {
             aws_chunked: false,
             length: Some(100),
         }];
-        assert!(inspect(&short, &[Algorithm::Sha256], &Limits::default()).is_err());
+        assert!(inspect(
+            &short,
+            Hashes::digests(&[crate::Algorithm::Sha256]),
+            &Limits::default()
+        )
+        .is_err());
     }
 }

@@ -259,10 +259,17 @@ async fn assemble(
     let report = match ahead {
         Some(report) => Ok(report),
         None => {
-            tokio::task::spawn_blocking(move || assembly::inspect(&pieces, &algorithms, &limits))
-                .await
-                .map_err(|e| e.to_string())
-                .and_then(|r| r.map_err(|e| e.to_string()))
+            let pictures = filter.holds_pdq();
+            tokio::task::spawn_blocking(move || {
+                let hashes = crate::inspect::Hashes {
+                    algorithms: &algorithms,
+                    pictures,
+                };
+                assembly::inspect(&pieces, hashes, &limits)
+            })
+            .await
+            .map_err(|e| e.to_string())
+            .and_then(|r| r.map_err(|e| e.to_string()))
         }
     };
     let report = match report {

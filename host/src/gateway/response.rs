@@ -30,7 +30,7 @@ use super::upload::{fetch, upstream_request};
 use super::Gateway;
 use crate::enforce::{Context, Enforcer, Outcome, ReportDecision};
 use crate::inspect::cache::{strong_etag, ObjectKey};
-use crate::inspect::{Problem, Report};
+use crate::inspect::{Hashes, Problem, Report};
 use crate::FilterEngine;
 
 /// A `GET` to the origin whose response is inspected.
@@ -85,7 +85,7 @@ pub async fn scan(gw: &Gateway, req: Request<Incoming>, ctx: &Context) -> Respon
     };
     let mut hasher = Objects::new(
         shape,
-        &filter.info().algorithms,
+        Hashes::of(&filter),
         gw.config.inspect.clone(),
         length,
     );

@@ -15,10 +15,10 @@ use std::sync::Arc;
 use bytes::Bytes;
 use hyper::header::{HeaderMap, HeaderValue};
 
+use crate::inspect::Hashes;
 use crate::inspect::{
     AwsChunkedDecoder, Envelope, EnvelopeError, InspectError, Inspection, Limits, Report,
 };
-use crate::Algorithm;
 
 /// The shape of a body, from its request headers.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -104,7 +104,7 @@ impl Objects {
     /// The inspection of a body of `shape`, `declared` bytes long if known.
     pub fn new(
         shape: Shape,
-        algorithms: &[Algorithm],
+        hashes: Hashes<'_>,
         limits: Arc<Limits>,
         declared: Option<u64>,
     ) -> Objects {
@@ -116,7 +116,7 @@ impl Objects {
             aws: shape
                 .aws_chunked
                 .map(|decoded| (AwsChunkedDecoder::default(), decoded)),
-            inspection: Inspection::new(shape.envelope, algorithms, limits, expected),
+            inspection: Inspection::new(shape.envelope, hashes, limits, expected),
         }
     }
 

@@ -108,7 +108,13 @@ async fn put(
         gw,
         &temp,
         req.into_body(),
-        (shape, &algorithms),
+        (
+            shape,
+            crate::inspect::Hashes {
+                algorithms: &algorithms,
+                pictures: filter.holds_pdq(),
+            },
+        ),
         &mut copy,
         ctx,
     )
@@ -163,7 +169,7 @@ async fn receive(
     gw: &Gateway,
     temp: &Path,
     body: Incoming,
-    (shape, algorithms): (Shape, &[crate::Algorithm]),
+    (shape, hashes): (Shape, crate::inspect::Hashes<'_>),
     copy: &mut Option<super::copy::Copy>,
     ctx: &Context,
 ) -> Result<Objects, Response<GatewayBody>> {
@@ -171,7 +177,7 @@ async fn receive(
         .await
         .map_err(|e| server_error(&e))?;
     let expected = hyper::body::Body::size_hint(&body).exact();
-    let mut objects = Objects::new(shape, algorithms, gw.config.inspect.clone(), expected);
+    let mut objects = Objects::new(shape, hashes, gw.config.inspect.clone(), expected);
     let mut upload = Upload::new(body, gw.config.body_timeout, gw.config.max_body);
     loop {
         let data = match upload.next().await {

@@ -17,7 +17,7 @@ use super::shapes::{Objects, Shape};
 use super::tus::PieceCopy;
 use super::{Backend, Gateway};
 use crate::enforce::{Context, Outcome};
-use crate::inspect::HoldBack;
+use crate::inspect::{Hashes, HoldBack};
 
 /// The origin's answer to a request being sent, on a task of its own (an inspected
 /// upload's request runs while the handler reads the client's body).
@@ -91,7 +91,11 @@ pub async fn inspect(
     let upstream: Upstream = tokio::spawn(gw.client.request(upstream_req));
     let filter = gw.enforcer.filter();
     let algorithms = gw.algorithms(&filter);
-    let mut objects = Objects::new(shape, &algorithms, gw.config.inspect.clone(), declared);
+    let hashes = Hashes {
+        algorithms: &algorithms,
+        pictures: filter.holds_pdq(),
+    };
+    let mut objects = Objects::new(shape, hashes, gw.config.inspect.clone(), declared);
     let mut holdback = HoldBack::new(incoming.size_hint().exact(), HoldBack::TAIL);
     let mut origin_open = true;
     let mut copy = gw.quarantine_copy(ctx).await;

@@ -348,7 +348,11 @@ impl Connection<'_> {
             Err(e) => (Envelope::default(), Some(e)),
         };
         let algorithms = crate::enforce::retro::algorithms(config.catalog.as_ref(), &filter);
-        let mut digester = Inspection::new(envelope, &algorithms, config.inspect.clone(), None);
+        let hashes = crate::inspect::Hashes {
+            algorithms: &algorithms,
+            pictures: filter.holds_pdq(),
+        };
+        let mut digester = Inspection::new(envelope, hashes, config.inspect.clone(), None);
         let mut held: Vec<Bytes> = Vec::new();
         if let Some(preview) = head.header("preview") {
             let announced: usize = preview

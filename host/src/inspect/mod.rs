@@ -32,7 +32,7 @@
 //!
 //! ```
 //! use std::io::Write;
-//! use hashgate_host::inspect::{inspect_reader, Envelope, Limits};
+//! use hashgate_host::inspect::{inspect_reader, Envelope, Hashes, Limits};
 //! use hashgate_host::Algorithm;
 //!
 //! // A gzip stream holding "hello".
@@ -40,8 +40,9 @@
 //! gz.write_all(b"hello").unwrap();
 //! let gz = gz.finish().unwrap();
 //!
-//! let report = inspect_reader(&mut &gz[..], &Envelope::default(), &[Algorithm::Sha256],
-//!     &Limits::default(), Some(gz.len() as u64)).unwrap();
+//! let report = inspect_reader(&mut &gz[..], &Envelope::default(),
+//!     Hashes::digests(&[Algorithm::Sha256]), &Limits::default(), Some(gz.len() as u64))
+//!     .unwrap();
 //! assert_eq!(report.nodes.len(), 2); // the gzip stream, and what it holds
 //! assert_eq!(report.nodes[0].layers_label(), "gzip>file");
 //! assert_eq!(report.nodes[0].size, 5);
@@ -58,6 +59,7 @@ mod digester;
 mod envelope;
 mod holdback;
 mod multipart;
+mod picture;
 mod sniff;
 mod stream;
 mod walk;
@@ -72,6 +74,7 @@ pub use digester::Digester;
 pub use envelope::{Coding, Envelope, EnvelopeError};
 pub use holdback::HoldBack;
 pub(crate) use multipart::percent_decode;
+pub use picture::{PictureBudget, PictureHash};
 pub use stream::Inspection;
 
 use crate::{Algorithm, Digest};
@@ -168,6 +171,8 @@ pub struct Node {
     pub size: u64,
     /// Its digests, with the algorithms asked for.
     pub digests: Vec<Digest>,
+    /// Its PDQ, if it is a picture and pictures were hashed ([`Limits::pictures`]).
+    pub picture: Option<PictureHash>,
 }
 
 impl Node {
@@ -244,6 +249,10 @@ pub enum ProblemKind {
     /// A part of an object (a `206` response to a range request) whose whole was not
     /// seen: its pieces, each clean, may join into a listed file.
     Partial,
+    /// A picture not PDQ-hashed because it is over [`PictureBudget`]'s bytes or
+    /// [`crate::perceptual::PictureLimits`]' pixels: its digests are still checked, but
+    /// a re-encoded copy of a listed picture would not be found in it.
+    Picture,
 }
 
 impl ProblemKind {
@@ -255,6 +264,7 @@ impl ProblemKind {
             ProblemKind::Limit,
             ProblemKind::Unsupported,
             ProblemKind::Partial,
+            ProblemKind::Picture,
         ]
         .into_iter()
         .find(|k| k.name() == name)
@@ -268,6 +278,7 @@ impl ProblemKind {
             ProblemKind::Limit => "limit",
             ProblemKind::Unsupported => "unsupported",
             ProblemKind::Partial => "partial",
+            ProblemKind::Picture => "picture",
         }
     }
 }
@@ -337,6 +348,7 @@ impl Report {
                 layers: Vec::new(),
                 size,
                 digests,
+                picture: None,
             }],
             problems: Vec::new(),
         }
@@ -362,7 +374,8 @@ pub enum UninspectableAction {
 /// says why): encrypted and unsupported containers pass, as they are common in ordinary
 /// storage and a block would refuse every password-protected zip; malformed containers
 /// and tripped limits block, since a bomb or a crafted archive is not what ordinary
-/// users upload, and passing them would be a way around every check.
+/// users upload, and passing them would be a way around every check. A picture too
+/// large to PDQ-hash passes: large photos are ordinary, and their digests are checked.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Uninspectable {
@@ -376,6 +389,8 @@ pub struct Uninspectable {
     pub unsupported: UninspectableAction,
     /// A partial response (`206`) of an object not seen whole.
     pub partial: UninspectableAction,
+    /// A picture too large to be PDQ-hashed.
+    pub picture: UninspectableAction,
 }
 
 impl Default for Uninspectable {
@@ -386,6 +401,7 @@ impl Default for Uninspectable {
             limit: UninspectableAction::Block,
             unsupported: UninspectableAction::Pass,
             partial: UninspectableAction::Block,
+            picture: UninspectableAction::Pass,
         }
     }
 }
@@ -399,6 +415,7 @@ impl Uninspectable {
             ProblemKind::Limit => self.limit,
             ProblemKind::Unsupported => self.unsupported,
             ProblemKind::Partial => self.partial,
+            ProblemKind::Picture => self.picture,
         }
     }
 }
@@ -429,6 +446,8 @@ pub struct Limits {
     /// Where zip archives are spooled (their central directory is at the end); the
     /// system's temporary directory if `None`. Spool files are unlinked at once.
     pub spool_dir: Option<PathBuf>,
+    /// How pictures are PDQ-hashed when the filter holds PDQ hashes; `None`: never.
+    pub pictures: Option<PictureBudget>,
 }
 
 impl Default for Limits {
@@ -443,6 +462,7 @@ impl Default for Limits {
             max_time: Duration::from_secs(60),
             decoder_memory: 64 << 20,
             spool_dir: None,
+            pictures: Some(PictureBudget::default()),
         }
     }
 }
@@ -480,20 +500,50 @@ pub const PREFIX_LEN: usize = sniff::SNIFF_LEN;
 
 /// Whether an object that starts with `prefix` (its first [`PREFIX_LEN`] bytes, or all
 /// of it if shorter) and comes with no envelope is plain: its magic bytes announce no
-/// container, so the pipeline would hash it as one object and look no further. A
-/// front-end may then hash it its own way (side by side with others, or over several
-/// cores) and build its [`Report::plain`].
-pub fn is_plain(prefix: &[u8]) -> bool {
-    sniff::sniff(&prefix[..prefix.len().min(PREFIX_LEN)]).is_none()
+/// container (nor a picture, when `pictures` are PDQ-hashed), so the pipeline would hash
+/// it as one object and look no further. A front-end may then hash it its own way (side
+/// by side with others, or over several cores) and build its [`Report::plain`].
+pub fn is_plain(prefix: &[u8], pictures: bool) -> bool {
+    let prefix = &prefix[..prefix.len().min(PREFIX_LEN)];
+    sniff::sniff(prefix).is_none()
+        && !(pictures && crate::perceptual::Picture::sniff(prefix).is_some())
+}
+
+/// What every node of an inspection is hashed with: the filter's digest algorithms, and
+/// whether its pictures get a PDQ (the filter holds PDQ hashes; see [`Limits::pictures`]).
+#[derive(Clone, Copy, Debug)]
+pub struct Hashes<'a> {
+    /// The digest algorithms.
+    pub algorithms: &'a [Algorithm],
+    /// Whether pictures are PDQ-hashed.
+    pub pictures: bool,
+}
+
+impl<'a> Hashes<'a> {
+    /// What `filter` needs: its algorithms, and PDQ if it has PDQ sections.
+    pub fn of(filter: &'a crate::FilterEngine) -> Hashes<'a> {
+        Hashes {
+            algorithms: &filter.info().algorithms,
+            pictures: filter.holds_pdq(),
+        }
+    }
+
+    /// Digests with `algorithms` only, no PDQ.
+    pub fn digests(algorithms: &'a [Algorithm]) -> Hashes<'a> {
+        Hashes {
+            algorithms,
+            pictures: false,
+        }
+    }
 }
 
 /// Inspects everything `reader` yields, on the caller's thread: the root is hashed with
-/// `algorithms`, the [`Envelope`]'s codings undone, containers opened within `limits`.
+/// `hashes`, the [`Envelope`]'s codings undone, containers opened within `limits`.
 /// `len` is the input's length if known (it sets the decoded-bytes budget).
 pub fn inspect_reader(
     reader: &mut dyn Read,
     envelope: &Envelope,
-    algorithms: &[Algorithm],
+    hashes: Hashes<'_>,
     limits: &Limits,
     len: Option<u64>,
 ) -> Result<Report, InspectError> {
@@ -502,7 +552,7 @@ pub fn inspect_reader(
     // no report, which every front-end treats as a failure (503, a scan error), never as
     // clean.
     std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-        walk::Walk::new(algorithms, limits, len).run(reader, envelope)
+        walk::Walk::new(hashes, limits, len).run(reader, envelope)
     }))
     .unwrap_or_else(|_| Err(InspectError::Worker("the inspection panicked".into())))
 }

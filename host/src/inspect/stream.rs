@@ -20,7 +20,7 @@ use tokio::task::JoinHandle;
 use super::digester::Digester;
 use super::envelope::Envelope;
 use super::sniff::{sniff, SNIFF_LEN};
-use super::{InspectError, Limits, Report};
+use super::{Hashes, InspectError, Limits, Report};
 use crate::Algorithm;
 
 /// Frames queued for the walk's thread.
@@ -41,6 +41,8 @@ enum State {
 /// One body being inspected as it streams (see the module docs).
 pub struct Inspection {
     algorithms: Arc<[Algorithm]>,
+    /// Whether pictures are PDQ-hashed (they then go to the walk).
+    pictures: bool,
     limits: Arc<Limits>,
     envelope: Envelope,
     expected: Option<u64>,
@@ -50,15 +52,18 @@ pub struct Inspection {
 
 impl Inspection {
     /// An inspection of a body of `expected` bytes (if known) that `envelope`
-    /// describes, hashing with `algorithms`. Must be called inside a tokio runtime.
+    /// describes, hashing with `hashes`. Must be called inside a tokio runtime.
     pub fn new(
         envelope: Envelope,
-        algorithms: &[Algorithm],
+        hashes: Hashes<'_>,
         limits: Arc<Limits>,
         expected: Option<u64>,
     ) -> Inspection {
+        let algorithms = hashes.algorithms;
+        let pictures = hashes.pictures && limits.pictures.is_some();
         let mut inspection = Inspection {
             algorithms: algorithms.into(),
+            pictures,
             limits,
             envelope,
             expected,
@@ -67,7 +72,7 @@ impl Inspection {
         };
         if !inspection.envelope.is_plain() {
             inspection.state = inspection.walking();
-        } else if !inspection.limits.archives {
+        } else if !inspection.limits.archives && !pictures {
             inspection.state = State::Plain(Digester::new(algorithms, expected));
         }
         inspection
@@ -84,12 +89,17 @@ impl Inspection {
         let limits = self.limits.clone();
         let envelope = self.envelope.clone();
         let expected = self.expected;
+        let pictures = self.pictures;
         let task = tokio::task::spawn_blocking(move || {
             let mut input = Channel {
                 rx,
                 frame: Bytes::new(),
             };
-            super::inspect_reader(&mut input, &envelope, &algorithms, &limits, expected)
+            let hashes = Hashes {
+                algorithms: &algorithms,
+                pictures,
+            };
+            super::inspect_reader(&mut input, &envelope, hashes, &limits, expected)
         });
         State::Walking { tx, task }
     }
@@ -100,9 +110,10 @@ impl Inspection {
         match &mut self.state {
             State::Sniffing(frames) if frames.is_empty() && frame.len() >= SNIFF_LEN => {
                 // The usual case: the first frame holds the magic bytes (no copy).
-                self.state = match sniff(&frame[..SNIFF_LEN]) {
-                    None => State::Plain(Digester::new(&self.algorithms, self.expected)),
-                    Some(_) => self.walking(),
+                self.state = if self.is_plain(&frame[..SNIFF_LEN]) {
+                    State::Plain(Digester::new(&self.algorithms, self.expected))
+                } else {
+                    self.walking()
                 };
                 match &mut self.state {
                     State::Plain(d) => d.update(frame).await,
@@ -139,9 +150,10 @@ impl Inspection {
             let want = SNIFF_LEN - prefix.len();
             prefix.extend_from_slice(&f[..f.len().min(want)]);
         }
-        self.state = match sniff(&prefix) {
-            None => State::Plain(Digester::new(&self.algorithms, self.expected)),
-            Some(_) => self.walking(),
+        self.state = if self.is_plain(&prefix) {
+            State::Plain(Digester::new(&self.algorithms, self.expected))
+        } else {
+            self.walking()
         };
         for f in &frames {
             match &mut self.state {
@@ -152,6 +164,14 @@ impl Inspection {
                 State::Sniffing(_) => unreachable!("just left"),
             }
         }
+    }
+
+    /// Whether a body starting with `prefix` is one object, hashed as it passes: no
+    /// container to open (when they are opened), no picture to PDQ-hash.
+    fn is_plain(&self, prefix: &[u8]) -> bool {
+        let container = self.limits.archives && sniff(prefix).is_some();
+        let picture = self.pictures && crate::perceptual::Picture::sniff(prefix).is_some();
+        !container && !picture
     }
 
     /// The report, once the body has ended.

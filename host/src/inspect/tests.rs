@@ -30,7 +30,7 @@ fn walk(input: &[u8], envelope: &Envelope, limits: &Limits) -> Report {
     inspect_reader(
         &mut Cursor::new(input),
         envelope,
-        &SHA256,
+        Hashes::digests(&SHA256),
         limits,
         Some(input.len() as u64),
     )

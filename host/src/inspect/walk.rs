@@ -15,8 +15,9 @@ use super::archive;
 use super::decode::{self, Base64Reader, QuotedPrintableReader};
 use super::envelope::{Coding, Envelope};
 use super::multipart::Splitter;
+use super::picture::{self, Keeper, Kept, PictureBudget, PictureHash};
 use super::sniff::{sniff, Format, SNIFF_LEN};
-use super::{InspectError, Layer, Limits, Node, Problem, ProblemKind, Report};
+use super::{Hashes, InspectError, Layer, Limits, Node, Problem, ProblemKind, Report};
 use crate::hashing::ObjectHasher;
 use crate::Algorithm;
 
@@ -101,16 +102,20 @@ impl Read for Source<'_> {
     }
 }
 
-/// Hashes what is read through it.
+/// Hashes what is read through it (and keeps it, if it is a picture to PDQ-hash).
 struct Hashed<'a> {
     inner: &'a mut dyn Read,
     hasher: ObjectHasher,
+    keeper: Option<Keeper>,
 }
 
 impl Read for Hashed<'_> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         let n = self.inner.read(buf)?;
         self.hasher.update(&buf[..n]);
+        if let Some(keeper) = &mut self.keeper {
+            keeper.push(&buf[..n]);
+        }
         Ok(n)
     }
 }
@@ -222,6 +227,8 @@ impl At {
 /// One walk over one input.
 pub(crate) struct Walk<'a> {
     algorithms: &'a [Algorithm],
+    /// How pictures are PDQ-hashed, if they are.
+    pictures: Option<&'a PictureBudget>,
     pub(super) limits: &'a Limits,
     budget: Rc<Budget>,
     pub(super) report: Report,
@@ -229,11 +236,12 @@ pub(crate) struct Walk<'a> {
 }
 
 impl<'a> Walk<'a> {
-    /// A walk hashing with `algorithms` within `limits`, over an input of `len` bytes if
+    /// A walk hashing with `hashes` within `limits`, over an input of `len` bytes if
     /// known.
-    pub(crate) fn new(algorithms: &'a [Algorithm], limits: &'a Limits, len: Option<u64>) -> Self {
+    pub(crate) fn new(hashes: Hashes<'a>, limits: &'a Limits, len: Option<u64>) -> Self {
         Walk {
-            algorithms,
+            algorithms: hashes.algorithms,
+            pictures: limits.pictures.as_ref().filter(|_| hashes.pictures),
             limits,
             budget: Rc::new(Budget {
                 decoded_left: Cell::new(limits.decoded_budget(len)),
@@ -285,6 +293,7 @@ impl<'a> Walk<'a> {
         let mut hashed = Hashed {
             inner: src,
             hasher: ObjectHasher::new(self.algorithms),
+            keeper: self.pictures.map(|p| Keeper::new(p.max_bytes)),
         };
         let problems = self.report.problems.len();
         match self.open(&mut hashed, at, codings, boundary) {
@@ -314,15 +323,39 @@ impl<'a> Walk<'a> {
             }
         }
         let size = hashed.hasher.len();
+        let picture = hashed
+            .keeper
+            .take()
+            .and_then(|k| self.picture(k.finish(), at));
         if size > 0 || at.layers.is_empty() {
             self.report.nodes.push(Node {
                 member: at.member.clone(),
                 layers: at.layers.clone(),
                 size,
                 digests: hashed.hasher.finish(),
+                picture,
             });
         }
         Ok(())
+    }
+
+    /// The PDQ of what a [`Keeper`] kept, if it is a picture that can be hashed; else the
+    /// problem is recorded.
+    fn picture(&mut self, kept: Kept, at: &At) -> Option<PictureHash> {
+        let budget = self.pictures?;
+        let failed = match kept {
+            Kept::Not => return None,
+            Kept::Over(p, len) => (ProblemKind::Picture, picture::over_budget(p, len, budget)),
+            Kept::Picture(p, bytes) => {
+                let decoded = self.limits.decoded_budget(Some(bytes.len() as u64));
+                match picture::hash(p, &bytes, budget, decoded) {
+                    Ok(hash) => return Some(hash),
+                    Err(failed) => failed,
+                }
+            }
+        };
+        self.problem(failed.0, at, failed.1);
+        None
     }
 
     /// Records the limit that tripped (once, where it was first seen) and passes the

@@ -115,6 +115,15 @@ pub enum PictureError {
         /// Announced height.
         height: u32,
     },
+    /// Occurs when the picture uses a feature the decoder does not have (a TIFF
+    /// compression scheme, as in camera raw files): nothing says it is broken.
+    #[error("{format} is not supported here: {reason}")]
+    Unsupported {
+        /// The format.
+        format: &'static str,
+        /// What the decoder said.
+        reason: String,
+    },
     /// Occurs when the bytes do not decode as the picture their magic announces (or the
     /// decoder would allocate more than allowed).
     #[error("{format} does not decode: {reason}")]
@@ -135,9 +144,15 @@ pub fn decode(
     limits: &PictureLimits,
 ) -> Result<Luma, PictureError> {
     let format = picture.name();
-    let malformed = |e: image::ImageError| PictureError::Malformed {
-        format,
-        reason: e.to_string(),
+    let malformed = |e: image::ImageError| match e {
+        image::ImageError::Unsupported(_) => PictureError::Unsupported {
+            format,
+            reason: e.to_string(),
+        },
+        e => PictureError::Malformed {
+            format,
+            reason: e.to_string(),
+        },
     };
     // The header is read with the allocation bound only, so that a picture over the
     // dimension bounds is reported with its size rather than as undecodable.

@@ -32,6 +32,10 @@ use std::sync::OnceLock;
 const CELLS: usize = 64;
 /// DCT coefficients kept on each axis.
 const COEFFS: usize = 16;
+/// The lowest quality whose hash is matched: Meta's advice is to discard hashes of
+/// quality 49 or less, since featureless pictures hash alike.
+pub const MIN_QUALITY: u8 = 50;
+
 /// The smallest image the reference hashes; smaller ones get the zero hash, quality 0.
 pub const MIN_DIMENSION: usize = 5;
 

@@ -393,6 +393,11 @@ impl FilterEngine {
         Verdict::resolve(verdict, digests, &self.info)
     }
 
+    /// Whether the filter holds PDQ hashes (pictures are then PDQ-hashed and checked).
+    pub fn holds_pdq(&self) -> bool {
+        !self.info.pdq_sections.is_empty()
+    }
+
     /// Which listed PDQ hashes are near `hashes`, one picture's hashes (its own first,
     /// then its dihedral ones if computed). Empty when the filter has no PDQ section, at
     /// the cost of no guest call.

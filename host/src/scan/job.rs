@@ -76,16 +76,18 @@ pub fn run(job: &Job<'_>, on_event: &(dyn Fn(Event<'_>) + Sync)) -> Result<Finis
     let failed = |error| JobError::Filter(Error::loading(job.filter, error));
     // Which digests to compute, from the header alone: the signature is checked (and
     // the filter loaded) meanwhile, and nothing is decided before it is.
-    let algorithms = describe(&job.runtime, job.filter)
-        .map_err(failed)?
-        .algorithms;
+    let described = describe(&job.runtime, job.filter).map_err(failed)?;
+    let algorithms = described.algorithms.clone();
+    let pictures = described.pdq_sections.len();
     let loading: OnceLock<Result<Enforcer, JobError>> = OnceLock::new();
     let load = || {
         // Set even if loading panics: the scanning threads wait for it.
         let loaded = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
             let engine =
                 FilterEngine::open(job.runtime.clone(), job.filter, job.key).map_err(failed)?;
-            if engine.info().algorithms != algorithms {
+            if engine.info().algorithms != algorithms
+                || engine.info().pdq_sections.len() != pictures
+            {
                 return Err(failed(Error::Load(
                     "the file changed while the scan started".into(),
                 )));
@@ -133,8 +135,12 @@ pub fn run(job: &Job<'_>, on_event: &(dyn Fn(Event<'_>) + Sync)) -> Result<Finis
                 "reading the catalog failed unexpectedly".into(),
             )))
         })?;
+        let hashes = crate::inspect::Hashes {
+            algorithms: &algorithms,
+            pictures: pictures > 0,
+        };
         let summary = scan_while_loading(
-            &algorithms,
+            hashes,
             &job.limits,
             &|| loading.wait().as_ref().ok(),
             &targets,

@@ -24,7 +24,8 @@ use crate::enforce::{Context, Enforcer, Outcome};
 use crate::hashing::lanes::Engine;
 use crate::hashing::{split, ObjectHasher};
 use crate::inspect::{
-    is_plain, Envelope, InspectError, Limits, Problem, Report, UninspectableAction, PREFIX_LEN,
+    is_plain, Envelope, Hashes, InspectError, Limits, Problem, Report, UninspectableAction,
+    PREFIX_LEN,
 };
 use crate::{Error, Hit};
 
@@ -59,6 +60,8 @@ pub enum Event<'a> {
         size: u64,
         /// The digests that hit.
         hits: &'a [Hit],
+        /// The listed PDQ hashes it is near, if it is a picture.
+        pdq: &'a [crate::enforce::PdqMatch],
     },
     /// Part of the file could not be looked into (encrypted, malformed, a limit).
     Uninspectable {
@@ -181,9 +184,9 @@ pub fn scan(
     threads: usize,
     on_event: &(dyn Fn(Event<'_>) + Sync),
 ) -> Summary {
-    let algorithms = enforcer.filter().info().algorithms.clone();
+    let filter = enforcer.filter();
     scan_while_loading(
-        &algorithms,
+        Hashes::of(&filter),
         limits,
         &|| Some(enforcer),
         targets,
@@ -307,7 +310,7 @@ impl ScanCatalog {
 /// reports why. With a `catalog`, a file whose record stands is decided from it without
 /// being read, and every file read is recorded (with the catalog's algorithms too).
 pub fn scan_while_loading<'e>(
-    algorithms: &[crate::Algorithm],
+    hashes: Hashes<'_>,
     limits: &Limits,
     enforcer: &(dyn Fn() -> Option<&'e Enforcer> + Sync),
     targets: &[Target],
@@ -315,7 +318,7 @@ pub fn scan_while_loading<'e>(
     catalog: Option<&ScanCatalog>,
     on_event: &(dyn Fn(Event<'_>) + Sync),
 ) -> Summary {
-    let mut hashed: Vec<crate::Algorithm> = algorithms.to_vec();
+    let mut hashed: Vec<crate::Algorithm> = hashes.algorithms.to_vec();
     if let Some(catalog) = catalog {
         for a in catalog.algorithms() {
             if !hashed.contains(a) {
@@ -329,6 +332,7 @@ pub fn scan_while_loading<'e>(
         catalog,
         needed: algorithms,
         algorithms,
+        pictures: hashes.pictures && limits.pictures.is_some(),
         limits,
         enforcer,
         targets,
@@ -372,6 +376,8 @@ struct Scan<'s, 'e> {
     /// What a record must hold to stand in for reading the file.
     needed: &'s [crate::Algorithm],
     algorithms: &'s [crate::Algorithm],
+    /// Whether pictures are PDQ-hashed (the filter holds PDQ hashes).
+    pictures: bool,
     limits: &'s Limits,
     enforcer: &'s (dyn Fn() -> Option<&'e Enforcer> + Sync),
     targets: &'s [Target],
@@ -452,13 +458,16 @@ impl<'s> Scan<'s, '_> {
                     filled,
                 } = opened;
                 let prefix = &buf[..filled];
-                let flow = if !is_plain(prefix) {
+                let flow = if !is_plain(prefix, self.pictures) {
                     let len = file.metadata().map(|m| m.len()).ok();
                     let mut input = prefix.chain(&mut file);
                     let inspected = crate::inspect::inspect_reader(
                         &mut input,
                         &Envelope::default(),
-                        self.algorithms,
+                        Hashes {
+                            algorithms: self.algorithms,
+                            pictures: self.pictures,
+                        },
                         self.limits,
                         len,
                     )
@@ -552,7 +561,9 @@ impl<'s> Scan<'s, '_> {
     /// For an incremental scan: the catalog's record of `target`, if it stands (same
     /// inode, size and times; every digest needed), so that it is not read.
     fn recorded(&self, target: &Target) -> Option<&'s catalog::Entry> {
-        let catalog = self.catalog?;
+        // The catalog records no PDQ: with a filter that holds PDQ hashes, every file is
+        // read again (a record cannot say whether it is a picture).
+        let catalog = self.catalog.filter(|_| !self.pictures)?;
         let path = target.path.as_path();
         let entry = catalog.reuse(&catalog.key(path), target.stamp.as_ref()?, self.needed)?;
         self.totals[6].fetch_add(1, Ordering::Relaxed);
@@ -681,7 +692,7 @@ impl<'s> Scan<'s, '_> {
             let (canaries, found): (Vec<&Hit>, Vec<&Hit>) =
                 node.hits.iter().partition(|h| h.is_canary());
             canary |= !canaries.is_empty();
-            if found.is_empty() {
+            if found.is_empty() && node.pdq.is_empty() {
                 continue;
             }
             listed = true;
@@ -692,6 +703,7 @@ impl<'s> Scan<'s, '_> {
                 layers: node.layers.as_deref(),
                 size: node.size,
                 hits: &found,
+                pdq: &node.pdq,
             });
         }
         if listed {
@@ -780,16 +792,12 @@ fn inspect_error(path: &Path, e: InspectError) -> Error {
     }
 }
 
-/// Inspects one file: hashes it with `algorithms` and, within `limits`, what its
-/// archives hold.
-pub fn inspect_file(
-    path: &Path,
-    algorithms: &[crate::Algorithm],
-    limits: &Limits,
-) -> Result<Report, Error> {
+/// Inspects one file: hashes it with `hashes` and, within `limits`, what its archives
+/// hold.
+pub fn inspect_file(path: &Path, hashes: Hashes<'_>, limits: &Limits) -> Result<Report, Error> {
     let mut file = File::open(path).map_err(|e| Error::io(path, e))?;
     let len = file.metadata().map(|m| m.len()).ok();
-    crate::inspect::inspect_reader(&mut file, &Envelope::default(), algorithms, limits, len)
+    crate::inspect::inspect_reader(&mut file, &Envelope::default(), hashes, limits, len)
         .map_err(|e| inspect_error(path, e))
 }
 

@@ -5,8 +5,8 @@ use quick_xml::events::Event;
 
 use super::super::assembly::Piece;
 use super::spool::{Spool, Unvouched};
+use crate::inspect::Hashes;
 use crate::inspect::{Limits, Report};
-use crate::Algorithm;
 
 /// One part a completion names.
 #[derive(Debug, PartialEq, Eq)]
@@ -150,7 +150,7 @@ pub fn inspect(
     spool: &Spool,
     upload: &str,
     listed: &[Listed],
-    algorithms: &[Algorithm],
+    hashes: Hashes<'_>,
     limits: &Limits,
 ) -> Result<Report, AssemblyError> {
     let mut pieces = Vec::with_capacity(listed.len());
@@ -162,9 +162,7 @@ pub fn inspect(
             length: None,
         });
     }
-    Ok(super::super::assembly::inspect(
-        &pieces, algorithms, limits,
-    )?)
+    Ok(super::super::assembly::inspect(&pieces, hashes, limits)?)
 }
 
 #[cfg(test)]

@@ -21,7 +21,7 @@ use super::ops::CopySource;
 use super::origin::{self, OriginError, S3Credentials, Target};
 use super::spool::{PartCopy, Spool};
 use crate::enforce::{Context, Outcome};
-use crate::inspect::Report;
+use crate::inspect::{Hashes, Report};
 
 /// Largest copy result body read (`CopyPartResult`, `CopyObjectResult`, or an error).
 const MAX_RESULT: u64 = 64 << 10;
@@ -175,12 +175,12 @@ async fn read(
         .map(str::to_string);
     let length = super::super::upload::content_length(&head.headers);
     let filter = gw.enforcer.filter();
-    let mut objects = Objects::new(
-        shape,
-        &gw.algorithms(&filter),
-        gw.config.inspect.clone(),
-        length,
-    );
+    let algorithms = gw.algorithms(&filter);
+    let hashes = Hashes {
+        algorithms: &algorithms,
+        pictures: filter.holds_pdq(),
+    };
+    let mut objects = Objects::new(shape, hashes, gw.config.inspect.clone(), length);
     let mut md5 = md5::Md5::new();
     let mut reader = Upload::new(body, gw.config.body_timeout, gw.config.max_body);
     loop {

@@ -154,8 +154,13 @@ async fn complete(
         }
         None => {
             let (task_spool, task_upload) = (spool.clone(), upload.to_string());
+            let pictures = filter.holds_pdq();
             tokio::task::spawn_blocking(move || {
-                completion::inspect(&task_spool, &task_upload, &listed, &algorithms, &limits)
+                let hashes = crate::inspect::Hashes {
+                    algorithms: &algorithms,
+                    pictures,
+                };
+                completion::inspect(&task_spool, &task_upload, &listed, hashes, &limits)
             })
             .await
             .unwrap_or_else(|e| Err(completion::AssemblyError::Task(e.to_string())))

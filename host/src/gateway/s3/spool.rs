@@ -279,7 +279,8 @@ impl Spool {
                     let n = std::io::Read::read(&mut f, &mut start)?;
                     Ok(n)
                 }) {
-                    Ok(n) => crate::inspect::is_plain(&start[..n]),
+                    // A picture's PDQ needs all its bytes at once: never hashed ahead.
+                    Ok(n) => crate::inspect::is_plain(&start[..n], true),
                     Err(_) => false,
                 };
                 if !plain {

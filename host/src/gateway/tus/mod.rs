@@ -390,12 +390,18 @@ async fn decide(
 ) -> Result<Decided, Response<GatewayBody>> {
     let filter = gw.enforcer.filter();
     let algorithms = gw.algorithms(&filter).into_owned();
+    let pictures = filter.holds_pdq();
     let limits = gw.config.inspect.clone();
-    let report =
-        tokio::task::spawn_blocking(move || assembly::inspect(&pieces, &algorithms, &limits))
-            .await
-            .map_err(|e| e.to_string())
-            .and_then(|r| r.map_err(|e| e.to_string()));
+    let report = tokio::task::spawn_blocking(move || {
+        let hashes = crate::inspect::Hashes {
+            algorithms: &algorithms,
+            pictures,
+        };
+        assembly::inspect(&pieces, hashes, &limits)
+    })
+    .await
+    .map_err(|e| e.to_string())
+    .and_then(|r| r.map_err(|e| e.to_string()));
     match report {
         Ok(report) => Ok((gw.decide(&filter, ctx, &report).await, report, filter)),
         Err(why) => {
