@@ -39,6 +39,10 @@ command -v strace >/dev/null 2>&1 || need+=(strace)
 # One pip run, pinned, so that boto3 and the AWS CLI get botocore versions that agree.
 { python3 -c 'import boto3' 2>/dev/null && command -v aws >/dev/null 2>&1; } ||
   pip install -q boto3==1.44.8 awscli==1.46.3
+# The PDQ oracle test (tests/pdq.rs) runs Meta's C++ through the pdqhash bindings on
+# pictures Pillow makes; pdqhash 0.2.7 is built against numpy 1.
+python3 -c 'import PIL, numpy, pdqhash' 2>/dev/null ||
+  pip install -q pillow==11.3.0 numpy==1.26.4 pdqhash==0.2.7
 command -v s3s-fs >/dev/null 2>&1 || [ -x "$HOME/.cargo/bin/s3s-fs" ] ||
   cargo install --locked --quiet --features binary s3s-fs@0.14.1
 # The tus tests drive @tus/server and tus-js-client (npm, pinned by tests/tus/package-lock.json)

@@ -324,3 +324,94 @@ fn blocking_can_wait_for_confirmation_and_an_unreachable_confirmer_has_its_outco
         "act: quarantined too"
     );
 }
+
+/// `hashgate pdq` lines for `pictures` (of the PDQ reference photos), category `pictures`.
+fn pdq_lines(pictures: &[&str]) -> String {
+    let data = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/pdq");
+    let mut args = vec!["pdq".to_string(), "--category".into(), "pictures".into()];
+    args.extend(pictures.iter().map(|p| data.join(p).display().to_string()));
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let out = hashgate(&args);
+    assert!(out.status.success(), "{out:?}");
+    String::from_utf8(out.stdout).unwrap()
+}
+
+#[test]
+fn pdq_matches_are_confirmed_by_one_window_and_only_confirmed_ones_are_kept_and_reported() {
+    let s = Setup::new();
+    let data = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/pdq");
+    // The authority lists the bridge; the gateway's (older) filter also lists c.png,
+    // which the authority has taken off its list since.
+    let bridge = pdq_lines(&["bridge-mods/aaa-orig.jpg"]);
+    let mut list = std::fs::read_to_string(s.path("list.txt")).unwrap();
+    list.push_str(&bridge);
+    std::fs::write(s.path("list.txt"), &list).unwrap();
+    list.push_str(&pdq_lines(&["misc-images/c.png"]));
+    std::fs::write(s.path("gateway-list.txt"), &list).unwrap();
+    let built = hashgate(&[
+        "build",
+        "--key",
+        s.path("k.key").to_str().unwrap(),
+        "--series",
+        "gw",
+        "--version",
+        "2",
+        "--out",
+        s.path("pdq.hgf").to_str().unwrap(),
+        s.path("gateway-list.txt").to_str().unwrap(),
+    ]);
+    assert!(built.status.success(), "{built:?}");
+    let (_a, aport) = authority(&s);
+
+    // The range of the bridge's first window: padded, every line a PDQ hash of it.
+    let listed = bridge
+        .trim()
+        .strip_prefix("pdq:")
+        .unwrap()
+        .split(',')
+        .next()
+        .unwrap();
+    let url = format!("http://127.0.0.1:{aport}/v1/range/pdq/{}", &listed[..4]);
+    let (code, body) = get(&url, Some("secret-token-1"));
+    assert_eq!(code, 200, "{body}");
+    let lines: Vec<&str> = body.lines().collect();
+    assert_eq!(lines.len(), 32, "{body}");
+    assert!(lines.contains(&listed));
+    assert!(lines
+        .iter()
+        .all(|l| l.len() == 64 && l.starts_with(&listed[..4])));
+    // One window only: a longer prefix would tell pad lines from listed hashes.
+    let longer = format!("http://127.0.0.1:{aport}/v1/range/pdq/{}", &listed[..5]);
+    assert_eq!(get(&longer, Some("secret-token-1")).0, 400);
+
+    let (_g, port) = gateway(&s, "g", &s.path("pdq.hgf"), aport, "");
+    let edit = data.join("bridge-mods/high-contrast.jpg");
+    assert_eq!(put(port, &edit, "edit.jpg"), 451);
+    let delisted = data.join("misc-images/c.png");
+    assert_eq!(
+        put(port, &delisted, "c.png"),
+        451,
+        "blocking acts on the filter"
+    );
+    let audit = records(&s.path("g-audit.log"));
+    let of = |path: &str| {
+        audit
+            .iter()
+            .find(|r| r["path"] == path && r["algorithm"] == "pdq")
+            .unwrap_or_else(|| panic!("no PDQ record of {path}: {audit:?}"))
+    };
+    assert_eq!(of("/edit.jpg")["evidence"], "confirmed");
+    assert_eq!(of("/edit.jpg")["digest"], listed);
+    assert!(of("/edit.jpg")["quarantine"].is_string());
+    assert_eq!(of("/c.png")["evidence"], "not-listed");
+    assert!(of("/c.png")["quarantine"].is_null());
+    assert_eq!(
+        walk(&s.path("g-quarantine")).len(),
+        1,
+        "only the confirmed match is kept"
+    );
+    let reports = records(&s.path("g-reports.log"));
+    assert_eq!(reports.len(), 1, "{reports:?}");
+    assert_eq!(reports[0]["path"], "/edit.jpg");
+    assert!(reports[0]["pdq"]["distance"].as_u64().unwrap() <= 31);
+}

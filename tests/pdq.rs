@@ -344,3 +344,49 @@ fn hashgate_pdq_prints_list_lines_that_build_a_filter() {
     let edit = pdq_of("bridge-mods/blur-a-lot.jpg", false).original();
     assert_eq!(filter.check_pdq(&[edit.0]).unwrap().len(), 1);
 }
+
+/// Meta's C++ reference (the `pdqhash` bindings) as an oracle over pictures Pillow makes
+/// (tests/pdq_oracle.py): resized, JPEG quality 30, WebP, cropped, greyscale, and random
+/// ones. Each is hashed here from the same file; a lossless picture (PNG: the same
+/// pixels on both sides) within 4 bits of the reference, a lossy one (JPEG and WebP
+/// decoders round differently) within 10, and the quality within 5.
+#[test]
+fn the_cpp_reference_agrees_on_pictures_pillow_makes() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = std::process::Command::new("python3")
+        .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/pdq_oracle.py"))
+        .arg(dir.path())
+        .arg(data().join("bridge-mods/aaa-orig.jpg"))
+        .arg(data().join("misc-images/c.png"))
+        .arg(data().join("reg-test-input/pen-and-coaster.png"))
+        .output()
+        .expect("python3 (scripts/test.sh installs Pillow, numpy and pdqhash)");
+    let stdout = String::from_utf8(out.stdout).unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let mut report = Vec::new();
+    let mut worst = 0;
+    for line in stdout.lines() {
+        let f: Vec<&str> = line.split('\t').collect();
+        let (name, reference, quality) = (f[0], PdqHash::from_hex(f[1]).unwrap(), f[2]);
+        let quality: u8 = quality.parse().unwrap();
+        let bytes = std::fs::read(dir.path().join(name)).unwrap();
+        let picture = Picture::sniff(&bytes).unwrap();
+        let ours = hash_picture(&bytes, picture, &PictureLimits::default(), false).unwrap();
+        let distance = ours.original().distance(&reference);
+        let bound = if name.ends_with(".png") { 4 } else { 10 };
+        worst = worst.max(distance);
+        if distance > bound || ours.quality.abs_diff(quality) > 5 {
+            report.push(format!(
+                "{name}: {distance} bits (at most {bound}), quality {} / {quality}",
+                ours.quality
+            ));
+        }
+    }
+    assert_eq!(stdout.lines().count(), 23, "{stdout}");
+    assert!(report.is_empty(), "{}", report.join("\n"));
+    eprintln!("the farthest of 23 pictures is {worst} bits from the C++ reference");
+}

@@ -12,6 +12,12 @@
 //! length only: a pad line of a 5-digit answer could otherwise be told from a listed
 //! digest by asking for a longer prefix of it.
 //!
+//! Listed PDQ hashes are served the same way under `GET /v1/range/pdq/{prefix}`, always by
+//! a prefix of [`PDQ_PREFIX`] hex digits: one 16-bit window, as the guest's index uses. A
+//! gateway asks for the first window of the *listed* hash the filter matched, so the
+//! authority learns only that a picture was near one of the hashes sharing it (about one
+//! in 65,536 of the list, or a pad line), never the picture's own hash.
+//!
 //! Access needs a bearer token from the token file; each token is rate-limited (429 with
 //! `Retry-After`), and every request is audited (who, from where, which prefix, what
 //! answer) as one JSON line.
@@ -48,30 +54,81 @@ pub const MIN_PREFIX: usize = 4;
 pub const MAX_PREFIX: usize = 16;
 /// The prefix length answered by default (the gateways' default `prefix_hex`).
 pub const DEFAULT_PREFIX: usize = 5;
+/// The prefix length of PDQ ranges, in hex digits: one 16-bit window.
+pub const PDQ_PREFIX: usize = 4;
 
-/// The listed digests, sorted per algorithm.
-pub struct RangeIndex {
-    digests: [Vec<Vec<u8>>; 3],
+/// What a range is of: digests of one algorithm, or PDQ hashes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Ranged {
+    /// Digests of this algorithm.
+    Digest(Algorithm),
+    /// PDQ hashes (32 bytes).
+    Pdq,
 }
 
-fn slot(a: Algorithm) -> usize {
-    match a {
-        Algorithm::Md5 => 0,
-        Algorithm::Sha1 => 1,
-        Algorithm::Sha256 => 2,
+impl Ranged {
+    fn slot(self) -> usize {
+        match self {
+            Ranged::Digest(Algorithm::Md5) => 0,
+            Ranged::Digest(Algorithm::Sha1) => 1,
+            Ranged::Digest(Algorithm::Sha256) => 2,
+            Ranged::Pdq => 3,
+        }
     }
+
+    /// Its name in the path (`md5`, `sha1`, `sha256`, `pdq`).
+    pub fn name(self) -> &'static str {
+        match self {
+            Ranged::Digest(a) => a.name(),
+            Ranged::Pdq => "pdq",
+        }
+    }
+
+    fn len(self) -> usize {
+        match self {
+            Ranged::Digest(a) => a.digest_len(),
+            Ranged::Pdq => 32,
+        }
+    }
+
+    /// The prefix length a server answering digests by `prefix_hex` digits answers.
+    fn prefix_hex(self, prefix_hex: usize) -> usize {
+        match self {
+            Ranged::Digest(a) => prefix_hex.min(a.digest_len() * 2),
+            Ranged::Pdq => PDQ_PREFIX,
+        }
+    }
+}
+
+impl std::str::FromStr for Ranged {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Ranged, String> {
+        if s == "pdq" {
+            return Ok(Ranged::Pdq);
+        }
+        s.parse::<Algorithm>()
+            .map(Ranged::Digest)
+            .map_err(|e| e.to_string())
+    }
+}
+
+/// The listed digests, sorted per algorithm, and the listed PDQ hashes, sorted.
+pub struct RangeIndex {
+    digests: [Vec<Vec<u8>>; 4],
 }
 
 impl RangeIndex {
     /// Reads the lists (the same files `publish` reads).
     pub fn load(lists: &[PathBuf]) -> Result<RangeIndex, Error> {
-        let mut digests: [Vec<Vec<u8>>; 3] = Default::default();
+        let mut digests: [Vec<Vec<u8>>; 4] = Default::default();
         for path in lists {
             list::read(path, None, &mut |entry| {
-                // Confirmation is of exact digests; a PDQ match is confirmed by people.
-                if let list::Kind::Digest(algorithm) = entry.kind {
-                    digests[slot(algorithm)].push(entry.digest.to_vec());
-                }
+                let ranged = match entry.kind {
+                    list::Kind::Digest(algorithm) => Ranged::Digest(algorithm),
+                    list::Kind::Pdq => Ranged::Pdq,
+                };
+                digests[ranged.slot()].push(entry.digest.to_vec());
                 Ok(())
             })?;
         }
@@ -82,9 +139,9 @@ impl RangeIndex {
         Ok(RangeIndex { digests })
     }
 
-    /// Listed digests of `algorithm` whose hex form starts with `prefix` (lowercase).
-    pub fn range(&self, algorithm: Algorithm, prefix: &str) -> Vec<&[u8]> {
-        let all = &self.digests[slot(algorithm)];
+    /// Listed digests (or PDQ hashes) whose hex form starts with `prefix` (lowercase).
+    pub fn range(&self, ranged: Ranged, prefix: &str) -> Vec<&[u8]> {
+        let all = &self.digests[ranged.slot()];
         // Digests are sorted, so those with the prefix are contiguous: find the first
         // whose hex is not below the prefix.
         let start =
@@ -172,18 +229,18 @@ impl PadKey {
         }
     }
 
-    /// The `i`-th pad line for `prefix` of `algorithm`: the prefix, then hex digits of
-    /// HMAC-SHA-256(key, algorithm, prefix, i), one digest long.
-    fn line(&self, algorithm: Algorithm, prefix: &str, i: u32) -> String {
+    /// The `i`-th pad line for `prefix` of `ranged`: the prefix, then hex digits of
+    /// HMAC-SHA-256(key, its name, prefix, i), one digest (or PDQ hash) long.
+    fn line(&self, ranged: Ranged, prefix: &str, i: u32) -> String {
         let mut mac = hmac::Hmac::<Sha256>::new_from_slice(&self.0).expect("any key length");
         mac.update(b"hashgate confirmation padding v1\0");
-        mac.update(algorithm.to_string().as_bytes());
+        mac.update(ranged.name().as_bytes());
         mac.update(b"\0");
         mac.update(prefix.as_bytes());
         mac.update(&i.to_be_bytes());
         let tag = mac.finalize().into_bytes();
         let mut line = prefix.to_string();
-        line.push_str(&hex::encode(&tag[..algorithm.digest_len()])[prefix.len()..]);
+        line.push_str(&hex::encode(&tag[..ranged.len()])[prefix.len()..]);
         line
     }
 }
@@ -347,14 +404,14 @@ impl Server {
                 "GET /v1/range/{algorithm}/{hex prefix}\n",
             );
         };
-        let Ok(algorithm) = algorithm.parse::<Algorithm>() else {
+        let Ok(ranged) = algorithm.parse::<Ranged>() else {
             return text(
                 StatusCode::NOT_FOUND,
-                "algorithm must be md5, sha1 or sha256\n",
+                "algorithm must be md5, sha1, sha256 or pdq\n",
             );
         };
         let prefix = prefix.to_ascii_lowercase();
-        let want = self.prefix_hex.min(algorithm.digest_len() * 2);
+        let want = ranged.prefix_hex(self.prefix_hex);
         if prefix.len() != want || !prefix.bytes().all(|b| b.is_ascii_hexdigit()) {
             return text(
                 StatusCode::BAD_REQUEST,
@@ -363,7 +420,7 @@ impl Server {
         }
         let mut lines: Vec<String> = self
             .index
-            .range(algorithm, &prefix)
+            .range(ranged, &prefix)
             .into_iter()
             .map(hex::encode)
             .collect();
@@ -371,7 +428,7 @@ impl Server {
         let padded = listed.div_ceil(PAD).max(1) * PAD;
         let mut i = 0u32;
         while lines.len() < padded {
-            let line = self.pad_key.line(algorithm, &prefix, i);
+            let line = self.pad_key.line(ranged, &prefix, i);
             i += 1;
             // A pad equal to a listed digest would shorten the answer by one line.
             if !lines[..listed].contains(&line) {

@@ -63,8 +63,9 @@ pub struct AuditRecord {
     /// Whether the hit is the canary file.
     pub canary: bool,
     /// What the hit rests on: `filter-hit` (probable, not sent for confirmation),
-    /// `confirmed`, `not-listed` (a false positive), `confirmation-unavailable`, or
-    /// `retroactive` (a stored object a later filter lists, found by a catalog re-check).
+    /// `confirmed`, `not-listed` (a false positive), `confirmation-unavailable`,
+    /// `retroactive` (a stored object a later filter lists, found by a catalog re-check),
+    /// or `perceptual` (a picture near a listed PDQ hash; see `pdq`).
     pub evidence: Option<&'static str>,
     /// For a `retroactive` record, when confirmation is configured: what the authority
     /// said of the digest before the re-check acted (`confirmed`, `not-listed`,

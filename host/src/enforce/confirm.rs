@@ -155,8 +155,11 @@ pub struct Confirmer {
     cache: Mutex<AnswerCache>,
 }
 
-/// Answers by digest, with when they were had.
-type AnswerCache = HashMap<(Algorithm, Vec<u8>), (Evidence, Instant)>;
+/// Answers by range name (`sha256`, `pdq`, ...) and digest, with when they were had.
+type AnswerCache = HashMap<(&'static str, Vec<u8>), (Evidence, Instant)>;
+
+/// Hex digits of a PDQ range's prefix: one 16-bit window, whatever `prefix_hex` says.
+const PDQ_PREFIX: usize = 4;
 
 impl Confirmer {
     /// A client for the server at `config.url`.
@@ -197,7 +200,19 @@ impl Confirmer {
 
     /// Whether the authority lists `digest`: asks for its prefix's range and compares.
     pub async fn confirm(&self, algorithm: Algorithm, digest: &[u8]) -> Evidence {
-        let key = (algorithm, digest.to_vec());
+        self.confirm_range(algorithm.name(), digest, self.prefix_hex)
+            .await
+    }
+
+    /// Whether the authority still lists the PDQ hash `listed` (the one the filter
+    /// matched a picture to): asks for the range of its first 16-bit window, so the
+    /// authority never sees the picture's own hash.
+    pub async fn confirm_pdq(&self, listed: &crate::perceptual::PdqHash) -> Evidence {
+        self.confirm_range("pdq", &listed.0, PDQ_PREFIX).await
+    }
+
+    async fn confirm_range(&self, range: &'static str, digest: &[u8], prefix: usize) -> Evidence {
+        let key = (range, digest.to_vec());
         if let Some(&(evidence, at)) = self
             .cache
             .lock()
@@ -208,7 +223,8 @@ impl Confirmer {
                 return evidence;
             }
         }
-        let evidence = match tokio::time::timeout(self.timeout, self.ask(algorithm, digest)).await {
+        let asked = self.ask(range, digest, prefix);
+        let evidence = match tokio::time::timeout(self.timeout, asked).await {
             Ok(Ok(true)) => Evidence::Confirmed,
             Ok(Ok(false)) => Evidence::NotListed,
             Ok(Err(e)) => {
@@ -233,13 +249,12 @@ impl Confirmer {
         evidence
     }
 
-    async fn ask(&self, algorithm: Algorithm, digest: &[u8]) -> Result<bool, String> {
+    async fn ask(&self, range: &str, digest: &[u8], prefix: usize) -> Result<bool, String> {
         let full = hex::encode(digest);
         let url = format!(
-            "{}/v1/range/{}/{}",
+            "{}/v1/range/{range}/{}",
             self.base,
-            algorithm.name(),
-            &full[..self.prefix_hex.min(full.len())]
+            &full[..prefix.min(full.len())]
         );
         let mut req = Request::get(&url);
         if let Some(token) = &self.token {

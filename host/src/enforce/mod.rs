@@ -83,17 +83,6 @@ pub struct PdqMatch {
     pub quality: u8,
 }
 
-impl Decision {
-    fn pass() -> Decision {
-        Decision {
-            outcome: Outcome::Pass,
-            hits: Vec::new(),
-            pdq: Vec::new(),
-            quarantine: false,
-        }
-    }
-}
-
 /// The decision on a whole inspection report.
 #[derive(Clone, Debug)]
 pub struct ReportDecision {
@@ -530,8 +519,9 @@ impl Enforcer {
                 .await;
             verdict.add(&node_ctx, node.size, decision);
             if let Some(picture) = &node.picture {
-                let decision =
-                    self.decide_picture(filter, &node_ctx, node.size, picture, &mut pending);
+                let decision = self
+                    .decide_picture_confirmed(filter, &node_ctx, node.size, picture, &mut pending)
+                    .await;
                 verdict.add(&node_ctx, node.size, decision);
             }
         }
@@ -540,13 +530,8 @@ impl Enforcer {
         verdict
     }
 
-    /// Decides on a picture's PDQ: the listed hashes near it (allow-listed ones
-    /// removed) take their category's action, each audited with the distance, the
-    /// picture's quality and the transform that matched. A perceptual match is weaker
-    /// evidence than a digest and cannot be confirmed yet (the range API serves digests):
-    /// it never keeps a quarantine copy and is never reported to the authority. A
-    /// picture of quality below [`MIN_QUALITY`](crate::perceptual::pdq::MIN_QUALITY)
-    /// is not matched, as Meta advises.
+    /// Decides on a picture's PDQ without asking the confirmer (the scanner's path): see
+    /// [`Enforcer::settle_pdq`].
     fn decide_picture<'a>(
         &'a self,
         filter: &FilterEngine,
@@ -555,18 +540,56 @@ impl Enforcer {
         picture: &PictureHash,
         pending: &mut Pending<'a>,
     ) -> Decision {
-        let pdq = &picture.pdq;
-        if pdq.quality < crate::perceptual::pdq::MIN_QUALITY {
-            return Decision::pass();
+        match self.pdq_matches(filter, picture) {
+            Ok(matches) => {
+                let evidence = vec![Evidence::FilterHit; matches.len()];
+                self.settle_pdq(filter, ctx, size, matches, &evidence, pending)
+            }
+            Err(e) => self.unavailable(filter, ctx, size, &e, pending),
         }
-        let hashes: Vec<PdqHash> = pdq.hashes.iter().map(|(_, h)| *h).collect();
-        let hits = match filter.check_pdq(&hashes) {
-            Ok(hits) => hits,
+    }
+
+    /// [`Enforcer::decide_picture`], first asking the confirmer whether the authority
+    /// still lists each matched hash, when confirmation is configured and an action
+    /// waits for it.
+    async fn decide_picture_confirmed<'a>(
+        &'a self,
+        filter: &FilterEngine,
+        ctx: &Context,
+        size: u64,
+        picture: &PictureHash,
+        pending: &mut Pending<'a>,
+    ) -> Decision {
+        let matches = match self.pdq_matches(filter, picture) {
+            Ok(matches) => matches,
             Err(e) => return self.unavailable(filter, ctx, size, &e, pending),
         };
-        // One match per listed hash: the nearest of the picture's transforms.
+        let mut evidence = vec![Evidence::FilterHit; matches.len()];
+        if let Some(c) = self.confirm.as_ref().filter(|c| c.rules.asks()) {
+            for (m, e) in matches.iter().zip(&mut evidence) {
+                *e = c.confirmer.confirm_pdq(&m.hit.listed).await;
+                self.metrics.count_confirmation(e.label());
+            }
+        }
+        self.settle_pdq(filter, ctx, size, matches, &evidence, pending)
+    }
+
+    /// The listed PDQ hashes near `picture`, allow-listed ones removed, one match per
+    /// listed hash (the nearest of the picture's transforms). A picture of quality below
+    /// [`MIN_QUALITY`](crate::perceptual::pdq::MIN_QUALITY) matches nothing, as Meta
+    /// advises.
+    fn pdq_matches(
+        &self,
+        filter: &FilterEngine,
+        picture: &PictureHash,
+    ) -> Result<Vec<PdqMatch>, Error> {
+        let pdq = &picture.pdq;
+        if pdq.quality < crate::perceptual::pdq::MIN_QUALITY {
+            return Ok(Vec::new());
+        }
+        let hashes: Vec<PdqHash> = pdq.hashes.iter().map(|(_, h)| *h).collect();
         let mut matches: Vec<PdqMatch> = Vec::new();
-        for hit in hits {
+        for hit in filter.check_pdq(&hashes)? {
             if self.policy.allow.contains_pdq(&hit.listed) {
                 continue;
             }
@@ -583,20 +606,44 @@ impl Enforcer {
                 None => matches.push(m),
             }
         }
+        Ok(matches)
+    }
+
+    /// Turns PDQ matches and their evidence into the decision: each takes its category's
+    /// action (blocking as `[confirm] block` says, like a digest), audited with the
+    /// distance, the picture's quality and the transform that matched. A perceptual
+    /// match is weaker evidence than a digest, so its quarantine copy and its report to
+    /// the authority always need a confirmed match, whatever `[confirm]` says for
+    /// digests; without a confirmer it keeps neither.
+    fn settle_pdq<'a>(
+        &'a self,
+        filter: &FilterEngine,
+        ctx: &Context,
+        size: u64,
+        matches: Vec<PdqMatch>,
+        evidence: &[Evidence],
+        pending: &mut Pending<'a>,
+    ) -> Decision {
+        let rules = self.confirm.as_ref().map(|c| &c.rules);
         let mut outcome = Outcome::Pass;
-        for m in &matches {
-            let blocks = self.policy.action_for(m.hit.category.as_deref()) == Action::Block;
+        let mut quarantine = false;
+        for (m, &e) in matches.iter().zip(evidence) {
+            let blocks = self.policy.action_for(m.hit.category.as_deref()) == Action::Block
+                && rules.is_none_or(|r| r.takes(r.block, e));
             outcome = outcome.stricter(if blocks {
                 Outcome::Block
             } else {
                 Outcome::Monitor
             });
+            quarantine |= blocks
+                && e == Evidence::Confirmed
+                && rules.is_some_and(|r| r.takes(r.quarantine, e));
         }
         let action = match outcome {
             Outcome::Block => "block",
             _ => "monitor",
         };
-        for m in &matches {
+        for (m, &e) in matches.iter().zip(evidence) {
             self.metrics.count_hit(action, false);
             tracing::info!(request_id = %ctx.request_id, listed = %m.hit.listed.to_hex(),
                 distance = m.hit.distance, quality = m.quality, action, "PDQ match");
@@ -604,8 +651,13 @@ impl Enforcer {
             record.algorithm = Some("pdq".into());
             record.digest = Some(m.hit.listed.to_hex());
             record.category = m.hit.category.clone();
-            record.evidence = Some("perceptual");
-            record.quarantine = None;
+            record.evidence = Some(match e {
+                Evidence::FilterHit => "perceptual",
+                e => e.label(),
+            });
+            if !quarantine {
+                record.quarantine = None;
+            }
             record.pdq = Some(serde_json::json!({
                 "hash": m.hash.to_hex(),
                 "transform": m.transform.name(),
@@ -614,12 +666,15 @@ impl Enforcer {
                 "threshold": m.hit.threshold,
             }));
             self.write(self.audit.as_ref(), &record, pending);
+            if let Some(c) = self.confirm.as_ref().filter(|_| e == Evidence::Confirmed) {
+                self.write(c.reports.as_ref(), &record, pending);
+            }
         }
         Decision {
             outcome,
             hits: Vec::new(),
             pdq: matches,
-            quarantine: false,
+            quarantine,
         }
     }
 

@@ -404,3 +404,88 @@ fn a_corrupt_xz_stream_ends_as_malformed_alone_or_in_a_zip() {
         .contains("compression method not supported"));
     assert!(started.elapsed() < Duration::from_secs(5));
 }
+
+/// A PNG of `side` x `side` pixels with a pattern PDQ finds features in.
+fn png(side: u32) -> Vec<u8> {
+    let picture = image::RgbImage::from_fn(side, side, |x, y| {
+        image::Rgb([((x * 7) ^ (y * 13)) as u8, (x * y) as u8, (x + y) as u8])
+    });
+    let mut out = Cursor::new(Vec::new());
+    picture.write_to(&mut out, image::ImageFormat::Png).unwrap();
+    out.into_inner()
+}
+
+fn walk_pictures(input: &[u8], limits: &Limits) -> Report {
+    let hashes = Hashes {
+        algorithms: &SHA256,
+        pictures: true,
+    };
+    let mut reader = Cursor::new(input);
+    inspect_reader(&mut reader, &Envelope::default(), hashes, limits, None).unwrap()
+}
+
+#[test]
+fn pictures_get_a_pdq_at_any_depth_only_when_the_filter_holds_pdq() {
+    let picture = png(96);
+    let archive = zip(
+        &[("a.png", &picture), ("notes.txt", b"not a picture at all")],
+        zip::CompressionMethod::Deflated,
+    );
+    let report = walk_pictures(&archive, &Limits::default());
+    assert!(report.problems.is_empty(), "{:?}", report.problems);
+    let member = find(&report, &picture).unwrap();
+    let pdq = &member
+        .picture
+        .as_ref()
+        .expect("the member is PDQ-hashed")
+        .pdq;
+    assert_eq!(pdq.hashes.len(), 1);
+    assert!(find(&report, b"not a picture at all")
+        .unwrap()
+        .picture
+        .is_none());
+    assert!(
+        report.root().unwrap().picture.is_none(),
+        "a zip is not a picture"
+    );
+    // The same picture as sent, and in a filter without PDQ: no PDQ at all.
+    assert_eq!(
+        walk_pictures(&picture, &Limits::default()).nodes[0]
+            .picture
+            .as_ref()
+            .unwrap()
+            .pdq,
+        *pdq
+    );
+    assert!(walk(&archive, &Envelope::default(), &Limits::default())
+        .nodes
+        .iter()
+        .all(|n| n.picture.is_none()));
+    let off = Limits {
+        pictures: None,
+        ..Limits::default()
+    };
+    assert!(walk_pictures(&picture, &off).nodes[0].picture.is_none());
+}
+
+#[test]
+fn a_picture_over_the_budget_is_a_picture_problem_and_a_broken_one_malformed() {
+    let picture = png(96);
+    let small = Limits {
+        pictures: Some(PictureBudget {
+            max_bytes: picture.len() as u64 - 1,
+            ..PictureBudget::default()
+        }),
+        ..Limits::default()
+    };
+    let report = walk_pictures(&picture, &small);
+    assert_eq!(report.problems.len(), 1, "{:?}", report.problems);
+    assert_eq!(report.problems[0].kind, ProblemKind::Picture);
+    assert!(report.nodes[0].picture.is_none());
+    // Its digest is still there.
+    assert_eq!(report.nodes[0].digests[0].bytes, sha(&picture));
+
+    let report = walk_pictures(&picture[..picture.len() / 2], &Limits::default());
+    assert_eq!(report.problems.len(), 1, "{:?}", report.problems);
+    assert_eq!(report.problems[0].kind, ProblemKind::Malformed);
+}
