@@ -7,13 +7,14 @@
 //!   one) against comparing it with every listed hash (`brute-force`);
 //! * `pdq-hash/*`: a 1,600 x 1,004 JPEG decoded (`decode`, the baseline) against decoded
 //!   and hashed (`decode+pdq`), and with the seven turned and mirrored hashes too
-//!   (`decode+pdq-dihedral`).
+//!   (`decode+pdq-dihedral`); and `pdq-1mp`: PDQ alone of 1,000 x 1,000 decoded RGB
+//!   pixels, which `benches/pdq_cpp.sh` compares with Meta's C++ on the same size.
 
 use std::hint::black_box;
 
 use criterion::{criterion_group, criterion_main, Criterion};
 use hashgate_guest::{BuildParams, Filter, FilterBuilder, PdqSpec};
-use hashgate_host::perceptual::{decode, hash_picture, Picture, PictureLimits};
+use hashgate_host::perceptual::{decode, hash_picture, pdq, Luma, Picture, PictureLimits};
 use rand::{RngCore, SeedableRng};
 
 fn listed() -> usize {
@@ -92,6 +93,16 @@ fn hashing(c: &mut Criterion) {
     });
     group.bench_function("decode+pdq-dihedral", |b| {
         b.iter(|| hash_picture(black_box(&jpeg), Picture::Jpeg, &limits, true).unwrap())
+    });
+    // What the C++ reference's `compute` is given: RGB pixels, here 1,000 x 1,000.
+    let bridge = image::load_from_memory(&jpeg).unwrap().resize_exact(
+        1000,
+        1000,
+        image::imageops::FilterType::Triangle,
+    );
+    let rgb = bridge.to_rgb8().into_raw();
+    group.bench_function("pdq-1mp", |b| {
+        b.iter(|| pdq::hash(Luma::from_rgb8(black_box(&rgb), 1000, 1000)))
     });
     group.finish();
 }

@@ -17,6 +17,8 @@ fn exercise(bytes: Vec<u8>) {
         for section in filter.sections() {
             let _ = filter.fill(section);
         }
+        // Format v2: PDQ sections answer too (near and far queries).
+        let _ = filter.check_pdq(&[[0xa5u8; 32], [0u8; 32]]);
     }
 }
 

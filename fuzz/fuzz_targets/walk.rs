@@ -2,7 +2,7 @@
 
 use std::io::Cursor;
 
-use hashgate_host::inspect::{inspect_reader, Envelope, Limits};
+use hashgate_host::inspect::{inspect_reader, Envelope, Hashes, Limits};
 use hashgate_host::Algorithm;
 
 /// Small limits, so that a slow input is a finding, not a timeout of the fuzzer's own.
@@ -17,12 +17,17 @@ fn limits() -> Limits {
 }
 
 /// The walk over `data` under `envelope` must end without a panic, and its report must
-/// hold the root, hashed over exactly `data`.
+/// hold the root, hashed over exactly `data`. Pictures are PDQ-hashed, as with a filter
+/// that holds PDQ hashes, so every decoder `image` has is fuzzed too.
 pub fn walk(data: &[u8], envelope: &Envelope) {
+    let hashes = Hashes {
+        algorithms: &[Algorithm::Md5],
+        pictures: true,
+    };
     let report = inspect_reader(
         &mut Cursor::new(data),
         envelope,
-        &[Algorithm::Md5],
+        hashes,
         &limits(),
         Some(data.len() as u64),
     )
