@@ -327,3 +327,69 @@ fn independent_reference_reader_agrees_on_pdq_sections() {
         .unwrap();
     assert_eq!(digest.code(), Some(0), "the digest section reads as in v1");
 }
+
+/// The known-answer v2 snapshot of docs/FORMAT.md: the SHA-256 of `abc` (category
+/// `alpha`) and two PDQ hashes (the bridge, and 31 zero bytes then `01`; category
+/// `pictures`).
+fn kat_v2_snapshot() -> Vec<u8> {
+    use hashgate_guest::PdqSpec;
+    let params = BuildParams::new("kat-v2", 1, 1_700_000_000, 1_700_604_800, 1e-3);
+    let specs = [SectionSpec {
+        algorithm: Algorithm::Sha256,
+        category: Some("alpha".into()),
+        entries: 1,
+    }];
+    let pdq = [PdqSpec {
+        category: Some("pictures".into()),
+        entries: 2,
+    }];
+    let mut b = FilterBuilder::with_pdq(&params, &specs, &pdq, Vec::new()).unwrap();
+    let abc: [u8; 32] = sha2::Sha256::digest(b"abc").into();
+    b.insert(Algorithm::Sha256, Some("alpha"), &abc).unwrap();
+    for h in KAT_PDQ {
+        let h: [u8; 32] = hex::decode(h).unwrap().try_into().unwrap();
+        b.insert_pdq(Some("pictures"), &h).unwrap();
+    }
+    b.finish().unwrap()
+}
+
+const KAT_PDQ: [&str; 2] = [
+    "f8f8f0cee0f4a84f06370a22038f63f0b36e2ed596621e1d33e6b39c4e9c9b22",
+    "0000000000000000000000000000000000000000000000000000000000000001",
+];
+
+#[test]
+fn kat_whole_v2_snapshot() {
+    let body = kat_v2_snapshot();
+    assert_eq!(kat_v2_snapshot(), body, "the same inputs, the same bytes");
+    let filter = Filter::parse(body.clone()).unwrap();
+    let mut near: [u8; 32] = hex::decode(KAT_PDQ[0]).unwrap().try_into().unwrap();
+    near[0] ^= 0x0f; // 4 bits off
+    let hits = filter.check_pdq(&[near]).unwrap();
+    assert_eq!(hits.len(), 1);
+    assert_eq!(hits[0].distance, 4);
+    let signed = common::sign(&body, &common::test_key());
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("kat-v2.hgf");
+    std::fs::write(&path, &signed).unwrap();
+    // The independent reader finds both listed hashes from the spec alone.
+    for listed in KAT_PDQ {
+        let out = std::process::Command::new("python3")
+            .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/tools/filter_ref.py"))
+            .args(["pdq", path.to_str().unwrap(), listed])
+            .output()
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        // `hit CATEGORY DISTANCE`, as the guest answers for the hash itself.
+        assert_eq!(stdout.trim(), "hit pictures 0", "{listed}");
+    }
+    assert_eq!(body.len(), 18_752);
+    assert_eq!(hex::encode(sha2::Sha256::digest(&body)), KAT_V2_BODY_SHA256);
+    assert_eq!(
+        hex::encode(sha2::Sha256::digest(&signed)),
+        KAT_V2_FILE_SHA256
+    );
+}
+
+const KAT_V2_BODY_SHA256: &str = "5335fd0a90125ea9559433d99a0c8702cd1121cb6365c01de88a67e6055b0a8c";
+const KAT_V2_FILE_SHA256: &str = "ab5b4b0bf85503ca388c3cd2454abe23f2b52f9993de8d1534023e52794839e7";
