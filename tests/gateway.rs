@@ -41,6 +41,9 @@ fn the_origin_gets_the_host_the_client_named_over_http2_and_absolute_targets() {
     assert_eq!(curl_put(&s.clean, &url("ignored.bin"), &absolute), 201);
     // A listed file is refused whichever way its host is named.
     assert_eq!(curl_put(&s.listed, &url("h2-listed.bin"), &h2), 451);
+    // Userinfo in an absolute-form target is no host: refused, nothing stored.
+    let userinfo = ["--request-target", "http://u@files.example/userinfo.bin"];
+    assert_eq!(curl_put(&s.clean, &url("ignored.bin"), &userinfo), 400);
 
     let mut stored: Vec<String> = files_under(&s.path("hosts"))
         .iter()

@@ -350,13 +350,27 @@ fn through_squid_the_icap_server_refuses_a_re_encoded_listed_picture() {
         &format!("http://127.0.0.1:{origin}/up/c.png"),
     ]);
     assert_eq!(status, 201);
+    // RESPMOD: a listed picture already at the origin is not handed out whole.
+    std::fs::create_dir_all(root.join("down")).unwrap();
+    std::fs::copy(&made[0], root.join("down/q40.jpg")).unwrap();
+    let fetched = Command::new("curl")
+        .args(["-s", "-x", &format!("http://127.0.0.1:{proxy}")])
+        .arg(format!("http://127.0.0.1:{origin}/down/q40.jpg"))
+        .output()
+        .unwrap();
+    assert_ne!(
+        fetched.stdout,
+        std::fs::read(&made[0]).unwrap(),
+        "the listed picture was downloaded whole"
+    );
     let records = audit(&s, "icap-audit.log");
-    assert_eq!(
+    let blocked = |method: &str| {
         records
             .iter()
             .filter(|r| r["algorithm"] == "pdq" && r["action"] == "block")
-            .count(),
-        made.len(),
-        "{records:?}"
-    );
+            .filter(|r| r["method"] == method)
+            .count()
+    };
+    assert_eq!(blocked("PUT"), made.len(), "{records:?}");
+    assert_eq!(blocked("GET"), 1, "{records:?}");
 }

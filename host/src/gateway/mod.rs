@@ -312,10 +312,14 @@ impl Gateway {
             ),
             _ if let Some(Err(why)) = relocates => self.refusal(StatusCode::BAD_REQUEST, &ctx, why),
             // A host with a path in it: nginx refuses it, others may route on a part of
-            // it, and the catalog keys objects by host and path.
-            _ if ctx.host.contains(['/', '\\']) => {
-                self.refusal(StatusCode::BAD_REQUEST, &ctx, "a Host with / or \\ in it")
-            }
+            // it, and the catalog keys objects by host and path. Userinfo (`u@host`, from
+            // an absolute-form target) is not a host either (RFC 9110 §4.2.4): origins
+            // read it differently, so it is refused rather than passed on.
+            _ if ctx.host.contains(['/', '\\', '@']) => self.refusal(
+                StatusCode::BAD_REQUEST,
+                &ctx,
+                "a Host with /, \\ or @ in it",
+            ),
             // A partial write lands on bytes the gateway has not seen (and some WebDAV
             // servers take it): the whole object cannot be checked.
             _ if inspected && req.headers().contains_key(hyper::header::CONTENT_RANGE) => self
