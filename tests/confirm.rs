@@ -348,19 +348,7 @@ fn pdq_matches_are_confirmed_by_one_window_and_only_confirmed_ones_are_kept_and_
     std::fs::write(s.path("list.txt"), &list).unwrap();
     list.push_str(&pdq_lines(&["misc-images/c.png"]));
     std::fs::write(s.path("gateway-list.txt"), &list).unwrap();
-    let built = hashgate(&[
-        "build",
-        "--key",
-        s.path("k.key").to_str().unwrap(),
-        "--series",
-        "gw",
-        "--version",
-        "2",
-        "--out",
-        s.path("pdq.hgf").to_str().unwrap(),
-        s.path("gateway-list.txt").to_str().unwrap(),
-    ]);
-    assert!(built.status.success(), "{built:?}");
+    s.build(&s.path("gateway-list.txt"), "pdq.hgf", 2);
     let (_a, aport) = authority(&s);
 
     // The range of the bridge's first window: padded, every line a PDQ hash of it.

@@ -13,17 +13,6 @@ use std::process::Command;
 
 use common::procs::*;
 
-/// Runs a shell command line in `dir` (the tools as an operator would type them).
-fn sh(dir: &Path, line: &str) {
-    let out = Command::new("sh")
-        .arg("-c")
-        .arg(line)
-        .current_dir(dir)
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{line}: {out:?}");
-}
-
 /// One way to send a file: the body (a file made by a tool from `payload`) and the
 /// headers it goes with.
 struct Wrapping {

@@ -1,7 +1,11 @@
 //! PDQ against Meta's reference: `tests/data/pdq/reference-pdq.tsv` holds the hashes the
 //! C++ reference (through the `pdqhash` Python bindings) gives for the pictures beside it.
 
+mod common;
+
 use std::path::{Path, PathBuf};
+
+use common::bomb_png;
 
 use hashgate_host::perceptual::{
     hash_picture, Dihedral, PdqHash, Picture, PictureError, PictureLimits,
@@ -163,45 +167,6 @@ fn broken_pictures_are_malformed_not_a_panic() {
         false,
     );
     assert!(matches!(err, Err(PictureError::Malformed { .. })));
-}
-
-/// A valid PNG header of `w` x `h` 8-bit grey pixels, and one tiny zlib stream of zeros:
-/// what a bomb looks like before it is inflated.
-fn bomb_png(w: u32, h: u32) -> Vec<u8> {
-    fn chunk(out: &mut Vec<u8>, kind: &[u8], data: &[u8]) {
-        out.extend((data.len() as u32).to_be_bytes());
-        let mut crc_input = kind.to_vec();
-        crc_input.extend(data);
-        out.extend(kind);
-        out.extend(data);
-        out.extend(crc32(&crc_input).to_be_bytes());
-    }
-    let mut png = b"\x89PNG\r\n\x1a\n".to_vec();
-    let mut ihdr = Vec::new();
-    ihdr.extend(w.to_be_bytes());
-    ihdr.extend(h.to_be_bytes());
-    ihdr.extend([8, 0, 0, 0, 0]);
-    chunk(&mut png, b"IHDR", &ihdr);
-    let mut z = flate2::write::ZlibEncoder::new(Vec::new(), flate2::Compression::best());
-    std::io::Write::write_all(&mut z, &vec![0u8; 1 << 20]).unwrap();
-    chunk(&mut png, b"IDAT", &z.finish().unwrap());
-    chunk(&mut png, b"IEND", &[]);
-    png
-}
-
-fn crc32(bytes: &[u8]) -> u32 {
-    let mut crc = !0u32;
-    for &b in bytes {
-        crc ^= u32::from(b);
-        for _ in 0..8 {
-            crc = if crc & 1 == 1 {
-                (crc >> 1) ^ 0xedb8_8320
-            } else {
-                crc >> 1
-            };
-        }
-    }
-    !crc
 }
 
 /// A v2 snapshot listing the bridge's PDQ hash beside 2,000 random ones, `extra` too.

@@ -12,6 +12,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+use common::bomb_png;
 use common::procs::*;
 use image::codecs::jpeg::JpegEncoder;
 use image::{DynamicImage, ImageFormat};
@@ -36,19 +37,7 @@ fn listing_the_bridge() -> Setup {
     let mut list = std::fs::read_to_string(s.path("list.txt")).unwrap();
     list.push_str(std::str::from_utf8(&out.stdout).unwrap());
     std::fs::write(s.path("list.txt"), list).unwrap();
-    let out = hashgate(&[
-        "build",
-        "--key",
-        s.path("k.key").to_str().unwrap(),
-        "--series",
-        "gw",
-        "--version",
-        "2",
-        "--out",
-        s.path("f.hgf").to_str().unwrap(),
-        s.path("list.txt").to_str().unwrap(),
-    ]);
-    assert!(out.status.success(), "{out:?}");
+    s.build(&s.path("list.txt"), "f.hgf", 2);
     s
 }
 
@@ -88,55 +77,12 @@ fn variants(dir: &Path) -> Vec<PathBuf> {
         .collect()
 }
 
-fn sh(dir: &Path, line: &str) {
-    let out = Command::new("sh")
-        .arg("-c")
-        .arg(line)
-        .current_dir(dir)
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{line}: {out:?}");
-}
-
 fn audit(s: &Setup, log: &str) -> Vec<serde_json::Value> {
     std::fs::read_to_string(s.path(log))
         .unwrap_or_default()
         .lines()
         .map(|l| serde_json::from_str(l).unwrap())
         .collect()
-}
-
-/// A PNG header announcing `w` x `h` pixels, with a few bytes of data: a bomb.
-fn bomb_png(w: u32, h: u32) -> Vec<u8> {
-    let mut out = b"\x89PNG\r\n\x1a\n".to_vec();
-    let mut ihdr = Vec::new();
-    ihdr.extend_from_slice(&w.to_be_bytes());
-    ihdr.extend_from_slice(&h.to_be_bytes());
-    ihdr.extend_from_slice(&[8, 0, 0, 0, 0]);
-    for (kind, body) in [(&b"IHDR"[..], &ihdr[..]), (b"IDAT", &[0x78, 0x9c][..])] {
-        out.extend_from_slice(&(body.len() as u32).to_be_bytes());
-        let mut crc_input = kind.to_vec();
-        crc_input.extend_from_slice(body);
-        out.extend_from_slice(&crc_input);
-        out.extend_from_slice(&crc32(&crc_input).to_be_bytes());
-    }
-    out.resize(out.len() + 4096, 0);
-    out
-}
-
-fn crc32(bytes: &[u8]) -> u32 {
-    let mut crc = !0u32;
-    for &b in bytes {
-        crc ^= u32::from(b);
-        for _ in 0..8 {
-            crc = if crc & 1 == 1 {
-                (crc >> 1) ^ 0xedb8_8320
-            } else {
-                crc >> 1
-            };
-        }
-    }
-    !crc
 }
 
 #[test]

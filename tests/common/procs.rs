@@ -29,6 +29,17 @@ pub fn wait_for(port: u16) {
     }
 }
 
+/// Runs a shell command line in `dir` (the tools as an operator would type them).
+pub fn sh(dir: &Path, line: &str) {
+    let out = Command::new("sh")
+        .arg("-c")
+        .arg(line)
+        .current_dir(dir)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{line}: {out:?}");
+}
+
 /// Polls `done` every 20 ms until it holds or `limit` has passed; whether it held. For
 /// what a test waits on instead of sleeping a guessed time.
 pub fn wait_until(limit: Duration, mut done: impl FnMut() -> bool) -> bool {
@@ -484,6 +495,26 @@ impl Setup {
         ]);
         assert!(out.status.success(), "{out:?}");
         files
+    }
+}
+
+impl Setup {
+    /// `hashgate build` of `list` into `out` (series `gw`, `version`), with this setup's
+    /// key.
+    pub fn build(&self, list: &Path, out: &str, version: u32) {
+        let built = hashgate(&[
+            "build",
+            "--key",
+            self.path("k.key").to_str().unwrap(),
+            "--series",
+            "gw",
+            "--version",
+            &version.to_string(),
+            "--out",
+            self.path(out).to_str().unwrap(),
+            list.to_str().unwrap(),
+        ]);
+        assert!(built.status.success(), "{built:?}");
     }
 }
 
