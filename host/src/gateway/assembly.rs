@@ -140,6 +140,27 @@ pub enum AssemblyError {
     Inspect(InspectError),
 }
 
+/// [`inspect`] on a blocking thread, hashing what `filter` needs (and `algorithms`, the
+/// catalog's too): the report, or why there is none.
+pub async fn inspect_blocking(
+    pieces: Vec<Piece>,
+    algorithms: Vec<crate::Algorithm>,
+    filter: &crate::FilterEngine,
+    limits: std::sync::Arc<Limits>,
+) -> Result<Report, String> {
+    let pictures = filter.holds_pdq();
+    tokio::task::spawn_blocking(move || {
+        let hashes = Hashes {
+            algorithms: &algorithms,
+            pictures,
+        };
+        inspect(&pieces, hashes, &limits)
+    })
+    .await
+    .map_err(|e| e.to_string())
+    .and_then(|r| r.map_err(|e| e.to_string()))
+}
+
 /// Inspects `pieces`, in order, as one object. Blocking: run it off the serving threads.
 pub fn inspect(
     pieces: &[Piece],

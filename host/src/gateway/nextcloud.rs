@@ -258,19 +258,7 @@ async fn assemble(
     let ahead = spool.report_ahead(upload, &numbered, &algorithms).await;
     let report = match ahead {
         Some(report) => Ok(report),
-        None => {
-            let pictures = filter.holds_pdq();
-            tokio::task::spawn_blocking(move || {
-                let hashes = crate::inspect::Hashes {
-                    algorithms: &algorithms,
-                    pictures,
-                };
-                assembly::inspect(&pieces, hashes, &limits)
-            })
-            .await
-            .map_err(|e| e.to_string())
-            .and_then(|r| r.map_err(|e| e.to_string()))
-        }
+        None => assembly::inspect_blocking(pieces, algorithms, &filter, limits).await,
     };
     let report = match report {
         Ok(r) => r,

@@ -390,18 +390,8 @@ async fn decide(
 ) -> Result<Decided, Response<GatewayBody>> {
     let filter = gw.enforcer.filter();
     let algorithms = gw.algorithms(&filter).into_owned();
-    let pictures = filter.holds_pdq();
     let limits = gw.config.inspect.clone();
-    let report = tokio::task::spawn_blocking(move || {
-        let hashes = crate::inspect::Hashes {
-            algorithms: &algorithms,
-            pictures,
-        };
-        assembly::inspect(&pieces, hashes, &limits)
-    })
-    .await
-    .map_err(|e| e.to_string())
-    .and_then(|r| r.map_err(|e| e.to_string()));
+    let report = assembly::inspect_blocking(pieces, algorithms, &filter, limits).await;
     match report {
         Ok(report) => Ok((gw.decide(&filter, ctx, &report).await, report, filter)),
         Err(why) => {
