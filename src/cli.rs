@@ -69,8 +69,9 @@ enum Command {
         /// Category for the lines.
         #[arg(long)]
         category: Option<String>,
-        /// Leave out pictures whose PDQ quality is below this (0 to 100).
-        #[arg(long, default_value_t = 50)]
+        /// Leave out pictures whose PDQ quality is below this (0 to 100; the default is
+        /// the quality below which the gateway and scan do not match a picture).
+        #[arg(long, default_value_t = hashgate_host::perceptual::pdq::MIN_QUALITY)]
         min_quality: u8,
         /// The pictures (JPEG, PNG, WebP, GIF, BMP, TIFF, recognised by their bytes).
         #[arg(required = true)]

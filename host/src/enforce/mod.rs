@@ -635,9 +635,8 @@ impl Enforcer {
             } else {
                 Outcome::Monitor
             });
-            quarantine |= blocks
-                && e == Evidence::Confirmed
-                && rules.is_some_and(|r| r.takes(r.quarantine, e));
+            // Only a confirmer answers `Confirmed`, and a confirmed match meets any need.
+            quarantine |= blocks && e == Evidence::Confirmed;
         }
         let action = match outcome {
             Outcome::Block => "block",

@@ -108,13 +108,7 @@ async fn put(
         gw,
         &temp,
         req.into_body(),
-        (
-            shape,
-            crate::inspect::Hashes {
-                algorithms: &algorithms,
-                pictures: filter.holds_pdq(),
-            },
-        ),
+        (shape, crate::inspect::Hashes::with(&algorithms, &filter)),
         &mut copy,
         ctx,
     )

@@ -91,10 +91,7 @@ pub async fn inspect(
     let upstream: Upstream = tokio::spawn(gw.client.request(upstream_req));
     let filter = gw.enforcer.filter();
     let algorithms = gw.algorithms(&filter);
-    let hashes = Hashes {
-        algorithms: &algorithms,
-        pictures: filter.holds_pdq(),
-    };
+    let hashes = Hashes::with(&algorithms, &filter);
     let mut objects = Objects::new(shape, hashes, gw.config.inspect.clone(), declared);
     let mut holdback = HoldBack::new(incoming.size_hint().exact(), HoldBack::TAIL);
     let mut origin_open = true;

@@ -348,10 +348,7 @@ impl Connection<'_> {
             Err(e) => (Envelope::default(), Some(e)),
         };
         let algorithms = crate::enforce::retro::algorithms(config.catalog.as_ref(), &filter);
-        let hashes = crate::inspect::Hashes {
-            algorithms: &algorithms,
-            pictures: filter.holds_pdq(),
-        };
+        let hashes = crate::inspect::Hashes::with(&algorithms, &filter);
         let mut digester = Inspection::new(envelope, hashes, config.inspect.clone(), None);
         let mut held: Vec<Bytes> = Vec::new();
         if let Some(preview) = head.header("preview") {

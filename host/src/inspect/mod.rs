@@ -522,8 +522,14 @@ pub struct Hashes<'a> {
 impl<'a> Hashes<'a> {
     /// What `filter` needs: its algorithms, and PDQ if it has PDQ sections.
     pub fn of(filter: &'a crate::FilterEngine) -> Hashes<'a> {
+        Hashes::with(&filter.info().algorithms, filter)
+    }
+
+    /// `algorithms` (the filter's, and those a catalog records), and PDQ if `filter` has
+    /// PDQ sections.
+    pub fn with(algorithms: &'a [Algorithm], filter: &crate::FilterEngine) -> Hashes<'a> {
         Hashes {
-            algorithms: &filter.info().algorithms,
+            algorithms,
             pictures: filter.holds_pdq(),
         }
     }

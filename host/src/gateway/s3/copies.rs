@@ -176,10 +176,7 @@ async fn read(
     let length = super::super::upload::content_length(&head.headers);
     let filter = gw.enforcer.filter();
     let algorithms = gw.algorithms(&filter);
-    let hashes = Hashes {
-        algorithms: &algorithms,
-        pictures: filter.holds_pdq(),
-    };
+    let hashes = Hashes::with(&algorithms, &filter);
     let mut objects = Objects::new(shape, hashes, gw.config.inspect.clone(), length);
     let mut md5 = md5::Md5::new();
     let mut reader = Upload::new(body, gw.config.body_timeout, gw.config.max_body);
