@@ -46,7 +46,20 @@ fn lookup(c: &mut Criterion) {
     for h in &hashes {
         builder.insert_pdq(None, h).unwrap();
     }
-    let filter = Filter::parse(builder.finish().unwrap()).unwrap();
+    let snapshot = builder.finish().unwrap();
+    let loading = std::time::Instant::now();
+    let filter = Filter::parse(snapshot).unwrap();
+    let loaded = loading.elapsed();
+    let section = &filter.pdq_sections()[0];
+    // Memory is a figure of the issue too; criterion has no column for it.
+    eprintln!(
+        "pdq-lookup: {} listed, loaded and indexed in {:.2} s, index {:.1} bytes per hash, \
+         slots {:.1} bytes per hash",
+        section.entries,
+        loaded.as_secs_f64(),
+        section.index_bytes() as f64 / section.entries as f64,
+        (section.slots * 32) as f64 / section.entries as f64,
+    );
     let miss = random_hashes(1, 2)[0];
     let mut hit = hashes[hashes.len() / 2];
     // 20 bits away: one bit in each of the first 20 bytes.

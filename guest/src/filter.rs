@@ -34,6 +34,13 @@ pub struct PdqSection {
     index: PdqIndex,
 }
 
+impl PdqSection {
+    /// Bytes its index takes in memory, beside the section's `32 * slots` bytes of slots.
+    pub fn index_bytes(&self) -> usize {
+        self.index.memory()
+    }
+}
+
 /// A listed PDQ hash near a picture's.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct PdqHit {

@@ -207,6 +207,11 @@ impl PdqIndex {
         found.dedup_by_key(|m| m.slot);
         found
     }
+
+    /// Bytes the index takes beside the section's slots.
+    pub fn memory(&self) -> usize {
+        4 * (self.offsets.len() + self.postings.iter().map(Vec::len).sum::<usize>())
+    }
 }
 
 /// Every 16-bit value within `radius` bits of `value`, flipping only bits at `from` and
@@ -270,6 +275,70 @@ mod tests {
                     .collect();
                 expected.sort_unstable_by_key(|m| m.slot);
                 assert_eq!(index.find(&slots, q), expected, "threshold {threshold}");
+            }
+        }
+    }
+
+    /// Flips bit `b` (0 = the first byte's highest) of `hash`.
+    fn flip(hash: &mut [u8; HASH_LEN], b: u32) {
+        hash[(b / 8) as usize] ^= 0x80 >> (b % 8);
+    }
+
+    fn slots_hold(slots: &[u8], slot: u32, hash: &[u8; HASH_LEN]) -> bool {
+        &slots[slot as usize * HASH_LEN..(slot as usize + 1) * HASH_LEN] == hash
+    }
+
+    #[test]
+    fn a_hash_at_the_threshold_is_found_however_its_bits_fall() {
+        // The worst case for an index over windows: one bit more than the radius in as
+        // many windows as the threshold allows, the rest in the last window reached.
+        let salt = [4u8; 16];
+        let listed = random_hashes(300, 11);
+        let slots = layout(&salt, &listed, 512);
+        let mut state = 99u64;
+        let mut next = |n: u32| {
+            state = state
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            ((state >> 33) % u64::from(n)) as u32
+        };
+        for threshold in 0..=MAX_THRESHOLD {
+            let index = PdqIndex::build(&slots, 300, threshold).unwrap();
+            let t = u32::from(threshold);
+            let over = t / WINDOWS as u32 + 1;
+            for k in 0..20 {
+                let target = listed[k * 7];
+                let (mut q, mut left) = (target, t);
+                let first = next(WINDOWS as u32) as usize;
+                for w in (0..WINDOWS).map(|i| (i + first) % WINDOWS) {
+                    let mut picked = Vec::new();
+                    while (picked.len() as u32) < over.min(left) {
+                        let b = 16 * w as u32 + next(16);
+                        if !picked.contains(&b) {
+                            picked.push(b);
+                            flip(&mut q, b);
+                        }
+                    }
+                    left -= picked.len() as u32;
+                }
+                let d = distance(&q, &target);
+                assert_eq!(d, t);
+                assert!(
+                    index
+                        .find(&slots, &q)
+                        .iter()
+                        .any(|m| m.distance == d && slots_hold(&slots, m.slot, &target)),
+                    "threshold {t}: a hash {d} bits away was missed"
+                );
+                // One more bit, where the two agree: past the threshold, not a match.
+                let b = (0..256)
+                    .find(|&b| (target[b / 8] ^ q[b / 8]) & (0x80 >> (b % 8)) == 0)
+                    .expect("fewer than 256 bits differ");
+                flip(&mut q, b as u32);
+                assert!(!index
+                    .find(&slots, &q)
+                    .iter()
+                    .any(|m| slots_hold(&slots, m.slot, &target)));
             }
         }
     }
