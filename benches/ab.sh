@@ -14,7 +14,9 @@
 #         HITS="1 50": also run every point with that percentage of uploads listed, each
 #         hit audited to a file on disk (fsynced before the 451), under the mixed filter;
 #         B_ARGS="...": extra flags for B only, e.g. HASHGATE_A=target/release/hashgate
-#         B_ARGS="--catalog /tmp/cat.db" for this build with and without the catalog)
+#         B_ARGS="--catalog /tmp/cat.db" for this build with and without the catalog;
+#         PDQ=N: also run the mixed filter with N random PDQ hashes listed beside its
+#         digests, so the gateway sniffs every body for a picture)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ENTRIES=${ENTRIES:-1000000}
@@ -40,6 +42,13 @@ if [ -n "$HITS" ]; then
   for f in "$work"/listed-*; do echo "sha256:$(sha256sum "$f" | cut -d' ' -f1)" >> "$work/hits.txt"; done
   "$hg" build --key "$work/k.key" --series bench --version 1 --out "$work/fhits.hgf" "$work/hits.txt" 2>/dev/null
   for h in $HITS; do FILTERS="$FILTERS fhits.hgf:$h"; done
+fi
+PDQ=${PDQ:-}
+if [ -n "$PDQ" ]; then
+  cp "$work/mixed-$ENTRIES.txt" "$work/pdq.txt"
+  od -An -v -tx1 -N $(( PDQ * 32 )) /dev/urandom | tr -d ' \n' | fold -w 64 | sed 's/^/pdq:/' >> "$work/pdq.txt"
+  "$hg" build --key "$work/k.key" --series bench --version 1 --out "$work/fpdq.hgf" "$work/pdq.txt" 2>/dev/null
+  FILTERS="$FILTERS fpdq.hgf"
 fi
 scheme=http; tls_cert=(); tls_args=()
 if [ "${TLS:-0}" = 1 ]; then
@@ -75,6 +84,7 @@ for run in $FILTERS; do
     f.hgf) label="MD5 + SHA-1 + SHA-256";; f256.hgf) label="SHA-256 only";;
     fhits.hgf) label="MD5 + SHA-1 + SHA-256, $hits% of uploads listed and audited"
       audit_a=(--audit-log "$work/audit-a.log"); audit_b=(--audit-log "$work/audit-b.log");;
+    fpdq.hgf) label="MD5 + SHA-1 + SHA-256 and $PDQ PDQ hashes";;
     *) label=$filter;;
   esac
   a=$(free_port); b=$(free_port)

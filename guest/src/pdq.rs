@@ -7,13 +7,17 @@
 //! ([`home`]), so an unchanged hash keeps its slot from version to version and a delta
 //! carries only the churn.
 //!
-//! Matching is multi-index hashing: a hash is 16 windows of 16 bits, and two hashes
-//! within distance `T` agree to within `T / 16` bits on at least one window (if every
-//! window differed in more, they would differ in at least `16 (T / 16 + 1) > T` bits).
-//! The index lists, for each window and each of its 65,536 values, the slots whose hash
-//! has that value there. A query visits, in each window, the buckets of the values
-//! within `T / 16` bits of its own (17 buckets at the usual `T` = 31) and measures the
-//! full distance to each hash found there.
+//! Matching is multi-index hashing: a hash is cut into eleven windows of 23 or 24 bits,
+//! and two hashes within distance `T` agree to within a small radius on at least one
+//! window ([`radius`]: at the usual `T` = 31, two bits in ten windows or one bit in the
+//! eleventh). Per window, the index holds the listed hashes sorted by their value there,
+//! in 65,536 buckets by the value's top 16 bits, each entry with the value's low bits and
+//! the hash's slot. A query visits, in each window, the buckets whose top bits are within
+//! the radius of its own (137 of them at radius 2), takes the entries whose low bits
+//! make up the rest, and measures the full distance to their hashes. With 23-bit windows
+//! a bucket holds `n / 65536` entries but a window value about `n / 2^23` (one at 10M),
+//! so a query measures a few thousand hashes where sixteen 16-bit windows measure
+//! `272 n / 65536` (41,000 at 10M).
 
 use std::hash::Hasher;
 
@@ -23,17 +27,13 @@ use crate::Error;
 
 /// Bytes in a PDQ hash.
 pub const HASH_LEN: usize = 32;
-/// Windows a hash is split into for the index.
-const WINDOWS: usize = 16;
-/// Values of one 16-bit window.
-const VALUES: usize = 1 << 16;
 /// The algorithm code of a PDQ section record.
 pub const CODE: u8 = 4;
 /// Meta's recommended match distance.
 pub const DEFAULT_THRESHOLD: u8 = 31;
-/// The largest threshold a section may carry: at 64 a query visits 697 buckets per
-/// window; beyond it matching is closer to a scan than to an index, and PDQ matches
-/// that far apart are noise.
+/// The largest threshold a section may carry: at 63 a query visits about 6,900 of a
+/// window's 65,536 buckets; beyond it matching is closer to a scan than to an index, and
+/// PDQ matches that far apart are noise.
 pub const MAX_THRESHOLD: u8 = 63;
 
 /// The slot a writer tries first for `hash` in a section of `slots` slots:
@@ -97,18 +97,135 @@ pub fn distance(a: &[u8], b: &[u8]) -> u32 {
         .sum()
 }
 
-fn window(hash: &[u8], w: usize) -> usize {
-    usize::from(u16::from_be_bytes([hash[2 * w], hash[2 * w + 1]]))
+/// The windows a hash is split into, as (first bit, width), most significant bit first.
+/// Eleven windows suit a 10M list at the usual `T` = 31: with 23 or 24 bits a window
+/// value is shared by about one listed hash, and the radii (two in ten windows, one in
+/// the eleventh) keep a query to about 1,500 short buckets.
+const WINDOWS: [(u32, u32); 11] = [
+    (0, 24),
+    (24, 24),
+    (48, 24),
+    (72, 23),
+    (95, 23),
+    (118, 23),
+    (141, 23),
+    (164, 23),
+    (187, 23),
+    (210, 23),
+    (233, 23),
+];
+/// The bits of a window value that choose its bucket; the rest (at most 8) are kept in
+/// the bucket beside each entry.
+const TOP_BITS: u32 = 16;
+
+/// A hash as four big-endian words, for cutting windows out of it.
+fn words(hash: &[u8]) -> [u64; 4] {
+    std::array::from_fn(|i| u64::from_be_bytes(hash[8 * i..8 * i + 8].try_into().expect("8 bytes")))
 }
 
-/// The multi-index of one PDQ section, built when the filter loads.
+/// The `width` bits of `words` from bit `start` on (bit 0 is the first byte's highest).
+fn bits(words: &[u64; 4], start: u32, width: u32) -> u32 {
+    let i = (start / 64) as usize;
+    let hi = u128::from(words[i]) << 64;
+    let lo = words.get(i + 1).map_or(0, |&w| u128::from(w));
+    (((hi | lo) << (start % 64)) >> (128 - width)) as u32
+}
+
+/// How far window `w` is searched at `threshold`, or `None` when it need not be.
+///
+/// Two hashes within `threshold` bits agree to within `radius[w]` bits on at least one
+/// window whenever `sum(radius[w] + 1) > threshold`: if every window differed in more, the
+/// hashes would differ in at least that sum. The radii are as even as that allows, the
+/// smaller ones on the first (widest) windows.
+fn radius(threshold: u32, w: usize) -> Option<u32> {
+    let n = WINDOWS.len() as u32;
+    let (q, wider) = ((threshold + 1) / n, (threshold + 1) % n);
+    let r = if (w as u32) < n - wider { q } else { q + 1 };
+    r.checked_sub(1)
+}
+
+/// One window of the index: the listed hashes sorted by their value in the window.
+#[derive(Debug)]
+struct Window {
+    start: u32,
+    width: u32,
+    /// `buckets[t]..buckets[t + 1]`: the entries whose top [`TOP_BITS`] are `t`.
+    buckets: Vec<u32>,
+    /// Per entry, the window's low bits (sorted within a bucket).
+    low: Vec<u8>,
+    /// Per entry, the slot of its hash.
+    slot: Vec<u32>,
+}
+
+impl Window {
+    fn build(start: u32, width: u32, used: &[(u32, [u64; 4])]) -> Window {
+        let low_bits = width - TOP_BITS;
+        let value = |h: &[u64; 4]| bits(h, start, width);
+        let mut buckets = vec![0u32; (1 << TOP_BITS) + 1];
+        for (_, h) in used {
+            buckets[(value(h) >> low_bits) as usize + 1] += 1;
+        }
+        for t in 0..1 << TOP_BITS {
+            buckets[t + 1] += buckets[t];
+        }
+        let mut fill = buckets[..1 << TOP_BITS].to_vec();
+        let mut entries = vec![(0u8, 0u32); used.len()];
+        for (s, h) in used {
+            let v = value(h);
+            let at = &mut fill[(v >> low_bits) as usize];
+            entries[*at as usize] = ((v & ((1 << low_bits) - 1)) as u8, *s);
+            *at += 1;
+        }
+        for t in 0..1 << TOP_BITS {
+            entries[buckets[t] as usize..buckets[t + 1] as usize].sort_unstable();
+        }
+        Window {
+            start,
+            width,
+            buckets,
+            low: entries.iter().map(|e| e.0).collect(),
+            slot: entries.iter().map(|e| e.1).collect(),
+        }
+    }
+
+    /// Adds to `out` the slot of every entry within `radius` bits of `query` in this
+    /// window (and perhaps a few more: the caller measures the full distance).
+    fn near(&self, query: &[u64; 4], radius: u32, tops: &mut Vec<(u32, u32)>, out: &mut Vec<u32>) {
+        let low_bits = self.width - TOP_BITS;
+        let value = bits(query, self.start, self.width);
+        let (top, low) = (value >> low_bits, (value & ((1 << low_bits) - 1)) as u8);
+        tops.clear();
+        flips(top, radius, 0, 0, tops);
+        for &(t, spent) in tops.iter() {
+            let range = self.buckets[t as usize] as usize..self.buckets[t as usize + 1] as usize;
+            let (lows, slots) = (&self.low[range.clone()], &self.slot[range]);
+            let budget = radius - spent;
+            if budget == 0 {
+                // Only the query's own low bits: a run of the sorted bucket.
+                let from = lows.partition_point(|&l| l < low);
+                let to = from + lows[from..].partition_point(|&l| l == low);
+                out.extend_from_slice(&slots[from..to]);
+            } else {
+                for (&l, &s) in lows.iter().zip(slots) {
+                    if (l ^ low).count_ones() <= budget {
+                        out.push(s);
+                    }
+                }
+            }
+        }
+    }
+
+    fn memory(&self) -> usize {
+        self.buckets.len() * 4 + self.low.len() + self.slot.len() * 4
+    }
+}
+
+/// The multi-index of one PDQ section, built when the filter loads (its layout is the
+/// guest's own: the file carries only the slots).
 #[derive(Debug)]
 pub struct PdqIndex {
-    /// `offsets[w * (VALUES + 1) + v]`: where window `w`'s bucket for value `v` starts in
-    /// `postings[w]`.
-    offsets: Vec<u32>,
-    /// Per window, the slots of the listed hashes, grouped by the window's value.
-    postings: Vec<Vec<u32>>,
+    /// The windows searched at the section's threshold.
+    windows: Vec<(Window, u32)>,
     threshold: u32,
 }
 
@@ -129,11 +246,11 @@ impl PdqIndex {
             field: "payload",
             reason,
         };
-        let used: Vec<u32> = slots
+        let used: Vec<(u32, [u64; 4])> = slots
             .chunks_exact(HASH_LEN)
             .enumerate()
             .filter(|(_, h)| h.iter().any(|&b| b != 0))
-            .map(|(s, _)| s as u32)
+            .map(|(s, h)| (s as u32, words(h)))
             .collect();
         if used.len() as u64 != entries {
             return Err(invalid(format!(
@@ -141,68 +258,58 @@ impl PdqIndex {
                 used.len()
             )));
         }
+        let threshold = u32::from(threshold);
+        let windows: Vec<(Window, u32)> = WINDOWS
+            .iter()
+            .enumerate()
+            .filter_map(|(w, &(start, width))| {
+                radius(threshold, w).map(|r| (Window::build(start, width, &used), r))
+            })
+            .collect();
+        // Equal hashes are equal in every window: each bucket of the first window is
+        // sorted by its low bits, so they lie in one run of equal low bits.
+        // (Some window is always searched: `radius` gives the last one at least 0.)
+        let first = &windows[0].0;
         let hash = |s: u32| &slots[s as usize * HASH_LEN..(s as usize + 1) * HASH_LEN];
-        let mut offsets = vec![0u32; WINDOWS * (VALUES + 1)];
-        let mut postings = Vec::with_capacity(WINDOWS);
-        for w in 0..WINDOWS {
-            let starts = &mut offsets[w * (VALUES + 1)..(w + 1) * (VALUES + 1)];
-            for &s in &used {
-                starts[window(hash(s), w) + 1] += 1;
-            }
-            for v in 0..VALUES {
-                starts[v + 1] += starts[v];
-            }
-            let mut fill = starts[..VALUES].to_vec();
-            let mut list = vec![0u32; used.len()];
-            for &s in &used {
-                let v = window(hash(s), w);
-                list[fill[v] as usize] = s;
-                fill[v] += 1;
-            }
-            postings.push(list);
-        }
-        // Equal hashes share every bucket: compare within window 0's.
-        let starts = &offsets[..VALUES + 1];
-        for v in 0..VALUES {
-            let bucket = &postings[0][starts[v] as usize..starts[v + 1] as usize];
-            if bucket.len() > 1 {
-                let mut hashes: Vec<&[u8]> = bucket.iter().map(|&s| hash(s)).collect();
-                hashes.sort_unstable();
-                if hashes.windows(2).any(|p| p[0] == p[1]) {
-                    return Err(invalid("a PDQ hash is listed twice in a section".into()));
+        for t in 0..1 << TOP_BITS {
+            let range = first.buckets[t] as usize..first.buckets[t + 1] as usize;
+            let (lows, bucket) = (&first.low[range.clone()], &first.slot[range]);
+            let mut at = 0;
+            while at < bucket.len() {
+                let end = at + lows[at..].partition_point(|&l| l == lows[at]);
+                if end - at > 1 {
+                    let mut hashes: Vec<&[u8]> = bucket[at..end].iter().map(|&s| hash(s)).collect();
+                    hashes.sort_unstable();
+                    if hashes.windows(2).any(|p| p[0] == p[1]) {
+                        return Err(invalid("a PDQ hash is listed twice in a section".into()));
+                    }
                 }
+                at = end;
             }
         }
-        Ok(PdqIndex {
-            offsets,
-            postings,
-            threshold: u32::from(threshold),
-        })
+        Ok(PdqIndex { windows, threshold })
     }
 
     /// The listed hashes within the section's threshold of `query`, by slot, each once.
     pub fn find(&self, slots: &[u8], query: &[u8; HASH_LEN]) -> Vec<PdqMatch> {
-        let radius = self.threshold / WINDOWS as u32;
-        let mut found = Vec::new();
-        let mut flips = Vec::new();
-        for w in 0..WINDOWS {
-            let own = window(query, w);
-            flips.clear();
-            near(own, radius, 0, &mut flips);
-            let starts = &self.offsets[w * (VALUES + 1)..(w + 1) * (VALUES + 1)];
-            for &v in &flips {
-                for &s in &self.postings[w][starts[v] as usize..starts[v + 1] as usize] {
-                    let listed = &slots[s as usize * HASH_LEN..(s as usize + 1) * HASH_LEN];
-                    let d = distance(listed, query);
-                    if d <= self.threshold {
-                        found.push(PdqMatch {
-                            slot: s,
-                            distance: d,
-                        });
-                    }
-                }
-            }
+        let q = words(query);
+        let (mut candidates, mut tops) = (Vec::new(), Vec::new());
+        for (window, radius) in &self.windows {
+            window.near(&q, *radius, &mut tops, &mut candidates);
         }
+        // Measured apart from the search, so that the candidates' hashes, at random
+        // places in the slots, are loaded independently of each other.
+        let mut found: Vec<PdqMatch> = candidates
+            .iter()
+            .filter_map(|&s| {
+                let listed = &slots[s as usize * HASH_LEN..(s as usize + 1) * HASH_LEN];
+                let d = distance(listed, query);
+                (d <= self.threshold).then_some(PdqMatch {
+                    slot: s,
+                    distance: d,
+                })
+            })
+            .collect();
         found.sort_unstable_by_key(|m| m.slot);
         found.dedup_by_key(|m| m.slot);
         found
@@ -210,19 +317,19 @@ impl PdqIndex {
 
     /// Bytes the index takes beside the section's slots.
     pub fn memory(&self) -> usize {
-        4 * (self.offsets.len() + self.postings.iter().map(Vec::len).sum::<usize>())
+        self.windows.iter().map(|(w, _)| w.memory()).sum()
     }
 }
 
-/// Every 16-bit value within `radius` bits of `value`, flipping only bits at `from` and
-/// above (so each is listed once).
-fn near(value: usize, radius: u32, from: u32, out: &mut Vec<usize>) {
-    out.push(value);
+/// Every [`TOP_BITS`]-bit value within `radius` bits of `value`, with the bits it
+/// differs in, flipping only bits at `from` and above (so each is listed once).
+fn flips(value: u32, radius: u32, from: u32, spent: u32, out: &mut Vec<(u32, u32)>) {
+    out.push((value, spent));
     if radius == 0 {
         return;
     }
-    for bit in from..16 {
-        near(value ^ (1 << bit), radius - 1, bit + 1, out);
+    for bit in from..TOP_BITS {
+        flips(value ^ (1 << bit), radius - 1, bit + 1, spent + 1, out);
     }
 }
 
@@ -284,14 +391,10 @@ mod tests {
         hash[(b / 8) as usize] ^= 0x80 >> (b % 8);
     }
 
-    fn slots_hold(slots: &[u8], slot: u32, hash: &[u8; HASH_LEN]) -> bool {
-        &slots[slot as usize * HASH_LEN..(slot as usize + 1) * HASH_LEN] == hash
-    }
-
     #[test]
     fn a_hash_at_the_threshold_is_found_however_its_bits_fall() {
-        // The worst case for an index over windows: one bit more than the radius in as
-        // many windows as the threshold allows, the rest in the last window reached.
+        // The worst case for an index over windows: the bits spent where they hurt most,
+        // one more than a window's radius in as many windows as the threshold allows.
         let salt = [4u8; 16];
         let listed = random_hashes(300, 11);
         let slots = layout(&salt, &listed, 512);
@@ -305,42 +408,80 @@ mod tests {
         for threshold in 0..=MAX_THRESHOLD {
             let index = PdqIndex::build(&slots, 300, threshold).unwrap();
             let t = u32::from(threshold);
-            let over = t / WINDOWS as u32 + 1;
             for k in 0..20 {
                 let target = listed[k * 7];
-                let (mut q, mut left) = (target, t);
-                let first = next(WINDOWS as u32) as usize;
-                for w in (0..WINDOWS).map(|i| (i + first) % WINDOWS) {
+                let mut q = target;
+                let mut left = t;
+                let first = next(WINDOWS.len() as u32) as usize;
+                for w in (0..WINDOWS.len()).map(|i| (i + first) % WINDOWS.len()) {
+                    let (start, width) = WINDOWS[w];
+                    let over = radius(t, w).map_or(0, |r| r + 1).min(left);
                     let mut picked = Vec::new();
-                    while (picked.len() as u32) < over.min(left) {
-                        let b = 16 * w as u32 + next(16);
+                    while (picked.len() as u32) < over {
+                        let b = start + next(width);
                         if !picked.contains(&b) {
                             picked.push(b);
                             flip(&mut q, b);
                         }
                     }
-                    left -= picked.len() as u32;
+                    left -= over;
                 }
+                let found = index.find(&slots, &q);
                 let d = distance(&q, &target);
-                assert_eq!(d, t);
+                assert!(d <= t);
                 assert!(
-                    index
-                        .find(&slots, &q)
+                    found
                         .iter()
                         .any(|m| m.distance == d && slots_hold(&slots, m.slot, &target)),
                     "threshold {t}: a hash {d} bits away was missed"
                 );
-                // One more bit, where the two agree: past the threshold, not a match.
-                let b = (0..256)
-                    .find(|&b| (target[b / 8] ^ q[b / 8]) & (0x80 >> (b % 8)) == 0)
-                    .expect("fewer than 256 bits differ");
-                flip(&mut q, b as u32);
-                assert!(!index
-                    .find(&slots, &q)
-                    .iter()
-                    .any(|m| slots_hold(&slots, m.slot, &target)));
+                // One more bit where the query already differs from nothing: past the
+                // threshold, not a match.
+                if d == t {
+                    let mut far = q;
+                    let b = (0..256).find(|&b| {
+                        (target[(b / 8) as usize] ^ q[(b / 8) as usize]) & (0x80 >> (b % 8)) == 0
+                    });
+                    flip(&mut far, b.unwrap());
+                    assert!(!index
+                        .find(&slots, &far)
+                        .iter()
+                        .any(|m| slots_hold(&slots, m.slot, &target)));
+                }
             }
         }
+    }
+
+    fn slots_hold(slots: &[u8], slot: u32, hash: &[u8; HASH_LEN]) -> bool {
+        &slots[slot as usize * HASH_LEN..(slot as usize + 1) * HASH_LEN] == hash
+    }
+
+    #[test]
+    fn radii_cover_every_threshold() {
+        for t in 0..=u32::from(MAX_THRESHOLD) {
+            let covered: u32 = (0..WINDOWS.len())
+                .map(|w| radius(t, w).map_or(0, |r| r + 1))
+                .sum();
+            assert!(covered > t, "threshold {t}");
+        }
+        assert_eq!(WINDOWS.iter().map(|w| w.1).sum::<u32>(), 256);
+        assert!(WINDOWS.windows(2).all(|p| p[0].0 + p[0].1 == p[1].0));
+        assert!(WINDOWS
+            .iter()
+            .all(|w| (TOP_BITS..=TOP_BITS + 8).contains(&w.1)));
+    }
+
+    #[test]
+    fn windows_are_cut_most_significant_bit_first() {
+        let mut h = [0u8; HASH_LEN];
+        h[0] = 0x80;
+        h[31] = 0x01;
+        let w = words(&h);
+        assert_eq!(bits(&w, 0, 24), 1 << 23);
+        assert_eq!(bits(&w, 233, 23), 1);
+        h[7] = 0x01;
+        h[8] = 0x80;
+        assert_eq!(bits(&words(&h), 63, 2), 0b11);
     }
 
     #[test]
