@@ -435,8 +435,8 @@ mod tests {
                         .any(|m| m.distance == d && slots_hold(&slots, m.slot, &target)),
                     "threshold {t}: a hash {d} bits away was missed"
                 );
-                // One more bit where the query already differs from nothing: past the
-                // threshold, not a match.
+                // One more bit, where query and listed hash agree: past the threshold,
+                // not a match.
                 if d == t {
                     let mut far = q;
                     let b = (0..256).find(|&b| {
