@@ -23,7 +23,9 @@ pub struct Cli {
 
 #[derive(Subcommand, Debug)]
 enum Command {
-    /// Create an authority signing key pair: NAME.key (secret, mode 0600) and NAME.pub.
+    /// Create an Ed25519 key pair: NAME.key (secret, mode 0600) and NAME.pub. An
+    /// authority signs filters and feeds with one; an operator signs its audit log's
+    /// checkpoints with another (`audit_key`).
     Keygen {
         /// Path and base name of the key files, e.g. keys/authority.
         #[arg(long)]
@@ -77,6 +79,13 @@ enum Command {
         #[arg(required = true)]
         files: Vec<PathBuf>,
     },
+    /// Check an audit log's hash chain and signed checkpoints: that no record was
+    /// removed, edited, reordered or inserted. Exit 0: intact; 1: broken (the first bad
+    /// line is named); 2: error.
+    Audit {
+        #[command(subcommand)]
+        command: AuditCommand,
+    },
     /// Write the canary file: harmless, listed in every filter, for end-to-end tests.
     Canary {
         /// Where to write it.
@@ -108,6 +117,25 @@ enum Command {
         /// Stop after the scan instead of starting the gateway.
         #[arg(long)]
         scan_only: bool,
+    },
+}
+
+/// `hashgate audit`.
+#[derive(Subcommand, Debug)]
+enum AuditCommand {
+    /// Verify the chain through one log's files, oldest first (e.g. `audit.jsonl.2
+    /// audit.jsonl.1 audit.jsonl`): rotated files and the current one are one chain.
+    Verify {
+        /// The operator's public key the checkpoints are signed with; without it only
+        /// the chain is checked, and nothing is proven against someone who rewrites it.
+        #[arg(long = "pub")]
+        public_key: Option<PathBuf>,
+        /// Print one JSON object instead of text.
+        #[arg(long)]
+        json: bool,
+        /// The log's files, oldest first.
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
     },
 }
 
@@ -165,6 +193,9 @@ struct ScanArgs {
     /// Also append one JSON line per hit to this audit log (fsynced).
     #[arg(long)]
     audit_log: Option<PathBuf>,
+    /// Sign the audit log's hash chain with this operator key (`hashgate keygen`).
+    #[arg(long, requires = "audit_log")]
+    audit_key: Option<PathBuf>,
     /// Hash files only as they are: do not look into archives (zip, tar, gzip, ...).
     #[arg(long)]
     no_archives: bool,
@@ -263,6 +294,14 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
             min_quality,
             files,
         } => pdq_cmd(category.as_deref(), min_quality, &files),
+        Command::Audit {
+            command:
+                AuditCommand::Verify {
+                    public_key,
+                    json,
+                    files,
+                },
+        } => audit_verify_cmd(public_key.as_deref(), json, &files),
         Command::Canary { out } => {
             std::fs::write(&out, hashgate_guest_canary())
                 .with_context(|| format!("writing {}", out.display()))?;
@@ -423,6 +462,88 @@ fn inspect_cmd(public_key: Option<&Path>, json: bool, file: &Path) -> Result<Exi
     })
 }
 
+fn audit_verify_cmd(key: Option<&Path>, json: bool, files: &[PathBuf]) -> Result<ExitCode> {
+    use hashgate_host::enforce::audit::verify::{verify, VerifyError};
+    let key = key.map(PublicKey::read).transpose()?;
+    match verify(files, key.as_ref()) {
+        Ok(proof) => {
+            let recovered: Vec<String> = proof.recovered.iter().map(|l| l.to_string()).collect();
+            if json {
+                let out = serde_json::json!({
+                    "intact": true,
+                    "records": proof.records,
+                    "first": proof.first,
+                    "last": proof.last,
+                    "checkpoints": proof.checkpoints,
+                    "keyed": proof.keyed,
+                    "signed_through": proof.signed_through,
+                    "unsigned_tail": proof.unsigned_tail(),
+                    "recovered": recovered,
+                    "replayed": proof.replayed,
+                });
+                println!("{out}");
+            } else {
+                let checked = if proof.keyed {
+                    "verified"
+                } else {
+                    "NOT checked (no --pub)"
+                };
+                println!(
+                    "intact: {} records ({} to {}) in {} files; {} checkpoints {checked}",
+                    proof.records,
+                    proof.first,
+                    proof.last,
+                    files.len(),
+                    proof.checkpoints
+                );
+                if let Some(through) = proof.signed_through {
+                    println!("signed through record {through}");
+                }
+                if proof.unsigned_tail() > 0 {
+                    println!(
+                        "note: {} records after the last checkpoint are not signed yet",
+                        proof.unsigned_tail()
+                    );
+                }
+                if proof.first > 1 {
+                    println!(
+                        "note: the first record given is {}: earlier ones are in files not given",
+                        proof.first
+                    );
+                }
+                for at in &recovered {
+                    println!("note: {at}: bytes no record holds, named by the `recovered` record after them (a crash mid-write, or bytes written by someone else)");
+                }
+                if proof.replayed > 0 {
+                    println!(
+                        "note: {} records written again after a truncation (copytruncate), identical",
+                        proof.replayed
+                    );
+                }
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(VerifyError::Io(e)) => Err(e.into()),
+        Err(e) => {
+            if json {
+                let out = match &e {
+                    VerifyError::Broken { at, why } => serde_json::json!({
+                        "intact": false,
+                        "file": at.file,
+                        "line": at.number,
+                        "error": why.to_string(),
+                    }),
+                    e => serde_json::json!({ "intact": false, "error": e.to_string() }),
+                };
+                println!("{out}");
+            } else {
+                println!("broken: {e}");
+            }
+            Ok(ExitCode::from(1))
+        }
+    }
+}
+
 /// The runtime of `component`, or of the embedded reference guest.
 fn guest_runtime(component: Option<&Path>) -> Result<Runtime> {
     Ok(match component {
@@ -462,6 +583,7 @@ fn scan_cmd(args: ScanArgs) -> Result<ExitCode> {
             .unwrap_or_default(),
         allow_list: args.allow_list.as_deref(),
         audit_log: args.audit_log.as_deref(),
+        audit_key: args.audit_key.as_deref(),
         threads: args
             .threads
             .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get())),

@@ -90,6 +90,7 @@ pub fn run(dir: Option<PathBuf>, listen: &str, scan_only: bool) -> Result<ExitCo
         uninspectable: Default::default(),
         allow_list: None,
         audit_log: None,
+        audit_key: None,
         threads: 2,
         catalog: None,
         catalog_algorithms: Vec::new(),

@@ -35,6 +35,7 @@ pub fn settings(args: &EnforceArgs, front: FileConfig) -> Result<FileConfig> {
         admin: args.admin.clone(),
         workers: args.workers,
         audit_log: args.audit_log.clone(),
+        audit_key: args.audit_key.clone(),
         allow_list: args.allow_list.clone(),
         actions: args
             .monitor
@@ -100,6 +101,10 @@ pub struct EnforceArgs {
     /// Audit log (JSON lines, fsynced per record).
     #[arg(long)]
     pub audit_log: Option<PathBuf>,
+    /// Sign the audit log's hash chain with this operator key (`hashgate keygen`);
+    /// `hashgate audit verify --pub` checks it.
+    #[arg(long, requires = "audit_log")]
+    pub audit_key: Option<PathBuf>,
     /// Allow-list of exact digests that override hits.
     #[arg(long)]
     pub allow_list: Option<PathBuf>,

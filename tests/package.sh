@@ -172,6 +172,10 @@ reopened() {
   grep -q '"canary":true' "$audit"
 }
 wait_for "an audit record in the new $audit" reopened
+# The rotated file and the new one are one hash chain.
+/usr/bin/hashgate audit verify "$audit.1" "$audit" >"$work/verify.out" 2>&1 ||
+  fail "the audit chain across the rotation: $(cat "$work/verify.out")"
+grep -q '^intact' "$work/verify.out" || fail "audit verify said: $(cat "$work/verify.out")"
 kill -0 "$gateway" || fail "the gateway died on SIGHUP"
 # A clean upload too (the configured origin is not there: a 502, after inspection).
 head -c 300000 /dev/urandom >"$work/clean.bin"

@@ -49,6 +49,14 @@ pub struct FileConfig {
     pub workers: Option<usize>,
     /// Audit log file.
     pub audit_log: Option<PathBuf>,
+    /// The operator's secret key (`hashgate keygen`) the audit log's chain is signed
+    /// with (`hashgate audit verify --pub` checks it).
+    pub audit_key: Option<PathBuf>,
+    /// A checkpoint after this many audit records at most (default 1,000).
+    pub audit_checkpoint_records: Option<u64>,
+    /// A checkpoint this many seconds after the first unsigned record at most
+    /// (default 60).
+    pub audit_checkpoint_secs: Option<u64>,
     /// Allow-list file of exact digests.
     pub allow_list: Option<PathBuf>,
     /// Inspected methods.
@@ -344,7 +352,8 @@ impl FileConfig {
             self.origin = None;
         }
         take!(self, over: listen, origin, store, filter, public_key, feed, root, state_dir,
-            feed_poll_secs, feed_timeout_secs, feed_ca, admin, workers, audit_log, allow_list,
+            feed_poll_secs, feed_timeout_secs, feed_ca, admin, workers, audit_log, audit_key,
+            audit_checkpoint_records, audit_checkpoint_secs, allow_list,
             inspect_methods, max_body_bytes, header_timeout_secs, body_timeout_secs,
             origin_timeout_secs, max_connections, shutdown_grace_secs, tls_cert, tls_key,
             origin_ca, scan_responses, response_buffer_bytes, response_cache_entries,
@@ -393,6 +402,30 @@ impl FileConfig {
             self.response_cache_secs
                 .map_or(ttl, std::time::Duration::from_secs),
         )
+    }
+
+    /// How the audit log's chain is signed: `None` without an `audit_key`.
+    ///
+    /// Fails when the key cannot be read, or when a key is given without an
+    /// `audit_log` to sign.
+    pub fn audit_checkpoints(&self) -> Result<Option<crate::enforce::audit::Checkpoints>, Error> {
+        let Some(path) = &self.audit_key else {
+            return Ok(None);
+        };
+        if self.audit_log.is_none() {
+            return Err(Error::Config(
+                "audit_key is set but audit_log is not: there is no log to sign".into(),
+            ));
+        }
+        let mut checkpoints =
+            crate::enforce::audit::Checkpoints::new(crate::trust::SecretKey::read(path)?);
+        if let Some(n) = self.audit_checkpoint_records {
+            checkpoints.records = n.max(1);
+        }
+        if let Some(secs) = self.audit_checkpoint_secs {
+            checkpoints.interval = std::time::Duration::from_secs(secs.max(1));
+        }
+        Ok(Some(checkpoints))
     }
 
     /// Reads a TOML file.

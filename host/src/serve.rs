@@ -216,7 +216,12 @@ pub async fn enforcer(file: &FileConfig) -> Result<(Arc<Enforcer>, Option<Feed>)
     if let Some(path) = &file.allow_list {
         policy.allow = AllowList::read(path)?;
     }
-    let audit = file.audit_log.as_deref().map(AuditLog::open).transpose()?;
+    let checkpoints = file.audit_checkpoints()?;
+    let audit = file
+        .audit_log
+        .as_deref()
+        .map(|path| AuditLog::open_signed(path, checkpoints))
+        .transpose()?;
     let mut enforcer = Enforcer::new(engine, policy, audit, Metrics::new());
     if let Some(rules) = file.confirm.clone() {
         enforcer = enforcer.with_confirmation(rules)?;

@@ -7,9 +7,10 @@ use std::sync::{Arc, OnceLock};
 
 use super::{list_files, scan_while_loading, Event, ScanCatalog, Summary};
 use crate::catalog::Catalog;
+use crate::enforce::audit::Checkpoints;
 use crate::enforce::{Action, AllowList, AuditLog, Enforcer, Metrics, Policy};
 use crate::inspect::{Limits, Uninspectable};
-use crate::trust::PublicKey;
+use crate::trust::{PublicKey, SecretKey};
 use crate::{Error, FilterEngine, FilterInfo, Runtime};
 
 /// What to scan, against what, how.
@@ -30,6 +31,8 @@ pub struct Job<'a> {
     pub allow_list: Option<&'a Path>,
     /// Where every hit is also recorded (fsynced), if anywhere.
     pub audit_log: Option<&'a Path>,
+    /// The operator's key the audit log's chain is signed with, if any.
+    pub audit_key: Option<&'a Path>,
     /// Hashing threads.
     pub threads: usize,
     /// The catalog of an incremental scan (`scan --catalog`), if any: files whose
@@ -181,7 +184,14 @@ fn enforcer(engine: FilterEngine, job: &Job<'_>) -> Result<Enforcer, Error> {
             .unwrap_or_default(),
         ..Policy::default()
     };
-    let audit = job.audit_log.map(AuditLog::open).transpose()?;
+    let checkpoints = job
+        .audit_key
+        .map(|path| SecretKey::read(path).map(Checkpoints::new))
+        .transpose()?;
+    let audit = job
+        .audit_log
+        .map(|path| AuditLog::open_signed(path, checkpoints))
+        .transpose()?;
     Ok(Enforcer::new(engine, policy, audit, Metrics::new()))
 }
 
