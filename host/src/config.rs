@@ -59,6 +59,14 @@ pub struct FileConfig {
     pub audit_checkpoint_secs: Option<u64>,
     /// Allow-list file of exact digests.
     pub allow_list: Option<PathBuf>,
+    /// Where the allow-list entries added through the admin listener are kept (without
+    /// it they last until the process ends).
+    pub allow_list_local: Option<PathBuf>,
+    /// A file holding the bearer token the admin listener's write endpoints
+    /// (`/allow-list`) require; without it they are off.
+    pub admin_token_file: Option<PathBuf>,
+    /// Hit storms: thresholds and what a storm does (`enforce::storm`).
+    pub storm: Option<crate::enforce::StormConfig>,
     /// Inspected methods.
     pub inspect_methods: Option<Vec<String>>,
     /// Largest body in bytes.
@@ -353,7 +361,8 @@ impl FileConfig {
         }
         take!(self, over: listen, origin, store, filter, public_key, feed, root, state_dir,
             feed_poll_secs, feed_timeout_secs, feed_ca, admin, workers, audit_log, audit_key,
-            audit_checkpoint_records, audit_checkpoint_secs, allow_list,
+            audit_checkpoint_records, audit_checkpoint_secs, allow_list, allow_list_local,
+            admin_token_file, storm,
             inspect_methods, max_body_bytes, header_timeout_secs, body_timeout_secs,
             origin_timeout_secs, max_connections, shutdown_grace_secs, tls_cert, tls_key,
             origin_ca, scan_responses, response_buffer_bytes, response_cache_entries,

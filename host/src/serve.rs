@@ -222,7 +222,11 @@ pub async fn enforcer(file: &FileConfig) -> Result<(Arc<Enforcer>, Option<Feed>)
         .as_deref()
         .map(|path| AuditLog::open_signed(path, checkpoints))
         .transpose()?;
-    let mut enforcer = Enforcer::new(engine, policy, audit, Metrics::new());
+    let mut enforcer = Enforcer::new(engine, policy, audit, Metrics::new())
+        .with_storms(file.storm.clone().unwrap_or_default());
+    if let Some(path) = &file.allow_list_local {
+        enforcer = enforcer.with_local_allow_list(path.clone())?;
+    }
     if let Some(rules) = file.confirm.clone() {
         enforcer = enforcer.with_confirmation(rules)?;
     }
@@ -280,8 +284,13 @@ async fn start_admin(
     let failed = |e: std::io::Error| Error::Serve(format!("admin listener on {addr}: {e}"));
     let listener = tokio::net::TcpListener::bind(addr).await.map_err(failed)?;
     let local = listener.local_addr().map_err(failed)?;
-    eprintln!("admin on http://{local} (/metrics, /healthz, /readyz)");
-    tokio::spawn(crate::admin::serve_admin(listener, enforcer.clone()));
+    let token = file
+        .admin_token_file
+        .as_deref()
+        .map(crate::admin::read_token)
+        .transpose()?;
+    eprintln!("admin on http://{local} (/metrics, /healthz, /readyz, /storms, /allow-list)");
+    tokio::spawn(crate::admin::serve_admin(listener, enforcer.clone(), token));
     Ok(Some(local))
 }
 

@@ -61,6 +61,8 @@ pub struct Metrics {
     origin_errors: Counter,
     response_cache_hits: Counter,
     audit_errors: Counter,
+    storms: Counter,
+    storms_active: Gauge,
     verdict_seconds: Histogram,
     filter_version: Gauge,
     filter_expires: AtomicU64,
@@ -115,6 +117,8 @@ impl Metrics {
             origin_errors: Counter::default(),
             response_cache_hits: Counter::default(),
             audit_errors: Counter::default(),
+            storms: Counter::default(),
+            storms_active: Gauge::default(),
             verdict_seconds: Histogram::new([1e-6, 2e-6, 5e-6, 1e-5, 5e-5, 1e-4, 1e-3, 1e-2]),
             filter_version: Gauge::default(),
             filter_expires: AtomicU64::new(0),
@@ -195,6 +199,16 @@ impl Metrics {
             "response_cache_hits",
             "Responses decided from cached digests instead of hashing",
             m.response_cache_hits.clone(),
+        );
+        registry.register(
+            "storms",
+            "Hit storms seen: one listed entry hit by many distinct clients in a window",
+            m.storms.clone(),
+        );
+        registry.register(
+            "storms_active",
+            "Listed entries in a hit storm now",
+            m.storms_active.clone(),
         );
         registry.register(
             "audit_errors",
@@ -416,6 +430,16 @@ impl Metrics {
 
     pub(crate) fn count_guest_trap(&self) {
         self.guest_traps.inc();
+    }
+
+    /// Counts a hit storm seen.
+    pub fn count_storm(&self) {
+        self.storms.inc();
+    }
+
+    /// Sets how many listed entries are in a storm now.
+    pub fn set_storms_active(&self, n: usize) {
+        self.storms_active.set(n as i64);
     }
 
     pub(crate) fn count_audit_error(&self) {

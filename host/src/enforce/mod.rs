@@ -8,6 +8,7 @@ pub mod confirm;
 pub mod metrics;
 pub mod policy;
 pub mod retro;
+pub mod storm;
 
 use std::borrow::Cow;
 use std::sync::Arc;
@@ -23,7 +24,8 @@ use crate::{Digest, Error, FilterEngine, Hit, Verdict};
 pub use audit::{AuditLog, AuditRecord, Ticket};
 pub use confirm::{ConfirmConfig, Confirmer, Evidence};
 pub use metrics::Metrics;
-pub use policy::{Action, AllowList, FailureMode, Policy};
+pub use policy::{Action, AllowEntry, AllowList, FailureMode, Policy};
+pub use storm::{OnStorm, StormConfig, Storms};
 
 /// What the front-end must do with an object.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -247,6 +249,10 @@ pub struct Enforcer {
     audit: Option<AuditLog>,
     metrics: Metrics,
     confirm: Option<Confirmation>,
+    storms: Storms,
+    /// Allow-list entries added through the admin listener, and the file they are kept in.
+    local: std::sync::RwLock<AllowList>,
+    local_path: Option<std::path::PathBuf>,
 }
 
 /// Confirmation of hits: the rules, the client, where reports go.
@@ -272,7 +278,122 @@ impl Enforcer {
             audit,
             metrics,
             confirm: None,
+            storms: Storms::new(StormConfig::default()),
+            local: Default::default(),
+            local_path: None,
         }
+    }
+
+    /// Counts hit storms as `config` says (see [`storm`]).
+    pub fn with_storms(mut self, config: StormConfig) -> Self {
+        self.storms = Storms::new(config);
+        self
+    }
+
+    /// Keeps the allow-list entries added through the admin listener in `path` (loaded
+    /// now if it exists, rewritten atomically on every change), so they outlive a
+    /// restart.
+    ///
+    /// Fails when the file exists and cannot be read or holds a bad line.
+    pub fn with_local_allow_list(mut self, path: std::path::PathBuf) -> Result<Self, Error> {
+        if path.exists() {
+            self.local = std::sync::RwLock::new(AllowList::read(&path)?);
+        }
+        self.local_path = Some(path);
+        Ok(self)
+    }
+
+    /// The hit-storm counts.
+    pub fn storms(&self) -> &Storms {
+        &self.storms
+    }
+
+    /// The allow-list entries added through the admin listener.
+    pub fn local_allow_list(&self) -> Vec<AllowEntry> {
+        self.local
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .entries()
+    }
+
+    /// Adds (`add`) or removes an entry of the local allow-list, in force for the
+    /// next object; kept in the local allow-list file if one is configured (the change
+    /// is undone if it cannot be written). Returns whether anything changed and
+    /// whether it persists.
+    pub fn change_local_allow_list(
+        &self,
+        entry: AllowEntry,
+        add: bool,
+    ) -> Result<(bool, bool), Error> {
+        let mut list = self.local.write().unwrap_or_else(|p| p.into_inner());
+        let changed = if add {
+            list.insert(entry.clone())
+        } else {
+            list.remove(&entry)
+        };
+        let Some(path) = &self.local_path else {
+            return Ok((changed, false));
+        };
+        if changed {
+            let mut text = String::from(
+                "# Allow-list entries added through hashgate's admin listener. Rewritten on each change.\n",
+            );
+            for e in list.entries() {
+                text.push_str(&format!("{e}\n"));
+            }
+            if let Err(e) = crate::durable::write_atomically(path, text.as_bytes()) {
+                if add {
+                    list.remove(&entry);
+                } else {
+                    list.insert(entry);
+                }
+                return Err(e.into());
+            }
+        }
+        tracing::warn!(entry = %entry, add, "local allow-list changed through the admin listener");
+        Ok((changed, true))
+    }
+
+    fn allows(&self, algorithm: crate::Algorithm, digest: &[u8]) -> bool {
+        self.policy.allow.contains(algorithm, digest)
+            || self
+                .local
+                .read()
+                .unwrap_or_else(|p| p.into_inner())
+                .contains(algorithm, digest)
+    }
+
+    fn allows_pdq(&self, listed: &PdqHash) -> bool {
+        self.policy.allow.contains_pdq(listed)
+            || self
+                .local
+                .read()
+                .unwrap_or_else(|p| p.into_inner())
+                .contains_pdq(listed)
+    }
+
+    /// Counts a hit of `entry` by the request's client; `Some(on_storm)` when the entry
+    /// is in a storm. The storm's start is logged and counted once.
+    fn storm(&self, ctx: &Context, entry: &str) -> Option<OnStorm> {
+        let now = Instant::now();
+        let seen = self.storms.observe(entry, &ctx.client, now);
+        if seen.started {
+            let c = self.storms.config();
+            self.metrics.count_storm();
+            tracing::warn!(entry, clients = seen.clients, window_secs = c.window_secs,
+                on_storm = ?c.on_storm, "hit storm: one listed entry hit by many distinct clients");
+        }
+        if seen.started || seen.storming {
+            self.metrics.set_storms_active(self.storms.active(now));
+        }
+        seen.storming.then_some(self.storms.config().on_storm)
+    }
+
+    /// Brings the gauges computed from state (storms in force) up to date, before the
+    /// metrics are read.
+    pub fn refresh_gauges(&self) {
+        self.metrics
+            .set_storms_active(self.storms.active(Instant::now()));
     }
 
     /// Confirms hits with the authority's range API under `rules` (see
@@ -333,7 +454,7 @@ impl Enforcer {
 
     /// Whether the allow-list exempts `hit`'s digest.
     pub fn allowed(&self, hit: &Hit) -> bool {
-        self.policy.allow.contains(hit.algorithm, &hit.bytes)
+        self.allows(hit.algorithm, &hit.bytes)
     }
 
     /// Appends `record` (a stored object found listed by a re-check) to the audit log
@@ -590,7 +711,7 @@ impl Enforcer {
         let hashes: Vec<PdqHash> = pdq.hashes.iter().map(|(_, h)| *h).collect();
         let mut matches: Vec<PdqMatch> = Vec::new();
         for hit in filter.check_pdq(&hashes)? {
-            if self.policy.allow.contains_pdq(&hit.listed) {
+            if self.allows_pdq(&hit.listed) {
                 continue;
             }
             let (transform, hash) = pdq.hashes[hit.query];
@@ -627,9 +748,14 @@ impl Enforcer {
         let rules = self.confirm.as_ref().map(|c| &c.rules);
         let mut outcome = Outcome::Pass;
         let mut quarantine = false;
-        for (m, &e) in matches.iter().zip(evidence) {
+        let storms: Vec<Option<OnStorm>> = matches
+            .iter()
+            .map(|m| self.storm(ctx, &format!("pdq:{}", m.hit.listed.to_hex())))
+            .collect();
+        for ((m, &e), storm) in matches.iter().zip(evidence).zip(&storms) {
             let blocks = self.policy.action_for(m.hit.category.as_deref()) == Action::Block
-                && rules.is_none_or(|r| r.takes(r.block, e));
+                && rules.is_none_or(|r| r.takes(r.block, e))
+                && *storm != Some(OnStorm::Monitor);
             outcome = outcome.stricter(if blocks {
                 Outcome::Block
             } else {
@@ -642,7 +768,7 @@ impl Enforcer {
             Outcome::Block => "block",
             _ => "monitor",
         };
-        for (m, &e) in matches.iter().zip(evidence) {
+        for ((m, &e), storm) in matches.iter().zip(evidence).zip(&storms) {
             self.metrics.count_hit(action, false);
             tracing::info!(request_id = %ctx.request_id, listed = %m.hit.listed.to_hex(),
                 distance = m.hit.distance, quality = m.quality, action, "PDQ match");
@@ -650,6 +776,7 @@ impl Enforcer {
             record.algorithm = Some("pdq".into());
             record.digest = Some(m.hit.listed.to_hex());
             record.category = m.hit.category.clone();
+            record.storm = storm.map(OnStorm::name);
             record.evidence = Some(match e {
                 Evidence::FilterHit => "perceptual",
                 e => e.label(),
@@ -745,7 +872,7 @@ impl Enforcer {
         };
         Ok(hits
             .into_iter()
-            .filter(|h| !self.policy.allow.contains(h.algorithm, &h.bytes))
+            .filter(|h| !self.allows(h.algorithm, &h.bytes))
             .collect())
     }
 
@@ -766,10 +893,19 @@ impl Enforcer {
         let mut outcome = Outcome::Pass;
         let mut quarantine = false;
         let mut blocked = vec![false; hits.len()];
-        for ((hit, &e), blocks) in hits.iter().zip(evidence).zip(&mut blocked) {
+        let storms: Vec<Option<OnStorm>> = hits
+            .iter()
+            .map(|h| {
+                let entry = format!("{}:{}", h.algorithm.name(), hex::encode(&h.bytes));
+                (!h.is_canary()).then(|| self.storm(ctx, &entry)).flatten()
+            })
+            .collect();
+        for (((hit, &e), blocks), storm) in hits.iter().zip(evidence).zip(&mut blocked).zip(&storms)
+        {
             *blocks = hit.is_canary()
                 || (self.policy.action_for(hit.category.as_deref()) == Action::Block
-                    && takes(|r| r.block, e));
+                    && takes(|r| r.block, e)
+                    && *storm != Some(OnStorm::Monitor));
             outcome = outcome.stricter(if *blocks {
                 Outcome::Block
             } else {
@@ -781,10 +917,11 @@ impl Enforcer {
             Outcome::Block => "block",
             _ => "monitor",
         };
-        for (hit, &e) in hits.iter().zip(evidence) {
+        for ((hit, &e), storm) in hits.iter().zip(evidence).zip(&storms) {
             self.metrics.count_hit(action, hit.is_canary());
             let mut record = self.record(filter, ctx, size, Some(hit), action);
             record.evidence = Some(e.label());
+            record.storm = storm.map(OnStorm::name);
             if !quarantine {
                 record.quarantine = None;
             }

@@ -71,51 +71,104 @@ pub struct AllowList {
     pdq: HashSet<[u8; 32]>,
 }
 
+/// One allow-list entry: an exact digest, or a listed PDQ hash.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub enum AllowEntry {
+    /// A digest, `[algorithm:]hex` (the algorithm inferred from the length if unnamed).
+    Digest(Algorithm, Vec<u8>),
+    /// A listed PDQ hash, `pdq:HEX`.
+    Pdq([u8; 32]),
+}
+
+impl std::str::FromStr for AllowEntry {
+    type Err = String;
+
+    /// Parses one allow-list line (trimmed, not a comment).
+    fn from_str(line: &str) -> Result<AllowEntry, String> {
+        let line = line.trim();
+        if let Some(hex) = line.strip_prefix("pdq:") {
+            let hash = crate::perceptual::PdqHash::from_hex(hex.trim())
+                .ok_or_else(|| "a PDQ hash is 64 hex digits".to_string())?;
+            return Ok(AllowEntry::Pdq(hash.0));
+        }
+        let (named, hex) = match line.split_once(':') {
+            Some((name, hex)) => (Some(name.trim().parse::<Algorithm>()?), hex.trim()),
+            None => (None, line),
+        };
+        let bytes = hex::decode(hex).map_err(|e| format!("bad hex digest: {e}"))?;
+        let algorithm = match named {
+            Some(a) => a,
+            None => Algorithm::ALL
+                .into_iter()
+                .find(|a| a.digest_len() == bytes.len())
+                .ok_or_else(|| format!("no algorithm has {}-byte digests", bytes.len()))?,
+        };
+        if bytes.len() != algorithm.digest_len() {
+            return Err(format!(
+                "a {algorithm} digest is {} bytes",
+                algorithm.digest_len()
+            ));
+        }
+        Ok(AllowEntry::Digest(algorithm, bytes))
+    }
+}
+
+impl std::fmt::Display for AllowEntry {
+    /// The entry as an allow-list line names it (`sha256:HEX`, `pdq:HEX`).
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            AllowEntry::Digest(a, bytes) => write!(f, "{a}:{}", hex::encode(bytes)),
+            AllowEntry::Pdq(hash) => write!(f, "pdq:{}", hex::encode(hash)),
+        }
+    }
+}
+
 impl AllowList {
     /// Reads an allow-list: one `[algorithm:]hex` per line, `#` comments and blank lines
     /// ignored (the digest-list syntax without categories); `pdq:HEX` names a listed PDQ
     /// hash whose matches are not acted on.
     pub fn read(path: &Path) -> Result<AllowList, Error> {
         let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
-        let mut digests = HashSet::new();
-        let mut pdq = HashSet::new();
+        let mut list = AllowList::default();
         for (n, line) in text.lines().enumerate() {
             let line = line.trim();
             if line.is_empty() || line.starts_with('#') {
                 continue;
             }
-            let bad =
-                |reason: String| Error::Config(format!("{}:{}: {reason}", path.display(), n + 1));
-            if let Some(hex) = line.strip_prefix("pdq:") {
-                let hash = crate::perceptual::PdqHash::from_hex(hex.trim())
-                    .ok_or_else(|| bad("a PDQ hash is 64 hex digits".into()))?;
-                pdq.insert(hash.0);
-                continue;
-            }
-            let (named, hex) = match line.split_once(':') {
-                Some((name, hex)) => (
-                    Some(name.trim().parse::<Algorithm>().map_err(bad)?),
-                    hex.trim(),
-                ),
-                None => (None, line),
-            };
-            let bytes = hex::decode(hex).map_err(|e| bad(format!("bad hex digest: {e}")))?;
-            let algorithm = match named {
-                Some(a) => a,
-                None => Algorithm::ALL
-                    .into_iter()
-                    .find(|a| a.digest_len() == bytes.len())
-                    .ok_or_else(|| bad(format!("no algorithm has {}-byte digests", bytes.len())))?,
-            };
-            if bytes.len() != algorithm.digest_len() {
-                return Err(bad(format!(
-                    "a {algorithm} digest is {} bytes",
-                    algorithm.digest_len()
-                )));
-            }
-            digests.insert((algorithm, bytes));
+            let entry = line.parse().map_err(|reason| {
+                Error::Config(format!("{}:{}: {reason}", path.display(), n + 1))
+            })?;
+            list.insert(entry);
         }
-        Ok(AllowList { digests, pdq })
+        Ok(list)
+    }
+
+    /// Adds `entry`; whether it was new.
+    pub fn insert(&mut self, entry: AllowEntry) -> bool {
+        match entry {
+            AllowEntry::Digest(a, bytes) => self.digests.insert((a, bytes)),
+            AllowEntry::Pdq(hash) => self.pdq.insert(hash),
+        }
+    }
+
+    /// Removes `entry`; whether it was there.
+    pub fn remove(&mut self, entry: &AllowEntry) -> bool {
+        match entry {
+            AllowEntry::Digest(a, bytes) => self.digests.remove(&(*a, bytes.clone())),
+            AllowEntry::Pdq(hash) => self.pdq.remove(hash),
+        }
+    }
+
+    /// The entries, sorted by how they are written.
+    pub fn entries(&self) -> Vec<AllowEntry> {
+        let mut all: Vec<AllowEntry> = self
+            .digests
+            .iter()
+            .map(|(a, b)| AllowEntry::Digest(*a, b.clone()))
+            .chain(self.pdq.iter().map(|h| AllowEntry::Pdq(*h)))
+            .collect();
+        all.sort_by_cached_key(|e| e.to_string());
+        all
     }
 
     /// Whether matches of the listed PDQ hash `listed` are allowed.

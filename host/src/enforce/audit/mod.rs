@@ -107,6 +107,10 @@ pub struct AuditRecord {
     /// ...), the distance in bits and the section's match distance.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub pdq: Option<serde_json::Value>,
+    /// When the entry that hit is in a hit storm: the `on_storm` in force (`alert`: it
+    /// still blocks; `monitor`: let through for the cool-down).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub storm: Option<&'static str>,
 }
 
 impl AuditRecord {
@@ -142,6 +146,7 @@ impl AuditRecord {
             quarantine: ctx.quarantine.clone().filter(|_| action == "block"),
             stored: None,
             pdq: None,
+            storm: None,
         }
     }
 }
