@@ -280,13 +280,34 @@ pub enum AuthorityCommand {
         /// Append one JSON line per request here (default: standard error).
         #[arg(long)]
         audit_log: Option<PathBuf>,
+        /// Take operators' feedback reports at POST /v1/feedback, from the operators
+        /// whose public keys are in this directory (NAME.pub each).
+        #[arg(long, requires = "feedback_dir")]
+        operators: Option<PathBuf>,
+        /// Where accepted feedback reports are kept.
+        #[arg(long, requires = "operators")]
+        feedback_dir: Option<PathBuf>,
+    },
+    /// Print per-entry totals over the feedback reports kept in a directory: hits from
+    /// all operators, how many operators reported and allow-list each entry, most hits
+    /// first (a wrongly listed entry shows up here).
+    Feedback {
+        /// The directory `serve --feedback-dir` keeps reports in.
+        #[arg(long)]
+        feedback_dir: PathBuf,
+        /// Print JSON lines instead of text.
+        #[arg(long)]
+        json: bool,
+        /// Print at most this many entries.
+        #[arg(long, default_value_t = 50)]
+        top: usize,
     },
 }
 
 /// Runs `hashgate authority ...`.
 pub fn authority(cmd: AuthorityCommand) -> Result<()> {
     use hashgate_authority::confirm::{serve, PadKey, Policy, RangeIndex, Server, Tokens};
-    let AuthorityCommand::Serve {
+    let (
         lists,
         listen,
         tokens,
@@ -297,7 +318,40 @@ pub fn authority(cmd: AuthorityCommand) -> Result<()> {
         burst,
         pad_key,
         audit_log,
-    } = cmd;
+        feedback,
+    ) = match cmd {
+        AuthorityCommand::Serve {
+            lists,
+            listen,
+            tokens,
+            tls_cert,
+            tls_key,
+            prefix_hex,
+            rate,
+            burst,
+            pad_key,
+            audit_log,
+            operators,
+            feedback_dir,
+        } => (
+            lists,
+            listen,
+            tokens,
+            tls_cert,
+            tls_key,
+            prefix_hex,
+            rate,
+            burst,
+            pad_key,
+            audit_log,
+            operators.zip(feedback_dir),
+        ),
+        AuthorityCommand::Feedback {
+            feedback_dir,
+            json,
+            top,
+        } => return feedback_totals(&feedback_dir, json, top),
+    };
     let pad_key = pad_key.unwrap_or_else(|| tokens.with_file_name("pad.key"));
     let audit: Box<dyn std::io::Write + Send> = match &audit_log {
         Some(path) => Box::new(
@@ -316,7 +370,15 @@ pub fn authority(cmd: AuthorityCommand) -> Result<()> {
         pad_key: PadKey::open_or_create(&pad_key)?,
         audit,
     };
-    let server = Server::new(RangeIndex::load(&lists)?, Tokens::read(&tokens)?, policy)?;
+    let mut server = Server::new(RangeIndex::load(&lists)?, Tokens::read(&tokens)?, policy)?;
+    if let Some((operators, dir)) = &feedback {
+        let inbox = hashgate_authority::feedback::Inbox::open(operators, dir)?;
+        eprintln!(
+            "taking feedback at /v1/feedback from {} operators",
+            inbox.operators()
+        );
+        server = server.with_feedback(inbox);
+    }
     let server = std::sync::Arc::new(server);
     let tls = hashgate_host::tls::CertStore::configured(tls_cert.as_deref(), tls_key.as_deref())?
         .map(|store| tokio_rustls::TlsAcceptor::from(store.server_config(&[b"h2", b"http/1.1"])));
@@ -346,4 +408,26 @@ pub fn authority(cmd: AuthorityCommand) -> Result<()> {
         }
         Ok(())
     })
+}
+
+/// `hashgate authority feedback`.
+fn feedback_totals(dir: &std::path::Path, json: bool, top: usize) -> Result<()> {
+    let totals = hashgate_authority::feedback::totals(dir)?;
+    if !json {
+        println!(
+            "{:>10} {:>9} {:>10}  entry",
+            "hits", "operators", "allowed by"
+        );
+    }
+    for t in totals.iter().take(top) {
+        if json {
+            println!("{}", serde_json::to_string(t)?);
+        } else {
+            println!(
+                "{:>10} {:>9} {:>10}  {}",
+                t.hits, t.operators, t.allowed_by, t.entry
+            );
+        }
+    }
+    Ok(())
 }

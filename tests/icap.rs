@@ -34,7 +34,7 @@ impl Setup {
             "--admin".into(),
             "127.0.0.1:0".into(),
             "--audit-log".into(),
-            self.path("icap-audit.log").display().to_string(),
+            self.free_audit_log("icap-audit.log").display().to_string(),
         ];
         args.extend(extra.iter().map(|s| s.to_string()));
         spawn_listening(Command::new(env!("CARGO_BIN_EXE_hashgate")).args(&args))

@@ -3,33 +3,9 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use common::procs::*;
-
-/// A setup whose filter `f.hgf` lists two small files, `a.bin` and `b.bin`.
-fn small_listed() -> (Setup, PathBuf, PathBuf) {
-    let s = Setup::new();
-    let (a, b) = (s.path("a.bin"), s.path("b.bin"));
-    std::fs::write(
-        &a,
-        b"a listed file, small so that hundreds of uploads are quick",
-    )
-    .unwrap();
-    std::fs::write(&b, b"another listed file").unwrap();
-    let list = s.path("small.txt");
-    std::fs::write(
-        &list,
-        format!(
-            "{}\n{}\n",
-            sha256_hex(&std::fs::read(&a).unwrap()),
-            sha256_hex(&std::fs::read(&b).unwrap())
-        ),
-    )
-    .unwrap();
-    s.build(&list, "f.hgf", 2);
-    (s, a, b)
-}
 
 /// PUT `file` from source address `from`; the status.
 fn put_from(file: &Path, port: u16, from: &str, key: &str) -> u16 {
@@ -57,20 +33,10 @@ fn audit_lines(s: &Setup) -> Vec<serde_json::Value> {
         .collect()
 }
 
-fn gateway_with(s: &Setup, toml: &str) -> (Killed, u16, u16) {
-    let config = s.path("gw.toml");
-    std::fs::write(&config, toml).unwrap();
-    let store = s.path("store");
-    s.gateway(
-        &["--store", store.to_str().unwrap()],
-        &["--config", config.to_str().unwrap()],
-    )
-}
-
 #[test]
 fn a_storm_from_many_clients_alerts_and_by_default_still_blocks() {
-    let (s, a, _) = small_listed();
-    let (_gw, port, admin) = gateway_with(&s, "[storm]\nclients = 100\n");
+    let (s, a, _) = Setup::small_listed();
+    let (_gw, port, admin) = s.store_gateway("[storm]\nclients = 100\n");
     // 200 uploads from one client: no storm.
     for i in 0..200 {
         assert_eq!(put_from(&a, port, "127.0.0.1", &format!("one/{i}")), 451);
@@ -107,11 +73,9 @@ fn a_storm_from_many_clients_alerts_and_by_default_still_blocks() {
 
 #[test]
 fn on_storm_monitor_lets_only_the_storming_entry_through_for_the_cool_down() {
-    let (s, a, b) = small_listed();
-    let (_gw, port, admin) = gateway_with(
-        &s,
-        "[storm]\nclients = 100\non_storm = \"monitor\"\ncooldown_secs = 600\n",
-    );
+    let (s, a, b) = Setup::small_listed();
+    let (_gw, port, admin) =
+        s.store_gateway("[storm]\nclients = 100\non_storm = \"monitor\"\ncooldown_secs = 600\n");
     let codes: Vec<u16> = (0..200)
         .map(|i| {
             let from = format!("127.0.{}.{}", 1 + i / 100, 1 + i % 100);
@@ -138,7 +102,7 @@ fn on_storm_monitor_lets_only_the_storming_entry_through_for_the_cool_down() {
 
 #[test]
 fn the_admin_allow_list_changes_without_a_restart_needs_the_token_and_is_kept() {
-    let (s, a, _) = small_listed();
+    let (s, a, _) = Setup::small_listed();
     std::fs::write(s.path("token"), "s3cret-token\n").unwrap();
     let toml = format!(
         "admin_token_file = {:?}\nallow_list_local = {:?}\n",
@@ -156,7 +120,7 @@ fn the_admin_allow_list_changes_without_a_restart_needs_the_token_and_is_kept() 
         args.push(&url);
         curl(&args)
     };
-    let (gw, port, admin) = gateway_with(&s, &toml);
+    let (gw, port, admin) = s.store_gateway(&toml);
     assert_eq!(put_from(&a, port, "127.0.0.1", "1"), 451);
     assert_eq!(admin_call(admin, "PUT", None), 401);
     assert_eq!(admin_call(admin, "PUT", Some("wrong-token!")), 401);
@@ -176,12 +140,12 @@ fn the_admin_allow_list_changes_without_a_restart_needs_the_token_and_is_kept() 
     );
     drop(gw);
     // Kept across a restart.
-    let (gw, port, admin) = gateway_with(&s, &toml);
+    let (gw, port, admin) = s.store_gateway(&toml);
     assert_eq!(put_from(&a, port, "127.0.0.1", "4"), 201);
     assert_eq!(admin_call(admin, "DELETE", Some("s3cret-token")), 200);
     assert_eq!(put_from(&a, port, "127.0.0.1", "5"), 451);
     drop(gw);
     // Without a token configured, writes are off.
-    let (_gw, _, admin) = gateway_with(&s, "");
+    let (_gw, _, admin) = s.store_gateway("");
     assert_eq!(admin_call(admin, "PUT", Some("s3cret-token")), 403);
 }

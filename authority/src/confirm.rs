@@ -270,7 +270,12 @@ pub struct Server {
     /// Token buckets, by token hash: as many as tokens in the file.
     buckets: Mutex<HashMap<[u8; 32], Bucket>>,
     audit: Mutex<Box<dyn std::io::Write + Send>>,
+    /// Where operators' feedback reports go (`POST /v1/feedback`), if they are taken.
+    inbox: Option<crate::feedback::Inbox>,
 }
+
+/// The largest feedback report taken.
+const MAX_REPORT: usize = 16 << 20;
 
 /// One token's allowance.
 struct Bucket {
@@ -301,7 +306,69 @@ impl Server {
             pad_key: policy.pad_key,
             buckets: Mutex::new(HashMap::new()),
             audit: Mutex::new(policy.audit),
+            inbox: None,
         })
+    }
+
+    /// Takes operators' feedback reports at `POST /v1/feedback` into `inbox`.
+    pub fn with_feedback(mut self, inbox: crate::feedback::Inbox) -> Server {
+        self.inbox = Some(inbox);
+        self
+    }
+
+    /// Answers `POST /v1/feedback`: a sealed report, authenticated by its signature (no
+    /// bearer token), kept if it is new. 200 when kept, 403 when no registered
+    /// operator signed it, 409 for a replay, 400 malformed, 413 too large.
+    async fn feedback(
+        &self,
+        req: Request<hyper::body::Incoming>,
+        peer: SocketAddr,
+    ) -> Response<Full<Bytes>> {
+        use http_body_util::BodyExt;
+        let path = req.uri().path().to_string();
+        let response = match &self.inbox {
+            None => text(StatusCode::NOT_FOUND, "this authority takes no feedback\n"),
+            Some(_) if req.method() != Method::POST => {
+                text(StatusCode::METHOD_NOT_ALLOWED, "POST a sealed report\n")
+            }
+            Some(inbox) => {
+                match http_body_util::Limited::new(req.into_body(), MAX_REPORT)
+                    .collect()
+                    .await
+                {
+                    Err(_) => text(
+                        StatusCode::PAYLOAD_TOO_LARGE,
+                        "a report is at most 16 MiB\n",
+                    ),
+                    Ok(body) => match inbox.receive(&body.to_bytes()) {
+                        Ok(Ok((name, report))) => {
+                            tracing::info!(operator = %name, sequence = report.sequence, entries = report.hits.len(), "feedback report kept");
+                            text(
+                                StatusCode::OK,
+                                format!("kept report {} of {name}\n", report.sequence),
+                            )
+                        }
+                        Ok(Err(refusal)) => {
+                            let status = match refusal {
+                                crate::feedback::Refusal::Unsigned(_) => StatusCode::FORBIDDEN,
+                                crate::feedback::Refusal::Malformed(_) => StatusCode::BAD_REQUEST,
+                                crate::feedback::Refusal::Replayed { .. } => StatusCode::CONFLICT,
+                            };
+                            text(status, format!("{refusal}\n"))
+                        }
+                        Err(e) => {
+                            tracing::error!(error = %e, "a feedback report could not be kept");
+                            text(
+                                StatusCode::SERVICE_UNAVAILABLE,
+                                "the report could not be kept; send it again\n",
+                            )
+                        }
+                    },
+                }
+            }
+        };
+        self.record(peer, None, &path, response.status());
+        response
     }
 
     /// Listed digests in the index.
@@ -477,8 +544,13 @@ pub async fn serve(
         let (server, tls) = (server.clone(), tls.clone());
         tokio::spawn(async move {
             let service = service_fn(move |req: Request<hyper::body::Incoming>| {
-                let answer = server.answer(&req, peer);
-                async move { Ok::<_, Infallible>(answer) }
+                let server = server.clone();
+                async move {
+                    if req.uri().path() == "/v1/feedback" {
+                        return Ok::<_, Infallible>(server.feedback(req, peer).await);
+                    }
+                    Ok(server.answer(&req, peer))
+                }
             });
             let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
             let _ = match tls {

@@ -8,6 +8,7 @@
 //! * [`inspect`] reports what a snapshot is, how full it is, and who signed it.
 //! * [`confirm`] serves the confirmation range API gateways use to tell true matches
 //!   from false positives.
+//! * [`feedback`] receives operators' signed reports of hits and totals them.
 //! * [`publish`] writes a feed: the next version's snapshot, deltas from recent versions,
 //!   and the signed manifest (`docs/PROTOCOL.md`).
 //!
@@ -19,6 +20,7 @@
 pub mod build;
 pub mod confirm;
 mod error;
+pub mod feedback;
 pub mod inspect;
 pub mod keys;
 pub mod list;

@@ -67,6 +67,8 @@ pub struct FileConfig {
     pub admin_token_file: Option<PathBuf>,
     /// Hit storms: thresholds and what a storm does (`enforce::storm`).
     pub storm: Option<crate::enforce::StormConfig>,
+    /// Signed reports of hits to the authority (`enforce::feedback`).
+    pub feedback: Option<crate::enforce::feedback::FeedbackConfig>,
     /// Inspected methods.
     pub inspect_methods: Option<Vec<String>>,
     /// Largest body in bytes.
@@ -362,7 +364,7 @@ impl FileConfig {
         take!(self, over: listen, origin, store, filter, public_key, feed, root, state_dir,
             feed_poll_secs, feed_timeout_secs, feed_ca, admin, workers, audit_log, audit_key,
             audit_checkpoint_records, audit_checkpoint_secs, allow_list, allow_list_local,
-            admin_token_file, storm,
+            admin_token_file, storm, feedback,
             inspect_methods, max_body_bytes, header_timeout_secs, body_timeout_secs,
             origin_timeout_secs, max_connections, shutdown_grace_secs, tls_cert, tls_key,
             origin_ca, scan_responses, response_buffer_bytes, response_cache_entries,

@@ -130,6 +130,9 @@ async fn run_async(front: Front, file: &FileConfig, mode: Mode) -> Result<(), Er
     if let Some(feed) = feed {
         tokio::spawn(feed.run(enforcer.clone()));
     }
+    if let Some(config) = file.feedback.clone() {
+        tokio::spawn(crate::enforce::feedback::report(enforcer.clone(), config));
+    }
     let listener = Listener::bind(&listen, workers(file)?)?;
     let address = listener
         .local_addr()
@@ -224,6 +227,11 @@ pub async fn enforcer(file: &FileConfig) -> Result<(Arc<Enforcer>, Option<Feed>)
         .transpose()?;
     let mut enforcer = Enforcer::new(engine, policy, audit, Metrics::new())
         .with_storms(file.storm.clone().unwrap_or_default());
+    if let Some(feedback) = &file.feedback {
+        // A key that cannot be read is a start-up error, not a silent lack of reports.
+        crate::trust::SecretKey::read(&feedback.key)?;
+        enforcer = enforcer.with_feedback_tally();
+    }
     if let Some(path) = &file.allow_list_local {
         enforcer = enforcer.with_local_allow_list(path.clone())?;
     }

@@ -431,7 +431,11 @@ impl Setup {
             "--admin",
             "127.0.0.1:0",
             "--audit-log",
-            self.path("audit.log").to_str().unwrap().to_owned().leak(),
+            self.free_audit_log("audit.log")
+                .to_str()
+                .unwrap()
+                .to_owned()
+                .leak(),
         ];
         args.extend_from_slice(backend);
         args.extend_from_slice(extra);
@@ -605,5 +609,77 @@ impl TestCa {
         std::fs::write(&c, cert.pem()).unwrap();
         std::fs::write(&k, key.serialize_pem()).unwrap();
         (c, k)
+    }
+}
+
+impl Setup {
+    /// A setup whose filter `f.hgf` lists two small files, `a.bin` and `b.bin` (quick to
+    /// upload hundreds of times).
+    pub fn small_listed() -> (Setup, PathBuf, PathBuf) {
+        let s = Setup::new();
+        let (a, b) = (s.path("a.bin"), s.path("b.bin"));
+        std::fs::write(
+            &a,
+            b"a listed file, small so that hundreds of uploads are quick",
+        )
+        .unwrap();
+        std::fs::write(&b, b"another listed file").unwrap();
+        let list = s.path("small.txt");
+        std::fs::write(
+            &list,
+            format!(
+                "{}\n{}\n",
+                sha256_hex(&std::fs::read(&a).unwrap()),
+                sha256_hex(&std::fs::read(&b).unwrap())
+            ),
+        )
+        .unwrap();
+        s.build(&list, "f.hgf", 2);
+        (s, a, b)
+    }
+
+    /// A gateway over the embedded store `store/`, configured by `toml`, with `extra`
+    /// flags.
+    pub fn store_gateway(&self, toml: &str) -> (Killed, u16, u16) {
+        self.store_gateway_with(toml, &[])
+    }
+
+    /// [`Setup::store_gateway`] with `extra` flags.
+    pub fn store_gateway_with(&self, toml: &str, extra: &[&str]) -> (Killed, u16, u16) {
+        let config = self.path(&format!("gw-{}.toml", sha256_hex(toml.as_bytes())));
+        std::fs::write(&config, toml).unwrap();
+        let store = self.path("store");
+        let mut flags = vec!["--config", config.to_str().unwrap()];
+        flags.extend_from_slice(extra);
+        self.gateway(&["--store", store.to_str().unwrap()], &flags)
+    }
+}
+
+impl Setup {
+    /// `name` (`audit.log`), or, while a server started from this setup writes it,
+    /// `audit-2.log`, `audit-3.log`, ...: an audit log is one hash chain with one
+    /// writer, and a second process is refused it.
+    pub fn free_audit_log(&self, name: &str) -> PathBuf {
+        let (stem, ext) = name.rsplit_once('.').unwrap_or((name, "log"));
+        (1..)
+            .map(|n| match n {
+                1 => self.path(name),
+                n => self.path(&format!("{stem}-{n}.{ext}")),
+            })
+            .find(|log| {
+                let mut head = log.as_os_str().to_owned();
+                head.push(".head");
+                match std::fs::OpenOptions::new()
+                    .read(true)
+                    .write(true)
+                    .create(true)
+                    .truncate(false)
+                    .open(PathBuf::from(head))
+                {
+                    Ok(f) => f.try_lock().is_ok(),
+                    Err(_) => false,
+                }
+            })
+            .expect("a free audit log")
     }
 }

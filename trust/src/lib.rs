@@ -4,6 +4,7 @@
 //! * [`keys`]: Ed25519 key files and the signature trailer of every file the authority
 //!   publishes;
 //! * [`feed`]: the feed's signed documents (root of trust, manifest) and their checks;
+//! * [`feedback`]: the operator's signed report of hits to an authority;
 //! * [`durable`]: writing a file so that a crash leaves the old contents or the new.
 //!
 //! ```
@@ -21,6 +22,7 @@
 
 pub mod durable;
 pub mod feed;
+pub mod feedback;
 pub mod keys;
 
 use std::io;

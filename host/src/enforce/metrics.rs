@@ -62,6 +62,7 @@ pub struct Metrics {
     response_cache_hits: Counter,
     audit_errors: Counter,
     storms: Counter,
+    feedback: Family<OutcomeLabel, Counter>,
     storms_active: Gauge,
     verdict_seconds: Histogram,
     filter_version: Gauge,
@@ -118,6 +119,7 @@ impl Metrics {
             response_cache_hits: Counter::default(),
             audit_errors: Counter::default(),
             storms: Counter::default(),
+            feedback: Family::default(),
             storms_active: Gauge::default(),
             verdict_seconds: Histogram::new([1e-6, 2e-6, 5e-6, 1e-5, 5e-5, 1e-4, 1e-3, 1e-2]),
             filter_version: Gauge::default(),
@@ -204,6 +206,11 @@ impl Metrics {
             "storms",
             "Hit storms seen: one listed entry hit by many distinct clients in a window",
             m.storms.clone(),
+        );
+        registry.register(
+            "feedback_reports",
+            "Feedback reports to the authority by outcome (sent, failed attempts)",
+            m.feedback.clone(),
         );
         registry.register(
             "storms_active",
@@ -435,6 +442,15 @@ impl Metrics {
     /// Counts a hit storm seen.
     pub fn count_storm(&self) {
         self.storms.inc();
+    }
+
+    /// Counts a feedback report sent, or an attempt that failed.
+    pub fn count_feedback(&self, outcome: &str) {
+        self.feedback
+            .get_or_create(&OutcomeLabel {
+                outcome: outcome.into(),
+            })
+            .inc();
     }
 
     /// Sets how many listed entries are in a storm now.

@@ -5,6 +5,7 @@
 
 pub mod audit;
 pub mod confirm;
+pub mod feedback;
 pub mod metrics;
 pub mod policy;
 pub mod retro;
@@ -253,6 +254,8 @@ pub struct Enforcer {
     /// Allow-list entries added through the admin listener, and the file they are kept in.
     local: std::sync::RwLock<AllowList>,
     local_path: Option<std::path::PathBuf>,
+    /// Hits per entry for the feedback report, when one is sent.
+    tally: Option<feedback::Tally>,
 }
 
 /// Confirmation of hits: the rules, the client, where reports go.
@@ -281,7 +284,34 @@ impl Enforcer {
             storms: Storms::new(StormConfig::default()),
             local: Default::default(),
             local_path: None,
+            tally: None,
         }
+    }
+
+    /// Counts hits per listed entry for feedback reports ([`feedback::report`]).
+    pub fn with_feedback_tally(mut self) -> Self {
+        self.tally = Some(feedback::Tally::default());
+        self
+    }
+
+    /// The feedback tally, if hits are counted for reports.
+    pub fn tally(&self) -> Option<&feedback::Tally> {
+        self.tally.as_ref()
+    }
+
+    /// Every allow-list entry in force (the file's and the admin listener's), as lines.
+    pub fn allowed_entries(&self) -> Vec<String> {
+        let mut all: Vec<String> = self
+            .policy
+            .allow
+            .entries()
+            .into_iter()
+            .chain(self.local_allow_list())
+            .map(|e| e.to_string())
+            .collect();
+        all.sort();
+        all.dedup();
+        all
     }
 
     /// Counts hit storms as `config` says (see [`storm`]).
@@ -372,10 +402,14 @@ impl Enforcer {
                 .contains_pdq(listed)
     }
 
-    /// Counts a hit of `entry` by the request's client; `Some(on_storm)` when the entry
-    /// is in a storm. The storm's start is logged and counted once.
+    /// Counts a hit of `entry` by the request's client (for storms, and for feedback
+    /// when it is sent); `Some(on_storm)` when the entry is in a storm. The storm's
+    /// start is logged and counted once.
     fn storm(&self, ctx: &Context, entry: &str) -> Option<OnStorm> {
         let now = Instant::now();
+        if let Some(tally) = &self.tally {
+            tally.count(entry);
+        }
         let seen = self.storms.observe(entry, &ctx.client, now);
         if seen.started {
             let c = self.storms.config();
