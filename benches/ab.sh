@@ -13,6 +13,8 @@
 #         ship them, then SHA-256 only; either alone with FILTERS=f.hgf or FILTERS=f256.hgf,
 #         HITS="1 50": also run every point with that percentage of uploads listed, each
 #         hit audited to a file on disk (fsynced before the 451), under the mixed filter;
+#         B_AUDIT_ARGS="...": extra flags for B's audited (HITS) runs only, e.g.
+#         "--audit-key k.key" for the signed audit chain;
 #         B_ARGS="...": extra flags for B only, e.g. HASHGATE_A=target/release/hashgate
 #         B_ARGS="--catalog /tmp/cat.db" for this build with and without the catalog;
 #         PDQ=N: also run the mixed filter with N random PDQ hashes listed beside its
@@ -83,7 +85,7 @@ for run in $FILTERS; do
   case $filter in
     f.hgf) label="MD5 + SHA-1 + SHA-256";; f256.hgf) label="SHA-256 only";;
     fhits.hgf) label="MD5 + SHA-1 + SHA-256, $hits% of uploads listed and audited"
-      audit_a=(--audit-log "$work/audit-a.log"); audit_b=(--audit-log "$work/audit-b.log");;
+      audit_a=(--audit-log "$work/audit-a.log"); audit_b=(--audit-log "$work/audit-b.log" ${B_AUDIT_ARGS:-});;
     fpdq.hgf) label="MD5 + SHA-1 + SHA-256 and $PDQ PDQ hashes";;
     *) label=$filter;;
   esac
