@@ -248,46 +248,7 @@ pub fn run(args: PublishArgs) -> Result<()> {
 pub enum AuthorityCommand {
     /// Serve the confirmation range API: GET /v1/range/{algorithm}/{hex prefix} answers
     /// every listed digest with that prefix (padded), to holders of a bearer token.
-    Serve {
-        /// The digest lists (as for `publish`).
-        #[arg(long = "list", required = true)]
-        lists: Vec<PathBuf>,
-        /// Listen address.
-        #[arg(long, default_value = "127.0.0.1:8443")]
-        listen: String,
-        /// File of bearer tokens, one per line.
-        #[arg(long)]
-        tokens: PathBuf,
-        /// Serve https with this PEM certificate chain.
-        #[arg(long, requires = "tls_key")]
-        tls_cert: Option<PathBuf>,
-        /// The PEM private key of --tls-cert.
-        #[arg(long, requires = "tls_cert")]
-        tls_key: Option<PathBuf>,
-        /// The only prefix length answered, in hex digits (gateways' `prefix_hex`).
-        #[arg(long, default_value_t = hashgate_authority::confirm::DEFAULT_PREFIX)]
-        prefix_hex: usize,
-        /// Requests per minute each token may make, sustained (then 429).
-        #[arg(long, default_value_t = 120)]
-        rate: u32,
-        /// Requests a token may make at once before --rate applies.
-        #[arg(long, default_value_t = 120)]
-        burst: u32,
-        /// The secret that derives the padding (32 bytes, made if missing; keep it).
-        /// Default: pad.key beside the --tokens file.
-        #[arg(long)]
-        pad_key: Option<PathBuf>,
-        /// Append one JSON line per request here (default: standard error).
-        #[arg(long)]
-        audit_log: Option<PathBuf>,
-        /// Take operators' feedback reports at POST /v1/feedback, from the operators
-        /// whose public keys are in this directory (NAME.pub each).
-        #[arg(long, requires = "feedback_dir")]
-        operators: Option<PathBuf>,
-        /// Where accepted feedback reports are kept.
-        #[arg(long, requires = "operators")]
-        feedback_dir: Option<PathBuf>,
-    },
+    Serve(AuthorityServeArgs),
     /// Print per-entry totals over the feedback reports kept in a directory: hits from
     /// all operators, how many operators reported and allow-list each entry, most hits
     /// first (a wrongly listed entry shows up here).
@@ -304,10 +265,66 @@ pub enum AuthorityCommand {
     },
 }
 
+/// `hashgate authority serve`.
+#[derive(clap::Args, Debug)]
+pub struct AuthorityServeArgs {
+    /// The digest lists (as for `publish`).
+    #[arg(long = "list", required = true)]
+    lists: Vec<PathBuf>,
+    /// Listen address.
+    #[arg(long, default_value = "127.0.0.1:8443")]
+    listen: String,
+    /// File of bearer tokens, one per line.
+    #[arg(long)]
+    tokens: PathBuf,
+    /// Serve https with this PEM certificate chain.
+    #[arg(long, requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// The PEM private key of --tls-cert.
+    #[arg(long, requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
+    /// The only prefix length answered, in hex digits (gateways' `prefix_hex`).
+    #[arg(long, default_value_t = hashgate_authority::confirm::DEFAULT_PREFIX)]
+    prefix_hex: usize,
+    /// Requests per minute each token may make, sustained (then 429).
+    #[arg(long, default_value_t = 120)]
+    rate: u32,
+    /// Requests a token may make at once before --rate applies.
+    #[arg(long, default_value_t = 120)]
+    burst: u32,
+    /// The secret that derives the padding (32 bytes, made if missing; keep it).
+    /// Default: pad.key beside the --tokens file.
+    #[arg(long)]
+    pad_key: Option<PathBuf>,
+    /// Append one JSON line per request here (default: standard error).
+    #[arg(long)]
+    audit_log: Option<PathBuf>,
+    /// Take operators' feedback reports at POST /v1/feedback, from the operators
+    /// whose public keys are in this directory (NAME.pub each).
+    #[arg(long, requires = "feedback_dir")]
+    operators: Option<PathBuf>,
+    /// Where accepted feedback reports are kept.
+    #[arg(long, requires = "operators")]
+    feedback_dir: Option<PathBuf>,
+}
+
 /// Runs `hashgate authority ...`.
 pub fn authority(cmd: AuthorityCommand) -> Result<()> {
+    match cmd {
+        AuthorityCommand::Serve(args) => serve_authority(args),
+        AuthorityCommand::Feedback {
+            feedback_dir,
+            json,
+            top,
+        } => feedback_totals(&feedback_dir, json, top),
+    }
+}
+
+/// `hashgate authority serve`: the range API, and the feedback inbox when operators are
+/// registered.
+fn serve_authority(args: AuthorityServeArgs) -> Result<()> {
     use hashgate_authority::confirm::{serve, PadKey, Policy, RangeIndex, Server, Tokens};
-    let (
+    let AuthorityServeArgs {
         lists,
         listen,
         tokens,
@@ -318,40 +335,10 @@ pub fn authority(cmd: AuthorityCommand) -> Result<()> {
         burst,
         pad_key,
         audit_log,
-        feedback,
-    ) = match cmd {
-        AuthorityCommand::Serve {
-            lists,
-            listen,
-            tokens,
-            tls_cert,
-            tls_key,
-            prefix_hex,
-            rate,
-            burst,
-            pad_key,
-            audit_log,
-            operators,
-            feedback_dir,
-        } => (
-            lists,
-            listen,
-            tokens,
-            tls_cert,
-            tls_key,
-            prefix_hex,
-            rate,
-            burst,
-            pad_key,
-            audit_log,
-            operators.zip(feedback_dir),
-        ),
-        AuthorityCommand::Feedback {
-            feedback_dir,
-            json,
-            top,
-        } => return feedback_totals(&feedback_dir, json, top),
-    };
+        operators,
+        feedback_dir,
+    } = args;
+    let feedback = operators.zip(feedback_dir);
     let pad_key = pad_key.unwrap_or_else(|| tokens.with_file_name("pad.key"));
     let audit: Box<dyn std::io::Write + Send> = match &audit_log {
         Some(path) => Box::new(
