@@ -133,6 +133,11 @@ enum AuditCommand {
         /// Print one JSON object instead of text.
         #[arg(long)]
         json: bool,
+        /// Checkpoint lines kept elsewhere, one per line (`hashgate authority feedback
+        /// --checkpoints NAME` prints those an operator's reports carried): each must be
+        /// in the files as it was, so a log cut after one was witnessed does not verify.
+        #[arg(long)]
+        witness: Option<PathBuf>,
         /// The log's files, oldest first.
         #[arg(required = true)]
         files: Vec<PathBuf>,
@@ -299,9 +304,10 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
                 AuditCommand::Verify {
                     public_key,
                     json,
+                    witness,
                     files,
                 },
-        } => audit_verify_cmd(public_key.as_deref(), json, &files),
+        } => audit_verify_cmd(public_key.as_deref(), json, witness.as_deref(), &files),
         Command::Canary { out } => {
             std::fs::write(&out, hashgate_guest_canary())
                 .with_context(|| format!("writing {}", out.display()))?;
@@ -462,10 +468,23 @@ fn inspect_cmd(public_key: Option<&Path>, json: bool, file: &Path) -> Result<Exi
     })
 }
 
-fn audit_verify_cmd(key: Option<&Path>, json: bool, files: &[PathBuf]) -> Result<ExitCode> {
-    use hashgate_host::enforce::audit::verify::{verify, VerifyError};
+fn audit_verify_cmd(
+    key: Option<&Path>,
+    json: bool,
+    witness: Option<&Path>,
+    files: &[PathBuf],
+) -> Result<ExitCode> {
+    use hashgate_host::enforce::audit::verify::{verify_witnessed, VerifyError};
     let key = key.map(PublicKey::read).transpose()?;
-    match verify(files, key.as_ref()) {
+    let witnessed: Vec<String> = match witness {
+        Some(path) => std::fs::read_to_string(path)
+            .with_context(|| format!("reading {}", path.display()))?
+            .lines()
+            .map(String::from)
+            .collect(),
+        None => Vec::new(),
+    };
+    match verify_witnessed(files, key.as_ref(), &witnessed) {
         Ok(proof) => {
             let recovered: Vec<String> = proof.recovered.iter().map(|l| l.to_string()).collect();
             if json {

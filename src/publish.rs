@@ -262,6 +262,10 @@ pub enum AuthorityCommand {
         /// Print at most this many entries.
         #[arg(long, default_value_t = 50)]
         top: usize,
+        /// Instead, print the audit checkpoints this operator's reports carried, one per
+        /// line: the witness for `hashgate audit verify --witness`.
+        #[arg(long, value_name = "OPERATOR")]
+        checkpoints: Option<String>,
     },
 }
 
@@ -314,8 +318,19 @@ pub fn authority(cmd: AuthorityCommand) -> Result<()> {
         AuthorityCommand::Serve(args) => serve_authority(args),
         AuthorityCommand::Feedback {
             feedback_dir,
+            checkpoints: Some(operator),
+            ..
+        } => {
+            for line in hashgate_authority::feedback::checkpoints(&feedback_dir, &operator)? {
+                println!("{line}");
+            }
+            Ok(())
+        }
+        AuthorityCommand::Feedback {
+            feedback_dir,
             json,
             top,
+            checkpoints: None,
         } => feedback_totals(&feedback_dir, json, top),
     }
 }

@@ -1805,7 +1805,15 @@ fn pdq_lines_are_published_and_a_new_hash_travels_as_a_small_delta() {
         .iter()
         .find(|d| d.from == 2)
         .expect("a delta from 2");
-    assert!(delta.file.length < 1_000, "{} bytes", delta.file.length);
+    // About 630 bytes (the header and one slot's bits), more when the new hash lands in
+    // a run of occupied slots whose order it shifts (measured up to ~1.3 KB): bounded by
+    // the run, never by the list.
+    let snapshot = a.manifest().snapshot.length;
+    assert!(
+        delta.file.length < 2_500 && delta.file.length * 20 < snapshot,
+        "{} bytes of a {snapshot}-byte snapshot",
+        delta.file.length
+    );
     assert!(downloads(admin, "delta") >= 1.0);
     let file = std::fs::read(a.feed(&m.snapshot.path)).unwrap();
     let body = std::fs::read(a.s.path(&format!("state/bodies/{}.body", m.state_sha256))).unwrap();

@@ -72,7 +72,14 @@ fn operators_reports_are_verified_kept_once_and_totalled() {
         )
     };
     // The first gateway reports to an authority that is not there yet.
-    let (_gw1, port1, admin1) = s.store_gateway(&feedback("op1"));
+    // Its audit log is signed after every record: each report carries the last
+    // checkpoint, which the authority keeps as a witness.
+    let gw1_config = format!(
+        "audit_key = {:?}\naudit_checkpoint_records = 1\n{}",
+        s.path("op1.key"),
+        feedback("op1")
+    );
+    let (_gw1, port1, admin1) = s.store_gateway(&gw1_config);
     for i in 0..3 {
         let url = format!("http://127.0.0.1:{port1}/one/{i}");
         assert_eq!(curl_put(&a, &url, &[]), 451);
@@ -177,4 +184,46 @@ fn operators_reports_are_verified_kept_once_and_totalled() {
         dir.to_str().unwrap(),
     ]);
     assert!(String::from_utf8_lossy(&human.stdout).contains(&entry(&a)));
+
+    // The witness: op1's checkpoints as the authority received them. Its log verifies
+    // against them; cut back before the last one, it does not.
+    let witness = s.path("witness");
+    let out = hashgate(&[
+        "authority",
+        "feedback",
+        "--feedback-dir",
+        dir.to_str().unwrap(),
+        "--checkpoints",
+        "op1",
+    ]);
+    let lines = String::from_utf8_lossy(&out.stdout).into_owned();
+    let last = lines
+        .lines()
+        .last()
+        .expect("op1's reports carried checkpoints");
+    std::fs::write(&witness, &lines).unwrap();
+    let log = s.path("audit.log");
+    let verify = |log: &Path| {
+        hashgate(&[
+            "audit",
+            "verify",
+            "--pub",
+            s.path("op1.pub").to_str().unwrap(),
+            "--witness",
+            witness.to_str().unwrap(),
+            log.to_str().unwrap(),
+        ])
+    };
+    let ok = verify(&log);
+    assert!(ok.status.success(), "{ok:?}");
+    let text = std::fs::read_to_string(&log).unwrap();
+    let cut_at = text.find(last).unwrap();
+    let cut = s.path("cut.log");
+    std::fs::write(&cut, &text[..cut_at]).unwrap();
+    let broken = verify(&cut);
+    assert_eq!(broken.status.code(), Some(1), "{broken:?}");
+    assert!(
+        String::from_utf8_lossy(&broken.stdout).contains("removed from the end"),
+        "{broken:?}"
+    );
 }

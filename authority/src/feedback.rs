@@ -143,6 +143,31 @@ impl Inbox {
     }
 }
 
+/// The audit checkpoints operator `name`'s reports carried, oldest first: the witness
+/// `hashgate audit verify --witness` checks that operator's log against.
+///
+/// Fails when the operator's directory or a report cannot be read.
+pub fn checkpoints(dir: &Path, name: &str) -> Result<Vec<String>, Error> {
+    let operator = dir.join(name);
+    let mut found = Vec::new();
+    for file in std::fs::read_dir(&operator).map_err(|e| Error::io(&operator, e))? {
+        let path = file.map_err(|e| Error::io(&operator, e))?.path();
+        if path.extension().is_none_or(|x| x != "report") {
+            continue;
+        }
+        let sealed = std::fs::read(&path).map_err(|e| Error::io(&path, e))?;
+        let report: Report = feedback::body(&sealed)
+            .and_then(|b| serde_json::from_slice(b).ok())
+            .ok_or_else(|| Error::Config(format!("{}: not a kept report", path.display())))?;
+        if let Some(line) = report.checkpoint {
+            found.push((report.sequence, line));
+        }
+    }
+    found.sort();
+    found.dedup_by(|a, b| a.1 == b.1);
+    Ok(found.into_iter().map(|(_, line)| line).collect())
+}
+
 /// One listed entry across every operator's reports.
 #[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize)]
 pub struct Total {

@@ -120,7 +120,11 @@ fn route<B>(enforcer: &Enforcer, token: Option<&str>, req: &Request<B>) -> Respo
                     serde_json::json!({"error": "a bearer token is needed"}),
                 );
             }
-            let entry: AllowEntry = match p["/allow-list/".len()..].parse() {
+            // The one character of an entry a client may percent-encode: `:`.
+            let named = p["/allow-list/".len()..]
+                .replace("%3A", ":")
+                .replace("%3a", ":");
+            let entry: AllowEntry = match named.parse() {
                 Ok(e) => e,
                 Err(why) => {
                     return json(StatusCode::BAD_REQUEST, serde_json::json!({ "error": why }))

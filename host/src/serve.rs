@@ -236,7 +236,8 @@ pub async fn enforcer(file: &FileConfig) -> Result<(Arc<Enforcer>, Option<Feed>)
         enforcer = enforcer.with_local_allow_list(path.clone())?;
     }
     if let Some(rules) = file.confirm.clone() {
-        enforcer = enforcer.with_confirmation(rules)?;
+        // The report log is evidence too: signed with the audit log's key.
+        enforcer = enforcer.with_confirmation(rules, file.audit_checkpoints()?)?;
     }
     let enforcer = Arc::new(enforcer);
     if let Some(m) = feed.as_ref().and_then(Feed::accepted) {

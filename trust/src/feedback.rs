@@ -55,6 +55,10 @@ pub struct Report {
     pub uncounted: u64,
     /// The operator's allow-listed entries (its false positives).
     pub allowed: Vec<String>,
+    /// The last checkpoint line of the operator's audit log, if it signs one: kept by
+    /// the authority, it witnesses the log (a later cut before it is evident).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub checkpoint: Option<String>,
 }
 
 /// A filter a report names.
@@ -88,6 +92,7 @@ impl Report {
             hits: Vec::new(),
             uncounted: 0,
             allowed: Vec::new(),
+            checkpoint: None,
         }
     }
 }

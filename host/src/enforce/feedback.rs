@@ -107,6 +107,7 @@ pub async fn report(enforcer: Arc<Enforcer>, config: FeedbackConfig) {
             hits,
             uncounted,
             allowed: enforcer.allowed_entries(),
+            checkpoint: enforcer.last_checkpoint(),
             ..Report::new(&sender.key.public_key(), sequence)
         };
         from = to;

@@ -294,6 +294,12 @@ impl Enforcer {
         self
     }
 
+    /// The audit log's last checkpoint line, if it signs them (see
+    /// [`AuditLog::last_checkpoint`]).
+    pub fn last_checkpoint(&self) -> Option<String> {
+        self.audit.as_ref()?.last_checkpoint()
+    }
+
     /// The feedback tally, if hits are counted for reports.
     pub fn tally(&self) -> Option<&feedback::Tally> {
         self.tally.as_ref()
@@ -431,13 +437,18 @@ impl Enforcer {
     }
 
     /// Confirms hits with the authority's range API under `rules` (see
-    /// [`Enforcer::decide_confirmed`]); reports go to `rules.report_log`.
-    pub fn with_confirmation(mut self, rules: ConfirmConfig) -> Result<Self, Error> {
+    /// [`Enforcer::decide_confirmed`]); reports go to `rules.report_log`, its chain
+    /// signed as `checkpoints` says (the audit log's key, when one is configured).
+    pub fn with_confirmation(
+        mut self,
+        rules: ConfirmConfig,
+        checkpoints: Option<audit::Checkpoints>,
+    ) -> Result<Self, Error> {
         let confirmer = Confirmer::new(&rules)?;
         let reports = rules
             .report_log
             .as_deref()
-            .map(AuditLog::open)
+            .map(|path| AuditLog::open_signed(path, checkpoints))
             .transpose()?;
         self.confirm = Some(Confirmation {
             rules,

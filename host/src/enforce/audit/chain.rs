@@ -123,11 +123,12 @@ pub fn line_hash(line: &[u8]) -> [u8; 32] {
 }
 
 /// The `seq` of a link, read from the prefix the writer gives every line (`None` for a
-/// line that is not a link).
+/// line that is not a link, or whose `seq` leaves no room for a next one).
 pub fn link_seq(line: &[u8]) -> Option<u64> {
     let rest = line.strip_prefix(b"{\"seq\":")?;
     let end = rest.iter().position(|b| !b.is_ascii_digit())?;
-    std::str::from_utf8(&rest[..end]).ok()?.parse().ok()
+    let seq: u64 = std::str::from_utf8(&rest[..end]).ok()?.parse().ok()?;
+    (seq < u64::MAX).then_some(seq)
 }
 
 /// What a checkpoint's signature covers: [`CHECKPOINT_DOMAIN`], then the line up to
@@ -213,6 +214,7 @@ mod tests {
         assert_eq!(head, Head::after(lines[1].as_bytes()).unwrap());
         assert_eq!(link_seq(lines[1].as_bytes()), Some(2));
         assert_eq!(link_seq(br#"{"time":1}"#), None);
+        assert_eq!(link_seq(br#"{"seq":18446744073709551615,"prev":""}"#), None);
     }
 
     #[test]

@@ -210,6 +210,8 @@ struct State {
     /// Open the path afresh before the next write.
     reopen: bool,
     closing: bool,
+    /// The last checkpoint line written (without its newline), for a witness.
+    last_checkpoint: Option<String>,
 }
 
 /// Failed batches remembered.
@@ -276,6 +278,13 @@ impl AuditLog {
     pub fn reopen(&self) {
         self.shared.lock().reopen = true;
         self.shared.changed.notify_all();
+    }
+
+    /// The last checkpoint line this writer wrote and fsynced, if any: given to someone
+    /// else (the authority, in feedback reports), it makes a later cut of the log
+    /// before it evident (`hashgate audit verify --witness`).
+    pub fn last_checkpoint(&self) -> Option<String> {
+        self.shared.lock().last_checkpoint.clone()
     }
 
     /// Waits, without blocking the thread, until `ticket`'s record is fsynced.
@@ -351,6 +360,9 @@ impl Shared {
                     None => state = self.changed.wait(state).unwrap_or_else(|p| p.into_inner()),
                 }
             }
+            if let Some(line) = writer.signed.take() {
+                state.last_checkpoint = Some(line);
+            }
             if std::mem::take(&mut state.reopen) {
                 drop(state);
                 writer.reopen(&self.path);
@@ -363,6 +375,9 @@ impl Shared {
                 if let Err(e) = writer.write(&[], true) {
                     tracing::error!(path = %self.path.display(), error = %e, "signing the audit chain failed");
                 }
+                if let Some(line) = writer.signed.take() {
+                    self.lock().last_checkpoint = Some(line);
+                }
                 if closing {
                     return;
                 }
@@ -374,6 +389,9 @@ impl Shared {
             let written = writer.write(&batch, false);
             batch.clear();
             let mut state = self.lock();
+            if let Some(line) = writer.signed.take() {
+                state.last_checkpoint = Some(line);
+            }
             if let Err(e) = written {
                 state.failed.push_back((from, to));
                 if state.failed.len() > FAILED_KEPT {
@@ -408,6 +426,8 @@ struct Writer {
     unsigned_since: Option<Instant>,
     /// `<log>.head`: the chain's head after every batch (locked while the log is open).
     head_file: Option<File>,
+    /// The last checkpoint written and fsynced, not yet handed to the shared state.
+    signed: Option<String>,
 }
 
 impl Writer {
@@ -424,7 +444,7 @@ impl Writer {
                 .open(&head_path)?;
             f.try_lock().map_err(|_| {
                 std::io::Error::other(format!(
-                    "the audit log is held by another process (its lock {} is taken)",
+                    "the audit log is held by another writer: another process, or another log of this one configured to the same file (its lock {} is taken)",
                     head_path.display()
                 ))
             })?;
@@ -443,6 +463,7 @@ impl Writer {
             unsigned: 0,
             unsigned_since: None,
             head_file,
+            signed: None,
         };
         if regular {
             writer.recover()?;
@@ -546,10 +567,12 @@ impl Writer {
             self.unsigned_one();
         }
         let due = self.checkpoint_due().is_some_and(|d| d <= Instant::now());
+        let mut checkpoint = None;
         if let Some(checkpoints) = &self.checkpoints {
             if self.unsigned > 0 && (sign || due || self.unsigned >= checkpoints.records) {
                 let before = out.len();
                 self.head.checkpoint(&checkpoints.key, now_ms(), &mut out);
+                checkpoint = Some(before..out.len() - 1);
                 self.remember(out[before..].to_vec());
                 self.unsigned = 0;
                 self.unsigned_since = None;
@@ -566,6 +589,9 @@ impl Writer {
                 let _ = self.file.set_len(self.end);
             }
             return Err(e);
+        }
+        if let Some(range) = checkpoint {
+            self.signed = Some(String::from_utf8_lossy(&out[range]).into_owned());
         }
         Ok(())
     }
@@ -843,6 +869,57 @@ mod tests {
     }
 
     #[test]
+    fn the_last_checkpoint_is_there_for_a_witness() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("audit.jsonl");
+        let log = signed(&path, 2);
+        assert_eq!(log.last_checkpoint(), None);
+        write(&log, 0..2);
+        let line = log.last_checkpoint().expect("a checkpoint after 2 records");
+        let text = std::fs::read_to_string(&path).unwrap();
+        assert_eq!(text.lines().last(), Some(line.as_str()));
+        assert!(line.contains("\"event\":\"checkpoint\""));
+    }
+
+    #[test]
+    fn a_witnessed_checkpoint_makes_a_cut_from_the_end_evident() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("audit.jsonl");
+        let log = signed(&path, 2);
+        write(&log, 0..2);
+        let witness = log.last_checkpoint().unwrap();
+        write(&log, 2..4);
+        drop(log);
+        let key = key().public_key();
+        let files = [path.clone()];
+        let proof = verify::verify_witnessed(&files, Some(&key), std::slice::from_ref(&witness)).unwrap();
+        assert_eq!(proof.last, 6);
+        // Everything from the witnessed checkpoint on removed: without a key the chain
+        // alone still verifies, against the witness it does not.
+        let text = std::fs::read_to_string(&path).unwrap();
+        let kept: Vec<&str> = text.lines().take(2).collect();
+        std::fs::write(&path, kept.join("\n") + "\n").unwrap();
+        assert!(verify(&files, None).is_ok());
+        let e = verify::verify_witnessed(&files, Some(&key), std::slice::from_ref(&witness)).unwrap_err();
+        assert!(
+            matches!(
+                e,
+                verify::VerifyError::Cut {
+                    witnessed: 3,
+                    last: 2
+                }
+            ),
+            "{e}"
+        );
+        // A forged witness is refused.
+        let forged = witness.replace("\"time_ms\":1", "\"time_ms\":2");
+        assert!(matches!(
+            verify::verify_witnessed(&files, Some(&key), &[forged]),
+            Err(verify::VerifyError::BadWitness(_))
+        ));
+    }
+
+    #[test]
     fn an_unsigned_record_is_signed_within_the_interval() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("audit.jsonl");
@@ -967,7 +1044,7 @@ mod tests {
         let path = dir.path().join("audit.jsonl");
         let _log = AuditLog::open(&path).unwrap();
         let e = AuditLog::open(&path).err().unwrap().to_string();
-        assert!(e.contains("held by another process"), "{e}");
+        assert!(e.contains("held by another writer"), "{e}");
     }
 
     #[test]

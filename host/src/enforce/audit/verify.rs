@@ -127,6 +127,9 @@ pub enum Break {
     Genesis,
     /// Occurs when a checkpoint does not verify.
     Checkpoint(CheckpointError),
+    /// Occurs when the link differs from the checkpoint witnessed elsewhere for its
+    /// `seq`: the log was rewritten from there.
+    Witness,
 }
 
 impl fmt::Display for Break {
@@ -147,6 +150,9 @@ impl fmt::Display for Break {
             Break::Edited => f.write_str("edited (the next record does not chain to it)"),
             Break::Genesis => f.write_str("the first record does not start the chain"),
             Break::Checkpoint(e) => e.fmt(f),
+            Break::Witness => {
+                f.write_str("not the checkpoint witnessed elsewhere for this record (rewritten)")
+            }
         }
     }
 }
@@ -163,6 +169,16 @@ pub enum VerifyError {
         /// How.
         why: Break,
     },
+    /// Occurs when a checkpoint witnessed elsewhere (sent to the authority) is past the
+    /// files' last record: the log was cut after it was written.
+    Cut {
+        /// The witnessed checkpoint's `seq`.
+        witnessed: u64,
+        /// The last record the files hold.
+        last: u64,
+    },
+    /// Occurs when a witness line is not a checkpoint signed by the key given.
+    BadWitness(String),
     /// Occurs when a key was given and the files hold records but no checkpoint:
     /// nothing in them is signed, so nothing is proven.
     Unsigned {
@@ -194,6 +210,11 @@ impl fmt::Display for VerifyError {
         match self {
             VerifyError::Io(e) => e.fmt(f),
             VerifyError::Broken { at, why } => write!(f, "{at}: {why}"),
+            VerifyError::Cut { witnessed, last } => write!(
+                f,
+                "checkpoint {witnessed}, witnessed elsewhere, is not in the files, which end at record {last}: records were removed from the end"
+            ),
+            VerifyError::BadWitness(why) => write!(f, "witness: {why}"),
             VerifyError::Unsigned { records } => write!(
                 f,
                 "{records} records and no checkpoint: nothing is signed (is `audit_key` set?)"
@@ -221,7 +242,33 @@ const RING: usize = 4096;
 /// Checks the chain through `files` (oldest first), and each checkpoint against `key`
 /// when one is given.
 pub fn verify(files: &[PathBuf], key: Option<&PublicKey>) -> Result<Proof, VerifyError> {
+    verify_witnessed(files, key, &[])
+}
+
+/// [`verify`], and that each of `witnessed` (checkpoint lines kept elsewhere: the
+/// authority receives the last one in every feedback report) is in the files as it
+/// was, unless it is from before the first file: a log cut after a checkpoint was
+/// witnessed no longer verifies.
+pub fn verify_witnessed(
+    files: &[PathBuf],
+    key: Option<&PublicKey>,
+    witnessed: &[String],
+) -> Result<Proof, VerifyError> {
+    let mut seen = std::collections::BTreeMap::new();
+    for line in witnessed.iter().map(|l| l.trim()).filter(|l| !l.is_empty()) {
+        let seq = chain::link_seq(line.as_bytes())
+            .ok_or_else(|| VerifyError::BadWitness(format!("not a checkpoint: {line}")))?;
+        if let Some(key) = key {
+            let named: serde_json::Value = serde_json::from_str(line)
+                .map_err(|e| VerifyError::BadWitness(format!("record {seq}: {e}")))?;
+            let named = named["key"].as_str().unwrap_or_default();
+            chain::check_checkpoint(line.as_bytes(), named, key)
+                .map_err(|e| VerifyError::BadWitness(format!("record {seq}: {e}")))?;
+        }
+        seen.insert(seq, line.as_bytes().to_vec());
+    }
     let mut check = Check {
+        witnessed: seen,
         key,
         proof: Proof {
             keyed: key.is_some(),
@@ -246,6 +293,12 @@ pub fn verify(files: &[PathBuf], key: Option<&PublicKey>) -> Result<Proof, Verif
             why,
         });
     }
+    if let Some((&witnessed, _)) = check.witnessed.range(check.proof.last + 1..).next() {
+        return Err(VerifyError::Cut {
+            witnessed,
+            last: check.proof.last,
+        });
+    }
     if key.is_some() && check.proof.records > 0 && check.proof.checkpoints == 0 {
         return Err(VerifyError::Unsigned {
             records: check.proof.records,
@@ -265,6 +318,8 @@ struct Foreign {
 
 struct Check<'k> {
     key: Option<&'k PublicKey>,
+    /// Checkpoint lines witnessed elsewhere, by `seq`.
+    witnessed: std::collections::BTreeMap<u64, Vec<u8>>,
     proof: Proof,
     head: Option<Head>,
     /// Where the head's line is.
@@ -378,6 +433,13 @@ impl Check<'_> {
                 let (from, to) = (head.seq + 1, fields.seq - 1);
                 return broken(at, Break::Missing { from, to });
             }
+        }
+        if self
+            .witnessed
+            .get(&fields.seq)
+            .is_some_and(|w| w.as_slice() != line)
+        {
+            return broken(at, Break::Witness);
         }
         if fields.event.as_deref() == Some("checkpoint") {
             if let Some(key) = self.key {
