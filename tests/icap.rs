@@ -877,8 +877,10 @@ fn policy_comes_from_the_shared_config_and_memory_stays_bounded() {
     // 403 instead of 451, from the [icap] table.
     let config = s.path("icap.toml");
     std::fs::write(&config, "[icap]\nblock_status = 403\n").unwrap();
-    let (_a, port, _) = s.icap("icap.hgf", &["--config", config.to_str().unwrap()]);
+    let (a, port, _) = s.icap("icap.hgf", &["--config", config.to_str().unwrap()]);
     assert!(send_listed(port).http.starts_with("HTTP/1.1 403 "));
+    // Stopped, so that the next server writes the one audit log read below.
+    drop(a);
     // Monitor mode from the shared `actions` table: let through, audited as monitor.
     std::fs::write(&config, "[actions]\ndefault = \"monitor\"\n").unwrap();
     let (_b, port, admin) = s.icap("icap.hgf", &["--config", config.to_str().unwrap()]);
