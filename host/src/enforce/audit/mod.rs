@@ -892,7 +892,8 @@ mod tests {
         drop(log);
         let key = key().public_key();
         let files = [path.clone()];
-        let proof = verify::verify_witnessed(&files, Some(&key), std::slice::from_ref(&witness)).unwrap();
+        let proof =
+            verify::verify_witnessed(&files, Some(&key), std::slice::from_ref(&witness)).unwrap();
         assert_eq!(proof.last, 6);
         // Everything from the witnessed checkpoint on removed: without a key the chain
         // alone still verifies, against the witness it does not.
@@ -900,7 +901,8 @@ mod tests {
         let kept: Vec<&str> = text.lines().take(2).collect();
         std::fs::write(&path, kept.join("\n") + "\n").unwrap();
         assert!(verify(&files, None).is_ok());
-        let e = verify::verify_witnessed(&files, Some(&key), std::slice::from_ref(&witness)).unwrap_err();
+        let e = verify::verify_witnessed(&files, Some(&key), std::slice::from_ref(&witness))
+            .unwrap_err();
         assert!(
             matches!(
                 e,
