@@ -148,24 +148,31 @@ impl Inbox {
 ///
 /// Fails when the operator's directory or a report cannot be read.
 pub fn checkpoints(dir: &Path, name: &str) -> Result<Vec<String>, Error> {
-    let operator = dir.join(name);
-    let mut found = Vec::new();
-    for file in std::fs::read_dir(&operator).map_err(|e| Error::io(&operator, e))? {
-        let path = file.map_err(|e| Error::io(&operator, e))?.path();
+    let mut found: Vec<(u64, String)> = kept_reports(&dir.join(name))?
+        .into_iter()
+        .filter_map(|r| Some((r.sequence, r.checkpoint?)))
+        .collect();
+    found.sort();
+    found.dedup_by(|a, b| a.1 == b.1);
+    Ok(found.into_iter().map(|(_, line)| line).collect())
+}
+
+/// The reports kept in one operator's directory (their bodies, already verified when
+/// they were received).
+fn kept_reports(operator: &Path) -> Result<Vec<Report>, Error> {
+    let mut reports = Vec::new();
+    for file in std::fs::read_dir(operator).map_err(|e| Error::io(operator, e))? {
+        let path = file.map_err(|e| Error::io(operator, e))?.path();
         if path.extension().is_none_or(|x| x != "report") {
             continue;
         }
         let sealed = std::fs::read(&path).map_err(|e| Error::io(&path, e))?;
-        let report: Report = feedback::body(&sealed)
+        let report = feedback::body(&sealed)
             .and_then(|b| serde_json::from_slice(b).ok())
             .ok_or_else(|| Error::Config(format!("{}: not a kept report", path.display())))?;
-        if let Some(line) = report.checkpoint {
-            found.push((report.sequence, line));
-        }
+        reports.push(report);
     }
-    found.sort();
-    found.dedup_by(|a, b| a.1 == b.1);
-    Ok(found.into_iter().map(|(_, line)| line).collect())
+    Ok(reports)
 }
 
 /// One listed entry across every operator's reports.
@@ -200,15 +207,7 @@ pub fn totals(dir: &Path) -> Result<Vec<Total>, Error> {
             .to_string_lossy()
             .into_owned();
         let mut latest: Option<Report> = None;
-        for file in std::fs::read_dir(&operator).map_err(|e| Error::io(&operator, e))? {
-            let path = file.map_err(|e| Error::io(&operator, e))?.path();
-            if path.extension().is_none_or(|x| x != "report") {
-                continue;
-            }
-            let sealed = std::fs::read(&path).map_err(|e| Error::io(&path, e))?;
-            let report: Report = feedback::body(&sealed)
-                .and_then(|b| serde_json::from_slice(b).ok())
-                .ok_or_else(|| Error::Config(format!("{}: not a kept report", path.display())))?;
+        for report in kept_reports(&operator)? {
             for count in &report.hits {
                 let e = by_entry.entry(count.entry.clone()).or_default();
                 e.0 += count.hits;
