@@ -177,12 +177,13 @@ struct BuildArgs {
 
 #[derive(clap::Args, Debug)]
 struct ScanArgs {
-    /// The signed filter snapshot.
-    #[arg(long)]
-    filter: PathBuf,
-    /// The authority's public key.
-    #[arg(long = "pub")]
-    public_key: PathBuf,
+    /// The signed filter snapshot; repeat it to check against several authorities'
+    /// filters at once (each file is hashed once).
+    #[arg(long, required = true)]
+    filter: Vec<PathBuf>,
+    /// The authority's public key: once for all filters, or once per --filter, in order.
+    #[arg(long = "pub", required = true)]
+    public_key: Vec<PathBuf>,
     /// Print JSON lines instead of text.
     #[arg(long)]
     json: bool,
@@ -576,7 +577,18 @@ fn guest_runtime(component: Option<&Path>) -> Result<Runtime> {
 }
 
 fn scan_cmd(args: ScanArgs) -> Result<ExitCode> {
-    let key = PublicKey::read(&args.public_key)?;
+    if args.public_key.len() != 1 && args.public_key.len() != args.filter.len() {
+        anyhow::bail!(
+            "give --pub once for every --filter, or once per --filter ({} filters, {} keys)",
+            args.filter.len(),
+            args.public_key.len()
+        );
+    }
+    let keys = args
+        .public_key
+        .iter()
+        .map(|p| PublicKey::read(p))
+        .collect::<Result<Vec<_>, _>>()?;
     let file_config = args
         .config
         .as_deref()
@@ -592,8 +604,8 @@ fn scan_cmd(args: ScanArgs) -> Result<ExitCode> {
     }
     let job = scan::job::Job {
         paths: &args.paths,
-        filter: &args.filter,
-        key: &key,
+        filters: &args.filter,
+        keys: &keys,
         runtime: Arc::new(guest_runtime(args.component.as_deref())?),
         limits,
         uninspectable: file_config
@@ -653,7 +665,7 @@ fn scan_cmd(args: ScanArgs) -> Result<ExitCode> {
     }
     let scan::job::Finished {
         mut summary,
-        filter,
+        filters,
         catalog,
     } = finished?;
     if let Some(Err(e)) = &catalog {
@@ -671,7 +683,8 @@ fn scan_cmd(args: ScanArgs) -> Result<ExitCode> {
             serde_json::json!({"type": "summary", "files": summary.files, "bytes": summary.bytes,
                 "hits": summary.hits, "canaries": summary.canaries, "errors": summary.errors,
                 "uninspectable": summary.uninspectable, "from_catalog": summary.from_catalog,
-                "seconds": elapsed, "filter": {"series": filter.series, "version": filter.version}})
+                "seconds": elapsed, "filter": {"series": filters[0].series, "version": filters[0].version},
+                "filters": filters.iter().map(|f| serde_json::json!({"series": f.series, "version": f.version})).collect::<Vec<_>>()})
             .to_string(),
         );
     } else {
@@ -681,8 +694,9 @@ fn scan_cmd(args: ScanArgs) -> Result<ExitCode> {
             String::new()
         };
         emit(format!(
-            "scanned {} files{reused}, {} bytes in {elapsed:.2}s with filter {} v{}: {} hit, {} canary, {} error, {} uninspectable",
-            summary.files, summary.bytes, filter.series, filter.version, summary.hits, summary.canaries, summary.errors, summary.uninspectable
+            "scanned {} files{reused}, {} bytes in {elapsed:.2}s with filter {}: {} hit, {} canary, {} error, {} uninspectable",
+            summary.files, summary.bytes, filters.iter().map(|f| format!("{} v{}", f.series, f.version)).collect::<Vec<_>>().join(", "),
+            summary.hits, summary.canaries, summary.errors, summary.uninspectable
         ));
     }
     Ok(if summary.hits > 0 {
@@ -812,6 +826,7 @@ fn event_line(json: bool, event: &Event<'_>) -> Vec<String> {
             member,
             layers,
             size,
+            authority,
             hits,
             pdq,
         } => hits
@@ -825,13 +840,14 @@ fn event_line(json: bool, event: &Event<'_>) -> Vec<String> {
                         serde_json::json!({"type": "hit", "member": member,
                         "layers": layers, "size": size,
                         "algorithm": hit.algorithm.name(), "digest": digest,
-                        "category": hit.category}),
+                        "category": hit.category, "authority": authority}),
                     )
                 } else {
                     format!(
-                        "HIT     {}  {}:{digest}  category {category}{}",
+                        "HIT     {}  {}:{digest}  category {category}{}{}",
                         object_name(path, member),
                         hit.algorithm,
+                        authority.map_or(String::new(), |a| format!("  authority {a}")),
                         layers.map_or(String::new(), |l| format!("  ({l}, {size} bytes)")),
                     )
                 }

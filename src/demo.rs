@@ -83,8 +83,8 @@ pub fn run(dir: Option<PathBuf>, listen: &str, scan_only: bool) -> Result<ExitCo
     let key = hashgate_host::trust::PublicKey::read(&public_path)?;
     let job = scan::job::Job {
         paths: &[samples],
-        filter: &filter_path,
-        key: &key,
+        filters: std::slice::from_ref(&filter_path),
+        keys: std::slice::from_ref(&key),
         runtime: Arc::new(hashgate_host::Runtime::new(Default::default())?),
         limits: Default::default(),
         uninspectable: Default::default(),

@@ -22,7 +22,10 @@ pub fn settings(args: &EnforceArgs, front: FileConfig) -> Result<FileConfig> {
     let flags = FileConfig {
         filter: args.filter.clone(),
         public_key: args.public_key.clone(),
-        feed: args.feed.clone(),
+        feed: args
+            .feed
+            .clone()
+            .map(hashgate_host::config::FeedSetting::Url),
         root: args.root.clone(),
         state_dir: args.state_dir.clone(),
         feed_poll_secs: secs(args.feed_poll),

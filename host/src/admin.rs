@@ -5,7 +5,8 @@
 //! | --- | --- |
 //! | `GET /metrics` | Prometheus text |
 //! | `GET /healthz` | `ok` while the process serves |
-//! | `GET /readyz` | 200 `ready` (or `ready; catalog degraded`), 503 `stale` |
+//! | `GET /readyz` | 200 `ready` (or `ready; catalog degraded`), 503 `stale: …` naming the feeds whose filter has expired |
+//! | `GET /readyz/FEED` | the same for one feed (a `[[feed]]` table's name; `default` for the one unnamed feed), 404 for a feed not followed |
 //! | `GET /storms` | JSON: the listed entries in a hit storm and the hottest ones ([`crate::enforce::storm`]) |
 //! | `GET /allow-list` | JSON: the entries added here |
 //! | `PUT /allow-list/ENTRY` | adds `ENTRY` (`sha256:HEX`, `md5:HEX`, `pdq:HEX`, ...) to the allow-list, in force for the next object |
@@ -191,8 +192,26 @@ fn answer(enforcer: &Enforcer, path: &str) -> Response<Full<Bytes>> {
         "/readyz" if metrics.filter_is_stale() => (
             StatusCode::SERVICE_UNAVAILABLE,
             "text/plain",
-            "stale: the enforced filter has expired (still enforcing it)\n".to_string(),
+            format!(
+                "stale: the enforced filter has expired (still enforcing it): feed {}\n",
+                metrics.stale_feeds().join(", ")
+            ),
         ),
+        _ if path.starts_with("/readyz/") => {
+            let feed = &path["/readyz/".len()..];
+            let known = enforcer.filter().members().iter().any(|m| m.label() == feed);
+            if !known {
+                (StatusCode::NOT_FOUND, "text/plain", format!("no feed {feed:?}\n"))
+            } else if metrics.stale_feeds().iter().any(|f| f == feed) {
+                (
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "text/plain",
+                    "stale: this feed's filter has expired (still enforcing it)\n".to_string(),
+                )
+            } else {
+                (StatusCode::OK, "text/plain", "ready\n".to_string())
+            }
+        }
         // Uploads are still served and checked: ready, but say what is lost.
         "/readyz" if metrics.catalog_is_degraded() => (
             StatusCode::OK,

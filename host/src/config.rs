@@ -14,6 +14,103 @@ use serde::Deserialize;
 use crate::enforce::{Action, FailureMode};
 use crate::Error;
 
+/// The top-level `feed`: one feed's URL (`feed = "https://…"`, with the top-level
+/// `root`, `state_dir`, `filter`, … beside it), or one `[[feed]]` table per authority.
+#[derive(Clone, Debug)]
+pub enum FeedSetting {
+    /// The manifest URL of the one feed followed.
+    Url(String),
+    /// Several authorities, each with its own filter or feed and policy.
+    Authorities(Vec<AuthorityFileConfig>),
+}
+
+impl<'de> Deserialize<'de> for FeedSetting {
+    // By hand rather than `#[serde(untagged)]`, so that a mistake inside a `[[feed]]`
+    // table is reported as itself, not as "did not match any variant".
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<FeedSetting, D::Error> {
+        struct Visitor;
+        impl<'de> serde::de::Visitor<'de> for Visitor {
+            type Value = FeedSetting;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a manifest URL, or [[feed]] tables")
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<FeedSetting, E> {
+                Ok(FeedSetting::Url(v.to_string()))
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(
+                self,
+                seq: A,
+            ) -> Result<FeedSetting, A::Error> {
+                let list = Vec::<AuthorityFileConfig>::deserialize(
+                    serde::de::value::SeqAccessDeserializer::new(seq),
+                )?;
+                Ok(FeedSetting::Authorities(list))
+            }
+        }
+        d.deserialize_any(Visitor)
+    }
+}
+
+/// One `[[feed]]` table: an authority the operator follows, its filter (a feed, or a
+/// fixed snapshot and key) and its own policy.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuthorityFileConfig {
+    /// The authority's name in audit records, metrics, `/readyz` and refusals: letters,
+    /// digits, `-`, `_` and `.`.
+    pub name: String,
+    /// URL of its feed's signed manifest (with `root`); or give `filter` and `pub`.
+    pub url: Option<String>,
+    /// Its root of trust (a root envelope file), for `url`.
+    pub root: Option<PathBuf>,
+    /// Where its feed's accepted state is kept (default: the top-level `state_dir`,
+    /// or `hashgate-state`, joined with `name`).
+    pub state_dir: Option<PathBuf>,
+    /// How often to poll its feed, in seconds.
+    pub poll_secs: Option<u64>,
+    /// Deadline of one download from its feed, in seconds.
+    pub timeout_secs: Option<u64>,
+    /// A private CA to trust for its https feed.
+    pub ca: Option<PathBuf>,
+    /// A fixed signed filter snapshot, instead of `url`.
+    pub filter: Option<PathBuf>,
+    /// Its public key, for `filter`.
+    #[serde(rename = "pub")]
+    pub public_key: Option<PathBuf>,
+    /// Action per category of its lists (`default` for the rest): its own, instead of
+    /// the top-level `actions`.
+    pub actions: Option<HashMap<String, Action>>,
+    /// Confirmation of its hits with its own range API.
+    pub confirm: Option<crate::enforce::ConfirmConfig>,
+}
+
+impl AuthorityFileConfig {
+    /// Checks what the table alone can tell: a usable name, and exactly one of a feed
+    /// (with its root) or a fixed filter (with its key).
+    pub fn check(&self) -> Result<(), Error> {
+        let bad = |why: String| Err(Error::Config(format!("[[feed]] {:?}: {why}", self.name)));
+        let name_ok = !self.name.is_empty()
+            && self.name.len() <= 64
+            && self
+                .name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b));
+        if !name_ok {
+            return bad("name must be 1 to 64 letters, digits, '-', '_' or '.'".into());
+        }
+        match (&self.url, &self.filter) {
+            (Some(_), Some(_)) => bad("give url (a feed) or filter (a snapshot), not both".into()),
+            (None, None) => bad("needs url (a feed, with root) or filter (with pub)".into()),
+            (Some(_), None) if self.root.is_none() => bad("url needs root".into()),
+            (None, Some(_)) if self.public_key.is_none() => bad("filter needs pub".into()),
+            (None, Some(_)) if self.root.is_some() || self.poll_secs.is_some() => {
+                bad("root and poll_secs are for a feed (url), not a fixed filter".into())
+            }
+            _ => Ok(()),
+        }
+    }
+}
+
 /// The whole file. Every field is optional.
 #[derive(Clone, Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -29,8 +126,9 @@ pub struct FileConfig {
     /// Authority public key.
     #[serde(rename = "pub")]
     pub public_key: Option<PathBuf>,
-    /// URL of a feed's signed manifest to follow instead of a fixed `filter`.
-    pub feed: Option<String>,
+    /// URL of a feed's signed manifest to follow instead of a fixed `filter`; or, as
+    /// `[[feed]]` tables, several authorities to follow at once.
+    pub feed: Option<FeedSetting>,
     /// The authority's root of trust for the feed (a root envelope file).
     pub root: Option<PathBuf>,
     /// Where the feed's accepted state is kept across restarts.
@@ -514,7 +612,7 @@ mod tests {
             "#,
         )
         .overlay(FileConfig {
-            feed: Some("https://feed/manifest.json".into()),
+            feed: Some(FeedSetting::Url("https://feed/manifest.json".into())),
             ..Default::default()
         });
         assert!(merged.filter.is_none() && merged.public_key.is_none());

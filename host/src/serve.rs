@@ -14,8 +14,8 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::config::FileConfig;
-use crate::enforce::{AllowList, AuditLog, Enforcer, Metrics, Policy};
+use crate::config::{AuthorityFileConfig, FeedSetting, FileConfig};
+use crate::enforce::{Actions, AllowList, AuditLog, AuthorityFilter, Enforcer, Metrics, Policy};
 use crate::feed::{Feed, FeedConfig, Update};
 use crate::gateway::{self, Gateway};
 use crate::icap::{IcapConfig, IcapServer};
@@ -104,7 +104,7 @@ pub fn run(front: Front, file: &FileConfig, mode: Mode) -> Result<(), Error> {
 
 async fn run_async(front: Front, file: &FileConfig, mode: Mode) -> Result<(), Error> {
     let listen = front.listen(file);
-    let (enforcer, feed) = enforcer(file).await?;
+    let (enforcer, feeds) = enforcer(file).await?;
     let tls = front.tls();
     let (scheme, name) = (front.scheme(), front.name());
     let server = match front {
@@ -112,23 +112,21 @@ async fn run_async(front: Front, file: &FileConfig, mode: Mode) -> Result<(), Er
         Front::Icap(config) => Server::Icap(IcapServer::new(*config, enforcer.clone())?),
     };
     let filter = enforcer.filter();
-    let info = filter.info();
+    let (series, version) = filter.label();
+    let entries = filter.entries();
     if mode == Mode::Check {
         eprintln!(
-            "configuration ok: would serve {listen} enforcing {} v{} ({} entries){}",
-            info.series,
-            info.version,
-            info.entries,
-            if feed.is_some() {
-                ", following its feed"
-            } else {
-                ""
+            "configuration ok: would serve {listen} enforcing {series} v{version} ({entries} entries){}",
+            match feeds.len() {
+                0 => String::new(),
+                1 => ", following its feed".into(),
+                n => format!(", following {n} feeds"),
             }
         );
         return Ok(());
     }
-    if let Some(feed) = feed {
-        tokio::spawn(feed.run(enforcer.clone()));
+    for (index, feed) in feeds {
+        tokio::spawn(feed.run(enforcer.clone(), index));
     }
     if let Some(config) = file.feedback.clone() {
         tokio::spawn(crate::enforce::feedback::report(enforcer.clone(), config));
@@ -145,16 +143,28 @@ async fn run_async(front: Front, file: &FileConfig, mode: Mode) -> Result<(), Er
         ""
     };
     eprintln!(
-        "hashgate {name} on {scheme}://{address}{services} enforcing {} v{} ({} entries)",
-        info.series, info.version, info.entries
+        "hashgate {name} on {scheme}://{address}{services} enforcing {series} v{version} ({entries} entries)"
     );
-    let ready = serde_json::json!({
+    let mut ready = serde_json::json!({
         "server": name,
         "listen": format!("{scheme}://{address}"),
         "admin": admin.map(|a| format!("http://{a}")),
-        "series": info.series,
-        "version": info.version,
+        "series": series,
+        "version": version,
     });
+    if filter.members().iter().any(|m| m.authority.is_some()) {
+        ready["feeds"] = filter
+            .members()
+            .iter()
+            .map(|m| {
+                serde_json::json!({
+                    "name": m.label(),
+                    "series": m.engine.info().series,
+                    "version": m.engine.info().version,
+                })
+            })
+            .collect();
+    }
     eprintln!("ready {ready}");
     drop(filter);
     match server {
@@ -177,42 +187,15 @@ fn workers(file: &FileConfig) -> Result<usize, Error> {
     }
 }
 
-/// The verified filter (a fixed snapshot, or the feed's accepted version), policy, audit
-/// log, confirmation and metrics `file` describes; and the feed to keep following, if
-/// any.
-pub async fn enforcer(file: &FileConfig) -> Result<(Arc<Enforcer>, Option<Feed>), Error> {
-    let (engine, feed) = match &file.feed {
-        Some(url) => {
-            let (engine, feed) = follow(url, file).await?;
-            (engine, Some(feed))
-        }
-        None => {
-            let filter = file.filter.as_ref().ok_or_else(|| {
-                Error::Config(
-                    "--filter or --feed (or `filter` or `feed` in the config file) is required"
-                        .into(),
-                )
-            })?;
-            let public_key = file.public_key.as_ref().ok_or_else(|| {
-                Error::Config("--pub (or `pub` in the config file) is required".into())
-            })?;
-            let key = PublicKey::read(public_key)?;
-            let runtime = Arc::new(Runtime::new(Limits::default())?);
-            let engine =
-                FilterEngine::open(runtime, filter, &key).map_err(|e| Error::loading(filter, e))?;
-            if let Some(warning) = engine.info().expiry_warning() {
-                eprintln!("{warning}");
-            }
-            (engine, None)
-        }
-    };
+/// The verified filters (each a fixed snapshot, or a feed's accepted version), policy,
+/// audit log, confirmation and metrics `file` describes; and the feeds to keep
+/// following, each with the index of the authority whose filter it replaces.
+pub async fn enforcer(file: &FileConfig) -> Result<(Arc<Enforcer>, Vec<(usize, Feed)>), Error> {
     let mut policy = Policy::default();
     if let Some(actions) = &file.actions {
-        let mut actions = actions.clone();
-        if let Some(default) = actions.remove("default") {
-            policy.default_action = default;
-        }
-        policy.actions = actions;
+        let actions = Actions::from_table(actions.clone());
+        policy.default_action = actions.default;
+        policy.actions = actions.by_category;
     }
     policy.on_failure = file.on_guest_failure.unwrap_or_default();
     policy.uninspectable = file.uninspectable.unwrap_or_default();
@@ -225,8 +208,53 @@ pub async fn enforcer(file: &FileConfig) -> Result<(Arc<Enforcer>, Option<Feed>)
         .as_deref()
         .map(|path| AuditLog::open_signed(path, checkpoints))
         .transpose()?;
-    let mut enforcer = Enforcer::new(engine, policy, audit, Metrics::new())
-        .with_storms(file.storm.clone().unwrap_or_default());
+    let mut feeds = Vec::new();
+    let mut enforcer = match &file.feed {
+        Some(FeedSetting::Authorities(tables)) => {
+            only_in_feed_tables(file)?;
+            let mut authorities = Vec::new();
+            for (index, table) in tables.iter().enumerate() {
+                table.check()?;
+                let (engine, feed) = authority_filter(table, file).await?;
+                if let Some(feed) = feed {
+                    feeds.push((index, feed));
+                }
+                authorities.push(AuthorityFilter {
+                    name: table.name.clone(),
+                    engine,
+                    actions: table.actions.clone().map(Actions::from_table),
+                });
+            }
+            let mut enforcer =
+                Enforcer::with_authorities(authorities, policy, audit, Metrics::new())?;
+            for (index, table) in tables.iter().enumerate() {
+                if let Some(rules) = table.confirm.clone() {
+                    enforcer =
+                        enforcer.with_confirmation_for(index, rules, file.audit_checkpoints()?)?;
+                }
+            }
+            enforcer
+        }
+        Some(FeedSetting::Url(url)) => {
+            let (engine, feed) = follow(feed_config(url, file)?).await?;
+            feeds.push((0, feed));
+            Enforcer::new(engine, policy, audit, Metrics::new())
+        }
+        None => {
+            let filter = file.filter.as_ref().ok_or_else(|| {
+                Error::Config(
+                    "--filter or --feed (or `filter`, `feed` or [[feed]] in the config file) is required"
+                        .into(),
+                )
+            })?;
+            let public_key = file.public_key.as_ref().ok_or_else(|| {
+                Error::Config("--pub (or `pub` in the config file) is required".into())
+            })?;
+            let engine = fixed_filter(filter, public_key)?;
+            Enforcer::new(engine, policy, audit, Metrics::new())
+        }
+    };
+    enforcer = enforcer.with_storms(file.storm.clone().unwrap_or_default());
     if let Some(feedback) = &file.feedback {
         // A key that cannot be read is a start-up error, not a silent lack of reports.
         crate::trust::SecretKey::read(&feedback.key)?;
@@ -240,19 +268,89 @@ pub async fn enforcer(file: &FileConfig) -> Result<(Arc<Enforcer>, Option<Feed>)
         enforcer = enforcer.with_confirmation(rules, file.audit_checkpoints()?)?;
     }
     let enforcer = Arc::new(enforcer);
-    if let Some(m) = feed.as_ref().and_then(Feed::accepted) {
-        enforcer.metrics().set_fresh_until(m.expires);
+    for (index, feed) in &feeds {
+        if let Some(m) = feed.accepted() {
+            let label = enforcer.authority_label(*index);
+            enforcer.metrics().set_fresh_until(&label, m.expires);
+        }
     }
-    Ok((enforcer, feed))
+    Ok((enforcer, feeds))
 }
 
-/// Opens the feed: resumes the version persisted in the state directory, or fetches the
-/// first one (and fails if it cannot: a server without a filter cannot decide).
-async fn follow(url: &str, file: &FileConfig) -> Result<(FilterEngine, Feed), Error> {
+/// With `[[feed]]` tables, what each authority has its own of is set in its table: the
+/// top-level settings for one filter would be ambiguous, and are refused.
+fn only_in_feed_tables(file: &FileConfig) -> Result<(), Error> {
+    let top = [
+        ("filter", file.filter.is_some()),
+        ("pub", file.public_key.is_some()),
+        ("root", file.root.is_some()),
+        ("feed_poll_secs", file.feed_poll_secs.is_some()),
+        ("feed_timeout_secs", file.feed_timeout_secs.is_some()),
+        ("feed_ca", file.feed_ca.is_some()),
+        ("actions", file.actions.is_some()),
+        ("confirm", file.confirm.is_some()),
+    ];
+    match top.iter().find(|(_, set)| *set) {
+        Some((key, _)) => Err(Error::Config(format!(
+            "`{key}` is set at the top level beside [[feed]] tables: set it in each [[feed]] table"
+        ))),
+        None => Ok(()),
+    }
+}
+
+/// Reads and verifies a fixed filter snapshot, on the embedded guest.
+fn fixed_filter(
+    filter: &std::path::Path,
+    public_key: &std::path::Path,
+) -> Result<FilterEngine, Error> {
+    let key = PublicKey::read(public_key)?;
+    let runtime = Arc::new(Runtime::new(Limits::default())?);
+    let engine =
+        FilterEngine::open(runtime, filter, &key).map_err(|e| Error::loading(filter, e))?;
+    if let Some(warning) = engine.info().expiry_warning() {
+        eprintln!("{warning}");
+    }
+    Ok(engine)
+}
+
+/// One `[[feed]]` table's filter: its fixed snapshot, or its feed's accepted version
+/// (and the feed to keep following). Its state directory is its own.
+async fn authority_filter(
+    table: &AuthorityFileConfig,
+    file: &FileConfig,
+) -> Result<(FilterEngine, Option<Feed>), Error> {
+    let named = |e: Error| Error::Config(format!("[[feed]] {:?}: {e}", table.name));
+    if let (Some(filter), Some(key)) = (&table.filter, &table.public_key) {
+        return Ok((fixed_filter(filter, key).map_err(named)?, None));
+    }
+    let (Some(url), Some(root)) = (&table.url, &table.root) else {
+        return Err(named(Error::Config(
+            "needs url and root, or filter and pub".into(),
+        )));
+    };
+    let config = FeedConfig {
+        url: url.clone(),
+        root: root.clone(),
+        state_dir: table.state_dir.clone().unwrap_or_else(|| {
+            file.state_dir
+                .clone()
+                .unwrap_or_else(|| "hashgate-state".into())
+                .join(&table.name)
+        }),
+        poll: Duration::from_secs(table.poll_secs.unwrap_or(300)),
+        timeout: Duration::from_secs(table.timeout_secs.unwrap_or(60)),
+        ca: table.ca.clone(),
+    };
+    let (engine, feed) = follow(config).await.map_err(named)?;
+    Ok((engine, Some(feed)))
+}
+
+/// The one feed of a configuration with a top-level `feed` URL.
+fn feed_config(url: &str, file: &FileConfig) -> Result<FeedConfig, Error> {
     let root = file.root.clone().ok_or_else(|| {
         Error::Config("--feed needs --root (or `root` in the config file)".into())
     })?;
-    let config = FeedConfig {
+    Ok(FeedConfig {
         url: url.to_string(),
         root,
         state_dir: file
@@ -262,7 +360,12 @@ async fn follow(url: &str, file: &FileConfig) -> Result<(FilterEngine, Feed), Er
         poll: Duration::from_secs(file.feed_poll_secs.unwrap_or(300)),
         timeout: Duration::from_secs(file.feed_timeout_secs.unwrap_or(60)),
         ca: file.feed_ca.clone(),
-    };
+    })
+}
+
+/// Opens the feed: resumes the version persisted in the state directory, or fetches the
+/// first one (and fails if it cannot: a server without a filter cannot decide).
+async fn follow(config: FeedConfig) -> Result<(FilterEngine, Feed), Error> {
     let mut feed = Feed::new(config, Limits::default())?;
     if let Some(engine) = feed.resume()? {
         let info = engine.info();

@@ -340,6 +340,7 @@ pub fn spawn_logged(command: &mut Command) -> (Killed, u16, u16, Log) {
     assert_ne!(port, 0, "{ready}");
     // Keep draining stderr so the gateway never blocks on a full pipe.
     let log = Log::default();
+    log.lock().unwrap().push(format!("ready {ready}"));
     let kept = log.clone();
     std::thread::spawn(move || {
         for line in lines.map_while(Result::ok) {

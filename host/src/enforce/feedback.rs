@@ -96,14 +96,19 @@ pub async fn report(enforcer: Arc<Enforcer>, config: FeedbackConfig) {
             .map(|(entry, hits)| EntryCount { entry, hits })
             .collect();
         hits.sort_by(|a, b| b.hits.cmp(&a.hits).then_with(|| a.entry.cmp(&b.entry)));
-        let info = enforcer.filter().info().clone();
+        let filters = enforcer
+            .filter()
+            .members()
+            .iter()
+            .map(|m| FilterInForce {
+                series: m.engine.info().series.clone(),
+                version: m.engine.info().version,
+            })
+            .collect();
         let report = Report {
             from,
             to,
-            filters: vec![FilterInForce {
-                series: info.series,
-                version: info.version,
-            }],
+            filters,
             hits,
             uncounted,
             allowed: enforcer.allowed_entries(),

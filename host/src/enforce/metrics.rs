@@ -19,6 +19,31 @@ struct ActionLabel {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct FeedLabel {
+    feed: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct FeedOutcomeLabel {
+    feed: String,
+    outcome: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct FeedActionLabel {
+    feed: String,
+    action: String,
+}
+
+/// One feed's filter, as its gauges report it.
+#[derive(Clone, Debug, Default)]
+struct FeedState {
+    /// The filter's expiry, or the newest manifest's when the feed vouched for it.
+    expires: u64,
+    created: u64,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct IcapLabel {
     method: String,
     answer: String,
@@ -70,6 +95,13 @@ pub struct Metrics {
     filter_created: AtomicU64,
     filter_age: Gauge,
     filter_stale: Gauge,
+    /// Each feed's filter, by feed name (the aggregate gauges above are of them all).
+    feeds: std::sync::Mutex<std::collections::BTreeMap<String, FeedState>>,
+    feed_version: Family<FeedLabel, Gauge>,
+    feed_stale: Family<FeedLabel, Gauge>,
+    feed_fresh_until: Family<FeedLabel, Gauge>,
+    feed_polls: Family<FeedOutcomeLabel, Counter>,
+    feed_hits: Family<FeedActionLabel, Counter>,
     feed_updates: Family<OutcomeLabel, Counter>,
     feed_downloads: Family<OutcomeLabel, Counter>,
     confirmations: Family<OutcomeLabel, Counter>,
@@ -127,6 +159,12 @@ impl Metrics {
             filter_created: AtomicU64::new(0),
             filter_age: Gauge::default(),
             filter_stale: Gauge::default(),
+            feeds: Default::default(),
+            feed_version: Family::default(),
+            feed_stale: Family::default(),
+            feed_fresh_until: Family::default(),
+            feed_polls: Family::default(),
+            feed_hits: Family::default(),
             feed_updates: Family::default(),
             feed_downloads: Family::default(),
             confirmations: Family::default(),
@@ -243,6 +281,31 @@ impl Metrics {
             m.filter_stale.clone(),
         );
         registry.register(
+            "feed_filter_version",
+            "Version of each feed's filter",
+            m.feed_version.clone(),
+        );
+        registry.register(
+            "feed_filter_stale",
+            "1 if the feed's filter has expired (its feed vouched for it too long ago)",
+            m.feed_stale.clone(),
+        );
+        registry.register(
+            "feed_fresh_until_seconds",
+            "When (Unix seconds) each feed's filter goes stale",
+            m.feed_fresh_until.clone(),
+        );
+        registry.register(
+            "feed_polls_by_feed",
+            "Polls of each feed by outcome: applied, fresher, unchanged, or failed",
+            m.feed_polls.clone(),
+        );
+        registry.register(
+            "feed_hits",
+            "Hits of each feed's filter by the action the object was given",
+            m.feed_hits.clone(),
+        );
+        registry.register(
             "feed_polls",
             "Feed polls by outcome: applied, fresher, unchanged, or failed",
             m.feed_updates.clone(),
@@ -346,8 +409,15 @@ impl Metrics {
         self.recheck_rows.set(rows as i64);
     }
 
-    /// Counts one feed poll by its outcome (`applied`, `fresher`, `unchanged`, `failed`).
-    pub fn count_feed_poll(&self, outcome: &str) {
+    /// Counts one poll of `feed` by its outcome (`applied`, `fresher`, `unchanged`,
+    /// `failed`).
+    pub fn count_feed_poll(&self, feed: &str, outcome: &str) {
+        self.feed_polls
+            .get_or_create(&FeedOutcomeLabel {
+                feed: feed.into(),
+                outcome: outcome.into(),
+            })
+            .inc();
         self.feed_updates
             .get_or_create(&OutcomeLabel {
                 outcome: outcome.into(),
@@ -382,32 +452,87 @@ impl Metrics {
             .inc();
     }
 
-    /// Records the freshness a feed manifest vouches for: with a feed, the filter is
+    /// Records the freshness `feed`'s manifest vouches for: with a feed, the filter is
     /// stale when its newest manifest has expired, whatever the snapshot's own expiry.
-    pub fn set_fresh_until(&self, expires: u64) {
+    pub fn set_fresh_until(&self, feed: &str, expires: u64) {
         self.feed_manifest_expires.set(expires as i64);
+        self.with_feed(feed, |state| state.expires = expires);
+    }
+
+    /// Records the filter `feed` enforces now. The `first` feed's version is also
+    /// `hashgate_filter_version`, for dashboards of a gateway that follows one.
+    pub fn set_filter(&self, feed: &str, first: bool, info: &FilterInfo) {
+        if first {
+            self.filter_version.set(info.version as i64);
+        }
+        self.feed_version
+            .get_or_create(&FeedLabel { feed: feed.into() })
+            .set(info.version as i64);
+        self.with_feed(feed, |state| {
+            state.expires = info.expires;
+            state.created = info.created;
+        });
+    }
+
+    /// Changes `feed`'s state and brings the aggregate gauges up to date: the filters
+    /// expire with the first of them to expire, and are as old as the oldest.
+    fn with_feed(&self, feed: &str, change: impl FnOnce(&mut FeedState)) {
+        let mut feeds = self.feeds.lock().unwrap_or_else(|p| p.into_inner());
+        let state = feeds.entry(feed.to_string()).or_default();
+        change(state);
+        self.feed_fresh_until
+            .get_or_create(&FeedLabel { feed: feed.into() })
+            .set(state.expires as i64);
+        let expires = feeds.values().map(|s| s.expires).min().unwrap_or(0);
+        let created = feeds.values().map(|s| s.created).min().unwrap_or(0);
         self.filter_expires.store(expires, Ordering::Relaxed);
+        self.filter_created.store(created, Ordering::Relaxed);
     }
 
-    /// Records the filter being enforced.
-    pub fn set_filter(&self, info: &FilterInfo) {
-        self.filter_version.set(info.version as i64);
-        self.filter_expires.store(info.expires, Ordering::Relaxed);
-        self.filter_created.store(info.created, Ordering::Relaxed);
-    }
-
-    /// Whether the enforced filter has expired.
+    /// Whether any enforced filter has expired.
     pub fn filter_is_stale(&self) -> bool {
         now() >= self.filter_expires.load(Ordering::Relaxed)
     }
 
-    pub(crate) fn observe_verdict(&self, took: Duration, size: u64) {
-        self.verdict_seconds.observe(took.as_secs_f64());
-        self.inspected_objects.inc();
-        self.inspected_bytes.inc_by(size);
+    /// The feeds whose filters have expired, by name.
+    pub fn stale_feeds(&self) -> Vec<String> {
+        let now = now();
+        let feeds = self.feeds.lock().unwrap_or_else(|p| p.into_inner());
+        feeds
+            .iter()
+            .filter(|(_, s)| now >= s.expires)
+            .map(|(name, _)| name.clone())
+            .collect()
     }
 
-    pub(crate) fn count_hit(&self, action: &str, canary: bool) {
+    /// Brings each feed's staleness gauge up to date.
+    fn refresh_feeds(&self) {
+        let now = now();
+        let feeds = self.feeds.lock().unwrap_or_else(|p| p.into_inner());
+        for (name, s) in feeds.iter() {
+            self.feed_stale
+                .get_or_create(&FeedLabel { feed: name.clone() })
+                .set(i64::from(now >= s.expires));
+        }
+    }
+
+    /// Observes one filter's verdict; `object` is the object's size when it is to be
+    /// counted as inspected (once, however many filters check it).
+    pub(crate) fn observe_verdict(&self, took: Duration, object: Option<u64>) {
+        self.verdict_seconds.observe(took.as_secs_f64());
+        if let Some(size) = object {
+            self.inspected_objects.inc();
+            self.inspected_bytes.inc_by(size);
+        }
+    }
+
+    pub(crate) fn count_hit(&self, feed: &str, action: &str, canary: bool) {
+        self.feed_hits
+            .get_or_create(&FeedActionLabel {
+                feed: feed.into(),
+                action: action.into(),
+            })
+            .inc();
         self.hits
             .get_or_create(&ActionLabel {
                 action: action.into(),
@@ -524,6 +649,7 @@ impl Metrics {
         let created = self.filter_created.load(Ordering::Relaxed);
         self.filter_age.set(now().saturating_sub(created) as i64);
         self.filter_stale.set(i64::from(self.filter_is_stale()));
+        self.refresh_feeds();
         let mut out = String::new();
         encode(&mut out, &self.registry).expect("writing to a String");
         out

@@ -6,6 +6,7 @@
 pub mod audit;
 pub mod confirm;
 pub mod feedback;
+pub mod filters;
 pub mod metrics;
 pub mod policy;
 pub mod retro;
@@ -22,10 +23,12 @@ use crate::perceptual::{Dihedral, PdqHash};
 use crate::runtime::types::PdqHit;
 use crate::{Digest, Error, FilterEngine, Hit, Verdict};
 
+pub use filters::{FilterSet, Member};
+
 pub use audit::{AuditLog, AuditRecord, Ticket};
 pub use confirm::{ConfirmConfig, Confirmer, Evidence};
 pub use metrics::Metrics;
-pub use policy::{Action, AllowEntry, AllowList, FailureMode, Policy};
+pub use policy::{Action, Actions, AllowEntry, AllowList, FailureMode, Policy};
 pub use storm::{OnStorm, StormConfig, Storms};
 
 /// What the front-end must do with an object.
@@ -73,6 +76,25 @@ pub struct Decision {
     pub quarantine: bool,
 }
 
+impl Decision {
+    fn pass() -> Decision {
+        Decision {
+            outcome: Outcome::Pass,
+            hits: Vec::new(),
+            pdq: Vec::new(),
+            quarantine: false,
+        }
+    }
+
+    /// Adds another filter's decision on the same object: the stricter outcome, every hit.
+    fn merge(&mut self, other: Decision) {
+        self.outcome = self.outcome.clone().stricter(other.outcome);
+        self.hits.extend(other.hits);
+        self.pdq.extend(other.pdq);
+        self.quarantine |= other.quarantine;
+    }
+}
+
 /// A picture near a listed PDQ hash: the guest's match, and what the picture was.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct PdqMatch {
@@ -99,8 +121,8 @@ pub struct ReportDecision {
     pub problems: Vec<(Problem, UninspectableAction)>,
     /// Whether a hit (not only a problem) blocks.
     blocks_on_hits: bool,
-    /// The series and version of the filter that decided (named in the refusal, even
-    /// if another filter is in force by the time it is sent).
+    /// The series and version of the filters that decided ([`FilterSet::label`]; named
+    /// in the refusal, even if another filter is in force by the time it is sent).
     pub filter: (String, u64),
 }
 
@@ -140,20 +162,22 @@ impl Default for ReportDecision {
 }
 
 impl ReportDecision {
-    fn deciding(filter: &FilterEngine) -> ReportDecision {
-        let info = filter.info();
+    fn deciding(filter: &FilterSet) -> ReportDecision {
         ReportDecision {
-            filter: (info.series.clone(), info.version),
+            filter: filter.label(),
             ..ReportDecision::default()
         }
     }
 
-    fn add(&mut self, ctx: &Context, size: u64, decision: Decision) {
+    fn add(&mut self, member: &Member, ctx: &Context, size: u64, decision: Decision) {
         self.blocks_on_hits |= decision.outcome == Outcome::Block;
         self.outcome = self.outcome.clone().stricter(decision.outcome);
         self.quarantine |= decision.quarantine;
         if !decision.hits.is_empty() || !decision.pdq.is_empty() {
+            let info = member.engine.info();
             self.hits.push(ReportHit {
+                authority: member.authority.as_deref().map(str::to_string),
+                filter: (info.series.clone(), info.version),
                 member: ctx.part.clone(),
                 layers: ctx.layers.clone(),
                 size,
@@ -184,6 +208,10 @@ fn node_context<'c>(ctx: &'c Context, node: &crate::inspect::Node) -> Cow<'c, Co
 /// A node of a report that hit.
 #[derive(Clone, Debug)]
 pub struct ReportHit {
+    /// The authority whose filter it hit, when the operator follows named ones.
+    pub authority: Option<String>,
+    /// The series and version of that filter.
+    pub filter: (String, u64),
     /// Its member path (see [`AuditRecord::part`]), if not the whole body.
     pub member: Option<String>,
     /// Its layers, if not the body as sent.
@@ -240,22 +268,40 @@ pub struct Context {
     pub quarantine: Option<String>,
 }
 
-/// The verdict core: one filter (replaceable while serving), one policy, one audit log,
-/// one set of metrics.
+/// The verdict core: the filters in force, one per authority (each replaceable while
+/// serving), one policy, one audit log, one set of metrics.
 pub struct Enforcer {
-    filter: ArcSwap<FilterEngine>,
+    filter: ArcSwap<FilterSet>,
+    /// Per authority, in the set's order: its own actions and confirmation.
+    authorities: Vec<Authority>,
     /// Counts filter swaps, for whoever re-checks stored objects on each.
     swaps: tokio::sync::watch::Sender<u64>,
     policy: Policy,
     audit: Option<AuditLog>,
     metrics: Metrics,
-    confirm: Option<Confirmation>,
     storms: Storms,
     /// Allow-list entries added through the admin listener, and the file they are kept in.
     local: std::sync::RwLock<AllowList>,
     local_path: Option<std::path::PathBuf>,
     /// Hits per entry for the feedback report, when one is sent.
     tally: Option<feedback::Tally>,
+}
+
+/// One authority the operator follows, as [`Enforcer::with_authorities`] takes it.
+pub struct AuthorityFilter {
+    /// Its name (its `[[feed]]` table's), in audit records, metrics and refusals.
+    pub name: String,
+    /// Its filter.
+    pub engine: FilterEngine,
+    /// Its own category actions, if it has any (else the policy's).
+    pub actions: Option<Actions>,
+}
+
+/// What is the enforcer's own for one authority.
+#[derive(Default)]
+struct Authority {
+    actions: Option<Actions>,
+    confirm: Option<Confirmation>,
 }
 
 /// Confirmation of hits: the rules, the client, where reports go.
@@ -266,21 +312,74 @@ struct Confirmation {
 }
 
 impl Enforcer {
-    /// Puts the parts together.
+    /// Puts the parts together, for one unnamed filter.
     pub fn new(
         engine: FilterEngine,
         policy: Policy,
         audit: Option<AuditLog>,
         metrics: Metrics,
     ) -> Self {
-        metrics.set_filter(engine.info());
+        Enforcer::of_set(
+            FilterSet::single(engine),
+            vec![Authority::default()],
+            policy,
+            audit,
+            metrics,
+        )
+    }
+
+    /// Puts the parts together, for several named authorities: an object is checked
+    /// against each one's filter, and the strictest outcome wins.
+    ///
+    /// Fails when `authorities` is empty or two share a name.
+    pub fn with_authorities(
+        authorities: Vec<AuthorityFilter>,
+        policy: Policy,
+        audit: Option<AuditLog>,
+        metrics: Metrics,
+    ) -> Result<Self, Error> {
+        if authorities.is_empty() {
+            return Err(Error::Config("no authority to follow".into()));
+        }
+        let mut names = std::collections::HashSet::new();
+        let mut members = Vec::new();
+        let mut own = Vec::new();
+        for a in authorities {
+            if !names.insert(a.name.clone()) {
+                return Err(Error::Config(format!("two feeds are named {:?}", a.name)));
+            }
+            members.push((Some(Arc::from(a.name.as_str())), Arc::new(a.engine)));
+            own.push(Authority {
+                actions: a.actions,
+                confirm: None,
+            });
+        }
+        Ok(Enforcer::of_set(
+            FilterSet::new(members),
+            own,
+            policy,
+            audit,
+            metrics,
+        ))
+    }
+
+    fn of_set(
+        set: FilterSet,
+        authorities: Vec<Authority>,
+        policy: Policy,
+        audit: Option<AuditLog>,
+        metrics: Metrics,
+    ) -> Self {
+        for m in set.members() {
+            metrics.set_filter(m.label(), m.index == 0, m.engine.info());
+        }
         Enforcer {
-            filter: ArcSwap::from_pointee(engine),
+            filter: ArcSwap::from_pointee(set),
+            authorities,
             swaps: tokio::sync::watch::Sender::new(0),
             policy,
             audit,
             metrics,
-            confirm: None,
             storms: Storms::new(StormConfig::default()),
             local: Default::default(),
             local_path: None,
@@ -439,18 +538,35 @@ impl Enforcer {
     /// Confirms hits with the authority's range API under `rules` (see
     /// [`Enforcer::decide_confirmed`]); reports go to `rules.report_log`, its chain
     /// signed as `checkpoints` says (the audit log's key, when one is configured).
+    /// For the first (or only) authority; see [`Enforcer::with_confirmation_for`].
     pub fn with_confirmation(
-        mut self,
+        self,
         rules: ConfirmConfig,
         checkpoints: Option<audit::Checkpoints>,
     ) -> Result<Self, Error> {
+        self.with_confirmation_for(0, rules, checkpoints)
+    }
+
+    /// [`Enforcer::with_confirmation`] for the authority at `index` (its hits are
+    /// confirmed with its own range API).
+    pub fn with_confirmation_for(
+        mut self,
+        index: usize,
+        rules: ConfirmConfig,
+        checkpoints: Option<audit::Checkpoints>,
+    ) -> Result<Self, Error> {
+        if index >= self.authorities.len() {
+            return Err(Error::Config(format!(
+                "no authority {index} to confirm with"
+            )));
+        }
         let confirmer = Confirmer::new(&rules)?;
         let reports = rules
             .report_log
             .as_deref()
             .map(|path| AuditLog::open_signed(path, checkpoints))
             .transpose()?;
-        self.confirm = Some(Confirmation {
+        self.authorities[index].confirm = Some(Confirmation {
             rules,
             confirmer,
             reports,
@@ -464,10 +580,11 @@ impl Enforcer {
     /// (a `delete` needs what blocking does, a `quarantine` what quarantine does).
     pub async fn confirm_stored(
         &self,
+        member: &Member,
         hit: &Hit,
         needs: fn(&ConfirmConfig) -> confirm::Needs,
     ) -> (Option<Evidence>, bool) {
-        let Some(c) = self.confirm.as_ref().filter(|c| c.rules.asks()) else {
+        let Some(c) = self.confirmation(member).filter(|c| c.rules.asks()) else {
             return (None, true);
         };
         let evidence = c.confirmer.confirm(hit.algorithm, &hit.bytes).await;
@@ -475,20 +592,53 @@ impl Enforcer {
         (Some(evidence), c.rules.takes(needs(&c.rules), evidence))
     }
 
-    /// The filter in force now. A front-end takes it when an object's first byte
-    /// arrives, hashes for its algorithms, and decides with it: an object is judged by
-    /// the filter it started under even if a new one is swapped in meanwhile.
-    pub fn filter(&self) -> Arc<FilterEngine> {
+    /// The filters in force now. A front-end takes them when an object's first byte
+    /// arrives, hashes for their algorithms, and decides with them: an object is judged
+    /// by the filters it started under even if a new one is swapped in meanwhile.
+    pub fn filter(&self) -> Arc<FilterSet> {
         self.filter.load_full()
     }
 
-    /// Puts `engine` in force for every object that starts from now on, atomically, and
-    /// returns the one it replaces (objects already under way keep it until they end).
+    /// Puts `engine` in force as the first (or only) authority's filter; see
+    /// [`Enforcer::swap_member`].
     pub fn swap_filter(&self, engine: FilterEngine) -> Arc<FilterEngine> {
-        self.metrics.set_filter(engine.info());
-        let old = self.filter.swap(Arc::new(engine));
+        self.swap_member(0, engine)
+    }
+
+    /// Puts `engine` in force as the filter of the authority at `index`, for every
+    /// object that starts from now on, atomically, and returns the one it replaces
+    /// (objects already under way keep it until they end). The other authorities'
+    /// filters stay as they are.
+    ///
+    /// # Panics
+    /// When there is no authority at `index` (a feed is only ever started for one).
+    pub fn swap_member(&self, index: usize, engine: FilterEngine) -> Arc<FilterEngine> {
+        let engine = Arc::new(engine);
+        let label = self.authority_label(index);
+        self.metrics.set_filter(&label, index == 0, engine.info());
+        let old = self.filter.rcu(|set| set.replacing(index, engine.clone()));
         self.swaps.send_modify(|n| *n += 1);
-        old
+        old.members()[index].engine.clone()
+    }
+
+    /// The name of the authority at `index` in metrics and `/readyz`.
+    pub fn authority_label(&self, index: usize) -> String {
+        self.filter.load().members()[index].label().to_string()
+    }
+
+    fn confirmation(&self, member: &Member) -> Option<&Confirmation> {
+        self.authorities.get(member.index)?.confirm.as_ref()
+    }
+
+    fn action_for(&self, member: &Member, category: Option<&str>) -> Action {
+        match self
+            .authorities
+            .get(member.index)
+            .and_then(|a| a.actions.as_ref())
+        {
+            Some(actions) => actions.action_for(category),
+            None => self.policy.action_for(category),
+        }
     }
 
     /// Changes each time [`Enforcer::swap_filter`] puts a new filter in force (the
@@ -516,8 +666,10 @@ impl Enforcer {
         if let Some(audit) = &self.audit {
             audit.reopen();
         }
-        if let Some(reports) = self.confirm.as_ref().and_then(|c| c.reports.as_ref()) {
-            reports.reopen();
+        for a in &self.authorities {
+            if let Some(reports) = a.confirm.as_ref().and_then(|c| c.reports.as_ref()) {
+                reports.reopen();
+            }
         }
     }
 
@@ -529,9 +681,8 @@ impl Enforcer {
     /// The short JSON body every front-end sends with a refusal (451, 503, 408, ...),
     /// naming the request and the filter version that decided.
     pub fn refusal_body(&self, status: u16, reason: &str, request_id: &str) -> String {
-        let filter = self.filter.load();
-        let info = filter.info();
-        let body = refusal_value(status, reason, request_id, (&info.series, info.version));
+        let (series, version) = self.filter.load().label();
+        let body = refusal_value(status, reason, request_id, (&series, version));
         format!("{body}\n")
     }
 
@@ -546,12 +697,17 @@ impl Enforcer {
         reason: &str,
         request_id: &str,
     ) -> String {
-        let (series, version) = &decision.filter;
         let hit = decision
             .hits
             .iter()
             .find(|h| h.member.is_some() || h.layers.is_some());
+        // A named authority's hit names it and its filter (the list that hit).
+        let named = decision.hits.iter().find(|h| h.authority.is_some());
+        let (series, version) = named.map_or(&decision.filter, |h| &h.filter);
         let mut body = refusal_value(status, reason, request_id, (series, *version));
+        if let Some(named) = named {
+            body["authority"] = named.authority.clone().into();
+        }
         if let Some(hit) = hit {
             body["member"] = hit.member.clone().into();
             body["layers"] = hit.layers.clone().into();
@@ -566,13 +722,16 @@ impl Enforcer {
     /// about a microsecond).
     pub fn decide(
         &self,
-        filter: &FilterEngine,
+        filter: &FilterSet,
         ctx: &Context,
         digests: &[Digest],
         size: u64,
     ) -> Decision {
         let mut pending = Pending::default();
-        let decision = self.decide_queued(filter, ctx, digests, size, &mut pending);
+        let mut decision = Decision::pass();
+        for member in filter.members() {
+            decision.merge(self.decide_queued(member, ctx, digests, size, &mut pending));
+        }
         self.wait_blocking(pending);
         decision
     }
@@ -580,7 +739,7 @@ impl Enforcer {
     /// [`Enforcer::decide`] with its audit records queued in `pending`, not yet waited for.
     fn decide_queued<'a>(
         &'a self,
-        filter: &FilterEngine,
+        filter: &Member,
         ctx: &Context,
         digests: &[Digest],
         size: u64,
@@ -601,15 +760,19 @@ impl Enforcer {
     /// quarantine copy and write the report only for a confirmed match.
     pub async fn decide_confirmed(
         &self,
-        filter: &FilterEngine,
+        filter: &FilterSet,
         ctx: &Context,
         digests: &[Digest],
         size: u64,
     ) -> Decision {
         let mut pending = Pending::default();
-        let decision = self
-            .decide_confirmed_queued(filter, ctx, digests, size, &mut pending)
-            .await;
+        let mut decision = Decision::pass();
+        for member in filter.members() {
+            decision.merge(
+                self.decide_confirmed_queued(member, ctx, digests, size, &mut pending)
+                    .await,
+            );
+        }
         self.wait(pending).await;
         decision
     }
@@ -617,7 +780,7 @@ impl Enforcer {
     /// [`Enforcer::decide_confirmed`] with its audit records queued in `pending`.
     async fn decide_confirmed_queued<'a>(
         &'a self,
-        filter: &FilterEngine,
+        filter: &Member,
         ctx: &Context,
         digests: &[Digest],
         size: u64,
@@ -628,7 +791,7 @@ impl Enforcer {
             Err(decision) => return decision,
         };
         let mut evidence = vec![Evidence::FilterHit; hits.len()];
-        if let Some(c) = self.confirm.as_ref().filter(|c| c.rules.asks()) {
+        if let Some(c) = self.confirmation(filter).filter(|c| c.rules.asks()) {
             for (hit, e) in hits.iter().zip(&mut evidence) {
                 if !hit.is_canary() {
                     *e = c.confirmer.confirm(hit.algorithm, &hit.bytes).await;
@@ -646,7 +809,7 @@ impl Enforcer {
     /// confirmer (the scanner's path; see [`Enforcer::decide_report_confirmed`]).
     pub fn decide_report(
         &self,
-        filter: &FilterEngine,
+        filter: &FilterSet,
         ctx: &Context,
         report: &Report,
     ) -> ReportDecision {
@@ -654,13 +817,15 @@ impl Enforcer {
         let mut pending = Pending::default();
         for node in &report.nodes {
             let node_ctx = node_context(ctx, node);
-            let decision =
-                self.decide_queued(filter, &node_ctx, &node.digests, node.size, &mut pending);
-            verdict.add(&node_ctx, node.size, decision);
-            if let Some(picture) = &node.picture {
+            for m in filter.members() {
                 let decision =
-                    self.decide_picture(filter, &node_ctx, node.size, picture, &mut pending);
-                verdict.add(&node_ctx, node.size, decision);
+                    self.decide_queued(m, &node_ctx, &node.digests, node.size, &mut pending);
+                verdict.add(m, &node_ctx, node.size, decision);
+                if let Some(picture) = node.picture.as_ref().filter(|_| m.engine.holds_pdq()) {
+                    let decision =
+                        self.decide_picture(m, &node_ctx, node.size, picture, &mut pending);
+                    verdict.add(m, &node_ctx, node.size, decision);
+                }
             }
         }
         self.decide_problems(filter, ctx, report, &mut verdict, &mut pending);
@@ -672,7 +837,7 @@ impl Enforcer {
     /// [`Enforcer::decide_confirmed`] does.
     pub async fn decide_report_confirmed(
         &self,
-        filter: &FilterEngine,
+        filter: &FilterSet,
         ctx: &Context,
         report: &Report,
     ) -> ReportDecision {
@@ -680,15 +845,17 @@ impl Enforcer {
         let mut pending = Pending::default();
         for node in &report.nodes {
             let node_ctx = node_context(ctx, node);
-            let decision = self
-                .decide_confirmed_queued(filter, &node_ctx, &node.digests, node.size, &mut pending)
-                .await;
-            verdict.add(&node_ctx, node.size, decision);
-            if let Some(picture) = &node.picture {
+            for m in filter.members() {
                 let decision = self
-                    .decide_picture_confirmed(filter, &node_ctx, node.size, picture, &mut pending)
+                    .decide_confirmed_queued(m, &node_ctx, &node.digests, node.size, &mut pending)
                     .await;
-                verdict.add(&node_ctx, node.size, decision);
+                verdict.add(m, &node_ctx, node.size, decision);
+                if let Some(picture) = node.picture.as_ref().filter(|_| m.engine.holds_pdq()) {
+                    let decision = self
+                        .decide_picture_confirmed(m, &node_ctx, node.size, picture, &mut pending)
+                        .await;
+                    verdict.add(m, &node_ctx, node.size, decision);
+                }
             }
         }
         self.decide_problems(filter, ctx, report, &mut verdict, &mut pending);
@@ -700,7 +867,7 @@ impl Enforcer {
     /// [`Enforcer::settle_pdq`].
     fn decide_picture<'a>(
         &'a self,
-        filter: &FilterEngine,
+        filter: &Member,
         ctx: &Context,
         size: u64,
         picture: &PictureHash,
@@ -720,7 +887,7 @@ impl Enforcer {
     /// waits for it.
     async fn decide_picture_confirmed<'a>(
         &'a self,
-        filter: &FilterEngine,
+        filter: &Member,
         ctx: &Context,
         size: u64,
         picture: &PictureHash,
@@ -731,7 +898,7 @@ impl Enforcer {
             Err(e) => return self.unavailable(filter, ctx, size, &e, pending),
         };
         let mut evidence = vec![Evidence::FilterHit; matches.len()];
-        if let Some(c) = self.confirm.as_ref().filter(|c| c.rules.asks()) {
+        if let Some(c) = self.confirmation(filter).filter(|c| c.rules.asks()) {
             for (m, e) in matches.iter().zip(&mut evidence) {
                 *e = c.confirmer.confirm_pdq(&m.hit.listed).await;
                 self.metrics.count_confirmation(e.label());
@@ -744,18 +911,14 @@ impl Enforcer {
     /// listed hash (the nearest of the picture's transforms). A picture of quality below
     /// [`MIN_QUALITY`](crate::perceptual::pdq::MIN_QUALITY) matches nothing, as Meta
     /// advises.
-    fn pdq_matches(
-        &self,
-        filter: &FilterEngine,
-        picture: &PictureHash,
-    ) -> Result<Vec<PdqMatch>, Error> {
+    fn pdq_matches(&self, filter: &Member, picture: &PictureHash) -> Result<Vec<PdqMatch>, Error> {
         let pdq = &picture.pdq;
         if pdq.quality < crate::perceptual::pdq::MIN_QUALITY {
             return Ok(Vec::new());
         }
         let hashes: Vec<PdqHash> = pdq.hashes.iter().map(|(_, h)| *h).collect();
         let mut matches: Vec<PdqMatch> = Vec::new();
-        for hit in filter.check_pdq(&hashes)? {
+        for hit in filter.engine.check_pdq(&hashes)? {
             if self.allows_pdq(&hit.listed) {
                 continue;
             }
@@ -783,14 +946,14 @@ impl Enforcer {
     /// digests; without a confirmer it keeps neither.
     fn settle_pdq<'a>(
         &'a self,
-        filter: &FilterEngine,
+        filter: &Member,
         ctx: &Context,
         size: u64,
         matches: Vec<PdqMatch>,
         evidence: &[Evidence],
         pending: &mut Pending<'a>,
     ) -> Decision {
-        let rules = self.confirm.as_ref().map(|c| &c.rules);
+        let rules = self.confirmation(filter).map(|c| &c.rules);
         let mut outcome = Outcome::Pass;
         let mut quarantine = false;
         let storms: Vec<Option<OnStorm>> = matches
@@ -798,7 +961,7 @@ impl Enforcer {
             .map(|m| self.storm(ctx, &format!("pdq:{}", m.hit.listed.to_hex())))
             .collect();
         for ((m, &e), storm) in matches.iter().zip(evidence).zip(&storms) {
-            let blocks = self.policy.action_for(m.hit.category.as_deref()) == Action::Block
+            let blocks = self.action_for(filter, m.hit.category.as_deref()) == Action::Block
                 && rules.is_none_or(|r| r.takes(r.block, e))
                 && *storm != Some(OnStorm::Monitor);
             outcome = outcome.stricter(if blocks {
@@ -814,7 +977,7 @@ impl Enforcer {
             _ => "monitor",
         };
         for ((m, &e), storm) in matches.iter().zip(evidence).zip(&storms) {
-            self.metrics.count_hit(action, false);
+            self.metrics.count_hit(filter.label(), action, false);
             tracing::info!(request_id = %ctx.request_id, listed = %m.hit.listed.to_hex(),
                 distance = m.hit.distance, quality = m.quality, action, "PDQ match");
             let mut record = self.record(filter, ctx, size, None, action);
@@ -837,7 +1000,10 @@ impl Enforcer {
                 "threshold": m.hit.threshold,
             }));
             self.write(self.audit.as_ref(), &record, pending);
-            if let Some(c) = self.confirm.as_ref().filter(|_| e == Evidence::Confirmed) {
+            if let Some(c) = self
+                .confirmation(filter)
+                .filter(|_| e == Evidence::Confirmed)
+            {
                 self.write(c.reports.as_ref(), &record, pending);
             }
         }
@@ -851,7 +1017,7 @@ impl Enforcer {
 
     fn decide_problems<'a>(
         &'a self,
-        filter: &FilterEngine,
+        filter: &FilterSet,
         ctx: &Context,
         report: &Report,
         verdict: &mut ReportDecision,
@@ -870,7 +1036,7 @@ impl Enforcer {
     /// `Block` or `Pass`.
     fn uninspectable<'a>(
         &'a self,
-        filter: &FilterEngine,
+        filter: &FilterSet,
         ctx: &Context,
         problem: &Problem,
         pending: &mut Pending<'a>,
@@ -891,7 +1057,8 @@ impl Enforcer {
             layers: Some(problem.layers_label()),
             ..ctx.clone()
         };
-        let mut record = self.record(filter, &problem_ctx, 0, None, action);
+        let (series, version) = filter.label();
+        let mut record = AuditRecord::new(&problem_ctx, 0, None, action, &series, version);
         record.problem = Some(format!("{}: {}", problem.kind.name(), problem.detail));
         self.write(self.audit.as_ref(), &record, pending);
         outcome
@@ -901,15 +1068,17 @@ impl Enforcer {
     /// verdict.
     fn hits<'a>(
         &'a self,
-        filter: &FilterEngine,
+        filter: &Member,
         ctx: &Context,
         digests: &[Digest],
         size: u64,
         pending: &mut Pending<'a>,
     ) -> Result<Vec<Hit>, Decision> {
         let started = Instant::now();
-        let verdict = filter.check(digests, size);
-        self.metrics.observe_verdict(started.elapsed(), size);
+        let verdict = filter.engine.check(digests, size);
+        // An object is counted once, however many filters check it.
+        let counted = (filter.index == 0).then_some(size);
+        self.metrics.observe_verdict(started.elapsed(), counted);
         let hits = match verdict {
             Ok(Verdict::Clean) => Vec::new(),
             Ok(Verdict::Hit(hits)) => hits,
@@ -924,14 +1093,14 @@ impl Enforcer {
     /// Turns hits and their evidence into the decision, audits and reports them.
     fn settle<'a>(
         &'a self,
-        filter: &FilterEngine,
+        filter: &Member,
         ctx: &Context,
         size: u64,
         hits: Vec<Hit>,
         evidence: &[Evidence],
         pending: &mut Pending<'a>,
     ) -> Decision {
-        let rules = self.confirm.as_ref().map(|c| &c.rules);
+        let rules = self.confirmation(filter).map(|c| &c.rules);
         let takes = |needs: fn(&ConfirmConfig) -> confirm::Needs, e: Evidence| {
             rules.is_none_or(|r| r.takes(needs(r), e))
         };
@@ -948,7 +1117,7 @@ impl Enforcer {
         for (((hit, &e), blocks), storm) in hits.iter().zip(evidence).zip(&mut blocked).zip(&storms)
         {
             *blocks = hit.is_canary()
-                || (self.policy.action_for(hit.category.as_deref()) == Action::Block
+                || (self.action_for(filter, hit.category.as_deref()) == Action::Block
                     && takes(|r| r.block, e)
                     && *storm != Some(OnStorm::Monitor));
             outcome = outcome.stricter(if *blocks {
@@ -963,7 +1132,8 @@ impl Enforcer {
             _ => "monitor",
         };
         for ((hit, &e), storm) in hits.iter().zip(evidence).zip(&storms) {
-            self.metrics.count_hit(action, hit.is_canary());
+            self.metrics
+                .count_hit(filter.label(), action, hit.is_canary());
             let mut record = self.record(filter, ctx, size, Some(hit), action);
             record.evidence = Some(e.label());
             record.storm = storm.map(OnStorm::name);
@@ -971,7 +1141,7 @@ impl Enforcer {
                 record.quarantine = None;
             }
             self.write(self.audit.as_ref(), &record, pending);
-            if let Some(c) = &self.confirm {
+            if let Some(c) = self.confirmation(filter) {
                 // A report names someone to an authority: unlike blocking and
                 // quarantine, it never goes ahead on an unanswered confirmation.
                 let reported = match c.rules.report {
@@ -993,7 +1163,7 @@ impl Enforcer {
 
     fn unavailable<'a>(
         &'a self,
-        filter: &FilterEngine,
+        filter: &Member,
         ctx: &Context,
         size: u64,
         error: &Error,
@@ -1020,14 +1190,16 @@ impl Enforcer {
 
     fn record(
         &self,
-        filter: &FilterEngine,
+        filter: &Member,
         ctx: &Context,
         size: u64,
         hit: Option<&Hit>,
         action: &str,
     ) -> AuditRecord {
-        let info = filter.info();
-        AuditRecord::new(ctx, size, hit, action, &info.series, info.version)
+        let info = filter.engine.info();
+        let mut record = AuditRecord::new(ctx, size, hit, action, &info.series, info.version);
+        record.authority = filter.authority.as_deref().map(str::to_string);
+        record
     }
 
     /// Queues `record` in `log` (if there is one); `pending` waits for it.

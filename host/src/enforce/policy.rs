@@ -63,6 +63,35 @@ impl Policy {
     }
 }
 
+/// What hits of one authority's filter lead to, by category: an `[[feed]]` table's
+/// `actions`, where the authority's categories differ from the others'.
+#[derive(Clone, Debug)]
+pub struct Actions {
+    /// Action for categories not named in `by_category`.
+    pub default: Action,
+    /// Action per category.
+    pub by_category: HashMap<String, Action>,
+}
+
+impl Actions {
+    /// The actions of a configuration table: category → action, `default` for the rest
+    /// (block, when unnamed).
+    pub fn from_table(mut table: HashMap<String, Action>) -> Actions {
+        Actions {
+            default: table.remove("default").unwrap_or(Action::Block),
+            by_category: table,
+        }
+    }
+
+    /// The action for a hit in `category`.
+    pub fn action_for(&self, category: Option<&str>) -> Action {
+        category
+            .and_then(|c| self.by_category.get(c))
+            .copied()
+            .unwrap_or(self.default)
+    }
+}
+
 /// Exact digests that override filter hits.
 #[derive(Clone, Debug, Default)]
 pub struct AllowList {

@@ -18,6 +18,7 @@ use std::borrow::Cow;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use super::FilterSet;
 use super::{AuditRecord, Context, Enforcer};
 use crate::catalog::{self, Catalog, Claim, Entry, Kind, Location, Recheck, Recorder, RetroHit};
 use crate::config::{FileConfig, RetroAction};
@@ -77,9 +78,9 @@ pub fn recorder(settings: &CatalogSettings) -> Result<Arc<Recorder>, Error> {
 /// catalog's if one is kept (a later list may hold any).
 pub fn algorithms<'f>(
     catalog: Option<&CatalogSettings>,
-    filter: &'f FilterEngine,
+    filter: &'f FilterSet,
 ) -> Cow<'f, [Algorithm]> {
-    let own = &filter.info().algorithms;
+    let own = filter.algorithms();
     let Some(settings) = catalog else {
         return Cow::Borrowed(own);
     };
@@ -102,13 +103,12 @@ pub fn stored_entry(
     ctx: &Context,
     report: &Report,
     etag: Option<String>,
-    filter: &FilterEngine,
+    filter: &FilterSet,
 ) -> Entry {
     let mut entry = Entry::of_report(kind, key, report, &settings.algorithms);
     entry.host = Some(ctx.host.clone()).filter(|h| !h.is_empty());
     entry.etag = etag;
-    let info = filter.info();
-    entry.passed_by = Some((info.series.clone(), info.version));
+    entry.passed_by = Some(filter.label());
     entry
 }
 
@@ -217,77 +217,82 @@ pub async fn follow(
     let mut swaps = enforcer.swaps();
     while swaps.changed().await.is_ok() {
         swaps.borrow_and_update();
-        let filter = enforcer.filter();
-        let started = Instant::now();
-        let (tx, rx) = tokio::sync::oneshot::channel();
-        let (location, newer) = (settings.location.clone(), swaps.clone());
-        let task_filter = filter.clone();
-        let spawned = std::thread::Builder::new()
-            .name("hashgate-recheck".into())
-            .spawn(move || recheck_thread(&location, &task_filter, &newer, tx));
-        if let Err(e) = spawned {
-            tracing::error!(error = %e, "cannot start the catalog re-check");
-            continue;
-        }
-        let metrics = enforcer.metrics();
-        let info = filter.info();
-        match rx.await {
-            Ok(Ok(Rechecked::Ran { done, hits, acted })) => {
-                let rows = done.objects + done.members;
-                let mut listed = std::collections::HashMap::new();
-                for hit in hits {
-                    act(
-                        &enforcer,
-                        &recorder,
-                        &*remedy,
-                        &filter,
-                        settings.action,
-                        hit,
-                        &mut listed,
-                    )
-                    .await;
+        // Each authority's filter is re-checked on its own (a version already checked
+        // is claimed as done and skipped).
+        let set = enforcer.filter();
+        for member in set.members() {
+            let filter = member.engine.clone();
+            let started = Instant::now();
+            let (tx, rx) = tokio::sync::oneshot::channel();
+            let (location, newer) = (settings.location.clone(), swaps.clone());
+            let task_filter = filter.clone();
+            let spawned = std::thread::Builder::new()
+                .name("hashgate-recheck".into())
+                .spawn(move || recheck_thread(&location, &task_filter, &newer, tx));
+            if let Err(e) = spawned {
+                tracing::error!(error = %e, "cannot start the catalog re-check");
+                continue;
+            }
+            let metrics = enforcer.metrics();
+            let info = filter.info();
+            match rx.await {
+                Ok(Ok(Rechecked::Ran { done, hits, acted })) => {
+                    let rows = done.objects + done.members;
+                    let mut listed = std::collections::HashMap::new();
+                    for hit in hits {
+                        act(
+                            &enforcer,
+                            &recorder,
+                            &*remedy,
+                            member,
+                            settings.action,
+                            hit,
+                            &mut listed,
+                        )
+                        .await;
+                    }
+                    // Recorded as done (no other gateway of a fleet runs it again) once
+                    // every row was checked and every hit acted on.
+                    let _ = acted.send(!done.stopped);
+                    let outcome = if done.stopped { "stopped" } else { "done" };
+                    metrics.count_recheck(outcome, started.elapsed(), rows);
+                    tracing::info!(
+                        series = %info.series,
+                        version = info.version,
+                        objects = done.objects,
+                        members = done.members,
+                        listed = listed.len(),
+                        outcome,
+                        seconds = started.elapsed().as_secs_f64(),
+                        "catalog re-checked"
+                    );
+                    for (algorithm, n) in done.unchecked {
+                        tracing::warn!(
+                            algorithm = algorithm.name(),
+                            rows = n,
+                            "catalog rows recorded without this algorithm were not checked for it"
+                        );
+                    }
                 }
-                // Recorded as done (no other gateway of a fleet runs it again) once
-                // every row was checked and every hit acted on.
-                let _ = acted.send(!done.stopped);
-                let outcome = if done.stopped { "stopped" } else { "done" };
-                metrics.count_recheck(outcome, started.elapsed(), rows);
-                tracing::info!(
-                    series = %info.series,
-                    version = info.version,
-                    objects = done.objects,
-                    members = done.members,
-                    listed = listed.len(),
-                    outcome,
-                    seconds = started.elapsed().as_secs_f64(),
-                    "catalog re-checked"
-                );
-                for (algorithm, n) in done.unchecked {
-                    tracing::warn!(
-                        algorithm = algorithm.name(),
-                        rows = n,
-                        "catalog rows recorded without this algorithm were not checked for it"
+                Ok(Ok(Rechecked::Elsewhere)) => {
+                    metrics.count_recheck("elsewhere", started.elapsed(), 0);
+                    tracing::info!(
+                        series = %info.series,
+                        version = info.version,
+                        "catalog re-checked by another gateway sharing it"
                     );
                 }
-            }
-            Ok(Ok(Rechecked::Elsewhere)) => {
-                metrics.count_recheck("elsewhere", started.elapsed(), 0);
-                tracing::info!(
-                    series = %info.series,
-                    version = info.version,
-                    "catalog re-checked by another gateway sharing it"
-                );
-            }
-            Ok(Ok(Rechecked::Superseded)) => {
-                metrics.count_recheck("stopped", started.elapsed(), 0);
-            }
-            Ok(Err(e)) => {
-                metrics.count_recheck("failed", started.elapsed(), 0);
-                tracing::error!(error = %e, "the catalog re-check failed");
-            }
-            Err(_) => {
-                metrics.count_recheck("failed", started.elapsed(), 0);
-                tracing::error!("the catalog re-check thread died");
+                Ok(Ok(Rechecked::Superseded)) => {
+                    metrics.count_recheck("stopped", started.elapsed(), 0);
+                }
+                Ok(Err(e)) => {
+                    metrics.count_recheck("failed", started.elapsed(), 0);
+                    tracing::error!(error = %e, "the catalog re-check failed");
+                }
+                Err(_) => {
+                    metrics.count_recheck("failed", started.elapsed(), 0);
+                    tracing::error!("the catalog re-check thread died");
+                }
             }
         }
     }
@@ -384,7 +389,7 @@ async fn act(
     enforcer: &Enforcer,
     recorder: &Recorder,
     remedy: &dyn Remedy,
-    filter: &FilterEngine,
+    member: &super::Member,
     action: RetroAction,
     hit: RetroHit,
     acted: &mut std::collections::HashMap<Vec<u8>, (&'static str, Option<String>)>,
@@ -407,7 +412,7 @@ async fn act(
     let mut evidence = Vec::with_capacity(listed.len());
     let mut taken = false;
     for h in &listed {
-        let (e, takes) = enforcer.confirm_stored(h, needs).await;
+        let (e, takes) = enforcer.confirm_stored(member, h, needs).await;
         evidence.push(e);
         taken |= takes;
     }
@@ -453,11 +458,12 @@ async fn act(
         layers: hit.layers.clone(),
         ..Context::default()
     };
-    let info = filter.info();
+    let info = member.engine.info();
     for (h, e) in listed.into_iter().zip(evidence) {
         enforcer.metrics().count_retroactive(name);
         let mut record =
             AuditRecord::new(&ctx, hit.size, Some(h), name, &info.series, info.version);
+        record.authority = member.authority.as_deref().map(str::to_string);
         record.evidence = Some("retroactive");
         record.confirmation = e.map(|e| e.label());
         record.quarantine = quarantined.clone();

@@ -572,8 +572,10 @@ impl Feed {
 
     /// Polls until the task is dropped: waits the poll interval (with ±10% jitter, so
     /// thousands of gateways do not arrive together), backs off exponentially on errors
-    /// (honouring `Retry-After`), and swaps every applied version into `enforcer`.
-    pub async fn run(mut self, enforcer: Arc<Enforcer>) {
+    /// (honouring `Retry-After`), and swaps every applied version into `enforcer` as
+    /// the filter of its authority at `index` (the others' stay as they are).
+    pub async fn run(mut self, enforcer: Arc<Enforcer>, index: usize) {
+        let feed = enforcer.authority_label(index);
         let mut failures = 0u32;
         loop {
             let wait = if failures == 0 {
@@ -587,12 +589,12 @@ impl Feed {
             match self.update().await {
                 Ok(update) => {
                     failures = 0;
-                    self.report(&enforcer, update);
+                    self.report(&enforcer, index, update);
                 }
                 Err(e) => {
                     failures += 1;
-                    enforcer.metrics().count_feed_poll("failed");
-                    tracing::error!(error = %e.error, failures, "feed update failed; the filter in force stays");
+                    enforcer.metrics().count_feed_poll(&feed, "failed");
+                    tracing::error!(feed, error = %e.error, failures, "feed update failed; the filter in force stays");
                     if let Some(after) = e.retry_after {
                         tokio::time::sleep(after.min(Duration::from_secs(3600))).await;
                     }
@@ -601,14 +603,16 @@ impl Feed {
         }
     }
 
-    /// Applies what one poll produced to `enforcer`, with metrics and a log line.
-    pub fn report(&self, enforcer: &Enforcer, update: Update) {
+    /// Applies what one poll produced to `enforcer`'s authority at `index`, with metrics
+    /// and a log line.
+    pub fn report(&self, enforcer: &Enforcer, index: usize, update: Update) {
         let metrics = enforcer.metrics();
+        let feed = enforcer.authority_label(index);
         match update {
-            Update::Unchanged => metrics.count_feed_poll("unchanged"),
+            Update::Unchanged => metrics.count_feed_poll(&feed, "unchanged"),
             Update::Fresher => {
-                metrics.count_feed_poll("fresher");
-                tracing::info!("the feed re-signed the version in force");
+                metrics.count_feed_poll(&feed, "fresher");
+                tracing::info!(feed, "the feed re-signed the version in force");
             }
             Update::Applied(applied) => {
                 let Applied {
@@ -618,18 +622,18 @@ impl Feed {
                     took,
                 } = *applied;
                 let (series, version) = (engine.info().series.clone(), engine.info().version);
-                enforcer.swap_filter(engine);
-                metrics.count_feed_poll("applied");
+                enforcer.swap_member(index, engine);
+                metrics.count_feed_poll(&feed, "applied");
                 metrics.set_feed_apply(took);
                 metrics.count_feed_download(via);
                 if new_guest {
                     metrics.count_feed_download("guest");
                 }
-                eprintln!("feed: now enforcing {series} version {version} (from the {via})");
+                eprintln!("feed {feed}: now enforcing {series} version {version} (from the {via})");
             }
         }
         if let Some(m) = &self.accepted {
-            metrics.set_fresh_until(m.expires);
+            metrics.set_fresh_until(&feed, m.expires);
         }
     }
 }

@@ -145,7 +145,7 @@ pub enum AssemblyError {
 pub async fn inspect_blocking(
     pieces: Vec<Piece>,
     algorithms: Vec<crate::Algorithm>,
-    filter: &crate::FilterEngine,
+    filter: &crate::enforce::FilterSet,
     limits: std::sync::Arc<Limits>,
 ) -> Result<Report, String> {
     let pictures = filter.holds_pdq();

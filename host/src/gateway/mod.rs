@@ -43,9 +43,10 @@ pub use body::GatewayBody;
 pub use config::{Backend, Config};
 pub use s3::S3Credentials;
 
+use crate::enforce::FilterSet;
 use crate::enforce::{Context, Enforcer, Outcome, ReportDecision};
 use crate::listener::{Core, Listener};
-use crate::{Error, FilterEngine};
+use crate::Error;
 
 type OriginConnector = hyper_rustls::HttpsConnector<HttpConnector>;
 
@@ -402,7 +403,7 @@ impl Gateway {
     /// [`Enforcer::decide_report`]). Also says whether a quarantine copy is to be kept.
     async fn decide(
         &self,
-        filter: &FilterEngine,
+        filter: &FilterSet,
         ctx: &Context,
         report: &crate::inspect::Report,
     ) -> ReportDecision {
@@ -423,7 +424,7 @@ impl Gateway {
     /// the block) if the body is blocked and discarding it otherwise.
     async fn decide_with_copy(
         &self,
-        filter: &FilterEngine,
+        filter: &FilterSet,
         ctx: &Context,
         objects: &crate::inspect::Report,
         copy: Option<copy::Copy>,

@@ -28,10 +28,10 @@ use super::body::{ChannelBody, GatewayBody, Upload};
 use super::shapes::{Objects, Shape};
 use super::upload::{fetch, upstream_request};
 use super::Gateway;
+use crate::enforce::FilterSet;
 use crate::enforce::{Context, Enforcer, Outcome, ReportDecision};
 use crate::inspect::cache::{strong_etag, ObjectKey};
 use crate::inspect::{Hashes, Problem, Report};
-use crate::FilterEngine;
 
 /// A `GET` to the origin whose response is inspected.
 pub async fn scan(gw: &Gateway, req: Request<Incoming>, ctx: &Context) -> Response<GatewayBody> {
@@ -195,7 +195,7 @@ async fn finish(objects: Objects, refused: Option<String>) -> Report {
 
 async fn decide(
     enforcer: &Enforcer,
-    filter: &FilterEngine,
+    filter: &FilterSet,
     ctx: &Context,
     report: &Report,
 ) -> ReportDecision {

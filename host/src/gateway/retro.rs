@@ -16,14 +16,15 @@ use super::{Backend, Gateway};
 use crate::catalog::{Kind, RetroHit};
 use crate::enforce::retro::{self, BoxFuture, Remedy, Removal};
 use crate::enforce::Context;
+use crate::enforce::FilterSet;
 use crate::hashing::ObjectHasher;
 use crate::inspect::Report;
-use crate::{Algorithm, FilterEngine};
+use crate::Algorithm;
 
 impl Gateway {
     /// The digests to compute for an object decided by `filter`: the filter's, and
     /// the catalog's if one is kept (a later list may hold any).
-    pub(super) fn algorithms<'f>(&self, filter: &'f FilterEngine) -> Cow<'f, [Algorithm]> {
+    pub(super) fn algorithms<'f>(&self, filter: &'f FilterSet) -> Cow<'f, [Algorithm]> {
         retro::algorithms(self.config.catalog.as_ref(), filter)
     }
 
@@ -34,7 +35,7 @@ impl Gateway {
         ctx: &Context,
         report: &Report,
         headers: Option<&HeaderMap>,
-        filter: &FilterEngine,
+        filter: &FilterSet,
     ) {
         let (Some(recorder), Some(settings)) = (&self.catalog, &self.config.catalog) else {
             return;
@@ -57,7 +58,7 @@ impl Gateway {
         ctx: &Context,
         key: &str,
         report: &Report,
-        filter: &FilterEngine,
+        filter: &FilterSet,
     ) {
         let (Some(recorder), Some(settings)) = (&self.catalog, &self.config.catalog) else {
             return;

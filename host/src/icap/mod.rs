@@ -263,15 +263,12 @@ impl IcapServer {
         }
     }
 
-    /// The service tag: changes whenever the enforced filter does, so proxies that cache
-    /// verdicts by `ISTag` re-ask after an update. At most 32 characters, quoted.
+    /// The service tag: changes whenever any enforced filter does, so proxies that
+    /// cache verdicts by `ISTag` re-ask after an update. At most 32 characters, quoted.
     fn istag(&self) -> String {
-        let filter = self.enforcer.filter();
-        let info = filter.info();
-        let series = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(
-            info.series.as_bytes(),
-        ));
-        format!("\"hg-{}-{}\"", info.version, &series[..12])
+        let (series, version) = self.enforcer.filter().label();
+        let series = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(series.as_bytes()));
+        format!("\"hg-{}-{}\"", version, &series[..12])
     }
 
     fn begin(&self) -> InFlight<'_> {

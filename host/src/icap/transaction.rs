@@ -10,10 +10,10 @@ use tokio::net::TcpStream;
 use super::echo::Echo;
 use super::wire::{self, BodyKind, ChunkedBody, Encapsulated, Fault, Reader, RequestHead, Writer};
 use super::IcapServer;
+use crate::enforce::FilterSet;
 use crate::enforce::{Context, Outcome, ReportDecision};
 use crate::inspect::cache::{strong_etag, ObjectKey};
 use crate::inspect::{Envelope, EnvelopeError, HoldBack, Inspection, Problem, ProblemKind};
-use crate::FilterEngine;
 
 /// Body data handed to the hasher at a time.
 const PIECE: usize = 256 * 1024;
@@ -615,7 +615,7 @@ impl Connection<'_> {
 /// the await.)
 async fn decide(
     server: &IcapServer,
-    filter: &FilterEngine,
+    filter: &FilterSet,
     inspection: Inspection,
     ctx: &Context,
     refused: Option<EnvelopeError>,

@@ -521,13 +521,13 @@ pub struct Hashes<'a> {
 
 impl<'a> Hashes<'a> {
     /// What `filter` needs: its algorithms, and PDQ if it has PDQ sections.
-    pub fn of(filter: &'a crate::FilterEngine) -> Hashes<'a> {
-        Hashes::with(&filter.info().algorithms, filter)
+    pub fn of(filter: &'a crate::enforce::FilterSet) -> Hashes<'a> {
+        Hashes::with(filter.algorithms(), filter)
     }
 
     /// `algorithms` (the filter's, and those a catalog records), and PDQ if `filter` has
     /// PDQ sections.
-    pub fn with(algorithms: &'a [Algorithm], filter: &crate::FilterEngine) -> Hashes<'a> {
+    pub fn with(algorithms: &'a [Algorithm], filter: &crate::enforce::FilterSet) -> Hashes<'a> {
         Hashes {
             algorithms,
             pictures: filter.holds_pdq(),

@@ -17,10 +17,12 @@ use crate::{Error, FilterEngine, FilterInfo, Runtime};
 pub struct Job<'a> {
     /// Files and directories, as named on the command line ([`list_files`]).
     pub paths: &'a [PathBuf],
-    /// The signed filter snapshot.
-    pub filter: &'a Path,
-    /// The key it must be signed with.
-    pub key: &'a PublicKey,
+    /// The signed filter snapshots: one, or one per authority (each file is checked
+    /// against every one; each loads in its own guest instance).
+    pub filters: &'a [PathBuf],
+    /// The key each must be signed with, in the same order (one key for all of them
+    /// when only one is given).
+    pub keys: &'a [PublicKey],
     /// The guest runtime to load it into.
     pub runtime: Arc<Runtime>,
     /// The inspection pipeline's bounds (archives on or off among them).
@@ -66,8 +68,8 @@ pub enum JobError {
 pub struct Finished {
     /// The totals (listing errors included in `errors`).
     pub summary: Summary,
-    /// The filter it was decided with.
-    pub filter: FilterInfo,
+    /// The filters it was decided with, in the order given.
+    pub filters: Vec<FilterInfo>,
     /// For an incremental scan: rows of files gone that were dropped, or why the
     /// catalog could not be brought up to date (the findings stand all the same).
     pub catalog: Option<Result<u64, crate::catalog::CatalogError>>,
@@ -76,32 +78,52 @@ pub struct Finished {
 /// Runs `job`, reporting each finding to `on_event` as it is made: first one
 /// [`Event::Listed`], then the rest from the hashing threads.
 pub fn run(job: &Job<'_>, on_event: &(dyn Fn(Event<'_>) + Sync)) -> Result<Finished, JobError> {
-    let failed = |error| JobError::Filter(Error::loading(job.filter, error));
-    // Which digests to compute, from the header alone: the signature is checked (and
-    // the filter loaded) meanwhile, and nothing is decided before it is.
-    let described = describe(&job.runtime, job.filter).map_err(failed)?;
-    let algorithms = described.algorithms.clone();
-    let pictures = described.pdq_sections.len();
+    let key_for = |i: usize| job.keys.get(i).or(job.keys.first());
+    if job.filters.is_empty()
+        || job.keys.is_empty()
+        || (job.keys.len() != 1 && job.keys.len() != job.filters.len())
+    {
+        return Err(JobError::Setup(Error::Config(
+            "give --pub once, or once per --filter".into(),
+        )));
+    }
+    // Which digests to compute, from the headers alone: the signatures are checked
+    // (and the filters loaded) meanwhile, and nothing is decided before they are.
+    let mut described = Vec::new();
+    for path in job.filters {
+        let failed = |error| JobError::Filter(Error::loading(path, error));
+        described.push(describe(&job.runtime, path).map_err(failed)?);
+    }
+    let algorithms: Vec<crate::Algorithm> = crate::Algorithm::ALL
+        .into_iter()
+        .filter(|a| described.iter().any(|d| d.algorithms.contains(a)))
+        .collect();
+    let pictures = described.iter().any(|d| !d.pdq_sections.is_empty());
     let loading: OnceLock<Result<Enforcer, JobError>> = OnceLock::new();
     let load = || {
         // Set even if loading panics: the scanning threads wait for it.
         let loaded = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            let engine =
-                FilterEngine::open(job.runtime.clone(), job.filter, job.key).map_err(failed)?;
-            if engine.info().algorithms != algorithms
-                || engine.info().pdq_sections.len() != pictures
-            {
-                return Err(failed(Error::Load(
-                    "the file changed while the scan started".into(),
-                )));
+            let mut engines = Vec::new();
+            for (i, (path, described)) in job.filters.iter().zip(&described).enumerate() {
+                let failed = |error| JobError::Filter(Error::loading(path, error));
+                let key = key_for(i).expect("checked above");
+                let engine = FilterEngine::open(job.runtime.clone(), path, key).map_err(failed)?;
+                if engine.info().algorithms != described.algorithms
+                    || engine.info().pdq_sections.len() != described.pdq_sections.len()
+                {
+                    return Err(failed(Error::Load(
+                        "the file changed while the scan started".into(),
+                    )));
+                }
+                if let Some(warning) = engine.info().expiry_warning() {
+                    eprintln!("{warning}");
+                }
+                engines.push(engine);
             }
-            if let Some(warning) = engine.info().expiry_warning() {
-                eprintln!("{warning}");
-            }
-            enforcer(engine, job).map_err(JobError::Setup)
+            enforcer(engines, job).map_err(JobError::Setup)
         }))
         .unwrap_or_else(|_| {
-            Err(failed(Error::Load(
+            Err(JobError::Filter(Error::Load(
                 "loading the filter failed unexpectedly".into(),
             )))
         });
@@ -140,7 +162,7 @@ pub fn run(job: &Job<'_>, on_event: &(dyn Fn(Event<'_>) + Sync)) -> Result<Finis
         })?;
         let hashes = crate::inspect::Hashes {
             algorithms: &algorithms,
-            pictures: pictures > 0,
+            pictures,
         };
         let summary = scan_while_loading(
             hashes,
@@ -162,7 +184,12 @@ pub fn run(job: &Job<'_>, on_event: &(dyn Fn(Event<'_>) + Sync)) -> Result<Finis
     summary.errors += listing_errors;
     Ok(Finished {
         summary,
-        filter: enforcer.filter().info().clone(),
+        filters: enforcer
+            .filter()
+            .members()
+            .iter()
+            .map(|m| m.engine.info().clone())
+            .collect(),
         catalog,
     })
 }
@@ -172,8 +199,9 @@ fn absolute(path: &Path) -> PathBuf {
 }
 
 /// The scan's verdict core: hits are reported (monitored), never blocked; the
-/// allow-list and the `uninspectable` policy apply.
-fn enforcer(engine: FilterEngine, job: &Job<'_>) -> Result<Enforcer, Error> {
+/// allow-list and the `uninspectable` policy apply. Several filters are authorities
+/// named by their series (`series-2`, ... where two share one).
+fn enforcer(mut engines: Vec<FilterEngine>, job: &Job<'_>) -> Result<Enforcer, Error> {
     let policy = Policy {
         default_action: Action::Monitor,
         uninspectable: job.uninspectable,
@@ -192,7 +220,30 @@ fn enforcer(engine: FilterEngine, job: &Job<'_>) -> Result<Enforcer, Error> {
         .audit_log
         .map(|path| AuditLog::open_signed(path, checkpoints))
         .transpose()?;
-    Ok(Enforcer::new(engine, policy, audit, Metrics::new()))
+    if engines.len() == 1 {
+        let engine = engines.pop().expect("one");
+        return Ok(Enforcer::new(engine, policy, audit, Metrics::new()));
+    }
+    let mut names: Vec<String> = Vec::new();
+    let authorities = engines
+        .into_iter()
+        .map(|engine| {
+            let series = engine.info().series.clone();
+            let mut name = series.clone();
+            let mut n = 1;
+            while names.contains(&name) {
+                n += 1;
+                name = format!("{series}-{n}");
+            }
+            names.push(name.clone());
+            crate::enforce::AuthorityFilter {
+                name,
+                engine,
+                actions: None,
+            }
+        })
+        .collect();
+    Enforcer::with_authorities(authorities, policy, audit, Metrics::new())
 }
 
 /// What `filter` says it is, from its header alone (unverified).

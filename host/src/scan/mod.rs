@@ -58,6 +58,8 @@ pub enum Event<'a> {
         layers: Option<&'a str>,
         /// Its size (decoded).
         size: u64,
+        /// The authority whose filter it hit, when several filters are checked.
+        authority: Option<&'a str>,
         /// The digests that hit.
         hits: &'a [Hit],
         /// The listed PDQ hashes it is near, if it is a picture.
@@ -587,7 +589,7 @@ impl<'s> Scan<'s, '_> {
             .map(|(_, e)| !e.problems.is_empty())
             .collect();
         let checked = (|| -> Result<(), Error> {
-            for &algorithm in &filter.info().algorithms {
+            for &algorithm in filter.algorithms() {
                 let width = algorithm.digest_len();
                 let (mut packed, mut owners) = (Vec::new(), Vec::new());
                 for (i, (_, entry)) in recorded.iter().enumerate() {
@@ -603,8 +605,14 @@ impl<'s> Scan<'s, '_> {
                         }
                     }
                 }
-                for (index, _) in filter.check_packed(algorithm, &packed)? {
-                    needs[owners[index]] = true;
+                let holding = filter
+                    .members()
+                    .iter()
+                    .filter(|m| m.engine.info().algorithms.contains(&algorithm));
+                for m in holding {
+                    for (index, _) in m.engine.check_packed(algorithm, &packed)? {
+                        needs[owners[index]] = true;
+                    }
                 }
             }
             Ok(())
@@ -702,6 +710,7 @@ impl<'s> Scan<'s, '_> {
                 member: node.member.as_deref(),
                 layers: node.layers.as_deref(),
                 size: node.size,
+                authority: node.authority.as_deref(),
                 hits: &found,
                 pdq: &node.pdq,
             });

@@ -88,6 +88,10 @@ pub struct AuditRecord {
     /// `confirmation-unavailable`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub confirmation: Option<&'static str>,
+    /// The authority whose filter decided (its `[[feed]]` name), when the operator
+    /// follows named authorities.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub authority: Option<String>,
     /// Filter series.
     pub filter_series: String,
     /// Filter version.
@@ -140,6 +144,7 @@ impl AuditRecord {
             canary: hit.is_some_and(|h| h.is_canary()),
             evidence: hit.map(|_| "filter-hit"),
             confirmation: None,
+            authority: None,
             filter_series: series.to_string(),
             filter_version: version,
             action: action.to_string(),

@@ -377,7 +377,7 @@ async fn patch(
 type Decided = (
     crate::enforce::ReportDecision,
     crate::inspect::Report,
-    std::sync::Arc<crate::FilterEngine>,
+    std::sync::Arc<crate::enforce::FilterSet>,
 );
 
 /// Inspects an upload from its pieces and decides on it; the answer to send if that

@@ -1,0 +1,535 @@
+//! Several authorities at once (`[[feed]]` tables): a real gateway (embedded store)
+//! and `hashgate scan` checking every object against two authorities' filters, each
+//! with its own policy, and feeds that update, break and go stale on their own.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use common::procs::*;
+use rand::RngCore;
+
+fn ok(out: std::process::Output) {
+    assert!(out.status.success(), "{out:?}");
+}
+
+fn md5_hex(bytes: &[u8]) -> String {
+    let mut h = hashgate_host::hashing::ObjectHasher::new(&[hashgate_host::Algorithm::Md5]);
+    h.update(bytes);
+    hex::encode(&h.finish()[0].bytes)
+}
+
+/// A new random file `name` of `size` bytes in `s`.
+fn random_file(s: &Setup, name: &str, size: usize) -> PathBuf {
+    let mut bytes = vec![0u8; size];
+    rand::thread_rng().fill_bytes(&mut bytes);
+    std::fs::write(s.path(name), &bytes).unwrap();
+    s.path(name)
+}
+
+/// `hashgate build` of `lines` into `out`, signed with `key` (base name), series `series`.
+fn build(s: &Setup, key: &str, series: &str, version: u32, lines: &str, out: &str) -> PathBuf {
+    let list = s.path(&format!("{out}.txt"));
+    std::fs::write(&list, lines).unwrap();
+    ok(hashgate(&[
+        "build",
+        "--key",
+        s.path(&format!("{key}.key")).to_str().unwrap(),
+        "--series",
+        series,
+        "--version",
+        &version.to_string(),
+        "--out",
+        s.path(out).to_str().unwrap(),
+        list.to_str().unwrap(),
+    ]));
+    s.path(out)
+}
+
+/// A gateway over the embedded store `store/` configured by `toml` alone (no filter
+/// flags: the `[[feed]]` tables name the filters), with its log.
+fn gateway(s: &Setup, toml: &str) -> (Killed, u16, u16, Log) {
+    let config = s.path("feeds.toml");
+    std::fs::write(&config, toml).unwrap();
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_hashgate"));
+    cmd.args(["gateway", "--config", config.to_str().unwrap()])
+        .args(["--store", s.path("store").to_str().unwrap()])
+        .args(["--listen", "127.0.0.1:0", "--admin", "127.0.0.1:0"])
+        .args(["--audit-log", s.path("audit.log").to_str().unwrap()]);
+    spawn_logged(&mut cmd)
+}
+
+/// `curl -s URL`: status and body.
+fn get(url: &str) -> (u16, String) {
+    let out = Command::new("curl")
+        .args(["-s", "-w", "\n%{http_code}", url])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let (body, code) = text.rsplit_once('\n').unwrap();
+    (code.parse().unwrap(), body.to_string())
+}
+
+/// PUT `file` to `key`: status and body.
+fn put(file: &Path, port: u16, key: &str) -> (u16, String) {
+    let out = Command::new("curl")
+        .args(["-s", "-w", "\n%{http_code}", "-T", file.to_str().unwrap()])
+        .arg(format!("http://127.0.0.1:{port}/{key}"))
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let (body, code) = text.rsplit_once('\n').unwrap();
+    (code.parse().unwrap(), body.to_string())
+}
+
+fn audit(s: &Setup) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(s.path("audit.log"))
+        .unwrap_or_default()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .filter(|v: &serde_json::Value| v.get("event").is_none())
+        .collect()
+}
+
+/// Two authorities with fixed filters: `nl` (SHA-256 entries, blocks) and `iwf` (MD5
+/// entries, only monitored by this operator); `a` listed by nl, `b` by iwf, `c` by both.
+struct Two {
+    s: Setup,
+    a: PathBuf,
+    b: PathBuf,
+    c: PathBuf,
+    toml: String,
+}
+
+fn two_authorities() -> Two {
+    let s = Setup::new();
+    ok(hashgate(&[
+        "keygen",
+        "--out",
+        s.path("k2").to_str().unwrap(),
+    ]));
+    let (a, b, c) = (
+        random_file(&s, "a.bin", 5000),
+        random_file(&s, "b.bin", 6000),
+        random_file(&s, "c.bin", 7000),
+    );
+    let sha = |f: &Path| sha256_hex(&std::fs::read(f).unwrap());
+    let md5 = |f: &Path| md5_hex(&std::fs::read(f).unwrap());
+    let nl = build(
+        &s,
+        "k",
+        "nl-list",
+        4,
+        &format!("{},csam\n{},csam\n", sha(&a), sha(&c)),
+        "nl.hgf",
+    );
+    let iwf = build(
+        &s,
+        "k2",
+        "iwf-list",
+        9,
+        &format!("md5:{},grade-c\nmd5:{},grade-c\n", md5(&b), md5(&c)),
+        "iwf.hgf",
+    );
+    let toml = format!(
+        "[[feed]]\nname = \"nl\"\nfilter = {:?}\npub = {:?}\n\n\
+         [[feed]]\nname = \"iwf\"\nfilter = {:?}\npub = {:?}\nactions = {{ default = \"monitor\" }}\n",
+        nl,
+        s.path("k.pub"),
+        iwf,
+        s.path("k2.pub"),
+    );
+    Two { s, a, b, c, toml }
+}
+
+#[test]
+fn each_authority_decides_by_its_own_policy_the_strictest_wins_and_the_hit_is_named() {
+    let t = two_authorities();
+    let (_gw, port, admin, log) = gateway(&t.s, &t.toml);
+    let ready: serde_json::Value = log
+        .lock()
+        .unwrap()
+        .iter()
+        .find_map(|l| {
+            l.strip_prefix("ready ")
+                .map(|j| serde_json::from_str(j).unwrap())
+        })
+        .unwrap();
+    assert_eq!(ready["feeds"][0]["name"], "nl", "{ready}");
+    assert_eq!(ready["feeds"][1]["series"], "iwf-list", "{ready}");
+
+    // nl lists a (SHA-256) and blocks: refused, naming nl and its list.
+    let (code, body) = put(&t.a, port, "a");
+    assert_eq!(code, 451, "{body}");
+    let body: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(body["authority"], "nl", "{body}");
+    assert_eq!(body["filter"]["series"], "nl-list", "{body}");
+    assert_eq!(body["filter"]["version"], 4, "{body}");
+    // iwf lists b (MD5: hashed although nl's filter holds no MD5) and this operator
+    // only monitors iwf: stored, audited as iwf's.
+    assert_eq!(put(&t.b, port, "b").0, 201);
+    assert!(t.s.path("store/b").exists());
+    // c is on both lists: nl's block is stricter than iwf's monitor.
+    assert_eq!(put(&t.c, port, "c").0, 451);
+    assert!(!t.s.path("store/c").exists());
+    // Clean: stored.
+    assert_eq!(put(&t.s.clean, port, "clean").0, 201);
+
+    let records = audit(&t.s);
+    let of = |path: &str| -> Vec<&serde_json::Value> {
+        records.iter().filter(|r| r["path"] == path).collect()
+    };
+    let a = of("/a");
+    assert_eq!(a.len(), 1, "{records:?}");
+    assert_eq!(a[0]["authority"], "nl");
+    assert_eq!(a[0]["filter_series"], "nl-list");
+    assert_eq!(a[0]["action"], "block");
+    let b = of("/b");
+    assert_eq!(b.len(), 1, "{records:?}");
+    assert_eq!(b[0]["authority"], "iwf");
+    assert_eq!(b[0]["algorithm"], "md5");
+    assert_eq!(b[0]["category"], "grade-c");
+    assert_eq!(b[0]["action"], "monitor");
+    let mut c: Vec<(String, String)> = of("/c")
+        .iter()
+        .map(|r| {
+            (
+                r["authority"].as_str().unwrap().to_string(),
+                r["action"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    c.sort();
+    assert_eq!(
+        c,
+        [
+            ("iwf".into(), "monitor".into()),
+            ("nl".into(), "block".into())
+        ]
+    );
+
+    // Per-feed metrics and readiness.
+    assert_eq!(
+        metric(
+            admin,
+            "hashgate_feed_hits_total{feed=\"nl\",action=\"block\"}"
+        ),
+        2.0
+    );
+    assert_eq!(
+        metric(
+            admin,
+            "hashgate_feed_hits_total{feed=\"iwf\",action=\"monitor\"}"
+        ),
+        2.0
+    );
+    assert_eq!(
+        metric(admin, "hashgate_feed_filter_version{feed=\"iwf\"}"),
+        9.0
+    );
+    assert_eq!(
+        metric(admin, "hashgate_feed_filter_version{feed=\"nl\"}"),
+        4.0
+    );
+    assert_eq!(metric(admin, "hashgate_inspected_objects_total"), 4.0);
+    assert_eq!(get(&format!("http://127.0.0.1:{admin}/readyz/nl")).0, 200);
+    assert_eq!(get(&format!("http://127.0.0.1:{admin}/readyz/iwf")).0, 200);
+    assert_eq!(
+        get(&format!("http://127.0.0.1:{admin}/readyz/ncmec")).0,
+        404
+    );
+    assert_eq!(get(&format!("http://127.0.0.1:{admin}/readyz")).0, 200);
+}
+
+#[test]
+fn scan_checks_every_file_against_every_filter_given() {
+    let t = two_authorities();
+    let dir = t.s.path("tree");
+    std::fs::create_dir_all(&dir).unwrap();
+    for f in [&t.a, &t.b, &t.s.clean] {
+        std::fs::copy(f, dir.join(f.file_name().unwrap())).unwrap();
+    }
+    let p = |n: &str| t.s.path(n).to_str().unwrap().to_string();
+    let out = hashgate(&[
+        "scan",
+        "--json",
+        "--filter",
+        &p("nl.hgf"),
+        "--pub",
+        &p("k.pub"),
+        "--filter",
+        &p("iwf.hgf"),
+        "--pub",
+        &p("k2.pub"),
+        dir.to_str().unwrap(),
+    ]);
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    let lines: Vec<serde_json::Value> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let hits: Vec<(String, String)> = lines
+        .iter()
+        .filter(|l| l["type"] == "hit")
+        .map(|l| {
+            let path = l["path"].as_str().unwrap();
+            let name = Path::new(path).file_name().unwrap().to_str().unwrap();
+            (
+                name.to_string(),
+                l["authority"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    assert_eq!(hits.len(), 2, "{lines:?}");
+    assert!(
+        hits.contains(&("a.bin".into(), "nl-list".into())),
+        "{hits:?}"
+    );
+    assert!(
+        hits.contains(&("b.bin".into(), "iwf-list".into())),
+        "{hits:?}"
+    );
+    let summary = lines.iter().find(|l| l["type"] == "summary").unwrap();
+    assert_eq!(summary["hits"], 2, "{summary}");
+    assert_eq!(summary["filters"].as_array().unwrap().len(), 2, "{summary}");
+
+    // Two filters and three keys: refused before anything is read.
+    let out = hashgate(&[
+        "scan",
+        "--filter",
+        &p("nl.hgf"),
+        "--filter",
+        &p("iwf.hgf"),
+        "--pub",
+        &p("k.pub"),
+        "--pub",
+        &p("k2.pub"),
+        "--pub",
+        &p("k.pub"),
+        dir.to_str().unwrap(),
+    ]);
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("--pub"),
+        "{out:?}"
+    );
+    // A filter signed by another key than the one given for it is refused.
+    let out = hashgate(&[
+        "scan",
+        "--filter",
+        &p("nl.hgf"),
+        "--pub",
+        &p("k.pub"),
+        "--filter",
+        &p("iwf.hgf"),
+        "--pub",
+        &p("k.pub"),
+        dir.to_str().unwrap(),
+    ]);
+    assert!(!out.status.success(), "{out:?}");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("iwf.hgf"),
+        "{out:?}"
+    );
+}
+
+#[test]
+fn feed_tables_that_cannot_work_are_refused_at_start_up() {
+    let t = two_authorities();
+    let check = |toml: &str| -> String {
+        let config = t.s.path("bad.toml");
+        std::fs::write(&config, toml).unwrap();
+        let out = hashgate(&[
+            "gateway",
+            "--config",
+            config.to_str().unwrap(),
+            "--store",
+            t.s.path("store").to_str().unwrap(),
+            "--check-config",
+        ]);
+        assert!(!out.status.success(), "{toml}: {out:?}");
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    };
+    // The good one passes the check.
+    let config = t.s.path("good.toml");
+    std::fs::write(&config, &t.toml).unwrap();
+    let store = t.s.path("store");
+    ok(hashgate(&[
+        "gateway",
+        "--config",
+        config.to_str().unwrap(),
+        "--store",
+        store.to_str().unwrap(),
+        "--check-config",
+    ]));
+    let nl = t.s.path("nl.hgf");
+    let key = t.s.path("k.pub");
+    let one = |name: &str| format!("[[feed]]\nname = {name:?}\nfilter = {nl:?}\npub = {key:?}\n");
+    let err = check(&format!("{}{}", one("nl"), one("nl")));
+    assert!(err.contains("two feeds are named"), "{err}");
+    let err = check(&one("nl/../x"));
+    assert!(err.contains("name must be"), "{err}");
+    let err = check(&format!("filter = {nl:?}\n{}", one("nl")));
+    assert!(err.contains("`filter` is set at the top level"), "{err}");
+    let err = check(&format!("[[feed]]\nname = \"nl\"\nfilter = {nl:?}\n"));
+    assert!(err.contains("filter needs pub"), "{err}");
+    let err = check(&format!(
+        "[[feed]]\nname = \"nl\"\nurl = \"http://127.0.0.1:1/m.json\"\n"
+    ));
+    assert!(err.contains("url needs root"), "{err}");
+    let err = check(&format!("{}typo = 1\n", one("nl")));
+    assert!(err.contains("typo"), "{err}");
+    // A filter signed by another authority's key than its table names.
+    let err = check(&format!(
+        "[[feed]]\nname = \"iwf\"\nfilter = {:?}\npub = {key:?}\n",
+        t.s.path("iwf.hgf")
+    ));
+    assert!(err.contains("iwf"), "{err}");
+}
+
+/// One authority's feed: its keys, its root, the nginx serving its `origin/`.
+struct Authority {
+    s: Setup,
+    series: &'static str,
+    _nginx: Nginx,
+    port: u16,
+}
+
+impl Authority {
+    /// A feed whose first version expires in `expires` (`1h`, `8s`).
+    fn new(series: &'static str, expires: &str) -> Authority {
+        let s = Setup::new();
+        let p = |n: &str| s.path(n).to_str().unwrap().to_string();
+        for k in ["r", "m"] {
+            ok(hashgate(&["keygen", "--out", &p(k)]));
+        }
+        ok(hashgate(&[
+            "root",
+            "init",
+            "--root-key",
+            &p("r.pub"),
+            "--manifest-key",
+            &p("m.pub"),
+            "--out",
+            &p("root.json"),
+        ]));
+        ok(hashgate(&[
+            "root",
+            "sign",
+            "--key",
+            &p("r.key"),
+            &p("root.json"),
+        ]));
+        let (nginx, port, _) = s.nginx_serving(None, "", None);
+        let a = Authority {
+            s,
+            series,
+            _nginx: nginx,
+            port,
+        };
+        a.publish(expires);
+        a
+    }
+
+    fn publish(&self, expires: &str) {
+        let p = |n: &str| self.s.path(n).to_str().unwrap().to_string();
+        ok(hashgate(&[
+            "publish",
+            "--feed",
+            &p("origin"),
+            "--series",
+            self.series,
+            "--root",
+            &p("root.json"),
+            "--min-poll",
+            "1s",
+            "--expires",
+            expires,
+            "--key",
+            &p("m.key"),
+            &p("list.txt"),
+        ]));
+    }
+
+    /// Lists a new file and publishes the next version; returns the file.
+    fn list_new_file(&self, name: &str) -> PathBuf {
+        let file = random_file(&self.s, name, 3000);
+        let mut list = std::fs::read_to_string(self.s.path("list.txt")).unwrap();
+        list.push_str(&format!("{}\n", sha256_hex(&std::fs::read(&file).unwrap())));
+        std::fs::write(self.s.path("list.txt"), list).unwrap();
+        self.publish("1h");
+        file
+    }
+
+    fn table(&self, name: &str, state: &Path) -> String {
+        format!(
+            "[[feed]]\nname = {name:?}\nurl = \"http://127.0.0.1:{}/manifest.json\"\nroot = {:?}\n\
+             state_dir = {:?}\npoll_secs = 1\ntimeout_secs = 3\n",
+            self.port,
+            self.s.path("root.json"),
+            state.join(name),
+        )
+    }
+}
+
+#[test]
+fn one_authoritys_broken_feed_leaves_the_other_enforced_and_updating() {
+    // nl's first version expires soon: its feed will break and it will go stale.
+    let (nl, iwf) = (
+        Authority::new("nl-feed", "10s"),
+        Authority::new("iwf-feed", "1h"),
+    );
+    let here = Setup::new();
+    let state = here.path("state");
+    let toml = format!("{}\n{}", nl.table("nl", &state), iwf.table("iwf", &state));
+    let (_gw, port, admin, _log) = gateway(&here, &toml);
+    // Both feeds' first versions are in force and kept in a state directory of their own.
+    assert_eq!(put(&nl.s.listed, port, "nl-1").0, 451);
+    assert_eq!(put(&iwf.s.listed, port, "iwf-1").0, 451);
+    assert!(state.join("nl").is_dir() && state.join("iwf").is_dir());
+    let polls = |feed: &str, outcome: &str| {
+        metric(
+            admin,
+            &format!("hashgate_feed_polls_by_feed_total{{feed=\"{feed}\",outcome=\"{outcome}\"}}"),
+        )
+    };
+
+    // nl's feed breaks: its manifest is garbage from now on.
+    std::fs::write(nl.s.path("origin/manifest.json"), b"{not a manifest").unwrap();
+    assert!(wait_until(Duration::from_secs(20), || polls(
+        "nl", "failed"
+    ) >= 2.0));
+
+    // iwf updates meanwhile: its new entry is enforced, nl's filter still is.
+    let new = iwf.list_new_file("new.bin");
+    assert!(
+        wait_until(Duration::from_secs(20), || {
+            metric(admin, "hashgate_feed_filter_version{feed=\"iwf\"}") >= 2.0
+        }),
+        "iwf's update was not applied while nl's feed was broken"
+    );
+    assert_eq!(put(&new, port, "iwf-new").0, 451);
+    assert_eq!(put(&nl.s.listed, port, "nl-2").0, 451);
+    assert_eq!(polls("iwf", "failed"), 0.0);
+
+    // nl's filter goes stale: /readyz says so and names it; iwf's is ready.
+    assert!(wait_until(Duration::from_secs(20), || {
+        get(&format!("http://127.0.0.1:{admin}/readyz/nl")).0 == 503
+    }));
+    let (code, body) = get(&format!("http://127.0.0.1:{admin}/readyz"));
+    assert_eq!(code, 503);
+    assert!(body.contains("nl") && !body.contains("iwf"), "{body}");
+    assert_eq!(get(&format!("http://127.0.0.1:{admin}/readyz/iwf")).0, 200);
+    assert_eq!(
+        metric(admin, "hashgate_feed_filter_stale{feed=\"nl\"}"),
+        1.0
+    );
+    assert_eq!(
+        metric(admin, "hashgate_feed_filter_stale{feed=\"iwf\"}"),
+        0.0
+    );
+    // Still enforcing the stale filter.
+    assert_eq!(put(&nl.s.listed, port, "nl-3").0, 451);
+}
