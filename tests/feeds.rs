@@ -94,12 +94,14 @@ fn audit(s: &Setup) -> Vec<serde_json::Value> {
 }
 
 /// Two authorities with fixed filters: `nl` (SHA-256 entries, blocks) and `iwf` (MD5
-/// entries, only monitored by this operator); `a` listed by nl, `b` by iwf, `c` by both.
+/// entries, only monitored by this operator); `a` listed by nl, `b` and `d` by iwf, `c`
+/// by both.
 struct Two {
     s: Setup,
     a: PathBuf,
     b: PathBuf,
     c: PathBuf,
+    d: PathBuf,
     toml: String,
 }
 
@@ -110,10 +112,11 @@ fn two_authorities() -> Two {
         "--out",
         s.path("k2").to_str().unwrap(),
     ]));
-    let (a, b, c) = (
+    let (a, b, c, d) = (
         random_file(&s, "a.bin", 5000),
         random_file(&s, "b.bin", 6000),
         random_file(&s, "c.bin", 7000),
+        random_file(&s, "d.bin", 8000),
     );
     let sha = |f: &Path| sha256_hex(&std::fs::read(f).unwrap());
     let md5 = |f: &Path| md5_hex(&std::fs::read(f).unwrap());
@@ -130,7 +133,12 @@ fn two_authorities() -> Two {
         "k2",
         "iwf-list",
         9,
-        &format!("md5:{},grade-c\nmd5:{},grade-c\n", md5(&b), md5(&c)),
+        &format!(
+            "md5:{},grade-c\nmd5:{},grade-c\nmd5:{},grade-c\n",
+            md5(&b),
+            md5(&c),
+            md5(&d)
+        ),
         "iwf.hgf",
     );
     let toml = format!(
@@ -141,7 +149,14 @@ fn two_authorities() -> Two {
         iwf,
         s.path("k2.pub"),
     );
-    Two { s, a, b, c, toml }
+    Two {
+        s,
+        a,
+        b,
+        c,
+        d,
+        toml,
+    }
 }
 
 #[test]
@@ -375,9 +390,7 @@ fn feed_tables_that_cannot_work_are_refused_at_start_up() {
     assert!(err.contains("`filter` is set at the top level"), "{err}");
     let err = check(&format!("[[feed]]\nname = \"nl\"\nfilter = {nl:?}\n"));
     assert!(err.contains("filter needs pub"), "{err}");
-    let err = check(&format!(
-        "[[feed]]\nname = \"nl\"\nurl = \"http://127.0.0.1:1/m.json\"\n"
-    ));
+    let err = check("[[feed]]\nname = \"nl\"\nurl = \"http://127.0.0.1:1/m.json\"\n");
     assert!(err.contains("url needs root"), "{err}");
     let err = check(&format!("{}typo = 1\n", one("nl")));
     assert!(err.contains("typo"), "{err}");
@@ -532,4 +545,187 @@ fn one_authoritys_broken_feed_leaves_the_other_enforced_and_updating() {
     );
     // Still enforcing the stale filter.
     assert_eq!(put(&nl.s.listed, port, "nl-3").0, 451);
+}
+
+/// The ISTag an ICAP server answers OPTIONS with.
+fn istag(port: u16) -> String {
+    use std::io::{Read, Write};
+    let mut c = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    c.write_all(
+        b"OPTIONS icap://127.0.0.1/reqmod ICAP/1.0\r\nHost: x\r\nConnection: close\r\n\r\n",
+    )
+    .unwrap();
+    let mut answer = String::new();
+    c.read_to_string(&mut answer).unwrap();
+    answer
+        .lines()
+        .find_map(|l| l.strip_prefix("ISTag: "))
+        .unwrap_or_else(|| panic!("no ISTag in {answer}"))
+        .to_string()
+}
+
+#[test]
+fn the_icap_istag_changes_when_any_authoritys_filter_does() {
+    let t = two_authorities();
+    let icap = |toml: &str| {
+        let config =
+            t.s.path(&format!("icap-{}.toml", sha256_hex(toml.as_bytes())));
+        std::fs::write(&config, toml).unwrap();
+        spawn_listening(Command::new(env!("CARGO_BIN_EXE_hashgate")).args([
+            "icap",
+            "--config",
+            config.to_str().unwrap(),
+            "--listen",
+            "127.0.0.1:0",
+        ]))
+    };
+    let (_one, port, _) = icap(&t.toml);
+    let tag = istag(port);
+    assert!(tag.starts_with('"') && tag.len() <= 34, "{tag}");
+    // The same nl filter, and iwf's next version.
+    let md5 = md5_hex(&std::fs::read(&t.b).unwrap());
+    let iwf10 = build(
+        &t.s,
+        "k2",
+        "iwf-list",
+        10,
+        &format!("md5:{md5}\n"),
+        "iwf10.hgf",
+    );
+    let toml = t
+        .toml
+        .replace(&format!("{:?}", t.s.path("iwf.hgf")), &format!("{iwf10:?}"));
+    assert_ne!(toml, t.toml);
+    let (_two, port2, _) = icap(&toml);
+    assert_ne!(
+        istag(port2),
+        tag,
+        "a new version of one authority's filter needs a new ISTag"
+    );
+    // The same filters again: the same tag (a proxy's cached verdicts stay valid).
+    let (_three, port3, _) = icap(&t.toml);
+    assert_eq!(istag(port3), tag);
+}
+
+/// `hashgate authority serve` for one authority's list, taking feedback from the
+/// operators whose keys are in `operators`, keeping it in `kept`.
+fn authority_serve(s: &Setup, list: &Path, operators: &Path, kept: &Path) -> (Killed, u16) {
+    let tokens = s.path("tokens");
+    std::fs::write(&tokens, "a-token-for-range-queries\n").unwrap();
+    let (child, port, _) = spawn_listening(Command::new(env!("CARGO_BIN_EXE_hashgate")).args([
+        "authority",
+        "serve",
+        "--list",
+        list.to_str().unwrap(),
+        "--tokens",
+        tokens.to_str().unwrap(),
+        "--listen",
+        "127.0.0.1:0",
+        "--operators",
+        operators.to_str().unwrap(),
+        "--feedback-dir",
+        kept.to_str().unwrap(),
+    ]));
+    (child, port)
+}
+
+fn totals(kept: &Path) -> Vec<serde_json::Value> {
+    let out = hashgate(&[
+        "authority",
+        "feedback",
+        "--json",
+        "--feedback-dir",
+        kept.to_str().unwrap(),
+    ]);
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+#[test]
+fn each_authority_is_told_only_of_its_own_lists_hits_and_false_positives() {
+    let t = two_authorities();
+    ok(hashgate(&[
+        "keygen",
+        "--out",
+        t.s.path("op").to_str().unwrap(),
+    ]));
+    let operators = t.s.path("operators");
+    std::fs::create_dir(&operators).unwrap();
+    std::fs::copy(t.s.path("op.pub"), operators.join("op.pub")).unwrap();
+    let (nl_kept, iwf_kept) = (t.s.path("kept-nl"), t.s.path("kept-iwf"));
+    let (_nl, nl_port) = authority_serve(&t.s, &t.s.path("nl.hgf.txt"), &operators, &nl_kept);
+    let (_iwf, iwf_port) = authority_serve(&t.s, &t.s.path("iwf.hgf.txt"), &operators, &iwf_kept);
+    // The operator allow-lists d (a false positive of iwf's list) and a clean file.
+    let md5 = |f: &Path| md5_hex(&std::fs::read(f).unwrap());
+    let sha = |f: &Path| sha256_hex(&std::fs::read(f).unwrap());
+    std::fs::write(
+        t.s.path("allow.txt"),
+        format!("md5:{}\nsha256:{}\n", md5(&t.d), sha(&t.s.clean)),
+    )
+    .unwrap();
+    let feedback = |port: u16| {
+        format!(
+            "[feed.feedback]\nurl = \"http://127.0.0.1:{port}/v1/feedback\"\nkey = {:?}\ninterval_secs = 1\n",
+            t.s.path("op.key")
+        )
+    };
+    // Each [[feed]] table gets its own [feed.feedback], right after it.
+    let tables: Vec<&str> = t.toml.split("[[feed]]").filter(|x| !x.is_empty()).collect();
+    let toml = format!(
+        "allow_list = {:?}\n[[feed]]{}{}\n[[feed]]{}{}",
+        t.s.path("allow.txt"),
+        tables[0],
+        feedback(nl_port),
+        tables[1],
+        feedback(iwf_port)
+    );
+    let (_gw, port, _, _) = gateway(&t.s, &toml);
+    for (file, key) in [(&t.a, "a1"), (&t.a, "a2"), (&t.b, "b"), (&t.c, "c")] {
+        put(file, port, key);
+    }
+    assert_eq!(put(&t.d, port, "d").0, 201, "d is allow-listed");
+    let hits = |kept: &Path, entry: &str| -> u64 {
+        totals(kept)
+            .iter()
+            .find(|x| x["entry"] == entry)
+            .map_or(0, |x| x["hits"].as_u64().unwrap_or(0))
+    };
+    let (a, c) = (
+        format!("sha256:{}", sha(&t.a)),
+        format!("sha256:{}", sha(&t.c)),
+    );
+    let (b, c5) = (format!("md5:{}", md5(&t.b)), format!("md5:{}", md5(&t.c)));
+    assert!(
+        wait_until(Duration::from_secs(30), || {
+            hits(&nl_kept, &a) == 2
+                && hits(&nl_kept, &c) == 1
+                && hits(&iwf_kept, &b) == 1
+                && hits(&iwf_kept, &c5) == 1
+        }),
+        "nl: {:?}\niwf: {:?}",
+        totals(&nl_kept),
+        totals(&iwf_kept)
+    );
+    // Neither hears of the other's entries, nor of a false positive not on its list.
+    let nl = totals(&nl_kept);
+    assert!(
+        nl.iter()
+            .all(|x| x["entry"].as_str().unwrap().starts_with("sha256:")),
+        "{nl:?}"
+    );
+    assert!(nl.iter().all(|x| x["allowed_by"] == 0), "{nl:?}");
+    let iwf = totals(&iwf_kept);
+    assert!(
+        iwf.iter()
+            .all(|x| x["entry"].as_str().unwrap().starts_with("md5:")),
+        "{iwf:?}"
+    );
+    let allowed: Vec<&str> = iwf
+        .iter()
+        .filter(|x| x["allowed_by"] == 1)
+        .map(|x| x["entry"].as_str().unwrap())
+        .collect();
+    assert_eq!(allowed, [format!("md5:{}", md5(&t.d))], "{iwf:?}");
 }

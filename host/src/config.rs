@@ -82,6 +82,9 @@ pub struct AuthorityFileConfig {
     pub actions: Option<HashMap<String, Action>>,
     /// Confirmation of its hits with its own range API.
     pub confirm: Option<crate::enforce::ConfirmConfig>,
+    /// Signed reports of its filter's hits to it (each authority learns only of its
+    /// own list).
+    pub feedback: Option<crate::enforce::feedback::FeedbackConfig>,
 }
 
 impl AuthorityFileConfig {

@@ -128,8 +128,12 @@ async fn run_async(front: Front, file: &FileConfig, mode: Mode) -> Result<(), Er
     for (index, feed) in feeds {
         tokio::spawn(feed.run(enforcer.clone(), index));
     }
-    if let Some(config) = file.feedback.clone() {
-        tokio::spawn(crate::enforce::feedback::report(enforcer.clone(), config));
+    for (index, config) in feedback_configs(file) {
+        tokio::spawn(crate::enforce::feedback::report(
+            enforcer.clone(),
+            config,
+            index,
+        ));
     }
     let listener = Listener::bind(&listen, workers(file)?)?;
     let address = listener
@@ -255,10 +259,10 @@ pub async fn enforcer(file: &FileConfig) -> Result<(Arc<Enforcer>, Vec<(usize, F
         }
     };
     enforcer = enforcer.with_storms(file.storm.clone().unwrap_or_default());
-    if let Some(feedback) = &file.feedback {
+    for (index, feedback) in feedback_configs(file) {
         // A key that cannot be read is a start-up error, not a silent lack of reports.
         crate::trust::SecretKey::read(&feedback.key)?;
-        enforcer = enforcer.with_feedback_tally();
+        enforcer = enforcer.with_feedback_tally_for(index);
     }
     if let Some(path) = &file.allow_list_local {
         enforcer = enforcer.with_local_allow_list(path.clone())?;
@@ -277,6 +281,19 @@ pub async fn enforcer(file: &FileConfig) -> Result<(Arc<Enforcer>, Vec<(usize, F
     Ok((enforcer, feeds))
 }
 
+/// Where feedback reports go, by the index of the authority they are for: the
+/// top-level `[feedback]` for the one filter, or each `[[feed]]` table's.
+fn feedback_configs(file: &FileConfig) -> Vec<(usize, crate::enforce::feedback::FeedbackConfig)> {
+    match &file.feed {
+        Some(FeedSetting::Authorities(tables)) => tables
+            .iter()
+            .enumerate()
+            .filter_map(|(i, t)| Some((i, t.feedback.clone()?)))
+            .collect(),
+        _ => file.feedback.clone().map(|f| (0, f)).into_iter().collect(),
+    }
+}
+
 /// With `[[feed]]` tables, what each authority has its own of is set in its table: the
 /// top-level settings for one filter would be ambiguous, and are refused.
 fn only_in_feed_tables(file: &FileConfig) -> Result<(), Error> {
@@ -289,6 +306,7 @@ fn only_in_feed_tables(file: &FileConfig) -> Result<(), Error> {
         ("feed_ca", file.feed_ca.is_some()),
         ("actions", file.actions.is_some()),
         ("confirm", file.confirm.is_some()),
+        ("feedback", file.feedback.is_some()),
     ];
     match top.iter().find(|(_, set)| *set) {
         Some((key, _)) => Err(Error::Config(format!(

@@ -71,8 +71,9 @@ impl Tally {
     }
 }
 
-/// Sends a report every interval, until the task is dropped.
-pub async fn report(enforcer: Arc<Enforcer>, config: FeedbackConfig) {
+/// Sends the authority at `index` a report every interval, until the task is dropped:
+/// the hits of its filter, the allow-list entries it lists, its filter in force.
+pub async fn report(enforcer: Arc<Enforcer>, config: FeedbackConfig, index: usize) {
     let sender = match Sender::new(&config) {
         Ok(s) => s,
         Err(e) => {
@@ -85,7 +86,7 @@ pub async fn report(enforcer: Arc<Enforcer>, config: FeedbackConfig) {
     let mut sequence = 0;
     loop {
         tokio::time::sleep(interval).await;
-        let Some(tally) = enforcer.tally() else {
+        let Some(tally) = enforcer.tally(index) else {
             return;
         };
         let (counts, uncounted) = tally.take();
@@ -99,11 +100,12 @@ pub async fn report(enforcer: Arc<Enforcer>, config: FeedbackConfig) {
         let filters = enforcer
             .filter()
             .members()
-            .iter()
+            .get(index)
             .map(|m| FilterInForce {
                 series: m.engine.info().series.clone(),
                 version: m.engine.info().version,
             })
+            .into_iter()
             .collect();
         let report = Report {
             from,
@@ -111,7 +113,7 @@ pub async fn report(enforcer: Arc<Enforcer>, config: FeedbackConfig) {
             filters,
             hits,
             uncounted,
-            allowed: enforcer.allowed_entries(),
+            allowed: enforcer.allowed_entries_of(index),
             checkpoint: enforcer.last_checkpoint(),
             ..Report::new(&sender.key.public_key(), sequence)
         };

@@ -283,8 +283,8 @@ pub struct Enforcer {
     /// Allow-list entries added through the admin listener, and the file they are kept in.
     local: std::sync::RwLock<AllowList>,
     local_path: Option<std::path::PathBuf>,
-    /// Hits per entry for the feedback report, when one is sent.
-    tally: Option<feedback::Tally>,
+    /// Hits per entry for each authority's feedback report, where one is sent.
+    tallies: Vec<Option<feedback::Tally>>,
 }
 
 /// One authority the operator follows, as [`Enforcer::with_authorities`] takes it.
@@ -383,13 +383,22 @@ impl Enforcer {
             storms: Storms::new(StormConfig::default()),
             local: Default::default(),
             local_path: None,
-            tally: None,
+            tallies: Vec::new(),
         }
     }
 
     /// Counts hits per listed entry for feedback reports ([`feedback::report`]).
-    pub fn with_feedback_tally(mut self) -> Self {
-        self.tally = Some(feedback::Tally::default());
+    /// For the first (or only) authority; see [`Enforcer::with_feedback_tally_for`].
+    pub fn with_feedback_tally(self) -> Self {
+        self.with_feedback_tally_for(0)
+    }
+
+    /// Counts the hits of the authority at `index`'s filter for its feedback reports.
+    pub fn with_feedback_tally_for(mut self, index: usize) -> Self {
+        if self.tallies.len() <= index {
+            self.tallies.resize_with(index + 1, || None);
+        }
+        self.tallies[index] = Some(feedback::Tally::default());
         self
     }
 
@@ -399,24 +408,46 @@ impl Enforcer {
         self.audit.as_ref()?.last_checkpoint()
     }
 
-    /// The feedback tally, if hits are counted for reports.
-    pub fn tally(&self) -> Option<&feedback::Tally> {
-        self.tally.as_ref()
+    /// The feedback tally of the authority at `index`, if its hits are counted for
+    /// reports.
+    pub fn tally(&self, index: usize) -> Option<&feedback::Tally> {
+        self.tallies.get(index)?.as_ref()
     }
 
-    /// Every allow-list entry in force (the file's and the admin listener's), as lines.
-    pub fn allowed_entries(&self) -> Vec<String> {
-        let mut all: Vec<String> = self
-            .policy
-            .allow
-            .entries()
+    /// The allow-list entries in force (the file's and the admin listener's) that the
+    /// feedback report to the authority at `index` names: all of them when the operator
+    /// follows that one authority; of several, only those its filter lists (its false
+    /// positives: another authority's are not its business).
+    pub fn allowed_entries_of(&self, index: usize) -> Vec<String> {
+        let set = self.filter.load();
+        let Some(member) = set.members().get(index) else {
+            return Vec::new();
+        };
+        let mut all: Vec<AllowEntry> = self.policy.allow.entries();
+        all.extend(self.local_allow_list());
+        let one = member.authority.is_none();
+        let mut listed: Vec<String> = all
             .into_iter()
-            .chain(self.local_allow_list())
+            .filter(|e| {
+                one || match e {
+                    AllowEntry::Digest(algorithm, bytes) => {
+                        let digest = Digest {
+                            algorithm: *algorithm,
+                            bytes: bytes.clone(),
+                        };
+                        matches!(member.engine.check(&[digest], 0), Ok(Verdict::Hit(_)))
+                    }
+                    AllowEntry::Pdq(hash) => member
+                        .engine
+                        .check_pdq(&[PdqHash(*hash)])
+                        .is_ok_and(|hits| hits.iter().any(|h| h.listed.0 == *hash)),
+                }
+            })
             .map(|e| e.to_string())
             .collect();
-        all.sort();
-        all.dedup();
-        all
+        listed.sort();
+        listed.dedup();
+        listed
     }
 
     /// Counts hit storms as `config` says (see [`storm`]).
@@ -510,9 +541,9 @@ impl Enforcer {
     /// Counts a hit of `entry` by the request's client (for storms, and for feedback
     /// when it is sent); `Some(on_storm)` when the entry is in a storm. The storm's
     /// start is logged and counted once.
-    fn storm(&self, ctx: &Context, entry: &str) -> Option<OnStorm> {
+    fn storm(&self, member: &Member, ctx: &Context, entry: &str) -> Option<OnStorm> {
         let now = Instant::now();
-        if let Some(tally) = &self.tally {
+        if let Some(tally) = self.tally(member.index) {
             tally.count(entry);
         }
         let seen = self.storms.observe(entry, &ctx.client, now);
@@ -958,7 +989,7 @@ impl Enforcer {
         let mut quarantine = false;
         let storms: Vec<Option<OnStorm>> = matches
             .iter()
-            .map(|m| self.storm(ctx, &format!("pdq:{}", m.hit.listed.to_hex())))
+            .map(|m| self.storm(filter, ctx, &format!("pdq:{}", m.hit.listed.to_hex())))
             .collect();
         for ((m, &e), storm) in matches.iter().zip(evidence).zip(&storms) {
             let blocks = self.action_for(filter, m.hit.category.as_deref()) == Action::Block
@@ -1111,7 +1142,9 @@ impl Enforcer {
             .iter()
             .map(|h| {
                 let entry = format!("{}:{}", h.algorithm.name(), hex::encode(&h.bytes));
-                (!h.is_canary()).then(|| self.storm(ctx, &entry)).flatten()
+                (!h.is_canary())
+                    .then(|| self.storm(filter, ctx, &entry))
+                    .flatten()
             })
             .collect();
         for (((hit, &e), blocks), storm) in hits.iter().zip(evidence).zip(&mut blocked).zip(&storms)
