@@ -164,6 +164,11 @@ fn a_gateways_audit_chain_survives_rotation_and_a_crash_and_exposes_tampering() 
     let p = s.path("cut");
     std::fs::write(&p, cut.join("\n")).unwrap();
     expect_broken_at(&p, 4);
+    // A line far longer than any record (read in pieces, never whole) whose tail is a
+    // genuine record: foreign bytes, named at its line, the tail not taken for a record.
+    let mut padded = lines.clone();
+    padded[2] = "x".repeat(3 << 20) + &lines[2];
+    expect_broken_at(&tampered("padded", &padded), 3);
     // Checked with another key, the checkpoints do not verify.
     assert!(
         hashgate(&["keygen", "--out", s.path("other").to_str().unwrap()])

@@ -106,6 +106,22 @@ fn read_certified_key(cert: &Path, key: &Path) -> Result<Arc<CertifiedKey>, Erro
     Ok(Arc::new(certified))
 }
 
+/// `url` parsed as the address of a peer this host connects to (an origin, a feed, a
+/// confirmation or feedback endpoint); `what` names the setting in the error.
+///
+/// Fails when it is not an `http://` or `https://` URL with a host.
+pub fn peer_url(what: &str, url: &str) -> Result<hyper::Uri, Error> {
+    let uri: hyper::Uri = url
+        .parse()
+        .map_err(|e| Error::Config(format!("{what} {url:?}: {e}")))?;
+    if !matches!(uri.scheme_str(), Some("http" | "https")) || uri.host().is_none() {
+        return Err(Error::Config(format!(
+            "{what} {url:?} must be an http:// or https:// URL with a host"
+        )));
+    }
+    Ok(uri)
+}
+
 /// A connector for a client of `url`'s scheme: https verified against the platform's
 /// roots plus `extra_ca`; plain http needs no roots at all. `TCP_NODELAY` on, connecting
 /// given up after `connect_timeout`.

@@ -177,15 +177,7 @@ impl Confirmer {
         if !(4..=16).contains(&prefix_hex) {
             return Err(Error::Config("confirm.prefix_hex must be 4 to 16".into()));
         }
-        let uri: hyper::Uri = config
-            .url
-            .parse()
-            .map_err(|e| Error::Config(format!("confirm.url {:?}: {e}", config.url)))?;
-        if !matches!(uri.scheme_str(), Some("http" | "https")) || uri.host().is_none() {
-            return Err(Error::Config(
-                "confirm.url must be http:// or https:// with a host".into(),
-            ));
-        }
+        let uri = crate::tls::peer_url("confirm.url", &config.url)?;
         let timeout = Duration::from_secs(config.timeout_secs.unwrap_or(5));
         let connector = crate::tls::connector(&uri, config.ca.as_deref(), timeout)?;
         Ok(Confirmer {

@@ -154,15 +154,7 @@ struct Sender {
 
 impl Sender {
     fn new(config: &FeedbackConfig) -> Result<Sender, Error> {
-        let url: hyper::Uri = config
-            .url
-            .parse()
-            .map_err(|e| Error::Config(format!("feedback.url {:?}: {e}", config.url)))?;
-        if !matches!(url.scheme_str(), Some("http" | "https")) || url.host().is_none() {
-            return Err(Error::Config(
-                "feedback.url must be http:// or https:// with a host".into(),
-            ));
-        }
+        let url = crate::tls::peer_url("feedback.url", &config.url)?;
         let timeout = Duration::from_secs(config.timeout_secs.unwrap_or(10).max(1));
         let connector = crate::tls::connector(&url, config.ca.as_deref(), timeout)?;
         Ok(Sender {

@@ -65,14 +65,7 @@ impl Fetcher {
         extra_ca: Option<&std::path::Path>,
         timeout: Duration,
     ) -> Result<Fetcher, Error> {
-        let uri: Uri = manifest_url
-            .parse()
-            .map_err(|e| Error::Config(format!("feed URL {manifest_url:?}: {e}")))?;
-        if !matches!(uri.scheme_str(), Some("http" | "https")) || uri.host().is_none() {
-            return Err(Error::Config(format!(
-                "feed URL {manifest_url:?} must be http:// or https:// with a host"
-            )));
-        }
+        let uri: Uri = crate::tls::peer_url("feed URL", manifest_url)?;
         let base = match manifest_url.rfind('/') {
             Some(i) if i > uri.scheme_str().map_or(0, str::len) + 2 => &manifest_url[..=i],
             _ => manifest_url,

@@ -203,15 +203,7 @@ impl Config {
 
 /// An origin URL, checked.
 fn origin_uri(origin: &str) -> Result<hyper::Uri, Error> {
-    let uri: hyper::Uri = origin
-        .parse()
-        .map_err(|e| Error::Config(format!("origin {origin:?}: {e}")))?;
-    if !matches!(uri.scheme_str(), Some("http" | "https")) || uri.authority().is_none() {
-        return Err(Error::Config(format!(
-            "origin {origin:?} must be an http:// or https:// URL with a host"
-        )));
-    }
-    Ok(uri)
+    crate::tls::peer_url("origin", origin)
 }
 
 fn create_dir(dir: &Path) -> Result<(), Error> {

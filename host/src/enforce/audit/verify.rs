@@ -308,6 +308,33 @@ pub fn verify_witnessed(
 }
 
 /// Lines no link accounts for yet.
+/// The longest line read whole: far longer than any record the writer makes (a request
+/// path is bounded by the front-ends' header limits), so a huge line of foreign bytes
+/// is hashed in pieces instead of held in memory.
+const MAX_LINE: usize = 1 << 20;
+
+/// Reads into `buf` up to and including the next newline, or `cap` bytes, or to the
+/// end; returns whether the line ended (a newline, or the end of the input) within them.
+fn read_capped(reader: &mut dyn BufRead, buf: &mut Vec<u8>, cap: usize) -> std::io::Result<bool> {
+    loop {
+        let available = reader.fill_buf()?;
+        if available.is_empty() {
+            return Ok(true);
+        }
+        let take = available.len().min(cap - buf.len());
+        if let Some(i) = available[..take].iter().position(|&b| b == b'\n') {
+            buf.extend_from_slice(&available[..=i]);
+            reader.consume(i + 1);
+            return Ok(true);
+        }
+        buf.extend_from_slice(&available[..take]);
+        reader.consume(take);
+        if buf.len() == cap {
+            return Ok(false);
+        }
+    }
+}
+
 struct Foreign {
     at: Line,
     hash: Sha256,
@@ -342,12 +369,11 @@ impl Check<'_> {
         };
         let mut buf = Vec::new();
         let mut number = 0;
+        let io = |e| VerifyError::Io(Error::io(path, e));
         loop {
             buf.clear();
-            let n = reader
-                .read_until(b'\n', &mut buf)
-                .map_err(|e| VerifyError::Io(Error::io(path, e)))?;
-            if n == 0 {
+            let ended = read_capped(&mut *reader, &mut buf, MAX_LINE).map_err(io)?;
+            if buf.is_empty() {
                 return Ok(());
             }
             number += 1;
@@ -355,8 +381,38 @@ impl Check<'_> {
                 file: path.to_path_buf(),
                 number,
             };
-            self.line(&buf, at)?;
+            if ended {
+                self.line(&buf, at)?;
+                continue;
+            }
+            // Longer than any record: foreign bytes, read on piece by piece (never a
+            // record, whatever its tail looks like).
+            self.foreign(&buf, at.clone());
+            loop {
+                buf.clear();
+                let ended = read_capped(&mut *reader, &mut buf, MAX_LINE).map_err(io)?;
+                if buf.is_empty() {
+                    break;
+                }
+                self.foreign(&buf, at.clone());
+                if ended {
+                    break;
+                }
+            }
         }
+    }
+
+    /// Counts `raw` among the foreign bytes that start at `at` (or go on from earlier).
+    fn foreign(&mut self, raw: &[u8], at: Line) {
+        let foreign = self.foreign.get_or_insert_with(|| Foreign {
+            at,
+            hash: Sha256::new(),
+            bytes: 0,
+            torn: false,
+        });
+        foreign.hash.update(raw);
+        foreign.bytes += raw.len() as u64;
+        foreign.torn = !raw.ends_with(b"\n");
     }
 
     fn line(&mut self, raw: &[u8], at: Line) -> Result<(), VerifyError> {
@@ -368,15 +424,7 @@ impl Check<'_> {
             })
             .filter(|_| line.len() < raw.len());
         let Some(fields) = fields else {
-            let foreign = self.foreign.get_or_insert_with(|| Foreign {
-                at,
-                hash: Sha256::new(),
-                bytes: 0,
-                torn: false,
-            });
-            foreign.hash.update(raw);
-            foreign.bytes += raw.len() as u64;
-            foreign.torn = !raw.ends_with(b"\n");
+            self.foreign(raw, at);
             return Ok(());
         };
         let broken = |at: Line, why| Err(VerifyError::Broken { at, why });
