@@ -729,3 +729,51 @@ fn each_authority_is_told_only_of_its_own_lists_hits_and_false_positives() {
         .collect();
     assert_eq!(allowed, [format!("md5:{}", md5(&t.d))], "{iwf:?}");
 }
+
+#[test]
+fn a_quarantine_action_keeps_copies_of_its_categories_only() {
+    let t = two_authorities();
+    let quarantine = t.s.path("quarantine");
+    // nl's csam entries are quarantined; iwf's grade-c entries blocked without a copy.
+    let toml = format!(
+        "[[feed]]\nname = \"nl\"\nfilter = {:?}\npub = {:?}\nactions = {{ csam = \"quarantine\" }}\n\n\
+         [[feed]]\nname = \"iwf\"\nfilter = {:?}\npub = {:?}\n",
+        t.s.path("nl.hgf"),
+        t.s.path("k.pub"),
+        t.s.path("iwf.hgf"),
+        t.s.path("k2.pub"),
+    );
+    // Without a quarantine directory the gateway refuses to start.
+    let config = t.s.path("q.toml");
+    std::fs::write(&config, &toml).unwrap();
+    let out = hashgate(&[
+        "gateway",
+        "--config",
+        config.to_str().unwrap(),
+        "--store",
+        t.s.path("store").to_str().unwrap(),
+        "--check-config",
+    ]);
+    assert!(!out.status.success(), "{out:?}");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("needs quarantine_dir"),
+        "{out:?}"
+    );
+    let toml = format!("quarantine_dir = {quarantine:?}\n{toml}");
+    let (_gw, port, _, _) = gateway(&t.s, &toml);
+    let kept = || files_under(&quarantine).len();
+    // b: iwf blocks it, keeps no copy.
+    assert_eq!(put(&t.b, port, "b").0, 451);
+    assert_eq!(kept(), 0);
+    // a: nl quarantines it: refused, its copy kept and named in the audit record.
+    assert_eq!(put(&t.a, port, "a").0, 451);
+    assert_eq!(kept(), 1);
+    let copy = &files_under(&quarantine)[0];
+    assert_eq!(std::fs::read(copy).unwrap(), std::fs::read(&t.a).unwrap());
+    let records = audit(&t.s);
+    let a = records.iter().find(|r| r["path"] == "/a").unwrap();
+    assert_eq!(a["action"], "block");
+    assert!(a["quarantine"].as_str().is_some(), "{a}");
+    let b = records.iter().find(|r| r["path"] == "/b").unwrap();
+    assert!(b.get("quarantine").is_none(), "{b}");
+}

@@ -661,6 +661,18 @@ impl Enforcer {
         self.authorities.get(member.index)?.confirm.as_ref()
     }
 
+    /// Whether a blocked object whose hit takes `action` keeps its quarantine copy:
+    /// every blocked one, unless some category (of any authority) is given
+    /// `quarantine`; then only those.
+    fn keeps_copy(&self, action: Action) -> bool {
+        let chosen = self.policy.names_quarantine()
+            || self
+                .authorities
+                .iter()
+                .any(|a| a.actions.as_ref().is_some_and(Actions::names_quarantine));
+        action == Action::Quarantine || (action == Action::Block && !chosen)
+    }
+
     fn action_for(&self, member: &Member, category: Option<&str>) -> Action {
         match self
             .authorities
@@ -992,7 +1004,8 @@ impl Enforcer {
             .map(|m| self.storm(filter, ctx, &format!("pdq:{}", m.hit.listed.to_hex())))
             .collect();
         for ((m, &e), storm) in matches.iter().zip(evidence).zip(&storms) {
-            let blocks = self.action_for(filter, m.hit.category.as_deref()) == Action::Block
+            let chosen = self.action_for(filter, m.hit.category.as_deref());
+            let blocks = chosen.blocks()
                 && rules.is_none_or(|r| r.takes(r.block, e))
                 && *storm != Some(OnStorm::Monitor);
             outcome = outcome.stricter(if blocks {
@@ -1001,7 +1014,7 @@ impl Enforcer {
                 Outcome::Monitor
             });
             // Only a confirmer answers `Confirmed`, and a confirmed match meets any need.
-            quarantine |= blocks && e == Evidence::Confirmed;
+            quarantine |= blocks && self.keeps_copy(chosen) && e == Evidence::Confirmed;
         }
         let action = match outcome {
             Outcome::Block => "block",
@@ -1149,16 +1162,18 @@ impl Enforcer {
             .collect();
         for (((hit, &e), blocks), storm) in hits.iter().zip(evidence).zip(&mut blocked).zip(&storms)
         {
+            let chosen = match hit.is_canary() {
+                true => Action::Block,
+                false => self.action_for(filter, hit.category.as_deref()),
+            };
             *blocks = hit.is_canary()
-                || (self.action_for(filter, hit.category.as_deref()) == Action::Block
-                    && takes(|r| r.block, e)
-                    && *storm != Some(OnStorm::Monitor));
+                || (chosen.blocks() && takes(|r| r.block, e) && *storm != Some(OnStorm::Monitor));
             outcome = outcome.stricter(if *blocks {
                 Outcome::Block
             } else {
                 Outcome::Monitor
             });
-            quarantine |= *blocks && takes(|r| r.quarantine, e);
+            quarantine |= *blocks && self.keeps_copy(chosen) && takes(|r| r.quarantine, e);
         }
         let action = match outcome {
             Outcome::Block => "block",

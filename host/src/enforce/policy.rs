@@ -9,10 +9,22 @@ use crate::{Algorithm, Error};
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Action {
-    /// Refuse the object (HTTP 451).
+    /// Refuse the object (HTTP 451). Its quarantine copy is kept (where `quarantine_dir`
+    /// is set) unless some category is given `quarantine`: then only those are kept.
     Block,
+    /// Refuse the object and keep its quarantine copy (needs `quarantine_dir`): for the
+    /// categories whose copies the operator must keep as evidence, where keeping a copy
+    /// of every blocked file is not wanted.
+    Quarantine,
     /// Let it through, but audit and count it.
     Monitor,
+}
+
+impl Action {
+    /// Whether the object is refused.
+    pub fn blocks(self) -> bool {
+        matches!(self, Action::Block | Action::Quarantine)
+    }
 }
 
 /// What happens when no verdict can be had (guest trap, deadline).
@@ -54,6 +66,12 @@ impl Default for Policy {
 }
 
 impl Policy {
+    /// Whether any category is given `quarantine`.
+    pub fn names_quarantine(&self) -> bool {
+        self.default_action == Action::Quarantine
+            || self.actions.values().any(|a| *a == Action::Quarantine)
+    }
+
     /// The action for a hit in `category`.
     pub fn action_for(&self, category: Option<&str>) -> Action {
         category
@@ -74,6 +92,12 @@ pub struct Actions {
 }
 
 impl Actions {
+    /// Whether any category is given `quarantine`.
+    pub fn names_quarantine(&self) -> bool {
+        self.default == Action::Quarantine
+            || self.by_category.values().any(|a| *a == Action::Quarantine)
+    }
+
     /// The actions of a configuration table: category → action, `default` for the rest
     /// (block, when unnamed).
     pub fn from_table(mut table: HashMap<String, Action>) -> Actions {

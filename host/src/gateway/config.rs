@@ -184,6 +184,12 @@ impl Config {
                 }
             }
         }
+        if names_quarantine(file) && config.quarantine.is_none() {
+            return Err(Error::Config(
+                "an action of \"quarantine\" needs quarantine_dir (where the copies are kept)"
+                    .into(),
+            ));
+        }
         config.origin_ca = file.origin_ca.clone();
         config.catalog = crate::enforce::retro::CatalogSettings::resolve(file)?;
         if let Some(catalog) = &config.catalog {
@@ -199,6 +205,24 @@ impl Config {
             crate::tls::CertStore::configured(file.tls_cert.as_deref(), file.tls_key.as_deref())?;
         Ok(config)
     }
+}
+
+/// Whether any category action, top-level or of a `[[feed]]` table, is `quarantine`.
+fn names_quarantine(file: &crate::config::FileConfig) -> bool {
+    let quarantines =
+        |actions: &Option<std::collections::HashMap<String, crate::enforce::Action>>| {
+            actions
+                .iter()
+                .flat_map(|a| a.values())
+                .any(|a| *a == crate::enforce::Action::Quarantine)
+        };
+    let in_tables = match &file.feed {
+        Some(crate::config::FeedSetting::Authorities(tables)) => {
+            tables.iter().any(|t| quarantines(&t.actions))
+        }
+        _ => false,
+    };
+    quarantines(&file.actions) || in_tables
 }
 
 /// An origin URL, checked.
