@@ -206,3 +206,65 @@ fn a_scans_audit_log_is_signed_too() {
     assert_eq!(code, 0, "{text}");
     assert!(text.contains("intact: 2 records"), "{text}");
 }
+
+#[test]
+fn a_gateway_killed_while_it_writes_records_leaves_a_chain_that_verifies() {
+    let (s, a, _) = Setup::small_listed();
+    assert!(
+        hashgate(&["keygen", "--out", s.path("operator").to_str().unwrap()])
+            .status
+            .success()
+    );
+    let toml = format!(
+        "audit_key = {:?}\naudit_checkpoint_records = 7\n",
+        s.path("operator.key")
+    );
+    let log = s.path("audit.log");
+    let listed_lines = || records(&log);
+    for round in 0..3 {
+        let (gw, port, _) = s.store_gateway(&toml);
+        // Eight clients refusing listed uploads as fast as they can: the kill lands
+        // while records are being written and committed.
+        let clients: Vec<std::process::Child> = (0..8)
+            .map(|c| {
+                let urls: Vec<String> = (0..400)
+                    .map(|i| format!("http://127.0.0.1:{port}/r{round}/c{c}/{i}"))
+                    .collect();
+                let mut cmd = Command::new("curl");
+                cmd.args(["-s", "-o", "/dev/null", "--retry", "0"]);
+                for url in &urls {
+                    cmd.args(["-T", a.to_str().unwrap(), url]);
+                }
+                cmd.stdout(std::process::Stdio::null())
+                    .stderr(std::process::Stdio::null())
+                    .spawn()
+                    .unwrap()
+            })
+            .collect();
+        let before = listed_lines();
+        assert!(wait_until(Duration::from_secs(20), || listed_lines() > before + 50));
+        signal(gw.0.id(), "KILL");
+        drop(gw);
+        for mut c in clients {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+    // A last start: it recovers whatever the last kill tore, and signs on its stop.
+    let (gw, port, _) = s.store_gateway(&toml);
+    assert_eq!(
+        curl_put(&a, &format!("http://127.0.0.1:{port}/last"), &[]),
+        451
+    );
+    signal(gw.0.id(), "TERM");
+    let mut gw = gw;
+    assert!(wait_until(Duration::from_secs(20), || gw
+        .0
+        .try_wait()
+        .unwrap()
+        .is_some()));
+    let (code, text) = verify(&s.path("operator.pub"), &[&log]);
+    assert_eq!(code, 0, "{text}");
+    assert!(text.contains("intact"), "{text}");
+    assert!(listed_lines() > 150, "{}", listed_lines());
+}

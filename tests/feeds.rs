@@ -9,6 +9,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use common::procs::*;
+use hashgate_host::feed::protocol::{Envelope, Manifest};
 use rand::RngCore;
 
 fn ok(out: std::process::Output) {
@@ -406,7 +407,7 @@ fn feed_tables_that_cannot_work_are_refused_at_start_up() {
 struct Authority {
     s: Setup,
     series: &'static str,
-    _nginx: Nginx,
+    nginx: Option<Nginx>,
     port: u16,
 }
 
@@ -439,7 +440,7 @@ impl Authority {
         let a = Authority {
             s,
             series,
-            _nginx: nginx,
+            nginx: Some(nginx),
             port,
         };
         a.publish(expires);
@@ -509,11 +510,23 @@ fn one_authoritys_broken_feed_leaves_the_other_enforced_and_updating() {
         )
     };
 
-    // nl's feed breaks: its manifest is garbage from now on.
-    std::fs::write(nl.s.path("origin/manifest.json"), b"{not a manifest").unwrap();
+    // nl's feed is forged: a later version in the payload, the old signature.
+    let path = nl.s.path("origin/manifest.json");
+    let mut envelope = Envelope::parse(&std::fs::read(&path).unwrap()).unwrap();
+    let mut manifest: Manifest = serde_json::from_slice(&envelope.payload().unwrap()).unwrap();
+    manifest.version += 1;
+    envelope.payload = Manifest::envelope(&manifest).payload;
+    std::fs::write(&path, envelope.to_bytes()).unwrap();
     assert!(wait_until(Duration::from_secs(20), || polls(
         "nl", "failed"
     ) >= 2.0));
+    // Then its server goes away altogether.
+    let mut nl = nl;
+    drop(nl.nginx.take());
+    let failed = polls("nl", "failed");
+    assert!(wait_until(Duration::from_secs(20), || polls(
+        "nl", "failed"
+    ) > failed));
 
     // iwf updates meanwhile: its new entry is enforced, nl's filter still is.
     let new = iwf.list_new_file("new.bin");
