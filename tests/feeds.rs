@@ -790,3 +790,66 @@ fn a_quarantine_action_keeps_copies_of_its_categories_only() {
     let b = records.iter().find(|r| r["path"] == "/b").unwrap();
     assert!(b.get("quarantine").is_none(), "{b}");
 }
+
+#[test]
+fn a_stored_object_a_later_version_of_either_authority_lists_is_found_and_named() {
+    // Both authorities call their list alike: each re-check is its own all the same.
+    let (nl, iwf) = (Authority::new("csam", "1h"), Authority::new("csam", "1h"));
+    let here = Setup::new();
+    let state = here.path("state");
+    let toml = format!(
+        "[catalog]\npath = {:?}\naction = \"report\"\n\n{}\n{}",
+        here.path("catalog.db"),
+        nl.table("nl", &state),
+        iwf.table("iwf", &state)
+    );
+    let (_gw, port, admin, _log) = gateway(&here, &toml);
+    let (early, late) = (
+        random_file(&here, "early.bin", 4000),
+        random_file(&here, "late.bin", 5000),
+    );
+    assert_eq!(put(&early, port, "early.bin").0, 201);
+    assert_eq!(put(&late, port, "late.bin").0, 201);
+    let list = |a: &Authority, file: &Path| {
+        let mut text = std::fs::read_to_string(a.s.path("list.txt")).unwrap();
+        text.push_str(&format!("{}\n", sha256_hex(&std::fs::read(file).unwrap())));
+        std::fs::write(a.s.path("list.txt"), text).unwrap();
+        a.publish("1h");
+    };
+    let retroactive = || -> Vec<serde_json::Value> {
+        audit(&here)
+            .into_iter()
+            .filter(|r| r["evidence"] == "retroactive")
+            .collect()
+    };
+    list(&iwf, &early);
+    assert!(
+        wait_until(Duration::from_secs(30), || retroactive().len() == 1),
+        "{:?}",
+        retroactive()
+    );
+    list(&nl, &late);
+    assert!(
+        wait_until(Duration::from_secs(30), || retroactive().len() == 2),
+        "{:?}",
+        retroactive()
+    );
+    let found: Vec<(String, String, u64)> = retroactive()
+        .iter()
+        .map(|r| {
+            (
+                r["path"].as_str().unwrap().to_string(),
+                r["authority"].as_str().unwrap().to_string(),
+                r["filter_version"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        found,
+        [
+            ("/early.bin".into(), "iwf".into(), 2),
+            ("/late.bin".into(), "nl".into(), 2)
+        ]
+    );
+    assert!(metric(admin, "hashgate_retroactive_hits_total{action=\"report\"}") >= 2.0);
+}

@@ -304,7 +304,7 @@ fn only_in_feed_tables(file: &FileConfig) -> Result<(), Error> {
         ("feed_poll_secs", file.feed_poll_secs.is_some()),
         ("feed_timeout_secs", file.feed_timeout_secs.is_some()),
         ("feed_ca", file.feed_ca.is_some()),
-        ("actions", file.actions.is_some()),
+        ("actions` (or `--monitor", file.actions.is_some()),
         ("confirm", file.confirm.is_some()),
         ("feedback", file.feedback.is_some()),
     ];

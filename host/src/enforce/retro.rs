@@ -226,9 +226,15 @@ pub async fn follow(
             let (tx, rx) = tokio::sync::oneshot::channel();
             let (location, newer) = (settings.location.clone(), swaps.clone());
             let task_filter = filter.clone();
+            // Two authorities may name their lists alike: each claims under its own name.
+            let series = &filter.info().series;
+            let claim = match &member.authority {
+                Some(authority) => format!("{authority}/{series}"),
+                None => series.clone(),
+            };
             let spawned = std::thread::Builder::new()
                 .name("hashgate-recheck".into())
-                .spawn(move || recheck_thread(&location, &task_filter, &newer, tx));
+                .spawn(move || recheck_thread(&location, &task_filter, &claim, &newer, tx));
             if let Err(e) = spawned {
                 tracing::error!(error = %e, "cannot start the catalog re-check");
                 continue;
@@ -317,10 +323,12 @@ enum Rechecked {
 const CLAIM_RETRY: Duration = Duration::from_secs(1);
 
 /// Re-checks the catalog at `location` against `filter` on this (low-priority) thread,
-/// unless another gateway sharing it does; stops when `newer` sees another swap.
+/// unless another gateway sharing it does (the re-check of its version is claimed as
+/// `series`); stops when `newer` sees another swap.
 fn recheck_thread(
     location: &Location,
     filter: &FilterEngine,
+    series: &str,
     newer: &tokio::sync::watch::Receiver<u64>,
     tx: tokio::sync::oneshot::Sender<Result<Rechecked, catalog::RecheckError>>,
 ) {
@@ -330,7 +338,7 @@ fn recheck_thread(
     let claimed = (|| {
         let mut catalog = Catalog::at(location)?;
         loop {
-            match catalog.claim_recheck(&info.series, info.version)? {
+            match catalog.claim_recheck(series, info.version)? {
                 Claim::Run => return Ok(Some(catalog)),
                 Claim::Done => return Ok(None),
                 Claim::Busy if superseded() => return Err(None),
@@ -368,7 +376,7 @@ fn recheck_thread(
             false
         }
     };
-    if let Err(e) = catalog.end_recheck(&info.series, info.version, finished) {
+    if let Err(e) = catalog.end_recheck(series, info.version, finished) {
         tracing::error!(error = %e, "cannot record the catalog re-check");
     }
 }
