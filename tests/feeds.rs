@@ -86,12 +86,22 @@ fn put(file: &Path, port: u16, key: &str) -> (u16, String) {
 }
 
 fn audit(s: &Setup) -> Vec<serde_json::Value> {
-    std::fs::read_to_string(s.path("audit.log"))
-        .unwrap_or_default()
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .filter(|v: &serde_json::Value| v.get("event").is_none())
-        .collect()
+    s.audit_records("audit.log")
+}
+
+/// `hashgate gateway --check-config` with the config file `toml` (written as `name`)
+/// over the embedded store.
+fn check_config(s: &Setup, name: &str, toml: &str) -> std::process::Output {
+    let config = s.path(name);
+    std::fs::write(&config, toml).unwrap();
+    hashgate(&[
+        "gateway",
+        "--config",
+        config.to_str().unwrap(),
+        "--store",
+        s.path("store").to_str().unwrap(),
+        "--check-config",
+    ])
 }
 
 /// Two authorities with fixed filters: `nl` (SHA-256 entries, blocks) and `iwf` (MD5
@@ -355,31 +365,12 @@ fn scan_checks_every_file_against_every_filter_given() {
 fn feed_tables_that_cannot_work_are_refused_at_start_up() {
     let t = two_authorities();
     let check = |toml: &str| -> String {
-        let config = t.s.path("bad.toml");
-        std::fs::write(&config, toml).unwrap();
-        let out = hashgate(&[
-            "gateway",
-            "--config",
-            config.to_str().unwrap(),
-            "--store",
-            t.s.path("store").to_str().unwrap(),
-            "--check-config",
-        ]);
+        let out = check_config(&t.s, "bad.toml", toml);
         assert!(!out.status.success(), "{toml}: {out:?}");
         String::from_utf8_lossy(&out.stderr).into_owned()
     };
     // The good one passes the check.
-    let config = t.s.path("good.toml");
-    std::fs::write(&config, &t.toml).unwrap();
-    let store = t.s.path("store");
-    ok(hashgate(&[
-        "gateway",
-        "--config",
-        config.to_str().unwrap(),
-        "--store",
-        store.to_str().unwrap(),
-        "--check-config",
-    ]));
+    ok(check_config(&t.s, "good.toml", &t.toml));
     let nl = t.s.path("nl.hgf");
     let key = t.s.path("k.pub");
     let one = |name: &str| format!("[[feed]]\nname = {name:?}\nfilter = {nl:?}\npub = {key:?}\n");
@@ -757,16 +748,7 @@ fn a_quarantine_action_keeps_copies_of_its_categories_only() {
         t.s.path("k2.pub"),
     );
     // Without a quarantine directory the gateway refuses to start.
-    let config = t.s.path("q.toml");
-    std::fs::write(&config, &toml).unwrap();
-    let out = hashgate(&[
-        "gateway",
-        "--config",
-        config.to_str().unwrap(),
-        "--store",
-        t.s.path("store").to_str().unwrap(),
-        "--check-config",
-    ]);
+    let out = check_config(&t.s, "q.toml", &toml);
     assert!(!out.status.success(), "{out:?}");
     assert!(
         String::from_utf8_lossy(&out.stderr).contains("needs quarantine_dir"),

@@ -25,12 +25,7 @@ fn storms(admin: u16) -> serde_json::Value {
 }
 
 fn audit_lines(s: &Setup) -> Vec<serde_json::Value> {
-    std::fs::read_to_string(s.path("audit.log"))
-        .unwrap_or_default()
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .filter(|v: &serde_json::Value| v.get("event").is_none())
-        .collect()
+    s.audit_records("audit.log")
 }
 
 #[test]

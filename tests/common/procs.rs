@@ -684,3 +684,16 @@ impl Setup {
             .expect("a free audit log")
     }
 }
+
+impl Setup {
+    /// The records of the audit log `name` (`audit.log`), its chain's own lines
+    /// (checkpoints, recoveries) left out.
+    pub fn audit_records(&self, name: &str) -> Vec<serde_json::Value> {
+        std::fs::read_to_string(self.path(name))
+            .unwrap_or_default()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .filter(|v: &serde_json::Value| v.get("event").is_none())
+            .collect()
+    }
+}
