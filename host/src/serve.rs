@@ -171,10 +171,14 @@ async fn run_async(front: Front, file: &FileConfig, mode: Mode) -> Result<(), Er
     }
     eprintln!("ready {ready}");
     drop(filter);
-    match server {
+    let served = match server {
         Server::Gateway(g) => g.serve(listener, shutdown_signal()).await,
         Server::Icap(i) => i.serve(listener, shutdown_signal()).await,
-    }
+    };
+    // Serving threads past the grace period may still hold the enforcer: the logs are
+    // signed and closed now, not when the last of them lets go.
+    enforcer.close_logs();
+    served
 }
 
 enum Server {

@@ -716,6 +716,19 @@ impl Enforcer {
         }
     }
 
+    /// Closes the audit log and the confirmation report logs ([`AuditLog::close`]):
+    /// what is queued is written and the chains signed. For a server that has stopped.
+    pub fn close_logs(&self) {
+        if let Some(audit) = &self.audit {
+            audit.close();
+        }
+        for a in &self.authorities {
+            if let Some(reports) = a.confirm.as_ref().and_then(|c| c.reports.as_ref()) {
+                reports.close();
+            }
+        }
+    }
+
     /// The metrics.
     pub fn metrics(&self) -> &Metrics {
         &self.metrics

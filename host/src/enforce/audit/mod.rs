@@ -182,7 +182,7 @@ impl Checkpoints {
 /// module docs).
 pub struct AuditLog {
     shared: Arc<Shared>,
-    writer: Option<std::thread::JoinHandle<()>>,
+    writer: Mutex<Option<std::thread::JoinHandle<()>>>,
 }
 
 /// A queued record: settled (durable or failed) once the log's commit reaches it.
@@ -258,7 +258,7 @@ impl AuditLog {
             .map_err(|e| Error::io(path, e))?;
         Ok(AuditLog {
             shared,
-            writer: Some(thread),
+            writer: Mutex::new(Some(thread)),
         })
     }
 
@@ -717,14 +717,25 @@ fn open_append(path: &Path) -> std::io::Result<File> {
         .open(path)
 }
 
-impl Drop for AuditLog {
-    /// Writes what is queued, signs the chain, then stops the writer.
-    fn drop(&mut self) {
+impl AuditLog {
+    /// Writes what is queued, signs the chain, stops the writer and waits for it: a
+    /// server calls it once it has stopped serving, so that its last records are
+    /// signed even if something still holds the log when the process exits. Records
+    /// appended after it are not written.
+    pub fn close(&self) {
         self.shared.lock().closing = true;
         self.shared.changed.notify_all();
-        if let Some(writer) = self.writer.take() {
+        let writer = self.writer.lock().unwrap_or_else(|p| p.into_inner()).take();
+        if let Some(writer) = writer {
             let _ = writer.join();
         }
+    }
+}
+
+impl Drop for AuditLog {
+    /// [`AuditLog::close`].
+    fn drop(&mut self) {
+        self.close();
     }
 }
 
