@@ -508,7 +508,16 @@ fn one_authoritys_broken_feed_leaves_the_other_enforced_and_updating() {
     manifest.version += 1;
     envelope.payload = Manifest::envelope(&manifest).payload;
     std::fs::write(&path, envelope.to_bytes()).unwrap();
-    assert!(wait_until(Duration::from_secs(20), || polls(
+    // nginx's ETag is the size and the mtime in seconds: the forged file may match the
+    // real one in both, and be answered 304. A later mtime makes it new.
+    let later = std::time::SystemTime::now() + Duration::from_secs(5);
+    std::fs::File::options()
+        .write(true)
+        .open(&path)
+        .unwrap()
+        .set_modified(later)
+        .unwrap();
+    assert!(wait_until(Duration::from_secs(30), || polls(
         "nl", "failed"
     ) >= 2.0));
     // Then its server goes away altogether.
