@@ -38,6 +38,8 @@ pub struct FilterSet {
     members: Vec<Member>,
     /// The union of the members' digest algorithms, in [`Algorithm::ALL`] order.
     algorithms: Vec<Algorithm>,
+    /// [`FilterSet::label`], made once: every decision names it.
+    label: (String, u64),
 }
 
 impl FilterSet {
@@ -65,9 +67,23 @@ impl FilterSet {
                     .any(|m| m.engine.info().algorithms.contains(a))
             })
             .collect();
+        let label = match members.as_slice() {
+            [only] => (
+                only.engine.info().series.clone(),
+                only.engine.info().version,
+            ),
+            _ => {
+                let joined: Vec<String> = members
+                    .iter()
+                    .map(|m| format!("{}@{}", m.engine.info().series, m.engine.info().version))
+                    .collect();
+                (joined.join("+"), 0)
+            }
+        };
         FilterSet {
             members,
             algorithms,
+            label,
         }
     }
 
@@ -118,15 +134,6 @@ impl FilterSet {
     /// without a hit, catalog rows' `passed_by`, re-check claims): a single member's
     /// own; for several, `series@version` of each joined with `+`, and version 0.
     pub fn label(&self) -> (String, u64) {
-        if let [only] = self.members.as_slice() {
-            let info = only.engine.info();
-            return (info.series.clone(), info.version);
-        }
-        let joined: Vec<String> = self
-            .members
-            .iter()
-            .map(|m| format!("{}@{}", m.engine.info().series, m.engine.info().version))
-            .collect();
-        (joined.join("+"), 0)
+        self.label.clone()
     }
 }

@@ -274,6 +274,9 @@ pub struct Enforcer {
     filter: ArcSwap<FilterSet>,
     /// Per authority, in the set's order: its own actions and confirmation.
     authorities: Vec<Authority>,
+    /// Whether any category (the policy's or an authority's) is given `quarantine`:
+    /// then only those keep their copies ([`Enforcer::keeps_copy`]).
+    quarantine_by_category: bool,
     /// Counts filter swaps, for whoever re-checks stored objects on each.
     swaps: tokio::sync::watch::Sender<u64>,
     policy: Policy,
@@ -373,9 +376,14 @@ impl Enforcer {
         for m in set.members() {
             metrics.set_filter(m.label(), m.index == 0, m.engine.info());
         }
+        let quarantine_by_category = policy.names_quarantine()
+            || authorities
+                .iter()
+                .any(|a| a.actions.as_ref().is_some_and(Actions::names_quarantine));
         Enforcer {
             filter: ArcSwap::from_pointee(set),
             authorities,
+            quarantine_by_category,
             swaps: tokio::sync::watch::Sender::new(0),
             policy,
             audit,
@@ -665,12 +673,7 @@ impl Enforcer {
     /// every blocked one, unless some category (of any authority) is given
     /// `quarantine`; then only those.
     fn keeps_copy(&self, action: Action) -> bool {
-        let chosen = self.policy.names_quarantine()
-            || self
-                .authorities
-                .iter()
-                .any(|a| a.actions.as_ref().is_some_and(Actions::names_quarantine));
-        action == Action::Quarantine || (action == Action::Block && !chosen)
+        action == Action::Quarantine || (action == Action::Block && !self.quarantine_by_category)
     }
 
     fn action_for(&self, member: &Member, category: Option<&str>) -> Action {
